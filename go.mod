@@ -2,11 +2,12 @@ module github.com/boardvisor/boardvisor
 
 go 1.26.0
 
+require github.com/google/uuid v1.6.0
+
 require (
 	github.com/asynkron/protoactor-go v0.0.0-20240822202345-3c0e61ca19c9 // indirect
 	github.com/creack/pty v1.1.24 // indirect
 	github.com/fatih/color v1.14.1 // indirect
-	github.com/google/uuid v1.6.0 // indirect
 	github.com/hashicorp/go-hclog v1.6.3 // indirect
 	github.com/inconshreveable/mousetrap v1.1.0 // indirect
 	github.com/mattn/go-colorable v0.1.13 // indirect
