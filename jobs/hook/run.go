@@ -1,0 +1,665 @@
+package hook
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/boardvisor/boardvisor/jobs"
+	"github.com/hashicorp/go-hclog"
+	"golang.org/x/sys/unix"
+)
+
+// Defaults for a Spec's Timeout and Grace.
+const (
+	DefaultTimeout = 120 * time.Second
+	DefaultGrace   = 5 * time.Second
+)
+
+const (
+	// pollInterval is how often a run reads its output when inotify is unavailable.
+	pollInterval = 10 * time.Millisecond
+	// aliveCheckInterval is how often an adopted run checks that its shim is still
+	// alive when pidfd is unavailable.
+	aliveCheckInterval = 100 * time.Millisecond
+	// readyTimeout bounds how long Start waits for the shim to report that it has
+	// started the hook.
+	readyTimeout = 10 * time.Second
+	// defaultPath is the hook's PATH when the daemon has none.
+	defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+)
+
+// ErrShimVanished is the Result.Err (wrapped) of a run whose shim is gone without having
+// written a status file: it was killed, or it crashed, or the pid and start time given
+// to Adopt name no live shim and the spool holds no status.
+var ErrShimVanished = errors.New("hook shim vanished without writing a status")
+
+// ErrDetached is the Result.Err of a run that was detached (see Run.Detach) before its
+// shim exited.
+var ErrDetached = errors.New("hook run detached before the shim exited")
+
+// Spec says which hook to run and how.
+type Spec struct {
+	// Name names the hook in errors and logs, e.g. "beforeLease".
+	Name string
+	// Script is inline shell, run with /bin/sh -c. Exactly one of Script and Exec is set.
+	Script string
+	// Exec is the path of a program, run directly without arguments. A relative path is
+	// taken from WorkDir.
+	Exec string
+	// Timeout is how long the hook may run before the shim sends SIGTERM to its process
+	// group (DefaultTimeout if zero). Grace is the time between that SIGTERM and the
+	// SIGKILL (DefaultGrace if zero).
+	Timeout, Grace time.Duration
+	// Env is added to the hook's environment, which otherwise holds only the daemon's
+	// PATH and HOME. See Env for the lease variables.
+	Env []string
+	// Dir is the spool directory of this run: created with mode 0700 if missing, and it
+	// must be empty. It holds the output and status files and is what Adopt is given
+	// after a restart.
+	Dir string
+	// WorkDir is the hook's working directory; empty means the daemon's.
+	WorkDir string
+}
+
+// Runner starts hook shims and re-adopts them after a restart. Its zero value is ready
+// to use; it must not be copied after first use. It is safe for concurrent use.
+type Runner struct {
+	// ShimCommand is the argv prefix that runs the shim, e.g.
+	// {"/usr/bin/boardvisor", "hook-shim"}; the shim's flags, "--" and the hook's
+	// command follow it. Empty means os.Executable() followed by "hook-shim".
+	ShimCommand []string
+	// Logger receives the runner's own diagnostics; nil means none.
+	Logger hclog.Logger
+
+	// noInotify and noPidfd make runs use the fallbacks (for their tests).
+	noInotify, noPidfd bool
+
+	wmu sync.Mutex
+	w   *watcher // shared inotify instance, nil while no run is tailing
+}
+
+// Line is one line of a hook's output.
+type Line struct {
+	jobs.HookLine
+	// Offset is the byte offset in the spool output just past this line: where a tail
+	// resumed with Adopt must start so that this line is not repeated and the next one
+	// is not lost.
+	Offset int64
+}
+
+// Result is how a hook run ended.
+type Result struct {
+	// ExitCode is the hook's exit code: -1 if it was killed by a signal or its outcome
+	// is unknown, 127 if its command does not exist, 126 if it cannot be run.
+	ExitCode int
+	// Signal names the signal that killed the hook's main process ("SIGTERM"), or is
+	// empty.
+	Signal string
+	// TimedOut reports that the hook ran into its timeout and was terminated.
+	TimedOut bool
+	// Stopped reports that the hook was terminated by Run.Stop.
+	Stopped bool
+	// Err is set when the hook could not be run, when the shim vanished without a status
+	// (errors.Is(Err, ErrShimVanished)) or when the run was detached (ErrDetached). A
+	// hook that ran and failed has Err nil and a non-zero ExitCode or a Signal.
+	Err error
+	// Started and Ended are when the shim started the hook and saw its main process
+	// exit. They are zero when unknown.
+	Started, Ended time.Time
+}
+
+// OK reports whether the hook succeeded: it exited 0, within its timeout, and nothing
+// went wrong running it.
+func (r Result) OK() bool {
+	return r.ExitCode == 0 && r.Signal == "" && !r.TimedOut && r.Err == nil
+}
+
+// Run is one hook run being watched: it tails the output and reports the result. Its
+// goroutines end when Done is closed, except, after Detach, the one waiting for the
+// exit of a shim started by this process (see Detach).
+type Run struct {
+	r         *Runner
+	label     string // for errors: the hook's name, or its spool dir
+	dir       string
+	pid       int
+	startTime uint64
+	onLine    func(Line)
+	log       hclog.Logger
+
+	cmd       *exec.Cmd        // Start: the shim is our child
+	waitState *os.ProcessState // Start: set before exited is closed
+	exited    chan struct{}    // closed once the shim has exited
+
+	mu         sync.Mutex
+	pidfd      *os.File      // Adopt: a pidfd of the shim, nil without pidfd support
+	waiterDone chan struct{} // Adopt with a live shim: closed when waitAdopted ends
+
+	stopOnce   sync.Once
+	detachOnce sync.Once
+	detach     chan struct{}
+	done       chan struct{}
+	result     Result
+
+	// Owned by the loop goroutine.
+	out     *os.File
+	offset  int64
+	buf     []byte
+	split   jobs.LineSplitter
+	pending []jobs.HookLine // lines of the current, unfinished output line
+}
+
+// Pid returns the process id of the shim.
+func (run *Run) Pid() int { return run.pid }
+
+// StartTime returns the shim's start time (field 22 of /proc/PID/stat). Journal it with
+// the pid: Adopt checks both, so a reused pid is never taken for the shim.
+func (run *Run) StartTime() uint64 { return run.startTime }
+
+// Dir returns the run's spool directory (absolute).
+func (run *Run) Dir() string { return run.dir }
+
+// Done returns a channel closed when the run is over: the shim has exited, every
+// output line has been passed to onLine, and Result is ready.
+func (run *Run) Done() <-chan struct{} { return run.done }
+
+// Result waits for Done and returns how the run ended.
+func (run *Run) Result() Result {
+	<-run.done
+	return run.result
+}
+
+// Stop asks the shim to stop the hook: it sends SIGTERM to the hook's process group,
+// SIGKILL after the grace period, kills whatever the hook left behind and reports
+// Stopped. Stop does not wait (use Done); calling it again, or after Done, does nothing.
+func (run *Run) Stop() {
+	run.stopOnce.Do(func() {
+		select {
+		case <-run.done:
+			return
+		default:
+		}
+		var err error
+		run.mu.Lock()
+		switch {
+		case run.cmd != nil:
+			err = run.cmd.Process.Signal(syscall.SIGTERM)
+		case run.pidfd != nil:
+			var rc syscall.RawConn
+			if rc, err = run.pidfd.SyscallConn(); err == nil {
+				cerr := rc.Control(func(fd uintptr) {
+					err = unix.PidfdSendSignal(int(fd), unix.SIGTERM, nil, 0)
+				})
+				if cerr != nil {
+					err = cerr
+				}
+			}
+		default:
+			if sameProcess(run.pid, run.startTime) {
+				err = unix.Kill(run.pid, unix.SIGTERM)
+			}
+		}
+		run.mu.Unlock()
+		if err != nil && !errors.Is(err, os.ErrProcessDone) && !errors.Is(err, unix.ESRCH) {
+			run.log.Warn("cannot signal the hook shim", "error", err)
+		}
+	})
+}
+
+// Detach stops watching the run without touching the shim, which goes on running the
+// hook and writes its status as usual. It is what a daemon crash (or a restart) looks
+// like to the shim; the run can be picked up again with Runner.Adopt, from the Offset of
+// the last line seen. Detach returns once Done is closed; Result then has ErrDetached
+// unless the shim had exited first. It must not be called from onLine.
+//
+// A shim started by this process is still its child, so one goroutine stays behind to
+// reap it when it exits; it does nothing else.
+func (run *Run) Detach() {
+	run.detachOnce.Do(func() { close(run.detach) })
+	<-run.done
+}
+
+// Start starts the shim running spec's hook and returns at once when the hook has been
+// started (a hook that cannot be run is reported by Result, not here). onLine, if not
+// nil, is called for every line of output, in order, from one goroutine, as soon as the
+// line is complete; the last line is passed at the end even without a newline. All
+// calls happen before Done is closed.
+func (r *Runner) Start(spec Spec, onLine func(Line)) (*Run, error) {
+	name := spec.Name
+	if name == "" {
+		name = "hook"
+	}
+	fail := func(format string, args ...any) error {
+		return fmt.Errorf("hook %s: "+format, append([]any{name}, args...)...)
+	}
+	var command []string
+	switch {
+	case spec.Script != "" && spec.Exec != "":
+		return nil, fail("both script and exec are set")
+	case spec.Script != "":
+		command = []string{"/bin/sh", "-c", spec.Script}
+	case spec.Exec != "":
+		command = []string{spec.Exec}
+	default:
+		return nil, fail("neither script nor exec is set")
+	}
+	timeout, grace := spec.Timeout, spec.Grace
+	if timeout <= 0 {
+		timeout = DefaultTimeout
+	}
+	if grace <= 0 {
+		grace = DefaultGrace
+	}
+	if spec.Dir == "" {
+		return nil, fail("no spool directory")
+	}
+	dir, err := filepath.Abs(spec.Dir)
+	if err != nil {
+		return nil, fail("spool directory: %w", err)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fail("create spool directory: %w", err)
+	}
+	if empty, err := isEmptyDir(dir); err != nil {
+		return nil, fail("spool directory: %w", err)
+	} else if !empty {
+		return nil, fail("spool directory %s is not empty", dir)
+	}
+	// Create the output file now, so the tail can watch it from the start.
+	out, err := os.OpenFile(filepath.Join(dir, outputFile), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return nil, fail("create output file: %w", err)
+	}
+	out.Close()
+
+	argv := append([]string(nil), r.ShimCommand...)
+	if len(argv) == 0 {
+		exe, err := os.Executable()
+		if err != nil {
+			return nil, fail("find the shim executable: %w", err)
+		}
+		argv = []string{exe, "hook-shim"}
+	}
+	argv = append(argv, "--dir", dir, "--timeout", timeout.String(), "--grace", grace.String(),
+		"--ready-fd", "3", "--")
+	argv = append(argv, command...)
+
+	logf, err := os.OpenFile(filepath.Join(dir, shimLogFile), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, fail("create shim log: %w", err)
+	}
+	readyR, readyW, err := os.Pipe()
+	if err != nil {
+		logf.Close()
+		return nil, fail("start shim: %w", err)
+	}
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env = hookEnv(spec.Env)
+	cmd.Dir = spec.WorkDir
+	cmd.Stdout, cmd.Stderr = logf, logf // stdin: /dev/null
+	cmd.ExtraFiles = []*os.File{readyW} // fd 3
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	err = cmd.Start()
+	logf.Close()
+	readyW.Close()
+	if err != nil {
+		readyR.Close()
+		return nil, fail("start shim: %w", err)
+	}
+	pid := cmd.Process.Pid
+	// The shim is our unreaped child, so its pid cannot be reused before this read.
+	st, err := startTimeOf(pid)
+	if err != nil {
+		cmd.Process.Kill()
+		cmd.Wait()
+		readyR.Close()
+		return nil, fail("start shim: %w", err)
+	}
+	// Wait until the shim handles SIGTERM and has started the hook (it closes fd 3),
+	// so that a Stop right after Start is never lost.
+	readyR.SetReadDeadline(time.Now().Add(readyTimeout))
+	_, rerr := io.Copy(io.Discard, readyR)
+	readyR.Close()
+
+	run := r.newRun(name, dir, pid, st, 0, onLine)
+	if rerr != nil {
+		run.log.Warn("shim did not report that the hook started", "error", rerr)
+	}
+	run.cmd = cmd
+	go func() {
+		cmd.Wait()
+		run.waitState = cmd.ProcessState
+		close(run.exited)
+	}()
+	run.log.Debug("hook started", "dir", dir, "start_time", st)
+	go run.loop()
+	return run, nil
+}
+
+// Adopt watches a run started before a restart of the daemon: dir is its spool
+// directory, pid and startTime identify its shim (Run.Pid, Run.StartTime) and offset is
+// where to resume reading output (the Offset of the last line handled, 0 for all).
+// onLine is called as for Start. If the shim still runs, Adopt tails the output and
+// waits for its exit; if it is gone, or pid names another process, the run passes the
+// remaining output and the status file. With no status file and no live shim, the
+// Result's Err wraps ErrShimVanished.
+func (r *Runner) Adopt(dir string, pid int, startTime uint64, offset int64, onLine func(Line)) (*Run, error) {
+	if dir == "" {
+		return nil, errors.New("hook: adopt: no spool directory")
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, fmt.Errorf("hook at %s: adopt: %w", dir, err)
+	}
+	dir = abs
+	if offset < 0 {
+		return nil, fmt.Errorf("hook at %s: adopt: negative offset %d", dir, offset)
+	}
+	run := r.newRun("at "+dir, dir, pid, startTime, offset, onLine)
+	alive := false
+	if pid > 0 {
+		// Open the pidfd before checking the start time: if the check passes, the
+		// pidfd is known to refer to the shim.
+		fd, err := unix.PidfdOpen(pid, 0)
+		if err == nil && r.noPidfd {
+			unix.Close(fd)
+			err = unix.ENOSYS
+		}
+		switch {
+		case err == nil:
+			if sameProcess(pid, startTime) {
+				unix.SetNonblock(fd, true) // lets Go's poller wait on it
+				run.pidfd = os.NewFile(uintptr(fd), "pidfd:"+strconv.Itoa(pid))
+				alive = true
+			} else {
+				unix.Close(fd)
+			}
+		case errors.Is(err, unix.ESRCH):
+		default:
+			run.log.Warn("pidfd unavailable, checking the shim periodically", "error", err)
+			alive = sameProcess(pid, startTime)
+		}
+	}
+	if alive {
+		run.waiterDone = make(chan struct{})
+		go run.waitAdopted(run.pidfd)
+	} else {
+		close(run.exited)
+	}
+	run.log.Debug("hook adopted", "dir", dir, "alive", alive, "offset", offset)
+	go run.loop()
+	return run, nil
+}
+
+func (r *Runner) newRun(label, dir string, pid int, startTime uint64, offset int64, onLine func(Line)) *Run {
+	log := r.Logger
+	if log == nil {
+		log = hclog.NewNullLogger()
+	}
+	return &Run{
+		r:         r,
+		label:     label,
+		dir:       dir,
+		pid:       pid,
+		startTime: startTime,
+		onLine:    onLine,
+		log:       log.With("hook", label, "pid", pid),
+		exited:    make(chan struct{}),
+		detach:    make(chan struct{}),
+		done:      make(chan struct{}),
+		offset:    offset,
+	}
+}
+
+// waitAdopted closes run.exited when the adopted shim exits: it waits for its pidfd to
+// become readable through Go's poller, or, if that cannot be done, checks the process
+// every aliveCheckInterval. It ends early on Detach.
+func (run *Run) waitAdopted(pidfd *os.File) {
+	defer close(run.waiterDone)
+	if pidfd != nil {
+		err := waitReadable(pidfd)
+		if err == nil {
+			close(run.exited)
+			return
+		}
+		select {
+		case <-run.detach:
+			return
+		default:
+		}
+		run.log.Warn("cannot wait on the shim's pidfd, checking it periodically", "error", err)
+	}
+	t := time.NewTicker(aliveCheckInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-run.detach:
+			return
+		case <-t.C:
+			if !sameProcess(run.pid, run.startTime) {
+				close(run.exited)
+				return
+			}
+		}
+	}
+}
+
+// waitReadable blocks until f is readable (a pidfd is when its process has exited) or f
+// is closed.
+func waitReadable(f *os.File) error {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var perr error
+	err = rc.Read(func(fd uintptr) bool {
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		n, err := unix.Poll(fds, 0)
+		if err != nil && !errors.Is(err, unix.EINTR) {
+			perr = err
+			return true
+		}
+		return n > 0
+	})
+	if err == nil {
+		err = perr
+	}
+	return err
+}
+
+// loop tails the output until the shim exits or the run is detached, then reports the
+// result. It is the only goroutine that calls onLine.
+func (run *Run) loop() {
+	defer close(run.done)
+	defer func() {
+		if run.out != nil {
+			run.out.Close()
+		}
+	}()
+	var (
+		wake   <-chan struct{}
+		broken <-chan struct{}
+		tick   <-chan time.Time
+	)
+	var ticker *time.Ticker
+	startTicker := func() {
+		ticker = time.NewTicker(pollInterval)
+		tick = ticker.C
+	}
+	defer func() {
+		if ticker != nil {
+			ticker.Stop()
+		}
+	}()
+	path := filepath.Join(run.dir, outputFile)
+	if run.r.noInotify {
+		startTicker()
+	} else if sub, err := run.r.subscribe(path); err != nil {
+		run.log.Warn("cannot watch the hook output with inotify, polling it every "+pollInterval.String(), "error", err)
+		startTicker()
+	} else {
+		defer run.r.unsubscribe(sub)
+		wake, broken = sub.wake, sub.w.broken
+	}
+	run.buf = make([]byte, 64<<10)
+	for {
+		run.read()
+		select {
+		case <-wake:
+		case <-tick:
+		case <-broken:
+			run.log.Warn("inotify failed, polling the hook output every " + pollInterval.String())
+			wake, broken = nil, nil
+			startTicker()
+		case <-run.exited:
+			// Every writer of the output is gone: read the rest, once.
+			run.read()
+			run.flush()
+			run.endWaiter()
+			run.result = run.collect()
+			run.log.Debug("hook finished", "exit_code", run.result.ExitCode, "signal", run.result.Signal,
+				"timed_out", run.result.TimedOut, "stopped", run.result.Stopped, "error", run.result.Err)
+			return
+		case <-run.detach:
+			run.endWaiter()
+			run.result = Result{ExitCode: -1, Err: fmt.Errorf("hook %s: %w", run.label, ErrDetached)}
+			return
+		}
+	}
+}
+
+// endWaiter closes the pidfd, if any, and waits for waitAdopted to end.
+func (run *Run) endWaiter() {
+	run.mu.Lock()
+	if run.pidfd != nil {
+		run.pidfd.Close() // wakes waitAdopted if it still waits
+		run.pidfd = nil
+	}
+	run.mu.Unlock()
+	if run.waiterDone != nil {
+		<-run.waiterDone
+	}
+}
+
+// read reads the output from run.offset to its end.
+func (run *Run) read() {
+	if run.out == nil {
+		f, err := os.Open(filepath.Join(run.dir, outputFile))
+		if err != nil {
+			return // not there (yet)
+		}
+		run.out = f
+	}
+	for {
+		n, err := run.out.ReadAt(run.buf, run.offset)
+		if n > 0 {
+			run.feed(run.buf[:n])
+		}
+		if err != nil {
+			if err != io.EOF {
+				run.log.Warn("read hook output", "error", err)
+			}
+			return
+		}
+	}
+}
+
+// feed splits p, the output at run.offset, into lines. A line is passed on when its
+// newline arrives, with the offset just past that newline. The splitter emits a cut
+// line before the end of the line it cut; it is held back until that end, so that its
+// Offset is a line boundary too.
+func (run *Run) feed(p []byte) {
+	hold := func(l jobs.HookLine) { run.pending = append(run.pending, l) }
+	for len(p) > 0 {
+		i := bytes.IndexByte(p, '\n')
+		if i < 0 {
+			run.split.Write(p, hold)
+			run.offset += int64(len(p))
+			return
+		}
+		run.split.Write(p[:i+1], hold)
+		run.offset += int64(i + 1)
+		p = p[i+1:]
+		run.emitPending()
+	}
+}
+
+// flush passes on the last line, even without a newline.
+func (run *Run) flush() {
+	run.split.Flush(func(l jobs.HookLine) { run.pending = append(run.pending, l) })
+	run.emitPending()
+}
+
+func (run *Run) emitPending() {
+	for _, l := range run.pending {
+		if run.onLine != nil {
+			run.onLine(Line{HookLine: l, Offset: run.offset})
+		}
+	}
+	clear(run.pending)
+	run.pending = run.pending[:0]
+}
+
+// collect builds the Result from the status file.
+func (run *Run) collect() Result {
+	st, err := readStatus(run.dir)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			how := ""
+			if run.waitState != nil {
+				how = " (" + run.waitState.String() + ")"
+			}
+			return Result{ExitCode: -1, Err: fmt.Errorf("hook %s: shim (pid %d) exited%s: %w",
+				run.label, run.pid, how, ErrShimVanished)}
+		}
+		return Result{ExitCode: -1, Err: fmt.Errorf("hook %s: read status: %w", run.label, err)}
+	}
+	res := Result{
+		ExitCode: st.ExitCode,
+		Signal:   st.Signal,
+		TimedOut: st.TimedOut,
+		Stopped:  st.Stopped,
+		Started:  st.StartedAt,
+		Ended:    st.EndedAt,
+	}
+	if st.Error != "" {
+		res.Err = fmt.Errorf("hook %s: %s", run.label, st.Error)
+	}
+	return res
+}
+
+// hookEnv is the environment of the shim and of the hook: the daemon's PATH and HOME,
+// then extra.
+func hookEnv(extra []string) []string {
+	path := os.Getenv("PATH")
+	if path == "" {
+		path = defaultPath
+	}
+	env := []string{"PATH=" + path}
+	if home, ok := os.LookupEnv("HOME"); ok {
+		env = append(env, "HOME="+home)
+	}
+	return append(env, extra...)
+}
+
+func isEmptyDir(dir string) (bool, error) {
+	f, err := os.Open(dir)
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	_, err = f.Readdirnames(1)
+	if err == io.EOF {
+		return true, nil
+	}
+	return false, err
+}
