@@ -25,7 +25,7 @@ func Env(lease, client, board, motdFile string, labels map[string]string) []stri
 	sort.Strings(keys)
 	seen := make(map[string]bool, len(keys))
 	for _, k := range keys {
-		name := "BOARD_LABEL_" + envName(k)
+		name := "BOARD_LABEL_" + EnvName(k)
 		if seen[name] {
 			continue
 		}
@@ -36,8 +36,9 @@ func Env(lease, client, board, motdFile string, labels map[string]string) []stri
 	return env
 }
 
-// envName upper-cases key and turns every byte outside [A-Z0-9_] into '_'.
-func envName(key string) string {
+// EnvName turns a key into an environment variable name: upper case, with every byte
+// that is not A-Z, 0-9 or _ replaced by _.
+func EnvName(key string) string {
 	b := []byte(strings.ToUpper(key))
 	for i, c := range b {
 		if !(c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_') {

@@ -1,0 +1,327 @@
+// Package board is the actor for one board: its status and health, the one lease that
+// holds it, the leases waiting for it (a small queue), and its drivers.
+//
+// Leases on one board are serialized (DESIGN.md §4 rule 4): a lease asks for the board
+// (Acquire) before its beforeLease hook, and the board grants it only once the previous
+// holder has released it, after its afterLease hook.
+package board
+
+import (
+	"fmt"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+	"github.com/boardvisor/boardvisor/actors"
+	"github.com/boardvisor/boardvisor/actors/driver"
+	"github.com/boardvisor/boardvisor/actors/lease"
+	"github.com/boardvisor/boardvisor/connector"
+	"github.com/boardvisor/boardvisor/jobs"
+	jhook "github.com/boardvisor/boardvisor/jobs/hook"
+	"github.com/hashicorp/go-hclog"
+)
+
+// Config describes one board.
+type Config struct {
+	Name   string
+	Labels map[string]string
+	// Queue is how many leases may wait while the board is held (0: none).
+	Queue int
+	// LeaseDuration is used when a StartJob carries no duration.
+	LeaseDuration time.Duration
+	Before, After *lease.HookConfig
+	Drivers       []driver.Driver
+
+	Outbox   *actor.PID
+	Store    actors.Store
+	Runner   *jhook.Runner
+	StateDir string
+	Logger   hclog.Logger
+	// Strategy supervises the board's drivers and leases (zero: DefaultStrategy).
+	Strategy Strategy
+}
+
+// Props returns the props of a board actor.
+func Props(cfg Config) *actor.Props {
+	st := cfg.Strategy
+	if st.MaxFailures == 0 {
+		st = DefaultStrategy
+	}
+	return actor.PropsFromProducer(func() actor.Actor {
+		return &boardActor{cfg: cfg, log: cfg.Logger}
+	}, actor.WithSupervisor(st), actor.WithReceiverMiddleware(actors.LogPanics(cfg.Logger)))
+}
+
+type leaseInfo struct {
+	pid          *actor.PID
+	phase        jobs.Phase
+	endRequested bool
+}
+
+type boardActor struct {
+	cfg     Config
+	log     hclog.Logger
+	status  jobs.ExporterStatus
+	health  jobs.Health
+	why     string // why the health is not good
+	leases  map[string]*leaseInfo
+	holder  string
+	waiting []string
+	down    map[string]bool // drivers not (yet) up again after a failure
+	// stopping is set when the board itself stops (daemon shutdown).
+	stopping bool
+}
+
+func (b *boardActor) Receive(ctx actor.Context) {
+	switch m := ctx.Message().(type) {
+	case *actor.Started:
+		b.started(ctx)
+	case *actors.StartJob:
+		ctx.Respond(&actors.JobReply{Err: b.startJob(ctx, m.Req)})
+	case *actors.StopJob:
+		ctx.Respond(&actors.JobReply{Err: b.endJob(ctx, m.Req.JobID, jobs.EndCoordinator)})
+	case *actors.EndSession:
+		ctx.Respond(&actors.JobReply{Err: b.endJob(ctx, m.JobID, jobs.EndClient)})
+	case *actors.Acquire:
+		b.acquire(ctx, m.JobID)
+	case *actors.Release:
+		b.release(ctx, m.JobID)
+	case *actors.LeaseChanged:
+		b.leaseChanged(ctx, m)
+	case *actors.Quarantine:
+		b.setHealth(ctx, jobs.HealthBad, "a hook failed with onFailure: exit: "+m.Reason)
+	case *driverFault:
+		b.driverFault(ctx, m)
+	case *actors.DriverUp:
+		delete(b.down, m.Driver)
+		if len(b.down) == 0 && b.health == jobs.HealthUnknown {
+			b.setHealth(ctx, jobs.HealthGood, "")
+		}
+	case *actors.DriverOutput:
+		b.emit(ctx, b.consoleJob(), connector.Event{Console: &connector.Console{Source: jobs.SourceDriver, Data: m.Data}})
+	case *actors.GetBoard:
+		ctx.Respond(&actors.BoardState{Name: b.cfg.Name, Status: b.status, Health: b.health, Holder: b.holder,
+			Waiting: append([]string(nil), b.waiting...)})
+	case *actor.Terminated:
+		b.terminated(ctx, m.Who)
+	case *actor.Stopping:
+		// The daemon is shutting down: leases stop with the board, and their records stay
+		// in the store for the next start to resume them.
+		b.stopping = true
+	}
+}
+
+func (b *boardActor) started(ctx actor.Context) {
+	b.leases = map[string]*leaseInfo{}
+	b.down = map[string]bool{}
+	b.status, b.health = jobs.StatusAvailable, jobs.HealthGood
+	for _, d := range b.cfg.Drivers {
+		if _, err := ctx.SpawnNamed(driver.Props(d, b.log.Named("driver").With("driver", d.Name())), "driver/"+d.Name()); err != nil {
+			b.log.Error("start driver", "driver", d.Name(), "error", err)
+		}
+	}
+	b.publish(ctx, "")
+}
+
+func (b *boardActor) startJob(ctx actor.Context, req connector.StartJobRequest) error {
+	if _, ok := b.leases[req.JobID]; ok {
+		return jobs.NewJobError(jobs.KindJobAlreadyExists, fmt.Sprintf("job %s already exists on board %s", req.JobID, b.cfg.Name))
+	}
+	if !b.health.Leasable() {
+		return jobs.NewJobError(jobs.KindMaxConcurrentJobs, fmt.Sprintf("board %s takes no jobs: health %s (%s)", b.cfg.Name, b.health, b.why))
+	}
+	if live := len(b.leases); live > b.cfg.Queue {
+		if b.cfg.Queue == 0 {
+			return jobs.NewJobError(jobs.KindAlreadyRunning, fmt.Sprintf("board %s is running job %s", b.cfg.Name, b.holderOrAny()))
+		}
+		return jobs.NewJobError(jobs.KindMaxConcurrentJobs, fmt.Sprintf("board %s is busy and %d job(s) wait for it (queue %d)", b.cfg.Name, live-1, b.cfg.Queue))
+	}
+	d := req.Duration
+	if d == 0 {
+		d = b.cfg.LeaseDuration
+	}
+	spec := jobs.Spec{JobID: req.JobID, Board: b.cfg.Name, Client: req.Client, Duration: d}
+	if b.cfg.Before != nil {
+		p := b.cfg.Before.Policy
+		spec.Before = &p
+	}
+	if b.cfg.After != nil {
+		p := b.cfg.After.Policy
+		spec.After = &p
+	}
+	if err := spec.Validate(); err != nil {
+		return jobs.NewJobError(jobs.KindInternalError, err.Error())
+	}
+	pid, err := ctx.SpawnNamed(lease.Props(lease.Config{Spec: spec, Labels: b.cfg.Labels, Params: req.Parameters,
+		Before: b.cfg.Before, After: b.cfg.After, Outbox: b.cfg.Outbox, Store: b.cfg.Store, Runner: b.cfg.Runner,
+		SpoolDir: filepath.Join(b.cfg.StateDir, "hooks"), Logger: b.log.Named("lease").With("job", req.JobID)}), "lease/"+req.JobID)
+	if err != nil {
+		return jobs.NewJobError(jobs.KindInternalError, fmt.Sprintf("start lease actor: %v", err))
+	}
+	b.leases[req.JobID] = &leaseInfo{pid: pid, phase: jobs.PhaseCreated}
+	b.log.Info("job accepted", "job", req.JobID, "client", req.Client, "duration", d.String())
+	return nil
+}
+
+func (b *boardActor) holderOrAny() string {
+	if b.holder != "" {
+		return b.holder
+	}
+	for id := range b.leases {
+		return id
+	}
+	return "?"
+}
+
+// endJob asks a lease to end. A job that is gone is a no-op; one already ending is
+// AlreadyStopping (harmless either way: the lease ends once).
+func (b *boardActor) endJob(ctx actor.Context, jobID string, r jobs.EndReason) error {
+	li, ok := b.leases[jobID]
+	if !ok {
+		b.log.Debug("end of a job that is not here: nothing to do", "job", jobID)
+		return nil
+	}
+	if li.endRequested || li.phase >= jobs.PhaseEnding {
+		return jobs.NewJobError(jobs.KindAlreadyStopping, fmt.Sprintf("job %s is already ending", jobID))
+	}
+	li.endRequested = true
+	ctx.Send(li.pid, &actors.EndLease{Reason: r})
+	return nil
+}
+
+func (b *boardActor) acquire(ctx actor.Context, jobID string) {
+	li, ok := b.leases[jobID]
+	if !ok {
+		return
+	}
+	switch {
+	case b.holder == "" || b.holder == jobID:
+		b.holder = jobID
+		ctx.Send(li.pid, &actors.Acquired{})
+	case !slices.Contains(b.waiting, jobID):
+		b.waiting = append(b.waiting, jobID)
+	}
+}
+
+func (b *boardActor) release(ctx actor.Context, jobID string) {
+	if li, ok := b.leases[jobID]; ok {
+		ctx.Send(li.pid, &actors.Released{})
+	}
+	b.waiting = slices.DeleteFunc(b.waiting, func(id string) bool { return id == jobID })
+	if b.holder == jobID {
+		b.holder = ""
+		b.grantNext(ctx)
+	}
+}
+
+func (b *boardActor) grantNext(ctx actor.Context) {
+	for len(b.waiting) > 0 {
+		next := b.waiting[0]
+		b.waiting = b.waiting[1:]
+		if li, ok := b.leases[next]; ok {
+			b.holder = next
+			ctx.Send(li.pid, &actors.Acquired{})
+			return
+		}
+	}
+	// Nobody waits: the board is free (or OFFLINE if it was quarantined meanwhile).
+	b.setStatus(ctx, jobs.StatusAvailable, "")
+}
+
+func (b *boardActor) leaseChanged(ctx actor.Context, m *actors.LeaseChanged) {
+	li, ok := b.leases[m.JobID]
+	if !ok {
+		return
+	}
+	li.phase, li.endRequested = m.Phase, li.endRequested || m.EndRequested
+	// The board's status follows the lease that holds it.
+	if m.JobID == b.holder && !m.Phase.Terminal() {
+		b.setStatus(ctx, m.Status, "")
+	}
+}
+
+func (b *boardActor) terminated(ctx actor.Context, who *actor.PID) {
+	for id, li := range b.leases {
+		if !li.pid.Equal(who) {
+			continue
+		}
+		delete(b.leases, id)
+		if b.stopping {
+			return
+		}
+		ctx.Send(ctx.Parent(), &actors.JobEnded{JobID: id})
+		// A lease that ended deleted its record first; the LeaseChanged of its last
+		// transition may still be queued behind this system message.
+		if _, live, _ := b.cfg.Store.Load(id); live && !li.phase.Terminal() {
+			// Stopped by supervision after repeated panics: the lease is lost.
+			msg := fmt.Sprintf("lease actor failed repeatedly in phase %s; the lease is abandoned", li.phase)
+			b.log.Error(msg, "job", id)
+			b.emit(ctx, id, connector.Event{Error: jobs.NewJobError(jobs.KindInternalError, msg)})
+			if err := b.cfg.Store.Delete(id); err != nil {
+				b.log.Error("forget lease", "job", id, "error", err)
+			}
+		}
+		b.release(ctx, id)
+		return
+	}
+}
+
+func (b *boardActor) driverFault(ctx actor.Context, m *driverFault) {
+	name := m.child.Id[strings.LastIndex(m.child.Id, "/")+1:]
+	if m.quarantined {
+		b.setHealth(ctx, jobs.HealthBad, fmt.Sprintf("driver %s keeps failing: %v", name, m.reason))
+		return
+	}
+	b.log.Warn("driver failed; restarting it after a back-off", "driver", name, "error", fmt.Sprint(m.reason))
+	b.down[name] = true
+	if b.health == jobs.HealthGood {
+		b.setHealth(ctx, jobs.HealthUnknown, fmt.Sprintf("driver %s failed: %v", name, m.reason))
+	}
+}
+
+// consoleJob is the lease console bytes belong to: the holder while it uses the board.
+func (b *boardActor) consoleJob() string {
+	if li, ok := b.leases[b.holder]; ok && li.phase >= jobs.PhaseBeforeLease && li.phase <= jobs.PhaseAfterLease {
+		return b.holder
+	}
+	return ""
+}
+
+func (b *boardActor) setHealth(ctx actor.Context, h jobs.Health, why string) {
+	if b.health == jobs.HealthBad && h != jobs.HealthBad {
+		return // quarantine is cleared by an operator, not by a driver coming back
+	}
+	if h == b.health {
+		return
+	}
+	b.health, b.why = h, why
+	if h == jobs.HealthBad {
+		b.log.Error("board quarantined", "reason", why)
+	}
+	b.publish(ctx, why)
+}
+
+func (b *boardActor) setStatus(ctx actor.Context, s jobs.ExporterStatus, msg string) {
+	if b.holder == "" && b.health == jobs.HealthBad {
+		s = jobs.StatusOffline
+	}
+	if s == b.status {
+		return
+	}
+	b.status = s
+	b.publish(ctx, msg)
+}
+
+func (b *boardActor) publish(ctx actor.Context, msg string) {
+	if b.holder == "" && b.health == jobs.HealthBad {
+		b.status = jobs.StatusOffline
+	}
+	b.emit(ctx, b.holder, connector.Event{BoardStatus: &connector.BoardStatus{Status: b.status, Health: b.health, Message: msg}})
+}
+
+func (b *boardActor) emit(ctx actor.Context, jobID string, ev connector.Event) {
+	ev.Board, ev.JobID = b.cfg.Name, jobID
+	ctx.Send(b.cfg.Outbox, &actors.Emit{Event: ev})
+}

@@ -1,0 +1,102 @@
+// Package driver is the actor that runs one driver of a board (a serial console, power
+// control, a simulated board). The driver's I/O runs in a goroutine the actor owns;
+// when it fails, the actor panics so that its board's supervision strategy restarts it
+// with back-off (see board.Strategy).
+package driver
+
+import (
+	"context"
+	"fmt"
+	"runtime/debug"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+	"github.com/boardvisor/boardvisor/actors"
+	"github.com/hashicorp/go-hclog"
+)
+
+// Driver is one piece of board I/O.
+type Driver interface {
+	// Name names the driver within its board, e.g. "serial".
+	Name() string
+	// Run does the driver's work until ctx is done (then it returns nil) or it fails (it
+	// returns the error). Bytes it reads for the console go to out.
+	Run(ctx context.Context, out func([]byte)) error
+}
+
+// StopTimeout bounds how long a stopping driver actor waits for Run to return.
+const StopTimeout = 5 * time.Second
+
+// Props returns the props of the actor running d. Its parent (the board) receives
+// DriverUp when the driver starts and DriverOutput for what it reads.
+func Props(d Driver, logger hclog.Logger) *actor.Props {
+	return actor.PropsFromProducer(func() actor.Actor {
+		return &driverActor{d: d, log: logger}
+	}, actor.WithReceiverMiddleware(actors.LogPanics(logger)))
+}
+
+type (
+	output struct{ data []byte }
+	failed struct{ err error }
+)
+
+type driverActor struct {
+	d      Driver
+	log    hclog.Logger
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+func (a *driverActor) Receive(ctx actor.Context) {
+	switch m := ctx.Message().(type) {
+	case *actor.Started:
+		a.start(ctx)
+	case *output:
+		ctx.Send(ctx.Parent(), &actors.DriverOutput{Driver: a.d.Name(), Data: m.data})
+	case *failed:
+		panic(fmt.Errorf("driver %s: %w", a.d.Name(), m.err))
+	case *actor.Stopping, *actor.Restarting:
+		a.stop()
+	}
+}
+
+func (a *driverActor) start(ctx actor.Context) {
+	runCtx, cancel := context.WithCancel(context.Background())
+	a.cancel, a.done = cancel, make(chan struct{})
+	self, root, done := ctx.Self(), ctx.ActorSystem().Root, a.done
+	go func() {
+		defer close(done)
+		var err error
+		func() {
+			// A panic in the driver's own goroutine would take the whole daemon down;
+			// it becomes a failure of this actor instead.
+			defer func() {
+				if r := recover(); r != nil {
+					a.log.Error("driver panicked", "driver", a.d.Name(), "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+					err = fmt.Errorf("panic: %v", r)
+				}
+			}()
+			err = a.d.Run(runCtx, func(b []byte) { root.Send(self, &output{data: b}) })
+		}()
+		if err == nil && runCtx.Err() == nil {
+			err = fmt.Errorf("returned without an error before it was stopped")
+		}
+		if runCtx.Err() == nil {
+			root.Send(self, &failed{err: err})
+		}
+	}()
+	ctx.Send(ctx.Parent(), &actors.DriverUp{Driver: a.d.Name()})
+}
+
+func (a *driverActor) stop() {
+	if a.cancel == nil {
+		return
+	}
+	a.cancel()
+	select {
+	case <-a.done:
+	case <-time.After(StopTimeout):
+		a.log.Error("driver did not stop in time; abandoning it", "driver", a.d.Name(), "timeout", StopTimeout.String())
+	}
+	a.cancel = nil
+}

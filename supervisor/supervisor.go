@@ -1,0 +1,155 @@
+// Package supervisor assembles the daemon: the actor system with its host actor, the
+// connector to the coordinator, and (later) the client-facing gRPC service and metrics.
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+	"github.com/boardvisor/boardvisor/actors"
+	"github.com/boardvisor/boardvisor/actors/board"
+	"github.com/boardvisor/boardvisor/actors/host"
+	"github.com/boardvisor/boardvisor/actors/outbox"
+	"github.com/boardvisor/boardvisor/connector"
+	"github.com/boardvisor/boardvisor/jobs"
+	jhook "github.com/boardvisor/boardvisor/jobs/hook"
+	"github.com/hashicorp/go-hclog"
+)
+
+// Options configure a Supervisor.
+type Options struct {
+	// Boards to supervise.
+	Boards []board.Config
+	// StateDir holds hook spools (StateDir/hooks) and, later, the journal.
+	StateDir string
+	// Conn is the link to the coordinator (a local connector in the embedded mode).
+	Conn connector.SupervisorConnector
+	// Sinks receive every numbered event after the connector.
+	Sinks []outbox.Sink
+	// ShimCommand runs the hook shim (empty: this executable's hook-shim subcommand).
+	ShimCommand []string
+	// Store keeps live leases (nil: in memory).
+	Store actors.Store
+	// Logger is the root logger (nil: no logs).
+	Logger hclog.Logger
+	// RequestTimeout bounds StartJob, StopJob and EndSession (zero: 10s).
+	RequestTimeout time.Duration
+}
+
+// Supervisor is a running supervisor. It implements connector.Supervisor.
+type Supervisor struct {
+	opts Options
+	sys  *actor.ActorSystem
+	host *actor.PID
+	log  hclog.Logger
+}
+
+var _ connector.Supervisor = (*Supervisor)(nil)
+
+// Start builds the actor tree and starts every board.
+func Start(opts Options) (*Supervisor, error) {
+	if opts.Logger == nil {
+		opts.Logger = hclog.NewNullLogger()
+	}
+	if opts.Store == nil {
+		opts.Store = &actors.MemStore{}
+	}
+	if opts.RequestTimeout == 0 {
+		opts.RequestTimeout = 10 * time.Second
+	}
+	if opts.Conn == nil {
+		return nil, errors.New("supervisor: no connector")
+	}
+	if opts.StateDir == "" {
+		return nil, errors.New("supervisor: no state directory")
+	}
+	if err := os.MkdirAll(filepath.Join(opts.StateDir, "hooks"), 0o700); err != nil {
+		return nil, fmt.Errorf("supervisor: state directory: %w", err)
+	}
+	seen := map[string]bool{}
+	for _, b := range opts.Boards {
+		if seen[b.Name] {
+			return nil, fmt.Errorf("supervisor: board %q is configured twice", b.Name)
+		}
+		seen[b.Name] = true
+	}
+	s := &Supervisor{opts: opts, log: opts.Logger, sys: actors.NewSystem(opts.Logger)}
+	runner := &jhook.Runner{ShimCommand: opts.ShimCommand, Logger: opts.Logger.Named("hook")}
+	s.host = s.sys.Root.SpawnPrefix(host.Props(host.Config{Boards: opts.Boards, Conn: opts.Conn, Sinks: opts.Sinks,
+		Store: opts.Store, Runner: runner, StateDir: opts.StateDir, Logger: opts.Logger.Named("host")}), "host")
+	return s, nil
+}
+
+func (s *Supervisor) request(ctx context.Context, msg any) error {
+	timeout := s.opts.RequestTimeout
+	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < timeout {
+		timeout = time.Until(dl)
+	}
+	res, err := s.sys.Root.RequestFuture(s.host, msg, timeout).Result()
+	if err != nil {
+		return jobs.NewJobError(jobs.KindInternalError, fmt.Sprintf("supervisor did not answer: %v", err))
+	}
+	r, ok := res.(*actors.JobReply)
+	if !ok {
+		return jobs.NewJobError(jobs.KindInternalError, fmt.Sprintf("supervisor answered %T", res))
+	}
+	return r.Err
+}
+
+// StartJob asks for a job to be started. nil means accepted; the lease's progress is
+// reported as events.
+func (s *Supervisor) StartJob(ctx context.Context, req connector.StartJobRequest) error {
+	return s.request(ctx, &actors.StartJob{Req: req})
+}
+
+// StopJob asks for a job to end. Stopping a job that is not here is a no-op.
+func (s *Supervisor) StopJob(ctx context.Context, req connector.StopJobRequest) error {
+	return s.request(ctx, &actors.StopJob{Req: req})
+}
+
+// EndSession is a client ending its lease.
+func (s *Supervisor) EndSession(ctx context.Context, board, jobID string) error {
+	return s.request(ctx, &actors.EndSession{Board: board, JobID: jobID})
+}
+
+// Board returns a board's state.
+func (s *Supervisor) Board(name string) (actors.BoardState, error) {
+	res, err := s.sys.Root.RequestFuture(s.host, &host.BoardRequest{Board: name, Msg: &actors.GetBoard{}}, s.opts.RequestTimeout).Result()
+	if err != nil {
+		return actors.BoardState{}, fmt.Errorf("board %s: %w", name, err)
+	}
+	switch r := res.(type) {
+	case *actors.BoardState:
+		return *r, nil
+	case error:
+		return actors.BoardState{}, r
+	}
+	return actors.BoardState{}, fmt.Errorf("board %s: unexpected answer %T", name, res)
+}
+
+// Run serves the connector until ctx is done, then stops the supervisor.
+func (s *Supervisor) Run(ctx context.Context) error {
+	err := s.opts.Conn.Run(ctx, s)
+	s.Stop()
+	if errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
+}
+
+// StopTimeout bounds Stop.
+const StopTimeout = 15 * time.Second
+
+// Stop stops every actor. Hooks that are running go on under their shims (they end by
+// their own timeout); nothing is killed on the way out.
+func (s *Supervisor) Stop() {
+	if err := s.sys.Root.PoisonFuture(s.host).Wait(); err != nil {
+		s.log.Warn("actors did not stop in time", "error", err)
+	}
+	s.sys.Shutdown()
+}
