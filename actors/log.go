@@ -83,6 +83,9 @@ func LogPanics(logger hclog.Logger) actor.ReceiverMiddleware {
 		return func(ctx actor.ReceiverContext, env *actor.MessageEnvelope) {
 			defer func() {
 				if r := recover(); r != nil {
+					if _, ok := r.(Failure); ok {
+						panic(r) // an expected failure: its supervisor logs it
+					}
 					logger.Error("actor panicked", "actor", ctx.Self().Id, "message", fmt.Sprintf("%T", env.Message),
 						"panic", fmt.Sprint(r), "stack", string(debug.Stack()))
 					panic(r)
@@ -92,3 +95,12 @@ func LogPanics(logger hclog.Logger) actor.ReceiverMiddleware {
 		}
 	}
 }
+
+// Failure is what an actor panics with to hand an ordinary failure (a driver's I/O
+// error, not a bug) to its supervisor. LogPanics lets it pass without a stack trace.
+type Failure struct{ Err error }
+
+func (f Failure) Error() string { return f.Err.Error() }
+
+// Unwrap returns the failure's error.
+func (f Failure) Unwrap() error { return f.Err }

@@ -532,7 +532,7 @@ func TestPanickingDriverIsRestartedAndLeaseGoesOn(t *testing.T) {
 	g := newGate(t, "drv")
 	d := &flaky{crash: make(chan struct{})}
 	h := start(t, board.Config{Name: "rpi", Drivers: []driver.Driver{d},
-		Before: hookCfg(fmt.Sprintf("echo 'JMP_INFO: waiting'; read x < %s", g), jobs.PolicyEndLease, wait),
+		Before:   hookCfg(fmt.Sprintf("echo 'JMP_INFO: waiting'; read x < %s", g), jobs.PolicyEndLease, wait),
 		Strategy: board.Strategy{Backoff: 10 * time.Millisecond, MaxBackoff: time.Second, MaxFailures: 3, Window: time.Minute}})
 	job := h.startJob("rpi")
 	h.waitFor("the hook to run", func(evs []connector.Event) bool {

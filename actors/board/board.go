@@ -132,7 +132,7 @@ func (b *boardActor) startJob(ctx actor.Context, req connector.StartJobRequest) 
 	if !b.health.Leasable() {
 		return jobs.NewJobError(jobs.KindMaxConcurrentJobs, fmt.Sprintf("board %s takes no jobs: health %s (%s)", b.cfg.Name, b.health, b.why))
 	}
-	if live := len(b.leases); live > b.cfg.Queue {
+	if live := b.live(); live > b.cfg.Queue {
 		if b.cfg.Queue == 0 {
 			return jobs.NewJobError(jobs.KindAlreadyRunning, fmt.Sprintf("board %s is running job %s", b.cfg.Name, b.holderOrAny()))
 		}
@@ -165,6 +165,17 @@ func (b *boardActor) startJob(ctx actor.Context, req connector.StartJobRequest) 
 	return nil
 }
 
+// live counts the leases that have not ended (an ended one may not have stopped yet).
+func (b *boardActor) live() int {
+	n := 0
+	for _, li := range b.leases {
+		if !li.phase.Terminal() {
+			n++
+		}
+	}
+	return n
+}
+
 func (b *boardActor) holderOrAny() string {
 	if b.holder != "" {
 		return b.holder
@@ -179,7 +190,7 @@ func (b *boardActor) holderOrAny() string {
 // AlreadyStopping (harmless either way: the lease ends once).
 func (b *boardActor) endJob(ctx actor.Context, jobID string, r jobs.EndReason) error {
 	li, ok := b.leases[jobID]
-	if !ok {
+	if !ok || li.phase.Terminal() {
 		b.log.Debug("end of a job that is not here: nothing to do", "job", jobID)
 		return nil
 	}

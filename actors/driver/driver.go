@@ -54,7 +54,7 @@ func (a *driverActor) Receive(ctx actor.Context) {
 	case *output:
 		ctx.Send(ctx.Parent(), &actors.DriverOutput{Driver: a.d.Name(), Data: m.data})
 	case *failed:
-		panic(fmt.Errorf("driver %s: %w", a.d.Name(), m.err))
+		panic(actors.Failure{Err: fmt.Errorf("driver %s: %w", a.d.Name(), m.err)})
 	case *actor.Stopping, *actor.Restarting:
 		a.stop()
 	}
@@ -72,7 +72,7 @@ func (a *driverActor) start(ctx actor.Context) {
 			// it becomes a failure of this actor instead.
 			defer func() {
 				if r := recover(); r != nil {
-					a.log.Error("driver panicked", "driver", a.d.Name(), "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+					a.log.Error("driver panicked", "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
 					err = fmt.Errorf("panic: %v", r)
 				}
 			}()
@@ -96,7 +96,7 @@ func (a *driverActor) stop() {
 	select {
 	case <-a.done:
 	case <-time.After(StopTimeout):
-		a.log.Error("driver did not stop in time; abandoning it", "driver", a.d.Name(), "timeout", StopTimeout.String())
+		a.log.Error("driver did not stop in time; abandoning it", "timeout", StopTimeout.String())
 	}
 	a.cancel = nil
 }

@@ -218,8 +218,10 @@ func (a *leaseActor) perform(ctx actor.Context, e jobs.Effect) {
 	job := a.cfg.Spec.JobID
 	switch e.Kind {
 	case jobs.EffReport:
-		a.emit(ctx, connector.Event{Transition: &connector.Transition{From: e.From, To: e.To, Status: e.Status, Message: e.Message}})
+		// The board hears first: whoever sees the event and then asks the board about the
+		// lease finds the board already knowing.
 		ctx.Send(ctx.Parent(), &actors.LeaseChanged{JobID: job, Phase: e.To, Status: e.Status, EndRequested: a.l.State.EndRequested})
+		a.emit(ctx, connector.Event{Transition: &connector.Transition{From: e.From, To: e.To, Status: e.Status, Message: e.Message}})
 	case jobs.EffAcquire:
 		ctx.Send(ctx.Parent(), &actors.Acquire{JobID: job})
 	case jobs.EffRelease:
