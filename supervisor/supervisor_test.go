@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/asynkron/protoactor-go/actor"
 	"github.com/boardvisor/boardvisor/actors/board"
 	"github.com/boardvisor/boardvisor/actors/driver"
 	"github.com/boardvisor/boardvisor/actors/lease"
@@ -583,5 +584,69 @@ func TestFlappingDriverQuarantinesBoard(t *testing.T) {
 	i := indexOf(evs, func(ev connector.Event) bool { return ev.BoardStatus != nil && ev.BoardStatus.Health == jobs.HealthBad })
 	if st := evs[i].BoardStatus; st.Status != jobs.StatusOffline || !strings.Contains(st.Message, "relay not responding") {
 		t.Fatalf("quarantine event %v: want OFFLINE with the driver's error", evs[i])
+	}
+}
+
+// panicOnce returns a middleware that panics once, on the n-th message whose type name
+// is typeName (e.g. "*actors.Acquired"). The message is lost, as a real panic loses it.
+func panicOnce(typeName string, n int32) (actor.ReceiverMiddleware, *atomic.Int32) {
+	var seen, panicked atomic.Int32
+	return func(next actor.ReceiverFunc) actor.ReceiverFunc {
+		return func(ctx actor.ReceiverContext, env *actor.MessageEnvelope) {
+			if fmt.Sprintf("%T", env.Message) == typeName && seen.Add(1) == n && panicked.Add(1) == 1 {
+				panic("injected fault on " + typeName)
+			}
+			next(ctx, env)
+		}
+	}, &panicked
+}
+
+func TestLeaseActorPanicResumesInItsPhase(t *testing.T) {
+	rec, lines := record(t)
+	mw, panicked := panicOnce("*actors.Acquired", 1)
+	h := start(t, board.Config{Name: "rpi", LeaseMiddleware: []actor.ReceiverMiddleware{mw},
+		Before: hookCfg("echo before >> "+rec, jobs.PolicyEndLease, wait),
+		After:  hookCfg("echo after >> "+rec, jobs.PolicyEndLease, wait)})
+	job := h.startJob("rpi")
+	h.waitPhase(job, jobs.PhaseReady)
+	if err := h.stopJob(job); err != nil {
+		t.Fatal(err)
+	}
+	evs := h.waitPhase(job, jobs.PhaseDone)
+	if panicked.Load() != 1 {
+		t.Fatal("the fault was not injected")
+	}
+	// The restarted actor went on from STARTING: every phase once, each hook once.
+	want := "CREATED>STARTING STARTING>BEFORE_LEASE BEFORE_LEASE>READY READY>ENDING ENDING>AFTER_LEASE AFTER_LEASE>RELEASING RELEASING>DONE"
+	var got []string
+	for _, tr := range transitions(evs, job) {
+		got = append(got, tr[:strings.IndexByte(tr, '[')])
+	}
+	if strings.Join(got, " ") != want {
+		t.Fatalf("transitions %v, want %s", got, want)
+	}
+	if strings.Join(lines(), " ") != "before after" {
+		t.Fatalf("hooks ran %v", lines())
+	}
+}
+
+func TestHookWatcherPanicReadsOnWithoutLosingLines(t *testing.T) {
+	g := newGate(t, "watch")
+	mw, panicked := panicOnce("*hook.lineMsg", 2)
+	script := fmt.Sprintf("for i in 1 2 3; do echo line-$i; done; read x < %s; for i in 4 5; do echo line-$i; done", g)
+	h := start(t, board.Config{Name: "rpi", HookMiddleware: []actor.ReceiverMiddleware{mw},
+		Before: hookCfg(script, jobs.PolicyEndLease, wait)})
+	job := h.startJob("rpi")
+	h.waitFor("three lines", func(evs []connector.Event) bool {
+		return len(hookLines(evs, job, jobs.SourceBeforeLeaseHook)) >= 3
+	})
+	g.open(t)
+	evs := h.waitPhase(job, jobs.PhaseReady)
+	if panicked.Load() != 1 {
+		t.Fatal("the fault was not injected")
+	}
+	want := "INFO line-1|INFO line-2|INFO line-3|INFO line-4|INFO line-5"
+	if got := strings.Join(hookLines(evs, job, jobs.SourceBeforeLeaseHook), "|"); got != want {
+		t.Fatalf("hook lines after the watcher's restart:\n%s\nwant\n%s", got, want)
 	}
 }

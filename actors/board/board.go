@@ -41,6 +41,9 @@ type Config struct {
 	Logger   hclog.Logger
 	// Strategy supervises the board's drivers and leases (zero: DefaultStrategy).
 	Strategy Strategy
+	// LeaseMiddleware and HookMiddleware wrap the receive functions of the board's lease
+	// actors and hook watchers (fault injection in tests).
+	LeaseMiddleware, HookMiddleware []actor.ReceiverMiddleware
 }
 
 // Props returns the props of a board actor.
@@ -156,7 +159,8 @@ func (b *boardActor) startJob(ctx actor.Context, req connector.StartJobRequest) 
 	}
 	pid, err := ctx.SpawnNamed(lease.Props(lease.Config{Spec: spec, Labels: b.cfg.Labels, Params: req.Parameters,
 		Before: b.cfg.Before, After: b.cfg.After, Outbox: b.cfg.Outbox, Store: b.cfg.Store, Runner: b.cfg.Runner,
-		SpoolDir: filepath.Join(b.cfg.StateDir, "hooks"), Logger: b.log.Named("lease").With("job", req.JobID)}), "lease/"+req.JobID)
+		SpoolDir: filepath.Join(b.cfg.StateDir, "hooks"), Logger: b.log.Named("lease").With("job", req.JobID),
+		Middleware: b.cfg.LeaseMiddleware, HookMiddleware: b.cfg.HookMiddleware}), "lease/"+req.JobID)
 	if err != nil {
 		return jobs.NewJobError(jobs.KindInternalError, fmt.Sprintf("start lease actor: %v", err))
 	}

@@ -30,6 +30,8 @@ type Config struct {
 	Store  actors.Store
 	Runner *jhook.Runner
 	Logger hclog.Logger
+	// Middleware wraps the watcher's receive function (fault injection in tests).
+	Middleware []actor.ReceiverMiddleware
 }
 
 // Props returns the props of a watcher for one hook run. Its parent (the lease) receives
@@ -37,14 +39,15 @@ type Config struct {
 func Props(cfg Config) *actor.Props {
 	return actor.PropsFromProducer(func() actor.Actor {
 		return &watcher{cfg: cfg}
-	}, actor.WithReceiverMiddleware(actors.LogPanics(cfg.Logger)))
+	}, actor.WithReceiverMiddleware(append([]actor.ReceiverMiddleware{actors.LogPanics(cfg.Logger)}, cfg.Middleware...)...))
 }
 
 // Messages from a run's goroutines carry the token of the watcher instance that started
 // it: after a restart, lines still queued for the old instance are dropped (the new one
 // reads them again from the recorded offset), so none is reported twice.
 type (
-	token   struct{}
+	// token must not be zero-size: distinct pointers to zero-size values may be equal.
+	token   struct{ _ byte }
 	lineMsg struct {
 		tok  *token
 		line jhook.Line

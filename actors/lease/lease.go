@@ -48,6 +48,9 @@ type Config struct {
 	Logger   hclog.Logger
 	// HookSupervisor supervises the hook watcher (nil: restart it, at most 5 times a minute).
 	HookSupervisor actor.SupervisorStrategy
+	// Middleware and HookMiddleware wrap the lease actor's and its hook watcher's receive
+	// functions (fault injection in tests).
+	Middleware, HookMiddleware []actor.ReceiverMiddleware
 }
 
 // Props returns the props of a lease actor.
@@ -60,7 +63,7 @@ func Props(cfg Config) *actor.Props {
 	}
 	return actor.PropsFromProducer(func() actor.Actor {
 		return &leaseActor{cfg: cfg, log: cfg.Logger}
-	}, actor.WithSupervisor(sup), actor.WithReceiverMiddleware(actors.LogPanics(cfg.Logger)))
+	}, actor.WithSupervisor(sup), actor.WithReceiverMiddleware(append([]actor.ReceiverMiddleware{actors.LogPanics(cfg.Logger)}, cfg.Middleware...)...))
 }
 
 type timerFired struct {
@@ -281,7 +284,8 @@ func (a *leaseActor) spawnHook(ctx actor.Context, k jobs.HookKind) {
 	spec.Env = append(jhook.Env(job, a.cfg.Spec.Client, a.cfg.Spec.Board,
 		filepath.Join(a.cfg.SpoolDir, job, "motd"), a.cfg.Labels), paramEnv(a.cfg.Params)...)
 	pid, err := ctx.SpawnNamed(hookactor.Props(hookactor.Config{Kind: k, Spec: spec, JobID: job, Board: a.cfg.Spec.Board,
-		Outbox: a.cfg.Outbox, Store: a.cfg.Store, Runner: a.cfg.Runner, Logger: a.log.With("hook", k.String())}), "hook/"+k.String())
+		Outbox: a.cfg.Outbox, Store: a.cfg.Store, Runner: a.cfg.Runner, Logger: a.log.With("hook", k.String()),
+		Middleware: a.cfg.HookMiddleware}), "hook/"+k.String())
 	if err != nil {
 		a.step(ctx, jobs.HookExited(k, false, fmt.Sprintf("cannot start its watcher: %v", err)))
 		return
