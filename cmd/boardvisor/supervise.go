@@ -1,0 +1,61 @@
+package main
+
+import (
+	"context"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/boardvisor/boardvisor/connector/local"
+	"github.com/boardvisor/boardvisor/supervisor"
+	"github.com/boardvisor/boardvisor/supervisor/config"
+	"github.com/spf13/cobra"
+)
+
+func newSupervise(g *globalFlags) *cobra.Command {
+	var path string
+	cmd := &cobra.Command{
+		Use:   "supervise --config FILE",
+		Short: "run the supervisor daemon for the boards in FILE",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if path == "" {
+				return usageError{errMissingConfig}
+			}
+			// Signals are caught from the start: a SIGTERM during start-up stops cleanly too.
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			cfg, err := config.Load(path)
+			if err != nil {
+				return err
+			}
+			logger, err := newLogger(g, cfg.Log.Level, cfg.Log.Format)
+			if err != nil {
+				return err
+			}
+			boards, notes := supervisor.BoardsFromConfig(cfg)
+			for _, n := range notes {
+				logger.Warn(n)
+			}
+			if cfg.Coordinator != nil {
+				logger.Warn("a coordinator is configured, but the gRPC connector is not there yet: running with the local connector", "coordinator", cfg.Coordinator.Address)
+			}
+			sup, err := supervisor.Start(supervisor.Options{Boards: boards, StateDir: cfg.StateDir, Conn: local.New(), Logger: logger})
+			if err != nil {
+				return err
+			}
+			logger.Info("supervising", "boards", len(boards), "stateDir", cfg.StateDir, "config", path)
+			err = sup.Run(ctx)
+			logger.Info("stopped")
+			return err
+		},
+	}
+	cmd.Flags().StringVarP(&path, "config", "c", "", "the supervisor's YAML config file (required)")
+	return cmd
+}
+
+var errMissingConfig = usageErrorText("--config FILE is required")
+
+type usageErrorText string
+
+func (e usageErrorText) Error() string { return string(e) }

@@ -1,0 +1,263 @@
+// Package config loads and validates the supervisor's YAML configuration file.
+//
+// A config names the state directory, the client-facing listen address, logging, the
+// coordinator to dial (absent: the embedded local connector), host-wide defaults and the
+// boards. [Load] reads a file, [Parse] decodes it strictly (an unknown key is an error),
+// fills in defaults and calls [Config.Validate], which reports every problem it finds,
+// one line each:
+//
+//	<file>:<line>: board "<name>": <field path>: <problem>
+//	<file>:<line>: <field path>: <problem>          (host-level fields)
+//
+// for example
+//
+//	config.yaml:14: board "rpi4-01": hooks.beforeLease.onFailure: unknown policy "retry" (want warn, endLease or exit)
+//
+// Each problem is a [*Problem]; the error returned joins them (errors.As finds the first,
+// and the joined error's Unwrap() []error gives all of them).
+//
+// [Config.Resolve] merges the defaults into each board. A board's hook replaces the
+// default hook of the same name wholesale; `beforeLease: {disabled: true}` on a board
+// turns the default beforeLease off for that board alone. Drivers are merged per kind in
+// the same way: a board's power block replaces the default power block.
+//
+// Besides reading the config file, the package only stats the files the config names
+// (hook executables, serial devices) and opens the coordinator token file to check that it
+// is readable. testdata/example.yaml documents every field.
+package config
+
+import (
+	"time"
+
+	"github.com/boardvisor/boardvisor/jobs"
+)
+
+// Defaults applied where the config gives no value.
+const (
+	// DefaultListen is the client-facing gRPC address when listen is not set.
+	DefaultListen = "127.0.0.1:7410"
+	// DefaultLogLevel is the log level when log.level is not set.
+	DefaultLogLevel = "info"
+	// DefaultLogFormat is the log format when log.format is not set.
+	DefaultLogFormat = "json"
+	// DefaultLeaseDuration bounds a lease whose StartJob carries no duration, when
+	// defaults.leaseDuration is not set.
+	DefaultLeaseDuration = time.Hour
+	// DefaultQueue is how many leases may wait for a busy board when no queue is set.
+	DefaultQueue = 1
+	// MaxQueue is the largest queue a config may set.
+	MaxQueue = 16
+	// DefaultPowerTimeout bounds one power command when the power block gives no timeout.
+	DefaultPowerTimeout = 30 * time.Second
+	// DefaultBaud is a serial console's rate when baud is not set.
+	DefaultBaud = 115200
+	// DefaultParity is a serial console's parity when parity is not set.
+	DefaultParity = "none"
+	// DefaultDataBits is a serial console's data bits when dataBits is not set.
+	DefaultDataBits = 8
+	// DefaultStopBits is a serial console's stop bits when stopBits is not set.
+	DefaultStopBits = 1
+	// DefaultOnFailure is a hook's onFailure policy when the hook gives none.
+	DefaultOnFailure = "warn"
+)
+
+// Config is the supervisor's configuration, as read from one YAML file.
+type Config struct {
+	// Path is the file the config came from; it prefixes every problem reported.
+	Path string `yaml:"-"`
+	// StateDir holds the journal, hook spools and outbox. Required, absolute; the daemon
+	// creates it if it is missing.
+	StateDir string `yaml:"stateDir"`
+	// Listen is the client-facing gRPC address, host:port (default DefaultListen).
+	Listen string `yaml:"listen"`
+	// Log configures the daemon's own log.
+	Log LogConfig `yaml:"log"`
+	// Coordinator is the coordinator to dial; nil means the embedded local connector.
+	Coordinator *CoordinatorConfig `yaml:"coordinator"`
+	// Defaults are host-wide settings each board may override.
+	Defaults Defaults `yaml:"defaults"`
+	// Boards are the boards this supervisor serves; at least one.
+	Boards []Board `yaml:"boards"`
+
+	// pos maps field paths to YAML line numbers; nil for a config built in code.
+	pos *positions
+}
+
+// LogConfig configures the daemon's own log.
+type LogConfig struct {
+	// Level is trace, debug, info, warn or error (default info).
+	Level string `yaml:"level"`
+	// Format is json or text (default json).
+	Format string `yaml:"format"`
+}
+
+// CoordinatorConfig says how to reach the coordinator.
+type CoordinatorConfig struct {
+	// Address is the coordinator's host:port. Required.
+	Address string `yaml:"address"`
+	// TokenFile, if set, names a readable file holding the supervisor's token.
+	TokenFile string `yaml:"tokenFile"`
+}
+
+// Defaults are host-wide settings; each board may override each of them.
+type Defaults struct {
+	// LeaseDuration bounds a lease whose StartJob carries no duration (default 1h).
+	LeaseDuration Duration `yaml:"leaseDuration"`
+	// Queue is how many leases may wait for a busy board, 0..MaxQueue (default 1).
+	// nil means not set.
+	Queue *int `yaml:"queue"`
+	// Hooks are the hooks of every board that does not set its own.
+	Hooks Hooks `yaml:"hooks"`
+	// Drivers are the drivers of every board that does not set its own of that kind.
+	// A serial console belongs to one board and may not be set here.
+	Drivers Drivers `yaml:"drivers"`
+}
+
+// Board is one board as configured.
+type Board struct {
+	// Name identifies the board: required, unique, 1-64 of [A-Za-z0-9._-].
+	Name string `yaml:"name"`
+	// Labels are matched by clients' and the coordinator's label selectors.
+	Labels map[string]string `yaml:"labels"`
+	// Hooks override the default hooks, each hook wholesale.
+	Hooks Hooks `yaml:"hooks"`
+	// Drivers override the default drivers, each kind wholesale.
+	Drivers Drivers `yaml:"drivers"`
+	// LeaseDuration overrides defaults.leaseDuration; zero means not set.
+	LeaseDuration Duration `yaml:"leaseDuration"`
+	// Queue overrides defaults.queue; nil means not set.
+	Queue *int `yaml:"queue"`
+}
+
+// Hooks are a board's two lease hooks; nil means not set (a board inherits the default).
+type Hooks struct {
+	// BeforeLease runs before the board is handed to the client.
+	BeforeLease *Hook `yaml:"beforeLease"`
+	// AfterLease runs after the client is done with the board.
+	AfterLease *Hook `yaml:"afterLease"`
+}
+
+// Hook is one hook: exactly one of Script and Exec, or Disabled.
+type Hook struct {
+	// Script is a shell script run with /bin/sh.
+	Script string `yaml:"script"`
+	// Exec is the absolute path of an executable file run without arguments.
+	Exec string `yaml:"exec"`
+	// Timeout bounds the hook (default jobs.DefaultHookTimeout).
+	Timeout Duration `yaml:"timeout"`
+	// OnFailure is warn, endLease or exit (default warn); see jobs.Policy.
+	OnFailure string `yaml:"onFailure"`
+	// Disabled, on a board, turns off the default hook of the same name for that board.
+	// It excludes every other field.
+	Disabled bool `yaml:"disabled"`
+}
+
+// Drivers are a board's drivers; nil means not set.
+type Drivers struct {
+	// Serial is the board's serial console.
+	Serial *Serial `yaml:"serial"`
+	// Power switches the board on and off with commands.
+	Power *Power `yaml:"power"`
+	// Virtual makes the board a simulated one; it excludes Serial.
+	Virtual *Virtual `yaml:"virtual"`
+}
+
+// Serial is a serial console.
+type Serial struct {
+	// Device is the absolute path of the tty, e.g. /dev/ttyUSB0. Required; it must exist.
+	Device string `yaml:"device"`
+	// Baud is a standard rate from 50 to 4000000 (default 115200).
+	Baud int `yaml:"baud"`
+	// Parity is none, odd, even, mark or space (default none).
+	Parity string `yaml:"parity"`
+	// DataBits is 5 to 8 (default 8).
+	DataBits int `yaml:"dataBits"`
+	// StopBits is 1 or 2 (default 1).
+	StopBits int `yaml:"stopBits"`
+}
+
+// Power switches a board with shell commands; at least one command is required.
+type Power struct {
+	// On powers the board on.
+	On string `yaml:"on"`
+	// Off powers the board off.
+	Off string `yaml:"off"`
+	// Cycle power-cycles the board.
+	Cycle string `yaml:"cycle"`
+	// Timeout bounds each command (default DefaultPowerTimeout).
+	Timeout Duration `yaml:"timeout"`
+}
+
+// Virtual is a simulated board.
+type Virtual struct {
+	// BootDelay is how long the simulated board takes to boot after power-on.
+	BootDelay Duration `yaml:"bootDelay"`
+}
+
+// ApplyDefaults fills in the defaults of every field left unset that has one: listen,
+// log level and format, defaults.leaseDuration and queue, each hook's timeout and
+// onFailure, each power block's timeout and each serial block's line settings. A board's
+// leaseDuration and queue stay unset: they are inherited when the board is resolved.
+// Parse calls it before Validate.
+func (c *Config) ApplyDefaults() {
+	if c.Listen == "" {
+		c.Listen = DefaultListen
+	}
+	if c.Log.Level == "" {
+		c.Log.Level = DefaultLogLevel
+	}
+	if c.Log.Format == "" {
+		c.Log.Format = DefaultLogFormat
+	}
+	if c.Defaults.LeaseDuration == 0 {
+		c.Defaults.LeaseDuration = Duration(DefaultLeaseDuration)
+	}
+	if c.Defaults.Queue == nil {
+		q := DefaultQueue
+		c.Defaults.Queue = &q
+	}
+	c.Defaults.Hooks.applyDefaults()
+	c.Defaults.Drivers.applyDefaults()
+	for i := range c.Boards {
+		c.Boards[i].Hooks.applyDefaults()
+		c.Boards[i].Drivers.applyDefaults()
+	}
+}
+
+func (h Hooks) applyDefaults() {
+	for _, hk := range []*Hook{h.BeforeLease, h.AfterLease} {
+		if hk == nil || hk.Disabled {
+			continue
+		}
+		if hk.Timeout == 0 {
+			hk.Timeout = Duration(jobs.DefaultHookTimeout)
+		}
+		if hk.OnFailure == "" {
+			hk.OnFailure = DefaultOnFailure
+		}
+	}
+}
+
+func (d Drivers) applyDefaults() {
+	if s := d.Serial; s != nil {
+		s.applyDefaults()
+	}
+	if p := d.Power; p != nil && p.Timeout == 0 {
+		p.Timeout = Duration(DefaultPowerTimeout)
+	}
+}
+
+func (s *Serial) applyDefaults() {
+	if s.Baud == 0 {
+		s.Baud = DefaultBaud
+	}
+	if s.Parity == "" {
+		s.Parity = DefaultParity
+	}
+	if s.DataBits == 0 {
+		s.DataBits = DefaultDataBits
+	}
+	if s.StopBits == 0 {
+		s.StopBits = DefaultStopBits
+	}
+}
