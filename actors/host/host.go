@@ -130,22 +130,33 @@ func (h *hostActor) started(ctx actor.Context) {
 func (h *hostActor) startJob(ctx actor.Context, m *actors.StartJob) {
 	pid, ok := h.boards[m.Req.Board]
 	if !ok {
-		ctx.Respond(&actors.JobReply{Err: jobs.NewJobError(jobs.KindInternalError,
-			fmt.Sprintf("no board named %q on this supervisor", m.Req.Board))})
+		h.refuse(ctx, m.Req, jobs.NewJobError(jobs.KindInternalError, fmt.Sprintf("no board named %q on this supervisor", m.Req.Board)))
 		return
 	}
 	if b, ok := h.jobs[m.Req.JobID]; ok && b != m.Req.Board {
-		ctx.Respond(&actors.JobReply{Err: jobs.NewJobError(jobs.KindJobAlreadyExists,
-			fmt.Sprintf("job %s already exists on board %s", m.Req.JobID, b))})
+		h.refuse(ctx, m.Req, jobs.NewJobError(jobs.KindJobAlreadyExists, fmt.Sprintf("job %s already exists on board %s", m.Req.JobID, b)))
 		return
 	}
 	ctx.ReenterAfter(ctx.RequestFuture(pid, m, RequestTimeout), func(res any, err error) {
 		reply := replyOf(res, err, m.Req.Board)
 		if reply.Err == nil {
 			h.jobs[m.Req.JobID] = m.Req.Board
+			ctx.Respond(reply)
+			return
 		}
-		ctx.Respond(reply)
+		h.refuse(ctx, m.Req, reply.Err)
 	})
+}
+
+// refuse answers a StartJob with err, and reports err as an Error event: over the
+// coordinator link, events are how a refusal is heard.
+func (h *hostActor) refuse(ctx actor.Context, req connector.StartJobRequest, err error) {
+	je, ok := err.(*jobs.JobError)
+	if !ok {
+		je = jobs.NewJobError(jobs.KindInternalError, err.Error())
+	}
+	ctx.Send(h.outbox, &actors.Emit{Event: connector.Event{Board: req.Board, JobID: req.JobID, Error: je}})
+	ctx.Respond(&actors.JobReply{Err: je})
 }
 
 // toJobBoard forwards a request about a job to its board; a job that is not here is a no-op.

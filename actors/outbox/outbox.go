@@ -21,7 +21,13 @@ type Sink func(connector.Event)
 // Props returns the props of an outbox delivering to conn and then to each sink.
 func Props(conn connector.SupervisorConnector, sinks ...Sink) *actor.Props {
 	return actor.PropsFromProducer(func() actor.Actor {
-		return &outbox{conn: conn, sinks: sinks}
+		o := &outbox{conn: conn, sinks: sinks}
+		// A connector that keeps events across restarts says where numbering goes on:
+		// events already sent are never renumbered.
+		if l, ok := conn.(interface{ LastSeq() uint64 }); ok {
+			o.seq = l.LastSeq()
+		}
+		return o
 	})
 }
 
