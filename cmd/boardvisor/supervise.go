@@ -6,6 +6,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/boardvisor/boardvisor/connector"
 	"github.com/boardvisor/boardvisor/connector/local"
 	"github.com/boardvisor/boardvisor/supervisor"
 	"github.com/boardvisor/boardvisor/supervisor/config"
@@ -37,10 +38,18 @@ func newSupervise(g *globalFlags) *cobra.Command {
 			for _, n := range notes {
 				logger.Warn(n)
 			}
+			var conn connector.SupervisorConnector = local.New()
 			if cfg.Coordinator != nil {
-				logger.Warn("a coordinator is configured, but the gRPC connector is not there yet: running with the local connector", "coordinator", cfg.Coordinator.Address)
+				link, err := supervisor.OpenLink(cfg, version, logger)
+				if err != nil {
+					return err
+				}
+				defer link.Close()
+				conn = link.Client
+			} else {
+				logger.Info("no coordinator configured: jobs come only from this process (embedded mode)")
 			}
-			sup, err := supervisor.Start(supervisor.Options{Boards: boards, StateDir: cfg.StateDir, Conn: local.New(), Logger: logger})
+			sup, err := supervisor.Start(supervisor.Options{Boards: boards, StateDir: cfg.StateDir, Conn: conn, Logger: logger})
 			if err != nil {
 				return err
 			}

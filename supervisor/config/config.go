@@ -97,6 +97,14 @@ type CoordinatorConfig struct {
 	Address string `yaml:"address"`
 	// TokenFile, if set, names a readable file holding the supervisor's token.
 	TokenFile string `yaml:"tokenFile"`
+	// SupervisorID names this supervisor to the coordinator; default: the host name.
+	SupervisorID string `yaml:"supervisorId"`
+	// CAFile, if set, turns on TLS: the coordinator's certificate must be signed by a CA
+	// in this PEM file.
+	CAFile string `yaml:"caFile"`
+	// OutboxMaxBytes bounds the events kept on disk while the coordinator is away
+	// (default 256 MiB); past it console bytes are dropped first, and said so.
+	OutboxMaxBytes int64 `yaml:"outboxMaxBytes"`
 }
 
 // Defaults are host-wide settings; each board may override each of them.

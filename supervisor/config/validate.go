@@ -106,6 +106,17 @@ func (v *validator) host() {
 				s.add("coordinator.tokenFile", "%s", msg)
 			}
 		}
+		if co.CAFile != "" {
+			if msg := checkReadable(co.CAFile); msg != "" {
+				s.add("coordinator.caFile", "%s", msg)
+			}
+		}
+		if co.OutboxMaxBytes < 0 {
+			s.add("coordinator.outboxMaxBytes", "must not be negative")
+		}
+		if co.SupervisorID != "" && !boardNameRe.MatchString(co.SupervisorID) {
+			s.add("coordinator.supervisorId", "%q is not a valid name ([A-Za-z0-9._-], 1 to 64 characters)", co.SupervisorID)
+		}
 	}
 }
 

@@ -1,0 +1,75 @@
+package supervisor
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	bvgrpc "github.com/boardvisor/boardvisor/connector/grpc"
+	"github.com/boardvisor/boardvisor/supervisor/config"
+	"github.com/hashicorp/go-hclog"
+	"google.golang.org/grpc/credentials"
+)
+
+// Link is a supervisor's connection to its coordinator: the client and its queue.
+type Link struct {
+	Client *bvgrpc.Client
+	Queue  *bvgrpc.Queue
+}
+
+// Close closes the queue (after the client has stopped).
+func (l *Link) Close() error { return l.Queue.Close() }
+
+// OpenLink prepares the coordinator link a config describes: the outbox queue in the
+// state directory, the token, TLS. version is reported to the coordinator.
+func OpenLink(cfg *config.Config, version string, logger hclog.Logger) (*Link, error) {
+	co := cfg.Coordinator
+	id := co.SupervisorID
+	if id == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return nil, fmt.Errorf("%s: coordinator.supervisorId not set and the host name is unknown: %w", cfg.Path, err)
+		}
+		id = h
+	}
+	var token string
+	if co.TokenFile != "" {
+		b, err := os.ReadFile(co.TokenFile)
+		if err != nil {
+			return nil, fmt.Errorf("coordinator token: %w", err)
+		}
+		token = strings.TrimSpace(string(b))
+		if token == "" {
+			return nil, fmt.Errorf("coordinator token file %s is empty", co.TokenFile)
+		}
+	}
+	var creds credentials.TransportCredentials
+	if co.CAFile != "" {
+		pem, err := os.ReadFile(co.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("coordinator CA: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("coordinator CA file %s holds no PEM certificate", co.CAFile)
+		}
+		creds = credentials.NewTLS(&tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12})
+	}
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("state directory: %w", err)
+	}
+	q, err := bvgrpc.OpenQueue(filepath.Join(cfg.StateDir, "outbox.db"), bvgrpc.QueueOptions{MaxBytes: co.OutboxMaxBytes})
+	if err != nil {
+		return nil, err
+	}
+	var boards []bvgrpc.BoardInfo
+	for _, b := range cfg.Resolve() {
+		boards = append(boards, bvgrpc.BoardInfo{Name: b.Name, Labels: b.Labels, Endpoint: cfg.Listen})
+	}
+	c := bvgrpc.NewClient(bvgrpc.ClientOptions{Address: co.Address, Token: token, SupervisorID: id, Boards: boards,
+		Queue: q, Creds: creds, Version: version, Logger: logger.Named("link")})
+	return &Link{Client: c, Queue: q}, nil
+}
