@@ -17,6 +17,7 @@ import (
 	"github.com/boardvisor/boardvisor/actors/outbox"
 	"github.com/boardvisor/boardvisor/connector"
 	"github.com/boardvisor/boardvisor/jobs"
+	"github.com/boardvisor/boardvisor/supervisor/exporter"
 	jhook "github.com/boardvisor/boardvisor/jobs/hook"
 	"github.com/hashicorp/go-hclog"
 )
@@ -39,6 +40,9 @@ type Options struct {
 	Logger hclog.Logger
 	// RequestTimeout bounds StartJob, StopJob and EndSession (zero: 10s).
 	RequestTimeout time.Duration
+	// Exporter, if set, is the client-facing service: it is fed every event and learns
+	// the lease tokens of accepted jobs.
+	Exporter *exporter.Service
 }
 
 // Supervisor is a running supervisor. It implements connector.Supervisor.
@@ -77,6 +81,9 @@ func Start(opts Options) (*Supervisor, error) {
 			return nil, fmt.Errorf("supervisor: board %q is configured twice", b.Name)
 		}
 		seen[b.Name] = true
+	}
+	if opts.Exporter != nil {
+		opts.Sinks = append(opts.Sinks, opts.Exporter.Sink)
 	}
 	s := &Supervisor{opts: opts, log: opts.Logger, sys: actors.NewSystem(opts.Logger)}
 	runner := &jhook.Runner{ShimCommand: opts.ShimCommand, Logger: opts.Logger.Named("hook")}
@@ -134,7 +141,11 @@ func (s *Supervisor) Board(name string) (actors.BoardState, error) {
 
 // Run serves the connector until ctx is done, then stops the supervisor.
 func (s *Supervisor) Run(ctx context.Context) error {
-	err := s.opts.Conn.Run(ctx, s)
+	var sup connector.Supervisor = s
+	if s.opts.Exporter != nil {
+		sup = s.opts.Exporter.Wrap(s)
+	}
+	err := s.opts.Conn.Run(ctx, sup)
 	s.Stop()
 	if errors.Is(err, context.Canceled) {
 		return nil

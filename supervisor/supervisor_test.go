@@ -23,6 +23,7 @@ import (
 	"github.com/boardvisor/boardvisor/jobs"
 	jhook "github.com/boardvisor/boardvisor/jobs/hook"
 	"github.com/boardvisor/boardvisor/jobs/hook/hooktest"
+	"github.com/boardvisor/boardvisor/supervisor/exporter"
 	"github.com/google/uuid"
 	"github.com/hashicorp/go-hclog"
 )
@@ -54,6 +55,11 @@ type harness struct {
 // end that every event it saw was numbered gap-free and in order.
 func start(t *testing.T, boards ...board.Config) *harness {
 	t.Helper()
+	return startWith(t, nil, boards...)
+}
+
+func startWith(t *testing.T, svc *exporter.Service, boards ...board.Config) *harness {
+	t.Helper()
 	dir := t.TempDir()
 	conn := local.New()
 	logger := hclog.New(&hclog.LoggerOptions{Output: logWriter{t}, Level: hclog.Debug, Name: "boardvisor"})
@@ -62,7 +68,7 @@ func start(t *testing.T, boards ...board.Config) *harness {
 			boards[i].LeaseDuration = time.Minute
 		}
 	}
-	sup, err := Start(Options{Boards: boards, StateDir: dir, Conn: conn, ShimCommand: hooktest.ShimCommand(), Logger: logger})
+	sup, err := Start(Options{Boards: boards, StateDir: dir, Conn: conn, ShimCommand: hooktest.ShimCommand(), Logger: logger, Exporter: svc})
 	if err != nil {
 		t.Fatal(err)
 	}

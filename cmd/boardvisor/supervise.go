@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"fmt"
+	"net"
 	"os"
 	"os/signal"
 	"syscall"
@@ -10,6 +12,7 @@ import (
 	"github.com/boardvisor/boardvisor/connector/local"
 	"github.com/boardvisor/boardvisor/supervisor"
 	"github.com/boardvisor/boardvisor/supervisor/config"
+	"github.com/boardvisor/boardvisor/supervisor/exporter"
 	"github.com/spf13/cobra"
 )
 
@@ -49,10 +52,28 @@ func newSupervise(g *globalFlags) *cobra.Command {
 			} else {
 				logger.Info("no coordinator configured: jobs come only from this process (embedded mode)")
 			}
-			sup, err := supervisor.Start(supervisor.Options{Boards: boards, StateDir: cfg.StateDir, Conn: conn, Logger: logger})
+			labels := map[string]map[string]string{}
+			for _, b := range boards {
+				labels[b.Name] = b.Labels
+			}
+			var sup *supervisor.Supervisor
+			svc := exporter.New(labels, enderFunc(func(ctx context.Context, board, job string) error {
+				return sup.EndSession(ctx, board, job)
+			}), nil)
+			lis, err := net.Listen("tcp", cfg.Listen)
 			if err != nil {
+				return fmt.Errorf("client service: listen on %s: %w", cfg.Listen, err)
+			}
+			sup, err = supervisor.Start(supervisor.Options{Boards: boards, StateDir: cfg.StateDir, Conn: conn, Logger: logger, Exporter: svc})
+			if err != nil {
+				lis.Close()
 				return err
 			}
+			g := supervisor.NewGRPCServer()
+			svc.Register(g)
+			go g.Serve(lis)
+			defer g.Stop()
+			logger.Info("client service listening", "address", lis.Addr().String())
 			logger.Info("supervising", "boards", len(boards), "stateDir", cfg.StateDir, "config", path)
 			err = sup.Run(ctx)
 			logger.Info("stopped")
@@ -68,3 +89,8 @@ var errMissingConfig = usageErrorText("--config FILE is required")
 type usageErrorText string
 
 func (e usageErrorText) Error() string { return string(e) }
+
+// enderFunc adapts a function to exporter.Ender.
+type enderFunc func(ctx context.Context, board, job string) error
+
+func (f enderFunc) EndSession(ctx context.Context, board, job string) error { return f(ctx, board, job) }

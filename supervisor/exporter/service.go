@@ -1,0 +1,392 @@
+// Package exporter is the supervisor's client-facing gRPC service: upstream
+// Jumpstarter's ExporterService (plus WatchStatus), one listener for all the boards of a
+// supervisor. A call chooses its board with the "boardvisor-board" metadata key and
+// proves it holds the board's lease with "authorization: Bearer <lease token>".
+//
+// The service is fed the supervisor's events (in sequence order, through an outbox sink)
+// and never reaches into actor state: board status with a version counter and the
+// previous status, each lease's log (hook lines, SYSTEM lines) for late joiners, and
+// which leases are READY.
+package exporter
+
+import (
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"strings"
+	"sync"
+
+	"github.com/boardvisor/boardvisor/connector"
+	"github.com/boardvisor/boardvisor/jobs"
+	jpb "github.com/boardvisor/boardvisor/proto/jumpstarter/v1"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/emptypb"
+	"google.golang.org/protobuf/types/known/structpb"
+)
+
+// Metadata keys of client calls.
+const (
+	MDBoard  = "boardvisor-board"   // the board the call is for
+	MDNoWait = "boardvisor-no-wait" // "1": a driver call fails with FAILED_PRECONDITION instead of waiting for READY
+)
+
+// Ender ends a client's lease (the supervisor).
+type Ender interface {
+	EndSession(ctx context.Context, board, jobID string) error
+}
+
+// Drivers runs driver calls for READY leases. Nil means no driver is callable yet.
+type Drivers interface {
+	Call(ctx context.Context, board, driver, method string, args []*structpb.Value) (*structpb.Value, error)
+	Stream(ctx context.Context, board, driver, method string, args []*structpb.Value, send func(*structpb.Value) error) error
+}
+
+// Service implements jumpstarter.v1.ExporterService. Its zero value is not usable; use New.
+type Service struct {
+	jpb.UnimplementedExporterServiceServer
+	ender   Ender
+	drivers Drivers
+
+	mu     sync.Mutex
+	boards map[string]*boardState
+	leases map[string]*leaseState
+	tokens map[[32]byte]*leaseState
+}
+
+// New returns a service for the named boards (name -> labels).
+func New(boards map[string]map[string]string, ender Ender, drivers Drivers) *Service {
+	s := &Service{ender: ender, drivers: drivers, boards: map[string]*boardState{},
+		leases: map[string]*leaseState{}, tokens: map[[32]byte]*leaseState{}}
+	for name, labels := range boards {
+		s.board(name).labels = labels
+	}
+	return s
+}
+
+// Sink is the outbox sink that feeds the service. It never blocks.
+func (s *Service) Sink(ev connector.Event) { s.apply(ev) }
+
+// Register registers the service, gRPC health and server reflection on g.
+func (s *Service) Register(g *grpc.Server) {
+	jpb.RegisterExporterServiceServer(g, s)
+	hs := health.NewServer()
+	hs.SetServingStatus(jpb.ExporterService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	healthpb.RegisterHealthServer(g, hs)
+	reflection.Register(g)
+}
+
+// Wrap returns sup with lease tokens registered: a StartJob the supervisor accepts makes
+// its token valid for its board until the lease ends.
+func (s *Service) Wrap(sup connector.Supervisor) connector.Supervisor { return wrapped{s, sup} }
+
+type wrapped struct {
+	s *Service
+	connector.Supervisor
+}
+
+func (w wrapped) StartJob(ctx context.Context, req connector.StartJobRequest) error {
+	l := w.s.register(req)
+	err := w.Supervisor.StartJob(ctx, req)
+	if err != nil && l != nil {
+		if k, _ := jobs.KindOf(err); k != jobs.KindJobAlreadyExists {
+			w.s.mu.Lock()
+			w.s.endLease(l)
+			w.s.mu.Unlock()
+		}
+	}
+	return err
+}
+
+func (s *Service) register(req connector.StartJobRequest) *leaseState {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if l := s.leases[req.JobID]; l != nil {
+		return nil
+	}
+	l := &leaseState{job: req.JobID, board: req.Board, phase: jobs.PhaseCreated, subs: map[*queue[logLine]]bool{},
+		ready: make(chan struct{}), ended: make(chan struct{})}
+	if req.Token != "" {
+		l.tokenHash = sha256.Sum256([]byte(req.Token))
+		s.tokens[l.tokenHash] = l
+	}
+	s.leases[req.JobID] = l
+	return l
+}
+
+func md(ctx context.Context, key string) string {
+	m, _ := metadata.FromIncomingContext(ctx)
+	if v := m.Get(key); len(v) > 0 {
+		return v[0]
+	}
+	return ""
+}
+
+// authorize returns the lease the call's token holds on the call's board.
+func (s *Service) authorize(ctx context.Context) (*leaseState, error) {
+	board := md(ctx, MDBoard)
+	if board == "" {
+		return nil, status.Error(codes.InvalidArgument, "no board named: set the "+MDBoard+" metadata key")
+	}
+	s.mu.Lock()
+	_, known := s.boards[board]
+	s.mu.Unlock()
+	if !known {
+		return nil, status.Errorf(codes.NotFound, "no board named %q on this supervisor", board)
+	}
+	token, ok := strings.CutPrefix(md(ctx, "authorization"), "Bearer ")
+	if !ok || token == "" {
+		return nil, status.Error(codes.Unauthenticated, "no lease token: send authorization: Bearer <lease token>")
+	}
+	h := sha256.Sum256([]byte(token))
+	s.mu.Lock()
+	l := s.tokens[h]
+	s.mu.Unlock()
+	// The hash lookup takes the same time whichever token matched; only the lease that
+	// holds the token, on its own board, is let in.
+	if l == nil || l.board != board {
+		return nil, status.Errorf(codes.PermissionDenied, "this token holds no live lease on board %s", board)
+	}
+	return l, nil
+}
+
+func (s *Service) boardFor(ctx context.Context) (*boardState, error) {
+	name := md(ctx, MDBoard)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b, ok := s.boards[name]
+	if !ok {
+		return nil, status.Errorf(codes.NotFound, "no board named %q on this supervisor", name)
+	}
+	return b, nil
+}
+
+// GetStatus returns the board's status, its version and the previous status. Reading
+// a status needs no token (as upstream).
+func (s *Service) GetStatus(ctx context.Context, _ *jpb.GetStatusRequest) (*jpb.GetStatusResponse, error) {
+	b, err := s.boardFor(ctx)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	st := b.st
+	s.mu.Unlock()
+	return statusResponse(st), nil
+}
+
+func statusResponse(st statusMsg) *jpb.GetStatusResponse {
+	r := &jpb.GetStatusResponse{Status: jpb.ExporterStatus(st.status), StatusVersion: st.version}
+	if st.version > 1 {
+		prev := jpb.ExporterStatus(st.prev)
+		r.PreviousStatus = &prev
+	}
+	if st.message != "" {
+		r.Message = &st.message
+	}
+	return r
+}
+
+// WatchStatus sends the board's status, then every change, until the client leaves.
+// A jump in status_version tells a slow client it missed changes.
+func (s *Service) WatchStatus(_ *jpb.WatchStatusRequest, stream grpc.ServerStreamingServer[jpb.GetStatusResponse]) error {
+	b, err := s.boardFor(stream.Context())
+	if err != nil {
+		return err
+	}
+	q := newQueue[statusMsg](64)
+	s.mu.Lock()
+	q.push(b.st)
+	b.watch[q] = true
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(b.watch, q)
+		s.mu.Unlock()
+	}()
+	for {
+		items, _, _ := q.take()
+		for _, st := range items {
+			if err := stream.Send(statusResponse(st)); err != nil {
+				return err
+			}
+		}
+		select {
+		case <-q.notify:
+		case <-stream.Context().Done():
+			return nil
+		}
+	}
+}
+
+// GetReport describes the board: its name as uuid, and its labels.
+func (s *Service) GetReport(ctx context.Context, _ *emptypb.Empty) (*jpb.GetReportResponse, error) {
+	b, err := s.boardFor(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &jpb.GetReportResponse{Uuid: b.name, Labels: b.labels}, nil
+}
+
+// LogStream sends the lease's log: first the lines so far, then live ones as they come,
+// none missing and none twice; it ends when the lease ends. A reader that falls behind
+// by more than SubscriberBuffer lines is told how many it missed.
+func (s *Service) LogStream(_ *emptypb.Empty, stream grpc.ServerStreamingServer[jpb.LogStreamResponse]) error {
+	l, err := s.authorize(stream.Context())
+	if err != nil {
+		return err
+	}
+	q := newQueue[logLine](SubscriberBuffer)
+	s.mu.Lock()
+	history, dropped := append([]logLine(nil), l.lines...), l.dropped
+	select {
+	case <-l.ended:
+		q.close()
+	default:
+		l.subs[q] = true
+	}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(l.subs, q)
+		s.mu.Unlock()
+	}()
+	send := func(line logLine, missed uint64) error {
+		src := jpb.LogSource(line.Source)
+		return stream.Send(&jpb.LogStreamResponse{Uuid: l.board, Severity: line.Severity.String(), Message: line.Text,
+			Source: &src, Missed: missed})
+	}
+	for i, line := range history {
+		m := uint64(0)
+		if i == 0 {
+			m = dropped
+		}
+		if err := send(line, m); err != nil {
+			return err
+		}
+	}
+	for {
+		items, missed, closed := q.take()
+		for i, line := range items {
+			m := uint64(0)
+			if i == 0 {
+				m = missed
+			}
+			if err := send(line, m); err != nil {
+				return err
+			}
+		}
+		if closed {
+			return nil
+		}
+		select {
+		case <-q.notify:
+		case <-stream.Context().Done():
+			return nil
+		}
+	}
+}
+
+// EndSession ends the caller's lease. The afterLease hook then runs; its lines go on
+// arriving on LogStream until the lease is over.
+func (s *Service) EndSession(ctx context.Context, _ *jpb.EndSessionRequest) (*jpb.EndSessionResponse, error) {
+	l, err := s.authorize(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.ender.EndSession(ctx, l.board, l.job); err != nil {
+		if k, _ := jobs.KindOf(err); k == jobs.KindAlreadyStopping {
+			msg := "the lease is already ending"
+			return &jpb.EndSessionResponse{Success: true, Message: &msg}, nil
+		}
+		return nil, status.Errorf(codes.Internal, "end session: %v", err)
+	}
+	return &jpb.EndSessionResponse{Success: true}, nil
+}
+
+// waitReady blocks a driver call until the lease is READY (or fails it at once when the
+// caller asked not to wait).
+func (s *Service) waitReady(ctx context.Context, l *leaseState) error {
+	s.mu.Lock()
+	phase := l.phase
+	s.mu.Unlock()
+	if phase != jobs.PhaseReady {
+		if md(ctx, MDNoWait) == "1" {
+			return status.Errorf(codes.FailedPrecondition, "lease on board %s is %s, not READY", l.board, phase)
+		}
+		select {
+		case <-l.ready:
+		case <-ctx.Done():
+			return status.FromContextError(ctx.Err()).Err()
+		}
+		s.mu.Lock()
+		phase = l.phase
+		s.mu.Unlock()
+		if phase != jobs.PhaseReady {
+			return status.Errorf(codes.FailedPrecondition, "lease on board %s will not be READY: it is %s", l.board, phase)
+		}
+	}
+	return nil
+}
+
+// DriverCall runs a driver method once the lease is READY.
+func (s *Service) DriverCall(ctx context.Context, req *jpb.DriverCallRequest) (*jpb.DriverCallResponse, error) {
+	l, err := s.authorize(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.waitReady(ctx, l); err != nil {
+		return nil, err
+	}
+	if s.drivers == nil {
+		return nil, status.Errorf(codes.Unimplemented, "no driver %q on board %s", req.GetUuid(), l.board)
+	}
+	v, err := s.drivers.Call(ctx, l.board, req.GetUuid(), req.GetMethod(), req.GetArgs())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &jpb.DriverCallResponse{Uuid: req.GetUuid(), Result: v}, nil
+}
+
+// StreamingDriverCall runs a streaming driver method once the lease is READY.
+func (s *Service) StreamingDriverCall(req *jpb.StreamingDriverCallRequest, stream grpc.ServerStreamingServer[jpb.StreamingDriverCallResponse]) error {
+	ctx := stream.Context()
+	l, err := s.authorize(ctx)
+	if err != nil {
+		return err
+	}
+	if err := s.waitReady(ctx, l); err != nil {
+		return err
+	}
+	if s.drivers == nil {
+		return status.Errorf(codes.Unimplemented, "no driver %q on board %s", req.GetUuid(), l.board)
+	}
+	// The stream ends when the lease ends.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-l.ended:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	err = s.drivers.Stream(ctx, l.board, req.GetUuid(), req.GetMethod(), req.GetArgs(), func(v *structpb.Value) error {
+		return stream.Send(&jpb.StreamingDriverCallResponse{Uuid: req.GetUuid(), Result: v})
+	})
+	if err != nil {
+		return toStatus(err)
+	}
+	return nil
+}
+
+func toStatus(err error) error {
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	return status.Error(codes.Unknown, fmt.Sprint(err))
+}

@@ -1,0 +1,172 @@
+package exporter
+
+import (
+	"sync"
+
+	"github.com/boardvisor/boardvisor/connector"
+	"github.com/boardvisor/boardvisor/jobs"
+)
+
+// MaxHistory bounds the hook lines kept per lease for readers that join late.
+const MaxHistory = 10000
+
+// SubscriberBuffer bounds what waits for one slow reader; past it lines are dropped
+// and the reader is told how many it missed.
+const SubscriberBuffer = 1024
+
+// logLine is one line of a lease's log as clients see it.
+type logLine struct {
+	Source   jobs.LogSource
+	Severity jobs.Severity
+	Text     string
+	Seq      uint64
+}
+
+// queue is a bounded, never-blocking queue for one subscriber.
+type queue[T any] struct {
+	mu     sync.Mutex
+	items  []T
+	missed uint64
+	closed bool
+	notify chan struct{}
+	cap    int
+}
+
+func newQueue[T any](capacity int) *queue[T] {
+	return &queue[T]{notify: make(chan struct{}, 1), cap: capacity}
+}
+
+func (q *queue[T]) push(v T) {
+	q.mu.Lock()
+	if q.closed {
+		q.mu.Unlock()
+		return
+	}
+	if len(q.items) >= q.cap {
+		q.missed++
+	} else {
+		q.items = append(q.items, v)
+	}
+	q.mu.Unlock()
+	select {
+	case q.notify <- struct{}{}:
+	default:
+	}
+}
+
+func (q *queue[T]) close() {
+	q.mu.Lock()
+	q.closed = true
+	q.mu.Unlock()
+	select {
+	case q.notify <- struct{}{}:
+	default:
+	}
+}
+
+// take returns what is queued, how many items were dropped since the last take, and
+// whether the queue is closed (and drained).
+func (q *queue[T]) take() (items []T, missed uint64, closed bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	items, missed = q.items, q.missed
+	q.items, q.missed = nil, 0
+	return items, missed, q.closed && len(items) == 0
+}
+
+type statusMsg struct {
+	status, prev jobs.ExporterStatus
+	version      uint64
+	message      string
+}
+
+type boardState struct {
+	name    string
+	labels  map[string]string
+	st      statusMsg
+	current string // job holding the board
+	watch   map[*queue[statusMsg]]bool
+}
+
+type leaseState struct {
+	job, board string
+	tokenHash  [32]byte
+	phase      jobs.Phase
+	lines      []logLine
+	dropped    uint64 // history lines dropped past MaxHistory
+	subs       map[*queue[logLine]]bool
+	ready      chan struct{} // closed when READY is reached, or the lease can never be READY
+	ended      chan struct{} // closed when the lease is DONE or FAILED
+	readyOnce  sync.Once
+}
+
+func (l *leaseState) markReadyOrNever() { l.readyOnce.Do(func() { close(l.ready) }) }
+
+// apply updates the state with one event. It never blocks.
+func (s *Service) apply(ev connector.Event) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case ev.BoardStatus != nil:
+		b := s.board(ev.Board)
+		b.current = ev.JobID
+		if b.st.status != ev.BoardStatus.Status || b.st.version == 0 {
+			b.st = statusMsg{status: ev.BoardStatus.Status, prev: b.st.status, version: b.st.version + 1, message: ev.BoardStatus.Message}
+			for q := range b.watch {
+				q.push(b.st)
+			}
+		}
+	case ev.Transition != nil:
+		l := s.leases[ev.JobID]
+		if l == nil {
+			return
+		}
+		l.phase = ev.Transition.To
+		if l.phase >= jobs.PhaseReady {
+			l.markReadyOrNever()
+		}
+		if ev.Transition.To.Terminal() {
+			s.endLease(l)
+		}
+	case ev.Hook != nil:
+		l := s.leases[ev.JobID]
+		if l == nil {
+			return
+		}
+		line := logLine{Source: ev.Hook.Source, Severity: ev.Hook.Severity, Text: ev.Hook.Text, Seq: ev.Seq}
+		if len(l.lines) >= MaxHistory {
+			l.lines = l.lines[1:]
+			l.dropped++
+		}
+		l.lines = append(l.lines, line)
+		for q := range l.subs {
+			q.push(line)
+		}
+	}
+}
+
+// endLease closes a lease's streams and forgets its token: the token stops working the
+// moment the lease ends.
+func (s *Service) endLease(l *leaseState) {
+	l.markReadyOrNever()
+	select {
+	case <-l.ended:
+		return
+	default:
+	}
+	close(l.ended)
+	for q := range l.subs {
+		q.close()
+	}
+	delete(s.tokens, l.tokenHash)
+	delete(s.leases, l.job)
+}
+
+func (s *Service) board(name string) *boardState {
+	b := s.boards[name]
+	if b == nil {
+		b = &boardState{name: name, watch: map[*queue[statusMsg]]bool{}}
+		s.boards[name] = b
+	}
+	return b
+}

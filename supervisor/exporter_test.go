@@ -1,0 +1,282 @@
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/boardvisor/boardvisor/actors/board"
+	"github.com/boardvisor/boardvisor/connector"
+	"github.com/boardvisor/boardvisor/jobs"
+	jpb "github.com/boardvisor/boardvisor/proto/jumpstarter/v1"
+	"github.com/boardvisor/boardvisor/supervisor/exporter"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/emptypb"
+)
+
+// clientHarness runs a supervisor with its client service on a loopback port.
+type clientHarness struct {
+	*harness
+	client jpb.ExporterServiceClient
+	conn   *grpc.ClientConn
+}
+
+func startClientService(t *testing.T, boards ...board.Config) *clientHarness {
+	t.Helper()
+	labels := map[string]map[string]string{}
+	for _, b := range boards {
+		labels[b.Name] = b.Labels
+	}
+	var h *harness
+	svc := exporter.New(labels, enderFunc(func(ctx context.Context, board, job string) error {
+		return h.sup.EndSession(ctx, board, job)
+	}), nil)
+	h = startWith(t, svc, boards...)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := NewGRPCServer()
+	svc.Register(g)
+	go g.Serve(lis)
+	t.Cleanup(g.Stop)
+	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return &clientHarness{harness: h, client: jpb.NewExporterServiceClient(conn), conn: conn}
+}
+
+type enderFunc func(ctx context.Context, board, job string) error
+
+func (f enderFunc) EndSession(ctx context.Context, board, job string) error { return f(ctx, board, job) }
+
+func callCtx(t *testing.T, board, token string, kv ...string) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	t.Cleanup(cancel)
+	pairs := append([]string{exporter.MDBoard, board}, kv...)
+	if token != "" {
+		pairs = append(pairs, "authorization", "Bearer "+token)
+	}
+	return metadata.AppendToOutgoingContext(ctx, pairs...)
+}
+
+func withToken(tok string) func(*connector.StartJobRequest) {
+	return func(r *connector.StartJobRequest) { r.Token = tok }
+}
+
+func TestWatchStatusPushesEveryChange(t *testing.T) {
+	h := startClientService(t, board.Config{Name: "rpi",
+		Before: hookCfg("echo 'JMP_INFO: on'", jobs.PolicyEndLease, wait), After: hookCfg("true", jobs.PolicyEndLease, wait)})
+	h.waitFor("the board's first status", func(evs []connector.Event) bool { return len(evs) > 0 })
+	stream, err := h.client.WatchStatus(callCtx(t, "rpi", ""), &jpb.WatchStatusRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := stream.Recv()
+	if err != nil || first.GetStatus() != jpb.ExporterStatus_EXPORTER_STATUS_AVAILABLE {
+		t.Fatalf("first status %v %v, want AVAILABLE", first, err)
+	}
+	job := h.startJob("rpi", withToken("tok-1"))
+	h.waitPhase(job, jobs.PhaseReady)
+	if err := h.stopJob(job); err != nil {
+		t.Fatal(err)
+	}
+	want := []jpb.ExporterStatus{jpb.ExporterStatus_EXPORTER_STATUS_BEFORE_LEASE_HOOK, jpb.ExporterStatus_EXPORTER_STATUS_LEASE_READY,
+		jpb.ExporterStatus_EXPORTER_STATUS_AFTER_LEASE_HOOK, jpb.ExporterStatus_EXPORTER_STATUS_AVAILABLE}
+	prev, version := first.GetStatus(), first.GetStatusVersion()
+	for i, w := range want {
+		r, err := stream.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.GetStatus() != w || r.GetPreviousStatus() != prev || r.GetStatusVersion() != version+1 {
+			t.Fatalf("push %d: %v (prev %v, version %d), want %v (prev %v, version %d)", i, r.GetStatus(), r.GetPreviousStatus(), r.GetStatusVersion(), w, prev, version+1)
+		}
+		prev, version = r.GetStatus(), r.GetStatusVersion()
+	}
+	st, err := h.client.GetStatus(callCtx(t, "rpi", ""), &jpb.GetStatusRequest{})
+	if err != nil || st.GetStatusVersion() != version || st.GetPreviousStatus() != jpb.ExporterStatus_EXPORTER_STATUS_AFTER_LEASE_HOOK {
+		t.Fatalf("GetStatus %v %v", st, err)
+	}
+}
+
+// readLog reads a LogStream to its end into lines "SOURCE SEVERITY text".
+func readLog(stream grpc.ServerStreamingClient[jpb.LogStreamResponse], got chan<- string) error {
+	defer close(got)
+	for {
+		r, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		got <- fmt.Sprintf("%s %s %s", r.GetSource().String()[len("LOG_SOURCE_"):], r.GetSeverity(), r.GetMessage())
+	}
+}
+
+func next(t *testing.T, ch <-chan string) string {
+	t.Helper()
+	select {
+	case l, ok := <-ch:
+		if !ok {
+			t.Fatal("log stream ended early")
+		}
+		return l
+	case <-time.After(wait):
+		t.Fatal("no log line")
+	}
+	return ""
+}
+
+func TestLogStreamLiveAndLateJoinersSeeEveryLineOnce(t *testing.T) {
+	g := newGate(t, "log")
+	h := startClientService(t, board.Config{Name: "rpi",
+		Before: hookCfg(fmt.Sprintf("echo 'JMP_INFO: Powering on device...'; echo 'JMP_WARN: slow'; read x < %s; echo 'JMP_INFO: booted'", g), jobs.PolicyEndLease, wait),
+		After:  hookCfg("echo 'Saving logs to archive...'", jobs.PolicyEndLease, wait)})
+	job := h.startJob("rpi", withToken("tok-a"))
+	early, err := h.client.LogStream(callCtx(t, "rpi", "tok-a"), &emptypb.Empty{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := make(chan string, 100)
+	go readLog(early, a)
+	// The hook is blocked on the gate: these lines reach the reader while it runs.
+	if l := next(t, a); l != "BEFORE_LEASE_HOOK INFO Powering on device..." {
+		t.Fatalf("first line %q", l)
+	}
+	if l := next(t, a); l != "BEFORE_LEASE_HOOK WARN slow" {
+		t.Fatalf("second line %q", l)
+	}
+	late, err := h.client.LogStream(callCtx(t, "rpi", "tok-a"), &emptypb.Empty{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := make(chan string, 100)
+	go readLog(late, b)
+	if l := next(t, b); l != "BEFORE_LEASE_HOOK INFO Powering on device..." {
+		t.Fatalf("late joiner's first line %q", l)
+	}
+	next(t, b)
+	g.open(t)
+	h.waitPhase(job, jobs.PhaseReady)
+	if _, err := h.client.EndSession(callCtx(t, "rpi", "tok-a"), &jpb.EndSessionRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	h.waitPhase(job, jobs.PhaseDone)
+	rest := []string{"BEFORE_LEASE_HOOK INFO booted", "AFTER_LEASE_HOOK INFO Saving logs to archive..."}
+	for name, ch := range map[string]chan string{"early": a, "late": b} {
+		var got []string
+		for l := range ch {
+			got = append(got, l)
+		}
+		if strings.Join(got, "|") != strings.Join(rest, "|") {
+			t.Errorf("%s reader after the gate: %q, want %q (and the stream closed at the lease's end)", name, got, rest)
+		}
+	}
+}
+
+func TestDriverCallWaitsForReady(t *testing.T) {
+	g := newGate(t, "ready")
+	h := startClientService(t, board.Config{Name: "rpi",
+		Before: hookCfg(fmt.Sprintf("echo 'JMP_INFO: wait'; read x < %s", g), jobs.PolicyEndLease, wait)})
+	job := h.startJob("rpi", withToken("tok"))
+	h.waitFor("the hook", func(evs []connector.Event) bool { return len(hookLines(evs, job, jobs.SourceBeforeLeaseHook)) > 0 })
+	_, err := h.client.DriverCall(callCtx(t, "rpi", "tok", exporter.MDNoWait, "1"), &jpb.DriverCallRequest{Uuid: "power", Method: "on"})
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "BEFORE_LEASE") {
+		t.Fatalf("no-wait call during beforeLease: %v, want FAILED_PRECONDITION naming the phase", err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := h.client.DriverCall(callCtx(t, "rpi", "tok"), &jpb.DriverCallRequest{Uuid: "power", Method: "on"})
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		t.Fatalf("driver call returned before READY: %v", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	g.open(t)
+	err = <-done
+	if !reached(h.harness.conn.Events(), job, jobs.PhaseReady) {
+		t.Fatal("driver call returned before READY was reported")
+	}
+	// No drivers are wired into this test: once READY the call goes through to "none".
+	if status.Code(err) != codes.Unimplemented {
+		t.Fatalf("driver call after READY: %v", err)
+	}
+}
+
+func TestOnlyTheLeaseHolderGetsIn(t *testing.T) {
+	h := startClientService(t, board.Config{Name: "a", Before: hookCfg("echo hi", jobs.PolicyEndLease, wait)}, board.Config{Name: "b"})
+	jobA := h.startJob("a", withToken("token-a"))
+	h.startJob("b", withToken("token-b"))
+	h.waitPhase(jobA, jobs.PhaseReady)
+	cases := []struct {
+		board, token string
+		code         codes.Code
+	}{
+		{"a", "", codes.Unauthenticated},
+		{"a", "token-b", codes.PermissionDenied}, // another lease's token
+		{"a", "forged", codes.PermissionDenied},
+		{"nope", "token-a", codes.NotFound},
+	}
+	for _, c := range cases {
+		_, err := h.client.DriverCall(callCtx(t, c.board, c.token), &jpb.DriverCallRequest{Uuid: "power", Method: "on"})
+		if status.Code(err) != c.code {
+			t.Errorf("board %q token %q: %v, want %s", c.board, c.token, err, c.code)
+		}
+		if err != nil && c.token != "" && strings.Contains(err.Error(), c.token) {
+			t.Errorf("error message contains the token: %v", err)
+		}
+	}
+	stream, err := h.client.LogStream(callCtx(t, "a", "token-a"), &emptypb.Empty{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); err != nil { // the stream is open: it has the hook's line
+		t.Fatal(err)
+	}
+	ended := make(chan error, 1)
+	go func() {
+		for {
+			if _, err := stream.Recv(); err != nil {
+				ended <- err
+				return
+			}
+		}
+	}()
+	if err := h.stopJob(jobA); err != nil {
+		t.Fatal(err)
+	}
+	h.waitPhase(jobA, jobs.PhaseDone)
+	select {
+	case err := <-ended:
+		if !errors.Is(err, io.EOF) {
+			t.Fatalf("open stream ended with %v, want a clean end", err)
+		}
+	case <-time.After(wait):
+		t.Fatal("open log stream not closed when the lease ended")
+	}
+	_, err = h.client.EndSession(callCtx(t, "a", "token-a"), &jpb.EndSessionRequest{})
+	if status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("expired token: %v, want PERMISSION_DENIED", err)
+	}
+	hc := healthpb.NewHealthClient(h.conn)
+	r, err := hc.Check(context.Background(), &healthpb.HealthCheckRequest{Service: "jumpstarter.v1.ExporterService"})
+	if err != nil || r.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("health: %v %v", r, err)
+	}
+}
