@@ -60,7 +60,9 @@ func startClientService(t *testing.T, boards ...board.Config) *clientHarness {
 
 type enderFunc func(ctx context.Context, board, job string) error
 
-func (f enderFunc) EndSession(ctx context.Context, board, job string) error { return f(ctx, board, job) }
+func (f enderFunc) EndSession(ctx context.Context, board, job string) error {
+	return f(ctx, board, job)
+}
 
 func callCtx(t *testing.T, board, token string, kv ...string) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), wait)

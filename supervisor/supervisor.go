@@ -17,8 +17,8 @@ import (
 	"github.com/boardvisor/boardvisor/actors/outbox"
 	"github.com/boardvisor/boardvisor/connector"
 	"github.com/boardvisor/boardvisor/jobs"
-	"github.com/boardvisor/boardvisor/supervisor/exporter"
 	jhook "github.com/boardvisor/boardvisor/jobs/hook"
+	"github.com/boardvisor/boardvisor/supervisor/exporter"
 	"github.com/hashicorp/go-hclog"
 )
 

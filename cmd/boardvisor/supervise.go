@@ -93,4 +93,6 @@ func (e usageErrorText) Error() string { return string(e) }
 // enderFunc adapts a function to exporter.Ender.
 type enderFunc func(ctx context.Context, board, job string) error
 
-func (f enderFunc) EndSession(ctx context.Context, board, job string) error { return f(ctx, board, job) }
+func (f enderFunc) EndSession(ctx context.Context, board, job string) error {
+	return f(ctx, board, job)
+}
