@@ -125,6 +125,9 @@ func readLog(stream grpc.ServerStreamingClient[jpb.LogStreamResponse], got chan<
 		if err != nil {
 			return err
 		}
+		if r.GetStructuredFields()[exporter.FieldPhase] != "" {
+			continue // phase markers are checked by the shell's tests
+		}
 		got <- fmt.Sprintf("%s %s %s", r.GetSource().String()[len("LOG_SOURCE_"):], r.GetSeverity(), r.GetMessage())
 	}
 }
@@ -248,7 +251,7 @@ func TestOnlyTheLeaseHolderGetsIn(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := stream.Recv(); err != nil { // the stream is open: it has the hook's line
+	if _, err := stream.Recv(); err != nil { // the stream is open: it has a first line
 		t.Fatal(err)
 	}
 	ended := make(chan error, 1)

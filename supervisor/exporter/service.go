@@ -36,6 +36,12 @@ const (
 	MDNoWait = "boardvisor-no-wait" // "1": a driver call fails with FAILED_PRECONDITION instead of waiting for READY
 )
 
+// Structured fields of the SYSTEM log line that marks a lease's phase change.
+const (
+	FieldPhase  = "phase"  // the new phase, e.g. "READY"
+	FieldStatus = "status" // the board's status after it, e.g. "LEASE_READY"
+)
+
 // Ender ends a client's lease (the supervisor).
 type Ender interface {
 	EndSession(ctx context.Context, board, jobID string) error
@@ -257,8 +263,11 @@ func (s *Service) LogStream(_ *emptypb.Empty, stream grpc.ServerStreamingServer[
 	}()
 	send := func(line logLine, missed uint64) error {
 		src := jpb.LogSource(line.Source)
-		return stream.Send(&jpb.LogStreamResponse{Uuid: l.board, Severity: line.Severity.String(), Message: line.Text,
-			Source: &src, Missed: missed})
+		r := &jpb.LogStreamResponse{Uuid: l.board, Severity: line.Severity.String(), Message: line.Text, Source: &src, Missed: missed}
+		if line.Phase != 0 {
+			r.StructuredFields = map[string]string{FieldPhase: line.Phase.String(), FieldStatus: line.Status.String()}
+		}
+		return stream.Send(r)
 	}
 	for i, line := range history {
 		m := uint64(0)

@@ -1,6 +1,7 @@
 package exporter
 
 import (
+	"fmt"
 	"sync"
 
 	"github.com/boardvisor/boardvisor/connector"
@@ -20,6 +21,9 @@ type logLine struct {
 	Severity jobs.Severity
 	Text     string
 	Seq      uint64
+	// Phase is set on the SYSTEM line that marks a phase change, with the board's Status.
+	Phase  jobs.Phase
+	Status jobs.ExporterStatus
 }
 
 // queue is a bounded, never-blocking queue for one subscriber.
@@ -121,11 +125,16 @@ func (s *Service) apply(ev connector.Event) {
 		if l == nil {
 			return
 		}
-		l.phase = ev.Transition.To
+		t := ev.Transition
+		l.phase = t.To
+		// A marker in the log itself: a reader sees every hook line of a phase before the
+		// next phase, because the events are in sequence order.
+		l.log(logLine{Source: jobs.SourceSystem, Severity: jobs.SeverityInfo, Seq: ev.Seq, Phase: t.To, Status: t.Status,
+			Text: fmt.Sprintf("lease %s: %s", t.To, t.Message)})
 		if l.phase >= jobs.PhaseReady {
 			l.markReadyOrNever()
 		}
-		if ev.Transition.To.Terminal() {
+		if t.To.Terminal() {
 			s.endLease(l)
 		}
 	case ev.Hook != nil:
@@ -133,15 +142,19 @@ func (s *Service) apply(ev connector.Event) {
 		if l == nil {
 			return
 		}
-		line := logLine{Source: ev.Hook.Source, Severity: ev.Hook.Severity, Text: ev.Hook.Text, Seq: ev.Seq}
-		if len(l.lines) >= MaxHistory {
-			l.lines = l.lines[1:]
-			l.dropped++
-		}
-		l.lines = append(l.lines, line)
-		for q := range l.subs {
-			q.push(line)
-		}
+		l.log(logLine{Source: ev.Hook.Source, Severity: ev.Hook.Severity, Text: ev.Hook.Text, Seq: ev.Seq})
+	}
+}
+
+// log adds a line to the lease's history and hands it to its readers.
+func (l *leaseState) log(line logLine) {
+	if len(l.lines) >= MaxHistory {
+		l.lines = l.lines[1:]
+		l.dropped++
+	}
+	l.lines = append(l.lines, line)
+	for q := range l.subs {
+		q.push(line)
 	}
 }
 
