@@ -7,12 +7,15 @@ import (
 	"io"
 	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/boardvisor/boardvisor/actors/board"
+	"github.com/boardvisor/boardvisor/client"
 	"github.com/boardvisor/boardvisor/connector"
 	"github.com/boardvisor/boardvisor/jobs"
+	pb "github.com/boardvisor/boardvisor/proto/boardvisor/v1"
 	jpb "github.com/boardvisor/boardvisor/proto/jumpstarter/v1"
 	"github.com/boardvisor/boardvisor/supervisor/exporter"
 	"google.golang.org/grpc"
@@ -284,4 +287,117 @@ func TestOnlyTheLeaseHolderGetsIn(t *testing.T) {
 	if err != nil || r.GetStatus() != healthpb.HealthCheckResponse_SERVING {
 		t.Fatalf("health: %v %v", r, err)
 	}
+}
+
+// dialogue runs the client side against the harness's client service for a lease the
+// test started itself (the coordinator's part is tested with the coordinator).
+func (h *clientHarness) session(t *testing.T, job, boardName, token string, out io.Writer) (*client.Client, *pb.Lease) {
+	c := &client.Client{Out: out, Dial: func(string) (*grpc.ClientConn, error) {
+		return grpc.NewClient(h.conn.Target(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	}}
+	return c, &pb.Lease{Id: job, Board: boardName, Token: token, ExporterEndpoint: h.conn.Target()}
+}
+
+func TestDialogue(t *testing.T) {
+	h := startClientService(t, board.Config{Name: "rpi",
+		Before: hookCfg("echo 'JMP_INFO: Powering on device...'; sleep 0.1; echo 'JMP_WARN: slow boot'", jobs.PolicyEndLease, wait),
+		After:  hookCfg("echo 'Saving logs to archive...'", jobs.PolicyEndLease, wait)})
+	job := h.startJob("rpi", withToken("t1"))
+	var out strings.Builder
+	c, lease := h.session(t, job, "rpi", "t1", &out)
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	s, err := c.Connect(ctx, lease)
+	if err != nil {
+		t.Fatalf("connect: %v\n%s", err, out.String())
+	}
+	if err := s.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	want := `Connecting to exporter...
+Waiting for beforeLease hooks to complete...
+[Hook INFO] Powering on device...
+[Hook WARN] slow boot
+beforeLease hooks completed successfully!
+Connected to device.
+Releasing lease...
+afterLease hooks running (press Ctrl+C to disconnect):
+[Hook Output] Saving logs to archive...
+afterLease hooks completed.
+`
+	if out.String() != want {
+		t.Fatalf("dialogue:\n%s\nwant:\n%s", out.String(), want)
+	}
+}
+
+func TestDialogueBeforeLeaseFailure(t *testing.T) {
+	h := startClientService(t, board.Config{Name: "rpi",
+		Before: hookCfg("echo 'JMP_INFO: flashing'; echo 'JMP_ERROR: checksum mismatch'; exit 4", jobs.PolicyEndLease, wait)})
+	job := h.startJob("rpi", withToken("t1"))
+	var out strings.Builder
+	c, lease := h.session(t, job, "rpi", "t1", &out)
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	if _, err := c.Connect(ctx, lease); !errors.Is(err, client.ErrHookFailed) {
+		t.Fatalf("connect: %v, want ErrHookFailed\n%s", err, out.String())
+	}
+	for _, want := range []string{"[Hook ERROR] checksum mismatch", "beforeLease hook failed: beforeLease hook failed: exit status 4", "Last lines of the hook:\n  flashing\n  checksum mismatch"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("output lacks %q:\n%s", want, out.String())
+		}
+	}
+}
+
+func TestDialogueCtrlCDuringAfterLease(t *testing.T) {
+	g := newGate(t, "after")
+	rec, lines := record(t)
+	h := startClientService(t, board.Config{Name: "rpi",
+		After: hookCfg(fmt.Sprintf("echo 'JMP_INFO: archiving'; read x < %s; echo done >> %s", g, rec), jobs.PolicyEndLease, wait)})
+	job := h.startJob("rpi", withToken("t1"))
+	out := &syncBuf{}
+	c, lease := h.session(t, job, "rpi", "t1", out)
+	s, err := c.Connect(context.Background(), lease)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Release(ctx) }()
+	deadline := time.Now().Add(wait)
+	for !strings.Contains(out.String(), "[Hook Output] archiving") && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancel() // Ctrl+C
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasSuffix(out.String(), "Disconnected; the afterLease hook goes on.\n") {
+		t.Fatalf("output:\n%s", out.String())
+	}
+	g.open(t) // the hook was still running; it completes and the board comes back
+	h.waitPhase(job, jobs.PhaseDone)
+	if strings.Join(lines(), " ") != "done" {
+		t.Fatal("afterLease hook did not complete after the client left")
+	}
+	st, err := h.sup.Board("rpi")
+	if err != nil || st.Status != jobs.StatusAvailable {
+		t.Fatalf("board after the lease: %+v %v", st, err)
+	}
+}
+
+type syncBuf struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuf) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

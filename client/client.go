@@ -1,0 +1,313 @@
+// Package client is the user's side of a lease: it asks the coordinator for a board,
+// connects to the supervisor serving it, and prints the hook-visibility dialogue of the
+// Jumpstarter proposal (DESIGN.md §9) while the hooks run:
+//
+//	Connecting to exporter...
+//	Waiting for beforeLease hooks to complete...
+//	[Hook INFO] Powering on device...
+//	beforeLease hooks completed successfully!
+//	Connected to device.
+//	...
+//	Releasing lease...
+//	afterLease hooks running (press Ctrl+C to disconnect):
+//	[Hook Output] Saving logs to archive...
+//	afterLease hooks completed.
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/boardvisor/boardvisor/jobs"
+	pb "github.com/boardvisor/boardvisor/proto/boardvisor/v1"
+	jpb "github.com/boardvisor/boardvisor/proto/jumpstarter/v1"
+	"github.com/boardvisor/boardvisor/supervisor/exporter"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/emptypb"
+)
+
+// Request says which lease to ask for.
+type Request struct {
+	Selector string // label selector, e.g. "device=rpi4"
+	Board    string // or an exact board name
+	Duration time.Duration
+	Client   string
+}
+
+// Client talks to a coordinator on behalf of a user.
+type Client struct {
+	Leases pb.LeaseServiceClient
+	// Out receives the dialogue.
+	Out io.Writer
+	// Dial connects to a supervisor's client service (nil: plaintext gRPC).
+	Dial func(endpoint string) (*grpc.ClientConn, error)
+}
+
+// ErrHookFailed is returned when the beforeLease hook failed the lease.
+var ErrHookFailed = errors.New("beforeLease hook failed")
+
+func (c *Client) say(format string, args ...any) { fmt.Fprintf(c.Out, format+"\n", args...) }
+
+// Acquire creates a lease and waits until a supervisor has taken it on. While it is
+// queued it says so.
+func (c *Client) Acquire(ctx context.Context, req Request) (*pb.Lease, error) {
+	resp, err := c.Leases.CreateLease(ctx, &pb.CreateLeaseRequest{Selector: req.Selector, Board: req.Board,
+		Duration: durationpb.New(req.Duration), ClientName: req.Client})
+	if err != nil {
+		return nil, fmt.Errorf("create lease: %s", statusText(err))
+	}
+	lease := resp.GetLease()
+	token := lease.GetToken()
+	if started(lease) {
+		return lease, nil
+	}
+	stream, err := c.Leases.WatchLease(ctx, &pb.WatchLeaseRequest{Id: lease.GetId()})
+	if err != nil {
+		return nil, fmt.Errorf("watch lease %s: %s", lease.GetId(), statusText(err))
+	}
+	saidQueued := false
+	for {
+		l, err := stream.Recv()
+		if err != nil {
+			return nil, fmt.Errorf("lease %s: %s", lease.GetId(), statusText(err))
+		}
+		if l.GetQueued() && !saidQueued {
+			c.say("Waiting for a free board (%s)...", describe(req))
+			saidQueued = true
+		}
+		if started(l) {
+			l.Token = token
+			return l, nil
+		}
+		if p := l.GetPhase(); p == pb.LeasePhase_LEASE_PHASE_DONE || p == pb.LeasePhase_LEASE_PHASE_FAILED {
+			return nil, fmt.Errorf("lease %s ended before it started: %s", l.GetId(), l.GetStatusMessage())
+		}
+	}
+}
+
+func describe(r Request) string {
+	if r.Board != "" {
+		return "board " + r.Board
+	}
+	return r.Selector
+}
+
+// started reports whether a supervisor took the lease on (it then knows its token).
+func started(l *pb.Lease) bool {
+	return l.GetBoard() != "" && l.GetExporterEndpoint() != "" && l.GetPhase() >= pb.LeasePhase_LEASE_PHASE_STARTING
+}
+
+// Session is a connection to the board of a lease.
+type Session struct {
+	c        *Client
+	Lease    *pb.Lease
+	conn     *grpc.ClientConn
+	Exporter jpb.ExporterServiceClient
+	lines    chan *jpb.LogStreamResponse
+	errc     chan error
+	cancel   context.CancelFunc
+	phase    jobs.Phase
+	last     []string // the last hook lines, for a failure report
+}
+
+// Context returns ctx with the metadata a call to the lease's board needs.
+func (s *Session) Context(ctx context.Context) context.Context {
+	return metadata.AppendToOutgoingContext(ctx, exporter.MDBoard, s.Lease.GetBoard(), "authorization", "Bearer "+s.Lease.GetToken())
+}
+
+// Connect connects to the lease's board and prints the beforeLease part of the dialogue,
+// returning once the lease is READY. A failed beforeLease hook returns ErrHookFailed
+// after printing the failure and the hook's last lines.
+func (c *Client) Connect(ctx context.Context, lease *pb.Lease) (*Session, error) {
+	c.say("Connecting to exporter...")
+	dial := c.Dial
+	if dial == nil {
+		dial = func(ep string) (*grpc.ClientConn, error) {
+			return grpc.NewClient(ep, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		}
+	}
+	conn, err := dial(lease.GetExporterEndpoint())
+	if err != nil {
+		return nil, fmt.Errorf("connect to exporter %s: %w", lease.GetExporterEndpoint(), err)
+	}
+	s := &Session{c: c, Lease: lease, conn: conn, Exporter: jpb.NewExporterServiceClient(conn),
+		lines: make(chan *jpb.LogStreamResponse, 64), errc: make(chan error, 1)}
+	sctx, cancel := context.WithCancel(context.Background())
+	s.cancel = cancel
+	stream, err := s.Exporter.LogStream(s.Context(sctx), &emptypb.Empty{})
+	if err != nil {
+		s.Close()
+		return nil, fmt.Errorf("log stream: %s", statusText(err))
+	}
+	go func() {
+		defer close(s.lines)
+		for {
+			r, err := stream.Recv()
+			if err != nil {
+				if !errors.Is(err, io.EOF) {
+					s.errc <- err
+				}
+				return
+			}
+			s.lines <- r
+		}
+	}()
+	waiting := false
+	for {
+		r, err := s.next(ctx)
+		if err != nil {
+			s.Close()
+			return nil, err
+		}
+		if r == nil {
+			s.Close()
+			return nil, fmt.Errorf("lease %s ended before it was ready", lease.GetId())
+		}
+		phase, status := s.marker(r)
+		switch {
+		case phase == jobs.PhaseBeforeLease && status == jobs.StatusBeforeLeaseHook:
+			c.say("Waiting for beforeLease hooks to complete...")
+			waiting = true
+		case phase == jobs.PhaseReady:
+			if waiting {
+				c.say("beforeLease hooks completed successfully!")
+			}
+			c.say("Connected to device.")
+			return s, nil
+		case phase >= jobs.PhaseEnding && status == jobs.StatusBeforeLeaseHookFailed:
+			c.say("beforeLease hook failed: %s", strings.TrimPrefix(r.GetMessage(), "lease ENDING: lease ending: "))
+			if len(s.last) > 0 {
+				c.say("Last lines of the hook:")
+				for _, l := range s.last {
+					c.say("  %s", l)
+				}
+			}
+			s.Close()
+			return nil, ErrHookFailed
+		case phase >= jobs.PhaseEnding:
+			s.Close()
+			return nil, fmt.Errorf("lease %s ended before it was ready: %s", lease.GetId(), r.GetMessage())
+		case phase == 0:
+			s.print(r)
+		}
+	}
+}
+
+// next returns the next log line, nil at the end of the stream.
+func (s *Session) next(ctx context.Context) (*jpb.LogStreamResponse, error) {
+	select {
+	case r, ok := <-s.lines:
+		if !ok {
+			select {
+			case err := <-s.errc:
+				return nil, fmt.Errorf("log stream: %s", statusText(err))
+			default:
+				return nil, nil
+			}
+		}
+		return r, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// marker returns the phase and status of a phase-marker line (0 for a plain line).
+func (s *Session) marker(r *jpb.LogStreamResponse) (jobs.Phase, jobs.ExporterStatus) {
+	f := r.GetStructuredFields()
+	if f[exporter.FieldPhase] == "" {
+		return 0, 0
+	}
+	p, _ := jobs.ParsePhase(f[exporter.FieldPhase])
+	s.phase = p
+	var st jobs.ExporterStatus
+	for i := jobs.StatusUnspecified; i <= jobs.StatusAfterLeaseHookFailed; i++ {
+		if i.String() == f[exporter.FieldStatus] {
+			st = i
+		}
+	}
+	return p, st
+}
+
+// print shows one log line the way the proposal does.
+func (s *Session) print(r *jpb.LogStreamResponse) {
+	if r.GetMissed() > 0 {
+		s.c.say("[boardvisor] (%d lines missed: this client fell behind)", r.GetMissed())
+	}
+	msg, sev := r.GetMessage(), r.GetSeverity()
+	switch r.GetSource() {
+	case jpb.LogSource_LOG_SOURCE_BEFORE_LEASE_HOOK:
+		s.c.say("[Hook %s] %s", sev, msg)
+		s.last = append(s.last, msg)
+		if len(s.last) > 5 {
+			s.last = s.last[1:]
+		}
+	case jpb.LogSource_LOG_SOURCE_AFTER_LEASE_HOOK:
+		if sev == "INFO" {
+			sev = "Output"
+		}
+		s.c.say("[Hook %s] %s", sev, msg)
+	case jpb.LogSource_LOG_SOURCE_MESSAGE:
+		s.c.say("%s", msg)
+	default:
+		if sev != "INFO" {
+			s.c.say("[boardvisor %s] %s", sev, msg)
+		}
+	}
+}
+
+// Release ends the lease and follows the afterLease hook until the lease is over. If
+// ctx is cancelled (Ctrl+C) it disconnects at once: the hook goes on without us.
+func (s *Session) Release(ctx context.Context) error {
+	defer s.Close()
+	s.c.say("Releasing lease...")
+	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if _, err := s.Exporter.EndSession(s.Context(rctx), &jpb.EndSessionRequest{}); err != nil {
+		return fmt.Errorf("end session: %s", statusText(err))
+	}
+	running := false
+	for {
+		r, err := s.next(ctx)
+		if errors.Is(err, context.Canceled) {
+			s.c.say("Disconnected; the afterLease hook goes on.")
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if r == nil {
+			if running {
+				s.c.say("afterLease hooks completed.")
+			}
+			return nil
+		}
+		phase, status := s.marker(r)
+		switch {
+		case phase == jobs.PhaseAfterLease && status == jobs.StatusAfterLeaseHook:
+			s.c.say("afterLease hooks running (press Ctrl+C to disconnect):")
+			running = true
+		case phase == jobs.PhaseReleasing && status == jobs.StatusAfterLeaseHookFailed:
+			s.c.say("afterLease hook failed.")
+			running = false
+		case phase == 0:
+			s.print(r)
+		}
+	}
+}
+
+// Close drops the connection.
+func (s *Session) Close() {
+	s.cancel()
+	s.conn.Close()
+}
+
+// statusText is the message of a gRPC error, without its code's boilerplate.
+func statusText(err error) string { return status.Convert(err).Message() }
