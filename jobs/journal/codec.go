@@ -1,0 +1,354 @@
+package journal
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"time"
+	"unicode/utf8"
+
+	"github.com/boardvisor/boardvisor/actors"
+	"github.com/boardvisor/boardvisor/jobs"
+)
+
+// recordVersion is the version of the record encoding written into every record ("v").
+// A change that an older reader could misread bumps it.
+const recordVersion = 1
+
+// The record encoding (version 1) is JSON, with every enum spelled as a name of its own so
+// that the file does not depend on the numbering of the Go constants:
+//
+//	lease: {"v":1,
+//	        "spec":{"job":"…","board":"…","client":"…","duration_ns":3600000000000,
+//	                "before":{"timeout_ns":…,"on_failure":"warn|endLease|exit"},"after":{…}},
+//	        "state":{"phase":"READY","end_requested":true,"end_reason":"client",
+//	                 "acquired":true,"hook_running":"beforeLease","after_started":true,
+//	                 "before_failed":true,"after_failed":true,"quarantined":true,"failure":"…"},
+//	        "deadlines":{"lease":<unix ns>,"beforeHook":…,"afterHook":…,"release":…}}
+//	hook:  {"v":1,"kind":"beforeLease|afterLease","dir":"…","pid":123,"start_time":456,"offset":789}
+//
+// False booleans, empty strings and empty maps are left out. The decoder is strict: an
+// unknown field, an unknown name or trailing data makes the record damaged, so that a
+// record this version does not fully understand is reported rather than half restored.
+
+type leaseV1 struct {
+	V         int              `json:"v"`
+	Spec      specV1           `json:"spec"`
+	State     stateV1          `json:"state"`
+	Deadlines map[string]int64 `json:"deadlines,omitempty"`
+}
+
+type specV1 struct {
+	Job        string        `json:"job"`
+	Board      string        `json:"board"`
+	Client     string        `json:"client,omitempty"`
+	DurationNS int64         `json:"duration_ns"`
+	Before     *hookPolicyV1 `json:"before,omitempty"`
+	After      *hookPolicyV1 `json:"after,omitempty"`
+}
+
+type hookPolicyV1 struct {
+	TimeoutNS int64  `json:"timeout_ns"`
+	OnFailure string `json:"on_failure"`
+}
+
+type stateV1 struct {
+	Phase        string `json:"phase"`
+	EndRequested bool   `json:"end_requested,omitempty"`
+	EndReason    string `json:"end_reason,omitempty"`
+	Acquired     bool   `json:"acquired,omitempty"`
+	HookRunning  string `json:"hook_running,omitempty"`
+	AfterStarted bool   `json:"after_started,omitempty"`
+	BeforeFailed bool   `json:"before_failed,omitempty"`
+	AfterFailed  bool   `json:"after_failed,omitempty"`
+	Quarantined  bool   `json:"quarantined,omitempty"`
+	Failure      string `json:"failure,omitempty"`
+}
+
+type hookV1 struct {
+	V         int    `json:"v"`
+	Kind      string `json:"kind"`
+	Dir       string `json:"dir"`
+	Pid       int    `json:"pid"`
+	StartTime uint64 `json:"start_time"`
+	Offset    int64  `json:"offset"`
+}
+
+// names is a two-way table between enum values and their names on disk.
+type names[T ~int] struct {
+	what   string
+	toName map[T]string
+	toVal  map[string]T
+}
+
+func newNames[T ~int](what string, m map[T]string) names[T] {
+	n := names[T]{what: what, toName: m, toVal: make(map[string]T, len(m))}
+	for v, s := range m {
+		n.toVal[s] = v
+	}
+	return n
+}
+
+func (n names[T]) name(v T) (string, error) {
+	if s, ok := n.toName[v]; ok {
+		return s, nil
+	}
+	return "", fmt.Errorf("unknown %s %d", n.what, v)
+}
+
+func (n names[T]) value(s string) (T, error) {
+	if v, ok := n.toVal[s]; ok {
+		return v, nil
+	}
+	var zero T
+	return zero, fmt.Errorf("unknown %s %q", n.what, s)
+}
+
+var (
+	phaseNames = newNames("phase", map[jobs.Phase]string{
+		jobs.PhaseCreated: "CREATED", jobs.PhaseStarting: "STARTING",
+		jobs.PhaseBeforeLease: "BEFORE_LEASE", jobs.PhaseReady: "READY",
+		jobs.PhaseEnding: "ENDING", jobs.PhaseAfterLease: "AFTER_LEASE",
+		jobs.PhaseReleasing: "RELEASING", jobs.PhaseDone: "DONE", jobs.PhaseFailed: "FAILED",
+	})
+	// End reason 0 (none) is the empty string.
+	endReasonNames = newNames("end reason", map[jobs.EndReason]string{
+		0: "", jobs.EndClient: "client", jobs.EndCoordinator: "coordinator",
+		jobs.EndExpired: "expired", jobs.EndOperator: "operator",
+	})
+	// HookNone is the empty string; a hook run's kind must not be HookNone.
+	hookKindNames = newNames("hook kind", map[jobs.HookKind]string{
+		jobs.HookNone: "", jobs.HookBefore: "beforeLease", jobs.HookAfter: "afterLease",
+	})
+	policyNames = newNames("onFailure policy", map[jobs.Policy]string{
+		jobs.PolicyWarn: "warn", jobs.PolicyEndLease: "endLease", jobs.PolicyExit: "exit",
+	})
+	timerNames = newNames("timer", map[jobs.Timer]string{
+		jobs.TimerLease: "lease", jobs.TimerBeforeHook: "beforeHook",
+		jobs.TimerAfterHook: "afterHook", jobs.TimerRelease: "release",
+	})
+)
+
+// Deadlines are kept as Unix nanoseconds, which cover the years 1678 to 2262.
+var (
+	minDeadline = time.Unix(0, math.MinInt64)
+	maxDeadline = time.Unix(0, math.MaxInt64)
+)
+
+func checkUTF8(what, s string) error {
+	if !utf8.ValidString(s) {
+		return fmt.Errorf("%s %q is not valid UTF-8", what, s)
+	}
+	return nil
+}
+
+func encodePolicy(kind string, p *jobs.HookPolicy) (*hookPolicyV1, error) {
+	if p == nil {
+		return nil, nil
+	}
+	name, err := policyNames.name(p.OnFailure)
+	if err != nil {
+		return nil, fmt.Errorf("%s hook: %w", kind, err)
+	}
+	return &hookPolicyV1{TimeoutNS: int64(p.Timeout), OnFailure: name}, nil
+}
+
+// encodeLease encodes the lease part of a record.
+func encodeLease(spec jobs.Spec, st jobs.State, deadlines map[jobs.Timer]time.Time) ([]byte, error) {
+	if spec.JobID == "" {
+		return nil, errors.New("no job ID")
+	}
+	for _, s := range []struct{ what, v string }{
+		{"job ID", spec.JobID}, {"board", spec.Board}, {"client", spec.Client}, {"failure", st.Failure},
+	} {
+		if err := checkUTF8(s.what, s.v); err != nil {
+			return nil, err
+		}
+	}
+	rec := leaseV1{V: recordVersion, Spec: specV1{
+		Job: spec.JobID, Board: spec.Board, Client: spec.Client, DurationNS: int64(spec.Duration),
+	}}
+	var err error
+	if rec.Spec.Before, err = encodePolicy("beforeLease", spec.Before); err != nil {
+		return nil, err
+	}
+	if rec.Spec.After, err = encodePolicy("afterLease", spec.After); err != nil {
+		return nil, err
+	}
+	s := stateV1{
+		EndRequested: st.EndRequested, Acquired: st.Acquired, AfterStarted: st.AfterStarted,
+		BeforeFailed: st.BeforeFailed, AfterFailed: st.AfterFailed, Quarantined: st.Quarantined,
+		Failure: st.Failure,
+	}
+	if s.Phase, err = phaseNames.name(st.Phase); err != nil {
+		return nil, err
+	}
+	if s.EndReason, err = endReasonNames.name(st.EndReason); err != nil {
+		return nil, err
+	}
+	if s.HookRunning, err = hookKindNames.name(st.HookRunning); err != nil {
+		return nil, err
+	}
+	rec.State = s
+	if len(deadlines) > 0 {
+		rec.Deadlines = make(map[string]int64, len(deadlines))
+		for t, d := range deadlines {
+			name, err := timerNames.name(t)
+			if err != nil {
+				return nil, err
+			}
+			if d.Before(minDeadline) || d.After(maxDeadline) {
+				return nil, fmt.Errorf("%s timer deadline %s is out of range", name, d)
+			}
+			rec.Deadlines[name] = d.UnixNano()
+		}
+	}
+	return json.Marshal(rec)
+}
+
+// encodeHook encodes a hook run; nil encodes to nil (no hook).
+func encodeHook(run *actors.HookRun) ([]byte, error) {
+	if run == nil {
+		return nil, nil
+	}
+	if run.Kind == jobs.HookNone {
+		return nil, errors.New("hook run has no hook kind")
+	}
+	kind, err := hookKindNames.name(run.Kind)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkUTF8("spool directory", run.Dir); err != nil {
+		return nil, err
+	}
+	return json.Marshal(hookV1{V: recordVersion, Kind: kind, Dir: run.Dir, Pid: run.Pid,
+		StartTime: run.StartTime, Offset: run.Offset})
+}
+
+// strictUnmarshal decodes one JSON value into v, rejecting unknown fields and trailing data.
+func strictUnmarshal(data []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return errors.New("trailing data after the record")
+	}
+	return nil
+}
+
+// decodeVersioned decodes a record of version recordVersion into v (a struct with a "v"
+// field). A record of another version is reported as such, whatever else it holds.
+func decodeVersioned(data []byte, v any, version func() int) error {
+	var head struct {
+		V *int `json:"v"`
+	}
+	if json.Unmarshal(data, &head) == nil && head.V != nil && *head.V != recordVersion {
+		return fmt.Errorf("record version %d is unknown (this boardvisor reads version %d)", *head.V, recordVersion)
+	}
+	if err := strictUnmarshal(data, v); err != nil {
+		return err
+	}
+	if n := version(); n != recordVersion {
+		return fmt.Errorf("record version %d is unknown (this boardvisor reads version %d)", n, recordVersion)
+	}
+	return nil
+}
+
+func decodePolicy(kind string, p *hookPolicyV1) (*jobs.HookPolicy, error) {
+	if p == nil {
+		return nil, nil
+	}
+	pol, err := policyNames.value(p.OnFailure)
+	if err != nil {
+		return nil, fmt.Errorf("%s hook: %w", kind, err)
+	}
+	return &jobs.HookPolicy{Timeout: time.Duration(p.TimeoutNS), OnFailure: pol}, nil
+}
+
+// decodeLease decodes the lease part of a record: spec, state and deadlines. The deadline
+// map is never nil.
+func decodeLease(data []byte) (actors.Record, error) {
+	var rec leaseV1
+	if err := decodeVersioned(data, &rec, func() int { return rec.V }); err != nil {
+		return actors.Record{}, fmt.Errorf("lease record: %w", err)
+	}
+	out, err := fromLeaseV1(rec)
+	if err != nil {
+		return actors.Record{}, fmt.Errorf("lease record: %w", err)
+	}
+	return out, nil
+}
+
+func fromLeaseV1(rec leaseV1) (actors.Record, error) {
+	var out actors.Record
+	if rec.Spec.Job == "" {
+		return out, errors.New("no job ID")
+	}
+	out.Spec = jobs.Spec{JobID: rec.Spec.Job, Board: rec.Spec.Board, Client: rec.Spec.Client,
+		Duration: time.Duration(rec.Spec.DurationNS)}
+	var err error
+	if out.Spec.Before, err = decodePolicy("beforeLease", rec.Spec.Before); err != nil {
+		return out, err
+	}
+	if out.Spec.After, err = decodePolicy("afterLease", rec.Spec.After); err != nil {
+		return out, err
+	}
+	s := rec.State
+	out.State = jobs.State{EndRequested: s.EndRequested, Acquired: s.Acquired,
+		AfterStarted: s.AfterStarted, BeforeFailed: s.BeforeFailed, AfterFailed: s.AfterFailed,
+		Quarantined: s.Quarantined, Failure: s.Failure}
+	if out.State.Phase, err = phaseNames.value(s.Phase); err != nil {
+		return out, err
+	}
+	if out.State.EndReason, err = endReasonNames.value(s.EndReason); err != nil {
+		return out, err
+	}
+	if out.State.HookRunning, err = hookKindNames.value(s.HookRunning); err != nil {
+		return out, err
+	}
+	out.Deadlines = make(map[jobs.Timer]time.Time, len(rec.Deadlines))
+	for name, ns := range rec.Deadlines {
+		t, err := timerNames.value(name)
+		if err != nil {
+			return out, err
+		}
+		out.Deadlines[t] = time.Unix(0, ns)
+	}
+	return out, nil
+}
+
+// decodeHook decodes a hook run.
+func decodeHook(data []byte) (*actors.HookRun, error) {
+	var h hookV1
+	if err := decodeVersioned(data, &h, func() int { return h.V }); err != nil {
+		return nil, fmt.Errorf("hook record: %w", err)
+	}
+	kind, err := hookKindNames.value(h.Kind)
+	if err == nil && kind == jobs.HookNone {
+		err = errors.New("no hook kind")
+	}
+	if err != nil {
+		return nil, fmt.Errorf("hook record: %w", err)
+	}
+	return &actors.HookRun{Kind: kind, Dir: h.Dir, Pid: h.Pid, StartTime: h.StartTime, Offset: h.Offset}, nil
+}
+
+// decodeRecord decodes a whole record from its lease part and its hook part (nil when the
+// lease has no hook run; an empty non-nil hook part is damage).
+func decodeRecord(lease, hook []byte) (actors.Record, error) {
+	rec, err := decodeLease(lease)
+	if err != nil {
+		return actors.Record{}, err
+	}
+	if hook != nil {
+		if rec.Hook, err = decodeHook(hook); err != nil {
+			return actors.Record{}, err
+		}
+	}
+	return rec, nil
+}
