@@ -6,7 +6,7 @@ STATICCHECK := $(BIN)/staticcheck
 # Pinned tool versions. staticcheck 0.8.x is the first line that understands Go 1.26.
 STATICCHECK_VERSION := v0.8.2
 # Short fuzz runs in `make test`: package:target pairs, and how long each runs.
-FUZZ_TARGETS := ./jobs:FuzzHookLines ./supervisor/config:FuzzParse
+FUZZ_TARGETS := ./jobs:FuzzHookLines ./supervisor/config:FuzzParse ./jobs/journal:FuzzDecodeRecord
 FUZZTIME     ?= 8s
 
 GOFILES = $(shell git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './.bin/*')
@@ -61,9 +61,11 @@ proto-check:
 bench:
 	@echo "make bench: not yet — the benchmarks land with the fleet-scale issue (#9)."
 
-## demo: the main job on the embedded default (lands with the client issue)
+## demo: the main job on the embedded default: a coordinator, a supervisor with simulated
+## boards, and one scripted lease showing the hook dialogue
 demo:
-	@echo "make demo: not yet — the embedded demo lands with the client issue (#6)."
+	$(GO) build -o bin/boardvisor ./cmd/boardvisor
+	./bin/boardvisor demo
 
 clean:
 	rm -rf bin

@@ -1,6 +1,8 @@
 package jobs
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"strings"
 	"time"
@@ -110,6 +112,17 @@ type Spec struct {
 	// Before and After are the lease's hooks; nil means none is configured (the phase is
 	// passed through).
 	Before, After *HookPolicy
+	// TokenHash is the hex SHA-256 of the client's lease token (empty: none). The token
+	// itself is never kept.
+	TokenHash string
+	// Params are the job's parameters, passed to the hooks' environment.
+	Params map[string]string
+}
+
+// TokenHash is how a lease token is kept: the hex SHA-256 of it.
+func TokenHash(token string) string {
+	h := sha256.Sum256([]byte(token))
+	return hex.EncodeToString(h[:])
 }
 
 // Validate checks a spec and returns an error naming the first problem found.

@@ -24,8 +24,9 @@ type Link struct {
 func (l *Link) Close() error { return l.Queue.Close() }
 
 // OpenLink prepares the coordinator link a config describes: the outbox queue in the
-// state directory, the token, TLS. version is reported to the coordinator.
-func OpenLink(cfg *config.Config, version string, logger hclog.Logger) (*Link, error) {
+// state directory, the token, TLS. endpoint is the address of the client service that
+// clients are told to use; version is reported to the coordinator.
+func OpenLink(cfg *config.Config, endpoint, version string, logger hclog.Logger) (*Link, error) {
 	co := cfg.Coordinator
 	id := co.SupervisorID
 	if id == "" {
@@ -67,7 +68,7 @@ func OpenLink(cfg *config.Config, version string, logger hclog.Logger) (*Link, e
 	}
 	var boards []bvgrpc.BoardInfo
 	for _, b := range cfg.Resolve() {
-		boards = append(boards, bvgrpc.BoardInfo{Name: b.Name, Labels: b.Labels, Endpoint: cfg.Listen})
+		boards = append(boards, bvgrpc.BoardInfo{Name: b.Name, Labels: b.Labels, Endpoint: endpoint})
 	}
 	c := bvgrpc.NewClient(bvgrpc.ClientOptions{Address: co.Address, Token: token, SupervisorID: id, Boards: boards,
 		Queue: q, Creds: creds, Version: version, Logger: logger.Named("link")})

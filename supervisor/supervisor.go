@@ -18,6 +18,7 @@ import (
 	"github.com/boardvisor/boardvisor/connector"
 	"github.com/boardvisor/boardvisor/jobs"
 	jhook "github.com/boardvisor/boardvisor/jobs/hook"
+	"github.com/boardvisor/boardvisor/jobs/journal"
 	"github.com/boardvisor/boardvisor/supervisor/exporter"
 	"github.com/hashicorp/go-hclog"
 )
@@ -85,11 +86,73 @@ func Start(opts Options) (*Supervisor, error) {
 	if opts.Exporter != nil {
 		opts.Sinks = append(opts.Sinks, opts.Exporter.Sink)
 	}
+	restore, lost, err := resume(opts)
+	if err != nil {
+		return nil, err
+	}
 	s := &Supervisor{opts: opts, log: opts.Logger, sys: actors.NewSystem(opts.Logger)}
 	runner := &jhook.Runner{ShimCommand: opts.ShimCommand, Logger: opts.Logger.Named("hook")}
 	s.host = s.sys.Root.SpawnPrefix(host.Props(host.Config{Boards: opts.Boards, Conn: opts.Conn, Sinks: opts.Sinks,
-		Store: opts.Store, Runner: runner, StateDir: opts.StateDir, Logger: opts.Logger.Named("host")}), "host")
+		Store: opts.Store, Runner: runner, StateDir: opts.StateDir, Logger: opts.Logger.Named("host"),
+		Restore: restore, CannotResume: lost}), "host")
 	return s, nil
+}
+
+// resume reads the live leases back from a durable store (the journal), and prepares
+// what else must know them before the actors start: the client service (their tokens),
+// the coordinator link (its Hello lists them), and the read offsets of their hooks.
+func resume(opts Options) ([]actors.Record, []host.Unresumable, error) {
+	j, ok := opts.Store.(interface {
+		LoadAll() ([]actors.Record, []journal.Damaged, error)
+	})
+	if !ok {
+		return nil, nil, nil
+	}
+	recs, damaged, err := j.LoadAll()
+	if err != nil {
+		return nil, nil, err
+	}
+	var lost []host.Unresumable
+	for _, d := range damaged {
+		lost = append(lost, host.Unresumable{JobID: d.JobID, Reason: "its journal record is unreadable: " + d.Reason})
+		if err := opts.Store.Delete(d.JobID); err != nil {
+			opts.Logger.Error("forget damaged lease record", "job", d.JobID, "error", err)
+		}
+	}
+	offsets, _ := opts.Conn.(interface {
+		HookOffset(job string, source jobs.LogSource) (int64, bool)
+	})
+	seeds, _ := opts.Conn.(interface {
+		Resume(job, board string, phase jobs.Phase)
+	})
+	var live []actors.Record
+	for _, r := range recs {
+		job := r.Spec.JobID
+		if r.State.Phase.Terminal() {
+			if err := opts.Store.Delete(job); err != nil {
+				opts.Logger.Error("forget ended lease", "job", job, "error", err)
+			}
+			continue
+		}
+		if r.Hook != nil && offsets != nil {
+			if off, ok := offsets.HookOffset(job, r.Hook.Kind.Source()); ok && off != r.Hook.Offset {
+				opts.Logger.Info("hook output resumes where the outbox has it", "job", job, "journal_offset", r.Hook.Offset, "outbox_offset", off)
+				r.Hook.Offset = off
+				if err := opts.Store.SetHookOffset(job, off); err != nil {
+					return nil, nil, err
+				}
+			}
+		}
+		if seeds != nil {
+			seeds.Resume(job, r.Spec.Board, r.State.Phase)
+		}
+		if opts.Exporter != nil {
+			opts.Exporter.Restore(job, r.Spec.Board, r.Spec.TokenHash, r.State.Phase)
+		}
+		opts.Logger.Info("resuming lease", "job", job, "board", r.Spec.Board, "phase", r.State.Phase.String())
+		live = append(live, r)
+	}
+	return live, lost, nil
 }
 
 func (s *Supervisor) request(ctx context.Context, msg any) error {

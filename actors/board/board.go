@@ -44,6 +44,8 @@ type Config struct {
 	// LeaseMiddleware and HookMiddleware wrap the receive functions of the board's lease
 	// actors and hook watchers (fault injection in tests).
 	LeaseMiddleware, HookMiddleware []actor.ReceiverMiddleware
+	// Restore are the journalled leases of this board to resume at start-up.
+	Restore []actors.Record
 }
 
 // Props returns the props of a board actor.
@@ -120,6 +122,7 @@ func (b *boardActor) started(ctx actor.Context) {
 	b.leases = map[string]*leaseInfo{}
 	b.down = map[string]bool{}
 	b.status, b.health = jobs.StatusAvailable, jobs.HealthGood
+	b.restore(ctx)
 	for _, d := range b.cfg.Drivers {
 		if _, err := ctx.SpawnNamed(driver.Props(d, b.log.Named("driver").With("driver", d.Name())), "driver/"+d.Name()); err != nil {
 			b.log.Error("start driver", "driver", d.Name(), "error", err)
@@ -145,7 +148,10 @@ func (b *boardActor) startJob(ctx actor.Context, req connector.StartJobRequest) 
 	if d == 0 {
 		d = b.cfg.LeaseDuration
 	}
-	spec := jobs.Spec{JobID: req.JobID, Board: b.cfg.Name, Client: req.Client, Duration: d}
+	spec := jobs.Spec{JobID: req.JobID, Board: b.cfg.Name, Client: req.Client, Duration: d, Params: req.Parameters}
+	if req.Token != "" {
+		spec.TokenHash = jobs.TokenHash(req.Token)
+	}
 	if b.cfg.Before != nil {
 		p := b.cfg.Before.Policy
 		spec.Before = &p
@@ -157,16 +163,41 @@ func (b *boardActor) startJob(ctx actor.Context, req connector.StartJobRequest) 
 	if err := spec.Validate(); err != nil {
 		return jobs.NewJobError(jobs.KindInternalError, err.Error())
 	}
-	pid, err := ctx.SpawnNamed(lease.Props(lease.Config{Spec: spec, Labels: b.cfg.Labels, Params: req.Parameters,
-		Before: b.cfg.Before, After: b.cfg.After, Outbox: b.cfg.Outbox, Store: b.cfg.Store, Runner: b.cfg.Runner,
-		SpoolDir: filepath.Join(b.cfg.StateDir, "hooks"), Logger: b.log.Named("lease").With("job", req.JobID),
-		Middleware: b.cfg.LeaseMiddleware, HookMiddleware: b.cfg.HookMiddleware}), "lease/"+req.JobID)
+	pid, err := b.spawnLease(ctx, spec)
 	if err != nil {
 		return jobs.NewJobError(jobs.KindInternalError, fmt.Sprintf("start lease actor: %v", err))
 	}
 	b.leases[req.JobID] = &leaseInfo{pid: pid, phase: jobs.PhaseCreated}
 	b.log.Info("job accepted", "job", req.JobID, "client", req.Client, "duration", d.String())
 	return nil
+}
+
+func (b *boardActor) spawnLease(ctx actor.Context, spec jobs.Spec) (*actor.PID, error) {
+	return ctx.SpawnNamed(lease.Props(lease.Config{Spec: spec, Labels: b.cfg.Labels,
+		Before: b.cfg.Before, After: b.cfg.After, Outbox: b.cfg.Outbox, Store: b.cfg.Store, Runner: b.cfg.Runner,
+		SpoolDir: filepath.Join(b.cfg.StateDir, "hooks"), Logger: b.log.Named("lease").With("job", spec.JobID),
+		Middleware: b.cfg.LeaseMiddleware, HookMiddleware: b.cfg.HookMiddleware}), "lease/"+spec.JobID)
+}
+
+// restore brings back the leases the journal holds for this board, after a restart of
+// the daemon: each lease actor resumes in its phase from its record. The lease that had
+// acquired the board holds it again; the others wait for it as before.
+func (b *boardActor) restore(ctx actor.Context) {
+	for _, rec := range b.cfg.Restore {
+		pid, err := b.spawnLease(ctx, rec.Spec)
+		if err != nil {
+			b.log.Error("resume lease", "job", rec.Spec.JobID, "error", err)
+			b.emit(ctx, rec.Spec.JobID, connector.Event{Error: jobs.NewJobError(jobs.KindCannotResume, fmt.Sprintf("resume lease actor: %v", err))})
+			continue
+		}
+		st := rec.State
+		b.leases[rec.Spec.JobID] = &leaseInfo{pid: pid, phase: st.Phase, endRequested: st.EndRequested}
+		if st.Acquired && st.Phase < jobs.PhaseReleasing && b.holder == "" {
+			b.holder = rec.Spec.JobID
+			b.status = jobs.Restore(rec.Spec, rec.State).Status()
+		}
+		b.log.Info("lease resumed", "job", rec.Spec.JobID, "phase", st.Phase.String())
+	}
 }
 
 // live counts the leases that have not ended (an ended one may not have stopped yet).

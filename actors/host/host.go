@@ -34,6 +34,16 @@ type Config struct {
 	Runner   *jhook.Runner
 	StateDir string
 	Logger   hclog.Logger
+	// Restore are the journalled live leases to resume at start-up.
+	Restore []actors.Record
+	// CannotResume are leases the journal could not give back; each is reported as a
+	// CannotResume error.
+	CannotResume []Unresumable
+}
+
+// Unresumable is a lease that cannot be resumed after a restart, and why.
+type Unresumable struct {
+	JobID, Board, Reason string
 }
 
 // RequestTimeout bounds how long the host waits for a board to answer a request.
@@ -103,7 +113,28 @@ func (h *hostActor) started(ctx actor.Context) {
 	if err != nil {
 		panic(fmt.Errorf("start outbox: %w", err))
 	}
+	known := map[string]bool{}
 	for _, bc := range h.cfg.Boards {
+		known[bc.Name] = true
+	}
+	lost := append([]Unresumable(nil), h.cfg.CannotResume...)
+	for _, r := range h.cfg.Restore {
+		if known[r.Spec.Board] {
+			h.jobs[r.Spec.JobID] = r.Spec.Board
+			continue
+		}
+		lost = append(lost, Unresumable{JobID: r.Spec.JobID, Board: r.Spec.Board, Reason: fmt.Sprintf("board %q is no longer configured", r.Spec.Board)})
+		if err := h.cfg.Store.Delete(r.Spec.JobID); err != nil {
+			h.log.Error("forget lease", "job", r.Spec.JobID, "error", err)
+		}
+	}
+	for _, u := range lost {
+		h.log.Error("lease cannot be resumed", "job", u.JobID, "board", u.Board, "reason", u.Reason)
+		ctx.Send(h.outbox, &actors.Emit{Event: connector.Event{Board: u.Board, JobID: u.JobID,
+			Error: jobs.NewJobError(jobs.KindCannotResume, u.Reason)}})
+	}
+	for _, bc := range h.cfg.Boards {
+		bc.Restore = h.restoreFor(bc.Name)
 		bc.Outbox = h.outbox
 		if bc.Store == nil {
 			bc.Store = h.cfg.Store
@@ -125,6 +156,16 @@ func (h *hostActor) started(ctx actor.Context) {
 		h.boards[bc.Name] = pid
 	}
 	h.log.Info("supervising boards", "boards", len(h.boards))
+}
+
+func (h *hostActor) restoreFor(board string) []actors.Record {
+	var out []actors.Record
+	for _, r := range h.cfg.Restore {
+		if r.Spec.Board == board {
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
 func (h *hostActor) startJob(ctx actor.Context, m *actors.StartJob) {

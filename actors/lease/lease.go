@@ -35,10 +35,10 @@ type HookConfig struct {
 
 // Config is what a lease actor needs. Its parent must be the board actor.
 type Config struct {
-	Spec   jobs.Spec
-	Labels map[string]string
-	// Params are added to the hooks' environment as BOARDVISOR_PARAM_<KEY>.
-	Params        map[string]string
+	Spec jobs.Spec
+	// Labels are the board's labels, for the hooks' environment. The job's parameters
+	// (Spec.Params) are added to it as BOARDVISOR_PARAM_<KEY>.
+	Labels        map[string]string
 	Before, After *HookConfig
 	Outbox        *actor.PID
 	Store         actors.Store
@@ -282,7 +282,7 @@ func (a *leaseActor) spawnHook(ctx actor.Context, k jobs.HookKind) {
 	job := a.cfg.Spec.JobID
 	spec.Dir = filepath.Join(a.cfg.SpoolDir, job, k.String())
 	spec.Env = append(jhook.Env(job, a.cfg.Spec.Client, a.cfg.Spec.Board,
-		filepath.Join(a.cfg.SpoolDir, job, "motd"), a.cfg.Labels), paramEnv(a.cfg.Params)...)
+		filepath.Join(a.cfg.SpoolDir, job, "motd"), a.cfg.Labels), paramEnv(a.cfg.Spec.Params)...)
 	pid, err := ctx.SpawnNamed(hookactor.Props(hookactor.Config{Kind: k, Spec: spec, JobID: job, Board: a.cfg.Spec.Board,
 		Outbox: a.cfg.Outbox, Store: a.cfg.Store, Runner: a.cfg.Runner, Logger: a.log.With("hook", k.String()),
 		Middleware: a.cfg.HookMiddleware}), "hook/"+k.String())

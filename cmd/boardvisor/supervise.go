@@ -2,17 +2,21 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 
 	"github.com/boardvisor/boardvisor/connector"
 	"github.com/boardvisor/boardvisor/connector/local"
+	"github.com/boardvisor/boardvisor/jobs/journal"
 	"github.com/boardvisor/boardvisor/supervisor"
 	"github.com/boardvisor/boardvisor/supervisor/config"
 	"github.com/boardvisor/boardvisor/supervisor/exporter"
+	"github.com/hashicorp/go-hclog"
 	"github.com/spf13/cobra"
 )
 
@@ -37,51 +41,67 @@ func newSupervise(g *globalFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			boards, notes := supervisor.BoardsFromConfig(cfg)
-			for _, n := range notes {
-				logger.Warn(n)
-			}
-			var conn connector.SupervisorConnector = local.New()
-			if cfg.Coordinator != nil {
-				link, err := supervisor.OpenLink(cfg, version, logger)
-				if err != nil {
-					return err
-				}
-				defer link.Close()
-				conn = link.Client
-			} else {
-				logger.Info("no coordinator configured: jobs come only from this process (embedded mode)")
-			}
-			labels := map[string]map[string]string{}
-			for _, b := range boards {
-				labels[b.Name] = b.Labels
-			}
-			var sup *supervisor.Supervisor
-			svc := exporter.New(labels, enderFunc(func(ctx context.Context, board, job string) error {
-				return sup.EndSession(ctx, board, job)
-			}), nil)
-			lis, err := net.Listen("tcp", cfg.Listen)
-			if err != nil {
-				return fmt.Errorf("client service: listen on %s: %w", cfg.Listen, err)
-			}
-			sup, err = supervisor.Start(supervisor.Options{Boards: boards, StateDir: cfg.StateDir, Conn: conn, Logger: logger, Exporter: svc})
-			if err != nil {
-				lis.Close()
-				return err
-			}
-			g := supervisor.NewGRPCServer()
-			svc.Register(g)
-			go g.Serve(lis)
-			defer g.Stop()
-			logger.Info("client service listening", "address", lis.Addr().String())
-			logger.Info("supervising", "boards", len(boards), "stateDir", cfg.StateDir, "config", path)
-			err = sup.Run(ctx)
-			logger.Info("stopped")
-			return err
+			return serveSupervisor(ctx, cfg, logger, nil)
 		},
 	}
 	cmd.Flags().StringVarP(&path, "config", "c", "", "the supervisor's YAML config file (required)")
 	return cmd
+}
+
+// serveSupervisor runs a supervisor for cfg until ctx is done. ready, if not nil, is
+// called with the client service's address once everything is up.
+func serveSupervisor(ctx context.Context, cfg *config.Config, logger hclog.Logger, ready func(addr string)) error {
+	boards, notes := supervisor.BoardsFromConfig(cfg)
+	for _, n := range notes {
+		logger.Warn(n)
+	}
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return fmt.Errorf("state directory: %w", err)
+	}
+	jr, err := openJournal(filepath.Join(cfg.StateDir, "journal.db"), logger)
+	if err != nil {
+		return err
+	}
+	defer jr.Close()
+	lis, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("client service: listen on %s: %w", cfg.Listen, err)
+	}
+	defer lis.Close()
+	var conn connector.SupervisorConnector = local.New()
+	if cfg.Coordinator != nil {
+		link, err := supervisor.OpenLink(cfg, lis.Addr().String(), version, logger)
+		if err != nil {
+			return err
+		}
+		defer link.Close()
+		conn = link.Client
+	} else {
+		logger.Info("no coordinator configured: jobs come only from this process (embedded mode)")
+	}
+	labels := map[string]map[string]string{}
+	for _, b := range boards {
+		labels[b.Name] = b.Labels
+	}
+	var sup *supervisor.Supervisor
+	svc := exporter.New(labels, enderFunc(func(ctx context.Context, board, job string) error {
+		return sup.EndSession(ctx, board, job)
+	}), nil)
+	sup, err = supervisor.Start(supervisor.Options{Boards: boards, StateDir: cfg.StateDir, Conn: conn, Logger: logger, Exporter: svc, Store: jr})
+	if err != nil {
+		return err
+	}
+	g := supervisor.NewGRPCServer()
+	svc.Register(g)
+	go g.Serve(lis)
+	defer g.Stop()
+	logger.Info("supervising", "boards", len(boards), "stateDir", cfg.StateDir, "config", cfg.Path, "listen", lis.Addr().String())
+	if ready != nil {
+		ready(lis.Addr().String())
+	}
+	err = sup.Run(ctx)
+	logger.Info("stopped")
+	return err
 }
 
 var errMissingConfig = usageErrorText("--config FILE is required")
@@ -95,4 +115,22 @@ type enderFunc func(ctx context.Context, board, job string) error
 
 func (f enderFunc) EndSession(ctx context.Context, board, job string) error {
 	return f(ctx, board, job)
+}
+
+// openJournal opens the lease journal. A damaged one is reported, moved aside, and
+// replaced by an empty one: the daemon still serves its boards, and the coordinator
+// learns that the leases it held are gone because they are missing from the Hello.
+func openJournal(path string, logger hclog.Logger) (*journal.Journal, error) {
+	j, err := journal.Open(path, journal.Options{})
+	var de *journal.DamagedError
+	if !errors.As(err, &de) {
+		return j, err
+	}
+	moved, rerr := journal.Recover(path)
+	if rerr != nil {
+		return nil, fmt.Errorf("%v; moving it aside failed too: %w", err, rerr)
+	}
+	logger.Error("lease journal damaged: moved aside, starting with an empty journal; its leases cannot be resumed",
+		"file", path, "problem", de.Reason, "moved_to", moved)
+	return journal.Open(path, journal.Options{})
 }

@@ -141,12 +141,33 @@ func (c *Client) hello() *pb.Hello {
 // forgetEnded drops ended jobs whose end the coordinator has acknowledged.
 func (c *Client) forgetEnded(acked uint64) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
+	var gone []string
 	for id, j := range c.jobs {
 		if j.endedSeq > 0 && j.endedSeq <= acked {
 			delete(c.jobs, id)
+			gone = append(gone, id)
 		}
 	}
+	c.mu.Unlock()
+	for _, id := range gone {
+		if err := c.opts.Queue.ForgetJob(id); err != nil {
+			c.log.Warn("forget job in outbox", "job", id, "error", err)
+		}
+	}
+}
+
+// Resume makes a lease resumed after a restart part of the Hello, before its next event.
+func (c *Client) Resume(job, board string, phase jobs.Phase) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.jobs[job] == nil {
+		c.jobs[job] = &liveJob{board: board, phase: phase}
+	}
+}
+
+// HookOffset returns how far a hook's output was durably queued (see Queue.HookOffset).
+func (c *Client) HookOffset(job string, source jobs.LogSource) (int64, bool) {
+	return c.opts.Queue.HookOffset(job, int32(source))
 }
 
 // Run connects to the coordinator and keeps reconnecting, with jittered exponential

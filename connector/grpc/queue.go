@@ -1,6 +1,7 @@
 package grpc
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 
 	pb "github.com/boardvisor/boardvisor/proto/boardvisor/v1"
 	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -66,7 +68,7 @@ func OpenQueue(path string, opts QueueOptions) (*Queue, error) {
 	}
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second, NoSync: opts.NoSync})
 	if err != nil {
-		if errors.Is(err, bolt.ErrTimeout) {
+		if errors.Is(err, berrors.ErrTimeout) {
 			return nil, fmt.Errorf("outbox %s is locked by another boardvisor process", path)
 		}
 		return nil, fmt.Errorf("outbox %s: %w", path, err)
@@ -196,6 +198,13 @@ func (q *Queue) flush() {
 			if err := b.Put(putU64(ev.GetSeq()), data); err != nil {
 				return err
 			}
+			// How far each hook's output is durably reported, in the same transaction as
+			// its lines: after a crash the hook is read on from exactly here.
+			if h := ev.GetHookLog(); h != nil && h.GetOffset() > 0 {
+				if err := tx.Bucket(bucketMeta).Put(hookKey(h.GetJobId(), int32(h.GetSource())), putU64(h.GetOffset())); err != nil {
+					return err
+				}
+			}
 			stored += int64(len(data))
 			last = max(last, ev.GetSeq())
 		}
@@ -308,6 +317,38 @@ func (q *Queue) After(seq uint64, n int) ([]*pb.Event, <-chan struct{}, error) {
 		return nil, changed, fmt.Errorf("outbox %s: read: %w", q.path, err)
 	}
 	return evs, changed, nil
+}
+
+func hookKey(job string, source int32) []byte {
+	return fmt.Appendf(nil, "hook/%s/%d", job, source)
+}
+
+// HookOffset returns how far a hook's output (job, log source number) was durably
+// queued: the offset just past its last line, and false if no line was queued.
+func (q *Queue) HookOffset(job string, source int32) (int64, bool) {
+	var off uint64
+	var found bool
+	q.db.View(func(tx *bolt.Tx) error {
+		if v := tx.Bucket(bucketMeta).Get(hookKey(job, source)); v != nil {
+			off, found = getU64(v), true
+		}
+		return nil
+	})
+	return int64(off), found
+}
+
+// ForgetJob drops what the queue remembers of a job that is over.
+func (q *Queue) ForgetJob(job string) error {
+	return q.db.Update(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketMeta).Cursor()
+		prefix := []byte("hook/" + job + "/")
+		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Seek(prefix) {
+			if err := c.Delete(); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }
 
 // Stats reports what the queue holds.

@@ -48,6 +48,9 @@ type specV1 struct {
 	DurationNS int64         `json:"duration_ns"`
 	Before     *hookPolicyV1 `json:"before,omitempty"`
 	After      *hookPolicyV1 `json:"after,omitempty"`
+	// Added within version 1 (optional, so older records still decode).
+	TokenHash string            `json:"token_hash,omitempty"`
+	Params    map[string]string `json:"params,omitempty"`
 }
 
 type hookPolicyV1 struct {
@@ -168,8 +171,17 @@ func encodeLease(spec jobs.Spec, st jobs.State, deadlines map[jobs.Timer]time.Ti
 			return nil, err
 		}
 	}
+	for k, v := range spec.Params {
+		if err := checkUTF8("parameter name", k); err != nil {
+			return nil, err
+		}
+		if err := checkUTF8("parameter "+k, v); err != nil {
+			return nil, err
+		}
+	}
 	rec := leaseV1{V: recordVersion, Spec: specV1{
 		Job: spec.JobID, Board: spec.Board, Client: spec.Client, DurationNS: int64(spec.Duration),
+		TokenHash: spec.TokenHash, Params: spec.Params,
 	}}
 	var err error
 	if rec.Spec.Before, err = encodePolicy("beforeLease", spec.Before); err != nil {
@@ -290,7 +302,7 @@ func fromLeaseV1(rec leaseV1) (actors.Record, error) {
 		return out, errors.New("no job ID")
 	}
 	out.Spec = jobs.Spec{JobID: rec.Spec.Job, Board: rec.Spec.Board, Client: rec.Spec.Client,
-		Duration: time.Duration(rec.Spec.DurationNS)}
+		Duration: time.Duration(rec.Spec.DurationNS), TokenHash: rec.Spec.TokenHash, Params: rec.Spec.Params}
 	var err error
 	if out.Spec.Before, err = decodePolicy("beforeLease", rec.Spec.Before); err != nil {
 		return out, err

@@ -44,9 +44,11 @@ func fullRecord(id string) actors.Record {
 	return actors.Record{
 		Spec: jobs.Spec{
 			JobID: id, Board: "rpi-4 #3 «lab»", Client: "alice@example.com",
-			Duration: 90 * time.Minute,
-			Before:   &jobs.HookPolicy{Timeout: 2 * time.Minute, OnFailure: jobs.PolicyExit},
-			After:    &jobs.HookPolicy{Timeout: 45 * time.Second, OnFailure: jobs.PolicyEndLease},
+			Duration:  90 * time.Minute,
+			Before:    &jobs.HookPolicy{Timeout: 2 * time.Minute, OnFailure: jobs.PolicyExit},
+			After:     &jobs.HookPolicy{Timeout: 45 * time.Second, OnFailure: jobs.PolicyEndLease},
+			TokenHash: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+			Params:    map[string]string{"image": "rpi-os-2031.img", "kernel args": "console=ttyS0"},
 		},
 		State: jobs.State{
 			Phase: jobs.PhaseAfterLease, EndRequested: true, EndReason: jobs.EndCoordinator,

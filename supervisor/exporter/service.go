@@ -11,7 +11,6 @@ package exporter
 
 import (
 	"context"
-	"crypto/sha256"
 	"fmt"
 	"strings"
 	"sync"
@@ -62,13 +61,13 @@ type Service struct {
 	mu     sync.Mutex
 	boards map[string]*boardState
 	leases map[string]*leaseState
-	tokens map[[32]byte]*leaseState
+	tokens map[string]*leaseState // by token hash
 }
 
 // New returns a service for the named boards (name -> labels).
 func New(boards map[string]map[string]string, ender Ender, drivers Drivers) *Service {
 	s := &Service{ender: ender, drivers: drivers, boards: map[string]*boardState{},
-		leases: map[string]*leaseState{}, tokens: map[[32]byte]*leaseState{}}
+		leases: map[string]*leaseState{}, tokens: map[string]*leaseState{}}
 	for name, labels := range boards {
 		s.board(name).labels = labels
 	}
@@ -115,14 +114,34 @@ func (s *Service) register(req connector.StartJobRequest) *leaseState {
 	if l := s.leases[req.JobID]; l != nil {
 		return nil
 	}
-	l := &leaseState{job: req.JobID, board: req.Board, phase: jobs.PhaseCreated, subs: map[*queue[logLine]]bool{},
-		ready: make(chan struct{}), ended: make(chan struct{})}
+	hash := ""
 	if req.Token != "" {
-		l.tokenHash = sha256.Sum256([]byte(req.Token))
-		s.tokens[l.tokenHash] = l
+		hash = jobs.TokenHash(req.Token)
 	}
-	s.leases[req.JobID] = l
+	return s.add(req.JobID, req.Board, hash, jobs.PhaseCreated)
+}
+
+func (s *Service) add(job, board, tokenHash string, phase jobs.Phase) *leaseState {
+	l := &leaseState{job: job, board: board, phase: phase, tokenHash: tokenHash, subs: map[*queue[logLine]]bool{},
+		ready: make(chan struct{}), ended: make(chan struct{})}
+	if phase >= jobs.PhaseReady {
+		l.markReadyOrNever()
+	}
+	if tokenHash != "" {
+		s.tokens[tokenHash] = l
+	}
+	s.leases[job] = l
 	return l
+}
+
+// Restore makes a lease resumed after a restart known again, so that its client can
+// reconnect with its token. (Its earlier log lines are not kept across the restart.)
+func (s *Service) Restore(job, board, tokenHash string, phase jobs.Phase) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.leases[job] == nil && !phase.Terminal() {
+		s.add(job, board, tokenHash, phase)
+	}
 }
 
 func md(ctx context.Context, key string) string {
@@ -149,9 +168,8 @@ func (s *Service) authorize(ctx context.Context) (*leaseState, error) {
 	if !ok || token == "" {
 		return nil, status.Error(codes.Unauthenticated, "no lease token: send authorization: Bearer <lease token>")
 	}
-	h := sha256.Sum256([]byte(token))
 	s.mu.Lock()
-	l := s.tokens[h]
+	l := s.tokens[jobs.TokenHash(token)]
 	s.mu.Unlock()
 	// The hash lookup takes the same time whichever token matched; only the lease that
 	// holds the token, on its own board, is let in.

@@ -69,13 +69,14 @@ func (q *queue[T]) close() {
 }
 
 // take returns what is queued, how many items were dropped since the last take, and
-// whether the queue is closed (and drained).
+// whether the queue is closed: then items are the last ones, and the caller must not
+// wait for more.
 func (q *queue[T]) take() (items []T, missed uint64, closed bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	items, missed = q.items, q.missed
 	q.items, q.missed = nil, 0
-	return items, missed, q.closed && len(items) == 0
+	return items, missed, q.closed
 }
 
 type statusMsg struct {
@@ -94,7 +95,7 @@ type boardState struct {
 
 type leaseState struct {
 	job, board string
-	tokenHash  [32]byte
+	tokenHash  string
 	phase      jobs.Phase
 	lines      []logLine
 	dropped    uint64 // history lines dropped past MaxHistory

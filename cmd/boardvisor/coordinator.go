@@ -1,0 +1,129 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"fmt"
+	"net"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	link "github.com/boardvisor/boardvisor/connector/grpc"
+	"github.com/boardvisor/boardvisor/coordinator"
+	"github.com/boardvisor/boardvisor/supervisor"
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+)
+
+func newCoordinator(g *globalFlags) *cobra.Command {
+	var listen, stateDir, tokens, cert, key string
+	var grace time.Duration
+	cmd := &cobra.Command{
+		Use:   "coordinator --state-dir DIR [--listen ADDR] [--supervisor-tokens FILE]",
+		Short: "run the coordinator: board inventory, lease queue, supervisor links",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			if stateDir == "" {
+				return usageError{fmt.Errorf("--state-dir DIR is required")}
+			}
+			logger, err := newLogger(g, "", "")
+			if err != nil {
+				return err
+			}
+			opts := coordinator.Options{StateDir: stateDir, Logger: logger.Named("coordinator"), Grace: grace}
+			if tokens != "" {
+				table, err := readTokens(tokens)
+				if err != nil {
+					return err
+				}
+				opts.SupervisorAuth = link.StaticTokens(table)
+			} else {
+				logger.Warn("no --supervisor-tokens file: every supervisor is accepted (use only on a trusted network)")
+			}
+			var sopts []grpc.ServerOption
+			if cert != "" || key != "" {
+				pair, err := tls.LoadX509KeyPair(cert, key)
+				if err != nil {
+					return fmt.Errorf("TLS certificate: %w", err)
+				}
+				sopts = append(sopts, grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12})))
+			}
+			return serveCoordinator(ctx, opts, listen, sopts, nil)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&listen, "listen", "127.0.0.1:7400", "address for supervisors and clients")
+	f.StringVar(&stateDir, "state-dir", "", "directory for the coordinator's database (required)")
+	f.StringVar(&tokens, "supervisor-tokens", "", "file of `supervisor-id token` lines; only these supervisors are accepted")
+	f.StringVar(&cert, "tls-cert", "", "TLS certificate (PEM); with --tls-key turns TLS on")
+	f.StringVar(&key, "tls-key", "", "TLS private key (PEM)")
+	f.DurationVar(&grace, "grace", 30*time.Second, "how long a supervisor may be gone before its boards show OFFLINE")
+	return cmd
+}
+
+// readTokens reads "supervisor-id token" lines ('#' starts a comment).
+func readTokens(path string) (map[string]string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("supervisor tokens: %w", err)
+	}
+	defer f.Close()
+	table := map[string]string{}
+	sc := bufio.NewScanner(f)
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		fields := strings.Fields(line)
+		if len(fields) != 2 {
+			return nil, fmt.Errorf("%s:%d: want `supervisor-id token`", path, n)
+		}
+		table[fields[1]] = fields[0]
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("supervisor tokens %s: %w", path, err)
+	}
+	if len(table) == 0 {
+		return nil, fmt.Errorf("supervisor tokens %s: no tokens", path)
+	}
+	return table, nil
+}
+
+// serveCoordinator runs a coordinator until ctx is done. ready, if not nil, is called
+// with its address once it listens.
+func serveCoordinator(ctx context.Context, opts coordinator.Options, listen string, sopts []grpc.ServerOption, ready func(addr string)) error {
+	if err := os.MkdirAll(opts.StateDir, 0o700); err != nil {
+		return fmt.Errorf("state directory: %w", err)
+	}
+	c, err := coordinator.New(opts)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	lis, err := net.Listen("tcp", listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", listen, err)
+	}
+	srv := supervisor.NewGRPCServer(sopts...)
+	c.Register(srv)
+	go srv.Serve(lis)
+	defer srv.Stop()
+	opts.Logger.Info("coordinator listening", "address", lis.Addr().String(), "stateDir", opts.StateDir)
+	if ready != nil {
+		ready(lis.Addr().String())
+	}
+	err = c.Run(ctx)
+	opts.Logger.Info("stopped")
+	if err != nil && ctx.Err() == nil {
+		return err
+	}
+	return nil
+}

@@ -1,0 +1,152 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"os/user"
+	"syscall"
+	"time"
+
+	"github.com/boardvisor/boardvisor/client"
+	pb "github.com/boardvisor/boardvisor/proto/boardvisor/v1"
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+)
+
+type coordFlags struct{ addr string }
+
+func (c *coordFlags) add(cmd *cobra.Command) {
+	def := os.Getenv("BOARDVISOR_COORDINATOR")
+	if def == "" {
+		def = "127.0.0.1:7400"
+	}
+	cmd.Flags().StringVar(&c.addr, "coordinator", def, "coordinator address (env BOARDVISOR_COORDINATOR)")
+}
+
+func (c *coordFlags) dial() (pb.LeaseServiceClient, func(), error) {
+	conn, err := grpc.NewClient(c.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, nil, fmt.Errorf("coordinator %s: %w", c.addr, err)
+	}
+	return pb.NewLeaseServiceClient(conn), func() { conn.Close() }, nil
+}
+
+func userName() string {
+	if u, err := user.Current(); err == nil {
+		return u.Username
+	}
+	return "unknown"
+}
+
+func newShell() *cobra.Command {
+	var cf coordFlags
+	var selector, board, clientName string
+	var duration time.Duration
+	cmd := &cobra.Command{
+		Use:   "shell (-l SELECTOR | --board NAME) [--duration D] [-- COMMAND...]",
+		Short: "lease a board, show its hooks, and open a shell with the lease (or run COMMAND)",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if (selector == "") == (board == "") {
+				return usageError{errors.New("give exactly one of -l SELECTOR and --board NAME")}
+			}
+			leases, closeConn, err := cf.dial()
+			if err != nil {
+				return err
+			}
+			defer closeConn()
+			// Ctrl+C must not kill us while the shell runs (it is the shell's), and during
+			// the afterLease hook it means "disconnect".
+			sigs := make(chan os.Signal, 1)
+			signal.Notify(sigs, os.Interrupt)
+			defer signal.Stop(sigs)
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			c := &client.Client{Leases: leases, Out: os.Stdout}
+			acquireCtx, stopAcquire := context.WithCancel(ctx)
+			go func() {
+				select {
+				case <-sigs:
+					stopAcquire()
+				case <-acquireCtx.Done():
+				}
+			}()
+			lease, err := c.Acquire(acquireCtx, client.Request{Selector: selector, Board: board, Duration: duration, Client: clientName})
+			if err != nil {
+				stopAcquire()
+				return err
+			}
+			s, err := c.Connect(acquireCtx, lease)
+			stopAcquire()
+			if errors.Is(err, client.ErrHookFailed) {
+				return exitError(1)
+			}
+			if err != nil {
+				leases.ReleaseLease(context.Background(), &pb.ReleaseLeaseRequest{Id: lease.GetId(), Reason: "client could not connect"})
+				return err
+			}
+			code := runLeaseShell(lease, cf.addr, args)
+			relCtx, relCancel := context.WithCancel(ctx)
+			go func() {
+				select {
+				case <-sigs:
+					relCancel()
+				case <-relCtx.Done():
+				}
+			}()
+			err = s.Release(relCtx)
+			relCancel()
+			if err != nil {
+				return err
+			}
+			if code != 0 {
+				return exitError(code)
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	cf.add(cmd)
+	f.StringVarP(&selector, "selector", "l", "", "label selector, e.g. device=rpi4")
+	f.StringVar(&board, "board", "", "an exact board name")
+	f.DurationVar(&duration, "duration", 30*time.Minute, "how long the lease may last")
+	f.StringVar(&clientName, "client", userName(), "who the lease is for")
+	return cmd
+}
+
+// runLeaseShell runs the user's shell (or args) with the lease in its environment, so
+// boardvisor subcommands inside it reach the board. It returns the exit status.
+func runLeaseShell(lease *pb.Lease, coordinator string, args []string) int {
+	if len(args) == 0 {
+		sh := os.Getenv("SHELL")
+		if sh == "" {
+			sh = "/bin/sh"
+		}
+		args = []string{sh}
+	}
+	cmd := exec.Command(args[0], args[1:]...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	cmd.Env = append(os.Environ(),
+		"BOARDVISOR_LEASE="+lease.GetId(),
+		"BOARDVISOR_BOARD="+lease.GetBoard(),
+		"BOARDVISOR_TOKEN="+lease.GetToken(),
+		"BOARDVISOR_EXPORTER="+lease.GetExporterEndpoint(),
+		"BOARDVISOR_COORDINATOR="+coordinator,
+	)
+	if err := cmd.Run(); err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+				return 128 + int(ws.Signal())
+			}
+			return ee.ExitCode()
+		}
+		fmt.Fprintf(os.Stderr, "boardvisor: run %s: %v\n", args[0], err)
+		return 127
+	}
+	return 0
+}

@@ -1,0 +1,121 @@
+package coordinator
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	pb "github.com/boardvisor/boardvisor/proto/boardvisor/v1"
+	jpb "github.com/boardvisor/boardvisor/proto/jumpstarter/v1"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+// checkEvents checks that the events table holds exactly the events sent, once each, in
+// sequence order.
+func checkEvents(t *testing.T, c *Coordinator, sup string, sent []*pb.Event) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	rows, err := c.db.QueryContext(ctx, `SELECT seq, at_ns, kind, payload FROM events WHERE supervisor_id = $1 ORDER BY seq`, sup)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	i := 0
+	for rows.Next() {
+		var seq, at int64
+		var kind, payload string
+		if err := rows.Scan(&seq, &at, &kind, &payload); err != nil {
+			t.Fatal(err)
+		}
+		if i >= len(sent) {
+			t.Fatalf("%s: stored event %d was never sent", sup, seq)
+		}
+		want := sent[i]
+		if uint64(seq) != want.GetSeq() {
+			t.Fatalf("%s: stored event #%d has seq %d, want %d", sup, i, seq, want.GetSeq())
+		}
+		wantKind, _, _ := eventKind(want)
+		body := proto.Clone(eventBody(want))
+		proto.Reset(body)
+		if err := protojson.Unmarshal([]byte(payload), body); err != nil {
+			t.Fatalf("%s: event %d: payload: %v", sup, seq, err)
+		}
+		if kind != wantKind || !proto.Equal(body, eventBody(want)) || at != want.GetTime().AsTime().UnixNano() {
+			t.Fatalf("%s: event %d stored as %s %v at %d, sent as %s %v", sup, seq, kind, body, at, wantKind, want)
+		}
+		i++
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if i != len(sent) {
+		t.Fatalf("%s: %d events stored, %d sent", sup, i, len(sent))
+	}
+}
+
+func hookLine(f *fakeSup, job, text string) {
+	f.event(&pb.Event{Body: &pb.Event_HookLog{HookLog: &pb.HookLog{JobId: job, Board: "r1",
+		Source: jpb.LogSource_LOG_SOURCE_BEFORE_LEASE_HOOK, Severity: pb.Severity_SEVERITY_INFO, Text: text}}})
+}
+
+func TestEventsStoredOnceInOrderAcrossReplay(t *testing.T) {
+	e := newEnv(t, "", Options{})
+	boards := []*pb.BoardInfo{board("r1", "device", "rpi4")}
+	f := e.dial("sup", boards, supOpts{})
+	l := e.mustCreate("device=rpi4", "", time.Hour)
+	sj := f.expectStart()
+	f.toReady(sj.GetJobId(), "r1")
+	for i := range 5 {
+		hookLine(f, l.GetId(), "line "+string(rune('a'+i)))
+	}
+	f.event(&pb.Event{Body: &pb.Event_ConsoleLog{ConsoleLog: &pb.ConsoleLog{JobId: l.GetId(), Board: "r1",
+		Source: jpb.LogSource_LOG_SOURCE_DRIVER, Data: []byte("login: \x00\xff")}}})
+	f.event(&pb.Event{Body: &pb.Event_ConsoleGap{ConsoleGap: &pb.ConsoleGap{JobId: l.GetId(), Board: "r1", Bytes: 42}}})
+	f.waitAcked()
+	sent := f.sent
+	// The link drops before the supervisor hears the newest acks: it replays from seq 4.
+	f.close()
+	f2 := e.dial("sup", boards, supOpts{
+		live:      []*pb.LiveJob{{JobId: l.GetId(), Board: "r1", Phase: pb.LeasePhase_LEASE_PHASE_READY}},
+		lastAcked: 3, seq: uint64(len(sent)), replay: sent[3:],
+	})
+	if got := f2.welcome.GetLastSeqSeen(); got != uint64(len(sent)) {
+		t.Fatalf("Welcome.last_seq_seen = %d, want %d", got, len(sent))
+	}
+	f2.sent = append([]*pb.Event(nil), sent...)
+	hookLine(f2, l.GetId(), "after reconnect")
+	f2.toDone(l.GetId(), "r1")
+	f2.waitAcked()
+	checkEvents(t, e.c, "sup", f2.sent)
+	if got := e.get(l.GetId()); got.GetPhase() != pb.LeasePhase_LEASE_PHASE_DONE {
+		t.Fatalf("lease %s, want DONE", got.GetPhase())
+	}
+}
+
+func TestReadyDuringOutageCountsFromTheEvent(t *testing.T) {
+	clock := newFakeClock()
+	e := newEnv(t, "", Options{Now: clock.Now})
+	boards := []*pb.BoardInfo{board("r1", "device", "rpi4")}
+	f := e.dial("sup", boards, supOpts{})
+	l := e.mustCreate("device=rpi4", "", time.Hour)
+	f.expectStart()
+	f.transition(l.GetId(), "r1", pb.LeasePhase_LEASE_PHASE_CREATED, pb.LeasePhase_LEASE_PHASE_STARTING, 0)
+	f.waitAcked()
+	f.close()
+	clock.Advance(10 * time.Second)
+	readyAt := clock.Now()
+	// READY happens while the link is down; the supervisor comes back 30s later.
+	ready := &pb.Event{Seq: 2, Time: timestamppb.New(readyAt), Body: &pb.Event_StateTransition{StateTransition: &pb.StateTransition{
+		JobId: l.GetId(), Board: "r1", From: pb.LeasePhase_LEASE_PHASE_STARTING, To: pb.LeasePhase_LEASE_PHASE_READY}}}
+	clock.Advance(30 * time.Second)
+	f2 := e.dial("sup", boards, supOpts{lastAcked: 1, seq: 2, replay: []*pb.Event{ready},
+		live: []*pb.LiveJob{{JobId: l.GetId(), Board: "r1", Phase: pb.LeasePhase_LEASE_PHASE_READY}}})
+	f2.sent = []*pb.Event{ready}
+	eventually(t, "replayed READY applied", func() bool {
+		g := e.get(l.GetId())
+		return g.GetBeginsAt().AsTime().Equal(readyAt) && g.GetEndsAt().AsTime().Equal(readyAt.Add(time.Hour))
+	})
+}
