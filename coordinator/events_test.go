@@ -119,3 +119,27 @@ func TestReadyDuringOutageCountsFromTheEvent(t *testing.T) {
 		return g.GetBeginsAt().AsTime().Equal(readyAt) && g.GetEndsAt().AsTime().Equal(readyAt.Add(time.Hour))
 	})
 }
+
+func TestSupervisorAheadOfTheDatabase(t *testing.T) {
+	e := newEnv(t, "", Options{})
+	// The supervisor forgot events 1..5 (acknowledged by a coordinator whose database
+	// was replaced): they cannot come back, so the coordinator takes it from 6.
+	f := e.dial("sup", []*pb.BoardInfo{board("r1", "device", "rpi4")}, supOpts{lastAcked: 5, seq: 5})
+	if f.welcome.GetLastSeqSeen() != 5 {
+		t.Fatalf("Welcome %v", f.welcome)
+	}
+	hookLine(f, "", "six")
+	f.waitAcked()
+	checkEvents(t, e.c, "sup", f.sent)
+}
+
+func TestWatcherBufferIsBounded(t *testing.T) {
+	w := &watcher{sig: make(chan struct{}, 1)}
+	for i := range 3 * WatchBuffer {
+		w.push(&pb.Lease{StatusMessage: string(rune('a' + i%26)), Phase: pb.LeasePhase(i)})
+	}
+	q := w.drain()
+	if len(q) != WatchBuffer || q[len(q)-1].GetPhase() != pb.LeasePhase(3*WatchBuffer-1) {
+		t.Fatalf("%d snapshots kept, last %v", len(q), q[len(q)-1])
+	}
+}

@@ -154,7 +154,7 @@ func (c *Coordinator) reconcileHello(ctx context.Context, tx *sql.Tx, fx *effect
 		lj := live[l.ID]
 		switch {
 		case lj == nil && l.StopAt != 0:
-			endLease(l, pb.LeasePhase_LEASE_PHASE_DONE, now, "ended: stopped before its supervisor held it ("+l.StopReason+")")
+			endLease(l, pb.LeasePhase_LEASE_PHASE_DONE, now, "ended ("+l.StopReason+"): supervisor "+sup+" no longer holds the job")
 		case lj == nil && l.State == stateActive:
 			endLease(l, pb.LeasePhase_LEASE_PHASE_FAILED, now, "failed: supervisor "+sup+" no longer holds the job")
 		case lj == nil:
@@ -395,8 +395,13 @@ func (c *Coordinator) applyTransition(ctx context.Context, tx *sql.Tx, fx *effec
 	if l.State == stateEnded {
 		if !terminal(to) {
 			fx.stopJob(sup, l.ID, "the lease has ended")
-		} else if !terminal(pb.LeasePhase(l.Phase)) {
-			l.Phase = int32(to)
+		} else if at < l.EndedAt {
+			// A replayed end that happened before a reconciliation ended the lease:
+			// the supervisor's account is the true one.
+			l.Phase, l.EndedAt = int32(to), at
+			if st.GetStatusMessage() != "" {
+				l.StatusMessage = st.GetStatusMessage()
+			}
 			fx.leaseChanged(l.ID)
 			return saveLease(ctx, tx, l)
 		}

@@ -56,3 +56,17 @@ var ErrNotOpen = errors.New("console not open")
 // ErrNotSupported is wrapped by an operation the device does not support, such as a
 // modem-control line on a pseudo-terminal.
 var ErrNotSupported = errors.New("not supported")
+
+// ErrDeviceAbsent is matched (errors.Is) by the failure of a driver whose device is not
+// there: unplugged, or not plugged in yet. Such a failure is expected to heal: the
+// board retries with back-off and keeps its health "unknown" instead of quarantining.
+var ErrDeviceAbsent = errors.New("device absent")
+
+// Absent marks err as a device-absent failure without changing its message.
+func Absent(err error) error { return absentError{err} }
+
+type absentError struct{ err error }
+
+func (e absentError) Error() string        { return e.err.Error() }
+func (e absentError) Unwrap() error        { return e.err }
+func (e absentError) Is(target error) bool { return target == ErrDeviceAbsent }

@@ -558,7 +558,15 @@ func TestPanickingDriverIsRestartedAndLeaseGoesOn(t *testing.T) {
 	if err := h.stopJob(job); err != nil {
 		t.Fatal(err)
 	}
-	evs = h.waitPhase(job, jobs.PhaseDone)
+	h.waitPhase(job, jobs.PhaseDone)
+	evs = h.waitFor("health good again", func(evs []connector.Event) bool {
+		unknown := indexOf(evs, func(ev connector.Event) bool {
+			return ev.BoardStatus != nil && ev.BoardStatus.Health == jobs.HealthUnknown
+		})
+		return unknown >= 0 && indexOf(evs[unknown:], func(ev connector.Event) bool {
+			return ev.BoardStatus != nil && ev.BoardStatus.Health == jobs.HealthGood
+		}) >= 0
+	})
 	if d.runs.Load() != 2 {
 		t.Fatalf("driver ran %d times, want 2 (one panic, one restart)", d.runs.Load())
 	}

@@ -1,10 +1,12 @@
 package board
 
 import (
+	"errors"
 	"strings"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
+	"github.com/boardvisor/boardvisor/drivers"
 )
 
 // Strategy is how a board supervises its children.
@@ -13,6 +15,8 @@ import (
 //     up to MaxBackoff). The board hears of every failure (its health goes to unknown until
 //     the driver is up again). More than MaxFailures failures within Window and the driver
 //     is stopped and the board quarantined (health bad): a flapping board takes no leases.
+//     A device that is absent (drivers.ErrDeviceAbsent: unplugged) is no such failure: it
+//     is retried at back-off until it returns.
 //   - A lease actor that panics is restarted at once; it resumes from the store in the
 //     same phase. More than MaxFailures within Window and it is stopped: the board then
 //     reports the lease as failed.
@@ -48,6 +52,11 @@ func (s Strategy) HandleFailure(sys *actor.ActorSystem, sup actor.Supervisor, ch
 			sup.RestartChildren(child)
 		}
 		return
+	}
+	// A device that is unplugged (or not plugged in yet) is expected to come back: it is
+	// retried at back-off for as long as it takes, with the board's health unknown.
+	if err, ok := reason.(error); ok && errors.Is(err, drivers.ErrDeviceAbsent) {
+		stop = false
 	}
 	if self, ok := sup.(interface{ Self() *actor.PID }); ok {
 		sys.Root.Send(self.Self(), &driverFault{child: child, reason: reason, quarantined: stop})

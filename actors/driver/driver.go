@@ -35,9 +35,15 @@ func Props(d Driver, logger hclog.Logger) *actor.Props {
 	}, actor.WithReceiverMiddleware(actors.LogPanics(logger)))
 }
 
+// UpAfter is how long a (re)started driver must run without failing before its board
+// hears that it is up: a device that is absent fails at once, and the board's health
+// does not flap between good and unknown while it is gone.
+const UpAfter = 250 * time.Millisecond
+
 type (
-	output struct{ data []byte }
-	failed struct{ err error }
+	output  struct{ data []byte }
+	failed  struct{ err error }
+	settled struct{ done chan struct{} }
 )
 
 type driverActor struct {
@@ -45,6 +51,7 @@ type driverActor struct {
 	log    hclog.Logger
 	cancel context.CancelFunc
 	done   chan struct{}
+	up     *time.Timer // reports DriverUp once the driver has settled
 }
 
 func (a *driverActor) Receive(ctx actor.Context) {
@@ -55,6 +62,12 @@ func (a *driverActor) Receive(ctx actor.Context) {
 		ctx.Send(ctx.Parent(), &actors.DriverOutput{Driver: a.d.Name(), Data: m.data})
 	case *failed:
 		panic(actors.Failure{Err: fmt.Errorf("driver %s: %w", a.d.Name(), m.err)})
+	case *settled:
+		if m.done == a.done && a.up != nil {
+			a.up.Stop()
+			a.up = nil
+			ctx.Send(ctx.Parent(), &actors.DriverUp{Driver: a.d.Name()})
+		}
 	case *actor.Stopping, *actor.Restarting:
 		a.stop()
 	}
@@ -85,10 +98,14 @@ func (a *driverActor) start(ctx actor.Context) {
 			root.Send(self, &failed{err: err})
 		}
 	}()
-	ctx.Send(ctx.Parent(), &actors.DriverUp{Driver: a.d.Name()})
+	a.up = time.AfterFunc(UpAfter, func() { root.Send(self, &settled{done: done}) })
 }
 
 func (a *driverActor) stop() {
+	if a.up != nil {
+		a.up.Stop()
+		a.up = nil
+	}
 	if a.cancel == nil {
 		return
 	}

@@ -110,9 +110,9 @@ func (d *Driver) Run(ctx context.Context, out func([]byte)) error {
 				return err
 			}
 		case errors.Is(err, io.EOF):
-			return d.errorf("device gone: hangup (end of file)")
+			return drivers.Absent(d.errorf("device gone: hangup (end of file)"))
 		case errors.Is(err, syscall.EIO), errors.Is(err, syscall.ENXIO), errors.Is(err, syscall.ENODEV):
-			return d.errorf("device gone: %w", unwrapPath(err))
+			return drivers.Absent(d.errorf("device gone: %w", unwrapPath(err)))
 		default:
 			return d.errorf("read: %w", unwrapPath(err))
 		}
@@ -225,7 +225,7 @@ func (d *Driver) open() (*os.File, deviceID, error) {
 	f, err := os.OpenFile(d.cfg.Device, os.O_RDWR|syscall.O_NOCTTY|syscall.O_NONBLOCK, 0)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
-		return nil, deviceID{}, d.errorf("device not present: %w", unwrapPath(err))
+		return nil, deviceID{}, drivers.Absent(d.errorf("device not present: %w", unwrapPath(err)))
 	case errors.Is(err, syscall.EBUSY):
 		return nil, deviceID{}, d.errorf("open: device busy (another program has it open exclusively): %w", unwrapPath(err))
 	case err != nil:
@@ -263,11 +263,11 @@ func (d *Driver) checkPath(id deviceID) error {
 	err := unix.Stat(d.cfg.Device, &st)
 	switch {
 	case errors.Is(err, syscall.ENOENT):
-		return d.errorf("device gone: %s no longer exists", d.cfg.Device)
+		return drivers.Absent(d.errorf("device gone: %s no longer exists", d.cfg.Device))
 	case err != nil:
 		return nil // cannot tell (e.g. EACCES on a directory); the read path will tell
 	case (deviceID{dev: st.Dev, ino: st.Ino, rdev: st.Rdev}) != id:
-		return d.errorf("device gone: %s now names another device", d.cfg.Device)
+		return drivers.Absent(d.errorf("device gone: %s now names another device", d.cfg.Device))
 	}
 	return nil
 }
