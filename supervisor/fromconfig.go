@@ -5,22 +5,24 @@ import (
 	"github.com/boardvisor/boardvisor/actors/lease"
 	jhook "github.com/boardvisor/boardvisor/jobs/hook"
 	"github.com/boardvisor/boardvisor/supervisor/config"
+	"github.com/boardvisor/boardvisor/supervisor/devices"
 )
 
-// BoardsFromConfig turns a validated config into board configs. Notes are things an
-// operator should know about (drivers that are configured but not run yet).
-func BoardsFromConfig(cfg *config.Config) (boards []board.Config, notes []string) {
+// BoardsFromConfig turns a validated config into board configs, with each board's
+// drivers from dev (nil: none).
+func BoardsFromConfig(cfg *config.Config, dev *devices.Manager) []board.Config {
+	var boards []board.Config
 	for _, rb := range cfg.Resolve() {
 		bc := board.Config{Name: rb.Name, Labels: rb.Labels, Queue: rb.Queue, LeaseDuration: rb.LeaseDuration,
 			Before: leaseHook(rb.Before), After: leaseHook(rb.After)}
-		for kind, on := range map[string]bool{"serial": rb.Serial != nil, "power": rb.Power != nil, "virtual": rb.Virtual != nil} {
-			if on {
-				notes = append(notes, "board "+rb.Name+": the "+kind+" driver is configured but drivers are not run yet (they land with the drivers issue)")
+		if dev != nil {
+			if d := dev.Board(rb.Name); d != nil {
+				bc.Drivers = d.Drivers
 			}
 		}
 		boards = append(boards, bc)
 	}
-	return boards, notes
+	return boards
 }
 
 func leaseHook(h *config.ResolvedHook) *lease.HookConfig {

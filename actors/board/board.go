@@ -77,6 +77,20 @@ type boardActor struct {
 	down    map[string]bool // drivers not (yet) up again after a failure
 	// stopping is set when the board itself stops (daemon shutdown).
 	stopping bool
+	// restarts are the back-off timers of failed drivers, by child ID.
+	restarts   map[string]restartTimer
+	restartSeq uint64
+}
+
+type restartTimer struct {
+	seq uint64
+	t   *time.Timer
+}
+
+// restartDriver is a driver's back-off ending: the board restarts it.
+type restartDriver struct {
+	child *actor.PID
+	seq   uint64
 }
 
 func (b *boardActor) Receive(ctx actor.Context) {
@@ -111,16 +125,28 @@ func (b *boardActor) Receive(ctx actor.Context) {
 			Waiting: append([]string(nil), b.waiting...)})
 	case *actor.Terminated:
 		b.terminated(ctx, m.Who)
+	case *restartDriver:
+		if rt, ok := b.restarts[m.child.Id]; ok && rt.seq == m.seq {
+			delete(b.restarts, m.child.Id)
+			if sup, ok := ctx.(actor.Supervisor); ok {
+				sup.RestartChildren(m.child)
+			}
+		}
 	case *actor.Stopping:
 		// The daemon is shutting down: leases stop with the board, and their records stay
 		// in the store for the next start to resume them.
 		b.stopping = true
+		for _, rt := range b.restarts {
+			rt.t.Stop()
+		}
+		b.restarts = nil
 	}
 }
 
 func (b *boardActor) started(ctx actor.Context) {
 	b.leases = map[string]*leaseInfo{}
 	b.down = map[string]bool{}
+	b.restarts = map[string]restartTimer{}
 	b.status, b.health = jobs.StatusAvailable, jobs.HealthGood
 	b.restore(ctx)
 	for _, d := range b.cfg.Drivers {
@@ -320,7 +346,17 @@ func (b *boardActor) driverFault(ctx actor.Context, m *driverFault) {
 		b.setHealth(ctx, jobs.HealthBad, fmt.Sprintf("driver %s keeps failing: %v", name, m.reason))
 		return
 	}
-	b.log.Warn("driver failed; restarting it after a back-off", "driver", name, "error", fmt.Sprint(m.reason))
+	b.log.Warn("driver failed; restarting it after a back-off", "driver", name, "error", fmt.Sprint(m.reason), "backoff", m.backoff.String())
+	if b.restarts != nil {
+		if old, ok := b.restarts[m.child.Id]; ok {
+			old.t.Stop()
+		}
+		b.restartSeq++
+		self, root, child, seq := ctx.Self(), ctx.ActorSystem().Root, m.child, b.restartSeq
+		b.restarts[m.child.Id] = restartTimer{seq: seq, t: time.AfterFunc(m.backoff, func() {
+			root.Send(self, &restartDriver{child: child, seq: seq})
+		})}
+	}
 	b.down[name] = true
 	if b.health == jobs.HealthGood {
 		b.setHealth(ctx, jobs.HealthUnknown, fmt.Sprintf("driver %s failed: %v", name, m.reason))

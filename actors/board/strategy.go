@@ -30,11 +30,13 @@ type Strategy struct {
 var DefaultStrategy = Strategy{Backoff: 100 * time.Millisecond, MaxBackoff: 30 * time.Second, MaxFailures: 5, Window: time.Minute}
 
 // driverFault tells the board that a driver child failed; quarantined means it was
-// stopped for good.
+// stopped for good, else the board restarts it after backoff (the board owns that
+// timer, so none outlives it).
 type driverFault struct {
 	child       *actor.PID
 	reason      any
 	quarantined bool
+	backoff     time.Duration
 }
 
 // HandleFailure implements actor.SupervisorStrategy.
@@ -58,17 +60,20 @@ func (s Strategy) HandleFailure(sys *actor.ActorSystem, sup actor.Supervisor, ch
 	if err, ok := reason.(error); ok && errors.Is(err, drivers.ErrDeviceAbsent) {
 		stop = false
 	}
-	if self, ok := sup.(interface{ Self() *actor.PID }); ok {
-		sys.Root.Send(self.Self(), &driverFault{child: child, reason: reason, quarantined: stop})
-	}
-	if stop {
-		sup.StopChildren(child)
-		return
-	}
 	backoff := s.Backoff << (n - 1)
 	if backoff > s.MaxBackoff || backoff <= 0 {
 		backoff = s.MaxBackoff
 	}
-	// The child's mailbox stays suspended until the restart.
-	time.AfterFunc(backoff, func() { sup.RestartChildren(child) })
+	if stop {
+		sup.StopChildren(child)
+	}
+	self, ok := sup.(interface{ Self() *actor.PID })
+	if !ok {
+		if !stop {
+			sup.RestartChildren(child)
+		}
+		return
+	}
+	// The child's mailbox stays suspended until the board restarts it.
+	sys.Root.Send(self.Self(), &driverFault{child: child, reason: reason, quarantined: stop, backoff: backoff})
 }

@@ -10,11 +10,13 @@ import (
 	"path/filepath"
 	"syscall"
 
+	"github.com/boardvisor/boardvisor/actors/outbox"
 	"github.com/boardvisor/boardvisor/connector"
 	"github.com/boardvisor/boardvisor/connector/local"
 	"github.com/boardvisor/boardvisor/jobs/journal"
 	"github.com/boardvisor/boardvisor/supervisor"
 	"github.com/boardvisor/boardvisor/supervisor/config"
+	"github.com/boardvisor/boardvisor/supervisor/devices"
 	"github.com/boardvisor/boardvisor/supervisor/exporter"
 	"github.com/hashicorp/go-hclog"
 	"github.com/spf13/cobra"
@@ -51,13 +53,16 @@ func newSupervise(g *globalFlags) *cobra.Command {
 // serveSupervisor runs a supervisor for cfg until ctx is done. ready, if not nil, is
 // called with the client service's address once everything is up.
 func serveSupervisor(ctx context.Context, cfg *config.Config, logger hclog.Logger, ready func(addr string)) error {
-	boards, notes := supervisor.BoardsFromConfig(cfg)
-	for _, n := range notes {
-		logger.Warn(n)
-	}
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return fmt.Errorf("state directory: %w", err)
 	}
+	// Devices are closed last, after every actor has stopped.
+	dev, err := devices.Build(cfg, logger.Named("devices"))
+	if err != nil {
+		return err
+	}
+	defer dev.Close()
+	boards := supervisor.BoardsFromConfig(cfg, dev)
 	jr, err := openJournal(filepath.Join(cfg.StateDir, "journal.db"), logger)
 	if err != nil {
 		return err
@@ -86,11 +91,13 @@ func serveSupervisor(ctx context.Context, cfg *config.Config, logger hclog.Logge
 	var sup *supervisor.Supervisor
 	svc := exporter.New(labels, enderFunc(func(ctx context.Context, board, job string) error {
 		return sup.EndSession(ctx, board, job)
-	}), nil)
-	sup, err = supervisor.Start(supervisor.Options{Boards: boards, StateDir: cfg.StateDir, Conn: conn, Logger: logger, Exporter: svc, Store: jr})
+	}), dev)
+	sup, err = supervisor.Start(supervisor.Options{Boards: boards, StateDir: cfg.StateDir, Conn: conn, Logger: logger,
+		Exporter: svc, Store: jr, Sinks: []outbox.Sink{dev.Sink}})
 	if err != nil {
 		return err
 	}
+	dev.PowerOn(ctx)
 	g := supervisor.NewGRPCServer()
 	svc.Register(g)
 	go g.Serve(lis)

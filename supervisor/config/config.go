@@ -166,8 +166,22 @@ type Drivers struct {
 	Serial *Serial `yaml:"serial"`
 	// Power switches the board on and off with commands.
 	Power *Power `yaml:"power"`
-	// Virtual makes the board a simulated one; it excludes Serial.
+	// Virtual makes the board a simulated one; it excludes Serial and QEMU.
 	Virtual *Virtual `yaml:"virtual"`
+	// QEMU makes the board an emulated machine; it excludes Serial and Virtual.
+	QEMU *QEMU `yaml:"qemu"`
+}
+
+// QEMU is an emulated board: qemu-system-x86_64 with its serial port as the console.
+type QEMU struct {
+	// Binary is the emulator (default qemu-system-x86_64, found on PATH).
+	Binary string `yaml:"binary"`
+	// Machine is QEMU's -machine (default pc).
+	Machine string `yaml:"machine"`
+	// MemoryMiB is the guest's memory (default 64).
+	MemoryMiB int `yaml:"memoryMiB"`
+	// Args are extra arguments, e.g. a disk image.
+	Args []string `yaml:"args"`
 }
 
 // Serial is a serial console.

@@ -17,10 +17,11 @@ type ResolvedBoard struct {
 	// Before and After are the board's hooks; nil means none (not configured, or
 	// disabled for this board).
 	Before, After *ResolvedHook
-	// Serial, Power and Virtual are the board's drivers; nil means none of that kind.
+	// Serial, Power, Virtual and QEMU are the board's drivers; nil means none of that kind.
 	Serial  *Serial
 	Power   *Power
 	Virtual *Virtual
+	QEMU    *QEMU
 	// LeaseDuration bounds a lease whose StartJob carries no duration; always positive.
 	LeaseDuration time.Duration
 	// Queue is how many leases may wait for the board while it is busy.
@@ -77,9 +78,13 @@ func (b Board) Effective(d Defaults) ResolvedBoard {
 		}
 		r.Power = &cp
 	}
-	if v := pick(b.Drivers.Virtual, d.Drivers.Virtual); v != nil {
+	if v := pick(b.Drivers.Virtual, d.Drivers.Virtual); v != nil && b.Drivers.QEMU == nil {
 		cp := *v
 		r.Virtual = &cp
+	}
+	if q := b.Drivers.QEMU; q != nil {
+		cp := *q
+		r.QEMU = &cp
 	}
 	switch {
 	case b.LeaseDuration > 0:

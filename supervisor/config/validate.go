@@ -180,6 +180,14 @@ func (v *validator) boards() {
 		}
 		checkPower(s, b.Drivers.Power)
 		checkVirtual(s, b.Drivers.Virtual)
+		if q := b.Drivers.QEMU; q != nil {
+			if q.MemoryMiB < 0 {
+				s.add("drivers.qemu.memoryMiB", "%d must not be negative", q.MemoryMiB)
+			}
+			if b.Drivers.Serial != nil || b.Drivers.Virtual != nil {
+				s.add("drivers", "qemu excludes serial and virtual (an emulated board has its own console; a default virtual is not inherited)")
+			}
+		}
 		if b.Drivers.Serial != nil {
 			switch {
 			case b.Drivers.Virtual != nil:

@@ -1,0 +1,296 @@
+// Package devices builds each board's devices from its config — a serial console, a
+// simulated (virtual) board, an emulated (QEMU) board, power commands — and serves them:
+// driver calls for clients and hooks (power.on, power.off, power.cycle, console.write,
+// console.stream), and the always-on console recording, cut per lease and per day.
+//
+// The console is read by a driver actor of the board (actors/driver) through the serial
+// path, whatever the board is; what it reads comes back here as ConsoleLog events
+// through Sink.
+package devices
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+
+	"github.com/boardvisor/boardvisor/actors/driver"
+	"github.com/boardvisor/boardvisor/connector"
+	"github.com/boardvisor/boardvisor/drivers"
+	"github.com/boardvisor/boardvisor/drivers/power"
+	"github.com/boardvisor/boardvisor/drivers/qemu"
+	"github.com/boardvisor/boardvisor/drivers/recording"
+	"github.com/boardvisor/boardvisor/drivers/serial"
+	"github.com/boardvisor/boardvisor/drivers/virtual"
+	"github.com/boardvisor/boardvisor/jobs"
+	"github.com/boardvisor/boardvisor/supervisor/config"
+	"github.com/hashicorp/go-hclog"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/structpb"
+)
+
+// Driver names, as clients name them in DriverCall's uuid.
+const (
+	Console = "console"
+	Power   = "power"
+)
+
+// Board is one board's devices.
+type Board struct {
+	Name string
+	// Drivers run as the board's driver actors (the console reader).
+	Drivers []driver.Driver
+	console drivers.Console
+	power   drivers.Power
+	rec     *recording.Recorder
+	recCh   chan recItem
+	closers []io.Closer
+
+	mu   sync.Mutex
+	subs map[chan []byte]bool
+}
+
+type recItem struct {
+	data       []byte
+	start, end string // lease to start or end recording
+}
+
+// Manager holds the devices of every board of a supervisor.
+type Manager struct {
+	log    hclog.Logger
+	boards map[string]*Board
+	wg     sync.WaitGroup
+}
+
+// Build creates the devices of every board in cfg. Simulated and emulated boards are
+// created (their pseudo-terminals opened) but not powered on.
+func Build(cfg *config.Config, logger hclog.Logger) (*Manager, error) {
+	m := &Manager{log: logger, boards: map[string]*Board{}}
+	for _, rb := range cfg.Resolve() {
+		b, err := m.build(cfg.StateDir, rb)
+		if err != nil {
+			m.Close()
+			return nil, fmt.Errorf("board %s: %w", rb.Name, err)
+		}
+		m.boards[rb.Name] = b
+	}
+	return m, nil
+}
+
+func (m *Manager) build(stateDir string, rb config.ResolvedBoard) (*Board, error) {
+	b := &Board{Name: rb.Name, subs: map[chan []byte]bool{}}
+	var consolePath string
+	sc := serial.Config{Name: Console}
+	switch {
+	case rb.Virtual != nil:
+		vb, err := virtual.New(rb.Name, virtual.Options{BootDelay: rb.Virtual.BootDelay.Std()})
+		if err != nil {
+			return nil, err
+		}
+		b.closers = append(b.closers, vb)
+		consolePath, b.power = vb.Path(), vb
+	case rb.QEMU != nil:
+		q, err := qemu.New(qemu.Config{Name: rb.Name, Binary: rb.QEMU.Binary, Machine: rb.QEMU.Machine, MemoryMiB: rb.QEMU.MemoryMiB, Args: rb.QEMU.Args})
+		if err != nil {
+			return nil, err
+		}
+		b.closers = append(b.closers, q)
+		consolePath, b.power = q.Path(), q
+	case rb.Serial != nil:
+		consolePath = rb.Serial.Device
+		sc.Baud, sc.Parity, sc.DataBits, sc.StopBits = rb.Serial.Baud, rb.Serial.Parity, rb.Serial.DataBits, rb.Serial.StopBits
+	}
+	if rb.Power != nil {
+		pc, err := power.New(power.Config{Board: rb.Name, On: rb.Power.On, Off: rb.Power.Off, Cycle: rb.Power.Cycle, Timeout: rb.Power.Timeout.Std()})
+		if err != nil {
+			return nil, err
+		}
+		b.power = pc
+	}
+	if consolePath != "" {
+		sc.Device = consolePath
+		d, err := serial.New(sc)
+		if err != nil {
+			return nil, err
+		}
+		b.console = d
+		b.Drivers = append(b.Drivers, d)
+		rec, err := recording.New(recording.Options{StateDir: stateDir, Board: rb.Name})
+		if err != nil {
+			return nil, err
+		}
+		b.rec = rec
+		b.recCh = make(chan recItem, 1024)
+		m.wg.Add(1)
+		go m.record(b)
+	}
+	return b, nil
+}
+
+// record writes a board's console to its recording; it owns the recorder's I/O, so the
+// event path never waits for the disk.
+func (m *Manager) record(b *Board) {
+	defer m.wg.Done()
+	for it := range b.recCh {
+		var err error
+		switch {
+		case it.start != "":
+			err = b.rec.StartLease(it.start)
+		case it.end != "":
+			err = b.rec.EndLease(it.end)
+		default:
+			_, err = b.rec.Write(it.data)
+		}
+		if err != nil {
+			m.log.Warn("console recording", "board", b.Name, "error", err)
+		}
+	}
+	if err := b.rec.Close(); err != nil {
+		m.log.Warn("close console recording", "board", b.Name, "error", err)
+	}
+}
+
+// Board returns a board's devices (nil if it has none).
+func (m *Manager) Board(name string) *Board { return m.boards[name] }
+
+// PowerOn switches on every board that has power control (simulated and emulated boards
+// start off). Failures are logged.
+func (m *Manager) PowerOn(ctx context.Context) {
+	for _, b := range m.boards {
+		if b.power != nil {
+			if err := b.power.On(ctx); err != nil {
+				m.log.Warn("power on at start-up", "board", b.Name, "error", err)
+			}
+		}
+	}
+}
+
+// Sink feeds console bytes to their watchers and to the recording, and cuts the
+// recording per lease. It never blocks: a slow watcher loses bytes, the recording does
+// only if its queue of 1024 chunks is full (both are logged).
+func (m *Manager) Sink(ev connector.Event) {
+	b := m.boards[ev.Board]
+	if b == nil || b.recCh == nil {
+		return
+	}
+	switch {
+	case ev.Console != nil:
+		b.mu.Lock()
+		for ch := range b.subs {
+			select {
+			case ch <- ev.Console.Data:
+			default: // a watcher that does not keep up misses bytes
+			}
+		}
+		b.mu.Unlock()
+		m.queue(b, recItem{data: ev.Console.Data})
+	case ev.Transition != nil && ev.Transition.To == jobs.PhaseBeforeLease:
+		m.queue(b, recItem{start: ev.JobID})
+	case ev.Transition != nil && ev.Transition.From == jobs.PhaseAfterLease:
+		m.queue(b, recItem{end: ev.JobID})
+	}
+}
+
+func (m *Manager) queue(b *Board, it recItem) {
+	select {
+	case b.recCh <- it:
+	default:
+		m.log.Warn("console recording falls behind; bytes dropped", "board", b.Name, "bytes", len(it.data))
+	}
+}
+
+// Call runs a driver method for a client or a hook.
+func (m *Manager) Call(ctx context.Context, board, drv, method string, args []*structpb.Value) (*structpb.Value, error) {
+	b := m.boards[board]
+	if b == nil {
+		return nil, status.Errorf(codes.NotFound, "board %s has no drivers", board)
+	}
+	switch drv + "." + method {
+	case "power.on", "power.off", "power.cycle":
+		if b.power == nil {
+			return nil, status.Errorf(codes.Unimplemented, "board %s has no power control", board)
+		}
+		var err error
+		switch method {
+		case "on":
+			err = b.power.On(ctx)
+		case "off":
+			err = b.power.Off(ctx)
+		default:
+			err = b.power.Cycle(ctx)
+		}
+		if err != nil {
+			return nil, status.Error(codes.Aborted, err.Error())
+		}
+		return structpb.NewStringValue("ok"), nil
+	case "console.write":
+		if b.console == nil {
+			return nil, status.Errorf(codes.Unimplemented, "board %s has no console", board)
+		}
+		if len(args) != 1 || args[0].GetStringValue() == "" {
+			return nil, status.Error(codes.InvalidArgument, "console.write takes one argument: the text to write")
+		}
+		n, err := b.console.Write([]byte(args[0].GetStringValue()))
+		if err != nil {
+			code := codes.Unavailable
+			if !errors.Is(err, drivers.ErrNotOpen) {
+				code = codes.Internal
+			}
+			return nil, status.Error(code, err.Error())
+		}
+		return structpb.NewNumberValue(float64(n)), nil
+	}
+	return nil, status.Errorf(codes.Unimplemented, "no method %s.%s (have power.on, power.off, power.cycle, console.write, console.stream)", drv, method)
+}
+
+// Stream runs console.stream: it sends the console's output, as base64 strings, until
+// ctx ends.
+func (m *Manager) Stream(ctx context.Context, board, drv, method string, _ []*structpb.Value, send func(*structpb.Value) error) error {
+	b := m.boards[board]
+	if drv+"."+method != "console.stream" {
+		return status.Errorf(codes.Unimplemented, "no streaming method %s.%s (have console.stream)", drv, method)
+	}
+	if b == nil || b.console == nil {
+		return status.Errorf(codes.Unimplemented, "board %s has no console", board)
+	}
+	ch := make(chan []byte, 256)
+	b.mu.Lock()
+	b.subs[ch] = true
+	b.mu.Unlock()
+	defer func() {
+		b.mu.Lock()
+		delete(b.subs, ch)
+		b.mu.Unlock()
+	}()
+	for {
+		select {
+		case data := <-ch:
+			if err := send(structpb.NewStringValue(base64.StdEncoding.EncodeToString(data))); err != nil {
+				return err
+			}
+		case <-ctx.Done():
+			return nil
+		}
+	}
+}
+
+// Close stops the recordings and closes simulated and emulated boards.
+func (m *Manager) Close() error {
+	for _, b := range m.boards {
+		if b.recCh != nil {
+			close(b.recCh)
+			b.recCh = nil
+		}
+	}
+	m.wg.Wait()
+	var errs []error
+	for _, b := range m.boards {
+		for _, c := range b.closers {
+			errs = append(errs, c.Close())
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,67 @@
+package tests
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// A simulated board end to end: the lease's shell power-cycles it and reads its console
+// with the boardvisor commands, and the lease's console is recorded on the lab host.
+func TestVirtualBoardThroughShell(t *testing.T) {
+	dir := t.TempDir()
+	coordAddr := freeAddr(t)
+	startCoordinator(t, coordAddr, filepath.Join(dir, "coord"))
+	cfg := supervisorConfig(t, dir, "lab-1", coordAddr, "echo 'JMP_INFO: ready'", "", boardSpec{"virt-01", "device: virt"})
+	// The board is a simulated one on a pseudo-terminal.
+	body, err := os.ReadFile(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body = []byte(strings.Replace(string(body), "    labels: {device: virt}\n", "    labels: {device: virt}\n    drivers: {virtual: {}}\n", 1))
+	if err := os.WriteFile(cfg, body, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	startSupervisor(t, "supervisor", cfg)
+	waitBoards(t, leaseClient(t, coordAddr), 1)
+
+	// Inside the lease: power-cycle the board and follow its console until it boots.
+	script := fmt.Sprintf(`%[1]s power cycle && timeout 3 %[1]s console > %[2]s/console.out; echo "lease=$BOARDVISOR_LEASE"`, binary, dir)
+	out, err := runShell(t, coordAddr, "shell", "-l", "device=virt", "--duration", "5m", "--", "sh", "-c", script)
+	if err != nil {
+		t.Fatalf("shell: %v\n%s", err, out)
+	}
+	for _, want := range []string{"Connected to device.", "board virt-01: power cycle"} {
+		if !strings.Contains(out, want) {
+			t.Fatalf("shell output lacks %q:\n%s", want, out)
+		}
+	}
+	console, err := os.ReadFile(filepath.Join(dir, "console.out"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(console), "virt-01 login:") {
+		t.Fatalf("console did not show the board booting to its login prompt:\n%q", console)
+	}
+	lease := out[strings.LastIndex(out, "lease=")+len("lease="):]
+	lease = strings.TrimSpace(lease[:strings.IndexByte(lease, '\n')])
+	rec, err := exec.Command(binary, "logs", "--console", "--lease", lease, "--state-dir", filepath.Join(dir, "state")).CombinedOutput()
+	if err != nil {
+		t.Fatalf("logs: %v\n%s", err, rec)
+	}
+	if !strings.Contains(string(rec), "virt-01 login:") {
+		t.Fatalf("recording of lease %s lacks the boot log:\n%q", lease, rec)
+	}
+}
+
+// runShell runs `boardvisor shell ...` without a terminal and returns its output.
+func runShell(t *testing.T, coordAddr string, args ...string) (string, error) {
+	t.Helper()
+	cmd := exec.Command(binary, args...)
+	cmd.Env = append(os.Environ(), "BOARDVISOR_COORDINATOR="+coordAddr)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
