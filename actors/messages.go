@@ -1,6 +1,8 @@
 package actors
 
 import (
+	"time"
+
 	"github.com/boardvisor/boardvisor/connector"
 	"github.com/boardvisor/boardvisor/jobs"
 	"github.com/boardvisor/boardvisor/jobs/hook"
@@ -48,6 +50,9 @@ type LeaseChanged struct {
 // with health bad and takes no further leases until an operator clears it.
 type Quarantine struct{ JobID, Reason string }
 
+// ExtendLease tells a lease it may last Remaining from now.
+type ExtendLease struct{ Remaining time.Duration }
+
 // EndLease asks a lease to end.
 type EndLease struct{ Reason jobs.EndReason }
 
@@ -83,3 +88,7 @@ type BoardState struct {
 
 // JobEnded tells the host that a job's lease actor is gone.
 type JobEnded struct{ JobID string }
+
+// ExtendJob asks the host (and then the board and the lease) to move a job's end. The
+// answer is a *JobReply.
+type ExtendJob struct{ Req connector.ExtendJobRequest }

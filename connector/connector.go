@@ -35,12 +35,21 @@ type StopJobRequest struct {
 	Reason string
 }
 
-// Supervisor is the side that runs jobs. Both calls return at once: nil means the
+// ExtendJobRequest moves a job's end: it may last Remaining from now.
+type ExtendJobRequest struct {
+	JobID     string
+	Remaining time.Duration
+}
+
+// Supervisor is the side that runs jobs. The calls return at once: nil means the
 // request was accepted, a *jobs.JobError says why it was not. What happens to an
-// accepted job is reported through the SupervisorConnector.
+// accepted job is reported through the SupervisorConnector. ExtendJob is ours, beside
+// Treadmill's two: the supervisor bounds every lease itself, so an extension granted by
+// the coordinator must reach it.
 type Supervisor interface {
 	StartJob(ctx context.Context, req StartJobRequest) error
 	StopJob(ctx context.Context, req StopJobRequest) error
+	ExtendJob(ctx context.Context, req ExtendJobRequest) error
 }
 
 // SupervisorConnector carries a supervisor's events to its coordinator and the

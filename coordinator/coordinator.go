@@ -308,6 +308,7 @@ type outMsg struct {
 	supervisor string
 	start      *pb.StartJob
 	stop       *pb.StopJob
+	extend     *pb.ExtendJob
 }
 
 func (fx *effects) leaseChanged(id string) {
@@ -364,9 +365,12 @@ func (c *Coordinator) apply(ctx context.Context, fx *effects) {
 			continue
 		}
 		var err error
-		if m.start != nil {
+		switch {
+		case m.start != nil:
 			err = s.StartJob(m.start)
-		} else {
+		case m.extend != nil:
+			err = s.ExtendJob(m.extend)
+		default:
 			err = s.StopJob(m.stop)
 		}
 		if err != nil {
@@ -382,8 +386,16 @@ func (c *Coordinator) apply(ctx context.Context, fx *effects) {
 }
 
 func (m outMsg) jobID() string {
-	if m.start != nil {
+	switch {
+	case m.start != nil:
 		return m.start.GetJobId()
+	case m.extend != nil:
+		return m.extend.GetJobId()
 	}
 	return m.stop.GetJobId()
+}
+
+// extendJob tells the supervisor that a lease may last remaining from now.
+func (fx *effects) extendJob(supervisor string, m *pb.ExtendJob) {
+	fx.msgs = append(fx.msgs, outMsg{supervisor: supervisor, extend: m})
 }

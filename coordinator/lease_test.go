@@ -83,6 +83,10 @@ func TestLeaseExpirySendsStopJob(t *testing.T) {
 	if err != nil || !x.GetLease().GetEndsAt().AsTime().Equal(clock.Now().Add(time.Minute+time.Second)) {
 		t.Fatalf("ExtendLease: %v, %v", x, err)
 	}
+	// The supervisor bounds the lease too: it hears of the extension.
+	if m := f.next(); m.GetExtendJob().GetJobId() != l.GetId() || m.GetExtendJob().GetRemaining().AsDuration() != time.Minute+time.Second {
+		t.Fatalf("after ExtendLease the supervisor got %v, want ExtendJob with 1m1s remaining", m)
+	}
 	clock.Advance(time.Minute)
 	f.expectNothing(100 * time.Millisecond)
 	clock.Advance(2 * time.Second)

@@ -182,6 +182,12 @@ func (s *Supervisor) StopJob(ctx context.Context, req connector.StopJobRequest) 
 	return s.request(ctx, &actors.StopJob{Req: req})
 }
 
+// ExtendJob moves a job's end to req.Remaining from now. A job that is gone or ending
+// is left alone.
+func (s *Supervisor) ExtendJob(ctx context.Context, req connector.ExtendJobRequest) error {
+	return s.request(ctx, &actors.ExtendJob{Req: req})
+}
+
 // EndSession is a client ending its lease.
 func (s *Supervisor) EndSession(ctx context.Context, board, jobID string) error {
 	return s.request(ctx, &actors.EndSession{Board: board, JobID: jobID})

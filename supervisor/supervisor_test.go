@@ -664,3 +664,24 @@ func TestHookWatcherPanicReadsOnWithoutLosingLines(t *testing.T) {
 		t.Fatalf("hook lines after the watcher's restart:\n%s\nwant\n%s", got, want)
 	}
 }
+
+func TestExtendJobRearmsTheLeaseBound(t *testing.T) {
+	h := start(t, board.Config{Name: "rpi"})
+	job := h.startJob("rpi", func(r *connector.StartJobRequest) { r.Duration = time.Hour })
+	h.waitPhase(job, jobs.PhaseReady)
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	// An extension to 50ms from now: the lease's own bound fires then, not in an hour.
+	if err := h.conn.ExtendJob(ctx, connector.ExtendJobRequest{JobID: job, Remaining: 50 * time.Millisecond}); err != nil {
+		t.Fatal(err)
+	}
+	evs := h.waitPhase(job, jobs.PhaseDone)
+	i := indexOf(evs, func(ev connector.Event) bool { return ev.Transition != nil && ev.Transition.To == jobs.PhaseEnding })
+	if !strings.Contains(evs[i].Transition.Message, "lease duration expired") {
+		t.Fatalf("lease ended with %q, want its duration expired", evs[i].Transition.Message)
+	}
+	// A job that is gone is left alone.
+	if err := h.conn.ExtendJob(ctx, connector.ExtendJobRequest{JobID: job, Remaining: time.Hour}); err != nil {
+		t.Fatalf("ExtendJob of an ended job: %v", err)
+	}
+}

@@ -103,6 +103,11 @@ func (b *boardActor) Receive(ctx actor.Context) {
 		ctx.Respond(&actors.JobReply{Err: b.endJob(ctx, m.Req.JobID, jobs.EndCoordinator)})
 	case *actors.EndSession:
 		ctx.Respond(&actors.JobReply{Err: b.endJob(ctx, m.JobID, jobs.EndClient)})
+	case *actors.ExtendJob:
+		if li, ok := b.leases[m.Req.JobID]; ok && !li.phase.Terminal() {
+			ctx.Send(li.pid, &actors.ExtendLease{Remaining: m.Req.Remaining})
+		}
+		ctx.Respond(&actors.JobReply{})
 	case *actors.Acquire:
 		b.acquire(ctx, m.JobID)
 	case *actors.Release:

@@ -75,6 +75,8 @@ func (h *hostActor) Receive(ctx actor.Context) {
 		h.toJobBoard(ctx, m.Req.JobID, m)
 	case *actors.EndSession:
 		h.toJobBoard(ctx, m.JobID, m)
+	case *actors.ExtendJob:
+		h.toJobBoard(ctx, m.Req.JobID, m)
 	case *actors.JobEnded:
 		delete(h.jobs, m.JobID)
 	case *actors.GetBoard:

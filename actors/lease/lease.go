@@ -97,6 +97,8 @@ func (a *leaseActor) Receive(ctx actor.Context) {
 		a.step(ctx, jobs.Released())
 	case *actors.EndLease:
 		a.step(ctx, jobs.EndRequested(m.Reason))
+	case *actors.ExtendLease:
+		a.step(ctx, jobs.Extend(m.Remaining))
 	case *actors.HookExited:
 		a.hookExited(ctx, m)
 	case *timerFired:

@@ -312,6 +312,11 @@ func (c *Client) recvLoop(ctx context.Context, stream pb.SupervisorLink_ConnectC
 				// The refusal reaches the coordinator as an Error event (the supervisor emits it).
 				c.log.Info("StartJob refused", "job", req.JobID, "board", req.Board, "error", err)
 			}
+		case m.GetExtendJob() != nil:
+			e := m.GetExtendJob()
+			if err := sup.ExtendJob(ctx, connector.ExtendJobRequest{JobID: e.GetJobId(), Remaining: e.GetRemaining().AsDuration()}); err != nil {
+				c.log.Info("ExtendJob refused", "job", e.GetJobId(), "error", err)
+			}
 		case m.GetStopJob() != nil:
 			if err := sup.StopJob(ctx, connector.StopJobRequest{JobID: m.GetStopJob().GetJobId(), Reason: m.GetStopJob().GetReason()}); err != nil {
 				c.log.Info("StopJob refused", "job", m.GetStopJob().GetJobId(), "error", err)

@@ -170,6 +170,11 @@ func (f *fakeSupervisor) StopJob(_ context.Context, r connector.StopJobRequest) 
 	return nil
 }
 
+func (f *fakeSupervisor) ExtendJob(_ context.Context, r connector.ExtendJobRequest) error {
+	f.record(fmt.Sprintf("extend %s %s", r.JobID, r.Remaining))
+	return nil
+}
+
 type supervisorSide struct {
 	client *Client
 	queue  *Queue
@@ -326,6 +331,9 @@ func TestRequestsReachTheSupervisor(t *testing.T) {
 	if err := sess.StartJob(&pb.StartJob{JobId: "j1", Board: "rpi4-01", ClientName: "alice", Token: "tok", Duration: durationpb.New(time.Minute)}); err != nil {
 		t.Fatal(err)
 	}
+	if err := sess.ExtendJob(&pb.ExtendJob{JobId: "j1", Remaining: durationpb.New(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
 	if err := sess.StopJob(&pb.StopJob{JobId: "j1"}); err != nil {
 		t.Fatal(err)
 	}
@@ -334,7 +342,7 @@ func TestRequestsReachTheSupervisor(t *testing.T) {
 		s.sup.mu.Lock()
 		calls := strings.Join(s.sup.calls, "|")
 		s.sup.mu.Unlock()
-		if calls == "start j1 rpi4-01 alice tok 1m0s|stop j1" {
+		if calls == "start j1 rpi4-01 alice tok 1m0s|extend j1 1h0m0s|stop j1" {
 			break
 		}
 		select {

@@ -74,6 +74,15 @@ func (c *Connector) StopJob(ctx context.Context, req connector.StopJobRequest) e
 	return sup.StopJob(ctx, req)
 }
 
+// ExtendJob asks the supervisor to extend a job, waiting (bounded by ctx) for Run.
+func (c *Connector) ExtendJob(ctx context.Context, req connector.ExtendJobRequest) error {
+	sup, err := c.supervisor(ctx)
+	if err != nil {
+		return err
+	}
+	return sup.ExtendJob(ctx, req)
+}
+
 func (c *Connector) record(ev connector.Event) {
 	c.mu.Lock()
 	c.events = append(c.events, ev)

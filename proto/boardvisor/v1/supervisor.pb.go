@@ -1329,6 +1329,7 @@ type CoordinatorMessage struct {
 	//	*CoordinatorMessage_StopJob
 	//	*CoordinatorMessage_Ack
 	//	*CoordinatorMessage_Welcome
+	//	*CoordinatorMessage_ExtendJob
 	Msg           isCoordinatorMessage_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1407,6 +1408,15 @@ func (x *CoordinatorMessage) GetWelcome() *Welcome {
 	return nil
 }
 
+func (x *CoordinatorMessage) GetExtendJob() *ExtendJob {
+	if x != nil {
+		if x, ok := x.Msg.(*CoordinatorMessage_ExtendJob); ok {
+			return x.ExtendJob
+		}
+	}
+	return nil
+}
+
 type isCoordinatorMessage_Msg interface {
 	isCoordinatorMessage_Msg()
 }
@@ -1427,6 +1437,10 @@ type CoordinatorMessage_Welcome struct {
 	Welcome *Welcome `protobuf:"bytes,4,opt,name=welcome,proto3,oneof"` // Answer to Hello.
 }
 
+type CoordinatorMessage_ExtendJob struct {
+	ExtendJob *ExtendJob `protobuf:"bytes,5,opt,name=extend_job,json=extendJob,proto3,oneof"` // A lease was extended (no-op for a job that is gone or ending).
+}
+
 func (*CoordinatorMessage_StartJob) isCoordinatorMessage_Msg() {}
 
 func (*CoordinatorMessage_StopJob) isCoordinatorMessage_Msg() {}
@@ -1434,6 +1448,8 @@ func (*CoordinatorMessage_StopJob) isCoordinatorMessage_Msg() {}
 func (*CoordinatorMessage_Ack) isCoordinatorMessage_Msg() {}
 
 func (*CoordinatorMessage_Welcome) isCoordinatorMessage_Msg() {}
+
+func (*CoordinatorMessage_ExtendJob) isCoordinatorMessage_Msg() {}
 
 // Start a job: one lease of one board. Accepting it says nothing about the
 // outcome, which arrives as events (a JobErrorEvent when refused).
@@ -1443,7 +1459,7 @@ type StartJob struct {
 	Board         string                 `protobuf:"bytes,2,opt,name=board,proto3" json:"board,omitempty"`                                                                                     // Board to lease.
 	ClientName    string                 `protobuf:"bytes,3,opt,name=client_name,json=clientName,proto3" json:"client_name,omitempty"`                                                         // Who the lease is for (CLIENT_NAME for hooks).
 	Token         string                 `protobuf:"bytes,4,opt,name=token,proto3" json:"token,omitempty"`                                                                                     // Lease token the supervisor checks on client calls.
-	Duration      *durationpb.Duration   `protobuf:"bytes,5,opt,name=duration,proto3" json:"duration,omitempty"`                                                                               // How long the lease lasts once READY.
+	Duration      *durationpb.Duration   `protobuf:"bytes,5,opt,name=duration,proto3" json:"duration,omitempty"`                                                                               // Bounds the lease from its start on the supervisor.
 	Parameters    map[string]string      `protobuf:"bytes,6,rep,name=parameters,proto3" json:"parameters,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"` // Free-form job parameters, passed to hooks.
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1574,6 +1590,60 @@ func (x *StopJob) GetReason() string {
 	return ""
 }
 
+// ExtendJob moves a job's end: the supervisor's own bound on the lease is re-armed to
+// remaining from when it receives this (the coordinator keeps its own clock too).
+type ExtendJob struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	JobId         string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"` // Job to extend.
+	Remaining     *durationpb.Duration   `protobuf:"bytes,2,opt,name=remaining,proto3" json:"remaining,omitempty"`      // How long the lease may still last from now.
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExtendJob) Reset() {
+	*x = ExtendJob{}
+	mi := &file_boardvisor_v1_supervisor_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExtendJob) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExtendJob) ProtoMessage() {}
+
+func (x *ExtendJob) ProtoReflect() protoreflect.Message {
+	mi := &file_boardvisor_v1_supervisor_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExtendJob.ProtoReflect.Descriptor instead.
+func (*ExtendJob) Descriptor() ([]byte, []int) {
+	return file_boardvisor_v1_supervisor_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *ExtendJob) GetJobId() string {
+	if x != nil {
+		return x.JobId
+	}
+	return ""
+}
+
+func (x *ExtendJob) GetRemaining() *durationpb.Duration {
+	if x != nil {
+		return x.Remaining
+	}
+	return nil
+}
+
 // Acknowledges events.
 type Ack struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1584,7 +1654,7 @@ type Ack struct {
 
 func (x *Ack) Reset() {
 	*x = Ack{}
-	mi := &file_boardvisor_v1_supervisor_proto_msgTypes[16]
+	mi := &file_boardvisor_v1_supervisor_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1596,7 +1666,7 @@ func (x *Ack) String() string {
 func (*Ack) ProtoMessage() {}
 
 func (x *Ack) ProtoReflect() protoreflect.Message {
-	mi := &file_boardvisor_v1_supervisor_proto_msgTypes[16]
+	mi := &file_boardvisor_v1_supervisor_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1609,7 +1679,7 @@ func (x *Ack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ack.ProtoReflect.Descriptor instead.
 func (*Ack) Descriptor() ([]byte, []int) {
-	return file_boardvisor_v1_supervisor_proto_rawDescGZIP(), []int{16}
+	return file_boardvisor_v1_supervisor_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Ack) GetUpToSeq() uint64 {
@@ -1630,7 +1700,7 @@ type Welcome struct {
 
 func (x *Welcome) Reset() {
 	*x = Welcome{}
-	mi := &file_boardvisor_v1_supervisor_proto_msgTypes[17]
+	mi := &file_boardvisor_v1_supervisor_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1642,7 +1712,7 @@ func (x *Welcome) String() string {
 func (*Welcome) ProtoMessage() {}
 
 func (x *Welcome) ProtoReflect() protoreflect.Message {
-	mi := &file_boardvisor_v1_supervisor_proto_msgTypes[17]
+	mi := &file_boardvisor_v1_supervisor_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1655,7 +1725,7 @@ func (x *Welcome) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Welcome.ProtoReflect.Descriptor instead.
 func (*Welcome) Descriptor() ([]byte, []int) {
-	return file_boardvisor_v1_supervisor_proto_rawDescGZIP(), []int{17}
+	return file_boardvisor_v1_supervisor_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Welcome) GetCoordinatorId() string {
@@ -1756,12 +1826,14 @@ const file_boardvisor_v1_supervisor_proto_rawDesc = "" +
 	"\x06status\x18\x02 \x01(\x0e2\x1e.jumpstarter.v1.ExporterStatusR\x06status\x122\n" +
 	"\x06health\x18\x03 \x01(\x0e2\x1a.boardvisor.v1.BoardHealthR\x06health\x12$\n" +
 	"\x0ecurrent_job_id\x18\x04 \x01(\tR\fcurrentJobId\x12\x18\n" +
-	"\amessage\x18\x05 \x01(\tR\amessage\"\xe4\x01\n" +
+	"\amessage\x18\x05 \x01(\tR\amessage\"\x9f\x02\n" +
 	"\x12CoordinatorMessage\x126\n" +
 	"\tstart_job\x18\x01 \x01(\v2\x17.boardvisor.v1.StartJobH\x00R\bstartJob\x123\n" +
 	"\bstop_job\x18\x02 \x01(\v2\x16.boardvisor.v1.StopJobH\x00R\astopJob\x12&\n" +
 	"\x03ack\x18\x03 \x01(\v2\x12.boardvisor.v1.AckH\x00R\x03ack\x122\n" +
-	"\awelcome\x18\x04 \x01(\v2\x16.boardvisor.v1.WelcomeH\x00R\awelcomeB\x05\n" +
+	"\awelcome\x18\x04 \x01(\v2\x16.boardvisor.v1.WelcomeH\x00R\awelcome\x129\n" +
+	"\n" +
+	"extend_job\x18\x05 \x01(\v2\x18.boardvisor.v1.ExtendJobH\x00R\textendJobB\x05\n" +
 	"\x03msg\"\xad\x02\n" +
 	"\bStartJob\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x14\n" +
@@ -1778,7 +1850,10 @@ const file_boardvisor_v1_supervisor_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"8\n" +
 	"\aStopJob\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x16\n" +
-	"\x06reason\x18\x02 \x01(\tR\x06reason\"!\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"[\n" +
+	"\tExtendJob\x12\x15\n" +
+	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x127\n" +
+	"\tremaining\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\tremaining\"!\n" +
 	"\x03Ack\x12\x1a\n" +
 	"\tup_to_seq\x18\x01 \x01(\x04R\aupToSeq\"T\n" +
 	"\aWelcome\x12%\n" +
@@ -1831,7 +1906,7 @@ func file_boardvisor_v1_supervisor_proto_rawDescGZIP() []byte {
 }
 
 var file_boardvisor_v1_supervisor_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_boardvisor_v1_supervisor_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_boardvisor_v1_supervisor_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_boardvisor_v1_supervisor_proto_goTypes = []any{
 	(RunningJobStateKind)(0),      // 0: boardvisor.v1.RunningJobStateKind
 	(JobInitializingStage)(0),     // 1: boardvisor.v1.JobInitializingStage
@@ -1853,59 +1928,62 @@ var file_boardvisor_v1_supervisor_proto_goTypes = []any{
 	(*CoordinatorMessage)(nil),    // 17: boardvisor.v1.CoordinatorMessage
 	(*StartJob)(nil),              // 18: boardvisor.v1.StartJob
 	(*StopJob)(nil),               // 19: boardvisor.v1.StopJob
-	(*Ack)(nil),                   // 20: boardvisor.v1.Ack
-	(*Welcome)(nil),               // 21: boardvisor.v1.Welcome
-	nil,                           // 22: boardvisor.v1.BoardInfo.LabelsEntry
-	nil,                           // 23: boardvisor.v1.StartJob.ParametersEntry
-	(v1.ExporterStatus)(0),        // 24: jumpstarter.v1.ExporterStatus
-	(BoardHealth)(0),              // 25: boardvisor.v1.BoardHealth
-	(LeasePhase)(0),               // 26: boardvisor.v1.LeasePhase
-	(*timestamppb.Timestamp)(nil), // 27: google.protobuf.Timestamp
-	(v1.LogSource)(0),             // 28: jumpstarter.v1.LogSource
-	(*durationpb.Duration)(nil),   // 29: google.protobuf.Duration
+	(*ExtendJob)(nil),             // 20: boardvisor.v1.ExtendJob
+	(*Ack)(nil),                   // 21: boardvisor.v1.Ack
+	(*Welcome)(nil),               // 22: boardvisor.v1.Welcome
+	nil,                           // 23: boardvisor.v1.BoardInfo.LabelsEntry
+	nil,                           // 24: boardvisor.v1.StartJob.ParametersEntry
+	(v1.ExporterStatus)(0),        // 25: jumpstarter.v1.ExporterStatus
+	(BoardHealth)(0),              // 26: boardvisor.v1.BoardHealth
+	(LeasePhase)(0),               // 27: boardvisor.v1.LeasePhase
+	(*timestamppb.Timestamp)(nil), // 28: google.protobuf.Timestamp
+	(v1.LogSource)(0),             // 29: jumpstarter.v1.LogSource
+	(*durationpb.Duration)(nil),   // 30: google.protobuf.Duration
 }
 var file_boardvisor_v1_supervisor_proto_depIdxs = []int32{
 	5,  // 0: boardvisor.v1.SupervisorMessage.hello:type_name -> boardvisor.v1.Hello
 	8,  // 1: boardvisor.v1.SupervisorMessage.event:type_name -> boardvisor.v1.Event
 	6,  // 2: boardvisor.v1.Hello.boards:type_name -> boardvisor.v1.BoardInfo
 	7,  // 3: boardvisor.v1.Hello.live_jobs:type_name -> boardvisor.v1.LiveJob
-	22, // 4: boardvisor.v1.BoardInfo.labels:type_name -> boardvisor.v1.BoardInfo.LabelsEntry
-	24, // 5: boardvisor.v1.BoardInfo.status:type_name -> jumpstarter.v1.ExporterStatus
-	25, // 6: boardvisor.v1.BoardInfo.health:type_name -> boardvisor.v1.BoardHealth
-	26, // 7: boardvisor.v1.LiveJob.phase:type_name -> boardvisor.v1.LeasePhase
-	27, // 8: boardvisor.v1.Event.time:type_name -> google.protobuf.Timestamp
+	23, // 4: boardvisor.v1.BoardInfo.labels:type_name -> boardvisor.v1.BoardInfo.LabelsEntry
+	25, // 5: boardvisor.v1.BoardInfo.status:type_name -> jumpstarter.v1.ExporterStatus
+	26, // 6: boardvisor.v1.BoardInfo.health:type_name -> boardvisor.v1.BoardHealth
+	27, // 7: boardvisor.v1.LiveJob.phase:type_name -> boardvisor.v1.LeasePhase
+	28, // 8: boardvisor.v1.Event.time:type_name -> google.protobuf.Timestamp
 	9,  // 9: boardvisor.v1.Event.state_transition:type_name -> boardvisor.v1.StateTransition
 	11, // 10: boardvisor.v1.Event.error:type_name -> boardvisor.v1.JobErrorEvent
 	13, // 11: boardvisor.v1.Event.console_log:type_name -> boardvisor.v1.ConsoleLog
 	15, // 12: boardvisor.v1.Event.console_gap:type_name -> boardvisor.v1.ConsoleGap
 	16, // 13: boardvisor.v1.Event.board_status:type_name -> boardvisor.v1.BoardStatus
 	14, // 14: boardvisor.v1.Event.hook_log:type_name -> boardvisor.v1.HookLog
-	26, // 15: boardvisor.v1.StateTransition.from:type_name -> boardvisor.v1.LeasePhase
-	26, // 16: boardvisor.v1.StateTransition.to:type_name -> boardvisor.v1.LeasePhase
+	27, // 15: boardvisor.v1.StateTransition.from:type_name -> boardvisor.v1.LeasePhase
+	27, // 16: boardvisor.v1.StateTransition.to:type_name -> boardvisor.v1.LeasePhase
 	10, // 17: boardvisor.v1.StateTransition.running_state:type_name -> boardvisor.v1.RunningJobState
-	24, // 18: boardvisor.v1.StateTransition.exporter_status:type_name -> jumpstarter.v1.ExporterStatus
+	25, // 18: boardvisor.v1.StateTransition.exporter_status:type_name -> jumpstarter.v1.ExporterStatus
 	0,  // 19: boardvisor.v1.RunningJobState.state:type_name -> boardvisor.v1.RunningJobStateKind
 	1,  // 20: boardvisor.v1.RunningJobState.stage:type_name -> boardvisor.v1.JobInitializingStage
 	12, // 21: boardvisor.v1.JobErrorEvent.error:type_name -> boardvisor.v1.JobError
 	2,  // 22: boardvisor.v1.JobError.kind:type_name -> boardvisor.v1.JobErrorKind
-	28, // 23: boardvisor.v1.ConsoleLog.source:type_name -> jumpstarter.v1.LogSource
-	28, // 24: boardvisor.v1.HookLog.source:type_name -> jumpstarter.v1.LogSource
+	29, // 23: boardvisor.v1.ConsoleLog.source:type_name -> jumpstarter.v1.LogSource
+	29, // 24: boardvisor.v1.HookLog.source:type_name -> jumpstarter.v1.LogSource
 	3,  // 25: boardvisor.v1.HookLog.severity:type_name -> boardvisor.v1.Severity
-	24, // 26: boardvisor.v1.BoardStatus.status:type_name -> jumpstarter.v1.ExporterStatus
-	25, // 27: boardvisor.v1.BoardStatus.health:type_name -> boardvisor.v1.BoardHealth
+	25, // 26: boardvisor.v1.BoardStatus.status:type_name -> jumpstarter.v1.ExporterStatus
+	26, // 27: boardvisor.v1.BoardStatus.health:type_name -> boardvisor.v1.BoardHealth
 	18, // 28: boardvisor.v1.CoordinatorMessage.start_job:type_name -> boardvisor.v1.StartJob
 	19, // 29: boardvisor.v1.CoordinatorMessage.stop_job:type_name -> boardvisor.v1.StopJob
-	20, // 30: boardvisor.v1.CoordinatorMessage.ack:type_name -> boardvisor.v1.Ack
-	21, // 31: boardvisor.v1.CoordinatorMessage.welcome:type_name -> boardvisor.v1.Welcome
-	29, // 32: boardvisor.v1.StartJob.duration:type_name -> google.protobuf.Duration
-	23, // 33: boardvisor.v1.StartJob.parameters:type_name -> boardvisor.v1.StartJob.ParametersEntry
-	4,  // 34: boardvisor.v1.SupervisorLink.Connect:input_type -> boardvisor.v1.SupervisorMessage
-	17, // 35: boardvisor.v1.SupervisorLink.Connect:output_type -> boardvisor.v1.CoordinatorMessage
-	35, // [35:36] is the sub-list for method output_type
-	34, // [34:35] is the sub-list for method input_type
-	34, // [34:34] is the sub-list for extension type_name
-	34, // [34:34] is the sub-list for extension extendee
-	0,  // [0:34] is the sub-list for field type_name
+	21, // 30: boardvisor.v1.CoordinatorMessage.ack:type_name -> boardvisor.v1.Ack
+	22, // 31: boardvisor.v1.CoordinatorMessage.welcome:type_name -> boardvisor.v1.Welcome
+	20, // 32: boardvisor.v1.CoordinatorMessage.extend_job:type_name -> boardvisor.v1.ExtendJob
+	30, // 33: boardvisor.v1.StartJob.duration:type_name -> google.protobuf.Duration
+	24, // 34: boardvisor.v1.StartJob.parameters:type_name -> boardvisor.v1.StartJob.ParametersEntry
+	30, // 35: boardvisor.v1.ExtendJob.remaining:type_name -> google.protobuf.Duration
+	4,  // 36: boardvisor.v1.SupervisorLink.Connect:input_type -> boardvisor.v1.SupervisorMessage
+	17, // 37: boardvisor.v1.SupervisorLink.Connect:output_type -> boardvisor.v1.CoordinatorMessage
+	37, // [37:38] is the sub-list for method output_type
+	36, // [36:37] is the sub-list for method input_type
+	36, // [36:36] is the sub-list for extension type_name
+	36, // [36:36] is the sub-list for extension extendee
+	0,  // [0:36] is the sub-list for field type_name
 }
 
 func init() { file_boardvisor_v1_supervisor_proto_init() }
@@ -1931,6 +2009,7 @@ func file_boardvisor_v1_supervisor_proto_init() {
 		(*CoordinatorMessage_StopJob)(nil),
 		(*CoordinatorMessage_Ack)(nil),
 		(*CoordinatorMessage_Welcome)(nil),
+		(*CoordinatorMessage_ExtendJob)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1938,7 +2017,7 @@ func file_boardvisor_v1_supervisor_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_boardvisor_v1_supervisor_proto_rawDesc), len(file_boardvisor_v1_supervisor_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   20,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
