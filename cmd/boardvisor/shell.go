@@ -14,18 +14,23 @@ import (
 	"github.com/boardvisor/boardvisor/client"
 	pb "github.com/boardvisor/boardvisor/proto/boardvisor/v1"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 )
 
 type coordFlags struct{ addr string }
 
-func (c *coordFlags) add(cmd *cobra.Command) {
+func (c *coordFlags) add(cmd *cobra.Command) { c.addTo(cmd.Flags()) }
+
+func (c *coordFlags) addPersistent(cmd *cobra.Command) { c.addTo(cmd.PersistentFlags()) }
+
+func (c *coordFlags) addTo(f *pflag.FlagSet) {
 	def := os.Getenv("BOARDVISOR_COORDINATOR")
 	if def == "" {
 		def = "127.0.0.1:7400"
 	}
-	cmd.Flags().StringVar(&c.addr, "coordinator", def, "coordinator address (env BOARDVISOR_COORDINATOR)")
+	f.StringVar(&c.addr, "coordinator", def, "coordinator address (env BOARDVISOR_COORDINATOR)")
 }
 
 func (c *coordFlags) dial() (pb.LeaseServiceClient, func(), error) {
