@@ -211,6 +211,7 @@ type fakeSup struct {
 	cancel  context.CancelFunc
 	welcome *pb.Welcome
 	msgs    chan *pb.CoordinatorMessage
+	extends chan *pb.ExtendJob // ExtendJobs, apart from the StartJobs and StopJobs in msgs
 	done    chan struct{}
 	now     func() time.Time
 
@@ -236,7 +237,7 @@ func (e *env) dial(id string, boards []*pb.BoardInfo, o supOpts) *fakeSup {
 		e.t.Fatalf("Connect: %v", err)
 	}
 	f := &fakeSup{t: e.t, id: id, stream: stream, cancel: cancel, msgs: make(chan *pb.CoordinatorMessage, 4096),
-		done: make(chan struct{}), seq: o.seq, acked: o.lastAcked, now: e.now}
+		extends: make(chan *pb.ExtendJob, 4096), done: make(chan struct{}), seq: o.seq, acked: o.lastAcked, now: e.now}
 	hello := &pb.Hello{SupervisorId: id, Boards: boards, LiveJobs: o.live, LastAckedSeq: o.lastAcked, Version: "test"}
 	if err := stream.Send(&pb.SupervisorMessage{Msg: &pb.SupervisorMessage_Hello{Hello: hello}}); err != nil {
 		cancel()
@@ -267,6 +268,15 @@ func (f *fakeSup) recv() {
 			f.mu.Lock()
 			f.acked = max(f.acked, a.GetUpToSeq())
 			f.mu.Unlock()
+			continue
+		}
+		if x := m.GetExtendJob(); x != nil {
+			select {
+			case f.extends <- x:
+			default:
+				f.t.Errorf("fake supervisor %s: ExtendJob buffer full", f.id)
+				return
+			}
 			continue
 		}
 		select {
@@ -375,6 +385,18 @@ func (f *fakeSup) expectStop() *pb.StopJob {
 		f.t.Fatalf("fake supervisor %s: want StopJob, got %v", f.id, m)
 	}
 	return m.GetStopJob()
+}
+
+// expectExtend returns the next ExtendJob.
+func (f *fakeSup) expectExtend() *pb.ExtendJob {
+	f.t.Helper()
+	select {
+	case x := <-f.extends:
+		return x
+	case <-time.After(waitTimeout):
+		f.t.Fatalf("fake supervisor %s: no ExtendJob from the coordinator", f.id)
+		return nil
+	}
 }
 
 // expectNothing checks that no request arrives for d.

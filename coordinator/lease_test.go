@@ -60,6 +60,33 @@ func TestCreateLeaseValidationAndUnsatisfiable(t *testing.T) {
 	}
 }
 
+// An extension made while the supervisor's link is down reaches the supervisor when it
+// says Hello again: its own bound moves to the coordinator's ends_at.
+func TestExtensionWhileDisconnectedReachesSupervisor(t *testing.T) {
+	clock := newFakeClock()
+	e := newEnv(t, "", Options{Now: clock.Now})
+	boards := []*pb.BoardInfo{board("r1", "device", "rpi4")}
+	f := e.dial("sup", boards, supOpts{})
+	l := e.mustCreate("", "r1", time.Minute)
+	f.expectStart()
+	f.toReady(l.GetId(), "r1")
+	f.waitAcked()
+	if x := f.expectExtend(); x.GetRemaining().AsDuration() != time.Minute {
+		t.Fatalf("after READY: %v, want ExtendJob with 1m remaining", x)
+	}
+	f.close()
+	if _, err := e.api.ExtendLease(e.ctx(), &pb.ExtendLeaseRequest{Id: l.GetId(), By: durationpb.New(time.Minute)}); err != nil {
+		t.Fatal(err)
+	}
+	clock.Advance(10 * time.Second)
+	f2 := e.dial("sup", boards, supOpts{lastAcked: f.seq, seq: f.seq,
+		live: []*pb.LiveJob{{JobId: l.GetId(), Board: "r1", Phase: pb.LeasePhase_LEASE_PHASE_READY}}})
+	if x := f2.expectExtend(); x.GetJobId() != l.GetId() || x.GetRemaining().AsDuration() != 2*time.Minute-10*time.Second {
+		t.Fatalf("after Hello: %v, want ExtendJob with 1m50s remaining", x)
+	}
+	f2.expectNothing(100 * time.Millisecond)
+}
+
 func TestLeaseExpirySendsStopJob(t *testing.T) {
 	clock := newFakeClock()
 	e := newEnv(t, "", Options{Now: clock.Now})
@@ -77,6 +104,10 @@ func TestLeaseExpirySendsStopJob(t *testing.T) {
 	if got.GetPhase() != pb.LeasePhase_LEASE_PHASE_READY || !got.GetEndsAt().AsTime().Equal(clock.Now().Add(time.Minute)) {
 		t.Fatalf("lease after READY: %v", got)
 	}
+	// The supervisor's own bound counts from the start, 10s ago: READY moves it to ends_at.
+	if x := f.expectExtend(); x.GetJobId() != l.GetId() || x.GetRemaining().AsDuration() != time.Minute {
+		t.Fatalf("after READY the supervisor got %v, want ExtendJob with 1m remaining", x)
+	}
 	clock.Advance(59 * time.Second)
 	f.expectNothing(100 * time.Millisecond)
 	x, err := e.api.ExtendLease(e.ctx(), &pb.ExtendLeaseRequest{Id: l.GetId(), By: durationpb.New(time.Minute)})
@@ -84,8 +115,8 @@ func TestLeaseExpirySendsStopJob(t *testing.T) {
 		t.Fatalf("ExtendLease: %v, %v", x, err)
 	}
 	// The supervisor bounds the lease too: it hears of the extension.
-	if m := f.next(); m.GetExtendJob().GetJobId() != l.GetId() || m.GetExtendJob().GetRemaining().AsDuration() != time.Minute+time.Second {
-		t.Fatalf("after ExtendLease the supervisor got %v, want ExtendJob with 1m1s remaining", m)
+	if x := f.expectExtend(); x.GetJobId() != l.GetId() || x.GetRemaining().AsDuration() != time.Minute+time.Second {
+		t.Fatalf("after ExtendLease the supervisor got %v, want ExtendJob with 1m1s remaining", x)
 	}
 	clock.Advance(time.Minute)
 	f.expectNothing(100 * time.Millisecond)

@@ -171,6 +171,8 @@ func (c *Coordinator) reconcileHello(ctx context.Context, tx *sql.Tx, fx *effect
 			adoptPhase(l, lj.GetPhase(), now)
 			if l.StopAt != 0 {
 				fx.stopJob(sup, l.ID, l.StopReason)
+			} else {
+				c.syncEnd(fx, l) // an extension made while the link was down reaches it too
 			}
 		}
 		if l.State == stateEnded {
@@ -213,6 +215,23 @@ func (c *Coordinator) reconcileHello(ctx context.Context, tx *sql.Tx, fx *effect
 		fx.stopJob(sup, lj.GetJobId(), why)
 	}
 	return nil
+}
+
+// syncEnd tells the supervisor of a READY lease when the lease ends by the coordinator's
+// clock (ends_at = begins_at + duration + extensions), with an ExtendJob. The supervisor's
+// own bound counts from the lease's start (StartJob.duration), so without this it would
+// end the lease before its ends_at, by as long as the lease took to become READY (the
+// beforeLease hook). A lease already asked to stop, or past its end (expire stops it),
+// gets nothing.
+func (c *Coordinator) syncEnd(fx *effects, l *leaseRow) {
+	if l.StopAt != 0 || l.EndsAt == 0 || l.Phase != int32(pb.LeasePhase_LEASE_PHASE_READY) || l.SupervisorID == "" {
+		return
+	}
+	remaining := l.EndsAt - c.now().UnixNano()
+	if remaining <= 0 {
+		return
+	}
+	fx.extendJob(l.SupervisorID, &pb.ExtendJob{JobId: l.ID, Remaining: durationProto(remaining)})
 }
 
 // adoptable reports whether a supervisor's live job may take over its board in the
@@ -425,6 +444,7 @@ func (c *Coordinator) applyTransition(ctx context.Context, tx *sql.Tx, fx *effec
 			l.BeginsAt = at
 		}
 		l.EndsAt = l.BeginsAt + l.DurationNS + l.ExtraNS
+		c.syncEnd(fx, l)
 		fx.wake = true
 	case terminal(to):
 		endLease(l, to, at, "")
