@@ -109,6 +109,9 @@ type Transition struct {
 type Console struct {
 	Source jobs.LogSource
 	Data   []byte
+	// Offset is where Data starts in the lease's console (the event's JobID), or in the
+	// board's console since the supervisor started when there is no lease.
+	Offset uint64
 }
 
 // HookLine is one line of a hook's output, or of the supervisor's own log for a lease

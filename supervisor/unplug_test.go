@@ -87,9 +87,14 @@ func TestSerialUnplugDuringLease(t *testing.T) {
 	}
 	evs = h.waitPhase(job, jobs.PhaseDone)
 	var console []string
+	var offset uint64
 	for _, ev := range evs {
 		if ev.Console != nil {
 			console = append(console, strings.TrimSpace(string(ev.Console.Data)))
+			if ev.JobID != job || ev.Console.Offset != offset {
+				t.Fatalf("console event %v: offset %d, want %d in lease %s", ev, ev.Console.Offset, offset, job)
+			}
+			offset += uint64(len(ev.Console.Data))
 		}
 		if ev.BoardStatus != nil && ev.BoardStatus.Health == jobs.HealthBad {
 			t.Fatal("an unplugged console quarantined the board")

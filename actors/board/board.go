@@ -77,6 +77,10 @@ type boardActor struct {
 	down    map[string]bool // drivers not (yet) up again after a failure
 	// stopping is set when the board itself stops (daemon shutdown).
 	stopping bool
+	// boardConsole and leaseConsole count console bytes: the board's since start, and
+	// the current lease's (leaseConsoleJob) since it began.
+	boardConsole, leaseConsole uint64
+	leaseConsoleJob            string
 	// restarts are the back-off timers of failed drivers, by child ID.
 	restarts   map[string]restartTimer
 	restartSeq uint64
@@ -124,7 +128,16 @@ func (b *boardActor) Receive(ctx actor.Context) {
 			b.setHealth(ctx, jobs.HealthGood, "")
 		}
 	case *actors.DriverOutput:
-		b.emit(ctx, b.consoleJob(), connector.Event{Console: &connector.Console{Source: jobs.SourceDriver, Data: m.Data}})
+		job := b.consoleJob()
+		off := &b.boardConsole
+		if job != "" {
+			if b.leaseConsoleJob != job {
+				b.leaseConsoleJob, b.leaseConsole = job, 0
+			}
+			off = &b.leaseConsole
+		}
+		b.emit(ctx, job, connector.Event{Console: &connector.Console{Source: jobs.SourceDriver, Data: m.Data, Offset: *off}})
+		*off += uint64(len(m.Data))
 	case *actors.GetBoard:
 		ctx.Respond(&actors.BoardState{Name: b.cfg.Name, Status: b.status, Health: b.health, Holder: b.holder,
 			Waiting: append([]string(nil), b.waiting...)})

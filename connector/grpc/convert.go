@@ -38,7 +38,7 @@ func ToProto(ev connector.Event) *pb.Event {
 			Error: &pb.JobError{Kind: pb.JobErrorKind(ev.Error.Kind), Description: ev.Error.Description}}}
 	case ev.Console != nil:
 		out.Body = &pb.Event_ConsoleLog{ConsoleLog: &pb.ConsoleLog{JobId: ev.JobID, Board: ev.Board,
-			Source: jpb.LogSource(ev.Console.Source), Data: ev.Console.Data}}
+			Source: jpb.LogSource(ev.Console.Source), Data: ev.Console.Data, Offset: ev.Console.Offset}}
 	case ev.Hook != nil:
 		h := ev.Hook
 		out.Body = &pb.Event_HookLog{HookLog: &pb.HookLog{JobId: ev.JobID, Board: ev.Board, Source: jpb.LogSource(h.Source),
