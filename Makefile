@@ -57,9 +57,15 @@ proto-check:
 	elif [ -n "$$CI" ]; then echo "protoc missing: .ci/run should have installed protobuf-compiler"; exit 1; \
 	else echo "proto-check skipped: protoc not installed (apt-get install protobuf-compiler)"; fi
 
-## bench: the figures of DESIGN.md §11 (lands with the fleet-scale issue)
+## bench: the figures of DESIGN.md §11, with baselines measured in the same run (2-5 minutes)
 bench:
-	@echo "make bench: not yet — the benchmarks land with the fleet-scale issue (#9)."
+	@/usr/bin/python3 -c 'import grpc' 2>/dev/null || { echo "installing python3-grpcio (the idle scenario's baseline)"; \
+		sudo=""; [ "$$(id -u)" = 0 ] || sudo="sudo"; \
+		$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq python3-grpcio >/dev/null; } \
+		|| echo "python3-grpcio could not be installed: the idle baseline is skipped"
+	$(GO) build -o bin/boardvisor ./cmd/boardvisor
+	$(GO) build -o bin/bench ./tests/bench
+	./bin/bench -bin bin/boardvisor -out bin/bench-results.json
 
 ## demo: the main job on the embedded default: a coordinator, a supervisor with simulated
 ## boards, and one scripted lease showing the hook dialogue
