@@ -2,11 +2,14 @@ package tests
 
 import (
 	"encoding/json"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func bv(t *testing.T, coordAddr string, args ...string) string {
@@ -61,5 +64,57 @@ func TestStatusAndLeaseCommands(t *testing.T) {
 	bad, err := cmd.CombinedOutput()
 	if err == nil || !strings.Contains(string(bad), "no board matches device=rpi9") || strings.Count(strings.TrimSpace(string(bad)), "\n") != 0 {
 		t.Fatalf("unsatisfiable lease: %v %q", err, bad)
+	}
+}
+
+func scrape(t *testing.T, addr string) string {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("scrape %s: %d %v", addr, resp.StatusCode, err)
+	}
+	return string(b)
+}
+
+// The metrics endpoints of the real daemons, scraped before and during a lease.
+func TestMetricsEndpoints(t *testing.T) {
+	dir := t.TempDir()
+	coordAddr, coordMetrics, supMetrics := freeAddr(t), freeAddr(t), freeAddr(t)
+	startCoordinator(t, coordAddr, filepath.Join(dir, "coord"), "--metrics", coordMetrics)
+	cfg := supervisorConfig(t, dir, "lab-1", coordAddr, "echo 'JMP_INFO: hi'", "", boardSpec{"rpi4-01", "device: rpi4"})
+	body, _ := os.ReadFile(cfg)
+	os.WriteFile(cfg, append([]byte("metrics: "+supMetrics+"\n"), body...), 0o600)
+	startSupervisor(t, "supervisor", cfg)
+	leases := leaseClient(t, coordAddr)
+	waitBoards(t, leases, 1)
+	before := scrape(t, supMetrics)
+	for _, want := range []string{`boardvisor_board_status{board="rpi4-01",status="available"} 1`, `boardvisor_board_health{board="rpi4-01",health="good"} 1`} {
+		if !strings.Contains(before, want) {
+			t.Fatalf("supervisor metrics lack %s:\n%s", want, before)
+		}
+	}
+	bv(t, coordAddr, "lease", "create", "--board", "rpi4-01")
+	deadline := time.Now().Add(wait)
+	for {
+		m := scrape(t, supMetrics)
+		if strings.Contains(m, `boardvisor_board_status{board="rpi4-01",status="lease_ready"} 1`) {
+			if !strings.Contains(m, `boardvisor_hook_runs_total{board="rpi4-01",hook="beforeLease",outcome="ok"} 1`) {
+				t.Fatalf("no successful hook run counted:\n%s", m)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("board never LEASE_READY in the metrics:\n%s", m)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	coord := scrape(t, coordMetrics)
+	if !strings.Contains(coord, `boardvisor_coordinator_supervisor_connected{supervisor="lab-1"} 1`) {
+		t.Fatalf("coordinator metrics:\n%s", coord)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"strings"
@@ -21,7 +22,7 @@ import (
 )
 
 func newCoordinator(g *globalFlags) *cobra.Command {
-	var listen, stateDir, tokens, cert, key string
+	var listen, stateDir, tokens, cert, key, metricsAddr string
 	var grace time.Duration
 	cmd := &cobra.Command{
 		Use:   "coordinator --state-dir DIR [--listen ADDR] [--supervisor-tokens FILE]",
@@ -55,7 +56,7 @@ func newCoordinator(g *globalFlags) *cobra.Command {
 				}
 				sopts = append(sopts, grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12})))
 			}
-			return serveCoordinator(ctx, opts, listen, sopts, nil)
+			return serveCoordinator(ctx, opts, listen, metricsAddr, sopts, nil)
 		},
 	}
 	f := cmd.Flags()
@@ -65,6 +66,7 @@ func newCoordinator(g *globalFlags) *cobra.Command {
 	f.StringVar(&cert, "tls-cert", "", "TLS certificate (PEM); with --tls-key turns TLS on")
 	f.StringVar(&key, "tls-key", "", "TLS private key (PEM)")
 	f.DurationVar(&grace, "grace", 30*time.Second, "how long a supervisor may be gone before its boards show OFFLINE")
+	f.StringVar(&metricsAddr, "metrics", "", "address of the Prometheus endpoint (/metrics); empty: none")
 	return cmd
 }
 
@@ -99,7 +101,7 @@ func readTokens(path string) (map[string]string, error) {
 
 // serveCoordinator runs a coordinator until ctx is done. ready, if not nil, is called
 // with its address once it listens.
-func serveCoordinator(ctx context.Context, opts coordinator.Options, listen string, sopts []grpc.ServerOption, ready func(addr string)) error {
+func serveCoordinator(ctx context.Context, opts coordinator.Options, listen, metricsAddr string, sopts []grpc.ServerOption, ready func(addr string)) error {
 	if err := os.MkdirAll(opts.StateDir, 0o700); err != nil {
 		return fmt.Errorf("state directory: %w", err)
 	}
@@ -116,6 +118,18 @@ func serveCoordinator(ctx context.Context, opts coordinator.Options, listen stri
 	c.Register(srv)
 	go srv.Serve(lis)
 	defer srv.Stop()
+	if metricsAddr != "" {
+		mlis, err := net.Listen("tcp", metricsAddr)
+		if err != nil {
+			return fmt.Errorf("metrics: listen on %s: %w", metricsAddr, err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", c.MetricsHandler())
+		hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		go hs.Serve(mlis)
+		defer hs.Close()
+		opts.Logger.Info("metrics", "address", mlis.Addr().String())
+	}
 	opts.Logger.Info("coordinator listening", "address", lis.Addr().String(), "stateDir", opts.StateDir)
 	if ready != nil {
 		ready(lis.Addr().String())

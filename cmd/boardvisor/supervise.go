@@ -18,6 +18,7 @@ import (
 	"github.com/boardvisor/boardvisor/supervisor/config"
 	"github.com/boardvisor/boardvisor/supervisor/devices"
 	"github.com/boardvisor/boardvisor/supervisor/exporter"
+	"github.com/boardvisor/boardvisor/supervisor/metrics"
 	"github.com/hashicorp/go-hclog"
 	"github.com/spf13/cobra"
 )
@@ -74,6 +75,10 @@ func serveSupervisor(ctx context.Context, cfg *config.Config, logger hclog.Logge
 	}
 	defer lis.Close()
 	var conn connector.SupervisorConnector = local.New()
+	var mopts metrics.Options
+	for _, b := range boards {
+		mopts.Boards = append(mopts.Boards, b.Name)
+	}
 	if cfg.Coordinator != nil {
 		link, err := supervisor.OpenLink(cfg, lis.Addr().String(), version, logger)
 		if err != nil {
@@ -81,6 +86,7 @@ func serveSupervisor(ctx context.Context, cfg *config.Config, logger hclog.Logge
 		}
 		defer link.Close()
 		conn = link.Client
+		mopts.Outbox, mopts.Link = link.Queue, link.Client
 	} else {
 		logger.Info("no coordinator configured: jobs come only from this process (embedded mode)")
 	}
@@ -88,14 +94,28 @@ func serveSupervisor(ctx context.Context, cfg *config.Config, logger hclog.Logge
 	for _, b := range boards {
 		labels[b.Name] = b.Labels
 	}
+	met := metrics.New(mopts)
 	var sup *supervisor.Supervisor
 	svc := exporter.New(labels, enderFunc(func(ctx context.Context, board, job string) error {
 		return sup.EndSession(ctx, board, job)
 	}), dev)
 	sup, err = supervisor.Start(supervisor.Options{Boards: boards, StateDir: cfg.StateDir, Conn: conn, Logger: logger,
-		Exporter: svc, Store: jr, Sinks: []outbox.Sink{dev.Sink}})
+		Exporter: svc, Store: jr, Sinks: []outbox.Sink{dev.Sink, met.Sink}})
 	if err != nil {
 		return err
+	}
+	if cfg.Metrics != "" {
+		mlis, err := net.Listen("tcp", cfg.Metrics)
+		if err != nil {
+			sup.Stop()
+			return fmt.Errorf("metrics: listen on %s: %w", cfg.Metrics, err)
+		}
+		go func() {
+			if err := met.Serve(ctx, mlis); err != nil {
+				logger.Error("metrics endpoint", "error", err)
+			}
+		}()
+		logger.Info("metrics", "address", mlis.Addr().String())
 	}
 	dev.PowerOn(ctx)
 	g := supervisor.NewGRPCServer()

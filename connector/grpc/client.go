@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/boardvisor/boardvisor/connector"
@@ -53,6 +54,8 @@ type Client struct {
 	opts ClientOptions
 	log  hclog.Logger
 
+	connects atomic.Uint64
+
 	mu     sync.Mutex
 	boards map[string]*pb.BoardInfo
 	jobs   map[string]*liveJob
@@ -85,6 +88,10 @@ func NewClient(opts ClientOptions) *Client {
 	}
 	return c
 }
+
+// Connects counts the sessions the coordinator welcomed (the first connection and every
+// reconnect).
+func (c *Client) Connects() uint64 { return c.connects.Load() }
 
 // LastSeq returns the highest sequence number already used; the outbox numbers on from it.
 func (c *Client) LastSeq() uint64 { return c.opts.Queue.LastSeq() }
@@ -239,6 +246,7 @@ func (c *Client) session(ctx context.Context, sup connector.Supervisor) (connect
 	if err := c.ack(w.GetLastSeqSeen()); err != nil {
 		return true, err
 	}
+	c.connects.Add(1)
 	cursor := max(w.GetLastSeqSeen(), c.opts.Queue.Acked())
 	c.log.Info("connected to coordinator", "coordinator", c.opts.Address, "resume_after", cursor)
 

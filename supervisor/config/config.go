@@ -71,7 +71,9 @@ type Config struct {
 	// Listen is the client-facing gRPC address, host:port (default DefaultListen).
 	Listen string `yaml:"listen"`
 	// Log configures the daemon's own log.
-	Log LogConfig `yaml:"log"`
+	// Metrics, if set, is the host:port of the Prometheus endpoint (/metrics).
+	Metrics string    `yaml:"metrics"`
+	Log     LogConfig `yaml:"log"`
 	// Coordinator is the coordinator to dial; nil means the embedded local connector.
 	Coordinator *CoordinatorConfig `yaml:"coordinator"`
 	// Defaults are host-wide settings each board may override.

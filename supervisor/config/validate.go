@@ -95,6 +95,11 @@ func (v *validator) host() {
 	if c.Log.Format != "" && !slices.Contains(logFormats, c.Log.Format) {
 		s.add("log.format", "unknown format %q (want json or text)", c.Log.Format)
 	}
+	if c.Metrics != "" {
+		if msg := checkHostPort(c.Metrics, false); msg != "" {
+			s.add("metrics", "%s", msg)
+		}
+	}
 	if co := c.Coordinator; co != nil {
 		if co.Address == "" {
 			s.add("coordinator.address", "required (host:port of the coordinator; leave out the coordinator block to run without one)")
