@@ -384,9 +384,19 @@ func (c *Coordinator) applyEvent(ctx context.Context, tx *sql.Tx, fx *effects, s
 		return c.applyJobError(ctx, tx, fx, sup, b.Error, at)
 	case *pb.Event_BoardStatus:
 		bs := b.BoardStatus
+		job := bs.GetCurrentJobId()
+		if job != "" {
+			// A replayed status may name a lease that has ended since: it is not the
+			// board's current lease any more.
+			if l, err := getLease(ctx, tx, job); err != nil {
+				return err
+			} else if l != nil && l.State == stateEnded {
+				job = ""
+			}
+		}
 		_, err := tx.ExecContext(ctx, `UPDATE boards SET status = $1, health = $2, current_job = $3
 			WHERE name = $4 AND supervisor_id = $5`,
-			int32(bs.GetStatus()), int32(bs.GetHealth()), bs.GetCurrentJobId(), bs.GetBoard(), sup)
+			int32(bs.GetStatus()), int32(bs.GetHealth()), job, bs.GetBoard(), sup)
 		return err
 	}
 	return nil // console bytes, gaps and hook lines are only stored
@@ -412,6 +422,9 @@ func (c *Coordinator) applyTransition(ctx context.Context, tx *sql.Tx, fx *effec
 		return nil
 	}
 	if l.State == stateEnded {
+		if err := clearCurrentJob(ctx, tx, l); err != nil {
+			return err
+		}
 		if !terminal(to) {
 			fx.stopJob(sup, l.ID, "the lease has ended")
 		} else if at < l.EndedAt {

@@ -134,13 +134,19 @@ func resume(opts Options) ([]actors.Record, []host.Unresumable, error) {
 			}
 			continue
 		}
-		if r.Hook != nil && offsets != nil {
-			if off, ok := offsets.HookOffset(job, r.Hook.Kind.Source()); ok && off != r.Hook.Offset {
+		// A running hook's output resumes where the outbox durably has it (0 if none of
+		// its lines reached it): no line is lost or doubled.
+		if k := r.State.HookRunning; k != jobs.HookNone && offsets != nil {
+			off, _ := offsets.HookOffset(job, k.Source())
+			if r.Hook == nil || r.Hook.Kind != k {
+				r.Hook = &actors.HookRun{Kind: k}
+			}
+			if off != r.Hook.Offset {
 				opts.Logger.Info("hook output resumes where the outbox has it", "job", job, "journal_offset", r.Hook.Offset, "outbox_offset", off)
-				r.Hook.Offset = off
-				if err := opts.Store.SetHookOffset(job, off); err != nil {
-					return nil, nil, err
-				}
+			}
+			r.Hook.Offset = off
+			if err := opts.Store.SaveHook(job, r.Hook); err != nil {
+				return nil, nil, err
 			}
 		}
 		if seeds != nil {

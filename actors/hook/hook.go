@@ -11,6 +11,8 @@ package hook
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 
 	"github.com/asynkron/protoactor-go/actor"
 	"github.com/boardvisor/boardvisor/actors"
@@ -100,18 +102,21 @@ func (w *watcher) start(ctx actor.Context) {
 	}
 	var run *jhook.Run
 	var startErr error
-	if ok && rec.Hook != nil && rec.Hook.Kind == w.cfg.Kind && rec.Hook.Pid != 0 {
+	var offset int64
+	if ok && rec.Hook != nil && rec.Hook.Kind == w.cfg.Kind {
+		offset = rec.Hook.Offset
+	}
+	switch {
+	case ok && rec.Hook != nil && rec.Hook.Kind == w.cfg.Kind && rec.Hook.Pid != 0:
 		h := rec.Hook
 		w.cfg.Logger.Info("adopting hook shim", "hook", w.cfg.Kind.String(), "pid", h.Pid, "offset", h.Offset)
 		run, startErr = w.cfg.Runner.Adopt(h.Dir, h.Pid, h.StartTime, h.Offset, onLine)
-	} else {
-		run, startErr = w.cfg.Runner.Start(w.cfg.Spec, onLine)
-		if startErr == nil {
-			if err := w.cfg.Store.SaveHook(w.cfg.JobID, &actors.HookRun{Kind: w.cfg.Kind, Dir: run.Dir(),
-				Pid: run.Pid(), StartTime: run.StartTime()}); err != nil {
-				w.cfg.Logger.Error("record hook run", "error", err)
-			}
-		}
+	case started(w.cfg.Spec.Dir):
+		// A run was started, but the daemon died before it recorded the shim's pid: find
+		// the shim by its spool directory, or its result if it already finished.
+		run, startErr = w.find(offset, onLine)
+	default:
+		run, startErr = w.startRun(onLine)
 	}
 	if startErr != nil {
 		ctx.Send(ctx.Parent(), &actors.HookExited{Kind: w.cfg.Kind,
@@ -131,4 +136,46 @@ func (w *watcher) line(ctx actor.Context, l jhook.Line) {
 	if err := w.cfg.Store.SetHookOffset(w.cfg.JobID, l.Offset); err != nil {
 		w.cfg.Logger.Error("record hook offset", "error", err)
 	}
+}
+
+// started reports whether a run was started in dir (it exists and is not empty).
+func started(dir string) bool {
+	entries, err := os.ReadDir(dir)
+	return err == nil && len(entries) > 0
+}
+
+func (w *watcher) startRun(onLine func(jhook.Line)) (*jhook.Run, error) {
+	run, err := w.cfg.Runner.Start(w.cfg.Spec, onLine)
+	if err == nil {
+		w.record(run.Pid(), run.StartTime(), 0)
+	}
+	return run, err
+}
+
+func (w *watcher) record(pid int, startTime uint64, offset int64) {
+	if err := w.cfg.Store.SaveHook(w.cfg.JobID, &actors.HookRun{Kind: w.cfg.Kind, Dir: w.cfg.Spec.Dir,
+		Pid: pid, StartTime: startTime, Offset: offset}); err != nil {
+		w.cfg.Logger.Error("record hook run", "error", err)
+	}
+}
+
+// find picks up a run whose shim pid was never recorded: alive, it is adopted; finished,
+// its output and status are read; never forked (the spool holds no status and no shim
+// serves it), the hook never ran, and it is started afresh.
+func (w *watcher) find(offset int64, onLine func(jhook.Line)) (*jhook.Run, error) {
+	dir := w.cfg.Spec.Dir
+	if pid, st, ok := jhook.FindShim(dir); ok {
+		w.cfg.Logger.Info("found the hook's shim by its spool", "hook", w.cfg.Kind.String(), "pid", pid, "offset", offset)
+		w.record(pid, st, offset)
+		return w.cfg.Runner.Adopt(dir, pid, st, offset, onLine)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "status")); err == nil {
+		w.cfg.Logger.Info("the hook finished while the daemon was down", "hook", w.cfg.Kind.String(), "offset", offset)
+		return w.cfg.Runner.Adopt(dir, 0, 0, offset, onLine)
+	}
+	w.cfg.Logger.Info("the hook's shim never started; starting it now", "hook", w.cfg.Kind.String())
+	if err := os.RemoveAll(dir); err != nil {
+		return nil, err
+	}
+	return w.startRun(onLine)
 }

@@ -151,14 +151,13 @@ func (a *leaseActor) started(ctx actor.Context) {
 	}
 }
 
+// hookExited feeds a hook's end to the lease. The hook's record is left in the store:
+// the journalled phase says whether a hook runs, and the next hook's watcher replaces it.
 func (a *leaseActor) hookExited(ctx actor.Context, m *actors.HookExited) {
 	if a.hook != nil {
 		ctx.Poison(a.hook)
 	}
 	a.hook = nil
-	if err := a.cfg.Store.SaveHook(a.cfg.Spec.JobID, nil); err != nil {
-		a.log.Error("clear hook run", "error", err)
-	}
 	res := m.Result
 	a.step(ctx, jobs.HookExited(m.Kind, res.OK(), describe(res)))
 }
