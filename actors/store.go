@@ -4,6 +4,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/boardvisor/boardvisor/connector"
 	"github.com/boardvisor/boardvisor/jobs"
 )
 
@@ -17,6 +18,9 @@ type Record struct {
 	Deadlines map[jobs.Timer]time.Time
 	// Hook is the hook run being watched, if any.
 	Hook *HookRun
+	// Reported are the transitions the lease reported so far, numbered by Step: after a
+	// crash, those the outbox did not durably hold are sent again.
+	Reported []connector.Transition
 }
 
 // HookRun identifies a running hook shim so that a new watcher can adopt it.
@@ -30,8 +34,9 @@ type HookRun struct {
 
 // Store keeps the records of live leases. Implementations are safe for concurrent use.
 type Store interface {
-	// SaveLease writes a lease's spec, state and timer deadlines, leaving its hook run as it is.
-	SaveLease(spec jobs.Spec, st jobs.State, deadlines map[jobs.Timer]time.Time) error
+	// SaveLease writes a lease's spec, state, timer deadlines and reported transitions
+	// (all of them, in one write), leaving its hook run as it is.
+	SaveLease(spec jobs.Spec, st jobs.State, deadlines map[jobs.Timer]time.Time, reported ...connector.Transition) error
 	// SaveHook writes the lease's current hook run (nil clears it).
 	SaveHook(jobID string, run *HookRun) error
 	// SetHookOffset records how far the lease's hook output has been reported.
@@ -64,11 +69,12 @@ func (s *MemStore) rec(jobID string) *Record {
 }
 
 // SaveLease implements Store.
-func (s *MemStore) SaveLease(spec jobs.Spec, st jobs.State, deadlines map[jobs.Timer]time.Time) error {
+func (s *MemStore) SaveLease(spec jobs.Spec, st jobs.State, deadlines map[jobs.Timer]time.Time, reported ...connector.Transition) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	r := s.rec(spec.JobID)
 	r.Spec, r.State = spec, st
+	r.Reported = append([]connector.Transition(nil), reported...)
 	r.Deadlines = make(map[jobs.Timer]time.Time, len(deadlines))
 	for t, d := range deadlines {
 		r.Deadlines[t] = d
@@ -113,6 +119,7 @@ func (s *MemStore) Load(jobID string) (Record, bool, error) {
 		h := *r.Hook
 		cp.Hook = &h
 	}
+	cp.Reported = append([]connector.Transition(nil), r.Reported...)
 	cp.Deadlines = make(map[jobs.Timer]time.Time, len(r.Deadlines))
 	for t, d := range r.Deadlines {
 		cp.Deadlines[t] = d

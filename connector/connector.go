@@ -103,6 +103,9 @@ type Transition struct {
 	From, To jobs.Phase
 	Status   jobs.ExporterStatus
 	Message  string
+	// Step numbers the lease's transitions from 1; a transition sent again after a
+	// restart keeps its number.
+	Step int
 }
 
 // Console is a chunk of a board's console output.

@@ -86,33 +86,46 @@ func Start(opts Options) (*Supervisor, error) {
 	if opts.Exporter != nil {
 		opts.Sinks = append(opts.Sinks, opts.Exporter.Sink)
 	}
-	restore, lost, err := resume(opts)
+	restore, lost, reemit, err := resume(opts)
 	if err != nil {
 		return nil, err
+	}
+	// With a durable outbox, an ended lease's record stays until its last transitions
+	// are on the outbox's disk.
+	q, keepEnded := opts.Conn.(interface {
+		OnEnded(func(job string))
+	})
+	if keepEnded {
+		store := opts.Store
+		q.OnEnded(func(job string) {
+			if err := store.Delete(job); err != nil {
+				opts.Logger.Error("forget ended lease", "job", job, "error", err)
+			}
+		})
 	}
 	s := &Supervisor{opts: opts, log: opts.Logger, sys: actors.NewSystem(opts.Logger)}
 	runner := &jhook.Runner{ShimCommand: opts.ShimCommand, Logger: opts.Logger.Named("hook")}
 	s.host = s.sys.Root.SpawnPrefix(host.Props(host.Config{Boards: opts.Boards, Conn: opts.Conn, Sinks: opts.Sinks,
 		Store: opts.Store, Runner: runner, StateDir: opts.StateDir, Logger: opts.Logger.Named("host"),
-		Restore: restore, CannotResume: lost}), "host")
+		Restore: restore, CannotResume: lost, Reemit: reemit, KeepEnded: keepEnded}), "host")
 	return s, nil
 }
 
 // resume reads the live leases back from a durable store (the journal), and prepares
 // what else must know them before the actors start: the client service (their tokens),
-// the coordinator link (its Hello lists them), and the read offsets of their hooks.
-func resume(opts Options) ([]actors.Record, []host.Unresumable, error) {
+// the coordinator link (its Hello lists them), the read offsets of their hooks, and the
+// transitions the outbox never durably held (sent again, with their step numbers).
+func resume(opts Options) (live []actors.Record, lost []host.Unresumable, reemit []connector.Event, err error) {
 	j, ok := opts.Store.(interface {
 		LoadAll() ([]actors.Record, []journal.Damaged, error)
 	})
 	if !ok {
-		return nil, nil, nil
+		return nil, nil, nil, nil
 	}
 	recs, damaged, err := j.LoadAll()
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
-	var lost []host.Unresumable
 	for _, d := range damaged {
 		lost = append(lost, host.Unresumable{JobID: d.JobID, Reason: "its journal record is unreadable: " + d.Reason})
 		if err := opts.Store.Delete(d.JobID); err != nil {
@@ -125,12 +138,34 @@ func resume(opts Options) ([]actors.Record, []host.Unresumable, error) {
 	seeds, _ := opts.Conn.(interface {
 		Resume(job, board string, phase jobs.Phase)
 	})
-	var live []actors.Record
+	steps, _ := opts.Conn.(interface {
+		TransitionStep(job string) int
+	})
 	for _, r := range recs {
 		job := r.Spec.JobID
+		var unsent []connector.Event
+		if steps != nil {
+			held := steps.TransitionStep(job)
+			for _, t := range r.Reported {
+				if t.Step > held {
+					unsent = append(unsent, connector.Event{Board: r.Spec.Board, JobID: job, Transition: &t})
+				}
+			}
+			if len(unsent) > 0 {
+				opts.Logger.Info("sending transitions the outbox did not hold", "job", job, "count", len(unsent), "outbox_step", held)
+			}
+			reemit = append(reemit, unsent...)
+		}
+		if seeds != nil {
+			seeds.Resume(job, r.Spec.Board, r.State.Phase)
+		}
 		if r.State.Phase.Terminal() {
-			if err := opts.Store.Delete(job); err != nil {
-				opts.Logger.Error("forget ended lease", "job", job, "error", err)
+			// Over: once its last transitions are on the outbox's disk the record goes
+			// (at once if they already are).
+			if len(unsent) == 0 {
+				if err := opts.Store.Delete(job); err != nil {
+					opts.Logger.Error("forget ended lease", "job", job, "error", err)
+				}
 			}
 			continue
 		}
@@ -146,11 +181,8 @@ func resume(opts Options) ([]actors.Record, []host.Unresumable, error) {
 			}
 			r.Hook.Offset = off
 			if err := opts.Store.SaveHook(job, r.Hook); err != nil {
-				return nil, nil, err
+				return nil, nil, nil, err
 			}
-		}
-		if seeds != nil {
-			seeds.Resume(job, r.Spec.Board, r.State.Phase)
 		}
 		if opts.Exporter != nil {
 			opts.Exporter.Restore(job, r.Spec.Board, r.Spec.TokenHash, r.State.Phase)
@@ -158,7 +190,7 @@ func resume(opts Options) ([]actors.Record, []host.Unresumable, error) {
 		opts.Logger.Info("resuming lease", "job", job, "board", r.Spec.Board, "phase", r.State.Phase.String())
 		live = append(live, r)
 	}
-	return live, lost, nil
+	return live, lost, reemit, nil
 }
 
 func (s *Supervisor) request(ctx context.Context, msg any) error {

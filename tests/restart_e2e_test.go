@@ -410,19 +410,8 @@ type knownBug struct {
 	explains func(msgs []string) bool
 }
 
-func anyContains(msgs []string, sub string) bool {
-	return slices.ContainsFunc(msgs, func(m string) bool { return strings.Contains(m, sub) })
-}
-
-func allPrefixed(msgs []string, prefix string) bool {
-	return len(msgs) > 0 && !slices.ContainsFunc(msgs, func(m string) bool { return !strings.HasPrefix(m, prefix) })
-}
-
 // knownBugs: empty when the restore path has none this test knows of.
-var knownBugs = []knownBug{
-	{id: "transition-events-lost", summary: "transitions journalled before the kill but not yet in the durable outbox are never sent to the coordinator",
-		explains: func(msgs []string) bool { return allPrefixed(msgs, "missing transitions:") }},
-}
+var knownBugs = []knownBug{}
 
 // verdict judges a round's findings: none passes; all explained by known bugs skips the
 // round naming them; anything else fails it, listing every finding.

@@ -46,6 +46,8 @@ type Config struct {
 	LeaseMiddleware, HookMiddleware []actor.ReceiverMiddleware
 	// Restore are the journalled leases of this board to resume at start-up.
 	Restore []actors.Record
+	// KeepEnded is passed to the board's leases (see lease.Config).
+	KeepEnded bool
 }
 
 // Props returns the props of a board actor.
@@ -220,7 +222,7 @@ func (b *boardActor) spawnLease(ctx actor.Context, spec jobs.Spec) (*actor.PID, 
 	return ctx.SpawnNamed(lease.Props(lease.Config{Spec: spec, Labels: b.cfg.Labels,
 		Before: b.cfg.Before, After: b.cfg.After, Outbox: b.cfg.Outbox, Store: b.cfg.Store, Runner: b.cfg.Runner,
 		SpoolDir: filepath.Join(b.cfg.StateDir, "hooks"), Logger: b.log.Named("lease").With("job", spec.JobID),
-		Middleware: b.cfg.LeaseMiddleware, HookMiddleware: b.cfg.HookMiddleware}), "lease/"+spec.JobID)
+		Middleware: b.cfg.LeaseMiddleware, HookMiddleware: b.cfg.HookMiddleware, KeepEnded: b.cfg.KeepEnded}), "lease/"+spec.JobID)
 }
 
 // restore brings back the leases the journal holds for this board, after a restart of
@@ -342,9 +344,10 @@ func (b *boardActor) terminated(ctx actor.Context, who *actor.PID) {
 			return
 		}
 		ctx.Send(ctx.Parent(), &actors.JobEnded{JobID: id})
-		// A lease that ended deleted its record first; the LeaseChanged of its last
-		// transition may still be queued behind this system message.
-		if _, live, _ := b.cfg.Store.Load(id); live && !li.phase.Terminal() {
+		// A lease that ended journalled it first (or deleted its record); the
+		// LeaseChanged of its last transition may still be queued behind this system
+		// message.
+		if rec, ok, _ := b.cfg.Store.Load(id); ok && !rec.State.Phase.Terminal() && !li.phase.Terminal() {
 			// Stopped by supervision after repeated panics: the lease is lost.
 			msg := fmt.Sprintf("lease actor failed repeatedly in phase %s; the lease is abandoned", li.phase)
 			b.log.Error(msg, "job", id)

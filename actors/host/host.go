@@ -39,6 +39,11 @@ type Config struct {
 	// CannotResume are leases the journal could not give back; each is reported as a
 	// CannotResume error.
 	CannotResume []Unresumable
+	// Reemit are journalled transitions the outbox never durably held: they are sent
+	// first, before any board starts.
+	Reemit []connector.Event
+	// KeepEnded is passed to every board (see lease.Config).
+	KeepEnded bool
 }
 
 // Unresumable is a lease that cannot be resumed after a restart, and why.
@@ -130,6 +135,9 @@ func (h *hostActor) started(ctx actor.Context) {
 			h.log.Error("forget lease", "job", r.Spec.JobID, "error", err)
 		}
 	}
+	for _, ev := range h.cfg.Reemit {
+		ctx.Send(h.outbox, &actors.Emit{Event: ev})
+	}
 	for _, u := range lost {
 		h.log.Error("lease cannot be resumed", "job", u.JobID, "board", u.Board, "reason", u.Reason)
 		ctx.Send(h.outbox, &actors.Emit{Event: connector.Event{Board: u.Board, JobID: u.JobID,
@@ -137,6 +145,7 @@ func (h *hostActor) started(ctx actor.Context) {
 	}
 	for _, bc := range h.cfg.Boards {
 		bc.Restore = h.restoreFor(bc.Name)
+		bc.KeepEnded = h.cfg.KeepEnded
 		bc.Outbox = h.outbox
 		if bc.Store == nil {
 			bc.Store = h.cfg.Store

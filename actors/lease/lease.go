@@ -51,6 +51,10 @@ type Config struct {
 	// Middleware and HookMiddleware wrap the lease actor's and its hook watcher's receive
 	// functions (fault injection in tests).
 	Middleware, HookMiddleware []actor.ReceiverMiddleware
+	// KeepEnded keeps an ended lease's record in the store (with its last transitions):
+	// the durable outbox deletes it once those are on disk. Without it the record goes
+	// when the lease ends.
+	KeepEnded bool
 }
 
 // Props returns the props of a lease actor.
@@ -85,6 +89,8 @@ type leaseActor struct {
 	gen       uint64
 	hook      *actor.PID
 	hookKind  jobs.HookKind
+	// reported are the lease's transitions so far, journalled with its state.
+	reported []connector.Transition
 }
 
 func (a *leaseActor) Receive(ctx actor.Context) {
@@ -136,6 +142,7 @@ func (a *leaseActor) started(ctx actor.Context) {
 	}
 	// Resuming after a restart of this actor: same phase, same deadlines, same hook.
 	a.l = jobs.Restore(rec.Spec, rec.State)
+	a.reported = rec.Reported
 	a.log.Info("resuming lease", "phase", a.l.Phase().String())
 	for t, d := range rec.Deadlines {
 		a.arm(ctx, t, time.Until(d))
@@ -192,25 +199,36 @@ func (a *leaseActor) step(ctx actor.Context, in jobs.Input) {
 		return
 	}
 	a.log.Debug("input", "input", in.String(), "phase", a.l.Phase().String())
-	// Journal first: the deadlines the effects will arm, and the new state.
+	// Journal first: the deadlines the effects will arm, the transitions they will
+	// report (numbered), and the new state.
 	now := time.Now()
+	var steps []int
 	for _, e := range d.Effects {
 		switch e.Kind {
 		case jobs.EffArmTimer:
 			a.deadlines[e.Timer] = now.Add(e.After)
 		case jobs.EffCancelTimer:
 			delete(a.deadlines, e.Timer)
+		case jobs.EffReport:
+			t := connector.Transition{From: e.From, To: e.To, Status: e.Status, Message: e.Message, Step: len(a.reported) + 1}
+			a.reported = append(a.reported, t)
+			steps = append(steps, t.Step)
 		}
 	}
-	if a.l.Phase().Terminal() {
+	if a.l.Phase().Terminal() && !a.cfg.KeepEnded {
 		err = a.cfg.Store.Delete(a.cfg.Spec.JobID)
 	} else {
-		err = a.cfg.Store.SaveLease(a.l.Spec, a.l.State, a.deadlines)
+		err = a.cfg.Store.SaveLease(a.l.Spec, a.l.State, a.deadlines, a.reported...)
 	}
 	if err != nil {
 		a.log.Error("journal lease", "error", err)
 	}
 	for _, e := range d.Effects {
+		if e.Kind == jobs.EffReport {
+			a.report(ctx, a.reported[steps[0]-1])
+			steps = steps[1:]
+			continue
+		}
 		a.perform(ctx, e)
 	}
 	if a.l.Phase().Terminal() {
@@ -221,11 +239,6 @@ func (a *leaseActor) step(ctx actor.Context, in jobs.Input) {
 func (a *leaseActor) perform(ctx actor.Context, e jobs.Effect) {
 	job := a.cfg.Spec.JobID
 	switch e.Kind {
-	case jobs.EffReport:
-		// The board hears first: whoever sees the event and then asks the board about the
-		// lease finds the board already knowing.
-		ctx.Send(ctx.Parent(), &actors.LeaseChanged{JobID: job, Phase: e.To, Status: e.Status, EndRequested: a.l.State.EndRequested})
-		a.emit(ctx, connector.Event{Transition: &connector.Transition{From: e.From, To: e.To, Status: e.Status, Message: e.Message}})
 	case jobs.EffAcquire:
 		ctx.Send(ctx.Parent(), &actors.Acquire{JobID: job})
 	case jobs.EffRelease:
@@ -250,6 +263,13 @@ func (a *leaseActor) perform(ctx actor.Context, e jobs.Effect) {
 	case jobs.EffQuarantine:
 		ctx.Send(ctx.Parent(), &actors.Quarantine{JobID: job, Reason: e.Message})
 	}
+}
+
+// report tells the board and the world of a transition. The board hears first: whoever
+// sees the event and then asks the board about the lease finds the board already knowing.
+func (a *leaseActor) report(ctx actor.Context, t connector.Transition) {
+	ctx.Send(ctx.Parent(), &actors.LeaseChanged{JobID: a.cfg.Spec.JobID, Phase: t.To, Status: t.Status, EndRequested: a.l.State.EndRequested})
+	a.emit(ctx, connector.Event{Transition: &t})
 }
 
 func (a *leaseActor) emit(ctx actor.Context, ev connector.Event) {

@@ -164,13 +164,26 @@ func (c *Client) forgetEnded(acked uint64) {
 }
 
 // Resume makes a lease resumed after a restart part of the Hello, before its next event.
+// A lease that ended is reported as ended until the coordinator acknowledges the events
+// queued so far.
 func (c *Client) Resume(job, board string, phase jobs.Phase) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.jobs[job] == nil {
-		c.jobs[job] = &liveJob{board: board, phase: phase}
+		j := &liveJob{board: board, phase: phase}
+		if phase.Terminal() {
+			j.endedSeq = max(c.opts.Queue.LastSeq(), 1)
+		}
+		c.jobs[job] = j
 	}
 }
+
+// OnEnded sets what to do once an ended lease's last transition is on the outbox's disk
+// (see Queue.OnEnded).
+func (c *Client) OnEnded(fn func(job string)) { c.opts.Queue.OnEnded(fn) }
+
+// TransitionStep returns the Step of the last transition of job durably queued.
+func (c *Client) TransitionStep(job string) int { return c.opts.Queue.TransitionStep(job) }
 
 // HookOffset returns how far a hook's output was durably queued (see Queue.HookOffset).
 func (c *Client) HookOffset(job string, source jobs.LogSource) (int64, bool) {

@@ -31,7 +31,7 @@ func ToProto(ev connector.Event) *pb.Event {
 		t := ev.Transition
 		rs, stage := jobs.RunningStateOf(t.To)
 		out.Body = &pb.Event_StateTransition{StateTransition: &pb.StateTransition{JobId: ev.JobID, Board: ev.Board,
-			From: Phase(t.From), To: Phase(t.To), StatusMessage: t.Message, ExporterStatus: Status(t.Status),
+			From: Phase(t.From), To: Phase(t.To), StatusMessage: t.Message, ExporterStatus: Status(t.Status), Step: uint32(t.Step),
 			RunningState: &pb.RunningJobState{State: pb.RunningJobStateKind(rs), Stage: initStage(stage)}}}
 	case ev.Error != nil:
 		out.Body = &pb.Event_Error{Error: &pb.JobErrorEvent{JobId: ev.JobID,

@@ -41,6 +41,7 @@ type Queue struct {
 	stop    chan struct{}
 	done    chan struct{}
 	err     error // a write error: the queue is broken
+	onEnded func(job string)
 }
 
 var (
@@ -170,6 +171,7 @@ func (q *Queue) flush() {
 	}
 	var stored, start int64
 	var last uint64
+	var ended []string
 	err := q.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketEvents)
 		q.mu.Lock()
@@ -205,6 +207,16 @@ func (q *Queue) flush() {
 					return err
 				}
 			}
+			// Likewise the last transition of each lease held: after a crash the lease's
+			// journalled transitions past it are sent again.
+			if st := ev.GetStateTransition(); st != nil && st.GetStep() > 0 {
+				if err := tx.Bucket(bucketMeta).Put(stepKey(st.GetJobId()), putU64(uint64(st.GetStep()))); err != nil {
+					return err
+				}
+				if to := st.GetTo(); to == pb.LeasePhase_LEASE_PHASE_DONE || to == pb.LeasePhase_LEASE_PHASE_FAILED {
+					ended = append(ended, st.GetJobId())
+				}
+			}
 			stored += int64(len(data))
 			last = max(last, ev.GetSeq())
 		}
@@ -220,10 +232,37 @@ func (q *Queue) flush() {
 	}
 	close(q.changed)
 	q.changed = make(chan struct{})
+	onEnded := q.onEnded
 	q.mu.Unlock()
 	for _, w := range waiters {
 		close(w)
 	}
+	if err == nil && onEnded != nil {
+		for _, job := range ended {
+			onEnded(job)
+		}
+	}
+}
+
+// OnEnded sets a function called (from the queue's writer) once a lease's last
+// transition, to DONE or FAILED, is on disk: the lease's journal record may go then.
+func (q *Queue) OnEnded(fn func(job string)) {
+	q.mu.Lock()
+	q.onEnded = fn
+	q.mu.Unlock()
+}
+
+func stepKey(job string) []byte { return []byte("step/" + job) }
+
+// TransitionStep returns the Step of the last transition of job durably queued (0 if
+// none).
+func (q *Queue) TransitionStep(job string) int {
+	var step uint64
+	q.db.View(func(tx *bolt.Tx) error {
+		step = getU64(tx.Bucket(bucketMeta).Get(stepKey(job)))
+		return nil
+	})
+	return int(step)
 }
 
 // gapFor turns a console event into a ConsoleGap event with the same sequence number.
@@ -347,7 +386,7 @@ func (q *Queue) ForgetJob(job string) error {
 				return err
 			}
 		}
-		return nil
+		return tx.Bucket(bucketMeta).Delete(stepKey(job))
 	})
 }
 

@@ -130,6 +130,21 @@ type Server struct {
 	MaxBatch int
 	// HelloTimeout bounds the wait for a new stream's Hello (default 10s).
 	HelloTimeout time.Duration
+	// Audit, if set, records every supervisor refused for its token (an audit log,
+	// e.g. *audit.Log). who is the supervisor's network address, or its claimed ID; the
+	// reason never holds the token.
+	Audit Auditor
+}
+
+// Auditor records refused accesses.
+type Auditor interface {
+	Refused(who, board, job, reason string)
+}
+
+func (s *Server) refused(who, reason string) {
+	if s.Audit != nil {
+		s.Audit.Refused(who, "", "", reason)
+	}
 }
 
 // Register registers the link service on g.
@@ -154,6 +169,7 @@ func (s *Server) Connect(stream pb.SupervisorLink_ConnectServer) error {
 		id, err := s.Auth(tokenFrom(ctx))
 		if err != nil {
 			log.Warn("supervisor refused: bad token", "peer", peerOf(ctx))
+			s.refused(peerOf(ctx), "supervisor token not accepted")
 			return status.Error(codes.Unauthenticated, "supervisor token not accepted by the coordinator")
 		}
 		allowedID = id
@@ -167,6 +183,7 @@ func (s *Server) Connect(stream pb.SupervisorLink_ConnectServer) error {
 	}
 	if allowedID != "" && hello.GetSupervisorId() != allowedID {
 		log.Warn("supervisor refused: token belongs to another supervisor", "peer", peerOf(ctx), "claimed", hello.GetSupervisorId())
+		s.refused(peerOf(ctx), fmt.Sprintf("claimed to be supervisor %q with the token of supervisor %q", hello.GetSupervisorId(), allowedID))
 		return status.Errorf(codes.PermissionDenied, "this token is for supervisor %q, not %q", allowedID, hello.GetSupervisorId())
 	}
 	sess := &Session{ID: hello.GetSupervisorId(), Peer: peerOf(ctx), out: make(chan *pb.CoordinatorMessage, SendQueue), closed: make(chan struct{})}

@@ -11,6 +11,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/boardvisor/boardvisor/actors"
+	"github.com/boardvisor/boardvisor/connector"
 	"github.com/boardvisor/boardvisor/jobs"
 )
 
@@ -39,6 +40,16 @@ type leaseV1 struct {
 	Spec      specV1           `json:"spec"`
 	State     stateV1          `json:"state"`
 	Deadlines map[string]int64 `json:"deadlines,omitempty"`
+	// Added within version 1 (optional).
+	Reported []transitionV1 `json:"reported,omitempty"`
+}
+
+type transitionV1 struct {
+	Step    int    `json:"step"`
+	From    string `json:"from"`
+	To      string `json:"to"`
+	Status  int    `json:"status"`
+	Message string `json:"message,omitempty"`
 }
 
 type specV1 struct {
@@ -160,7 +171,7 @@ func encodePolicy(kind string, p *jobs.HookPolicy) (*hookPolicyV1, error) {
 }
 
 // encodeLease encodes the lease part of a record.
-func encodeLease(spec jobs.Spec, st jobs.State, deadlines map[jobs.Timer]time.Time) ([]byte, error) {
+func encodeLease(spec jobs.Spec, st jobs.State, deadlines map[jobs.Timer]time.Time, reported []connector.Transition) ([]byte, error) {
 	if spec.JobID == "" {
 		return nil, errors.New("no job ID")
 	}
@@ -217,6 +228,20 @@ func encodeLease(spec jobs.Spec, st jobs.State, deadlines map[jobs.Timer]time.Ti
 			}
 			rec.Deadlines[name] = d.UnixNano()
 		}
+	}
+	for _, t := range reported {
+		from, err := phaseNames.name(t.From)
+		if err != nil {
+			return nil, err
+		}
+		to, err := phaseNames.name(t.To)
+		if err != nil {
+			return nil, err
+		}
+		if err := checkUTF8("transition message", t.Message); err != nil {
+			return nil, err
+		}
+		rec.Reported = append(rec.Reported, transitionV1{Step: t.Step, From: from, To: to, Status: int(t.Status), Message: t.Message})
 	}
 	return json.Marshal(rec)
 }
@@ -330,6 +355,18 @@ func fromLeaseV1(rec leaseV1) (actors.Record, error) {
 			return out, err
 		}
 		out.Deadlines[t] = time.Unix(0, ns)
+	}
+	for _, t := range rec.Reported {
+		from, err := phaseNames.value(t.From)
+		if err != nil {
+			return out, err
+		}
+		to, err := phaseNames.value(t.To)
+		if err != nil {
+			return out, err
+		}
+		out.Reported = append(out.Reported, connector.Transition{Step: t.Step, From: from, To: to,
+			Status: jobs.ExporterStatus(t.Status), Message: t.Message})
 	}
 	return out, nil
 }

@@ -28,7 +28,7 @@ func TestEncodeRejects(t *testing.T) {
 	} {
 		r := fullRecord(jobID(1))
 		tc.edit(&r)
-		if _, err := encodeLease(r.Spec, r.State, r.Deadlines); err == nil || !strings.Contains(err.Error(), tc.want) {
+		if _, err := encodeLease(r.Spec, r.State, r.Deadlines, r.Reported); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: %v, want %q", tc.name, err, tc.want)
 		}
 	}
@@ -37,14 +37,14 @@ func TestEncodeRejects(t *testing.T) {
 			t.Errorf("encodeHook(%+v): no error", h)
 		}
 	}
-	if _, err := encodeLease(ok.Spec, ok.State, ok.Deadlines); err != nil {
+	if _, err := encodeLease(ok.Spec, ok.State, ok.Deadlines, ok.Reported); err != nil {
 		t.Fatal(err)
 	}
 }
 
 func TestEncodingIsReadable(t *testing.T) {
 	r := fullRecord(jobID(1))
-	b, err := encodeLease(r.Spec, r.State, r.Deadlines)
+	b, err := encodeLease(r.Spec, r.State, r.Deadlines, r.Reported)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,7 +92,7 @@ func TestDecodeRejects(t *testing.T) {
 // panic, and a record it accepts must encode and decode to the same value.
 func FuzzDecodeRecord(f *testing.F) {
 	r := fullRecord(jobID(1))
-	lease, err := encodeLease(r.Spec, r.State, r.Deadlines)
+	lease, err := encodeLease(r.Spec, r.State, r.Deadlines, r.Reported)
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -109,7 +109,7 @@ func FuzzDecodeRecord(f *testing.F) {
 		if err != nil {
 			return
 		}
-		lease2, err := encodeLease(rec.Spec, rec.State, rec.Deadlines)
+		lease2, err := encodeLease(rec.Spec, rec.State, rec.Deadlines, rec.Reported)
 		if err != nil {
 			t.Fatalf("decoded record does not encode: %v\n%+v", err, rec)
 		}

@@ -21,6 +21,7 @@ import (
 	berrors "go.etcd.io/bbolt/errors"
 
 	"github.com/boardvisor/boardvisor/actors"
+	"github.com/boardvisor/boardvisor/connector"
 	"github.com/boardvisor/boardvisor/jobs"
 )
 
@@ -502,8 +503,8 @@ func apply(leases, hooks *bbolt.Bucket, o *op) error {
 
 // SaveLease implements actors.Store: it writes the lease's spec, state and timer deadlines,
 // leaving its hook run as it is. It returns once the write is durable.
-func (j *Journal) SaveLease(spec jobs.Spec, st jobs.State, deadlines map[jobs.Timer]time.Time) error {
-	data, err := encodeLease(spec, st, deadlines)
+func (j *Journal) SaveLease(spec jobs.Spec, st jobs.State, deadlines map[jobs.Timer]time.Time, reported ...connector.Transition) error {
+	data, err := encodeLease(spec, st, deadlines, reported)
 	if err != nil {
 		return j.wrap("save lease "+spec.JobID, err)
 	}

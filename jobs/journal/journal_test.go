@@ -17,6 +17,7 @@ import (
 	bbolt "go.etcd.io/bbolt"
 
 	"github.com/boardvisor/boardvisor/actors"
+	"github.com/boardvisor/boardvisor/connector"
 	"github.com/boardvisor/boardvisor/jobs"
 )
 
@@ -64,12 +65,16 @@ func fullRecord(id string) actors.Record {
 		},
 		Hook: &actors.HookRun{Kind: jobs.HookAfter, Dir: "/var/lib/boardvisor/spool/" + id,
 			Pid: 4242, StartTime: 1<<63 + 12345, Offset: 1 << 40},
+		Reported: []connector.Transition{
+			{Step: 1, From: jobs.PhaseCreated, To: jobs.PhaseStarting, Status: jobs.StatusAvailable, Message: "waiting for the board"},
+			{Step: 2, From: jobs.PhaseStarting, To: jobs.PhaseBeforeLease, Status: jobs.StatusBeforeLeaseHook},
+		},
 	}
 }
 
 func save(t testing.TB, j *Journal, r actors.Record) {
 	t.Helper()
-	if err := j.SaveLease(r.Spec, r.State, r.Deadlines); err != nil {
+	if err := j.SaveLease(r.Spec, r.State, r.Deadlines, r.Reported...); err != nil {
 		t.Fatalf("SaveLease: %v", err)
 	}
 	if r.Hook != nil {
@@ -155,7 +160,7 @@ func TestLeaseAndHookDoNotClobber(t *testing.T) {
 	// SaveLease keeps the hook run.
 	r.State = jobs.State{Phase: jobs.PhaseReleasing, Acquired: true}
 	r.Deadlines = map[jobs.Timer]time.Time{jobs.TimerRelease: time.Unix(1e9, 0)}
-	if err := j.SaveLease(r.Spec, r.State, r.Deadlines); err != nil {
+	if err := j.SaveLease(r.Spec, r.State, r.Deadlines, r.Reported...); err != nil {
 		t.Fatal(err)
 	}
 	got, _, _ := j.Load(id)
@@ -647,7 +652,7 @@ func TestDamagedRecords(t *testing.T) {
 func mustLease(t *testing.T, id string) string {
 	t.Helper()
 	r := fullRecord(id)
-	b, err := encodeLease(r.Spec, r.State, r.Deadlines)
+	b, err := encodeLease(r.Spec, r.State, r.Deadlines, r.Reported)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -757,6 +757,7 @@ type StateTransition struct {
 	RunningState   *RunningJobState       `protobuf:"bytes,5,opt,name=running_state,json=runningState,proto3" json:"running_state,omitempty"`                                           // Treadmill's view of the new phase.
 	StatusMessage  string                 `protobuf:"bytes,6,opt,name=status_message,json=statusMessage,proto3" json:"status_message,omitempty"`                                        // Human-readable note on the transition.
 	ExporterStatus v1.ExporterStatus      `protobuf:"varint,7,opt,name=exporter_status,json=exporterStatus,proto3,enum=jumpstarter.v1.ExporterStatus" json:"exporter_status,omitempty"` // Board status derived from the new phase.
+	Step           uint32                 `protobuf:"varint,8,opt,name=step,proto3" json:"step,omitempty"`                                                                              // Number of this transition in the lease, from 1 (a resent one keeps its number).
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
 }
@@ -838,6 +839,13 @@ func (x *StateTransition) GetExporterStatus() v1.ExporterStatus {
 		return x.ExporterStatus
 	}
 	return v1.ExporterStatus(0)
+}
+
+func (x *StateTransition) GetStep() uint32 {
+	if x != nil {
+		return x.Step
+	}
+	return 0
 }
 
 // Treadmill's RunningJobState: Initializing{stage} | Ready | Terminating |
@@ -1782,7 +1790,7 @@ const file_boardvisor_v1_supervisor_proto_rawDesc = "" +
 	"consoleGap\x12?\n" +
 	"\fboard_status\x18\a \x01(\v2\x1a.boardvisor.v1.BoardStatusH\x00R\vboardStatus\x123\n" +
 	"\bhook_log\x18\b \x01(\v2\x16.boardvisor.v1.HookLogH\x00R\ahookLogB\x06\n" +
-	"\x04body\"\xcd\x02\n" +
+	"\x04body\"\xe1\x02\n" +
 	"\x0fStateTransition\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x14\n" +
 	"\x05board\x18\x02 \x01(\tR\x05board\x12-\n" +
@@ -1790,7 +1798,8 @@ const file_boardvisor_v1_supervisor_proto_rawDesc = "" +
 	"\x02to\x18\x04 \x01(\x0e2\x19.boardvisor.v1.LeasePhaseR\x02to\x12C\n" +
 	"\rrunning_state\x18\x05 \x01(\v2\x1e.boardvisor.v1.RunningJobStateR\frunningState\x12%\n" +
 	"\x0estatus_message\x18\x06 \x01(\tR\rstatusMessage\x12G\n" +
-	"\x0fexporter_status\x18\a \x01(\x0e2\x1e.jumpstarter.v1.ExporterStatusR\x0eexporterStatus\"\xa9\x01\n" +
+	"\x0fexporter_status\x18\a \x01(\x0e2\x1e.jumpstarter.v1.ExporterStatusR\x0eexporterStatus\x12\x12\n" +
+	"\x04step\x18\b \x01(\rR\x04step\"\xa9\x01\n" +
 	"\x0fRunningJobState\x128\n" +
 	"\x05state\x18\x01 \x01(\x0e2\".boardvisor.v1.RunningJobStateKindR\x05state\x129\n" +
 	"\x05stage\x18\x02 \x01(\x0e2#.boardvisor.v1.JobInitializingStageR\x05stage\x12!\n" +
