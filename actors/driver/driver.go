@@ -41,7 +41,6 @@ func Props(d Driver, logger hclog.Logger) *actor.Props {
 const UpAfter = 250 * time.Millisecond
 
 type (
-	output  struct{ data []byte }
 	failed  struct{ err error }
 	settled struct{ done chan struct{} }
 )
@@ -58,8 +57,6 @@ func (a *driverActor) Receive(ctx actor.Context) {
 	switch m := ctx.Message().(type) {
 	case *actor.Started:
 		a.start(ctx)
-	case *output:
-		ctx.Send(ctx.Parent(), &actors.DriverOutput{Driver: a.d.Name(), Data: m.data})
 	case *failed:
 		panic(actors.Failure{Err: fmt.Errorf("driver %s: %w", a.d.Name(), m.err)})
 	case *settled:
@@ -76,7 +73,8 @@ func (a *driverActor) Receive(ctx actor.Context) {
 func (a *driverActor) start(ctx actor.Context) {
 	runCtx, cancel := context.WithCancel(context.Background())
 	a.cancel, a.done = cancel, make(chan struct{})
-	self, root, done := ctx.Self(), ctx.ActorSystem().Root, a.done
+	self, parent, root, done := ctx.Self(), ctx.Parent(), ctx.ActorSystem().Root, a.done
+	name := a.d.Name()
 	go func() {
 		defer close(done)
 		var err error
@@ -89,7 +87,8 @@ func (a *driverActor) start(ctx actor.Context) {
 					err = fmt.Errorf("panic: %v", r)
 				}
 			}()
-			err = a.d.Run(runCtx, func(b []byte) { root.Send(self, &output{data: b}) })
+			// Output goes straight to the board: one mailbox hop fewer per chunk.
+			err = a.d.Run(runCtx, func(b []byte) { root.Send(parent, &actors.DriverOutput{Driver: name, Data: b}) })
 		}()
 		if err == nil && runCtx.Err() == nil {
 			err = fmt.Errorf("returned without an error before it was stopped")

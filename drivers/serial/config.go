@@ -44,10 +44,26 @@ type Config struct {
 	// WriteTimeout bounds one Write (default 10s): a device that does not drain its
 	// output (flow control, a wedged adapter) fails the Write instead of blocking it.
 	WriteTimeout time.Duration
+	// Coalesce is how long Run lets a slow console's bytes gather after a small read
+	// (under CoalesceBelow bytes) before reading again: at 115200 baud bytes trickle in,
+	// and every read costs CPU, so a thousand consoles read in bursts cost a fraction of
+	// reading every few bytes. It delays console output by at most Coalesce. A fast
+	// source (large reads) is read without pause. Zero means DefaultCoalesce; negative
+	// turns it off.
+	Coalesce time.Duration
 }
+
+// DefaultCoalesce is Config.Coalesce's default.
+const DefaultCoalesce = 50 * time.Millisecond
+
+// CoalesceBelow is the read size under which Run pauses for Config.Coalesce.
+const CoalesceBelow = 1024
 
 // withDefaults returns c with its zero fields set to their defaults.
 func (c Config) withDefaults() Config {
+	if c.Coalesce == 0 {
+		c.Coalesce = DefaultCoalesce
+	}
 	if c.Name == "" {
 		c.Name = DefaultName
 	}

@@ -101,6 +101,17 @@ func (d *Driver) Run(ctx context.Context, out func([]byte)) error {
 		if n > 0 {
 			out(append([]byte(nil), buf[:n]...))
 		}
+		if err == nil && n < CoalesceBelow && d.cfg.Coalesce > 0 {
+			// A slow console: let its bytes gather (the kernel buffers them) rather than
+			// waking for every few of them.
+			t := time.NewTimer(d.cfg.Coalesce)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+				return nil
+			}
+		}
 		switch {
 		case err == nil:
 		case ctx.Err() != nil:
