@@ -5,21 +5,27 @@
 //
 // The daemon never runs a hook directly. Runner.Start starts
 //
-//	boardvisor hook-shim --dir SPOOLDIR --timeout T --grace G [--ready-fd 3] -- COMMAND ARGS...
+//	boardvisor hook-shim --dir SPOOLDIR --timeout T --grace G --max-output BYTES [--ready-fd 3] -- COMMAND ARGS...
 //
 // (ShimMain is the body of that subcommand) in its own session, so a SIGKILL of the
 // daemon, or a signal from the daemon's terminal, does not reach it. The shim makes
 // itself a child subreaper, starts the hook in its own process group with stdin
-// /dev/null and stdout and stderr appended to SPOOLDIR/output, and enforces the
-// timeout ladder itself (SIGTERM to the group, grace period, SIGKILL), so the ladder
+// /dev/null and stdout and stderr a pipe that it copies to SPOOLDIR/output, and enforces
+// the timeout ladder itself (SIGTERM to the group, grace period, SIGKILL), so the ladder
 // holds while the daemon is down. When the hook's main process has exited, the shim
 // kills and reaps every descendant still alive, including those that escaped the
 // process group with setsid, and only then writes SPOOLDIR/status (JSON, atomically
 // renamed into place). A SIGTERM to the shim stops the hook the same way.
 //
+// The output is bounded (Spec.MaxOutput, 64 MiB by default): past the bound, or when
+// the spool cannot be written (a full disk), the shim writes one line
+// "JMP_WARN: boardvisor: output truncated after N bytes" and reads on, discarding, so a
+// hook is never blocked by its output and its spool stays within the bound. A hook whose shim dies
+// gets EPIPE (or SIGPIPE) on its next write.
+//
 // The spool directory holds:
 //
-//	output    everything the hook wrote, plus lines from the shim prefixed "boardvisor:"
+//	output    what the hook wrote, plus lines from the shim prefixed "boardvisor:"
 //	status    the outcome, written once every process of the hook is gone
 //	shim.log  the shim's own diagnostics
 //

@@ -69,6 +69,11 @@ type Spec struct {
 	Dir string
 	// WorkDir is the hook's working directory; empty means the daemon's.
 	WorkDir string
+	// MaxOutput bounds the bytes of the hook's output kept in the spool
+	// (DefaultMaxOutput if zero or negative). Past it the shim adds one line
+	// "JMP_WARN: boardvisor: output truncated after N bytes" and discards the rest; the
+	// hook runs on undisturbed.
+	MaxOutput int64
 }
 
 // Runner starts hook shims and re-adopts them after a restart. Its zero value is ready
@@ -109,6 +114,9 @@ type Result struct {
 	TimedOut bool
 	// Stopped reports that the hook was terminated by Run.Stop.
 	Stopped bool
+	// Truncated reports that not all of the hook's output was kept: it wrote more than
+	// Spec.MaxOutput, or the spool could not be written. It does not make a run fail.
+	Truncated bool
 	// Err is set when the hook could not be run, when the shim vanished without a status
 	// (errors.Is(Err, ErrShimVanished)) or when the run was detached (ErrDetached). A
 	// hook that ran and failed has Err nil and a non-zero ExitCode or a Signal.
@@ -289,8 +297,12 @@ func (r *Runner) Start(spec Spec, onLine func(Line)) (*Run, error) {
 		}
 		argv = []string{exe, "hook-shim"}
 	}
+	maxOutput := spec.MaxOutput
+	if maxOutput <= 0 {
+		maxOutput = DefaultMaxOutput
+	}
 	argv = append(argv, "--dir", dir, "--timeout", timeout.String(), "--grace", grace.String(),
-		"--ready-fd", "3", "--")
+		"--max-output", strconv.FormatInt(maxOutput, 10), "--ready-fd", "3", "--")
 	argv = append(argv, command...)
 
 	logf, err := os.OpenFile(filepath.Join(dir, shimLogFile), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
@@ -624,12 +636,13 @@ func (run *Run) collect() Result {
 		return Result{ExitCode: -1, Err: fmt.Errorf("hook %s: read status: %w", run.label, err)}
 	}
 	res := Result{
-		ExitCode: st.ExitCode,
-		Signal:   st.Signal,
-		TimedOut: st.TimedOut,
-		Stopped:  st.Stopped,
-		Started:  st.StartedAt,
-		Ended:    st.EndedAt,
+		ExitCode:  st.ExitCode,
+		Signal:    st.Signal,
+		TimedOut:  st.TimedOut,
+		Stopped:   st.Stopped,
+		Truncated: st.Truncated,
+		Started:   st.StartedAt,
+		Ended:     st.EndedAt,
 	}
 	if st.Error != "" {
 		res.Err = fmt.Errorf("hook %s: %s", run.label, st.Error)

@@ -29,6 +29,11 @@ const (
 // their SIGTERM and their SIGKILL.
 const maxCleanupGrace = time.Second
 
+// pipeCloseWait bounds how long the shim waits, once every process of the hook is gone,
+// for the end of the output pipe (only a process outside the hook's tree, handed the
+// pipe's descriptor, can still hold it open).
+const pipeCloseWait = time.Second
+
 // shimStatus is the JSON document the shim writes to DIR/status.
 type shimStatus struct {
 	// ExitCode is the hook's exit code; -1 if it was killed by a signal, 127 if its
@@ -42,16 +47,24 @@ type shimStatus struct {
 	EndedAt   time.Time `json:"ended_at"`
 	// Error says why the hook could not be run, or is empty.
 	Error string `json:"error"`
+	// Truncated reports that the hook wrote more than the spool keeps (--max-output)
+	// or that the spool could not be written; Discarded counts the bytes not kept.
+	Truncated bool  `json:"truncated,omitempty"`
+	Discarded int64 `json:"discarded,omitempty"`
 }
 
 // ShimMain is the body of the hidden "boardvisor hook-shim" subcommand; args are the
 // arguments after the subcommand's name:
 //
-//	--dir SPOOLDIR --timeout DURATION --grace DURATION [--ready-fd N] -- COMMAND [ARG...]
+//	--dir SPOOLDIR --timeout DURATION --grace DURATION [--max-output BYTES] [--ready-fd N] -- COMMAND [ARG...]
 //
 // It runs COMMAND (looked up as a path, not in $PATH) in a new process group, with
-// stdin /dev/null and stdout and stderr appended to SPOOLDIR/output, and with the
-// shim's own environment and working directory. At --timeout (0: none) it sends
+// stdin /dev/null and stdout and stderr a pipe that the shim copies to SPOOLDIR/output,
+// and with the shim's own environment and working directory. At most --max-output bytes
+// (default DefaultMaxOutput) of the hook's output are kept: past them, or when the
+// spool cannot be written (a full disk), the shim appends one line
+// "JMP_WARN: boardvisor: output truncated after N bytes", then reads on and discards the
+// rest, so the hook never blocks on its output. At --timeout (0: none) it sends
 // SIGTERM to the process group, after --grace SIGKILL. A SIGTERM to the shim does the
 // same at once and marks the run stopped. Once the command's main process has exited,
 // every descendant still alive (the shim is their child subreaper) gets SIGTERM and,
@@ -69,6 +82,7 @@ func ShimMain(args []string) int {
 	timeout := fset.Duration("timeout", 0, "time the hook may run before it is terminated (0: no limit)")
 	grace := fset.Duration("grace", 5*time.Second, "time between SIGTERM and SIGKILL")
 	readyFD := fset.Int("ready-fd", -1, "file descriptor to close once the hook has been started")
+	maxOutput := fset.Int64("max-output", DefaultMaxOutput, "most `bytes` of hook output kept in the spool")
 	if err := fset.Parse(args); err != nil {
 		return 2
 	}
@@ -90,7 +104,7 @@ func ShimMain(args []string) int {
 	if *grace < 0 {
 		*grace = 0
 	}
-	s := &shim{dir: *dir, timeout: *timeout, grace: *grace, argv: argv}
+	s := &shim{dir: *dir, timeout: *timeout, grace: *grace, maxOutput: *maxOutput, argv: argv}
 	return s.run(func() {
 		if ready != nil {
 			ready.Close()
@@ -103,8 +117,10 @@ func ShimMain(args []string) int {
 type shim struct {
 	dir            string
 	timeout, grace time.Duration
+	maxOutput      int64
 	argv           []string
 	out            *os.File // DIR/output, append-only
+	spool          *spool   // the hook's output pipe, copied to out
 	st             shimStatus
 }
 
@@ -119,21 +135,10 @@ func (s *shim) logf(format string, args ...any) {
 		time.Now().UTC().Format(time.RFC3339Nano), os.Getpid(), fmt.Sprintf(format, args...))
 }
 
-// note appends a line from the shim itself to the output, on a line of its own.
+// note appends a line from the shim itself to the output, on a line of its own, after
+// what the hook wrote before it.
 func (s *shim) note(severity, format string, args ...any) {
-	line := "JMP_" + severity + ": boardvisor: " + fmt.Sprintf(format, args...) + "\n"
-	if fi, err := s.out.Stat(); err == nil && fi.Size() > 0 {
-		if r, err := os.Open(s.out.Name()); err == nil {
-			var last [1]byte
-			if n, _ := r.ReadAt(last[:], fi.Size()-1); n == 1 && last[0] != '\n' {
-				line = "\n" + line
-			}
-			r.Close()
-		}
-	}
-	if _, err := s.out.WriteString(line); err != nil {
-		s.logf("write output: %v", err)
-	}
+	s.spool.note("JMP_" + severity + ": boardvisor: " + fmt.Sprintf(format, args...))
 }
 
 func (s *shim) run(ready func()) int {
@@ -154,6 +159,7 @@ func (s *shim) run(ready func()) int {
 	}
 	s.out = out
 	defer out.Close()
+	s.spool = newSpool(out, s.maxOutput, s.logf)
 
 	devnull, err := os.Open(os.DevNull)
 	if err != nil {
@@ -161,13 +167,22 @@ func (s *shim) run(ready func()) int {
 		s.st = shimStatus{ExitCode: 126, StartedAt: time.Now(), EndedAt: time.Now(), Error: err.Error()}
 		return s.finish()
 	}
+	w, err := s.spool.pipe()
+	if err != nil {
+		devnull.Close()
+		s.logf("create the output pipe: %v", err)
+		s.st = shimStatus{ExitCode: 126, StartedAt: time.Now(), EndedAt: time.Now(), Error: "create the hook's output pipe: " + err.Error()}
+		return s.finish()
+	}
 	s.st.StartedAt = time.Now()
 	proc, err := os.StartProcess(s.argv[0], s.argv, &os.ProcAttr{
 		Env:   os.Environ(),
-		Files: []*os.File{devnull, out, out},
+		Files: []*os.File{devnull, w, w},
 		Sys:   &syscall.SysProcAttr{Setpgid: true},
 	})
 	devnull.Close()
+	w.Close() // the hook and its descendants hold the only write ends
+	go s.spool.copy()
 	if err != nil {
 		s.st.ExitCode = 126
 		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ENOTDIR) {
@@ -205,7 +220,21 @@ func (s *shim) run(ready func()) int {
 	s.waitMain(pid, sigs, reapc)
 	s.st.EndedAt = time.Now()
 	s.killLeftovers(reapc)
+	s.endOutput()
 	return s.finish()
+}
+
+// endOutput waits for the output pipe to be closed by its last writer, for at most
+// pipeCloseWait, then stops reading it.
+func (s *shim) endOutput() {
+	t := time.NewTimer(pipeCloseWait)
+	defer t.Stop()
+	select {
+	case <-s.spool.done:
+	case <-t.C:
+		s.logf("the hook's output pipe is still open although none of its processes is left; closing it")
+	}
+	s.spool.closeRead()
 }
 
 // waitMain runs the timeout ladder until the hook's main process (pid, also its process
@@ -329,6 +358,14 @@ func (s *shim) killAll() {
 
 // finish writes the status file and returns the shim's exit status.
 func (s *shim) finish() int {
+	if s.spool != nil {
+		s.spool.closeRead() // usually done already by endOutput
+		kept, discarded, truncated, werr := s.spool.counts()
+		s.st.Truncated, s.st.Discarded = truncated || werr != nil, discarded
+		if discarded > 0 {
+			s.logf("kept %d bytes of output, discarded %d", kept, discarded)
+		}
+	}
 	if s.out != nil {
 		if err := s.out.Sync(); err != nil {
 			s.logf("sync output: %v", err)

@@ -11,6 +11,7 @@ package exporter
 
 import (
 	"context"
+	"crypto/subtle"
 	"fmt"
 	"strings"
 	"sync"
@@ -23,6 +24,7 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/emptypb"
@@ -52,16 +54,57 @@ type Drivers interface {
 	Stream(ctx context.Context, board, driver, method string, args []*structpb.Value, send func(*structpb.Value) error) error
 }
 
+// Auditor records refused accesses (an audit log). who is the caller's network
+// address; reason never holds a token.
+type Auditor interface {
+	Refused(who, board, job, reason string)
+}
+
+// RequestAuditor is implemented by an Auditor that also records who asked for what:
+// the coordinator's StartJob and StopJob (who is the lease's client, or "coordinator")
+// and the clients' EndSession (who is the caller's address).
+type RequestAuditor interface {
+	Request(who, board, job, what, reason string)
+}
+
+// Limits bound what clients may hold open, so that no client can make the service
+// grow without bound. Every open stream costs a goroutine and a queue of at most
+// SubscriberBuffer lines; gRPC bounds the streams of one connection
+// (MaxConcurrentStreams in package supervisor), these bound them across connections.
+type Limits struct {
+	// MaxWatchStreams bounds the WatchStatus streams open at once on the whole
+	// service (they need no token). Default DefaultMaxWatchStreams.
+	MaxWatchStreams int
+	// MaxLogStreamsPerLease bounds the LogStream streams open at once for one lease.
+	// Default DefaultMaxLogStreamsPerLease.
+	MaxLogStreamsPerLease int
+}
+
+// Defaults of Limits.
+const (
+	DefaultMaxWatchStreams       = 4096
+	DefaultMaxLogStreamsPerLease = 64
+)
+
 // Service implements jumpstarter.v1.ExporterService. Its zero value is not usable; use New.
 type Service struct {
 	jpb.UnimplementedExporterServiceServer
 	ender   Ender
 	drivers Drivers
 
-	mu     sync.Mutex
-	boards map[string]*boardState
-	leases map[string]*leaseState
-	tokens map[string]*leaseState // by token hash
+	// Audit, if set, records every access refused with UNAUTHENTICATED or
+	// PERMISSION_DENIED, and, if it is a RequestAuditor, every lease request. Set it
+	// before the service is registered.
+	Audit Auditor
+	// Limits bound the streams clients may hold open. Set them before the service is
+	// registered.
+	Limits Limits
+
+	mu       sync.Mutex
+	boards   map[string]*boardState
+	leases   map[string]*leaseState
+	tokens   map[string]*leaseState // by token hash
+	watchers int                    // WatchStatus streams open
 }
 
 // New returns a service for the named boards (name -> labels).
@@ -96,6 +139,11 @@ type wrapped struct {
 }
 
 func (w wrapped) StartJob(ctx context.Context, req connector.StartJobRequest) error {
+	who := req.Client
+	if who == "" {
+		who = "coordinator"
+	}
+	w.s.request(who, req.Board, req.JobID, "StartJob", "")
 	l := w.s.register(req)
 	err := w.Supervisor.StartJob(ctx, req)
 	if err != nil && l != nil {
@@ -106,6 +154,23 @@ func (w wrapped) StartJob(ctx context.Context, req connector.StartJobRequest) er
 		}
 	}
 	return err
+}
+
+func (w wrapped) StopJob(ctx context.Context, req connector.StopJobRequest) error {
+	w.s.mu.Lock()
+	board := ""
+	if l := w.s.leases[req.JobID]; l != nil {
+		board = l.board
+	}
+	w.s.mu.Unlock()
+	w.s.request("coordinator", board, req.JobID, "StopJob", req.Reason)
+	return w.Supervisor.StopJob(ctx, req)
+}
+
+func (s *Service) request(who, board, job, what, reason string) {
+	if a, ok := s.Audit.(RequestAuditor); ok {
+		a.Request(who, board, job, what, reason)
+	}
 }
 
 func (s *Service) register(req connector.StartJobRequest) *leaseState {
@@ -152,31 +217,66 @@ func md(ctx context.Context, key string) string {
 	return ""
 }
 
-// authorize returns the lease the call's token holds on the call's board.
+// authorize returns the lease the call's token holds on the call's board. Every refusal
+// with UNAUTHENTICATED or PERMISSION_DENIED is audited. Neither the token nor anything
+// derived from it appears in the error or the audit record.
+//
+// Tokens are compared in constant time where it matters: the service keeps no token,
+// only its SHA-256 (jobs.TokenHash), and looks the hash of the presented token up in a
+// map. Hashing takes time that depends on the token's length only, and the map compares
+// hashes, not tokens: how long a comparison takes can tell an attacker at most how many
+// leading bytes of SHA-256(guess) match a stored hash, which, SHA-256 being preimage
+// resistant, says nothing about the token itself (the same argument as for comparing
+// HMACs). A final subtle.ConstantTimeCompare of the two hashes makes the accepting path
+// constant-time as well.
 func (s *Service) authorize(ctx context.Context) (*leaseState, error) {
 	board := md(ctx, MDBoard)
 	if board == "" {
 		return nil, status.Error(codes.InvalidArgument, "no board named: set the "+MDBoard+" metadata key")
 	}
 	s.mu.Lock()
-	_, known := s.boards[board]
+	b, known := s.boards[board]
+	current := "" // the board's live lease, for the audit
+	if known && s.leases[b.current] != nil {
+		current = b.current
+	}
 	s.mu.Unlock()
 	if !known {
 		return nil, status.Errorf(codes.NotFound, "no board named %q on this supervisor", board)
 	}
 	token, ok := strings.CutPrefix(md(ctx, "authorization"), "Bearer ")
 	if !ok || token == "" {
+		s.refused(ctx, board, current, "no lease token")
 		return nil, status.Error(codes.Unauthenticated, "no lease token: send authorization: Bearer <lease token>")
 	}
+	hash := jobs.TokenHash(token)
 	s.mu.Lock()
-	l := s.tokens[jobs.TokenHash(token)]
+	l := s.tokens[hash]
 	s.mu.Unlock()
-	// The hash lookup takes the same time whichever token matched; only the lease that
-	// holds the token, on its own board, is let in.
-	if l == nil || l.board != board {
+	if l == nil || l.board != board || subtle.ConstantTimeCompare([]byte(hash), []byte(l.tokenHash)) != 1 {
+		why := "the token holds no live lease"
+		if l != nil && l.board != board {
+			why = fmt.Sprintf("the token is for lease %s on board %s", l.job, l.board)
+		}
+		s.refused(ctx, board, current, why)
 		return nil, status.Errorf(codes.PermissionDenied, "this token holds no live lease on board %s", board)
 	}
 	return l, nil
+}
+
+// refused audits a refused access.
+func (s *Service) refused(ctx context.Context, board, job, reason string) {
+	if s.Audit != nil {
+		s.Audit.Refused(peerOf(ctx), board, job, reason)
+	}
+}
+
+// peerOf returns the caller's network address.
+func peerOf(ctx context.Context) string {
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		return p.Addr.String()
+	}
+	return "unknown"
 }
 
 func (s *Service) boardFor(ctx context.Context) (*boardState, error) {
@@ -224,12 +324,18 @@ func (s *Service) WatchStatus(_ *jpb.WatchStatusRequest, stream grpc.ServerStrea
 	}
 	q := newQueue[statusMsg](64)
 	s.mu.Lock()
+	if limit := orDefault(s.Limits.MaxWatchStreams, DefaultMaxWatchStreams); s.watchers >= limit {
+		s.mu.Unlock()
+		return status.Errorf(codes.ResourceExhausted, "too many status streams open on this supervisor (%d)", limit)
+	}
+	s.watchers++
 	q.push(b.st)
 	b.watch[q] = true
 	s.mu.Unlock()
 	defer func() {
 		s.mu.Lock()
 		delete(b.watch, q)
+		s.watchers--
 		s.mu.Unlock()
 	}()
 	for {
@@ -266,6 +372,10 @@ func (s *Service) LogStream(_ *emptypb.Empty, stream grpc.ServerStreamingServer[
 	}
 	q := newQueue[logLine](SubscriberBuffer)
 	s.mu.Lock()
+	if limit := orDefault(s.Limits.MaxLogStreamsPerLease, DefaultMaxLogStreamsPerLease); len(l.subs) >= limit {
+		s.mu.Unlock()
+		return status.Errorf(codes.ResourceExhausted, "too many log streams open for this lease (%d)", limit)
+	}
 	history, dropped := append([]logLine(nil), l.lines...), l.dropped
 	select {
 	case <-l.ended:
@@ -325,6 +435,7 @@ func (s *Service) EndSession(ctx context.Context, _ *jpb.EndSessionRequest) (*jp
 	if err != nil {
 		return nil, err
 	}
+	s.request(peerOf(ctx), l.board, l.job, "EndSession", "the client ended its session")
 	if err := s.ender.EndSession(ctx, l.board, l.job); err != nil {
 		if k, _ := jobs.KindOf(err); k == jobs.KindAlreadyStopping {
 			msg := "the lease is already ending"
@@ -409,6 +520,13 @@ func (s *Service) StreamingDriverCall(req *jpb.StreamingDriverCallRequest, strea
 		return toStatus(err)
 	}
 	return nil
+}
+
+func orDefault(v, def int) int {
+	if v > 0 {
+		return v
+	}
+	return def
 }
 
 func toStatus(err error) error {

@@ -8,8 +8,13 @@ import (
 	"github.com/boardvisor/boardvisor/jobs"
 )
 
-// MaxHistory bounds the hook lines kept per lease for readers that join late.
-const MaxHistory = 10000
+// MaxHistory and MaxHistoryBytes bound the hook lines kept per lease for readers that
+// join late (a hook line may be 64 KiB long): past either, the oldest lines are dropped
+// and a late reader is told how many it missed.
+const (
+	MaxHistory      = 10000
+	MaxHistoryBytes = 8 << 20
+)
 
 // SubscriberBuffer bounds what waits for one slow reader; past it lines are dropped
 // and the reader is told how many it missed.
@@ -98,7 +103,8 @@ type leaseState struct {
 	tokenHash  string
 	phase      jobs.Phase
 	lines      []logLine
-	dropped    uint64 // history lines dropped past MaxHistory
+	bytes      int    // of the texts in lines
+	dropped    uint64 // history lines dropped past MaxHistory or MaxHistoryBytes
 	subs       map[*queue[logLine]]bool
 	ready      chan struct{} // closed when READY is reached, or the lease can never be READY
 	ended      chan struct{} // closed when the lease is DONE or FAILED
@@ -149,11 +155,18 @@ func (s *Service) apply(ev connector.Event) {
 
 // log adds a line to the lease's history and hands it to its readers.
 func (l *leaseState) log(line logLine) {
-	if len(l.lines) >= MaxHistory {
-		l.lines = l.lines[1:]
-		l.dropped++
-	}
 	l.lines = append(l.lines, line)
+	l.bytes += len(line.Text)
+	drop := 0
+	for len(l.lines)-drop > MaxHistory || (l.bytes > MaxHistoryBytes && len(l.lines)-drop > 1) {
+		l.bytes -= len(l.lines[drop].Text)
+		drop++
+	}
+	if drop > 0 {
+		clear(l.lines[:drop]) // let the texts be collected
+		l.lines = l.lines[drop:]
+		l.dropped += uint64(drop)
+	}
 	for q := range l.subs {
 		q.push(line)
 	}
