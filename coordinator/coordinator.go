@@ -63,6 +63,8 @@ type Options struct {
 	// SupervisorAuth checks supervisors' tokens; nil accepts every supervisor (tests and
 	// trusted networks only).
 	SupervisorAuth link.Authenticator
+	// Audit, if set, records every supervisor refused for its token.
+	Audit link.Auditor
 }
 
 // Coordinator is the coordinator: a link.Handler for supervisors and a LeaseService for
@@ -179,7 +181,7 @@ func New(opts Options) (*Coordinator, error) {
 		wake:       make(chan struct{}, 1),
 		done:       make(chan struct{}),
 	}
-	c.link = &link.Server{Handler: c, Auth: opts.SupervisorAuth, Logger: opts.Logger.Named("link")}
+	c.link = &link.Server{Handler: c, Auth: opts.SupervisorAuth, Logger: opts.Logger.Named("link"), Audit: opts.Audit}
 	// No supervisor is connected to a process that just started: their grace starts now.
 	if _, err := db.ExecContext(ctx, `UPDATE supervisors SET connected = $1, last_contact = $2 WHERE connected = $3`,
 		false, c.now().UnixNano(), true); err != nil {

@@ -343,6 +343,10 @@ func TestStopDuringBeforeLeaseWaitsForHook(t *testing.T) {
 	if got := strings.Join(lines(), " "); got != "before-done after" {
 		t.Fatalf("hook record %q, want the beforeLease hook finished, then afterLease once", got)
 	}
+	// The lease is over: its hook spools are gone.
+	if _, err := os.Stat(filepath.Join(h.dir, "hooks", job)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("hook spools of an ended lease left behind: %v", err)
+	}
 }
 
 func TestConcurrentEndRequestsRunAfterLeaseOnce(t *testing.T) {

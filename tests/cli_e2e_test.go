@@ -54,6 +54,23 @@ func TestStatusAndLeaseCommands(t *testing.T) {
 	if rel := bv(t, coordAddr, "lease", "release", id); !strings.Contains(rel, "released") {
 		t.Fatalf("lease release: %q", rel)
 	}
+	// The supervisor's audit log holds the lease's transitions, one JSON object a line.
+	deadline := time.Now().Add(wait)
+	for {
+		b, _ := os.ReadFile(filepath.Join(dir, "state", "audit.jsonl"))
+		if strings.Contains(string(b), id) && strings.Contains(string(b), `"DONE"`) {
+			for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+				if !json.Valid([]byte(line)) {
+					t.Fatalf("audit line is not JSON: %q", line)
+				}
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("audit log lacks the lease's end:\n%s", b)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	table := bv(t, coordAddr, "status")
 	if !strings.HasPrefix(table, "BOARD") || !strings.Contains(table, "rpi4-01") {
 		t.Fatalf("status table:\n%s", table)

@@ -11,6 +11,7 @@ package lease
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
 	"sort"
 	"time"
@@ -222,6 +223,12 @@ func (a *leaseActor) step(ctx actor.Context, in jobs.Input) {
 	}
 	if err != nil {
 		a.log.Error("journal lease", "error", err)
+	}
+	if a.l.Phase().Terminal() {
+		// The hooks are over: their spools go (the events hold their output).
+		if err := os.RemoveAll(filepath.Join(a.cfg.SpoolDir, a.cfg.Spec.JobID)); err != nil {
+			a.log.Warn("remove hook spools", "error", err)
+		}
 	}
 	for _, e := range d.Effects {
 		if e.Kind == jobs.EffReport {

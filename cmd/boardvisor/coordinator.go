@@ -9,10 +9,12 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/boardvisor/boardvisor/audit"
 	link "github.com/boardvisor/boardvisor/connector/grpc"
 	"github.com/boardvisor/boardvisor/coordinator"
 	"github.com/boardvisor/boardvisor/supervisor"
@@ -105,6 +107,12 @@ func serveCoordinator(ctx context.Context, opts coordinator.Options, listen, met
 	if err := os.MkdirAll(opts.StateDir, 0o700); err != nil {
 		return fmt.Errorf("state directory: %w", err)
 	}
+	al, err := audit.Open(filepath.Join(opts.StateDir, "audit.jsonl"), audit.Who("coordinator"))
+	if err != nil {
+		return err
+	}
+	defer al.Close()
+	opts.Audit = al
 	c, err := coordinator.New(opts)
 	if err != nil {
 		return err

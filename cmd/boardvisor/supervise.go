@@ -11,6 +11,7 @@ import (
 	"syscall"
 
 	"github.com/boardvisor/boardvisor/actors/outbox"
+	"github.com/boardvisor/boardvisor/audit"
 	"github.com/boardvisor/boardvisor/connector"
 	"github.com/boardvisor/boardvisor/connector/local"
 	"github.com/boardvisor/boardvisor/jobs/journal"
@@ -94,13 +95,20 @@ func serveSupervisor(ctx context.Context, cfg *config.Config, logger hclog.Logge
 	for _, b := range boards {
 		labels[b.Name] = b.Labels
 	}
+	// Every lease transition and every refused access goes to the audit log.
+	al, err := audit.Open(filepath.Join(cfg.StateDir, "audit.jsonl"), audit.Who("supervisor"))
+	if err != nil {
+		return err
+	}
+	defer al.Close()
 	met := metrics.New(mopts)
 	var sup *supervisor.Supervisor
 	svc := exporter.New(labels, enderFunc(func(ctx context.Context, board, job string) error {
 		return sup.EndSession(ctx, board, job)
 	}), dev)
+	svc.Audit = al
 	sup, err = supervisor.Start(supervisor.Options{Boards: boards, StateDir: cfg.StateDir, Conn: conn, Logger: logger,
-		Exporter: svc, Store: jr, Sinks: []outbox.Sink{dev.Sink, met.Sink}})
+		Exporter: svc, Store: jr, Sinks: []outbox.Sink{dev.Sink, met.Sink, al.Sink}})
 	if err != nil {
 		return err
 	}

@@ -256,17 +256,27 @@ func (c *Client) session(ctx context.Context, sup connector.Supervisor) (connect
 	if w == nil {
 		return false, errors.New("coordinator did not answer Hello with Welcome")
 	}
-	if err := c.ack(w.GetLastSeqSeen()); err != nil {
+	seen := w.GetLastSeqSeen()
+	if last := c.opts.Queue.LastSeq(); seen > last {
+		// The coordinator claims events this supervisor never numbered (its database is
+		// from another supervisor, or this outbox was wiped): trust only what exists.
+		c.log.Error("coordinator claims more events than this supervisor sent; acknowledging only those it has",
+			"coordinator_seq", seen, "last_seq", last)
+		seen = last
+	}
+	if err := c.ack(seen); err != nil {
 		return true, err
 	}
 	c.connects.Add(1)
-	cursor := max(w.GetLastSeqSeen(), c.opts.Queue.Acked())
+	cursor := max(seen, c.opts.Queue.Acked())
 	c.log.Info("connected to coordinator", "coordinator", c.opts.Address, "resume_after", cursor)
 
+	var sent atomic.Uint64 // the highest sequence number sent on this stream
+	sent.Store(cursor)
 	sendErr := make(chan error, 1)
-	go func() { sendErr <- c.sendLoop(ctx, stream, cursor) }()
+	go func() { sendErr <- c.sendLoop(ctx, stream, cursor, &sent) }()
 	recvErr := make(chan error, 1)
-	go func() { recvErr <- c.recvLoop(ctx, stream, sup) }()
+	go func() { recvErr <- c.recvLoop(ctx, stream, sup, &sent) }()
 	select {
 	case err = <-sendErr:
 	case err = <-recvErr:
@@ -291,7 +301,7 @@ func (c *Client) ack(seq uint64) error {
 	return nil
 }
 
-func (c *Client) sendLoop(ctx context.Context, stream pb.SupervisorLink_ConnectClient, cursor uint64) error {
+func (c *Client) sendLoop(ctx context.Context, stream pb.SupervisorLink_ConnectClient, cursor uint64, sent *atomic.Uint64) error {
 	for {
 		evs, changed, err := c.opts.Queue.After(cursor, 256)
 		if err != nil {
@@ -302,6 +312,7 @@ func (c *Client) sendLoop(ctx context.Context, stream pb.SupervisorLink_ConnectC
 				return err
 			}
 			cursor = ev.GetSeq()
+			sent.Store(cursor)
 		}
 		if len(evs) > 0 {
 			continue
@@ -314,7 +325,7 @@ func (c *Client) sendLoop(ctx context.Context, stream pb.SupervisorLink_ConnectC
 	}
 }
 
-func (c *Client) recvLoop(ctx context.Context, stream pb.SupervisorLink_ConnectClient, sup connector.Supervisor) error {
+func (c *Client) recvLoop(ctx context.Context, stream pb.SupervisorLink_ConnectClient, sup connector.Supervisor, sent *atomic.Uint64) error {
 	for {
 		m, err := stream.Recv()
 		if err != nil {
@@ -322,6 +333,11 @@ func (c *Client) recvLoop(ctx context.Context, stream pb.SupervisorLink_ConnectC
 		}
 		switch {
 		case m.GetAck() != nil:
+			// An ack beyond what was sent would make the outbox forget events the
+			// coordinator never had: the session ends instead.
+			if up := m.GetAck().GetUpToSeq(); up > sent.Load() {
+				return fmt.Errorf("coordinator acknowledged event %d, but only %d were sent", up, sent.Load())
+			}
 			if err := c.ack(m.GetAck().GetUpToSeq()); err != nil {
 				return err
 			}

@@ -224,5 +224,9 @@ func FuzzClientRecv(f *testing.F) {
 		if len(got) > len(want) || !slices.Equal(got, want[:len(got)]) {
 			t.Fatalf("the Supervisor got %q, want (a prefix of) %q", got, want)
 		}
+		// No Welcome or Ack makes the outbox forget events it never sent.
+		if q.Acked() > q.LastSeq() {
+			t.Fatalf("the outbox acknowledged %d of %d events", q.Acked(), q.LastSeq())
+		}
 	})
 }
