@@ -44,6 +44,8 @@ type Options struct {
 	// Exporter, if set, is the client-facing service: it is fed every event and learns
 	// the lease tokens of accepted jobs.
 	Exporter *exporter.Service
+	// HookEnv, if set, adds to every hook's environment (see lease.Config).
+	HookEnv func(job string) []string
 }
 
 // Supervisor is a running supervisor. It implements connector.Supervisor.
@@ -107,7 +109,7 @@ func Start(opts Options) (*Supervisor, error) {
 	runner := &jhook.Runner{ShimCommand: opts.ShimCommand, Logger: opts.Logger.Named("hook")}
 	s.host = s.sys.Root.SpawnPrefix(host.Props(host.Config{Boards: opts.Boards, Conn: opts.Conn, Sinks: opts.Sinks,
 		Store: opts.Store, Runner: runner, StateDir: opts.StateDir, Logger: opts.Logger.Named("host"),
-		Restore: restore, CannotResume: lost, Reemit: reemit, KeepEnded: keepEnded}), "host")
+		Restore: restore, CannotResume: lost, Reemit: reemit, KeepEnded: keepEnded, HookEnv: opts.HookEnv}), "host")
 	return s, nil
 }
 

@@ -65,3 +65,30 @@ func runShell(t *testing.T, coordAddr string, args ...string) (string, error) {
 	out, err := cmd.CombinedOutput()
 	return string(out), err
 }
+
+// A hook calls the board's drivers with its own token while it runs; the same token is
+// refused once the lease is READY (drivers are the client's then).
+func TestHookCallsDriversWithItsToken(t *testing.T) {
+	dir := t.TempDir()
+	coordAddr := freeAddr(t)
+	startCoordinator(t, coordAddr, filepath.Join(dir, "coord"))
+	tokFile := filepath.Join(dir, "hook-token")
+	before := `"$BOARDVISOR_CLI" power cycle && echo "JMP_INFO: cycled" && echo "$BOARDVISOR_TOKEN" > ` + tokFile
+	cfg := supervisorConfig(t, dir, "lab-1", coordAddr, before, "", boardSpec{"virt-01", "device: virt"})
+	body, _ := os.ReadFile(cfg)
+	body = []byte(strings.Replace(string(body), "    labels: {device: virt}\n", "    labels: {device: virt}\n    drivers: {virtual: {}}\n", 1))
+	os.WriteFile(cfg, body, 0o600)
+	sup := startSupervisor(t, "supervisor", cfg)
+	waitBoards(t, leaseClient(t, coordAddr), 1)
+	out, err := runShell(t, coordAddr, "shell", "-l", "device=virt", "--", "sh", "-c",
+		fmt.Sprintf(`BOARDVISOR_TOKEN=$(cat %s) %s power on; echo "exit=$?"`, tokFile, binary))
+	if err != nil {
+		t.Fatalf("shell: %v\n%s", err, out)
+	}
+	if !strings.Contains(out, "[Hook INFO] cycled") {
+		t.Fatalf("the hook's power cycle did not succeed:\n%s\nsupervisor:\n%s", out, sup.output())
+	}
+	if !strings.Contains(out, "a hook may call drivers only while it runs") || !strings.Contains(out, "exit=1") {
+		t.Fatalf("the hook's token was not refused in READY:\n%s", out)
+	}
+}

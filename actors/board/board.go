@@ -46,8 +46,9 @@ type Config struct {
 	LeaseMiddleware, HookMiddleware []actor.ReceiverMiddleware
 	// Restore are the journalled leases of this board to resume at start-up.
 	Restore []actors.Record
-	// KeepEnded is passed to the board's leases (see lease.Config).
+	// KeepEnded and HookEnv are passed to the board's leases (see lease.Config).
 	KeepEnded bool
+	HookEnv   func(job string) []string
 }
 
 // Props returns the props of a board actor.
@@ -222,7 +223,7 @@ func (b *boardActor) spawnLease(ctx actor.Context, spec jobs.Spec) (*actor.PID, 
 	return ctx.SpawnNamed(lease.Props(lease.Config{Spec: spec, Labels: b.cfg.Labels,
 		Before: b.cfg.Before, After: b.cfg.After, Outbox: b.cfg.Outbox, Store: b.cfg.Store, Runner: b.cfg.Runner,
 		SpoolDir: filepath.Join(b.cfg.StateDir, "hooks"), Logger: b.log.Named("lease").With("job", spec.JobID),
-		Middleware: b.cfg.LeaseMiddleware, HookMiddleware: b.cfg.HookMiddleware, KeepEnded: b.cfg.KeepEnded}), "lease/"+spec.JobID)
+		Middleware: b.cfg.LeaseMiddleware, HookMiddleware: b.cfg.HookMiddleware, KeepEnded: b.cfg.KeepEnded, HookEnv: b.cfg.HookEnv}), "lease/"+spec.JobID)
 }
 
 // restore brings back the leases the journal holds for this board, after a restart of

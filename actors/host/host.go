@@ -42,8 +42,9 @@ type Config struct {
 	// Reemit are journalled transitions the outbox never durably held: they are sent
 	// first, before any board starts.
 	Reemit []connector.Event
-	// KeepEnded is passed to every board (see lease.Config).
+	// KeepEnded and HookEnv are passed to every board (see lease.Config).
 	KeepEnded bool
+	HookEnv   func(job string) []string
 }
 
 // Unresumable is a lease that cannot be resumed after a restart, and why.
@@ -146,6 +147,9 @@ func (h *hostActor) started(ctx actor.Context) {
 	for _, bc := range h.cfg.Boards {
 		bc.Restore = h.restoreFor(bc.Name)
 		bc.KeepEnded = h.cfg.KeepEnded
+		if bc.HookEnv == nil {
+			bc.HookEnv = h.cfg.HookEnv
+		}
 		bc.Outbox = h.outbox
 		if bc.Store == nil {
 			bc.Store = h.cfg.Store

@@ -52,6 +52,9 @@ type Config struct {
 	// Middleware and HookMiddleware wrap the lease actor's and its hook watcher's receive
 	// functions (fault injection in tests).
 	Middleware, HookMiddleware []actor.ReceiverMiddleware
+	// HookEnv, if set, adds to each hook's environment (the hook's token and where to
+	// call drivers).
+	HookEnv func(job string) []string
 	// KeepEnded keeps an ended lease's record in the store (with its last transitions):
 	// the durable outbox deletes it once those are on disk. Without it the record goes
 	// when the lease ends.
@@ -311,6 +314,9 @@ func (a *leaseActor) spawnHook(ctx actor.Context, k jobs.HookKind) {
 	spec.Dir = filepath.Join(a.cfg.SpoolDir, job, k.String())
 	spec.Env = append(jhook.Env(job, a.cfg.Spec.Client, a.cfg.Spec.Board,
 		filepath.Join(a.cfg.SpoolDir, job, "motd"), a.cfg.Labels), paramEnv(a.cfg.Spec.Params)...)
+	if a.cfg.HookEnv != nil {
+		spec.Env = append(spec.Env, a.cfg.HookEnv(job)...)
+	}
 	pid, err := ctx.SpawnNamed(hookactor.Props(hookactor.Config{Kind: k, Spec: spec, JobID: job, Board: a.cfg.Spec.Board,
 		Outbox: a.cfg.Outbox, Store: a.cfg.Store, Runner: a.cfg.Runner, Logger: a.log.With("hook", k.String()),
 		Middleware: a.cfg.HookMiddleware}), "hook/"+k.String())

@@ -28,7 +28,11 @@ type leaseEnv struct{ exporter, board, token string }
 func (l *leaseEnv) add(cmd *cobra.Command) {
 	f := cmd.Flags()
 	f.StringVar(&l.exporter, "exporter", os.Getenv("BOARDVISOR_EXPORTER"), "the board's supervisor (env BOARDVISOR_EXPORTER)")
-	f.StringVar(&l.board, "board", os.Getenv("BOARDVISOR_BOARD"), "the board (env BOARDVISOR_BOARD)")
+	board := os.Getenv("BOARDVISOR_BOARD")
+	if board == "" {
+		board = os.Getenv("BOARD_NAME") // in a hook
+	}
+	f.StringVar(&l.board, "board", board, "the board (env BOARDVISOR_BOARD, or BOARD_NAME in a hook)")
 	f.StringVar(&l.token, "token", os.Getenv("BOARDVISOR_TOKEN"), "the lease token (env BOARDVISOR_TOKEN)")
 }
 

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"net"
@@ -107,8 +108,17 @@ func serveSupervisor(ctx context.Context, cfg *config.Config, logger hclog.Logge
 		return sup.EndSession(ctx, board, job)
 	}), dev)
 	svc.Audit = al
+	// Hooks may call the board's drivers while they run, with a token of their own and
+	// the same commands a user has in `boardvisor shell`.
+	if svc.HookKey, err = hookKey(filepath.Join(cfg.StateDir, "hook.key")); err != nil {
+		return err
+	}
+	self, _ := os.Executable()
+	hookEnv := func(job string) []string {
+		return []string{"BOARDVISOR_EXPORTER=" + lis.Addr().String(), "BOARDVISOR_TOKEN=" + svc.HookToken(job), "BOARDVISOR_CLI=" + self}
+	}
 	sup, err = supervisor.Start(supervisor.Options{Boards: boards, StateDir: cfg.StateDir, Conn: conn, Logger: logger,
-		Exporter: svc, Store: jr, Sinks: []outbox.Sink{dev.Sink, met.Sink, al.Sink}})
+		Exporter: svc, Store: jr, Sinks: []outbox.Sink{dev.Sink, met.Sink, al.Sink}, HookEnv: hookEnv})
 	if err != nil {
 		return err
 	}
@@ -168,4 +178,24 @@ func openJournal(path string, logger hclog.Logger) (*journal.Journal, error) {
 	logger.Error("lease journal damaged: moved aside, starting with an empty journal; its leases cannot be resumed",
 		"file", path, "problem", de.Reason, "moved_to", moved)
 	return journal.Open(path, journal.Options{})
+}
+
+// hookKey reads the key of hook tokens from path, creating it (32 random bytes, 0600) the
+// first time: it outlives restarts, so re-adopted hooks keep their tokens.
+func hookKey(path string) ([]byte, error) {
+	key, err := os.ReadFile(path)
+	if err == nil && len(key) >= 32 {
+		return key, nil
+	}
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("hook key: %w", err)
+	}
+	key = make([]byte, 32)
+	if _, err := rand.Read(key); err != nil {
+		return nil, fmt.Errorf("hook key: %w", err)
+	}
+	if err := os.WriteFile(path, key, 0o600); err != nil {
+		return nil, fmt.Errorf("hook key: %w", err)
+	}
+	return key, nil
 }

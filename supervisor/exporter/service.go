@@ -11,7 +11,10 @@ package exporter
 
 import (
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
 	"crypto/subtle"
+	"encoding/hex"
 	"fmt"
 	"strings"
 	"sync"
@@ -96,6 +99,9 @@ type Service struct {
 	// PERMISSION_DENIED, and, if it is a RequestAuditor, every lease request. Set it
 	// before the service is registered.
 	Audit Auditor
+	// HookKey, if set, turns on hook tokens (see HookToken): hooks may then call drivers
+	// while they run. Set it before the service is used.
+	HookKey []byte
 	// Limits bound the streams clients may hold open. Set them before the service is
 	// registered.
 	Limits Limits
@@ -446,6 +452,50 @@ func (s *Service) EndSession(ctx context.Context, _ *jpb.EndSessionRequest) (*jp
 	return &jpb.EndSessionResponse{Success: true}, nil
 }
 
+// HookToken is the token a lease's hooks get for driver calls: an HMAC of the job ID
+// under the service's HookKey, so that it survives a restart of the daemon (re-adopted
+// hooks keep theirs) and is never stored.
+func (s *Service) HookToken(job string) string {
+	m := hmac.New(sha256.New, s.HookKey)
+	m.Write([]byte("boardvisor hook token\x00" + job))
+	return hex.EncodeToString(m.Sum(nil))
+}
+
+// authorizeDriver admits a driver call: a client with its lease's token (the call then
+// waits for READY), or a hook with its hook token while its hook runs (BEFORE_LEASE or
+// AFTER_LEASE: hooks may call drivers; clients may not then).
+func (s *Service) authorizeDriver(ctx context.Context) (l *leaseState, hook bool, err error) {
+	if len(s.HookKey) > 0 {
+		board := md(ctx, MDBoard)
+		token, _ := strings.CutPrefix(md(ctx, "authorization"), "Bearer ")
+		s.mu.Lock()
+		var cands []*leaseState
+		for _, c := range s.leases {
+			if c.board == board {
+				cands = append(cands, c)
+			}
+		}
+		s.mu.Unlock()
+		for _, c := range cands {
+			if token != "" && hmac.Equal([]byte(token), []byte(s.HookToken(c.job))) {
+				s.mu.Lock()
+				phase := c.phase
+				s.mu.Unlock()
+				if phase != jobs.PhaseBeforeLease && phase != jobs.PhaseAfterLease {
+					s.refused(ctx, board, c.job, "hook token used outside the lease's hooks")
+					return nil, true, status.Errorf(codes.PermissionDenied, "a hook may call drivers only while it runs (the lease is %s)", phase)
+				}
+				return c, true, nil
+			}
+		}
+	}
+	l, err = s.authorize(ctx)
+	if err != nil {
+		return nil, false, err
+	}
+	return l, false, s.waitReady(ctx, l)
+}
+
 // waitReady blocks a driver call until the lease is READY (or fails it at once when the
 // caller asked not to wait).
 func (s *Service) waitReady(ctx context.Context, l *leaseState) error {
@@ -473,11 +523,8 @@ func (s *Service) waitReady(ctx context.Context, l *leaseState) error {
 
 // DriverCall runs a driver method once the lease is READY.
 func (s *Service) DriverCall(ctx context.Context, req *jpb.DriverCallRequest) (*jpb.DriverCallResponse, error) {
-	l, err := s.authorize(ctx)
+	l, _, err := s.authorizeDriver(ctx)
 	if err != nil {
-		return nil, err
-	}
-	if err := s.waitReady(ctx, l); err != nil {
 		return nil, err
 	}
 	if s.drivers == nil {
@@ -493,11 +540,8 @@ func (s *Service) DriverCall(ctx context.Context, req *jpb.DriverCallRequest) (*
 // StreamingDriverCall runs a streaming driver method once the lease is READY.
 func (s *Service) StreamingDriverCall(req *jpb.StreamingDriverCallRequest, stream grpc.ServerStreamingServer[jpb.StreamingDriverCallResponse]) error {
 	ctx := stream.Context()
-	l, err := s.authorize(ctx)
+	l, _, err := s.authorizeDriver(ctx)
 	if err != nil {
-		return err
-	}
-	if err := s.waitReady(ctx, l); err != nil {
 		return err
 	}
 	if s.drivers == nil {
