@@ -1,7 +1,6 @@
 package supervisor
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -37,38 +36,20 @@ import (
 // Clients that misbehave (issue 10, part 3, the client side): oversized messages,
 // many streams, readers that read nothing, and tokens that must not leak.
 
-// lockedBuf is a log destination tests can read while the supervisor writes to it.
-type lockedBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuf) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // auditedService is a supervisor with its client service, an audit log wired into
 // both (events and refusals), and every log line kept.
 type auditedService struct {
 	*harness
 	svc       *exporter.Service
 	addr      string
-	logs      *lockedBuf
+	logs      *syncBuf
 	auditPath string
 }
 
 func startAudited(t *testing.T, limits exporter.Limits, boards ...board.Config) *auditedService {
 	t.Helper()
 	dir := t.TempDir()
-	logs := &lockedBuf{}
+	logs := &syncBuf{}
 	logger := hclog.New(&hclog.LoggerOptions{Output: io.MultiWriter(logs, logWriter{t}), Level: hclog.Trace, Name: "boardvisor"})
 	auditPath := filepath.Join(dir, "audit.jsonl")
 	al, err := audit.Open(auditPath, audit.Who("test-supervisor"))
