@@ -27,6 +27,7 @@ import (
 	jpb "github.com/boardvisor/boardvisor/proto/jumpstarter/v1"
 	"github.com/boardvisor/boardvisor/supervisor/exporter"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -147,19 +148,7 @@ func (c *Client) Connect(ctx context.Context, lease *pb.Lease) (*Session, error)
 		s.Close()
 		return nil, fmt.Errorf("log stream: %s", statusText(err))
 	}
-	go func() {
-		defer close(s.lines)
-		for {
-			r, err := stream.Recv()
-			if err != nil {
-				if !errors.Is(err, io.EOF) {
-					s.errc <- err
-				}
-				return
-			}
-			s.lines <- r
-		}
-	}()
+	go s.follow(sctx, stream)
 	waiting := false
 	for {
 		r, err := s.next(ctx)
@@ -197,6 +186,70 @@ func (c *Client) Connect(ctx context.Context, lease *pb.Lease) (*Session, error)
 			return nil, fmt.Errorf("lease %s ended before it was ready: %s", lease.GetId(), r.GetMessage())
 		case phase == 0:
 			s.print(r)
+		}
+	}
+}
+
+// ReconnectTimeout bounds how long a session waits for a supervisor that went away
+// (a restart) to come back.
+var ReconnectTimeout = 2 * time.Minute
+
+// follow reads the lease's log into s.lines until the lease ends. When the supervisor
+// goes away mid-lease (a restart: the lease goes on there), it says so and follows the
+// log again once the supervisor is back, with the same token.
+func (s *Session) follow(ctx context.Context, stream grpc.ServerStreamingClient[jpb.LogStreamResponse]) {
+	defer close(s.lines)
+	for {
+		r, err := stream.Recv()
+		if err == nil {
+			select {
+			case s.lines <- r:
+			case <-ctx.Done():
+				return
+			}
+			continue
+		}
+		if errors.Is(err, io.EOF) || ctx.Err() != nil {
+			return
+		}
+		if status.Code(err) != codes.Unavailable {
+			s.errc <- err
+			return
+		}
+		s.c.say("Reconnecting to exporter...")
+		if stream, err = s.reopen(ctx); err != nil {
+			s.errc <- err
+			return
+		}
+		s.c.say("Reconnected to exporter.")
+	}
+}
+
+// reopen waits for the supervisor to answer again and opens the lease's log anew.
+func (s *Session) reopen(ctx context.Context) (grpc.ServerStreamingClient[jpb.LogStreamResponse], error) {
+	deadline := time.Now().Add(ReconnectTimeout)
+	for backoff := 100 * time.Millisecond; ; backoff = min(2*backoff, 2*time.Second) {
+		attempt, cancel := context.WithTimeout(ctx, 2*time.Second)
+		_, err := s.Exporter.GetStatus(s.Context(attempt), &jpb.GetStatusRequest{}, grpc.WaitForReady(true))
+		cancel()
+		if err == nil {
+			stream, err := s.Exporter.LogStream(s.Context(ctx), &emptypb.Empty{})
+			if err == nil {
+				return stream, nil
+			}
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("the exporter did not come back within %s: %s", ReconnectTimeout, statusText(err))
+		}
+		t := time.NewTimer(backoff)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return nil, ctx.Err()
 		}
 	}
 }

@@ -136,3 +136,38 @@ func TestShellDialogueThroughATerminal(t *testing.T) {
 	}
 	waitBoards(t, leases, 1) // the board is AVAILABLE again
 }
+
+// The supervisor is killed (kill -9) while a user is in the lease's shell and comes back:
+// the shell says so, reconnects on its own, and the lease is released as usual.
+func TestShellReconnectsAfterSupervisorRestart(t *testing.T) {
+	dir := t.TempDir()
+	coordAddr := freeAddr(t)
+	startCoordinator(t, coordAddr, filepath.Join(dir, "coord"))
+	cfg := supervisorConfig(t, dir, "lab-1", coordAddr, "echo 'JMP_INFO: up'", "echo 'Saving logs to archive...'", boardSpec{"rpi4-01", "device: rpi4"})
+	// A lab host keeps its client service on its configured address across restarts.
+	body, _ := os.ReadFile(cfg)
+	os.WriteFile(cfg, []byte(strings.Replace(string(body), "listen: 127.0.0.1:0", "listen: "+freeAddr(t), 1)), 0o600)
+	sup := startSupervisor(t, "supervisor", cfg)
+	leases := leaseClient(t, coordAddr)
+	waitBoards(t, leases, 1)
+
+	term := openTerminal(t, []string{"BOARDVISOR_COORDINATOR=" + coordAddr, "SHELL=/bin/sh", "PS1=board$ "}, "shell", "-l", "device=rpi4", "--duration", "5m")
+	term.expect("Connected to device.")
+	sup.kill()
+	term.expect("Reconnecting to exporter...")
+	startSupervisor(t, "supervisor-restarted", cfg)
+	term.expect("Reconnected to exporter.")
+	term.send("exit\n")
+	term.expect("Releasing lease...")
+	term.expect("[Hook Output] Saving logs to archive...")
+	term.expect("afterLease hooks completed.")
+	select {
+	case err := <-term.done:
+		if err != nil {
+			t.Fatalf("shell exited with %v, want 0", err)
+		}
+	case <-time.After(wait):
+		t.Fatal("shell did not exit")
+	}
+	waitBoards(t, leases, 1)
+}
