@@ -135,3 +135,22 @@ func TestMetricsEndpoints(t *testing.T) {
 		t.Fatalf("coordinator metrics:\n%s", coord)
 	}
 }
+
+// `boardvisor logs -f` inside a lease: the lease's hook lines and phases so far, then live.
+func TestLogsFollow(t *testing.T) {
+	dir := t.TempDir()
+	coordAddr := freeAddr(t)
+	startCoordinator(t, coordAddr, filepath.Join(dir, "coord"))
+	cfg := supervisorConfig(t, dir, "lab-1", coordAddr, "echo 'JMP_WARN: flash is slow'", "", boardSpec{"rpi4-01", "device: rpi4"})
+	startSupervisor(t, "supervisor", cfg)
+	waitBoards(t, leaseClient(t, coordAddr), 1)
+	out, err := runShell(t, coordAddr, "shell", "-l", "device=rpi4", "--", "sh", "-c", "timeout 2 "+binary+" logs -f; true")
+	if err != nil {
+		t.Fatalf("shell: %v\n%s", err, out)
+	}
+	for _, want := range []string{"BEFORE_LEASE_HOOK WARN  flash is slow", "SYSTEM            INFO  lease READY: ready"} {
+		if !strings.Contains(out, want) {
+			t.Fatalf("logs -f output lacks %q:\n%s", want, out)
+		}
+	}
+}

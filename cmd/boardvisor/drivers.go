@@ -14,6 +14,7 @@ import (
 	jpb "github.com/boardvisor/boardvisor/proto/jumpstarter/v1"
 	"github.com/boardvisor/boardvisor/supervisor/exporter"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
@@ -25,8 +26,9 @@ import (
 // `boardvisor shell` sets (or the flags).
 type leaseEnv struct{ exporter, board, token string }
 
-func (l *leaseEnv) add(cmd *cobra.Command) {
-	f := cmd.Flags()
+func (l *leaseEnv) add(cmd *cobra.Command) { l.addTo(cmd.Flags()) }
+
+func (l *leaseEnv) addTo(f *pflag.FlagSet) {
 	f.StringVar(&l.exporter, "exporter", os.Getenv("BOARDVISOR_EXPORTER"), "the board's supervisor (env BOARDVISOR_EXPORTER)")
 	board := os.Getenv("BOARDVISOR_BOARD")
 	if board == "" {

@@ -1,26 +1,36 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"path/filepath"
+	"strings"
+	"time"
 
 	"github.com/boardvisor/boardvisor/drivers/recording"
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/emptypb"
 )
 
 func newLogs() *cobra.Command {
 	var stateDir, board, lease string
-	var console bool
+	var console, follow bool
+	var le leaseEnv
 	cmd := &cobra.Command{
-		Use:   "logs --console --lease ID --state-dir DIR [--board NAME]",
-		Short: "print a lease's recorded console (run it on the lab host)",
+		Use:   "logs (-f | --console --lease ID --state-dir DIR [--board NAME])",
+		Short: "follow the lease's hook and phase log (-f), or print a lease's recorded console",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if follow {
+				return followLog(le)
+			}
 			if !console || lease == "" || stateDir == "" {
-				return usageError{errors.New("give --console, --lease ID and --state-dir DIR")}
+				return usageError{errors.New("give -f (inside `boardvisor shell`), or --console, --lease ID and --state-dir DIR")}
 			}
 			boards := []string{board}
 			if board == "" {
@@ -46,9 +56,40 @@ func newLogs() *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
+	f.BoolVarP(&follow, "follow", "f", false, "follow the lease's log (hook lines and phases) until it ends")
+	le.addTo(f)
 	f.BoolVar(&console, "console", false, "the lease's console")
 	f.StringVar(&lease, "lease", "", "the lease ID")
 	f.StringVar(&stateDir, "state-dir", "", "the supervisor's state directory")
-	f.StringVar(&board, "board", "", "the board (default: look in every board's recordings)")
+	f.StringVar(&board, "recorded-board", "", "with --console: the board (default: look in every board's recordings)")
 	return cmd
+}
+
+// followLog prints the lease's log as it comes: hook lines and phase changes.
+func followLog(le leaseEnv) error {
+	c, closeConn, err := le.dial()
+	if err != nil {
+		return err
+	}
+	defer closeConn()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	stream, err := c.LogStream(le.ctx(ctx), &emptypb.Empty{})
+	if err != nil {
+		return fmt.Errorf("log: %s", status.Convert(err).Message())
+	}
+	for {
+		r, err := stream.Recv()
+		if errors.Is(err, io.EOF) || ctx.Err() != nil {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("log: %s", status.Convert(err).Message())
+		}
+		if r.GetMissed() > 0 {
+			fmt.Printf("(%d lines missed)\n", r.GetMissed())
+		}
+		src := strings.TrimPrefix(r.GetSource().String(), "LOG_SOURCE_")
+		fmt.Printf("%s %-17s %-5s %s\n", time.Now().Format("15:04:05.000"), src, r.GetSeverity(), r.GetMessage())
+	}
 }
