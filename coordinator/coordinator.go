@@ -63,8 +63,13 @@ type Options struct {
 	// SupervisorAuth checks supervisors' tokens; nil accepts every supervisor (tests and
 	// trusted networks only).
 	SupervisorAuth link.Authenticator
-	// Audit, if set, records every supervisor refused for its token.
+	// Audit, if set, records every supervisor or client refused for its token.
 	Audit link.Auditor
+	// ClientTokens, if set, turns on client authentication: every LeaseService call needs
+	// one of these tokens, the lease is recorded under its user's name, only the lease's
+	// holder or an admin may release or extend it, and only an admin may change
+	// maintenance. Register's server must be built with ServerOptions.
+	ClientTokens ClientTokens
 }
 
 // Coordinator is the coordinator: a link.Handler for supervisors and a LeaseService for

@@ -50,8 +50,12 @@ func (c *Coordinator) CreateLease(ctx context.Context, req *pb.CreateLeaseReques
 	if board != "" {
 		want = "board " + board + " to be free"
 	}
+	client := req.GetClientName()
+	if u, ok := userOf(ctx); ok {
+		client = u.Name // an authenticated lease is recorded under its user's name
+	}
 	l := &leaseRow{
-		ID: uuid.NewString(), Selector: sel.String(), WantBoard: board, Client: req.GetClientName(), Token: token,
+		ID: uuid.NewString(), Selector: sel.String(), WantBoard: board, Client: client, Token: token,
 		DurationNS: int64(d), State: stateQueued, Phase: int32(pb.LeasePhase_LEASE_PHASE_CREATED),
 		StatusMessage: "queued: waiting for " + want, CreatedAt: c.now().UnixNano(),
 	}
@@ -170,6 +174,9 @@ func (c *Coordinator) ReleaseLease(ctx context.Context, req *pb.ReleaseLeaseRequ
 		if l == nil {
 			return status.Errorf(codes.NotFound, "lease %s not found", req.GetId())
 		}
+		if err := mayChange(ctx, l.Client); err != nil {
+			return err
+		}
 		out = l
 		switch l.State {
 		case stateEnded:
@@ -205,6 +212,11 @@ func (c *Coordinator) ExtendLease(ctx context.Context, req *pb.ExtendLeaseReques
 		l, err := getLease(ctx, tx, req.GetId())
 		if err != nil {
 			return err
+		}
+		if l != nil {
+			if err := mayChange(ctx, l.Client); err != nil {
+				return err
+			}
 		}
 		switch {
 		case l == nil:

@@ -24,7 +24,7 @@ import (
 )
 
 func newCoordinator(g *globalFlags) *cobra.Command {
-	var listen, stateDir, tokens, cert, key, metricsAddr string
+	var listen, stateDir, tokens, clientTokens, cert, key, metricsAddr string
 	var grace time.Duration
 	cmd := &cobra.Command{
 		Use:   "coordinator --state-dir DIR [--listen ADDR] [--supervisor-tokens FILE]",
@@ -50,6 +50,15 @@ func newCoordinator(g *globalFlags) *cobra.Command {
 			} else {
 				logger.Warn("no --supervisor-tokens file: every supervisor is accepted (use only on a trusted network)")
 			}
+			if clientTokens != "" {
+				users, err := readClientTokens(clientTokens)
+				if err != nil {
+					return err
+				}
+				opts.ClientTokens = users
+			} else {
+				logger.Warn("no --client-tokens file: every client is accepted and may change any lease (use only on a trusted network)")
+			}
 			var sopts []grpc.ServerOption
 			if cert != "" || key != "" {
 				pair, err := tls.LoadX509KeyPair(cert, key)
@@ -65,6 +74,7 @@ func newCoordinator(g *globalFlags) *cobra.Command {
 	f.StringVar(&listen, "listen", "127.0.0.1:7400", "address for supervisors and clients")
 	f.StringVar(&stateDir, "state-dir", "", "directory for the coordinator's database (required)")
 	f.StringVar(&tokens, "supervisor-tokens", "", "file of `supervisor-id token` lines; only these supervisors are accepted")
+	f.StringVar(&clientTokens, "client-tokens", "", "file of `user token [admin]` lines; only these clients are accepted")
 	f.StringVar(&cert, "tls-cert", "", "TLS certificate (PEM); with --tls-key turns TLS on")
 	f.StringVar(&key, "tls-key", "", "TLS private key (PEM)")
 	f.DurationVar(&grace, "grace", 30*time.Second, "how long a supervisor may be gone before its boards show OFFLINE")
@@ -122,7 +132,7 @@ func serveCoordinator(ctx context.Context, opts coordinator.Options, listen, met
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", listen, err)
 	}
-	srv := supervisor.NewGRPCServer(sopts...)
+	srv := supervisor.NewGRPCServer(append(sopts, c.ServerOptions()...)...)
 	c.Register(srv)
 	go srv.Serve(lis)
 	defer srv.Stop()
@@ -148,4 +158,33 @@ func serveCoordinator(ctx context.Context, opts coordinator.Options, listen, met
 		return err
 	}
 	return nil
+}
+
+// readClientTokens reads "user token [admin]" lines ('#' starts a comment).
+func readClientTokens(path string) (coordinator.ClientTokens, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("client tokens: %w", err)
+	}
+	defer f.Close()
+	users := coordinator.ClientTokens{}
+	sc := bufio.NewScanner(f)
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		fields := strings.Fields(line)
+		if len(fields) < 2 || len(fields) > 3 || (len(fields) == 3 && fields[2] != "admin") {
+			return nil, fmt.Errorf("%s:%d: want `user token` or `user token admin`", path, n)
+		}
+		users[fields[1]] = coordinator.User{Name: fields[0], Admin: len(fields) == 3}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("client tokens %s: %w", path, err)
+	}
+	if len(users) == 0 {
+		return nil, fmt.Errorf("client tokens %s: no tokens", path)
+	}
+	return users, nil
 }

@@ -33,8 +33,21 @@ func (c *coordFlags) addTo(f *pflag.FlagSet) {
 	f.StringVar(&c.addr, "coordinator", def, "coordinator address (env BOARDVISOR_COORDINATOR)")
 }
 
+// userToken sends the user's coordinator token (BOARDVISOR_USER_TOKEN) with every call.
+type userToken string
+
+func (t userToken) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": "Bearer " + string(t)}, nil
+}
+
+func (userToken) RequireTransportSecurity() bool { return false }
+
 func (c *coordFlags) dial() (pb.LeaseServiceClient, func(), error) {
-	conn, err := grpc.NewClient(c.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	if t := os.Getenv("BOARDVISOR_USER_TOKEN"); t != "" {
+		opts = append(opts, grpc.WithPerRPCCredentials(userToken(t)))
+	}
+	conn, err := grpc.NewClient(c.addr, opts...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("coordinator %s: %w", c.addr, err)
 	}
