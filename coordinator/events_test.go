@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -141,5 +142,29 @@ func TestWatcherBufferIsBounded(t *testing.T) {
 	q := w.drain()
 	if len(q) != WatchBuffer || q[len(q)-1].GetPhase() != pb.LeasePhase(3*WatchBuffer-1) {
 		t.Fatalf("%d snapshots kept, last %v", len(q), q[len(q)-1])
+	}
+}
+
+// A supervisor's events about boards it did not announce change nothing and are logged.
+func TestEventsForUnannouncedBoardsAreRefused(t *testing.T) {
+	e := newEnv(t, "", Options{})
+	a := e.dial("lab-a", []*pb.BoardInfo{board("a1", "device", "rpi4")}, supOpts{})
+	e.dial("lab-b", []*pb.BoardInfo{board("b1", "device", "rpi4")}, supOpts{})
+	a.event(&pb.Event{Body: &pb.Event_BoardStatus{BoardStatus: &pb.BoardStatus{Board: "b1",
+		Status: jpb.ExporterStatus_EXPORTER_STATUS_OFFLINE, Health: pb.BoardHealth_BOARD_HEALTH_BAD}}})
+	a.event(&pb.Event{Body: &pb.Event_BoardStatus{BoardStatus: &pb.BoardStatus{Board: "ghost",
+		Status: jpb.ExporterStatus_EXPORTER_STATUS_AVAILABLE, Health: pb.BoardHealth_BOARD_HEALTH_GOOD}}})
+	a.waitAcked()
+	bs := e.boards()
+	if b := bs["b1"]; b.GetHealth() != pb.BoardHealth_BOARD_HEALTH_GOOD || b.GetSupervisorId() != "lab-b" {
+		t.Fatalf("lab-a changed lab-b's board: %v", b)
+	}
+	if _, ok := bs["ghost"]; ok {
+		t.Fatal("an unannounced board appeared")
+	}
+	for _, want := range []string{`board=b1 served_by=lab-b`, `board=ghost served_by=""`} {
+		if !strings.Contains(e.logs.String(), want) {
+			t.Fatalf("refusal not logged (%s):\n%s", want, e.logs.String())
+		}
 	}
 }

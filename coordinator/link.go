@@ -320,6 +320,22 @@ func (c *Coordinator) Events(ctx context.Context, s *link.Session, evs []*pb.Eve
 			if n, err := res.RowsAffected(); err == nil && n == 0 {
 				continue // stored before (a replay racing a newer session): applied then
 			}
+			if board != "" {
+				// An event about a board this supervisor did not announce (or another
+				// supervisor serves) is kept as evidence but changes nothing.
+				owner, err := boardOwner(ctx, tx, board)
+				if err != nil {
+					return err
+				}
+				if owner != sup {
+					reason := fmt.Sprintf("event %d (%s) about board %q, which supervisor %s did not announce", ev.GetSeq(), kind, board, sup)
+					c.log.Warn("refused an event for a board the supervisor does not serve", "supervisor", sup, "seq", ev.GetSeq(), "kind", kind, "board", board, "served_by", owner)
+					if c.opts.Audit != nil {
+						c.opts.Audit.Refused(sup, board, job, reason)
+					}
+					continue
+				}
+			}
 			if err := c.applyEvent(ctx, tx, fx, sup, ev, at.UnixNano()); err != nil {
 				return fmt.Errorf("event %d (%s): %w", ev.GetSeq(), kind, err)
 			}
@@ -597,4 +613,14 @@ func (c *Coordinator) checkGrace(ctx context.Context) {
 			c.log.Warn("supervisor gone longer than the grace period: its boards show OFFLINE; its leases stay", "supervisor", id, "grace", c.opts.Grace)
 		}
 	}
+}
+
+// boardOwner returns the supervisor serving board ("" if none announced it).
+func boardOwner(ctx context.Context, tx *sql.Tx, board string) (string, error) {
+	var owner string
+	err := tx.QueryRowContext(ctx, `SELECT supervisor_id FROM boards WHERE name = $1`, board).Scan(&owner)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", nil
+	}
+	return owner, err
 }
