@@ -88,7 +88,8 @@ func Start(opts Options) (*Supervisor, error) {
 	if opts.Exporter != nil {
 		opts.Sinks = append(opts.Sinks, opts.Exporter.Sink)
 	}
-	restore, lost, reemit, err := resume(opts)
+	runner := &jhook.Runner{ShimCommand: opts.ShimCommand, Logger: opts.Logger.Named("hook")}
+	restore, lost, reemit, err := resume(opts, runner)
 	if err != nil {
 		return nil, err
 	}
@@ -106,7 +107,6 @@ func Start(opts Options) (*Supervisor, error) {
 		})
 	}
 	s := &Supervisor{opts: opts, log: opts.Logger, sys: actors.NewSystem(opts.Logger)}
-	runner := &jhook.Runner{ShimCommand: opts.ShimCommand, Logger: opts.Logger.Named("hook")}
 	s.host = s.sys.Root.SpawnPrefix(host.Props(host.Config{Boards: opts.Boards, Conn: opts.Conn, Sinks: opts.Sinks,
 		Store: opts.Store, Runner: runner, StateDir: opts.StateDir, Logger: opts.Logger.Named("host"),
 		Restore: restore, CannotResume: lost, Reemit: reemit, KeepEnded: keepEnded, HookEnv: opts.HookEnv}), "host")
@@ -117,7 +117,7 @@ func Start(opts Options) (*Supervisor, error) {
 // what else must know them before the actors start: the client service (their tokens),
 // the coordinator link (its Hello lists them), the read offsets of their hooks, and the
 // transitions the outbox never durably held (sent again, with their step numbers).
-func resume(opts Options) (live []actors.Record, lost []host.Unresumable, reemit []connector.Event, err error) {
+func resume(opts Options, runner *jhook.Runner) (live []actors.Record, lost []host.Unresumable, reemit []connector.Event, err error) {
 	j, ok := opts.Store.(interface {
 		LoadAll() ([]actors.Record, []journal.Damaged, error)
 	})
@@ -146,6 +146,11 @@ func resume(opts Options) (live []actors.Record, lost []host.Unresumable, reemit
 	for _, r := range recs {
 		job := r.Spec.JobID
 		var unsent []connector.Event
+		// A hook that finished while its last lines were not yet on the outbox's disk:
+		// they are read again from its spool.
+		if r.Hook != nil && r.Hook.Dir != "" && (r.State.HookRunning == jobs.HookNone || r.State.HookRunning != r.Hook.Kind) && offsets != nil {
+			reemit = append(reemit, finishedHookLines(opts, runner, r, offsets)...)
+		}
 		if steps != nil {
 			held := steps.TransitionStep(job)
 			for _, t := range r.Reported {
@@ -272,4 +277,34 @@ func (s *Supervisor) Stop() {
 		s.log.Warn("actors did not stop in time", "error", err)
 	}
 	s.sys.Shutdown()
+}
+
+// finishedHookLines reads a finished hook's output from where the outbox durably has it
+// to the end, as events to send again. A spool that is gone yields nothing.
+func finishedHookLines(opts Options, runner *jhook.Runner, r actors.Record, offsets interface {
+	HookOffset(job string, source jobs.LogSource) (int64, bool)
+}) []connector.Event {
+	job, k := r.Spec.JobID, r.Hook.Kind
+	off, _ := offsets.HookOffset(job, k.Source())
+	if _, err := os.Stat(filepath.Join(r.Hook.Dir, "output")); err != nil {
+		return nil
+	}
+	var evs []connector.Event
+	run, err := runner.Adopt(r.Hook.Dir, 0, 0, off, func(l jhook.Line) {
+		evs = append(evs, connector.Event{Board: r.Spec.Board, JobID: job, Hook: &connector.HookLine{
+			Source: k.Source(), Severity: l.Severity, Text: l.Text, Cut: l.Cut, Offset: l.Offset}})
+	})
+	if err != nil {
+		opts.Logger.Warn("read a finished hook's spool", "job", job, "hook", k.String(), "error", err)
+		return nil
+	}
+	select {
+	case <-run.Done():
+	case <-time.After(10 * time.Second):
+		run.Detach()
+	}
+	if len(evs) > 0 {
+		opts.Logger.Info("sending hook lines the outbox did not hold", "job", job, "hook", k.String(), "count", len(evs), "outbox_offset", off)
+	}
+	return evs
 }
