@@ -470,3 +470,39 @@ func TestInputAndEffectStrings(t *testing.T) {
 		t.Fatal("unknown timer not ignored")
 	}
 }
+
+func TestTokenHash(t *testing.T) {
+	// SHA-256 of "abc" (FIPS 180-2 test vector), in hex.
+	if got := TokenHash("abc"); got != "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad" {
+		t.Fatalf("TokenHash(abc) = %s", got)
+	}
+	if TokenHash("a") == TokenHash("b") {
+		t.Fatal("different tokens hash alike")
+	}
+}
+
+func TestEveryEnumName(t *testing.T) {
+	sources := map[LogSource]string{SourceUnspecified: "UNSPECIFIED", SourceDriver: "DRIVER", SourceBeforeLeaseHook: "BEFORE_LEASE_HOOK",
+		SourceAfterLeaseHook: "AFTER_LEASE_HOOK", SourceSystem: "SYSTEM", SourceMessage: "MESSAGE"}
+	for s, want := range sources {
+		if s.String() != want {
+			t.Errorf("LogSource(%d) = %s, want %s", s, s, want)
+		}
+	}
+	healths := map[Health]string{HealthUnspecified: "unspecified", HealthGood: "good", HealthUnknown: "unknown", HealthBad: "bad", HealthMaintenance: "maintenance"}
+	for h, want := range healths {
+		if h.String() != want {
+			t.Errorf("Health(%d) = %s, want %s", h, h, want)
+		}
+	}
+	for s := StatusUnspecified; s <= StatusAfterLeaseHookFailed; s++ {
+		if strings.Contains(s.String(), "(") {
+			t.Errorf("ExporterStatus(%d) has no name", s)
+		}
+	}
+	for _, s := range []Severity{SeverityInfo, SeverityWarn, SeverityError} {
+		if strings.Contains(s.String(), "(") {
+			t.Errorf("Severity(%d) has no name", s)
+		}
+	}
+}
