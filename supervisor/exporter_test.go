@@ -41,7 +41,7 @@ func startClientService(t *testing.T, boards ...board.Config) *clientHarness {
 		labels[b.Name] = b.Labels
 	}
 	var h *harness
-	svc := exporter.New(labels, enderFunc(func(ctx context.Context, board, job string) error {
+	svc := exporter.New(labels, exporter.EnderFunc(func(ctx context.Context, board, job string) error {
 		return h.sup.EndSession(ctx, board, job)
 	}), nil)
 	h = startWith(t, svc, boards...)
@@ -59,12 +59,6 @@ func startClientService(t *testing.T, boards ...board.Config) *clientHarness {
 	}
 	t.Cleanup(func() { conn.Close() })
 	return &clientHarness{harness: h, client: jpb.NewExporterServiceClient(conn), conn: conn}
-}
-
-type enderFunc func(ctx context.Context, board, job string) error
-
-func (f enderFunc) EndSession(ctx context.Context, board, job string) error {
-	return f(ctx, board, job)
 }
 
 func callCtx(t *testing.T, board, token string, kv ...string) context.Context {

@@ -65,7 +65,7 @@ func startAudited(t *testing.T, limits exporter.Limits, boards ...board.Config) 
 		}
 	}
 	var sup *Supervisor
-	svc := exporter.New(labels, enderFunc(func(ctx context.Context, board, job string) error {
+	svc := exporter.New(labels, exporter.EnderFunc(func(ctx context.Context, board, job string) error {
 		return sup.EndSession(ctx, board, job)
 	}), nil)
 	svc.Audit, svc.Limits = al, limits

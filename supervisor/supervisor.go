@@ -286,7 +286,8 @@ func finishedHookLines(opts Options, runner *jhook.Runner, r actors.Record, offs
 }) []connector.Event {
 	job, k := r.Spec.JobID, r.Hook.Kind
 	off, _ := offsets.HookOffset(job, k.Source())
-	if _, err := os.Stat(filepath.Join(r.Hook.Dir, "output")); err != nil {
+	// Nothing past the outbox's offset (the usual case): no need to read the spool.
+	if fi, err := os.Stat(filepath.Join(r.Hook.Dir, "output")); err != nil || fi.Size() <= off {
 		return nil
 	}
 	var evs []connector.Event

@@ -144,8 +144,12 @@ func (h *hostActor) started(ctx actor.Context) {
 		ctx.Send(h.outbox, &actors.Emit{Event: connector.Event{Board: u.Board, JobID: u.JobID,
 			Error: jobs.NewJobError(jobs.KindCannotResume, u.Reason)}})
 	}
+	byBoard := map[string][]actors.Record{}
+	for _, r := range h.cfg.Restore {
+		byBoard[r.Spec.Board] = append(byBoard[r.Spec.Board], r)
+	}
 	for _, bc := range h.cfg.Boards {
-		bc.Restore = h.restoreFor(bc.Name)
+		bc.Restore = byBoard[bc.Name]
 		bc.KeepEnded = h.cfg.KeepEnded
 		if bc.HookEnv == nil {
 			bc.HookEnv = h.cfg.HookEnv
@@ -171,16 +175,6 @@ func (h *hostActor) started(ctx actor.Context) {
 		h.boards[bc.Name] = pid
 	}
 	h.log.Info("supervising boards", "boards", len(h.boards))
-}
-
-func (h *hostActor) restoreFor(board string) []actors.Record {
-	var out []actors.Record
-	for _, r := range h.cfg.Restore {
-		if r.Spec.Board == board {
-			out = append(out, r)
-		}
-	}
-	return out
 }
 
 func (h *hostActor) startJob(ctx actor.Context, m *actors.StartJob) {

@@ -104,7 +104,7 @@ func serveSupervisor(ctx context.Context, cfg *config.Config, logger hclog.Logge
 	defer al.Close()
 	met := metrics.New(mopts)
 	var sup *supervisor.Supervisor
-	svc := exporter.New(labels, enderFunc(func(ctx context.Context, board, job string) error {
+	svc := exporter.New(labels, exporter.EnderFunc(func(ctx context.Context, board, job string) error {
 		return sup.EndSession(ctx, board, job)
 	}), dev)
 	svc.Audit = al
@@ -154,13 +154,6 @@ var errMissingConfig = usageErrorText("--config FILE is required")
 type usageErrorText string
 
 func (e usageErrorText) Error() string { return string(e) }
-
-// enderFunc adapts a function to exporter.Ender.
-type enderFunc func(ctx context.Context, board, job string) error
-
-func (f enderFunc) EndSession(ctx context.Context, board, job string) error {
-	return f(ctx, board, job)
-}
 
 // openJournal opens the lease journal. A damaged one is reported, moved aside, and
 // replaced by an empty one: the daemon still serves its boards, and the coordinator

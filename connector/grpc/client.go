@@ -156,10 +156,8 @@ func (c *Client) forgetEnded(acked uint64) {
 		}
 	}
 	c.mu.Unlock()
-	for _, id := range gone {
-		if err := c.opts.Queue.ForgetJob(id); err != nil {
-			c.log.Warn("forget job in outbox", "job", id, "error", err)
-		}
+	if err := c.opts.Queue.ForgetJobs(gone...); err != nil {
+		c.log.Warn("forget ended jobs in outbox", "jobs", len(gone), "error", err)
 	}
 }
 

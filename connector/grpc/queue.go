@@ -376,17 +376,26 @@ func (q *Queue) HookOffset(job string, source int32) (int64, bool) {
 	return int64(off), found
 }
 
-// ForgetJob drops what the queue remembers of a job that is over.
-func (q *Queue) ForgetJob(job string) error {
+// ForgetJobs drops what the queue remembers of jobs that are over, in one transaction.
+func (q *Queue) ForgetJobs(jobs ...string) error {
+	if len(jobs) == 0 {
+		return nil
+	}
 	return q.db.Update(func(tx *bolt.Tx) error {
-		c := tx.Bucket(bucketMeta).Cursor()
-		prefix := []byte("hook/" + job + "/")
-		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Seek(prefix) {
-			if err := c.Delete(); err != nil {
+		meta := tx.Bucket(bucketMeta)
+		for _, job := range jobs {
+			c := meta.Cursor()
+			prefix := []byte("hook/" + job + "/")
+			for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Seek(prefix) {
+				if err := c.Delete(); err != nil {
+					return err
+				}
+			}
+			if err := meta.Delete(stepKey(job)); err != nil {
 				return err
 			}
 		}
-		return tx.Bucket(bucketMeta).Delete(stepKey(job))
+		return nil
 	})
 }
 

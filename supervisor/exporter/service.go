@@ -51,6 +51,14 @@ type Ender interface {
 	EndSession(ctx context.Context, board, jobID string) error
 }
 
+// EnderFunc adapts a function to Ender.
+type EnderFunc func(ctx context.Context, board, jobID string) error
+
+// EndSession calls f.
+func (f EnderFunc) EndSession(ctx context.Context, board, jobID string) error {
+	return f(ctx, board, jobID)
+}
+
 // Drivers runs driver calls for READY leases. Nil means no driver is callable yet.
 type Drivers interface {
 	Call(ctx context.Context, board, driver, method string, args []*structpb.Value) (*structpb.Value, error)
@@ -465,9 +473,13 @@ func (s *Service) HookToken(job string) string {
 // waits for READY), or a hook with its hook token while its hook runs (BEFORE_LEASE or
 // AFTER_LEASE: hooks may call drivers; clients may not then).
 func (s *Service) authorizeDriver(ctx context.Context) (l *leaseState, hook bool, err error) {
-	if len(s.HookKey) > 0 {
-		board := md(ctx, MDBoard)
-		token, _ := strings.CutPrefix(md(ctx, "authorization"), "Bearer ")
+	board := md(ctx, MDBoard)
+	token, _ := strings.CutPrefix(md(ctx, "authorization"), "Bearer ")
+	s.mu.Lock()
+	client := token != "" && s.tokens[jobs.TokenHash(token)] != nil
+	s.mu.Unlock()
+	// A client's token is found by its hash; only what is not one is tried as a hook's.
+	if !client && token != "" && len(s.HookKey) > 0 {
 		s.mu.Lock()
 		var cands []*leaseState
 		for _, c := range s.leases {
@@ -477,7 +489,7 @@ func (s *Service) authorizeDriver(ctx context.Context) (l *leaseState, hook bool
 		}
 		s.mu.Unlock()
 		for _, c := range cands {
-			if token != "" && hmac.Equal([]byte(token), []byte(s.HookToken(c.job))) {
+			if hmac.Equal([]byte(token), []byte(s.HookToken(c.job))) {
 				s.mu.Lock()
 				phase := c.phase
 				s.mu.Unlock()

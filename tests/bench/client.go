@@ -51,7 +51,7 @@ func startClientSide(e *env, boards []board.Config, sinks ...outbox.Sink) (*clie
 	}
 	cs := &clientSide{ph: newPhases(), jr: jr}
 	cs.c = newConn(cs.ph.event)
-	svc := exporter.New(labels, enderFunc(func(ctx context.Context, board, job string) error {
+	svc := exporter.New(labels, exporter.EnderFunc(func(ctx context.Context, board, job string) error {
 		return cs.p.sup.EndSession(ctx, board, job)
 	}), nil)
 	cs.p, err = startInproc(e, inprocOpts{boards: boards, conn: cs.c, exporter: svc, sinks: sinks, store: supervisor.Options{Store: jr}})
@@ -78,12 +78,6 @@ func startClientSide(e *env, boards []board.Config, sinks ...outbox.Sink) (*clie
 		jr.Close()
 	}
 	return cs, nil
-}
-
-type enderFunc func(ctx context.Context, board, job string) error
-
-func (f enderFunc) EndSession(ctx context.Context, board, job string) error {
-	return f(ctx, board, job)
 }
 
 func callCtx(ctx context.Context, board, token string) context.Context {
