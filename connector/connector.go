@@ -183,3 +183,31 @@ func (ev Event) String() string {
 	}
 	return head + ": empty"
 }
+
+// Batcher is a connector that takes many events in one call. The outbox hands it every
+// run of events it numbered together (a read chunk of hook output, a tick of console
+// bytes), in sequence order, so that per-event costs (locks, wake-ups, writes) are paid
+// once per batch.
+type Batcher interface {
+	DeliverBatch(evs []Event)
+}
+
+// Syncer is a connector that keeps events durably (the supervisor's on-disk outbox).
+// Synced returns a channel closed once every event delivered before the call is
+// durable. A failed write is retried, never reported as durable: the channel stays open
+// until the events are on disk, or until the connector is closed (then nothing is
+// implied; see the connector's own documentation).
+type Syncer interface {
+	Synced() <-chan struct{}
+}
+
+// DeliverAll hands evs to c: in one call if c is a Batcher, else one event at a time.
+func DeliverAll(c SupervisorConnector, evs []Event) {
+	if b, ok := c.(Batcher); ok {
+		b.DeliverBatch(evs)
+		return
+	}
+	for _, ev := range evs {
+		Deliver(c, ev)
+	}
+}
