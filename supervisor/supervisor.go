@@ -291,9 +291,11 @@ func finishedHookLines(opts Options, runner *jhook.Runner, r actors.Record, offs
 		return nil
 	}
 	var evs []connector.Event
-	run, err := runner.Adopt(r.Hook.Dir, 0, 0, off, func(l jhook.Line) {
-		evs = append(evs, connector.Event{Board: r.Spec.Board, JobID: job, Hook: &connector.HookLine{
-			Source: k.Source(), Severity: l.Severity, Text: l.Text, Cut: l.Cut, Offset: l.Offset}})
+	run, err := runner.Adopt(r.Hook.Dir, 0, 0, off, func(ls []jhook.Line) {
+		for _, l := range ls {
+			evs = append(evs, connector.Event{Board: r.Spec.Board, JobID: job, Hook: &connector.HookLine{
+				Source: k.Source(), Severity: l.Severity, Text: l.Text, Cut: l.Cut, Offset: l.Offset}})
+		}
 	})
 	if err != nil {
 		opts.Logger.Warn("read a finished hook's spool", "job", job, "hook", k.String(), "error", err)

@@ -50,9 +50,9 @@ func Props(cfg Config) *actor.Props {
 type (
 	// token must not be zero-size: distinct pointers to zero-size values may be equal.
 	token   struct{ _ byte }
-	lineMsg struct {
-		tok  *token
-		line jhook.Line
+	linesMsg struct {
+		tok   *token
+		lines []jhook.Line
 	}
 	doneMsg struct {
 		tok *token
@@ -70,9 +70,9 @@ func (w *watcher) Receive(ctx actor.Context) {
 	switch m := ctx.Message().(type) {
 	case *actor.Started:
 		w.start(ctx)
-	case *lineMsg:
+	case *linesMsg:
 		if m.tok == w.tok {
-			w.line(ctx, m.line)
+			w.lines(ctx, m.lines)
 		}
 	case *doneMsg:
 		if m.tok == w.tok {
@@ -94,7 +94,7 @@ func (w *watcher) start(ctx actor.Context) {
 	self, root := ctx.Self(), ctx.ActorSystem().Root
 	tok := &token{}
 	w.tok = tok
-	onLine := func(l jhook.Line) { root.Send(self, &lineMsg{tok: tok, line: l}) }
+	onLine := func(ls []jhook.Line) { root.Send(self, &linesMsg{tok: tok, lines: ls}) }
 
 	rec, ok, err := w.cfg.Store.Load(w.cfg.JobID)
 	if err != nil {
@@ -130,10 +130,12 @@ func (w *watcher) start(ctx actor.Context) {
 	}()
 }
 
-func (w *watcher) line(ctx actor.Context, l jhook.Line) {
-	ctx.Send(w.cfg.Outbox, &actors.Emit{Event: connector.Event{Board: w.cfg.Board, JobID: w.cfg.JobID,
-		Hook: &connector.HookLine{Source: w.cfg.Kind.Source(), Severity: l.Severity, Text: l.Text, Cut: l.Cut, Offset: l.Offset}}})
-	if err := w.cfg.Store.SetHookOffset(w.cfg.JobID, l.Offset); err != nil {
+func (w *watcher) lines(ctx actor.Context, ls []jhook.Line) {
+	for _, l := range ls {
+		ctx.Send(w.cfg.Outbox, &actors.Emit{Event: connector.Event{Board: w.cfg.Board, JobID: w.cfg.JobID,
+			Hook: &connector.HookLine{Source: w.cfg.Kind.Source(), Severity: l.Severity, Text: l.Text, Cut: l.Cut, Offset: l.Offset}}})
+	}
+	if err := w.cfg.Store.SetHookOffset(w.cfg.JobID, ls[len(ls)-1].Offset); err != nil {
 		w.cfg.Logger.Error("record hook offset", "error", err)
 	}
 }
@@ -144,7 +146,7 @@ func started(dir string) bool {
 	return err == nil && len(entries) > 0
 }
 
-func (w *watcher) startRun(onLine func(jhook.Line)) (*jhook.Run, error) {
+func (w *watcher) startRun(onLine func([]jhook.Line)) (*jhook.Run, error) {
 	run, err := w.cfg.Runner.Start(w.cfg.Spec, onLine)
 	if err == nil {
 		w.record(run.Pid(), run.StartTime(), 0)
@@ -162,7 +164,7 @@ func (w *watcher) record(pid int, startTime uint64, offset int64) {
 // find picks up a run whose shim pid was never recorded: alive, it is adopted; finished,
 // its output and status are read; never forked (the spool holds no status and no shim
 // serves it), the hook never ran, and it is started afresh.
-func (w *watcher) find(offset int64, onLine func(jhook.Line)) (*jhook.Run, error) {
+func (w *watcher) find(offset int64, onLine func([]jhook.Line)) (*jhook.Run, error) {
 	dir := w.cfg.Spec.Dir
 	if pid, st, ok := jhook.FindShim(dir); ok {
 		w.cfg.Logger.Info("found the hook's shim by its spool", "hook", w.cfg.Kind.String(), "pid", pid, "offset", offset)

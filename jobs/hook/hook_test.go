@@ -61,7 +61,11 @@ type lines chan Line
 
 func newLines() lines { return make(chan Line, 1024) }
 
-func (c lines) onLine(l Line) { c <- l }
+func (c lines) onLine(ls []Line) {
+	for _, l := range ls {
+		c <- l
+	}
+}
 
 // next returns the next line, failing the test if none arrives in time.
 func (c lines) next(t *testing.T) Line {

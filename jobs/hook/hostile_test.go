@@ -25,9 +25,9 @@ type collect struct {
 	ls []Line
 }
 
-func (c *collect) onLine(l Line) {
+func (c *collect) onLine(ls []Line) {
 	c.mu.Lock()
-	c.ls = append(c.ls, l)
+	c.ls = append(c.ls, ls...)
 	c.mu.Unlock()
 }
 

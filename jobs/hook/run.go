@@ -141,7 +141,7 @@ type Run struct {
 	dir       string
 	pid       int
 	startTime uint64
-	onLine    func(Line)
+	onLines   func([]Line)
 	log       hclog.Logger
 
 	cmd       *exec.Cmd        // Start: the shim is our child
@@ -164,6 +164,7 @@ type Run struct {
 	buf     []byte
 	split   jobs.LineSplitter
 	pending []jobs.HookLine // lines of the current, unfinished output line
+	batch   []Line          // lines completed by the current read, passed on at its end
 }
 
 // Pid returns the process id of the shim.
@@ -177,7 +178,7 @@ func (run *Run) StartTime() uint64 { return run.startTime }
 func (run *Run) Dir() string { return run.dir }
 
 // Done returns a channel closed when the run is over: the shim has exited, every
-// output line has been passed to onLine, and Result is ready.
+// output line has been passed to onLines, and Result is ready.
 func (run *Run) Done() <-chan struct{} { return run.done }
 
 // Result waits for Done and returns how the run ended.
@@ -227,7 +228,7 @@ func (run *Run) Stop() {
 // hook and writes its status as usual. It is what a daemon crash (or a restart) looks
 // like to the shim; the run can be picked up again with Runner.Adopt, from the Offset of
 // the last line seen. Detach returns once Done is closed; Result then has ErrDetached
-// unless the shim had exited first. It must not be called from onLine.
+// unless the shim had exited first. It must not be called from onLines.
 //
 // A shim started by this process is still its child, so one goroutine stays behind to
 // reap it when it exits; it does nothing else.
@@ -237,11 +238,13 @@ func (run *Run) Detach() {
 }
 
 // Start starts the shim running spec's hook and returns at once when the hook has been
-// started (a hook that cannot be run is reported by Result, not here). onLine, if not
-// nil, is called for every line of output, in order, from one goroutine, as soon as the
-// line is complete; the last line is passed at the end even without a newline. All
-// calls happen before Done is closed.
-func (r *Runner) Start(spec Spec, onLine func(Line)) (*Run, error) {
+// started (a hook that cannot be run is reported by Result, not here). onLines, if not
+// nil, is called with the lines of output, in order, from one goroutine: once per read
+// of the spool, with every line that read completed (so a hook printing flat out is
+// passed on in chunks of up to 64 KiB, a slow one line by line as each is complete);
+// the last line is passed at the end even without a newline. The slice is the callee's
+// to keep. All calls happen before Done is closed.
+func (r *Runner) Start(spec Spec, onLines func([]Line)) (*Run, error) {
 	name := spec.Name
 	if name == "" {
 		name = "hook"
@@ -342,7 +345,7 @@ func (r *Runner) Start(spec Spec, onLine func(Line)) (*Run, error) {
 	_, rerr := io.Copy(io.Discard, readyR)
 	readyR.Close()
 
-	run := r.newRun(name, dir, pid, st, 0, onLine)
+	run := r.newRun(name, dir, pid, st, 0, onLines)
 	if rerr != nil {
 		run.log.Warn("shim did not report that the hook started", "error", rerr)
 	}
@@ -360,11 +363,11 @@ func (r *Runner) Start(spec Spec, onLine func(Line)) (*Run, error) {
 // Adopt watches a run started before a restart of the daemon: dir is its spool
 // directory, pid and startTime identify its shim (Run.Pid, Run.StartTime) and offset is
 // where to resume reading output (the Offset of the last line handled, 0 for all).
-// onLine is called as for Start. If the shim still runs, Adopt tails the output and
+// onLines is called as for Start. If the shim still runs, Adopt tails the output and
 // waits for its exit; if it is gone, or pid names another process, the run passes the
 // remaining output and the status file. With no status file and no live shim, the
 // Result's Err wraps ErrShimVanished.
-func (r *Runner) Adopt(dir string, pid int, startTime uint64, offset int64, onLine func(Line)) (*Run, error) {
+func (r *Runner) Adopt(dir string, pid int, startTime uint64, offset int64, onLines func([]Line)) (*Run, error) {
 	if dir == "" {
 		return nil, errors.New("hook: adopt: no spool directory")
 	}
@@ -376,7 +379,7 @@ func (r *Runner) Adopt(dir string, pid int, startTime uint64, offset int64, onLi
 	if offset < 0 {
 		return nil, fmt.Errorf("hook at %s: adopt: negative offset %d", dir, offset)
 	}
-	run := r.newRun("at "+dir, dir, pid, startTime, offset, onLine)
+	run := r.newRun("at "+dir, dir, pid, startTime, offset, onLines)
 	alive := false
 	if pid > 0 {
 		// Open the pidfd before checking the start time: if the check passes, the
@@ -412,7 +415,7 @@ func (r *Runner) Adopt(dir string, pid int, startTime uint64, offset int64, onLi
 	return run, nil
 }
 
-func (r *Runner) newRun(label, dir string, pid int, startTime uint64, offset int64, onLine func(Line)) *Run {
+func (r *Runner) newRun(label, dir string, pid int, startTime uint64, offset int64, onLines func([]Line)) *Run {
 	log := r.Logger
 	if log == nil {
 		log = hclog.NewNullLogger()
@@ -423,7 +426,7 @@ func (r *Runner) newRun(label, dir string, pid int, startTime uint64, offset int
 		dir:       dir,
 		pid:       pid,
 		startTime: startTime,
-		onLine:    onLine,
+		onLines:   onLines,
 		log:       log.With("hook", label, "pid", pid),
 		exited:    make(chan struct{}),
 		detach:    make(chan struct{}),
@@ -489,7 +492,7 @@ func waitReadable(f *os.File) error {
 }
 
 // loop tails the output until the shim exits or the run is detached, then reports the
-// result. It is the only goroutine that calls onLine.
+// result. It is the only goroutine that calls onLines.
 func (run *Run) loop() {
 	defer close(run.done)
 	defer func() {
@@ -562,8 +565,10 @@ func (run *Run) endWaiter() {
 	}
 }
 
-// read reads the output from run.offset to its end.
+// read reads the output from run.offset to its end and passes on the lines it
+// completed, in one call.
 func (run *Run) read() {
+	defer run.pass()
 	if run.out == nil {
 		f, err := os.Open(filepath.Join(run.dir, outputFile))
 		if err != nil {
@@ -609,16 +614,29 @@ func (run *Run) feed(p []byte) {
 func (run *Run) flush() {
 	run.split.Flush(func(l jobs.HookLine) { run.pending = append(run.pending, l) })
 	run.emitPending()
+	run.pass()
 }
 
+// emitPending adds the lines held for the current output line to the batch, with the
+// offset just past it.
 func (run *Run) emitPending() {
-	for _, l := range run.pending {
-		if run.onLine != nil {
-			run.onLine(Line{HookLine: l, Offset: run.offset})
+	if run.onLines != nil {
+		for _, l := range run.pending {
+			run.batch = append(run.batch, Line{HookLine: l, Offset: run.offset})
 		}
 	}
 	clear(run.pending)
 	run.pending = run.pending[:0]
+}
+
+// pass hands the batch to onLines.
+func (run *Run) pass() {
+	if len(run.batch) == 0 {
+		return
+	}
+	b := run.batch
+	run.batch = nil
+	run.onLines(b)
 }
 
 // collect builds the Result from the status file.
