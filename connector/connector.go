@@ -98,15 +98,8 @@ type Event struct {
 	BoardStatus *BoardStatus
 }
 
-// Transition is a lease's change of phase, with the board status that follows from it.
-type Transition struct {
-	From, To jobs.Phase
-	Status   jobs.ExporterStatus
-	Message  string
-	// Step numbers the lease's transitions from 1; a transition sent again after a
-	// restart keeps its number.
-	Step int
-}
+// Transition is a lease's change of phase (see jobs.Transition).
+type Transition = jobs.Transition
 
 // Console is a chunk of a board's console output.
 type Console struct {

@@ -56,7 +56,10 @@ type Supervisor struct {
 	log  hclog.Logger
 }
 
-var _ connector.Supervisor = (*Supervisor)(nil)
+var (
+	_ connector.Supervisor = (*Supervisor)(nil)
+	_ actors.Store         = (*journal.Journal)(nil)
+)
 
 // Start builds the actor tree and starts every board.
 func Start(opts Options) (*Supervisor, error) {
@@ -117,9 +120,9 @@ func Start(opts Options) (*Supervisor, error) {
 // what else must know them before the actors start: the client service (their tokens),
 // the coordinator link (its Hello lists them), the read offsets of their hooks, and the
 // transitions the outbox never durably held (sent again, with their step numbers).
-func resume(opts Options, runner *jhook.Runner) (live []actors.Record, lost []host.Unresumable, reemit []connector.Event, err error) {
+func resume(opts Options, runner *jhook.Runner) (live []jobs.Record, lost []host.Unresumable, reemit []connector.Event, err error) {
 	j, ok := opts.Store.(interface {
-		LoadAll() ([]actors.Record, []journal.Damaged, error)
+		LoadAll() ([]jobs.Record, []journal.Damaged, error)
 	})
 	if !ok {
 		return nil, nil, nil, nil
@@ -181,7 +184,7 @@ func resume(opts Options, runner *jhook.Runner) (live []actors.Record, lost []ho
 		if k := r.State.HookRunning; k != jobs.HookNone && offsets != nil {
 			off, _ := offsets.HookOffset(job, k.Source())
 			if r.Hook == nil || r.Hook.Kind != k {
-				r.Hook = &actors.HookRun{Kind: k}
+				r.Hook = &jobs.HookRun{Kind: k}
 			}
 			if off != r.Hook.Offset {
 				opts.Logger.Info("hook output resumes where the outbox has it", "job", job, "journal_offset", r.Hook.Offset, "outbox_offset", off)
@@ -281,7 +284,7 @@ func (s *Supervisor) Stop() {
 
 // finishedHookLines reads a finished hook's output from where the outbox durably has it
 // to the end, as events to send again. A spool that is gone yields nothing.
-func finishedHookLines(opts Options, runner *jhook.Runner, r actors.Record, offsets interface {
+func finishedHookLines(opts Options, runner *jhook.Runner, r jobs.Record, offsets interface {
 	HookOffset(job string, source jobs.LogSource) (int64, bool)
 }) []connector.Event {
 	job, k := r.Spec.JobID, r.Hook.Kind

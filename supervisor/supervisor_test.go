@@ -650,7 +650,7 @@ func TestLeaseActorPanicResumesInItsPhase(t *testing.T) {
 
 func TestHookWatcherPanicReadsOnWithoutLosingLines(t *testing.T) {
 	g := newGate(t, "watch")
-	mw, panicked := panicOnce("*hook.lineMsg", 2)
+	mw, panicked := panicOnce("*hook.linesMsg", 2)
 	script := fmt.Sprintf("for i in 1 2 3; do echo line-$i; done; read x < %s; for i in 4 5; do echo line-$i; done", g)
 	h := start(t, board.Config{Name: "rpi", HookMiddleware: []actor.ReceiverMiddleware{mw},
 		Before: hookCfg(script, jobs.PolicyEndLease, wait)})

@@ -45,7 +45,7 @@ type Config struct {
 	// actors and hook watchers (fault injection in tests).
 	LeaseMiddleware, HookMiddleware []actor.ReceiverMiddleware
 	// Restore are the journalled leases of this board to resume at start-up.
-	Restore []actors.Record
+	Restore []jobs.Record
 	// KeepEnded and HookEnv are passed to the board's leases (see lease.Config).
 	KeepEnded bool
 	HookEnv   func(job string) []string

@@ -49,7 +49,7 @@ func Props(cfg Config) *actor.Props {
 // reads them again from the recorded offset), so none is reported twice.
 type (
 	// token must not be zero-size: distinct pointers to zero-size values may be equal.
-	token   struct{ _ byte }
+	token    struct{ _ byte }
 	linesMsg struct {
 		tok   *token
 		lines []jhook.Line
@@ -155,7 +155,7 @@ func (w *watcher) startRun(onLine func([]jhook.Line)) (*jhook.Run, error) {
 }
 
 func (w *watcher) record(pid int, startTime uint64, offset int64) {
-	if err := w.cfg.Store.SaveHook(w.cfg.JobID, &actors.HookRun{Kind: w.cfg.Kind, Dir: w.cfg.Spec.Dir,
+	if err := w.cfg.Store.SaveHook(w.cfg.JobID, &jobs.HookRun{Kind: w.cfg.Kind, Dir: w.cfg.Spec.Dir,
 		Pid: pid, StartTime: startTime, Offset: offset}); err != nil {
 		w.cfg.Logger.Error("record hook run", "error", err)
 	}

@@ -35,7 +35,7 @@ type Config struct {
 	StateDir string
 	Logger   hclog.Logger
 	// Restore are the journalled live leases to resume at start-up.
-	Restore []actors.Record
+	Restore []jobs.Record
 	// CannotResume are leases the journal could not give back; each is reported as a
 	// CannotResume error.
 	CannotResume []Unresumable
@@ -144,7 +144,7 @@ func (h *hostActor) started(ctx actor.Context) {
 		ctx.Send(h.outbox, &actors.Emit{Event: connector.Event{Board: u.Board, JobID: u.JobID,
 			Error: jobs.NewJobError(jobs.KindCannotResume, u.Reason)}})
 	}
-	byBoard := map[string][]actors.Record{}
+	byBoard := map[string][]jobs.Record{}
 	for _, r := range h.cfg.Restore {
 		byBoard[r.Spec.Board] = append(byBoard[r.Spec.Board], r)
 	}

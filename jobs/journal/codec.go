@@ -10,8 +10,6 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/boardvisor/boardvisor/actors"
-	"github.com/boardvisor/boardvisor/connector"
 	"github.com/boardvisor/boardvisor/jobs"
 )
 
@@ -171,7 +169,7 @@ func encodePolicy(kind string, p *jobs.HookPolicy) (*hookPolicyV1, error) {
 }
 
 // encodeLease encodes the lease part of a record.
-func encodeLease(spec jobs.Spec, st jobs.State, deadlines map[jobs.Timer]time.Time, reported []connector.Transition) ([]byte, error) {
+func encodeLease(spec jobs.Spec, st jobs.State, deadlines map[jobs.Timer]time.Time, reported []jobs.Transition) ([]byte, error) {
 	if spec.JobID == "" {
 		return nil, errors.New("no job ID")
 	}
@@ -247,7 +245,7 @@ func encodeLease(spec jobs.Spec, st jobs.State, deadlines map[jobs.Timer]time.Ti
 }
 
 // encodeHook encodes a hook run; nil encodes to nil (no hook).
-func encodeHook(run *actors.HookRun) ([]byte, error) {
+func encodeHook(run *jobs.HookRun) ([]byte, error) {
 	if run == nil {
 		return nil, nil
 	}
@@ -309,20 +307,20 @@ func decodePolicy(kind string, p *hookPolicyV1) (*jobs.HookPolicy, error) {
 
 // decodeLease decodes the lease part of a record: spec, state and deadlines. The deadline
 // map is never nil.
-func decodeLease(data []byte) (actors.Record, error) {
+func decodeLease(data []byte) (jobs.Record, error) {
 	var rec leaseV1
 	if err := decodeVersioned(data, &rec, func() int { return rec.V }); err != nil {
-		return actors.Record{}, fmt.Errorf("lease record: %w", err)
+		return jobs.Record{}, fmt.Errorf("lease record: %w", err)
 	}
 	out, err := fromLeaseV1(rec)
 	if err != nil {
-		return actors.Record{}, fmt.Errorf("lease record: %w", err)
+		return jobs.Record{}, fmt.Errorf("lease record: %w", err)
 	}
 	return out, nil
 }
 
-func fromLeaseV1(rec leaseV1) (actors.Record, error) {
-	var out actors.Record
+func fromLeaseV1(rec leaseV1) (jobs.Record, error) {
+	var out jobs.Record
 	if rec.Spec.Job == "" {
 		return out, errors.New("no job ID")
 	}
@@ -365,14 +363,14 @@ func fromLeaseV1(rec leaseV1) (actors.Record, error) {
 		if err != nil {
 			return out, err
 		}
-		out.Reported = append(out.Reported, connector.Transition{Step: t.Step, From: from, To: to,
+		out.Reported = append(out.Reported, jobs.Transition{Step: t.Step, From: from, To: to,
 			Status: jobs.ExporterStatus(t.Status), Message: t.Message})
 	}
 	return out, nil
 }
 
 // decodeHook decodes a hook run.
-func decodeHook(data []byte) (*actors.HookRun, error) {
+func decodeHook(data []byte) (*jobs.HookRun, error) {
 	var h hookV1
 	if err := decodeVersioned(data, &h, func() int { return h.V }); err != nil {
 		return nil, fmt.Errorf("hook record: %w", err)
@@ -384,19 +382,19 @@ func decodeHook(data []byte) (*actors.HookRun, error) {
 	if err != nil {
 		return nil, fmt.Errorf("hook record: %w", err)
 	}
-	return &actors.HookRun{Kind: kind, Dir: h.Dir, Pid: h.Pid, StartTime: h.StartTime, Offset: h.Offset}, nil
+	return &jobs.HookRun{Kind: kind, Dir: h.Dir, Pid: h.Pid, StartTime: h.StartTime, Offset: h.Offset}, nil
 }
 
 // decodeRecord decodes a whole record from its lease part and its hook part (nil when the
 // lease has no hook run; an empty non-nil hook part is damage).
-func decodeRecord(lease, hook []byte) (actors.Record, error) {
+func decodeRecord(lease, hook []byte) (jobs.Record, error) {
 	rec, err := decodeLease(lease)
 	if err != nil {
-		return actors.Record{}, err
+		return jobs.Record{}, err
 	}
 	if hook != nil {
 		if rec.Hook, err = decodeHook(hook); err != nil {
-			return actors.Record{}, err
+			return jobs.Record{}, err
 		}
 	}
 	return rec, nil

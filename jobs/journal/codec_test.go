@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/boardvisor/boardvisor/actors"
 	"github.com/boardvisor/boardvisor/jobs"
 )
 
@@ -14,17 +13,17 @@ func TestEncodeRejects(t *testing.T) {
 	ok := fullRecord(jobID(1))
 	for _, tc := range []struct {
 		name string
-		edit func(r *actors.Record)
+		edit func(r *jobs.Record)
 		want string
 	}{
-		{"no job ID", func(r *actors.Record) { r.Spec.JobID = "" }, "no job ID"},
-		{"phase", func(r *actors.Record) { r.State.Phase = 0 }, "unknown phase 0"},
-		{"end reason", func(r *actors.Record) { r.State.EndReason = 9 }, "unknown end reason"},
-		{"hook running", func(r *actors.Record) { r.State.HookRunning = 3 }, "unknown hook kind"},
-		{"policy", func(r *actors.Record) { r.Spec.After.OnFailure = 7 }, "afterLease hook: unknown onFailure policy"},
-		{"timer", func(r *actors.Record) { r.Deadlines[99] = time.Now() }, "unknown timer"},
-		{"deadline", func(r *actors.Record) { r.Deadlines[jobs.TimerLease] = time.Time{} }, "out of range"},
-		{"utf8", func(r *actors.Record) { r.Spec.Board = "\xff" }, "not valid UTF-8"},
+		{"no job ID", func(r *jobs.Record) { r.Spec.JobID = "" }, "no job ID"},
+		{"phase", func(r *jobs.Record) { r.State.Phase = 0 }, "unknown phase 0"},
+		{"end reason", func(r *jobs.Record) { r.State.EndReason = 9 }, "unknown end reason"},
+		{"hook running", func(r *jobs.Record) { r.State.HookRunning = 3 }, "unknown hook kind"},
+		{"policy", func(r *jobs.Record) { r.Spec.After.OnFailure = 7 }, "afterLease hook: unknown onFailure policy"},
+		{"timer", func(r *jobs.Record) { r.Deadlines[99] = time.Now() }, "unknown timer"},
+		{"deadline", func(r *jobs.Record) { r.Deadlines[jobs.TimerLease] = time.Time{} }, "out of range"},
+		{"utf8", func(r *jobs.Record) { r.Spec.Board = "\xff" }, "not valid UTF-8"},
 	} {
 		r := fullRecord(jobID(1))
 		tc.edit(&r)
@@ -32,7 +31,7 @@ func TestEncodeRejects(t *testing.T) {
 			t.Errorf("%s: %v, want %q", tc.name, err, tc.want)
 		}
 	}
-	for _, h := range []actors.HookRun{{Kind: jobs.HookNone}, {Kind: 5}, {Kind: jobs.HookBefore, Dir: "\xfe"}} {
+	for _, h := range []jobs.HookRun{{Kind: jobs.HookNone}, {Kind: 5}, {Kind: jobs.HookBefore, Dir: "\xfe"}} {
 		if _, err := encodeHook(&h); err == nil {
 			t.Errorf("encodeHook(%+v): no error", h)
 		}

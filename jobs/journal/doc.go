@@ -1,4 +1,4 @@
-// Package journal is boardvisor's write-ahead journal: a durable actors.Store in a bbolt
+// Package journal is boardvisor's write-ahead journal: a durable lease store (the actors.Store of the supervisor) in a bbolt
 // file in the state directory (DESIGN.md §7). Before a lease actor performs an effect it
 // writes the lease's new state here; after a restart, even after kill -9, LoadAll gives
 // back every live lease so that the host actor can rebuild it in its phase.

@@ -20,8 +20,6 @@ import (
 	bbolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
 
-	"github.com/boardvisor/boardvisor/actors"
-	"github.com/boardvisor/boardvisor/connector"
 	"github.com/boardvisor/boardvisor/jobs"
 )
 
@@ -66,7 +64,7 @@ type Stats struct {
 	Writes uint64
 }
 
-// Journal is a durable actors.Store in a bbolt file. It is safe for concurrent use.
+// Journal is a durable lease store (the actors.Store of the supervisor) in a bbolt file. It is safe for concurrent use.
 // Create it with Open and release it with Close.
 type Journal struct {
 	path     string
@@ -82,8 +80,6 @@ type Journal struct {
 
 	commits, writes atomic.Uint64
 }
-
-var _ actors.Store = (*Journal)(nil)
 
 type opKind uint8
 
@@ -501,9 +497,9 @@ func apply(leases, hooks *bbolt.Bucket, o *op) error {
 	return fmt.Errorf("unknown write %d", o.kind)
 }
 
-// SaveLease implements actors.Store: it writes the lease's spec, state and timer deadlines,
+// SaveLease implements the actors.Store method: it writes the lease's spec, state and timer deadlines,
 // leaving its hook run as it is. It returns once the write is durable.
-func (j *Journal) SaveLease(spec jobs.Spec, st jobs.State, deadlines map[jobs.Timer]time.Time, reported ...connector.Transition) error {
+func (j *Journal) SaveLease(spec jobs.Spec, st jobs.State, deadlines map[jobs.Timer]time.Time, reported ...jobs.Transition) error {
 	data, err := encodeLease(spec, st, deadlines, reported)
 	if err != nil {
 		return j.wrap("save lease "+spec.JobID, err)
@@ -511,9 +507,9 @@ func (j *Journal) SaveLease(spec jobs.Spec, st jobs.State, deadlines map[jobs.Ti
 	return j.submit(&op{kind: opSaveLease, id: spec.JobID, data: data})
 }
 
-// SaveHook implements actors.Store: it writes the lease's hook run (nil clears it), leaving
+// SaveHook implements the actors.Store method: it writes the lease's hook run (nil clears it), leaving
 // the rest of the record as it is. It returns once the write is durable.
-func (j *Journal) SaveHook(jobID string, run *actors.HookRun) error {
+func (j *Journal) SaveHook(jobID string, run *jobs.HookRun) error {
 	if jobID == "" {
 		return j.wrap("save hook", errors.New("no job ID"))
 	}
@@ -524,7 +520,7 @@ func (j *Journal) SaveHook(jobID string, run *actors.HookRun) error {
 	return j.submit(&op{kind: opSaveHook, id: jobID, data: data})
 }
 
-// SetHookOffset implements actors.Store: it updates the offset of the lease's hook run
+// SetHookOffset implements the actors.Store method: it updates the offset of the lease's hook run
 // (nothing happens if it has none). Unlike a lazy update it returns only once the offset is
 // durable, like the other writes: the output up to offset may be treated as delivered
 // only then, so that after a crash no line is read and reported twice. Group commit keeps
@@ -537,7 +533,7 @@ func (j *Journal) SetHookOffset(jobID string, offset int64) error {
 	return j.submit(&op{kind: opSetOffset, id: jobID, offset: offset})
 }
 
-// Delete implements actors.Store: it forgets the lease, its hook run included. It returns
+// Delete implements the actors.Store method: it forgets the lease, its hook run included. It returns
 // once the deletion is durable.
 func (j *Journal) Delete(jobID string) error {
 	if jobID == "" {
@@ -567,10 +563,10 @@ func (j *Journal) view(what string, fn func(tx *bbolt.Tx) error) error {
 	return j.wrap(what, err)
 }
 
-// Load implements actors.Store: it returns the lease's record, and false if there is none.
+// Load implements the actors.Store method: it returns the lease's record, and false if there is none.
 // A record that cannot be decoded is an error naming the lease.
-func (j *Journal) Load(jobID string) (actors.Record, bool, error) {
-	var rec actors.Record
+func (j *Journal) Load(jobID string) (jobs.Record, bool, error) {
+	var rec jobs.Record
 	var found bool
 	err := j.view("load "+jobID, func(tx *bbolt.Tx) error {
 		key := []byte(jobID)
@@ -584,13 +580,13 @@ func (j *Journal) Load(jobID string) (actors.Record, bool, error) {
 		return err
 	})
 	if err != nil {
-		return actors.Record{}, false, err
+		return jobs.Record{}, false, err
 	}
 	return rec, found, nil
 }
 
 // decodeKeyed decodes the record stored under jobID and checks that it is that job's.
-func decodeKeyed(jobID string, lease, hook []byte) (actors.Record, error) {
+func decodeKeyed(jobID string, lease, hook []byte) (jobs.Record, error) {
 	rec, err := decodeRecord(lease, hook)
 	if err == nil && rec.Spec.JobID != jobID {
 		err = fmt.Errorf("lease record is for job %q", rec.Spec.JobID)
@@ -603,7 +599,7 @@ func decodeKeyed(jobID string, lease, hook []byte) (actors.Record, error) {
 // that those leases are reported as CannotResume while the others are restored; a hook run
 // without a lease record is listed there too. err is a *DamagedError if the file itself
 // turns out unreadable, and wraps ErrClosed after Close.
-func (j *Journal) LoadAll() (records []actors.Record, damaged []Damaged, err error) {
+func (j *Journal) LoadAll() (records []jobs.Record, damaged []Damaged, err error) {
 	err = j.view("load all", func(tx *bbolt.Tx) error {
 		records, damaged = nil, nil
 		leases, hooks := tx.Bucket(bucketLeases), tx.Bucket(bucketHooks)

@@ -16,8 +16,6 @@ import (
 
 	bbolt "go.etcd.io/bbolt"
 
-	"github.com/boardvisor/boardvisor/actors"
-	"github.com/boardvisor/boardvisor/connector"
 	"github.com/boardvisor/boardvisor/jobs"
 )
 
@@ -40,9 +38,9 @@ func openT(t testing.TB, path string, opts Options) *Journal {
 func dbPath(t testing.TB) string { return filepath.Join(t.TempDir(), "journal.db") }
 
 // fullRecord has every field set to something other than its zero value.
-func fullRecord(id string) actors.Record {
+func fullRecord(id string) jobs.Record {
 	base := time.Date(2031, 5, 17, 10, 20, 30, 123456789, time.UTC)
-	return actors.Record{
+	return jobs.Record{
 		Spec: jobs.Spec{
 			JobID: id, Board: "rpi-4 #3 «lab»", Client: "alice@example.com",
 			Duration:  90 * time.Minute,
@@ -63,16 +61,16 @@ func fullRecord(id string) actors.Record {
 			jobs.TimerAfterHook:  base.Add(-time.Hour).In(time.FixedZone("X", 3600)),
 			jobs.TimerRelease:    base.Add(time.Nanosecond),
 		},
-		Hook: &actors.HookRun{Kind: jobs.HookAfter, Dir: "/var/lib/boardvisor/spool/" + id,
+		Hook: &jobs.HookRun{Kind: jobs.HookAfter, Dir: "/var/lib/boardvisor/spool/" + id,
 			Pid: 4242, StartTime: 1<<63 + 12345, Offset: 1 << 40},
-		Reported: []connector.Transition{
+		Reported: []jobs.Transition{
 			{Step: 1, From: jobs.PhaseCreated, To: jobs.PhaseStarting, Status: jobs.StatusAvailable, Message: "waiting for the board"},
 			{Step: 2, From: jobs.PhaseStarting, To: jobs.PhaseBeforeLease, Status: jobs.StatusBeforeLeaseHook},
 		},
 	}
 }
 
-func save(t testing.TB, j *Journal, r actors.Record) {
+func save(t testing.TB, j *Journal, r jobs.Record) {
 	t.Helper()
 	if err := j.SaveLease(r.Spec, r.State, r.Deadlines, r.Reported...); err != nil {
 		t.Fatalf("SaveLease: %v", err)
@@ -85,7 +83,7 @@ func save(t testing.TB, j *Journal, r actors.Record) {
 }
 
 // sameRecord compares records, deadlines by instant.
-func sameRecord(t testing.TB, got, want actors.Record) {
+func sameRecord(t testing.TB, got, want jobs.Record) {
 	t.Helper()
 	gd, wd := got.Deadlines, want.Deadlines
 	got.Deadlines, want.Deadlines = nil, nil
@@ -105,7 +103,7 @@ func sameRecord(t testing.TB, got, want actors.Record) {
 	}
 }
 
-func show(r actors.Record) string {
+func show(r jobs.Record) string {
 	return fmt.Sprintf("%+v before %+v after %+v %+v hook %+v", r.Spec, deref(r.Spec.Before), deref(r.Spec.After), r.State, deref(r.Hook))
 }
 
@@ -120,7 +118,7 @@ func TestRoundTripThroughReopen(t *testing.T) {
 	path := dbPath(t)
 	j := openT(t, path, Options{})
 	full := fullRecord(jobID(1))
-	bare := actors.Record{Spec: jobs.Spec{JobID: jobID(2), Board: "b", Duration: time.Second},
+	bare := jobs.Record{Spec: jobs.Spec{JobID: jobID(2), Board: "b", Duration: time.Second},
 		State: jobs.State{Phase: jobs.PhaseStarting}, Deadlines: map[jobs.Timer]time.Time{}}
 	save(t, j, full)
 	save(t, j, bare)
@@ -167,7 +165,7 @@ func TestLeaseAndHookDoNotClobber(t *testing.T) {
 	sameRecord(t, got, r)
 
 	// SaveHook keeps the lease part.
-	r.Hook = &actors.HookRun{Kind: jobs.HookBefore, Dir: "/d", Pid: 7, StartTime: 8, Offset: 9}
+	r.Hook = &jobs.HookRun{Kind: jobs.HookBefore, Dir: "/d", Pid: 7, StartTime: 8, Offset: 9}
 	if err := j.SaveHook(id, r.Hook); err != nil {
 		t.Fatal(err)
 	}
@@ -194,7 +192,7 @@ func TestLeaseAndHookDoNotClobber(t *testing.T) {
 	sameRecord(t, got, r)
 
 	// Delete removes both parts.
-	if err := j.SaveHook(id, &actors.HookRun{Kind: jobs.HookAfter, Pid: 1}); err != nil {
+	if err := j.SaveHook(id, &jobs.HookRun{Kind: jobs.HookAfter, Pid: 1}); err != nil {
 		t.Fatal(err)
 	}
 	if err := j.Delete(id); err != nil {
@@ -211,7 +209,7 @@ func TestLeaseAndHookDoNotClobber(t *testing.T) {
 		t.Errorf("second Delete: %v", err)
 	}
 	// A lease saved again after a hook-only write is whole.
-	if err := j.SaveHook(jobID(5), &actors.HookRun{Kind: jobs.HookBefore, Pid: 3}); err != nil {
+	if err := j.SaveHook(jobID(5), &jobs.HookRun{Kind: jobs.HookBefore, Pid: 3}); err != nil {
 		t.Fatal(err)
 	}
 	if _, ok, err := j.Load(jobID(5)); ok || err != nil {
@@ -233,7 +231,7 @@ func TestConcurrentWritersAreGroupCommitted(t *testing.T) {
 				var err error
 				switch i % 5 {
 				case 1:
-					err = j.SaveHook(id, &actors.HookRun{Kind: jobs.HookBefore, Pid: g + 1, StartTime: uint64(i)})
+					err = j.SaveHook(id, &jobs.HookRun{Kind: jobs.HookBefore, Pid: g + 1, StartTime: uint64(i)})
 				case 3:
 					err = j.SetHookOffset(id, int64(i))
 				default:
@@ -381,7 +379,7 @@ func TestErrorsCarryContext(t *testing.T) {
 	if want := "journal " + path + ": save lease " + id + ": unknown phase 42"; err == nil || err.Error() != want {
 		t.Errorf("SaveLease with a bad phase: %v, want %q", err, want)
 	}
-	err = j.SaveHook(id, &actors.HookRun{})
+	err = j.SaveHook(id, &jobs.HookRun{})
 	if want := "journal " + path + ": save hook of " + id + ": hook run has no hook kind"; err == nil || err.Error() != want {
 		t.Errorf("SaveHook without kind: %v, want %q", err, want)
 	}
@@ -641,7 +639,7 @@ func TestDamagedRecords(t *testing.T) {
 	if err := j.SetHookOffset(jobID(0), 5); err != nil {
 		t.Error(err)
 	}
-	if err := j.SaveHook(jobID(2), &actors.HookRun{Kind: jobs.HookBefore, Pid: 2}); err != nil {
+	if err := j.SaveHook(jobID(2), &jobs.HookRun{Kind: jobs.HookBefore, Pid: 2}); err != nil {
 		t.Fatal(err)
 	}
 	if _, ok, err := j.Load(jobID(2)); !ok || err != nil {
