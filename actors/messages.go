@@ -11,6 +11,14 @@ import (
 // Emit asks the outbox to number an event and deliver it.
 type Emit struct{ Event connector.Event }
 
+// EmitBatch asks the outbox to number events and deliver them together, in order. If
+// Durable is not nil, the outbox closes it once every event of the batch is durable
+// (at once when the connector keeps nothing on disk).
+type EmitBatch struct {
+	Events  []connector.Event
+	Durable chan struct{}
+}
+
 // StartJob asks the host (and then the board) to start a job. The answer is a *JobReply.
 type StartJob struct{ Req connector.StartJobRequest }
 
@@ -61,6 +69,10 @@ type HookExited struct {
 	Kind   jobs.HookKind
 	Result hook.Result
 }
+
+// HookShimExited tells a lease that its hook's shim wrote the hook's exit status; the
+// HookExited follows once the hook's last lines are durable.
+type HookShimExited struct{ Kind jobs.HookKind }
 
 // StopHook asks a hook watcher to stop its hook (the timeout ladder runs).
 type StopHook struct{}

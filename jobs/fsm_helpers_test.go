@@ -82,4 +82,6 @@ var tableInputs = []struct {
 	{"released", Released()},
 	{"extend", Extend(time.Minute)},
 	{"abort", Abort("boom")},
+	{"before-shim-exited", HookShimExited(HookBefore)},
+	{"after-shim-exited", HookShimExited(HookAfter)},
 }

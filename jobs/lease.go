@@ -27,11 +27,18 @@ const (
 	InExtend
 	// InAbort fails the lease at once after an internal fault.
 	InAbort
+	// InHookShimExited says a hook's shim has written the hook's exit status: the hook
+	// is over, and what is left is making its last output lines durable before
+	// InHookExited. From then on the hook's timer is a watchdog, not a backstop: a hook
+	// whose shim reported its exit is never failed for a slow report (its lines wait
+	// for the outbox, e.g. while the state dir is full); every DrainCheck without
+	// InHookExited logs a warning and re-arms it.
+	InHookShimExited
 )
 
 var inputNames = map[InputKind]string{InStart: "Start", InBoardAcquired: "BoardAcquired",
 	InHookExited: "HookExited", InEndRequested: "EndRequested", InTimerFired: "TimerFired",
-	InReleased: "Released", InExtend: "Extend", InAbort: "Abort"}
+	InReleased: "Released", InExtend: "Extend", InAbort: "Abort", InHookShimExited: "HookShimExited"}
 
 // String returns the input's name, e.g. "HookExited".
 func (k InputKind) String() string {
@@ -123,6 +130,10 @@ func HookExited(k HookKind, ok bool, message string) Input {
 	return Input{Kind: InHookExited, Hook: k, OK: ok, Message: message}
 }
 
+// HookShimExited is the input that reports that a hook's shim wrote its exit status;
+// HookExited follows once the hook's output is durable.
+func HookShimExited(k HookKind) Input { return Input{Kind: InHookShimExited, Hook: k} }
+
 // EndRequested is the input that asks the lease to end.
 func EndRequested(r EndReason) Input { return Input{Kind: InEndRequested, Reason: r} }
 
@@ -152,6 +163,8 @@ func (in Input) String() string {
 		return fmt.Sprintf("TimerFired(%s)", in.Timer)
 	case InExtend:
 		return fmt.Sprintf("Extend(%s)", in.Duration)
+	case InHookShimExited:
+		return fmt.Sprintf("HookShimExited(%s)", in.Hook)
 	case InAbort:
 		return fmt.Sprintf("Abort(%s)", in.Message)
 	}
@@ -270,6 +283,9 @@ type State struct {
 	Acquired bool
 	// HookRunning is the hook whose exit is awaited (HookNone when none).
 	HookRunning HookKind
+	// HookDraining: the running hook's shim reported its exit; its last lines are being
+	// made durable (see InHookShimExited).
+	HookDraining bool
 	// AfterStarted is set when the afterLease hook is started: it never starts twice.
 	AfterStarted bool
 	// BeforeFailed / AfterFailed: the hook failed under onFailure endLease or exit.
@@ -349,6 +365,17 @@ func (l *Lease) step(in Input) (ignored string, err error) {
 		l.emit(Effect{Kind: EffCancelTimer, Timer: hookTimer(in.Hook)})
 		return "", l.hookDone(in.Hook, in.OK, in.Message)
 
+	case InHookShimExited:
+		if s.HookRunning == HookNone || s.HookRunning != in.Hook {
+			return fmt.Sprintf("%s hook is not running", in.Hook), nil
+		}
+		if s.HookDraining {
+			return "shim exit already reported", nil
+		}
+		s.HookDraining = true
+		l.emit(Effect{Kind: EffArmTimer, Timer: hookTimer(in.Hook), After: DrainCheck})
+		return "", nil
+
 	case InEndRequested:
 		return l.requestEnd(in.Reason)
 
@@ -366,6 +393,12 @@ func (l *Lease) step(in Input) (ignored string, err error) {
 			}
 			if s.HookRunning != k {
 				return fmt.Sprintf("%s timer is stale", in.Timer), nil
+			}
+			if s.HookDraining {
+				l.emit(Effect{Kind: EffLog, Severity: SeverityWarn, Message: fmt.Sprintf(
+					"the %s hook has exited, but its last output lines are not durable yet; waiting for them (is the state directory full?)", k)})
+				l.emit(Effect{Kind: EffArmTimer, Timer: in.Timer, After: DrainCheck})
+				return "", nil
 			}
 			l.emit(Effect{Kind: EffStopHook, Hook: k})
 			timeout := l.Spec.hook(k).Timeout
@@ -448,7 +481,7 @@ func (l *Lease) runHook(k HookKind) {
 // hookDone applies a hook's outcome and its onFailure policy (rule 6).
 func (l *Lease) hookDone(k HookKind, ok bool, message string) error {
 	s := &l.State
-	s.HookRunning = HookNone
+	s.HookRunning, s.HookDraining = HookNone, false
 	if !ok {
 		policy := l.Spec.hook(k).OnFailure
 		what := fmt.Sprintf("%s hook failed: %s", k, message)
@@ -537,7 +570,7 @@ func (l *Lease) fail(message string) error {
 	s := &l.State
 	if s.HookRunning != HookNone {
 		l.emit(Effect{Kind: EffStopHook, Hook: s.HookRunning})
-		s.HookRunning = HookNone
+		s.HookRunning, s.HookDraining = HookNone, false
 	}
 	for _, t := range []Timer{TimerLease, TimerBeforeHook, TimerAfterHook, TimerRelease} {
 		l.emit(Effect{Kind: EffCancelTimer, Timer: t})

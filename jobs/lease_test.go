@@ -506,3 +506,39 @@ func TestEveryEnumName(t *testing.T) {
 		}
 	}
 }
+
+// A hook whose shim reported its exit is never failed by its backstop while its last
+// lines are made durable: the timer becomes a watchdog that warns and re-arms, and the
+// hook's own result decides (issue 13: a successful hook printing 40,000 lines was
+// failed with "no exit report within 30s").
+func TestShimExitedHookIsNeverFailedByItsBackstop(t *testing.T) {
+	l := NewLease(Spec{JobID: "2b1f2f5e-5c1e-4f0e-9a43-0a4c4b9c1d11", Board: "b", Duration: time.Hour,
+		Before: &HookPolicy{Timeout: 5 * time.Second, OnFailure: PolicyEndLease}})
+	for _, in := range []Input{Start(), BoardAcquired(), HookShimExited(HookBefore)} {
+		if _, err := l.Step(in); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := 0; i < 3; i++ {
+		d, err := l.Step(TimerFired(TimerBeforeHook))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := summary(d); got != "log WARN; arm beforeLease hook" {
+			t.Fatalf("backstop after the shim's exit: %s, want a warning and a re-armed watchdog", got)
+		}
+		if l.Phase() != PhaseBeforeLease || l.State.BeforeFailed {
+			t.Fatalf("lease %s, failed %v", l.Phase(), l.State.BeforeFailed)
+		}
+	}
+	d, err := l.Step(HookExited(HookBefore, true, ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := summary(d); got != "cancel beforeLease hook; BEFORE_LEASE>READY[LEASE_READY]" {
+		t.Fatalf("hook exit after draining: %s", got)
+	}
+	if l.State.HookDraining {
+		t.Fatal("draining flag left set")
+	}
+}

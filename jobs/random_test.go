@@ -64,7 +64,7 @@ func (w *world) apply(t *testing.T, l *Lease, in Input, seed int64) Decision {
 			}
 		case InTimerFired:
 			delete(w.armed, in.Timer)
-			if in.Timer == TimerBeforeHook && l.Spec.Before.OnFailure != PolicyWarn {
+			if in.Timer == TimerBeforeHook && !before.HookDraining && l.Spec.Before.OnFailure != PolicyWarn {
 				w.beforeFailedHard = true
 			}
 		}
@@ -173,6 +173,8 @@ func TestRandomSequences(t *testing.T) {
 			switch {
 			case noise:
 				in = randomNoise(rng)
+			case w.hook != HookNone && rng.Intn(5) == 0:
+				in = HookShimExited(w.hook)
 			case w.hook != HookNone && rng.Intn(3) > 0:
 				in = HookExited(w.hook, rng.Intn(3) > 0, "exit status 1")
 			case w.acquire && rng.Intn(2) == 0:
@@ -238,7 +240,9 @@ func checkOutcome(t *testing.T, seed int64, l *Lease, w *world, before, after *H
 }
 
 func randomNoise(rng *rand.Rand) Input {
-	switch rng.Intn(9) {
+	switch rng.Intn(10) {
+	case 9:
+		return HookShimExited(HookKind(1 + rng.Intn(2)))
 	case 0:
 		return Start()
 	case 1:

@@ -88,6 +88,11 @@ const DefaultHookTimeout = 120 * time.Second
 // (with a SIGTERM grace period); this is the backstop for a report that never comes.
 const HookSlack = 30 * time.Second
 
+// DrainCheck is how often a lease whose hook has exited (its shim wrote the status)
+// but whose last output lines are not durable yet says so in its log while it waits
+// for them. Such a hook is never failed for the wait: see InHookShimExited.
+const DrainCheck = time.Minute
+
 // ReleaseTimeout bounds the wait for the board to confirm it was released.
 const ReleaseTimeout = 30 * time.Second
 

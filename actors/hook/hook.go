@@ -2,6 +2,15 @@
 // under its shim (or adopts a shim already running), turns its output lines into
 // events, and tells the lease when the hook ended.
 //
+// Output flows in chunks (one read of the spool, up to 64 KiB): the run's tail hands a
+// chunk to the watcher, which sends it to the outbox as one EmitBatch and records the
+// offset past it; the tail reads the next chunk only once the outbox says this one is
+// durable. A hook printing faster than the outbox can write therefore waits in its spool
+// (and, past the shim's pipe, in its own write), never in memory. When the shim has
+// written the hook's status the lease hears HookShimExited at once (its backstop no
+// longer applies); HookExited follows once the last chunk is durable, so that every line
+// of a hook is in the outbox before the lease's next transition.
+//
 // Supervision: when this actor panics, its lease restarts it; the new instance adopts the
 // running shim from the store (pid + start time) and reads on from the recorded offset,
 // so the hook itself is not disturbed. Stopping the actor does not stop the hook: only a
@@ -51,9 +60,11 @@ type (
 	// token must not be zero-size: distinct pointers to zero-size values may be equal.
 	token    struct{ _ byte }
 	linesMsg struct {
-		tok   *token
-		lines []jhook.Line
+		tok     *token
+		lines   []jhook.Line
+		durable chan struct{} // closed by the outbox once the lines are durable
 	}
+	exitedMsg struct{ tok *token }
 	doneMsg struct {
 		tok *token
 		run *jhook.Run
@@ -64,6 +75,9 @@ type watcher struct {
 	cfg Config
 	tok *token
 	run *jhook.Run
+	// quit is closed when this instance stops or restarts: it releases its run's tail
+	// from waiting for durability, and its goroutines.
+	quit chan struct{}
 }
 
 func (w *watcher) Receive(ctx actor.Context) {
@@ -72,7 +86,11 @@ func (w *watcher) Receive(ctx actor.Context) {
 		w.start(ctx)
 	case *linesMsg:
 		if m.tok == w.tok {
-			w.lines(ctx, m.lines)
+			w.lines(ctx, m)
+		}
+	case *exitedMsg:
+		if m.tok == w.tok {
+			ctx.Send(ctx.Parent(), &actors.HookShimExited{Kind: w.cfg.Kind})
 		}
 	case *doneMsg:
 		if m.tok == w.tok {
@@ -83,6 +101,10 @@ func (w *watcher) Receive(ctx actor.Context) {
 			w.run.Stop()
 		}
 	case *actor.Stopping, *actor.Restarting:
+		if w.quit != nil {
+			close(w.quit)
+			w.quit = nil
+		}
 		if w.run != nil {
 			w.run.Detach()
 			w.run = nil
@@ -92,9 +114,17 @@ func (w *watcher) Receive(ctx actor.Context) {
 
 func (w *watcher) start(ctx actor.Context) {
 	self, root := ctx.Self(), ctx.ActorSystem().Root
-	tok := &token{}
-	w.tok = tok
-	onLine := func(ls []jhook.Line) { root.Send(self, &linesMsg{tok: tok, lines: ls}) }
+	tok, quit := &token{}, make(chan struct{})
+	w.tok, w.quit = tok, quit
+	// The tail waits until the outbox has the chunk on disk (or this watcher stops).
+	onLine := func(ls []jhook.Line) {
+		durable := make(chan struct{})
+		root.Send(self, &linesMsg{tok: tok, lines: ls, durable: durable})
+		select {
+		case <-durable:
+		case <-quit:
+		}
+	}
 
 	rec, ok, err := w.cfg.Store.Load(w.cfg.JobID)
 	if err != nil {
@@ -125,17 +155,33 @@ func (w *watcher) start(ctx actor.Context) {
 	}
 	w.run = run
 	go func() {
-		<-run.Done()
-		root.Send(self, &doneMsg{tok: tok, run: run})
+		select {
+		case <-run.Exited():
+			root.Send(self, &exitedMsg{tok: tok})
+		case <-quit:
+			return
+		}
+		select {
+		case <-run.Done():
+			root.Send(self, &doneMsg{tok: tok, run: run})
+		case <-quit:
+		}
 	}()
 }
 
-func (w *watcher) lines(ctx actor.Context, ls []jhook.Line) {
-	for _, l := range ls {
-		ctx.Send(w.cfg.Outbox, &actors.Emit{Event: connector.Event{Board: w.cfg.Board, JobID: w.cfg.JobID,
-			Hook: &connector.HookLine{Source: w.cfg.Kind.Source(), Severity: l.Severity, Text: l.Text, Cut: l.Cut, Offset: l.Offset}}})
+// lines sends a chunk of the hook's output to the outbox, which closes m.durable once
+// it is on disk, and records how far the output was handed over (a restarted watcher
+// reads on from there).
+func (w *watcher) lines(ctx actor.Context, m *linesMsg) {
+	src := w.cfg.Kind.Source()
+	evs := make([]connector.Event, len(m.lines))
+	hls := make([]connector.HookLine, len(m.lines))
+	for i, l := range m.lines {
+		hls[i] = connector.HookLine{Source: src, Severity: l.Severity, Text: l.Text, Cut: l.Cut, Offset: l.Offset}
+		evs[i] = connector.Event{Board: w.cfg.Board, JobID: w.cfg.JobID, Hook: &hls[i]}
 	}
-	if err := w.cfg.Store.SetHookOffset(w.cfg.JobID, ls[len(ls)-1].Offset); err != nil {
+	ctx.Send(w.cfg.Outbox, &actors.EmitBatch{Events: evs, Durable: m.durable})
+	if err := w.cfg.Store.SetHookOffset(w.cfg.JobID, m.lines[len(m.lines)-1].Offset); err != nil {
 		w.cfg.Logger.Error("record hook offset", "error", err)
 	}
 }

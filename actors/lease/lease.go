@@ -95,9 +95,15 @@ type leaseActor struct {
 	hookKind  jobs.HookKind
 	// reported are the lease's transitions so far, journalled with its state.
 	reported []connector.Transition
+	// stopping is set once the actor is stopping (the daemon shuts down): from then on
+	// it acts on nothing, and the journal holds where the lease is for the next start.
+	stopping bool
 }
 
 func (a *leaseActor) Receive(ctx actor.Context) {
+	if a.stopping {
+		return
+	}
 	switch m := ctx.Message().(type) {
 	case *actor.Started:
 		a.started(ctx)
@@ -109,6 +115,8 @@ func (a *leaseActor) Receive(ctx actor.Context) {
 		a.step(ctx, jobs.EndRequested(m.Reason))
 	case *actors.ExtendLease:
 		a.step(ctx, jobs.Extend(m.Remaining))
+	case *actors.HookShimExited:
+		a.step(ctx, jobs.HookShimExited(m.Kind))
 	case *actors.HookExited:
 		a.hookExited(ctx, m)
 	case *timerFired:
@@ -125,10 +133,11 @@ func (a *leaseActor) Receive(ctx actor.Context) {
 			}
 		}
 	case *actor.Stopping, *actor.Restarting:
+		a.stopping = true
 		for _, s := range a.timers {
 			s.t.Stop()
 		}
-		a.timers = nil
+		clear(a.timers)
 	}
 }
 

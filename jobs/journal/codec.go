@@ -73,6 +73,7 @@ type stateV1 struct {
 	EndReason    string `json:"end_reason,omitempty"`
 	Acquired     bool   `json:"acquired,omitempty"`
 	HookRunning  string `json:"hook_running,omitempty"`
+	HookDraining bool   `json:"hook_draining,omitempty"`
 	AfterStarted bool   `json:"after_started,omitempty"`
 	BeforeFailed bool   `json:"before_failed,omitempty"`
 	AfterFailed  bool   `json:"after_failed,omitempty"`
@@ -201,7 +202,7 @@ func encodeLease(spec jobs.Spec, st jobs.State, deadlines map[jobs.Timer]time.Ti
 	}
 	s := stateV1{
 		EndRequested: st.EndRequested, Acquired: st.Acquired, AfterStarted: st.AfterStarted,
-		BeforeFailed: st.BeforeFailed, AfterFailed: st.AfterFailed, Quarantined: st.Quarantined,
+		HookDraining: st.HookDraining, BeforeFailed: st.BeforeFailed, AfterFailed: st.AfterFailed, Quarantined: st.Quarantined,
 		Failure: st.Failure,
 	}
 	if s.Phase, err = phaseNames.name(st.Phase); err != nil {
@@ -335,7 +336,7 @@ func fromLeaseV1(rec leaseV1) (jobs.Record, error) {
 	}
 	s := rec.State
 	out.State = jobs.State{EndRequested: s.EndRequested, Acquired: s.Acquired,
-		AfterStarted: s.AfterStarted, BeforeFailed: s.BeforeFailed, AfterFailed: s.AfterFailed,
+		AfterStarted: s.AfterStarted, HookDraining: s.HookDraining, BeforeFailed: s.BeforeFailed, AfterFailed: s.AfterFailed,
 		Quarantined: s.Quarantined, Failure: s.Failure}
 	if out.State.Phase, err = phaseNames.value(s.Phase); err != nil {
 		return out, err

@@ -51,7 +51,7 @@ func fullRecord(id string) jobs.Record {
 		},
 		State: jobs.State{
 			Phase: jobs.PhaseAfterLease, EndRequested: true, EndReason: jobs.EndCoordinator,
-			Acquired: true, HookRunning: jobs.HookAfter, AfterStarted: true,
+			Acquired: true, HookRunning: jobs.HookAfter, AfterStarted: true, HookDraining: true,
 			BeforeFailed: true, AfterFailed: true, Quarantined: true,
 			Failure: "beforeLease hook exited with status 3",
 		},
