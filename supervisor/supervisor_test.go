@@ -60,15 +60,25 @@ func start(t *testing.T, boards ...board.Config) *harness {
 
 func startWith(t *testing.T, svc *exporter.Service, boards ...board.Config) *harness {
 	t.Helper()
+	return startConn(t, local.New(), nil, svc, boards...)
+}
+
+// startConn is start with the connector given: conn, or wrap (which must wrap conn) if
+// not nil.
+func startConn(t *testing.T, conn *local.Connector, wrap connector.SupervisorConnector, svc *exporter.Service, boards ...board.Config) *harness {
+	t.Helper()
 	dir := t.TempDir()
-	conn := local.New()
+	var c connector.SupervisorConnector = conn
+	if wrap != nil {
+		c = wrap
+	}
 	logger := hclog.New(&hclog.LoggerOptions{Output: logWriter{t}, Level: hclog.Debug, Name: "boardvisor"})
 	for i := range boards {
 		if boards[i].LeaseDuration == 0 {
 			boards[i].LeaseDuration = time.Minute
 		}
 	}
-	sup, err := Start(Options{Boards: boards, StateDir: dir, Conn: conn, ShimCommand: hooktest.ShimCommand(), Logger: logger, Exporter: svc})
+	sup, err := Start(Options{Boards: boards, StateDir: dir, Conn: c, ShimCommand: hooktest.ShimCommand(), Logger: logger, Exporter: svc})
 	if err != nil {
 		t.Fatal(err)
 	}

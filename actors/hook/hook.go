@@ -65,7 +65,7 @@ type (
 		durable chan struct{} // closed by the outbox once the lines are durable
 	}
 	exitedMsg struct{ tok *token }
-	doneMsg struct {
+	doneMsg   struct {
 		tok *token
 		run *jhook.Run
 	}
