@@ -216,6 +216,14 @@ type Power struct {
 type Virtual struct {
 	// BootDelay is how long the simulated board takes to boot after power-on.
 	BootDelay Duration `yaml:"bootDelay"`
+	// Baud is the line rate its console is paced to (default 115200).
+	Baud int `yaml:"baud"`
+	// RandomBytes, when positive, makes the board a data source for tests and
+	// benchmarks: each power-on prints exactly this many pseudo-random bytes (from Seed)
+	// at the line rate, and nothing else.
+	RandomBytes int64 `yaml:"randomBytes"`
+	// Seed seeds the RandomBytes stream.
+	Seed uint64 `yaml:"seed"`
 }
 
 // ApplyDefaults fills in the defaults of every field left unset that has one: listen,

@@ -296,8 +296,17 @@ func checkPower(s scope, p *Power) {
 }
 
 func checkVirtual(s scope, vb *Virtual) {
-	if vb != nil && vb.BootDelay < 0 {
+	if vb == nil {
+		return
+	}
+	if vb.BootDelay < 0 {
 		s.add("drivers.virtual.bootDelay", "%s must not be negative", vb.BootDelay)
+	}
+	if vb.Baud < 0 {
+		s.add("drivers.virtual.baud", "%d must not be negative", vb.Baud)
+	}
+	if vb.RandomBytes < 0 {
+		s.add("drivers.virtual.randomBytes", "%d must not be negative", vb.RandomBytes)
 	}
 }
 

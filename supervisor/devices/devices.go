@@ -47,6 +47,9 @@ type Board struct {
 	power   drivers.Power
 	rec     *recording.Recorder
 	recCh   chan recItem
+	// recJob is the lease the recording is cut for now, as the console events say
+	// (touched only by Sink, which the outbox calls from one goroutine).
+	recJob  string
 	closers []io.Closer
 
 	mu   sync.Mutex
@@ -86,7 +89,8 @@ func (m *Manager) build(stateDir string, rb config.ResolvedBoard) (*Board, error
 	sc := serial.Config{Name: Console}
 	switch {
 	case rb.Virtual != nil:
-		vb, err := virtual.New(rb.Name, virtual.Options{BootDelay: rb.Virtual.BootDelay.Std()})
+		v := rb.Virtual
+		vb, err := virtual.New(rb.Name, virtual.Options{BootDelay: v.BootDelay.Std(), Baud: v.Baud, RandomBytes: v.RandomBytes, Seed: v.Seed})
 		if err != nil {
 			return nil, err
 		}
@@ -125,16 +129,16 @@ func (m *Manager) build(stateDir string, rb config.ResolvedBoard) (*Board, error
 		b.rec = rec
 		b.recCh = make(chan recItem, 1024)
 		m.wg.Add(1)
-		go m.record(b)
+		go m.record(b, b.recCh)
 	}
 	return b, nil
 }
 
 // record writes a board's console to its recording; it owns the recorder's I/O, so the
 // event path never waits for the disk.
-func (m *Manager) record(b *Board) {
+func (m *Manager) record(b *Board, items <-chan recItem) {
 	defer m.wg.Done()
-	for it := range b.recCh {
+	for it := range items {
 		var err error
 		switch {
 		case it.start != "":
@@ -169,8 +173,12 @@ func (m *Manager) PowerOn(ctx context.Context) {
 }
 
 // Sink feeds console bytes to their watchers and to the recording, and cuts the
-// recording per lease. It never blocks: a slow watcher loses bytes, the recording does
-// only if its queue of 1024 chunks is full (both are logged).
+// recording per lease. The lease a console chunk belongs to is the one its event names
+// (the board actor decides it): the recording follows the events and nothing else, so
+// that a lease's recording and its console events are the same bytes. A lease's file is
+// also started at its BEFORE_LEASE transition (so that a lease that printed nothing has
+// one) and closed when it leaves AFTER_LEASE. Sink never blocks: a slow watcher loses
+// bytes, the recording does only if its queue of 1024 chunks is full (both are logged).
 func (m *Manager) Sink(ev connector.Event) {
 	b := m.boards[ev.Board]
 	if b == nil || b.recCh == nil {
@@ -186,12 +194,28 @@ func (m *Manager) Sink(ev connector.Event) {
 			}
 		}
 		b.mu.Unlock()
+		m.recordFor(b, ev.JobID)
 		m.queue(b, recItem{data: ev.Console.Data})
 	case ev.Transition != nil && ev.Transition.To == jobs.PhaseBeforeLease:
-		m.queue(b, recItem{start: ev.JobID})
-	case ev.Transition != nil && ev.Transition.From == jobs.PhaseAfterLease:
-		m.queue(b, recItem{end: ev.JobID})
+		m.recordFor(b, ev.JobID)
+	case ev.Transition != nil && ev.Transition.From == jobs.PhaseAfterLease && b.recJob == ev.JobID:
+		m.recordFor(b, "")
 	}
+}
+
+// recordFor cuts b's recording so that what follows goes to job's files ("": the
+// board's).
+func (m *Manager) recordFor(b *Board, job string) {
+	if b.recJob == job {
+		return
+	}
+	if b.recJob != "" {
+		m.queue(b, recItem{end: b.recJob})
+	}
+	if job != "" {
+		m.queue(b, recItem{start: job})
+	}
+	b.recJob = job
 }
 
 func (m *Manager) queue(b *Board, it recItem) {

@@ -1,0 +1,70 @@
+package devices
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"testing"
+
+	"github.com/boardvisor/boardvisor/connector"
+	"github.com/boardvisor/boardvisor/drivers/recording"
+	"github.com/boardvisor/boardvisor/jobs"
+	"github.com/boardvisor/boardvisor/supervisor/config"
+	"github.com/hashicorp/go-hclog"
+)
+
+// The recording follows the console events' own lease tags, whatever order the
+// transitions reach the outbox in: the board actor tags a chunk by the phase it last
+// heard, and a chunk read just before a lease's transition can reach the outbox just
+// after it. Cut on transitions (as before), the recording put such a chunk in another
+// file than the event named, and the lease's recording and its console at the
+// coordinator differed.
+func TestRecordingFollowsTheConsoleEventsLease(t *testing.T) {
+	dir := t.TempDir()
+	cfg, err := config.Parse("test.yaml", fmt.Appendf(nil, "stateDir: %s\nboards:\n  - name: b1\n    drivers: {virtual: {}}\n", dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := Build(cfg, hclog.NewNullLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	const job = "5f0c2a8e-1d1b-4d4e-9c8f-1a2b3c4d5e6f"
+	console := func(job, data string) connector.Event {
+		return connector.Event{Board: "b1", JobID: job, Console: &connector.Console{Source: jobs.SourceDriver, Data: []byte(data)}}
+	}
+	transition := func(from, to jobs.Phase) connector.Event {
+		return connector.Event{Board: "b1", JobID: job, Transition: &connector.Transition{From: from, To: to}}
+	}
+	var want []byte
+	for _, ev := range []connector.Event{
+		console("", "board-before "),
+		transition(jobs.PhaseStarting, jobs.PhaseBeforeLease),
+		console("", "late-board "), // read before the board heard of BEFORE_LEASE
+		console(job, "lease-1 "),
+		console(job, "lease-2 "),
+		transition(jobs.PhaseAfterLease, jobs.PhaseReleasing),
+		console(job, "late-lease "), // read before the board heard of RELEASING
+		console("", "board-after"),
+	} {
+		if ev.Console != nil && ev.JobID == job {
+			want = append(want, ev.Console.Data...)
+		}
+		m.Sink(ev)
+	}
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	rc, err := recording.ReadLease(dir, "b1", job)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	got, err := io.ReadAll(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("lease recording %q, want the bytes its events carried %q", got, want)
+	}
+}
