@@ -104,9 +104,35 @@ func TestRestartKill9InEveryPhase(t *testing.T) {
 		}
 		t.Logf("%d events from %s (last seq %d), %d leases, %d supervisor starts", len(evs), r.supID, last, len(r.all), r.starts)
 	})
+	r.report(t)
+	t.Logf("whole test: %s", time.Since(began).Round(time.Millisecond))
+}
+
+// The clean-shutdown test (issue 13, item 6): as the kill -9 test, but the supervisor
+// is stopped with SIGTERM in every phase, three times each: it must stop by itself
+// within its bound, with no panic and no ERROR in its log, the journal saying where
+// every lease is, and every lease resuming on the next start and ending DONE (the same
+// checks per round as the kill -9 test).
+func TestRestartSIGTERMInEveryPhase(t *testing.T) {
+	r := newRestartRig(t, 4)
+	r.term = true
+	for _, phase := range []string{"STARTING", "BEFORE_LEASE", "READY", "ENDING", "AFTER_LEASE", "RELEASING"} {
+		t.Run(phase, func(t *testing.T) {
+			for v := range 3 {
+				t.Run(strconv.Itoa(v), func(t *testing.T) { r.round(t, phase, v) })
+			}
+		})
+	}
+	t.Run("NewLeaseOnEveryBoard", func(t *testing.T) { r.round(t, "", 0) })
+	for _, d := range r.dirtyStops {
+		t.Error(d)
+	}
+	t.Logf("%d supervisor starts, %d stopped with SIGTERM", r.starts, r.starts-1)
+}
+
+func (r *restartRig) report(t *testing.T) {
 	t.Logf("READY: restart to re-adopted (token of the resumed lease accepted and the lease READY on the client service): %s", &r.readopt)
 	t.Logf("READY: restart to 'supervising' logged: %s", &r.upTime)
-	t.Logf("whole test: %s", time.Since(began).Round(time.Millisecond))
 }
 
 const (
@@ -127,6 +153,10 @@ type restartRig struct {
 	lastOut                                          string    // output of the last killed supervisor
 	supStartedAt                                     time.Time // when the running supervisor was started
 	wantTransitions, wantBeforeLines, wantAfterLines []string
+	// term stops the supervisor with SIGTERM instead of SIGKILL; dirtyStops are what
+	// such stops left in the log that a clean shutdown must not (panics, errors).
+	term       bool
+	dirtyStops []string
 }
 
 // rLease is one lease of the test.
@@ -210,10 +240,29 @@ func (r *restartRig) startSupervisor() error {
 	return nil
 }
 
-// killSupervisor sends SIGKILL to the supervisor and waits for it.
+// killSupervisor sends SIGKILL (SIGTERM if r.term) to the supervisor and waits for it.
 func (r *restartRig) killSupervisor() {
-	r.sup.kill()
+	if !r.term {
+		r.sup.kill()
+		r.lastOut = r.sup.output()
+		return
+	}
+	r.sup.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-r.sup.done:
+	case <-time.After(wait):
+		r.sup.kill()
+		r.dirtyStops = append(r.dirtyStops, fmt.Sprintf("start %d: the supervisor did not stop within %s of SIGTERM", r.starts, wait))
+	}
 	r.lastOut = r.sup.output()
+	for _, l := range strings.Split(r.lastOut, "\n") {
+		if strings.Contains(l, "panic") || strings.Contains(l, "Recovering") || strings.Contains(l, "[ERROR]") || strings.HasPrefix(l, "goroutine ") {
+			r.dirtyStops = append(r.dirtyStops, fmt.Sprintf("start %d, stopped with SIGTERM, logged: %s", r.starts, l))
+		}
+	}
+	if r.sup.err != nil {
+		r.dirtyStops = append(r.dirtyStops, fmt.Sprintf("start %d: the supervisor exited with %v after SIGTERM", r.starts, r.sup.err))
+	}
 }
 
 func (r *restartRig) spool(l *rLease, hook string) string {
