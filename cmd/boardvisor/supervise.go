@@ -59,18 +59,21 @@ func serveSupervisor(ctx context.Context, cfg *config.Config, logger hclog.Logge
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return fmt.Errorf("state directory: %w", err)
 	}
-	// Devices are closed last, after every actor has stopped.
+	// The journal's lock is the state directory's: taken before anything in it is
+	// touched (devices remove stale run directories).
+	jr, err := openJournal(filepath.Join(cfg.StateDir, "journal.db"), logger)
+	if err != nil {
+		return err
+	}
+	defer jr.Close()
+	// Devices are closed after every actor has stopped (deferred after the journal, so
+	// closed before it).
 	dev, err := devices.Build(cfg, logger.Named("devices"))
 	if err != nil {
 		return err
 	}
 	defer dev.Close()
 	boards := supervisor.BoardsFromConfig(cfg, dev)
-	jr, err := openJournal(filepath.Join(cfg.StateDir, "journal.db"), logger)
-	if err != nil {
-		return err
-	}
-	defer jr.Close()
 	lis, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("client service: listen on %s: %w", cfg.Listen, err)

@@ -63,7 +63,18 @@ type Config struct {
 	StartTimeout time.Duration
 	// StopGrace is the time between SIGTERM and SIGKILL when stopping QEMU (default 2s).
 	StopGrace time.Duration
+	// RunDir is the board's run directory (its serial port's socket), created with mode
+	// 0700 and removed by Close; the supervisor puts it under its state directory. Empty
+	// means a new directory under os.TempDir(). Its path must leave room for a Unix
+	// socket name (at most 107 bytes in all).
+	RunDir string
 }
+
+// socketName is the name of the serial port's socket in the run directory.
+const socketName = "serial.sock"
+
+// maxSocketPath is the longest path a Unix socket can be bound to on Linux.
+const maxSocketPath = 107
 
 // Board is an emulated board. It satisfies drivers.Power; its methods are safe for
 // concurrent use.
@@ -118,10 +129,18 @@ func New(cfg Config) (*Board, error) {
 		return nil, fmt.Errorf("qemu board %s: %w", cfg.Name, err)
 	}
 	cfg.Binary = bin
-	// A short directory: a unix socket path is limited to 107 bytes.
-	runDir, err := os.MkdirTemp("", "bv-qemu-")
-	if err != nil {
-		return nil, fmt.Errorf("qemu board %s: %w", cfg.Name, err)
+	runDir := cfg.RunDir
+	if runDir == "" {
+		// A short directory: a unix socket path is limited to 107 bytes.
+		if runDir, err = os.MkdirTemp("", "bv-qemu-"); err != nil {
+			return nil, fmt.Errorf("qemu board %s: %w", cfg.Name, err)
+		}
+	} else if err := os.MkdirAll(runDir, 0o700); err != nil {
+		return nil, fmt.Errorf("qemu board %s: run directory: %w", cfg.Name, err)
+	}
+	if n := len(filepath.Join(runDir, socketName)); n > maxSocketPath {
+		os.RemoveAll(runDir)
+		return nil, fmt.Errorf("qemu board %s: run directory %s is too long for a socket in it (%d bytes, at most %d): use a shorter state directory", cfg.Name, runDir, n, maxSocketPath)
 	}
 	pair, err := ptypair.Open()
 	if err != nil {
@@ -214,7 +233,7 @@ func (b *Board) Close() error {
 }
 
 func (b *Board) startLocked(ctx context.Context) error {
-	sock := filepath.Join(b.runDir, "serial.sock")
+	sock := filepath.Join(b.runDir, socketName)
 	os.Remove(sock)
 	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
 	if err != nil {

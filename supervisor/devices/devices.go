@@ -10,10 +10,14 @@ package devices
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"sync"
 
 	"github.com/boardvisor/boardvisor/actors/driver"
@@ -61,6 +65,20 @@ type recItem struct {
 	start, end string // lease to start or end recording
 }
 
+// QEMURunDir is the directory under the state directory that holds the run directories
+// of emulated boards.
+const QEMURunDir = "qemu"
+
+// runDirName is a board's run directory name: its name if short, else a digest of it (a
+// socket path is limited to 107 bytes).
+func runDirName(board string) string {
+	if len(board) <= 16 {
+		return board
+	}
+	sum := sha256.Sum256([]byte(board))
+	return hex.EncodeToString(sum[:8])
+}
+
 // Manager holds the devices of every board of a supervisor.
 type Manager struct {
 	log    hclog.Logger
@@ -70,8 +88,15 @@ type Manager struct {
 
 // Build creates the devices of every board in cfg. Simulated and emulated boards are
 // created (their pseudo-terminals opened) but not powered on.
+//
+// Emulated boards keep their run directories under StateDir/qemu; what is there when
+// Build starts is left from an earlier process (its QEMUs died with it) and removed.
+// The caller must hold the state directory (the journal's lock) first.
 func Build(cfg *config.Config, logger hclog.Logger) (*Manager, error) {
 	m := &Manager{log: logger, boards: map[string]*Board{}}
+	if err := os.RemoveAll(filepath.Join(cfg.StateDir, QEMURunDir)); err != nil {
+		logger.Warn("remove stale qemu run directories", "error", err)
+	}
 	for _, rb := range cfg.Resolve() {
 		b, err := m.build(cfg.StateDir, rb)
 		if err != nil {
@@ -97,7 +122,8 @@ func (m *Manager) build(stateDir string, rb config.ResolvedBoard) (*Board, error
 		b.closers = append(b.closers, vb)
 		consolePath, b.power = vb.Path(), vb
 	case rb.QEMU != nil:
-		q, err := qemu.New(qemu.Config{Name: rb.Name, Binary: rb.QEMU.Binary, Machine: rb.QEMU.Machine, MemoryMiB: rb.QEMU.MemoryMiB, Args: rb.QEMU.Args})
+		q, err := qemu.New(qemu.Config{Name: rb.Name, Binary: rb.QEMU.Binary, Machine: rb.QEMU.Machine, MemoryMiB: rb.QEMU.MemoryMiB, Args: rb.QEMU.Args,
+			RunDir: filepath.Join(stateDir, QEMURunDir, runDirName(rb.Name))})
 		if err != nil {
 			return nil, err
 		}

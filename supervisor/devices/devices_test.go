@@ -2,8 +2,13 @@ package devices
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"testing"
 
 	"github.com/boardvisor/boardvisor/connector"
@@ -66,5 +71,45 @@ func TestRecordingFollowsTheConsoleEventsLease(t *testing.T) {
 	}
 	if !bytes.Equal(got, want) {
 		t.Fatalf("lease recording %q, want the bytes its events carried %q", got, want)
+	}
+}
+
+// Emulated boards keep their run directories under the state directory, and what an
+// earlier process left there is removed when the devices are built.
+func TestQEMURunDirectoriesLiveUnderTheStateDir(t *testing.T) {
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("qemu-system-x86_64 is missing: .ci/run should have installed qemu-system-x86")
+		}
+		t.Skip("qemu-system-x86_64 is not installed")
+	}
+	dir := t.TempDir()
+	stale := filepath.Join(dir, QEMURunDir, "old-board")
+	if err := os.MkdirAll(stale, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Parse("test.yaml", fmt.Appendf(nil, "stateDir: %s\nboards:\n  - name: q1\n    drivers: {qemu: {}}\n  - name: a-board-with-a-rather-long-name-of-forty-five\n    drivers: {qemu: {}}\n", dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := Build(cfg, hclog.NewNullLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(stale); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("stale run directory %s is still there (%v)", stale, err)
+	}
+	entries, err := os.ReadDir(filepath.Join(dir, QEMURunDir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(entries) != 2 {
+		t.Errorf("run directories %v, want one per emulated board", entries)
+	}
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if entries, _ := os.ReadDir(filepath.Join(dir, QEMURunDir)); len(entries) != 0 {
+		t.Errorf("run directories left after Close: %v", entries)
 	}
 }
