@@ -17,7 +17,9 @@
 // output processing: "\n" stays "\n"), has a fixed window of TerminalColumns ×
 // TerminalRows, and the hook gets TERM=dumb. On a terminal, C stdio and Python write
 // each line as it is printed instead of block-buffering it. Spec.Pipe (--pipe) gives the
-// hook a plain pipe instead, in a new process group. The shim holds no descriptor of
+// hook a plain pipe instead, in a new process group. On a terminal the hook starts with
+// SIGHUP ignored: the hangup the kernel sends to the hook's group when its main process
+// exits would otherwise race the shim's cleanup of what the hook left behind. The shim holds no descriptor of
 // the terminal's slave side once the hook is started: when no process of the hook holds
 // one any more, reading the master fails with EIO, which ends the output as a pipe's
 // EOF does.

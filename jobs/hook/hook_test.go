@@ -344,6 +344,31 @@ func TestLeftoverKilledAfterSuccess(t *testing.T) {
 	})
 }
 
+// A hook that succeeds but leaves a process in its own process group: on a terminal
+// too (where the hook's exit hangs the terminal up for its group), the shim names it
+// and kills it.
+func TestLeftoverInGroupKilled(t *testing.T) {
+	t.Parallel()
+	bothPaths(t, func(t *testing.T, pipe bool) {
+		pids := pidsFile(t)
+		c := newLines()
+		run, err := newRunner(t).Start(specOn(t, pipe, `"$REC" &
+`+awaitPids(1)+`
+echo done`, "PIDS="+pids, "REC="+recorder(t)), c.onLine)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res := wait(t, run); !res.OK() {
+			t.Errorf("result = %+v, want OK", res)
+		}
+		ls := c.rest()
+		if len(ls) != 2 || ls[0].Text != "done" || !strings.Contains(ls[1].Text, "left 1 process") {
+			t.Errorf("lines = %q", texts(ls))
+		}
+		assertGone(t, pids, 1)
+	})
+}
+
 // 6. Stop during a run.
 func TestStop(t *testing.T) {
 	t.Parallel()

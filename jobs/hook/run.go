@@ -200,6 +200,11 @@ func (run *Run) Dir() string { return run.dir }
 // output line has been passed to onLines, and Result is ready.
 func (run *Run) Done() <-chan struct{} { return run.done }
 
+// Exited returns a channel closed once the shim has exited: the hook is over and its
+// status is written (or the shim vanished), although output may still be on its way to
+// onLines. Done follows once every line was passed on.
+func (run *Run) Exited() <-chan struct{} { return run.exited }
+
 // Result waits for Done and returns how the run ended.
 func (run *Run) Result() Result {
 	<-run.done
@@ -259,13 +264,15 @@ func (run *Run) Detach() {
 // Start starts the shim running spec's hook and returns at once when the hook has been
 // started (a hook that cannot be run is reported by Result, not here). onLines, if not
 // nil, is called with the lines of output, in order, from one goroutine: once per read
-// of the spool, with every line that read completed (so a hook printing flat out is
-// passed on in chunks of up to 64 KiB, a slow one line by line as each is complete);
-// the last line is passed at the end even without a newline. A line the hook redraws
-// with carriage returns is passed on, while it is redrawn, as progress lines (its state
-// when a read ends, when it changed, at most one per ProgressInterval), then as the
-// ordinary line at its newline. The slice is the callee's to keep. All calls happen
-// before Done is closed.
+// of the spool (up to 64 KiB), with every line that read completed (so a hook printing
+// flat out is passed on in chunks, a slow one line by line as each is complete); the
+// last line is passed at the end even without a newline. A line the hook redraws with
+// carriage returns is passed on, while it is redrawn, as progress lines (its state when
+// a read ends, when it changed, at most one per ProgressInterval), then as the ordinary
+// line at its newline. The slice is the callee's to keep. onLines may block: the tail
+// waits for it (that is how a consumer holds the hook's output back in the spool while
+// it cannot keep up). All calls happen before Done is closed; Detach does not interrupt
+// a call, so a blocking onLines must be released by its owner before Detach.
 func (r *Runner) Start(spec Spec, onLines func([]Line)) (*Run, error) {
 	name := spec.Name
 	if name == "" {
@@ -597,11 +604,13 @@ func (run *Run) endWaiter() {
 	}
 }
 
-// read reads the output from run.offset to its end and passes on the lines it
-// completed, and the state of a line being redrawn, in one call.
+// read reads the output from run.offset to its end, passing on the lines each read
+// of up to 64 KiB completed, and, at the end, the state of a line being redrawn.
 func (run *Run) read() {
-	defer run.pass()
-	defer func() { run.progress(time.Now()) }()
+	defer func() {
+		run.progress(time.Now())
+		run.pass()
+	}()
 	if run.out == nil {
 		f, err := os.Open(filepath.Join(run.dir, outputFile))
 		if err != nil {
@@ -613,6 +622,7 @@ func (run *Run) read() {
 		n, err := run.out.ReadAt(run.buf, run.offset)
 		if n > 0 {
 			run.feed(run.buf[:n])
+			run.pass()
 		}
 		if err != nil {
 			if err != io.EOF {

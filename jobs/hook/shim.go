@@ -189,6 +189,11 @@ func (s *shim) run(ready func()) int {
 	} else {
 		w, err = s.spool.terminal()
 		sys = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 1}
+		// When the hook's main process (the session leader) exits, the kernel sends
+		// SIGHUP to the terminal's foreground group. The hook starts with SIGHUP
+		// ignored (the shim's disposition is inherited), so what it left behind is
+		// found, named and killed by the shim, as on a pipe, rather than racing it.
+		signal.Ignore(unix.SIGHUP)
 	}
 	if err != nil {
 		devnull.Close()
