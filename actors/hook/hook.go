@@ -133,7 +133,7 @@ func (w *watcher) start(ctx actor.Context) {
 func (w *watcher) lines(ctx actor.Context, ls []jhook.Line) {
 	for _, l := range ls {
 		ctx.Send(w.cfg.Outbox, &actors.Emit{Event: connector.Event{Board: w.cfg.Board, JobID: w.cfg.JobID,
-			Hook: &connector.HookLine{Source: w.cfg.Kind.Source(), Severity: l.Severity, Text: l.Text, Cut: l.Cut, Offset: l.Offset}}})
+			Hook: &connector.HookLine{Source: w.cfg.Kind.Source(), Severity: l.Severity, Text: l.Text, Cut: l.Cut, Progress: l.Progress, Offset: l.Offset}}})
 	}
 	if err := w.cfg.Store.SetHookOffset(w.cfg.JobID, ls[len(ls)-1].Offset); err != nil {
 		w.cfg.Logger.Error("record hook offset", "error", err)
