@@ -50,12 +50,19 @@ type Client struct {
 	Out io.Writer
 	// Dial connects to a supervisor's client service (nil: plaintext gRPC).
 	Dial func(endpoint string) (*grpc.ClientConn, error)
+
+	scr screen // progress lines shown in place when Out is a terminal
 }
 
 // ErrHookFailed is returned when the beforeLease hook failed the lease.
 var ErrHookFailed = errors.New("beforeLease hook failed")
 
-func (c *Client) say(format string, args ...any) { fmt.Fprintf(c.Out, format+"\n", args...) }
+func (c *Client) say(format string, args ...any) {
+	c.scr.mu.Lock()
+	defer c.scr.mu.Unlock()
+	c.clearProgress()
+	fmt.Fprintf(c.Out, format+"\n", args...)
+}
 
 // Acquire creates a lease and waits until a supervisor has taken it on. While it is
 // queued it says so.
@@ -295,6 +302,13 @@ func (s *Session) print(r *jpb.LogStreamResponse) {
 		s.c.say("[boardvisor] (%d lines missed: this client fell behind)", r.GetMissed())
 	}
 	msg, sev := r.GetMessage(), r.GetSeverity()
+	if p := r.GetSource(); r.GetProgress() && (p == jpb.LogSource_LOG_SOURCE_BEFORE_LEASE_HOOK || p == jpb.LogSource_LOG_SOURCE_AFTER_LEASE_HOOK) {
+		if p == jpb.LogSource_LOG_SOURCE_AFTER_LEASE_HOOK && sev == "INFO" {
+			sev = "Output"
+		}
+		s.c.progress(fmt.Sprintf("[Hook %s] %s", sev, msg))
+		return
+	}
 	switch r.GetSource() {
 	case jpb.LogSource_LOG_SOURCE_BEFORE_LEASE_HOOK:
 		s.c.say("[Hook %s] %s", sev, msg)

@@ -117,7 +117,11 @@ type HookLine struct {
 	Severity jobs.Severity
 	Text     string
 	Cut      bool
-	// Offset is the byte offset in the hook's spool just past this line.
+	// Progress marks a progress line: the state so far of a line the hook redraws
+	// with carriage returns, superseded by the next line of the same source.
+	Progress bool
+	// Offset is the byte offset in the hook's spool just past this line (for a
+	// progress line, the start of the line it shows).
 	Offset int64
 }
 

@@ -141,6 +141,9 @@ func (s Spec) Validate() error {
 	if s.Duration <= 0 {
 		return fmt.Errorf("job %s: duration %s must be positive", s.JobID, s.Duration)
 	}
+	if err := s.checkInput(); err != nil {
+		return fmt.Errorf("job %s: %w", s.JobID, err)
+	}
 	for _, h := range []struct {
 		kind HookKind
 		p    *HookPolicy

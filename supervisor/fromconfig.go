@@ -29,5 +29,5 @@ func leaseHook(h *config.ResolvedHook) *lease.HookConfig {
 	if h == nil {
 		return nil
 	}
-	return &lease.HookConfig{Spec: jhook.Spec{Script: h.Script, Exec: h.Exec, Timeout: h.Policy.Timeout}, Policy: h.Policy}
+	return &lease.HookConfig{Spec: jhook.Spec{Script: h.Script, Exec: h.Exec, Timeout: h.Policy.Timeout, Pipe: h.Pipe}, Policy: h.Policy}
 }

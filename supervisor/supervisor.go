@@ -297,7 +297,7 @@ func finishedHookLines(opts Options, runner *jhook.Runner, r jobs.Record, offset
 	run, err := runner.Adopt(r.Hook.Dir, 0, 0, off, func(ls []jhook.Line) {
 		for _, l := range ls {
 			evs = append(evs, connector.Event{Board: r.Spec.Board, JobID: job, Hook: &connector.HookLine{
-				Source: k.Source(), Severity: l.Severity, Text: l.Text, Cut: l.Cut, Offset: l.Offset}})
+				Source: k.Source(), Severity: l.Severity, Text: l.Text, Cut: l.Cut, Progress: l.Progress, Offset: l.Offset}})
 		}
 	})
 	if err != nil {

@@ -177,7 +177,7 @@ func (w *watcher) lines(ctx actor.Context, m *linesMsg) {
 	evs := make([]connector.Event, len(m.lines))
 	hls := make([]connector.HookLine, len(m.lines))
 	for i, l := range m.lines {
-		hls[i] = connector.HookLine{Source: src, Severity: l.Severity, Text: l.Text, Cut: l.Cut, Offset: l.Offset}
+		hls[i] = connector.HookLine{Source: src, Severity: l.Severity, Text: l.Text, Cut: l.Cut, Progress: l.Progress, Offset: l.Offset}
 		evs[i] = connector.Event{Board: w.cfg.Board, JobID: w.cfg.JobID, Hook: &hls[i]}
 	}
 	ctx.Send(w.cfg.Outbox, &actors.EmitBatch{Events: evs, Durable: m.durable})

@@ -20,7 +20,10 @@ import (
 )
 
 // demoConfig is the supervisor of the demo: three simulated boards whose hooks print
-// JMP_ lines with small pauses, as an operator's scripts would.
+// JMP_ lines with small pauses, as an operator's scripts would. The flashing step is a
+// Python program that prints without flushing: into a pipe its lines would all arrive at
+// its end, on the hook's terminal each arrives as it is printed. The progress bar is
+// redrawn with carriage returns and shows in place in the shell.
 const demoConfig = `stateDir: %[1]s/supervisor
 listen: 127.0.0.1:0
 log: {level: info, format: text}
@@ -36,10 +39,20 @@ defaults:
       script: |
         echo "JMP_INFO: Powering on device..."
         sleep 0.3
-        echo "JMP_INFO: Flashing image to $BOARD_NAME (device=$BOARD_LABEL_DEVICE)..."
-        sleep 0.4
-        echo "JMP_WARN: USB hub is slow today; flashing took longer than usual"
-        sleep 0.2
+        flash='import os, sys, time
+        print("JMP_INFO: Flashing image to " + os.environ["BOARD_NAME"] + " (device=" + os.environ.get("BOARD_LABEL_DEVICE", "?") + ")...")
+        for block in range(1, 5):
+            time.sleep(0.15)
+            print("JMP_INFO: wrote block " + str(block) + " of 4")
+        time.sleep(0.2)
+        print("JMP_WARN: USB hub is slow today; flashing took longer than usual")'
+        if command -v python3 >/dev/null; then python3 -c "$flash"; else
+          echo "JMP_INFO: Flashing image to $BOARD_NAME (device=$BOARD_LABEL_DEVICE)..."
+          echo "JMP_WARN: USB hub is slow today; flashing took longer than usual"
+        fi
+        i=0
+        while [ $i -le 100 ]; do printf '\rJMP_INFO: Verifying image: %%3d%%%%' $i; i=$((i+5)); sleep 0.05; done
+        printf '\n'
         echo "JMP_INFO: Board booted, console ready"
     afterLease:
       timeout: 30s

@@ -42,7 +42,7 @@ func ToProto(ev connector.Event) *pb.Event {
 	case ev.Hook != nil:
 		h := ev.Hook
 		out.Body = &pb.Event_HookLog{HookLog: &pb.HookLog{JobId: ev.JobID, Board: ev.Board, Source: jpb.LogSource(h.Source),
-			Severity: Severity(h.Severity), Text: h.Text, Offset: uint64(max(h.Offset, 0)), Cut: h.Cut}}
+			Severity: Severity(h.Severity), Text: h.Text, Offset: uint64(max(h.Offset, 0)), Cut: h.Cut, Progress: h.Progress}}
 	case ev.Gap != nil:
 		out.Body = &pb.Event_ConsoleGap{ConsoleGap: &pb.ConsoleGap{JobId: ev.JobID, Board: ev.Board, Bytes: ev.Gap.Bytes}}
 	case ev.BoardStatus != nil:

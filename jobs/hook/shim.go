@@ -30,8 +30,8 @@ const (
 const maxCleanupGrace = time.Second
 
 // pipeCloseWait bounds how long the shim waits, once every process of the hook is gone,
-// for the end of the output pipe (only a process outside the hook's tree, handed the
-// pipe's descriptor, can still hold it open).
+// for the end of the output (only a process outside the hook's tree, handed a
+// descriptor of the terminal or pipe, can still hold it open).
 const pipeCloseWait = time.Second
 
 // shimStatus is the JSON document the shim writes to DIR/status.
@@ -48,7 +48,8 @@ type shimStatus struct {
 	// Error says why the hook could not be run, or is empty.
 	Error string `json:"error"`
 	// Truncated reports that the hook wrote more than the spool keeps (--max-output)
-	// or that the spool could not be written; Discarded counts the bytes not kept.
+	// or that output could not be written to the spool in time; Discarded counts the
+	// bytes not kept.
 	Truncated bool  `json:"truncated,omitempty"`
 	Discarded int64 `json:"discarded,omitempty"`
 }
@@ -56,21 +57,26 @@ type shimStatus struct {
 // ShimMain is the body of the hidden "boardvisor hook-shim" subcommand; args are the
 // arguments after the subcommand's name:
 //
-//	--dir SPOOLDIR --timeout DURATION --grace DURATION [--max-output BYTES] [--ready-fd N] -- COMMAND [ARG...]
+//	--dir SPOOLDIR --timeout DURATION --grace DURATION [--max-output BYTES] [--pipe] [--ready-fd N] -- COMMAND [ARG...]
 //
-// It runs COMMAND (looked up as a path, not in $PATH) in a new process group, with
-// stdin /dev/null and stdout and stderr a pipe that the shim copies to SPOOLDIR/output,
-// and with the shim's own environment and working directory. At most --max-output bytes
-// (default DefaultMaxOutput) of the hook's output are kept: past them, or when the
-// spool cannot be written (a full disk), the shim appends one line
-// "JMP_WARN: boardvisor: output truncated after N bytes", then reads on and discards the
-// rest, so the hook never blocks on its output. At --timeout (0: none) it sends
-// SIGTERM to the process group, after --grace SIGKILL. A SIGTERM to the shim does the
-// same at once and marks the run stopped. Once the command's main process has exited,
-// every descendant still alive (the shim is their child subreaper) gets SIGTERM and,
-// after min(--grace, 1s), SIGKILL; when all are reaped the shim writes SPOOLDIR/status
-// and exits. If --ready-fd is given, the shim closes that descriptor once it handles
-// SIGTERM and the command has been started (or failed to start).
+// It runs COMMAND (looked up as a path, not in $PATH) in a new session, with stdin
+// /dev/null and stdout and stderr a pseudo-terminal (its controlling terminal; with
+// --pipe a pipe instead) that the shim copies to SPOOLDIR/output, and with the shim's
+// own environment and working directory. At most --max-output bytes (default
+// DefaultMaxOutput) of the hook's output are kept: past them the shim reads on and
+// discards, so the hook never blocks on its output, and once the output has ended it
+// appends one line "JMP_WARN: boardvisor: output truncated after N bytes (...): B more
+// bytes in L lines dropped". When the spool cannot be written (a full disk) the shim
+// stops reading and retries with back-off, so the hook waits on its own output and
+// nothing is lost; once the hook's processes are gone it retries for at most
+// --drain-timeout (default DefaultDrainTimeout) before dropping what it holds, with the
+// same marker. At --timeout (0: none) it sends SIGTERM to the hook's process group,
+// after --grace SIGKILL. A SIGTERM to the shim does the same at once and marks the run
+// stopped. Once the command's main process has exited, every descendant still alive
+// (the shim is their child subreaper) gets SIGTERM and, after min(--grace, 1s),
+// SIGKILL; when all are reaped the shim writes SPOOLDIR/status and exits. If --ready-fd
+// is given, the shim closes that descriptor once it handles SIGTERM and the command has
+// been started (or failed to start).
 //
 // ShimMain returns the shim's exit status: 0 when the status file was written,
 // whatever the hook's outcome, 1 if it could not be, 2 for a usage error. The caller is
@@ -83,6 +89,8 @@ func ShimMain(args []string) int {
 	grace := fset.Duration("grace", 5*time.Second, "time between SIGTERM and SIGKILL")
 	readyFD := fset.Int("ready-fd", -1, "file descriptor to close once the hook has been started")
 	maxOutput := fset.Int64("max-output", DefaultMaxOutput, "most `bytes` of hook output kept in the spool")
+	pipe := fset.Bool("pipe", false, "give the hook a pipe as stdout and stderr instead of a pseudo-terminal")
+	drain := fset.Duration("drain-timeout", DefaultDrainTimeout, "how long to retry writing held output to a full spool once the hook has ended")
 	if err := fset.Parse(args); err != nil {
 		return 2
 	}
@@ -98,13 +106,13 @@ func ShimMain(args []string) int {
 	}()
 	argv := fset.Args()
 	if *dir == "" || len(argv) == 0 {
-		fmt.Fprintln(os.Stderr, "usage: hook-shim --dir SPOOLDIR [--timeout D] [--grace D] -- COMMAND [ARG...]")
+		fmt.Fprintln(os.Stderr, "usage: hook-shim --dir SPOOLDIR [--timeout D] [--grace D] [--pipe] -- COMMAND [ARG...]")
 		return 2
 	}
 	if *grace < 0 {
 		*grace = 0
 	}
-	s := &shim{dir: *dir, timeout: *timeout, grace: *grace, maxOutput: *maxOutput, argv: argv}
+	s := &shim{dir: *dir, timeout: *timeout, grace: *grace, maxOutput: *maxOutput, pipe: *pipe, drain: *drain, argv: argv}
 	return s.run(func() {
 		if ready != nil {
 			ready.Close()
@@ -118,9 +126,11 @@ type shim struct {
 	dir            string
 	timeout, grace time.Duration
 	maxOutput      int64
+	pipe           bool          // a pipe instead of a terminal
+	drain          time.Duration // --drain-timeout
 	argv           []string
 	out            *os.File // DIR/output, append-only
-	spool          *spool   // the hook's output pipe, copied to out
+	spool          *spool   // the hook's terminal or pipe, copied to out
 	st             shimStatus
 }
 
@@ -159,7 +169,7 @@ func (s *shim) run(ready func()) int {
 	}
 	s.out = out
 	defer out.Close()
-	s.spool = newSpool(out, s.maxOutput, s.logf)
+	s.spool = newSpool(out, s.maxOutput, s.drain, s.logf)
 
 	devnull, err := os.Open(os.DevNull)
 	if err != nil {
@@ -167,21 +177,38 @@ func (s *shim) run(ready func()) int {
 		s.st = shimStatus{ExitCode: 126, StartedAt: time.Now(), EndedAt: time.Now(), Error: err.Error()}
 		return s.finish()
 	}
-	w, err := s.spool.pipe()
+	// The hook is the leader of a new session (so also of a new process group, which
+	// the timeout ladder signals), with the terminal as its controlling terminal; with a
+	// pipe, only of a new process group.
+	var w *os.File
+	sys := &syscall.SysProcAttr{Setpgid: true}
+	what := "terminal"
+	if s.pipe {
+		what = "pipe"
+		w, err = s.spool.pipe()
+	} else {
+		w, err = s.spool.terminal()
+		sys = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 1}
+		// When the hook's main process (the session leader) exits, the kernel sends
+		// SIGHUP to the terminal's foreground group. The hook starts with SIGHUP
+		// ignored (the shim's disposition is inherited), so what it left behind is
+		// found, named and killed by the shim, as on a pipe, rather than racing it.
+		signal.Ignore(unix.SIGHUP)
+	}
 	if err != nil {
 		devnull.Close()
-		s.logf("create the output pipe: %v", err)
-		s.st = shimStatus{ExitCode: 126, StartedAt: time.Now(), EndedAt: time.Now(), Error: "create the hook's output pipe: " + err.Error()}
+		s.logf("create the output %s: %v", what, err)
+		s.st = shimStatus{ExitCode: 126, StartedAt: time.Now(), EndedAt: time.Now(), Error: "create the hook's output " + what + ": " + err.Error()}
 		return s.finish()
 	}
 	s.st.StartedAt = time.Now()
 	proc, err := os.StartProcess(s.argv[0], s.argv, &os.ProcAttr{
 		Env:   os.Environ(),
 		Files: []*os.File{devnull, w, w},
-		Sys:   &syscall.SysProcAttr{Setpgid: true},
+		Sys:   sys,
 	})
 	devnull.Close()
-	w.Close() // the hook and its descendants hold the only write ends
+	w.Close() // the hook and its descendants hold the only write ends (or slave descriptors)
 	go s.spool.copy()
 	if err != nil {
 		s.st.ExitCode = 126
@@ -192,6 +219,7 @@ func (s *shim) run(ready func()) int {
 		s.note("ERROR", "%s", s.st.Error)
 		s.st.EndedAt = time.Now()
 		ready()
+		s.spool.end()
 		return s.finish()
 	}
 	pid := proc.Pid
@@ -220,21 +248,8 @@ func (s *shim) run(ready func()) int {
 	s.waitMain(pid, sigs, reapc)
 	s.st.EndedAt = time.Now()
 	s.killLeftovers(reapc)
-	s.endOutput()
+	s.spool.end()
 	return s.finish()
-}
-
-// endOutput waits for the output pipe to be closed by its last writer, for at most
-// pipeCloseWait, then stops reading it.
-func (s *shim) endOutput() {
-	t := time.NewTimer(pipeCloseWait)
-	defer t.Stop()
-	select {
-	case <-s.spool.done:
-	case <-t.C:
-		s.logf("the hook's output pipe is still open although none of its processes is left; closing it")
-	}
-	s.spool.closeRead()
 }
 
 // waitMain runs the timeout ladder until the hook's main process (pid, also its process
@@ -356,12 +371,14 @@ func (s *shim) killAll() {
 	}
 }
 
-// finish writes the status file and returns the shim's exit status.
+// finish writes the status file and returns the shim's exit status. A status that
+// cannot be written (a full disk) is retried with back-off for at most the drain
+// timeout.
 func (s *shim) finish() int {
 	if s.spool != nil {
-		s.spool.closeRead() // usually done already by endOutput
-		kept, discarded, truncated, werr := s.spool.counts()
-		s.st.Truncated, s.st.Discarded = truncated || werr != nil, discarded
+		s.spool.abandon() // usually done already by end
+		kept, discarded, truncated := s.spool.counts()
+		s.st.Truncated, s.st.Discarded = truncated, discarded
 		if discarded > 0 {
 			s.logf("kept %d bytes of output, discarded %d", kept, discarded)
 		}
@@ -371,11 +388,23 @@ func (s *shim) finish() int {
 			s.logf("sync output: %v", err)
 		}
 	}
-	if err := writeStatus(s.dir, s.st); err != nil {
-		s.logf("write status: %v", err)
-		return 1
+	deadline := time.Now().Add(max(s.drain, retryMax))
+	wait := retryFirst
+	for {
+		err := writeStatus(s.dir, s.st)
+		if err == nil {
+			return 0
+		}
+		if time.Now().After(deadline) {
+			s.logf("write status: %v", err)
+			return 1
+		}
+		if wait == retryFirst {
+			s.logf("write status: %v; retrying", err)
+		}
+		time.Sleep(wait) // nothing to wait on: the disk may get space back
+		wait = min(2*wait, retryMax)
 	}
-	return 0
 }
 
 // writeStatus writes DIR/status atomically: DIR/status.tmp, fsync, rename, fsync DIR.

@@ -157,6 +157,10 @@ type Hook struct {
 	Timeout Duration `yaml:"timeout"`
 	// OnFailure is warn, endLease or exit (default warn); see jobs.Policy.
 	OnFailure string `yaml:"onFailure"`
+	// Terminal false gives the hook a plain pipe as stdout and stderr instead of a
+	// pseudo-terminal (the default), for a hook that must not see a terminal; nil
+	// means not set (true).
+	Terminal *bool `yaml:"terminal"`
 	// Disabled, on a board, turns off the default hook of the same name for that board.
 	// It excludes every other field.
 	Disabled bool `yaml:"disabled"`

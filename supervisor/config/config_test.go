@@ -323,7 +323,11 @@ func TestInvalid(t *testing.T) {
 		{"onFailure unknown", "stateDir: /bv\nboards:\n  - name: rpi4-01\n    hooks:\n      beforeLease:\n        script: x\n        onFailure: retry\n",
 			`config.yaml:7: board "rpi4-01": hooks.beforeLease.onFailure: unknown policy "retry" (want warn, endLease or exit)`},
 		{"disabled with script", "stateDir: /bv\nboards:\n  - name: b1\n    hooks:\n      beforeLease:\n        disabled: true\n        script: x\n",
-			`config.yaml:6: board "b1": hooks.beforeLease.disabled: a disabled hook takes no script, exec, timeout or onFailure`},
+			`config.yaml:6: board "b1": hooks.beforeLease.disabled: a disabled hook takes no script, exec, timeout, onFailure or terminal`},
+		{"disabled with terminal", "stateDir: /bv\nboards:\n  - name: b1\n    hooks:\n      afterLease: {disabled: true, terminal: false}\n",
+			`config.yaml:5: board "b1": hooks.afterLease.disabled: a disabled hook takes no script, exec, timeout, onFailure or terminal`},
+		{"terminal not a boolean", "stateDir: /bv\nboards:\n  - name: b1\n    hooks:\n      beforeLease: {script: x, terminal: sometimes}\n",
+			`config.yaml:5: board "b1": hooks.beforeLease.terminal: want true or false, got a string "sometimes"`},
 		{"default queue too big", "stateDir: /bv\ndefaults:\n  queue: 17\n" + board,
 			`config.yaml:3: defaults.queue: 17 is out of range (want 0 to 16)`},
 		{"board queue negative", "stateDir: /bv\nboards:\n  - name: b1\n    queue: -1\n",
@@ -651,7 +655,8 @@ func TestExample(t *testing.T) {
 		rs[0].Before == nil || rs[0].Before.Policy.OnFailure != jobs.PolicyEndLease || rs[0].After.Exec != "/bin/true" {
 		t.Errorf("example boards: %+v", rs)
 	}
-	if rs[1].Before != nil || rs[1].After.Policy.OnFailure != jobs.PolicyExit || rs[1].Power.Cycle != "echo cycle virt-02" {
+	if rs[1].Before != nil || rs[1].After.Policy.OnFailure != jobs.PolicyExit || rs[1].Power.Cycle != "echo cycle virt-02" ||
+		!rs[1].After.Pipe || rs[0].Before.Pipe {
 		t.Errorf("example virt-02: %+v", rs[1])
 	}
 
@@ -679,5 +684,28 @@ func TestExample(t *testing.T) {
 	want := &Serial{Device: tty, Baud: 115200, Parity: "none", DataBits: 8, StopBits: 1}
 	if len(rs) != 3 || !reflect.DeepEqual(rs[2].Serial, want) {
 		t.Errorf("serial board: %+v", rs)
+	}
+}
+
+// terminal: false keeps a plain pipe for a hook; the default is a terminal.
+func TestHookTerminalSetting(t *testing.T) {
+	e := newEnv(t)
+	c, err := e.load(`stateDir: /bv
+defaults:
+  hooks:
+    beforeLease: {script: "echo a"}
+    afterLease: {script: "echo b", terminal: false}
+boards:
+  - name: b1
+  - name: b2
+    hooks:
+      beforeLease: {script: "echo c", terminal: true}
+`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs := c.Resolve()
+	if rs[0].Before.Pipe || !rs[0].After.Pipe || rs[1].Before.Pipe || !rs[1].After.Pipe {
+		t.Errorf("pipes: %v %v %v %v, want false true false true", rs[0].Before.Pipe, rs[0].After.Pipe, rs[1].Before.Pipe, rs[1].After.Pipe)
 	}
 }

@@ -36,6 +36,8 @@ type ResolvedHook struct {
 	Exec string
 	// Policy is the hook's timeout and failure policy, as the lease lifecycle takes them.
 	Policy jobs.HookPolicy
+	// Pipe gives the hook a plain pipe instead of a pseudo-terminal (terminal: false).
+	Pipe bool
 }
 
 // Resolve returns each board, in config order, with the defaults merged in (see
@@ -117,7 +119,7 @@ func resolveHook(h *Hook) *ResolvedHook {
 	if h == nil || h.Disabled {
 		return nil
 	}
-	r := &ResolvedHook{Script: h.Script, Exec: h.Exec}
+	r := &ResolvedHook{Script: h.Script, Exec: h.Exec, Pipe: h.Terminal != nil && !*h.Terminal}
 	r.Policy.Timeout = h.Timeout.Std()
 	if r.Policy.Timeout <= 0 {
 		r.Policy.Timeout = jobs.DefaultHookTimeout

@@ -233,8 +233,8 @@ func checkHook(s scope, rel string, h *Hook) {
 		return
 	}
 	if h.Disabled {
-		if h.Script != "" || h.Exec != "" || h.Timeout != 0 || h.OnFailure != "" {
-			s.add(rel+".disabled", "a disabled hook takes no script, exec, timeout or onFailure")
+		if h.Script != "" || h.Exec != "" || h.Timeout != 0 || h.OnFailure != "" || h.Terminal != nil {
+			s.add(rel+".disabled", "a disabled hook takes no script, exec, timeout, onFailure or terminal")
 		}
 		return
 	}

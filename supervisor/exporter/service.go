@@ -405,7 +405,7 @@ func (s *Service) LogStream(_ *emptypb.Empty, stream grpc.ServerStreamingServer[
 	}()
 	send := func(line logLine, missed uint64) error {
 		src := jpb.LogSource(line.Source)
-		r := &jpb.LogStreamResponse{Uuid: l.board, Severity: line.Severity.String(), Message: line.Text, Source: &src, Missed: missed}
+		r := &jpb.LogStreamResponse{Uuid: l.board, Severity: line.Severity.String(), Message: line.Text, Source: &src, Missed: missed, Progress: line.Progress}
 		if line.Phase != 0 {
 			r.StructuredFields = map[string]string{FieldPhase: line.Phase.String(), FieldStatus: line.Status.String()}
 		}

@@ -25,6 +25,7 @@ type logLine struct {
 	Source   jobs.LogSource
 	Severity jobs.Severity
 	Text     string
+	Progress bool // superseded by the next line of its source
 	Seq      uint64
 	// Phase is set on the SYSTEM line that marks a phase change, with the board's Status.
 	Phase  jobs.Phase
@@ -149,7 +150,7 @@ func (s *Service) apply(ev connector.Event) {
 		if l == nil {
 			return
 		}
-		l.log(logLine{Source: ev.Hook.Source, Severity: ev.Hook.Severity, Text: ev.Hook.Text, Seq: ev.Seq})
+		l.log(logLine{Source: ev.Hook.Source, Severity: ev.Hook.Severity, Text: ev.Hook.Text, Progress: ev.Hook.Progress, Seq: ev.Seq})
 	}
 }
 

@@ -1097,14 +1097,18 @@ func (x *ConsoleLog) GetOffset() uint64 {
 
 // One line of hook output.
 type HookLog struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	JobId         string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`                       // Job the hook runs for.
-	Board         string                 `protobuf:"bytes,2,opt,name=board,proto3" json:"board,omitempty"`                                    // Board the hook runs for.
-	Source        v1.LogSource           `protobuf:"varint,3,opt,name=source,proto3,enum=jumpstarter.v1.LogSource" json:"source,omitempty"`   // BEFORE_LEASE_HOOK, AFTER_LEASE_HOOK or MESSAGE.
-	Severity      Severity               `protobuf:"varint,4,opt,name=severity,proto3,enum=boardvisor.v1.Severity" json:"severity,omitempty"` // Severity from the line's prefix.
-	Text          string                 `protobuf:"bytes,5,opt,name=text,proto3" json:"text,omitempty"`                                      // The line, prefix stripped, valid UTF-8, no newline.
-	Offset        uint64                 `protobuf:"varint,6,opt,name=offset,proto3" json:"offset,omitempty"`                                 // Byte offset of the line in the hook's output.
-	Cut           bool                   `protobuf:"varint,7,opt,name=cut,proto3" json:"cut,omitempty"`                                       // The line was longer than the limit and was cut.
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	JobId    string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`                       // Job the hook runs for.
+	Board    string                 `protobuf:"bytes,2,opt,name=board,proto3" json:"board,omitempty"`                                    // Board the hook runs for.
+	Source   v1.LogSource           `protobuf:"varint,3,opt,name=source,proto3,enum=jumpstarter.v1.LogSource" json:"source,omitempty"`   // BEFORE_LEASE_HOOK, AFTER_LEASE_HOOK or MESSAGE.
+	Severity Severity               `protobuf:"varint,4,opt,name=severity,proto3,enum=boardvisor.v1.Severity" json:"severity,omitempty"` // Severity from the line's prefix.
+	Text     string                 `protobuf:"bytes,5,opt,name=text,proto3" json:"text,omitempty"`                                      // The line, prefix stripped, valid UTF-8, no newline.
+	Offset   uint64                 `protobuf:"varint,6,opt,name=offset,proto3" json:"offset,omitempty"`                                 // Byte offset of the line in the hook's output.
+	Cut      bool                   `protobuf:"varint,7,opt,name=cut,proto3" json:"cut,omitempty"`                                       // The line was longer than the limit and was cut.
+	// A progress line: the state so far of a line the hook redraws with carriage
+	// returns; superseded by the next line of the same source. Its offset is the start
+	// of that line.
+	Progress      bool `protobuf:"varint,8,opt,name=progress,proto3" json:"progress,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1184,6 +1188,13 @@ func (x *HookLog) GetOffset() uint64 {
 func (x *HookLog) GetCut() bool {
 	if x != nil {
 		return x.Cut
+	}
+	return false
+}
+
+func (x *HookLog) GetProgress() bool {
+	if x != nil {
+		return x.Progress
 	}
 	return false
 }
@@ -1816,7 +1827,7 @@ const file_boardvisor_v1_supervisor_proto_rawDesc = "" +
 	"\x05board\x18\x02 \x01(\tR\x05board\x121\n" +
 	"\x06source\x18\x03 \x01(\x0e2\x19.jumpstarter.v1.LogSourceR\x06source\x12\x12\n" +
 	"\x04data\x18\x04 \x01(\fR\x04data\x12\x16\n" +
-	"\x06offset\x18\x05 \x01(\x04R\x06offset\"\xdc\x01\n" +
+	"\x06offset\x18\x05 \x01(\x04R\x06offset\"\xf8\x01\n" +
 	"\aHookLog\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x14\n" +
 	"\x05board\x18\x02 \x01(\tR\x05board\x121\n" +
@@ -1824,7 +1835,8 @@ const file_boardvisor_v1_supervisor_proto_rawDesc = "" +
 	"\bseverity\x18\x04 \x01(\x0e2\x17.boardvisor.v1.SeverityR\bseverity\x12\x12\n" +
 	"\x04text\x18\x05 \x01(\tR\x04text\x12\x16\n" +
 	"\x06offset\x18\x06 \x01(\x04R\x06offset\x12\x10\n" +
-	"\x03cut\x18\a \x01(\bR\x03cut\"O\n" +
+	"\x03cut\x18\a \x01(\bR\x03cut\x12\x1a\n" +
+	"\bprogress\x18\b \x01(\bR\bprogress\"O\n" +
 	"\n" +
 	"ConsoleGap\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x14\n" +
