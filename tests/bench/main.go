@@ -55,6 +55,7 @@ var scenarios = []scenario{
 	{name: "lease", timeout: 90 * time.Second},
 	{name: "lease-hooks", timeout: 90 * time.Second},
 	{name: "hooklog", timeout: 60 * time.Second},
+	{name: "hookflood", timeout: 180 * time.Second},
 	{name: "status", timeout: 60 * time.Second},
 	{name: "console", timeout: 120 * time.Second},
 	{name: "restart", timeout: 180 * time.Second},
