@@ -294,7 +294,7 @@ func (s *Session) print(r *jpb.LogStreamResponse) {
 	if r.GetMissed() > 0 {
 		s.c.say("[boardvisor] (%d lines missed: this client fell behind)", r.GetMissed())
 	}
-	msg, sev := r.GetMessage(), r.GetSeverity()
+	msg, sev := r.GetMessage(), DisplaySeverity(r.GetSeverity())
 	switch r.GetSource() {
 	case jpb.LogSource_LOG_SOURCE_BEFORE_LEASE_HOOK:
 		s.c.say("[Hook %s] %s", sev, msg)

@@ -159,7 +159,7 @@ func TestLogStreamLiveAndLateJoinersSeeEveryLineOnce(t *testing.T) {
 	if l := next(t, a); l != "BEFORE_LEASE_HOOK INFO Powering on device..." {
 		t.Fatalf("first line %q", l)
 	}
-	if l := next(t, a); l != "BEFORE_LEASE_HOOK WARN slow" {
+	if l := next(t, a); l != "BEFORE_LEASE_HOOK WARNING slow" {
 		t.Fatalf("second line %q", l)
 	}
 	late, err := h.client.LogStream(callCtx(t, "rpi", "tok-a"), &emptypb.Empty{})

@@ -109,7 +109,7 @@ func TestUpstreamClientReadsOurAnswers(t *testing.T) {
 		}
 	}
 	// BEFORE_LEASE_HOOK is LogSource 2 upstream; severity is upstream's string field.
-	if line["uuid"] != "rpi" || line["severity"] != "WARN" || line["message"] != "slow flash" || line["source"] != "2" {
+	if line["uuid"] != "rpi" || line["severity"] != "WARNING" || line["message"] != "slow flash" || line["source"] != "2" {
 		t.Fatalf("upstream decoding of LogStream: %v", line)
 	}
 }
