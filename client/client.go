@@ -184,7 +184,7 @@ func (c *Client) Connect(ctx context.Context, lease *pb.Lease) (*Session, error)
 		case phase >= jobs.PhaseEnding:
 			s.Close()
 			return nil, fmt.Errorf("lease %s ended before it was ready: %s", lease.GetId(), r.GetMessage())
-		case phase == 0:
+		case phase == 0 && r.GetSource() != jpb.LogSource_LOG_SOURCE_MESSAGE: // the motd is GetReport's (upstream.go)
 			s.print(r)
 		}
 	}
