@@ -181,7 +181,7 @@ type proxy struct {
 // those that choose the board and the lease, which the proxy sets.
 func dropped(key string) bool {
 	switch key {
-	case "authorization", exporter.MDBoard, exporter.MDPassphrase, "content-type", "user-agent", "te", ":authority":
+	case "authorization", exporter.MDBoard, exporter.MDPassphrase, exporter.MDUpstream, "content-type", "user-agent", "te", ":authority":
 		return true
 	}
 	return strings.HasPrefix(key, "grpc-")
@@ -202,6 +202,7 @@ func (p *proxy) forward(_ any, in grpc.ServerStream) error {
 	}
 	md.Set(exporter.MDBoard, p.board)
 	md.Set("authorization", "Bearer "+p.token)
+	md.Set(exporter.MDUpstream, "1")
 	ctx, cancel := context.WithCancel(metadata.NewOutgoingContext(in.Context(), md))
 	defer cancel()
 	out, err := p.conn.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true, ClientStreams: true}, method,

@@ -5,6 +5,7 @@ import (
 	"crypto/subtle"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/boardvisor/boardvisor/jobs"
 	"google.golang.org/grpc"
@@ -18,6 +19,38 @@ import (
 // (JMP_GRPC_PASSPHRASE, `--passphrase`) when it reaches an exporter over TCP. The
 // service takes it as the lease token, like "authorization: Bearer <token>".
 const MDPassphrase = "x-jumpstarter-passphrase"
+
+// MDUpstream ("1") marks a call that comes from an upstream Jumpstarter client through
+// boardvisor shell's socket (client.UpstreamSocket sets it).
+const MDUpstream = "boardvisor-upstream"
+
+// upstreamCaller reports whether a call comes from an upstream Jumpstarter client: one
+// that reached a per-board endpoint, or came through boardvisor shell's socket.
+// Upstream's exporter never ends a LogStream on its own (the session's socket goes
+// away instead), and upstream's client opens it again when it ends, reading the log
+// from its start once more: such a caller's LogStream is kept open after the lease's
+// end instead.
+func upstreamCaller(ctx context.Context) bool {
+	_, ep := endpointOf(ctx)
+	return ep || md(ctx, MDUpstream) == "1"
+}
+
+// holdOpen keeps an upstream caller's LogStream open after its lease ended, until the
+// caller leaves or the lease's grace period is over.
+func (s *Service) holdOpen(ctx context.Context, l *leaseState) {
+	if !upstreamCaller(ctx) {
+		return
+	}
+	s.mu.Lock()
+	left := max(s.logGrace()-s.now().Sub(l.endedAt), 0)
+	s.mu.Unlock()
+	t := time.NewTimer(left)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
 
 func md(ctx context.Context, key string) string {
 	m, _ := metadata.FromIncomingContext(ctx)

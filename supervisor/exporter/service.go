@@ -336,7 +336,8 @@ func (s *Service) GetReport(ctx context.Context, _ *emptypb.Empty) (*jpb.GetRepo
 }
 
 // LogStream sends the lease's log: first the lines so far, then live ones as they come,
-// none missing and none twice; it ends when the lease ends. A reader that falls behind
+// none missing and none twice; it ends when the lease ends — for an upstream client
+// (upstreamCaller), only when the client leaves or the lease's grace period is over. A reader that falls behind
 // by more than SubscriberBuffer lines is told how many it missed.
 func (s *Service) LogStream(_ *emptypb.Empty, stream grpc.ServerStreamingServer[jpb.LogStreamResponse]) error {
 	l, err := s.lease(stream.Context(), true)
@@ -391,6 +392,7 @@ func (s *Service) LogStream(_ *emptypb.Empty, stream grpc.ServerStreamingServer[
 			}
 		}
 		if closed {
+			s.holdOpen(stream.Context(), l)
 			return nil
 		}
 		select {
@@ -403,10 +405,20 @@ func (s *Service) LogStream(_ *emptypb.Empty, stream grpc.ServerStreamingServer[
 
 // EndSession ends the caller's lease. The afterLease hook then runs; its lines go on
 // arriving on LogStream until the lease is over.
+//
+// Ending a lease that has already ended (its token in the grace period) changes nothing
+// and says so: upstream's shell, like boardvisor's, calls EndSession when its command
+// is over, also when an upstream client in it ended the session already.
 func (s *Service) EndSession(ctx context.Context, _ *jpb.EndSessionRequest) (*jpb.EndSessionResponse, error) {
-	l, err := s.authorize(ctx)
+	l, err := s.lease(ctx, true)
 	if err != nil {
 		return nil, err
+	}
+	select {
+	case <-l.ended:
+		msg := "the lease has already ended"
+		return &jpb.EndSessionResponse{Success: true, Message: &msg}, nil
+	default:
 	}
 	s.request(peerOf(ctx), l.board, l.job, "EndSession", "the client ended its session")
 	if err := s.ender.EndSession(ctx, l.board, l.job); err != nil {
