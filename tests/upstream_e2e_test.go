@@ -12,7 +12,10 @@ import (
 
 	pb "github.com/boardvisor/boardvisor/proto/boardvisor/v1"
 	jpb "github.com/boardvisor/boardvisor/proto/jumpstarter/v1"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/emptypb"
 )
@@ -32,7 +35,7 @@ const (
 
 // upstreamLab starts a coordinator and a supervisor with one simulated board
 // (virt-01, device=virt) and the given hooks (onFailure: endLease).
-func upstreamLab(t *testing.T, dir, before, after string) (coordAddr string, leases pb.LeaseServiceClient) {
+func upstreamLab(t *testing.T, dir, before, after string, superviseFlags ...string) (coordAddr string, leases pb.LeaseServiceClient) {
 	t.Helper()
 	coordAddr = freeAddr(t)
 	startCoordinator(t, coordAddr, filepath.Join(dir, "coord"))
@@ -45,7 +48,8 @@ func upstreamLab(t *testing.T, dir, before, after string) (coordAddr string, lea
 	if err := os.WriteFile(cfg, body, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	startSupervisor(t, "supervisor", cfg)
+	sup := start(t, "supervisor", append([]string{"supervise", "--config", cfg}, superviseFlags...)...)
+	sup.waitOutput("supervising")
 	leases = leaseClient(t, coordAddr)
 	waitBoards(t, leases, 1)
 	return coordAddr, leases
@@ -348,5 +352,62 @@ func waitLeaseDone(t *testing.T, ctx context.Context, leases pb.LeaseServiceClie
 			t.Fatalf("lease %s never ended: %v %v", id, r, err)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// The supervisor's own upstream-style endpoints, one per board (jumpstarter_cli's
+// `JUMPSTARTER_HOST=<socket> j ...` and `jmp shell --tls-grpc HOST:PORT --passphrase`):
+// on the per-board Unix socket whoever can open it acts for the board's lease, and may
+// drive the board only while that lease is READY; on the per-board TCP address the
+// lease token is required, sent as upstream's passphrase (exporter/auth.py's
+// x-jumpstarter-passphrase).
+func TestUpstreamClientOnPerBoardEndpoints(t *testing.T) {
+	dir := t.TempDir()
+	socks := filepath.Join(dir, "boards")
+	tcp := freeAddr(t)
+	coordAddr, _ := upstreamLab(t, dir, "echo 'JMP_INFO: flashing'", "", "--jumpstarter-socket-dir", socks, "--jumpstarter-listen", "virt-01="+tcp)
+	sock := filepath.Join(socks, "virt-01.sock")
+	if fi, err := os.Stat(sock); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("per-board socket: %v %v, want mode 0600", fi, err)
+	}
+	ctx := ctxT(t)
+	c := dialUpstream(t, ctx, sock, []string{"jumpstarter_driver_*"})
+	power := c.root.children["power"]
+	// No lease: the board is described, its status read, but not driven.
+	if st, err := c.ex.GetStatus(ctx, &jpb.GetStatusRequest{}); err != nil || st.GetStatus() != statusAvailable {
+		t.Fatalf("status with no lease: %v %v", st, err)
+	}
+	if _, err := c.call(ctx, power, "on"); status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("driver call with no lease: %v, want FAILED_PRECONDITION", err)
+	}
+	sh, env, gate := shellEnv(t, dir, coordAddr)
+	mon := c.monitor(ctx)
+	if st, _ := mon.waitForAnyOf(wait, statusReady); st != statusReady {
+		t.Fatalf("lease not seen READY on the board's socket: %v", mon.history())
+	}
+	if v, err := c.call(ctx, power, "on"); err != nil || !isNull(v) {
+		t.Fatalf("power on through the board's socket: %v %v", v, err)
+	}
+	// TCP: the lease token as upstream's passphrase, nothing else.
+	tc, err := grpc.NewClient(tcp, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tc.Close()
+	ex := jpb.NewExporterServiceClient(tc)
+	req := &jpb.DriverCallRequest{Uuid: power.uuid, Method: "off"}
+	if _, err := ex.DriverCall(ctx, req); status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("TCP endpoint without a passphrase: %v, want UNAUTHENTICATED", err)
+	}
+	if _, err := ex.DriverCall(metadata.AppendToOutgoingContext(ctx, "x-jumpstarter-passphrase", "not-the-token"), req); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("TCP endpoint with a wrong passphrase: %v, want PERMISSION_DENIED", err)
+	}
+	if _, err := ex.DriverCall(metadata.AppendToOutgoingContext(ctx, "x-jumpstarter-passphrase", env["BOARDVISOR_TOKEN"]), req); err != nil {
+		t.Fatalf("TCP endpoint with the lease token: %v", err)
+	}
+	openGate(t, gate)
+	waitExit(t, sh, 0)
+	if _, err := c.call(ctx, power, "on"); status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("driver call on the board's socket after the lease: %v, want FAILED_PRECONDITION", err)
 	}
 }
