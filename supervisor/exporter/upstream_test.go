@@ -173,12 +173,9 @@ func TestEndedLeaseGraceAndBounds(t *testing.T) {
 	}
 }
 
-// The driver tree's UUIDs are derived: the same for the same board and driver, in every
-// process, and different across boards and drivers.
+// The driver tree's UUIDs are derived: fixed values for a board and driver, in every
+// process (a restart keeps them), and different across boards and drivers.
 func TestDriverUUIDsAreStable(t *testing.T) {
-	if BoardUUID("rpi") != BoardUUID("rpi") || DriverUUID("rpi", "power") != DriverUUID("rpi", "power") {
-		t.Fatal("UUIDs differ between calls")
-	}
 	// Fixed values: a change here breaks every upstream client's cached tree and script.
 	if got := DriverUUID("rpi4-01", "power"); got != "142b04f0-36b5-51fe-b57f-b28f5ee15292" {
 		t.Fatalf("DriverUUID(rpi4-01, power) = %s: the derivation changed", got)
