@@ -238,11 +238,18 @@ func (s *Service) add(job, board, tokenHash string, phase jobs.Phase) *leaseStat
 
 // Restore makes a lease resumed after a restart known again, so that its client can
 // reconnect with its token. (Its earlier log lines are not kept across the restart.)
+//
+// A lease past its beforeLease hook gets its message of the day again from the hook's
+// file (it lives until the lease ends).
 func (s *Service) Restore(job, board, tokenHash string, phase jobs.Phase) {
+	motd := ""
+	if s.MotdFile != nil && phase >= jobs.PhaseReady && !phase.Terminal() {
+		motd, _ = readMotd(s.MotdFile(job))
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.leases[job] == nil && !phase.Terminal() {
-		s.add(job, board, tokenHash, phase)
+		s.add(job, board, tokenHash, phase).motd = motd
 	}
 }
 
