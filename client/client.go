@@ -191,7 +191,7 @@ func (c *Client) Connect(ctx context.Context, lease *pb.Lease) (*Session, error)
 		case phase >= jobs.PhaseEnding:
 			s.Close()
 			return nil, fmt.Errorf("lease %s ended before it was ready: %s", lease.GetId(), r.GetMessage())
-		case phase == 0:
+		case phase == 0 && r.GetSource() != jpb.LogSource_LOG_SOURCE_MESSAGE: // the motd is GetReport's (upstream.go)
 			s.print(r)
 		}
 	}
@@ -301,7 +301,7 @@ func (s *Session) print(r *jpb.LogStreamResponse) {
 	if r.GetMissed() > 0 {
 		s.c.say("[boardvisor] (%d lines missed: this client fell behind)", r.GetMissed())
 	}
-	msg, sev := r.GetMessage(), r.GetSeverity()
+	msg, sev := r.GetMessage(), DisplaySeverity(r.GetSeverity())
 	if p := r.GetSource(); r.GetProgress() && (p == jpb.LogSource_LOG_SOURCE_BEFORE_LEASE_HOOK || p == jpb.LogSource_LOG_SOURCE_AFTER_LEASE_HOOK) {
 		if p == jpb.LogSource_LOG_SOURCE_AFTER_LEASE_HOOK && sev == "INFO" {
 			sev = "Output"

@@ -159,7 +159,7 @@ func TestLogStreamLiveAndLateJoinersSeeEveryLineOnce(t *testing.T) {
 	if l := next(t, a); l != "BEFORE_LEASE_HOOK INFO Powering on device..." {
 		t.Fatalf("first line %q", l)
 	}
-	if l := next(t, a); l != "BEFORE_LEASE_HOOK WARN slow" {
+	if l := next(t, a); l != "BEFORE_LEASE_HOOK WARNING slow" {
 		t.Fatalf("second line %q", l)
 	}
 	late, err := h.client.LogStream(callCtx(t, "rpi", "tok-a"), &emptypb.Empty{})
@@ -272,9 +272,13 @@ func TestOnlyTheLeaseHolderGetsIn(t *testing.T) {
 	case <-time.After(wait):
 		t.Fatal("open log stream not closed when the lease ended")
 	}
-	_, err = h.client.EndSession(callCtx(t, "a", "token-a"), &jpb.EndSessionRequest{})
+	// The ended lease's token drives nothing; ending it again is a harmless no-op.
+	_, err = h.client.DriverCall(callCtx(t, "a", "token-a"), &jpb.DriverCallRequest{Uuid: "power", Method: "on"})
 	if status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("expired token: %v, want PERMISSION_DENIED", err)
+	}
+	if r, err := h.client.EndSession(callCtx(t, "a", "token-a"), &jpb.EndSessionRequest{}); err != nil || r.GetMessage() != "the lease has already ended" {
+		t.Fatalf("EndSession of an ended lease: %v %v", r, err)
 	}
 	hc := healthpb.NewHealthClient(h.conn)
 	r, err := hc.Check(context.Background(), &healthpb.HealthCheckRequest{Service: "jumpstarter.v1.ExporterService"})

@@ -90,6 +90,11 @@ func Start(opts Options) (*Supervisor, error) {
 	}
 	if opts.Exporter != nil {
 		opts.Sinks = append(opts.Sinks, opts.Exporter.Sink)
+		if opts.Exporter.MotdFile == nil {
+			// Where a lease's hooks find $JMP_MOTD_FILE (actors/lease: <spool>/<job>/motd).
+			spool := filepath.Join(opts.StateDir, "hooks")
+			opts.Exporter.MotdFile = func(job string) string { return filepath.Join(spool, job, "motd") }
+		}
 	}
 	runner := &jhook.Runner{ShimCommand: opts.ShimCommand, Logger: opts.Logger.Named("hook")}
 	restore, lost, reemit, err := resume(opts, runner)

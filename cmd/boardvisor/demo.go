@@ -124,7 +124,7 @@ func runDemo(parent context.Context, dir string, logger hclog.Logger, logPath st
 		stopDaemons()
 		return err
 	}
-	go func() { errs <- serveSupervisor(daemons, cfg, logger.Named("supervisor"), nil) }()
+	go func() { errs <- serveSupervisor(daemons, cfg, logger.Named("supervisor"), nil, nil) }()
 	defer func() {
 		stopDaemons()
 		for i := 0; i < 2; i++ {

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/boardvisor/boardvisor/client"
 	"github.com/boardvisor/boardvisor/drivers/recording"
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc/status"
@@ -90,6 +91,6 @@ func followLog(le leaseEnv) error {
 			fmt.Printf("(%d lines missed)\n", r.GetMissed())
 		}
 		src := strings.TrimPrefix(r.GetSource().String(), "LOG_SOURCE_")
-		fmt.Printf("%s %-17s %-5s %s\n", time.Now().Format("15:04:05.000"), src, r.GetSeverity(), r.GetMessage())
+		fmt.Printf("%s %-17s %-5s %s\n", time.Now().Format("15:04:05.000"), src, client.DisplaySeverity(r.GetSeverity()), r.GetMessage())
 	}
 }

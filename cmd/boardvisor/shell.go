@@ -63,7 +63,7 @@ func userName() string {
 
 func newShell() *cobra.Command {
 	var cf coordFlags
-	var selector, board, clientName string
+	var selector, board, clientName, jsock string
 	var duration time.Duration
 	cmd := &cobra.Command{
 		Use:   "shell (-l SELECTOR | --board NAME) [--duration D] [-- COMMAND...]",
@@ -98,16 +98,37 @@ func newShell() *cobra.Command {
 				stopAcquire()
 				return err
 			}
+			// Upstream Jumpstarter's clients (j, its Python API, pexpect sessions) reach
+			// the board through a socket (JUMPSTARTER_HOST); one asked for by path is
+			// served from now on, so that a client polling it sees the hooks run.
+			var up *client.UpstreamSocket
+			if jsock != "" {
+				if up, err = c.ServeUpstream(lease, jsock); err != nil {
+					stopAcquire()
+					leases.ReleaseLease(context.Background(), &pb.ReleaseLeaseRequest{Id: lease.GetId(), Reason: "client could not serve its Jumpstarter socket"})
+					return err
+				}
+				defer up.Close()
+			}
 			s, err := c.Connect(acquireCtx, lease)
 			stopAcquire()
 			if errors.Is(err, client.ErrHookFailed) {
+				if up != nil {
+					// As upstream's exporter holds a failed status before it lets go, the
+					// socket stays a moment, so that a client polling it sees why.
+					lingerUpstream(sigs)
+				}
 				return exitError(1)
 			}
 			if err != nil {
 				leases.ReleaseLease(context.Background(), &pb.ReleaseLeaseRequest{Id: lease.GetId(), Reason: "client could not connect"})
 				return err
 			}
-			code := runLeaseShell(lease, cf.addr, args)
+			up, env := upstreamEnv(ctx, c, up, lease)
+			if up != nil {
+				defer up.Close()
+			}
+			code := runLeaseShell(lease, cf.addr, args, env...)
 			relCtx, relCancel := context.WithCancel(ctx)
 			go func() {
 				select {
@@ -133,12 +154,48 @@ func newShell() *cobra.Command {
 	f.StringVar(&board, "board", "", "an exact board name")
 	f.DurationVar(&duration, "duration", 30*time.Minute, "how long the lease may last")
 	f.StringVar(&clientName, "client", userName(), "who the lease is for")
+	f.StringVar(&jsock, "jumpstarter-socket", "", "serve upstream Jumpstarter clients at this Unix socket path from the moment the lease is granted (default: a private socket, from READY on, in the shell's JUMPSTARTER_HOST)")
 	return cmd
+}
+
+// upstreamLinger is how long the shell's Jumpstarter socket stays after a beforeLease
+// hook failed the lease: longer than the supervisor holds the failed status.
+const upstreamLinger = 3 * time.Second
+
+func lingerUpstream(sigs <-chan os.Signal) {
+	t := time.NewTimer(upstreamLinger)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-sigs:
+	}
+}
+
+// upstreamEnv serves the lease's Jumpstarter socket (if it is not served yet), prints
+// the lease's message of the day, and returns what upstream's `jmp shell` puts in a
+// shell's environment for it. Without a socket the shell runs on without them.
+func upstreamEnv(ctx context.Context, c *client.Client, up *client.UpstreamSocket, lease *pb.Lease) (*client.UpstreamSocket, []string) {
+	if up == nil {
+		var err error
+		if up, err = c.ServeUpstream(lease, ""); err != nil {
+			fmt.Fprintf(os.Stderr, "boardvisor: upstream Jumpstarter clients are not served in this shell: %v\n", err)
+			return nil, nil
+		}
+	}
+	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := up.Describe(dctx); err != nil {
+		fmt.Fprintf(os.Stderr, "boardvisor: %v\n", err)
+	}
+	if up.Motd != "" {
+		fmt.Println(up.Motd)
+	}
+	return up, up.Env(lease.GetBoard(), lease.GetId())
 }
 
 // runLeaseShell runs the user's shell (or args) with the lease in its environment, so
 // boardvisor subcommands inside it reach the board. It returns the exit status.
-func runLeaseShell(lease *pb.Lease, coordinator string, args []string) int {
+func runLeaseShell(lease *pb.Lease, coordinator string, args []string, env ...string) int {
 	if len(args) == 0 {
 		sh := os.Getenv("SHELL")
 		if sh == "" {
@@ -155,6 +212,7 @@ func runLeaseShell(lease *pb.Lease, coordinator string, args []string) int {
 		"BOARDVISOR_EXPORTER="+lease.GetExporterEndpoint(),
 		"BOARDVISOR_COORDINATOR="+coordinator,
 	)
+	cmd.Env = append(cmd.Env, env...)
 	if err := cmd.Run(); err != nil {
 		var ee *exec.ExitError
 		if errors.As(err, &ee) {

@@ -27,6 +27,7 @@ import (
 
 func newSupervise(g *globalFlags) *cobra.Command {
 	var path string
+	var up upstreamFlags
 	cmd := &cobra.Command{
 		Use:   "supervise --config FILE",
 		Short: "run the supervisor daemon for the boards in FILE",
@@ -46,16 +47,17 @@ func newSupervise(g *globalFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return serveSupervisor(ctx, cfg, logger, nil)
+			return serveSupervisor(ctx, cfg, logger, nil, &up)
 		},
 	}
 	cmd.Flags().StringVarP(&path, "config", "c", "", "the supervisor's YAML config file (required)")
+	up.add(cmd)
 	return cmd
 }
 
 // serveSupervisor runs a supervisor for cfg until ctx is done. ready, if not nil, is
 // called with the client service's address once everything is up.
-func serveSupervisor(ctx context.Context, cfg *config.Config, logger hclog.Logger, ready func(addr string)) error {
+func serveSupervisor(ctx context.Context, cfg *config.Config, logger hclog.Logger, ready func(addr string), up *upstreamFlags) error {
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return fmt.Errorf("state directory: %w", err)
 	}
@@ -111,6 +113,7 @@ func serveSupervisor(ctx context.Context, cfg *config.Config, logger hclog.Logge
 		return sup.EndSession(ctx, board, job)
 	}), dev)
 	svc.Audit = al
+	up.configure(svc)
 	// Hooks may call the board's drivers while they run, with a token of their own and
 	// the same commands a user has in `boardvisor shell`.
 	if svc.HookKey, err = hookKey(filepath.Join(cfg.StateDir, "hook.key")); err != nil {
@@ -143,6 +146,16 @@ func serveSupervisor(ctx context.Context, cfg *config.Config, logger hclog.Logge
 	svc.Register(g)
 	go g.Serve(lis)
 	defer g.Stop()
+	names := map[string]bool{}
+	for _, b := range boards {
+		names[b.Name] = true
+	}
+	stopUpstream, err := up.serve(svc, names, logger.Named("jumpstarter"))
+	if err != nil {
+		sup.Stop()
+		return err
+	}
+	defer stopUpstream()
 	logger.Info("supervising", "boards", len(boards), "stateDir", cfg.StateDir, "config", cfg.Path, "listen", lis.Addr().String())
 	if ready != nil {
 		ready(lis.Addr().String())

@@ -30,6 +30,7 @@ import (
 	"github.com/boardvisor/boardvisor/drivers/virtual"
 	"github.com/boardvisor/boardvisor/jobs"
 	"github.com/boardvisor/boardvisor/supervisor/config"
+	"github.com/boardvisor/boardvisor/supervisor/exporter"
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -293,7 +294,7 @@ func (m *Manager) Call(ctx context.Context, board, drv, method string, args []*s
 		}
 		return structpb.NewNumberValue(float64(n)), nil
 	}
-	return nil, status.Errorf(codes.Unimplemented, "no method %s.%s (have power.on, power.off, power.cycle, console.write, console.stream)", drv, method)
+	return nil, status.Errorf(codes.NotFound, "no method %s.%s (have power.on, power.off, power.cycle, console.write, console.stream)", drv, method)
 }
 
 // Stream runs console.stream: it sends the console's output, as base64 strings, until
@@ -301,12 +302,20 @@ func (m *Manager) Call(ctx context.Context, board, drv, method string, args []*s
 func (m *Manager) Stream(ctx context.Context, board, drv, method string, _ []*structpb.Value, send func(*structpb.Value) error) error {
 	b := m.boards[board]
 	if drv+"."+method != "console.stream" {
-		return status.Errorf(codes.Unimplemented, "no streaming method %s.%s (have console.stream)", drv, method)
+		return status.Errorf(codes.NotFound, "no streaming method %s.%s (have console.stream)", drv, method)
 	}
 	if b == nil || b.console == nil {
 		return status.Errorf(codes.Unimplemented, "board %s has no console", board)
 	}
-	ch := make(chan []byte, 256)
+	return m.attach(ctx, b, func(data []byte) error {
+		return send(structpb.NewStringValue(base64.StdEncoding.EncodeToString(data)))
+	})
+}
+
+// attach calls out with the board's console output until ctx is done. A watcher that
+// does not keep up (ConsoleBuffer chunks behind) misses bytes: the board never waits.
+func (m *Manager) attach(ctx context.Context, b *Board, out func([]byte) error) error {
+	ch := make(chan []byte, ConsoleBuffer)
 	b.mu.Lock()
 	b.subs[ch] = true
 	b.mu.Unlock()
@@ -318,13 +327,44 @@ func (m *Manager) Stream(ctx context.Context, board, drv, method string, _ []*st
 	for {
 		select {
 		case data := <-ch:
-			if err := send(structpb.NewStringValue(base64.StdEncoding.EncodeToString(data))); err != nil {
+			if err := out(data); err != nil {
 				return err
 			}
 		case <-ctx.Done():
 			return nil
 		}
 	}
+}
+
+// ConsoleBuffer is how many console chunks wait for one watcher.
+const ConsoleBuffer = 256
+
+// Inventory says which drivers a board has (exporter.Inventories).
+func (m *Manager) Inventory(board string) exporter.Inventory {
+	b := m.boards[board]
+	if b == nil {
+		return exporter.Inventory{}
+	}
+	return exporter.Inventory{Power: b.power != nil, Console: b.console != nil}
+}
+
+// AttachConsole calls out with the board's console output until ctx is done
+// (exporter.Consoles).
+func (m *Manager) AttachConsole(ctx context.Context, board string, out func([]byte) error) error {
+	b := m.boards[board]
+	if b == nil || b.console == nil {
+		return status.Errorf(codes.NotFound, "board %s has no console", board)
+	}
+	return m.attach(ctx, b, out)
+}
+
+// WriteConsole types p into the board's console (exporter.Consoles).
+func (m *Manager) WriteConsole(board string, p []byte) (int, error) {
+	b := m.boards[board]
+	if b == nil || b.console == nil {
+		return 0, status.Errorf(codes.NotFound, "board %s has no console", board)
+	}
+	return b.console.Write(p)
 }
 
 // Close stops the recordings and closes simulated and emulated boards.

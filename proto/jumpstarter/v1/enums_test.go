@@ -109,3 +109,22 @@ func TestFieldNumbers(t *testing.T) {
 		}
 	}
 }
+
+// FrameType is upstream's router.proto frame type; upstream's RouterStream treats DATA
+// as payload, GOAWAY as the end of the stream and ignores PING.
+func TestFrameTypeValues(t *testing.T) {
+	want := map[jumpstarterv1.FrameType]int32{
+		jumpstarterv1.FrameType_FRAME_TYPE_DATA:       0,
+		jumpstarterv1.FrameType_FRAME_TYPE_RST_STREAM: 3,
+		jumpstarterv1.FrameType_FRAME_TYPE_PING:       6,
+		jumpstarterv1.FrameType_FRAME_TYPE_GOAWAY:     7,
+	}
+	for v, n := range want {
+		if int32(v) != n {
+			t.Errorf("%s = %d, want %d", v, int32(v), n)
+		}
+	}
+	if got := len(jumpstarterv1.FrameType_name); got != len(want) {
+		t.Errorf("FrameType has %d values, want %d", got, len(want))
+	}
+}

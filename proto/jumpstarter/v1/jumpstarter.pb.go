@@ -4,8 +4,9 @@
 // Wire-compatible subset of upstream Jumpstarter's
 // protocol/proto/jumpstarter/v1/jumpstarter.proto
 // (github.com/jumpstarter-dev/jumpstarter). Only the client-facing
-// ExporterService and the messages it uses are kept; ControllerService (and
-// with it kubernetes.proto, router.proto and telemetry.proto) is left out.
+// ExporterService and the messages it uses are kept (router.proto beside it
+// carries RouterService); ControllerService (and with it kubernetes.proto and
+// telemetry.proto) is left out.
 // Names and field numbers of everything kept are exactly upstream's; never
 // renumber. boardvisor additions use field numbers from 100 up so that fields
 // upstream adds later (9, 10, ...) cannot collide with ours.
