@@ -146,18 +146,17 @@ func floodBoard(name string, lines int) board.Config {
 		Policy: jobs.HookPolicy{Timeout: 60 * time.Second, OnFailure: jobs.PolicyEndLease}}}
 }
 
-// producerRate times the hook alone, writing to a file: how fast the lines are made.
+// producerRate times the hook alone under the shim, on its terminal as in a lease, with
+// no daemon reading: how fast the lines are made and spooled.
 func producerRate(e *env, lines int) (float64, error) {
-	out, err := os.Create(filepath.Join(e.dir, "flood-baseline.out"))
-	if err != nil {
+	dir := filepath.Join(e.dir, "flood-baseline")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return 0, err
 	}
-	defer out.Close()
-	cmd := exec.Command("/bin/sh", "-c", floodScript(lines))
-	cmd.Stdout = out
+	cmd := exec.Command(e.bin, "hook-shim", "--dir", dir, "--timeout", "120s", "--", "/bin/sh", "-c", floodScript(lines))
 	began := time.Now()
-	if err := cmd.Run(); err != nil {
-		return 0, err
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return 0, fmt.Errorf("hook-shim: %w: %s", err, out)
 	}
 	return float64(lines) / time.Since(began).Seconds(), nil
 }
@@ -169,7 +168,7 @@ func runHookFlood(e *env) error {
 	if err != nil {
 		return err
 	}
-	baseline := fmt.Sprintf("%.0f lines/s (the hook alone, to a file)", base)
+	baseline := fmt.Sprintf("%.0f lines/s (the hook alone under the shim, no daemon)", base)
 
 	// One hook, into the durable outbox (no coordinator).
 	r, err := startFlood(e, "one", []board.Config{floodBoard("b0000", FloodLines)}, "")
