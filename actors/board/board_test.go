@@ -136,11 +136,16 @@ func TestBoardSerializesLeases(t *testing.T) {
 	if first == second {
 		second = id("two")
 	}
-	p.WaitTransition(second, jobs.PhaseStarting)
-	if st := state(t, p); st.Holder != first || !slices.Equal(st.Waiting, []string{second}) {
-		t.Fatalf("GetBoard: holder %q waiting %v, want %s holding and %s waiting", st.Holder, st.Waiting, first, second)
+	// The second lease's Acquire reaches the board after its STARTING event: poll the
+	// board (bounded) until it waits.
+	deadline := time.Now().Add(actortest.Wait)
+	for st := state(t, p); !slices.Equal(st.Waiting, []string{second}) || st.Holder != first; st = state(t, p) {
+		if time.Now().After(deadline) {
+			t.Fatalf("GetBoard: holder %q waiting %v, want %s holding and %s waiting", st.Holder, st.Waiting, first, second)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
-	if got := actortest.Transitions(p.Conn.Events(), second); !slices.Equal(got, []string{"CREATED->STARTING"}) {
+	if got := actortest.Transitions(p.WaitTransition(second, jobs.PhaseStarting), second); !slices.Equal(got, []string{"CREATED->STARTING"}) {
 		t.Fatalf("the second lease went on while the first held the board: %v", got)
 	}
 	if err := p.Request(&actors.StopJob{Req: connector.StopJobRequest{JobID: first}}).(*actors.JobReply).Err; err != nil {
