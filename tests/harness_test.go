@@ -148,6 +148,9 @@ func supervisorConfig(t *testing.T, dir, id, coordAddr, before, after string, bo
 	var b strings.Builder
 	fmt.Fprintf(&b, "stateDir: %s\nlisten: 127.0.0.1:0\nlog: {level: debug, format: text}\n", filepath.Join(dir, "state"))
 	fmt.Fprintf(&b, "coordinator: {address: %q, supervisorId: %s}\n", coordAddr, id)
+	// The tests' hooks use files of the test (as root: in directories only root may
+	// enter); a test of unprivileged hooks sets runAs itself.
+	b.WriteString("runAsRoot: true\n")
 	b.WriteString("defaults:\n  hooks:\n")
 	if before != "" {
 		fmt.Fprintf(&b, "    beforeLease: {timeout: 20s, onFailure: endLease, script: %q}\n", before)
