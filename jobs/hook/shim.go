@@ -76,7 +76,9 @@ type shimStatus struct {
 // (the shim is their child subreaper) gets SIGTERM and, after min(--grace, 1s),
 // SIGKILL; when all are reaped the shim writes SPOOLDIR/status and exits. If --ready-fd
 // is given, the shim closes that descriptor once it handles SIGTERM and the command has
-// been started (or failed to start).
+// been started (or failed to start). With --cgroup BASE the command starts in a new
+// cgroup under BASE, killed and removed at the end of the run; with --uid, --gid and
+// --groups it runs as that user, in a directory of its own (see the package doc).
 //
 // ShimMain returns the shim's exit status: 0 when the status file was written,
 // whatever the hook's outcome, 1 if it could not be, 2 for a usage error. The caller is
