@@ -84,7 +84,7 @@ func TestFieldNumbers(t *testing.T) {
 		{&jumpstarterv1.LogStreamResponse{}, map[protoreflect.Name]protoreflect.FieldNumber{
 			"uuid": 1, "severity": 2, "message": 3, "source": 4, "driver_type": 5,
 			"operation": 6, "timestamp": 7, "structured_fields": 8,
-			"missed": 100, // boardvisor addition
+			"missed": 100, "progress": 101, // boardvisor additions
 		}},
 		{&jumpstarterv1.DriverCallRequest{}, map[protoreflect.Name]protoreflect.FieldNumber{
 			"uuid": 1, "method": 2, "args": 3,
