@@ -263,14 +263,19 @@ func endRunCgroup(dir string) (string, error) {
 	if path == "" || !filepath.IsAbs(path) {
 		return "", fmt.Errorf("%s names no cgroup: %q", filepath.Join(dir, cgroupFile), b)
 	}
-	if err := killCgroup(path, cgroupWait); err != nil {
-		return path, err
-	}
-	if err := removeCgroup(path); err != nil {
+	if err := endCgroup(path); err != nil {
 		return path, err
 	}
 	os.Remove(filepath.Join(dir, cgroupFile))
 	return path, nil
+}
+
+// endCgroup kills, awaits and removes the cgroup at path.
+func endCgroup(path string) error {
+	if err := killCgroup(path, cgroupWait); err != nil {
+		return err
+	}
+	return removeCgroup(path)
 }
 
 // writeFile writes s to an existing file (a cgroup's control file).

@@ -197,9 +197,12 @@ func (s *shim) endCgroup() {
 	if s.cgroup == "" {
 		return
 	}
-	if _, err := endRunCgroup(s.dir); err != nil {
+	// By its path, not the spool's record of it: the spool may be gone already (a
+	// lease's spools are removed when it ends, and a daemon may remove them early).
+	if err := endCgroup(s.cgroup); err != nil {
 		s.logf("end the hook's cgroup: %v", err)
 		return
 	}
+	os.Remove(filepath.Join(s.dir, cgroupFile))
 	s.cgroup = ""
 }

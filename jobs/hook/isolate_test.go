@@ -220,3 +220,30 @@ func TestHookMotdIsOnlyItsOwn(t *testing.T) {
 		}
 	}
 }
+
+// The spool directory is removed while the hook runs (a lease's spools go when it
+// ends): the shim still removes the run's cgroup, which it knows by itself.
+func TestCgroupRemovedWithoutTheSpool(t *testing.T) {
+	t.Parallel()
+	needCgroup(t)
+	fifo := mkfifo(t, "gate")
+	c := newLines()
+	run, err := newRunner(t).Start(spec(t, `echo ready; read x < "$FIFO"`, "FIFO="+fifo), c.onLine)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.next(t)
+	b, err := os.ReadFile(filepath.Join(run.Dir(), cgroupFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cg := strings.TrimSpace(string(b))
+	if err := os.RemoveAll(run.Dir()); err != nil {
+		t.Fatal(err)
+	}
+	release(t, fifo)
+	wait(t, run)
+	if _, err := os.Stat(cg); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the run's cgroup %s is still there: %v", cg, err)
+	}
+}

@@ -426,8 +426,8 @@ func (s *shim) killAll() {
 }
 
 // finish writes the status file and returns the shim's exit status. A status that
-// cannot be written (a full disk) is retried with back-off for at most the drain
-// timeout.
+// cannot be written for a full disk (ENOSPC, EDQUOT) is retried with back-off for at
+// most the drain timeout; any other error ends the shim at once.
 func (s *shim) finish() int {
 	if s.spool != nil {
 		s.spool.abandon() // usually done already by end
@@ -449,7 +449,7 @@ func (s *shim) finish() int {
 		if err == nil {
 			return 0
 		}
-		if time.Now().After(deadline) {
+		if time.Now().After(deadline) || !errors.Is(err, unix.ENOSPC) && !errors.Is(err, unix.EDQUOT) {
 			s.logf("write status: %v", err)
 			return 1
 		}
