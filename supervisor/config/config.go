@@ -22,8 +22,9 @@
 // the same way: a board's power block replaces the default power block.
 //
 // Besides reading the config file, the package only stats the files the config names
-// (hook executables, serial devices) and opens the coordinator token file to check that it
-// is readable. testdata/example.yaml documents every field.
+// (hook executables, serial devices), opens the coordinator token file to check that it
+// is readable, and looks up the users and groups of runAs blocks in the system's
+// databases. testdata/example.yaml documents every field.
 package config
 
 import (
