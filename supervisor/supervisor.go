@@ -46,6 +46,10 @@ type Options struct {
 	Exporter *exporter.Service
 	// HookEnv, if set, adds to every hook's environment (see lease.Config).
 	HookEnv func(job string) []string
+	// HookCgroup is the cgroup v2 directory for the hook runs' cgroups (config
+	// hookCgroup); empty: found at start (jhook.FindCgroupBase), and without a writable
+	// one hooks run without (one warning says what is lost).
+	HookCgroup string
 }
 
 // Supervisor is a running supervisor. It implements connector.Supervisor.
@@ -97,6 +101,16 @@ func Start(opts Options) (*Supervisor, error) {
 		}
 	}
 	runner := &jhook.Runner{ShimCommand: opts.ShimCommand, Logger: opts.Logger.Named("hook")}
+	switch base, err := jhook.FindCgroupBase(opts.HookCgroup); {
+	case err != nil && opts.HookCgroup != "":
+		return nil, fmt.Errorf("supervisor: hookCgroup %s cannot hold the hooks' cgroups: %w", opts.HookCgroup, err)
+	case err != nil:
+		opts.Logger.Warn("hooks run without a cgroup of their own: a process a hook starts in a new session outlives the hook if the hook kills its own shim (its shim's subreaper still collects the rest)",
+			"reason", err.Error())
+	default:
+		runner.CgroupBase = base
+		opts.Logger.Debug("each hook run gets a cgroup of its own", "under", base)
+	}
 	restore, lost, reemit, err := resume(opts, runner)
 	if err != nil {
 		return nil, err

@@ -84,10 +84,26 @@ type ptyMsg struct {
 // beforeLease hook, creates a lease and opens its LogStream as the client would.
 func ptyLease(t *testing.T, before string) (*ptyReader, *proc) {
 	t.Helper()
-	dir := t.TempDir()
+	r, sup, _ := ptyLeaseIn(t, t.TempDir(), before, nil)
+	return r, sup
+}
+
+// ptyLeaseIn is ptyLease in directory dir, with the supervisor's config passed through
+// edit (if not nil) before it starts; it also returns the supervisor's state directory.
+func ptyLeaseIn(t *testing.T, dir, before string, edit func(config string) string) (*ptyReader, *proc, string) {
+	t.Helper()
 	coordAddr := freeAddr(t)
 	startCoordinator(t, coordAddr, filepath.Join(dir, "coord"))
 	cfg := supervisorConfig(t, dir, "lab-pty", coordAddr, before, "", boardSpec{"board-1", "device: pty"})
+	if edit != nil {
+		b, err := os.ReadFile(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(cfg, []byte(edit(string(b))), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
 	sup := startSupervisor(t, "supervisor", cfg)
 	c := leaseClient(t, coordAddr)
 	waitBoards(t, c, 1)
@@ -137,7 +153,7 @@ func ptyLease(t *testing.T, before string) (*ptyReader, *proc) {
 			}
 		}
 	}()
-	return r, sup
+	return r, sup, filepath.Join(dir, "state")
 }
 
 // hookMsgs returns the beforeLease hook's messages so far.
@@ -156,10 +172,25 @@ func (r *ptyReader) hookMsgs() []ptyMsg {
 // await waits until a hook message satisfies ok and returns it.
 func (r *ptyReader) await(t *testing.T, what string, ok func(*jpb.LogStreamResponse) bool) ptyMsg {
 	t.Helper()
+	return r.awaitIn(t, what, r.hookMsgs, ok)
+}
+
+// awaitAny waits until any message (a phase marker too) satisfies ok.
+func (r *ptyReader) awaitAny(t *testing.T, what string, ok func(*jpb.LogStreamResponse) bool) ptyMsg {
+	t.Helper()
+	return r.awaitIn(t, what, func() []ptyMsg {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		return append([]ptyMsg(nil), r.msgs...)
+	}, ok)
+}
+
+func (r *ptyReader) awaitIn(t *testing.T, what string, msgs func() []ptyMsg, ok func(*jpb.LogStreamResponse) bool) ptyMsg {
+	t.Helper()
 	deadline := time.NewTimer(wait)
 	defer deadline.Stop()
 	for {
-		for _, m := range r.hookMsgs() {
+		for _, m := range msgs() {
 			if ok(m.m) {
 				return m
 			}

@@ -554,6 +554,9 @@ func (c labConfig) write(t *testing.T) string {
 		fmt.Fprintf(&b, ", caFile: %q", c.caFile)
 	}
 	fmt.Fprintf(&b, ", supervisorId: %s}\n", c.id)
+	// The tests' hooks use files of the test (as root: in directories only root may
+	// enter); a test of unprivileged hooks sets runAs itself.
+	b.WriteString("runAsRoot: true\n")
 	b.WriteString("defaults:\n  hooks:\n")
 	if c.before != "" {
 		fmt.Fprintf(&b, "    beforeLease: {timeout: 20s, onFailure: endLease, script: %q}\n", c.before)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/user"
 	"path/filepath"
 	"time"
 
@@ -30,9 +31,9 @@ log: {level: info, format: text}
 coordinator:
   address: %[2]s
   supervisorId: demo-lab
-defaults:
+%[3]sdefaults:
   leaseDuration: 10m
-  hooks:
+%[4]s  hooks:
     beforeLease:
       timeout: 30s
       onFailure: endLease
@@ -119,7 +120,16 @@ func runDemo(parent context.Context, dir string, logger hclog.Logger, logPath st
 		stopDaemons()
 		return fmt.Errorf("demo coordinator: %w", err)
 	}
-	cfg, err := config.Parse("demo.yaml", fmt.Appendf(nil, demoConfig, dir, addr))
+	// As root, the demo's hooks run as nobody, as a lab's should (runAs); as another
+	// user, they run as that user.
+	runAsRoot, runAs := "", ""
+	if os.Geteuid() == 0 {
+		runAs = "  runAs: {user: nobody}\n"
+		if _, err := user.Lookup("nobody"); err != nil {
+			runAsRoot, runAs = "runAsRoot: true\n", "" // a host without nobody
+		}
+	}
+	cfg, err := config.Parse("demo.yaml", fmt.Appendf(nil, demoConfig, dir, addr, runAsRoot, runAs))
 	if err != nil {
 		stopDaemons()
 		return err

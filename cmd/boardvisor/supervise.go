@@ -58,7 +58,15 @@ func newSupervise(g *globalFlags) *cobra.Command {
 // serveSupervisor runs a supervisor for cfg until ctx is done. ready, if not nil, is
 // called with the client service's address once everything is up.
 func serveSupervisor(ctx context.Context, cfg *config.Config, logger hclog.Logger, ready func(addr string), up *upstreamFlags) error {
+	if err := cfg.CheckHookPrivileges(os.Geteuid()); err != nil {
+		return err
+	}
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return fmt.Errorf("state directory: %w", err)
+	}
+	// The state directory holds the journal, the hook spools and hook.key: the daemon's
+	// user's alone, never a hook's.
+	if err := private(cfg.StateDir, 0o700, logger); err != nil {
 		return fmt.Errorf("state directory: %w", err)
 	}
 	// The journal's lock is the state directory's: taken before anything in it is
@@ -116,7 +124,7 @@ func serveSupervisor(ctx context.Context, cfg *config.Config, logger hclog.Logge
 	up.configure(svc)
 	// Hooks may call the board's drivers while they run, with a token of their own and
 	// the same commands a user has in `boardvisor shell`.
-	if svc.HookKey, err = hookKey(filepath.Join(cfg.StateDir, "hook.key")); err != nil {
+	if svc.HookKey, err = hookKey(filepath.Join(cfg.StateDir, "hook.key"), logger); err != nil {
 		return err
 	}
 	self, _ := os.Executable()
@@ -124,7 +132,7 @@ func serveSupervisor(ctx context.Context, cfg *config.Config, logger hclog.Logge
 		return []string{"BOARDVISOR_EXPORTER=" + lis.Addr().String(), "BOARDVISOR_TOKEN=" + svc.HookToken(job), "BOARDVISOR_CLI=" + self}
 	}
 	sup, err = supervisor.Start(supervisor.Options{Boards: boards, StateDir: cfg.StateDir, Conn: conn, Logger: logger,
-		Exporter: svc, Store: jr, Sinks: []outbox.Sink{dev.Sink, met.Sink, al.Sink}, HookEnv: hookEnv})
+		Exporter: svc, Store: jr, Sinks: []outbox.Sink{dev.Sink, met.Sink, al.Sink}, HookEnv: hookEnv, HookCgroup: cfg.HookCgroup})
 	if err != nil {
 		return err
 	}
@@ -190,10 +198,14 @@ func openJournal(path string, logger hclog.Logger) (*journal.Journal, error) {
 }
 
 // hookKey reads the key of hook tokens from path, creating it (32 random bytes, 0600) the
-// first time: it outlives restarts, so re-adopted hooks keep their tokens.
-func hookKey(path string) ([]byte, error) {
+// first time: it outlives restarts, so re-adopted hooks keep their tokens. A key left
+// readable by others (an older install) is made the daemon's user's alone.
+func hookKey(path string, logger hclog.Logger) ([]byte, error) {
 	key, err := os.ReadFile(path)
 	if err == nil && len(key) >= 32 {
+		if err := private(path, 0o600, logger); err != nil {
+			return nil, fmt.Errorf("hook key: %w", err)
+		}
 		return key, nil
 	}
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -207,4 +219,19 @@ func hookKey(path string) ([]byte, error) {
 		return nil, fmt.Errorf("hook key: %w", err)
 	}
 	return key, nil
+}
+
+// private makes path (a directory or file of the daemon's) accessible to its owner
+// alone: mode perm, if its mode gives anything to the group or others.
+func private(path string, perm os.FileMode, logger hclog.Logger) error {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	if fi.Mode().Perm()&0o077 == 0 {
+		return nil
+	}
+	logger.Warn("making a file of the daemon's private: hooks and other users must not read it", "path", path,
+		"mode", fi.Mode().Perm().String(), "new_mode", perm.String())
+	return os.Chmod(path, perm)
 }

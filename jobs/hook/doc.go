@@ -5,7 +5,8 @@
 //
 // The daemon never runs a hook directly. Runner.Start starts
 //
-//	boardvisor hook-shim --dir SPOOLDIR --timeout T --grace G --max-output BYTES [--pipe] [--ready-fd 3] -- COMMAND ARGS...
+//	boardvisor hook-shim --dir SPOOLDIR --timeout T --grace G --max-output BYTES [--pipe]
+//	    [--cgroup BASE] [--uid U --gid G --groups G1,G2] [--ready-fd 3] -- COMMAND ARGS...
 //
 // (ShimMain is the body of that subcommand) in its own session, so a SIGKILL of the
 // daemon, or a signal from the daemon's terminal, does not reach it. The shim makes
@@ -23,6 +24,24 @@
 // the terminal's slave side once the hook is started: when no process of the hook holds
 // one any more, reading the master fails with EIO, which ends the output as a pipe's
 // EOF does.
+//
+// A hook may run as another user (Spec.Credential: the config's runAs): only the hook
+// process is started with that credential, the shim keeps the daemon's privileges, so
+// the hook cannot signal the shim or the daemon, and cannot read the spool or the state
+// directory. Such a hook works in a directory of its own (mode 0700, outside the state
+// directory, also its HOME), where its JMP_MOTD_FILE points; the shim copies that file to
+// the lease's JMP_MOTD_FILE afterwards if it is a regular file of the hook's user (not a
+// link), and removes the directory.
+//
+// With Runner.CgroupBase set (FindCgroupBase: the config's hookCgroup, or
+// boardvisor-hooks in the daemon's own cgroup of the cgroup v2 hierarchy in
+// /proc/self/mountinfo), each run gets a cgroup of its own: the shim creates it, records
+// its path in SPOOLDIR/cgroup and starts the hook directly in it (clone3 with
+// CLONE_INTO_CGROUP). When the hook's run ends the shim writes cgroup.kill, waits
+// (bounded) until cgroup.events says "populated 0", and removes it; a daemon that finds a
+// shim vanished does the same from SPOOLDIR/cgroup, so nothing a hook started survives,
+// not a setsid'd process, not a double fork, not even once the hook killed its own
+// shim. Without a writable cgroup v2 the subreaper below remains.
 //
 // The shim enforces the timeout ladder itself (SIGTERM to the group, grace period,
 // SIGKILL), so the ladder holds while the daemon is down. When the hook's main process
@@ -47,6 +66,8 @@
 //	output    what the hook wrote, plus lines from the shim prefixed "boardvisor:"
 //	status    the outcome, written once every process of the hook is gone
 //	shim.log  the shim's own diagnostics
+//	cgroup    the path of the run's cgroup, while it exists
+//	rundir    the path of the hook's own directory (with a Credential), while it exists
 //
 // # The daemon side
 //

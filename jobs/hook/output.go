@@ -55,6 +55,7 @@ type spool struct {
 	logf         func(format string, args ...any)
 
 	r    *os.File        // the terminal's master or the pipe's read end (non-blocking, in Go's poller)
+	tty  bool            // r is a terminal's master
 	rc   syscall.RawConn // of r
 	done chan struct{}   // closed when copy has ended
 	quit chan struct{}   // closed by abandon: copy stops retrying and ends
@@ -141,6 +142,7 @@ func (s *spool) terminal() (*os.File, error) {
 		slave.Close()
 		return nil, err
 	}
+	s.tty = true
 	return slave, nil
 }
 
@@ -419,19 +421,38 @@ func (s *spool) note(line string) {
 
 // drain keeps what the terminal or pipe holds now (not what is written meanwhile, so a
 // hook that writes without pause cannot hold the shim here). s.mu is held.
+//
+// A terminal passes what the hook wrote on to its master asynchronously (the kernel's
+// flip buffers, pushed by a worker): poll(2) on the master first pushes whatever is
+// pending, so bytes written before the call are counted; they are read in rounds of
+// what the terminal holds, at most maxDrain in all.
 func (s *spool) drain(fd int) {
-	avail, err := unix.IoctlGetInt(fd, unix.TIOCINQ) // FIONREAD: bytes readable
-	if err != nil {
-		return
-	}
-	for avail > 0 {
-		n, err := s.readOnce(fd)
-		if err != nil || n == 0 {
+	total := 0
+	for total < maxDrain {
+		if s.tty {
+			fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+			unix.Poll(fds, 0)
+		}
+		avail, err := unix.IoctlGetInt(fd, unix.TIOCINQ) // FIONREAD: bytes readable
+		if err != nil || avail <= 0 {
 			return
 		}
-		avail -= n
+		for avail > 0 {
+			n, err := s.readOnce(fd)
+			if err != nil || n == 0 {
+				return
+			}
+			avail -= n
+			total += n
+		}
+		if !s.tty {
+			return // a pipe holds all that was written to it
+		}
 	}
 }
+
+// maxDrain bounds what one note reads ahead of itself from a terminal.
+const maxDrain = 1 << 20
 
 // holding reports whether output is held because the spool cannot be written.
 func (s *spool) holding() bool {

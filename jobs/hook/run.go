@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -84,6 +85,12 @@ type Spec struct {
 	// TerminalRows, no echo, no output processing), so that programs that block-buffer
 	// into a pipe (C stdio, Python) write each line as they print it.
 	Pipe bool
+	// Credential, if set, is the user the hook runs as (the shim keeps the daemon's
+	// privileges). The hook then works in a directory of its own (mode 0700, outside
+	// the state directory, removed when the run ends), which is its HOME and working
+	// directory (WorkDir is then only the shim's); its JMP_MOTD_FILE is a file there,
+	// copied to the lease's JMP_MOTD_FILE when the hook is over.
+	Credential *Credential
 }
 
 // Runner starts hook shims and re-adopts them after a restart. Its zero value is ready
@@ -95,6 +102,11 @@ type Runner struct {
 	ShimCommand []string
 	// Logger receives the runner's own diagnostics; nil means none.
 	Logger hclog.Logger
+	// CgroupBase, if set, is a cgroup v2 directory (see FindCgroupBase) under which each
+	// run gets a cgroup of its own, killed when the run ends. Empty: runs have none, and
+	// the shim's subreaper alone collects what a hook leaves (which a process in a new
+	// session escapes if the shim itself is killed).
+	CgroupBase string
 
 	// noInotify and noPidfd make runs use the fallbacks (for their tests).
 	noInotify, noPidfd bool
@@ -337,6 +349,12 @@ func (r *Runner) Start(spec Spec, onLines func([]Line)) (*Run, error) {
 		"--max-output", strconv.FormatInt(maxOutput, 10), "--ready-fd", "3")
 	if spec.Pipe {
 		argv = append(argv, "--pipe")
+	}
+	if r.CgroupBase != "" {
+		argv = append(argv, "--cgroup", r.CgroupBase)
+	}
+	if spec.Credential != nil {
+		argv = append(argv, spec.Credential.args()...)
 	}
 	argv = append(argv, "--")
 	argv = append(argv, command...)
@@ -729,8 +747,8 @@ func (run *Run) collect() Result {
 			if run.waitState != nil {
 				how = " (" + run.waitState.String() + ")"
 			}
-			return Result{ExitCode: -1, Err: fmt.Errorf("hook %s: shim (pid %d) exited%s: %w",
-				run.label, run.pid, how, ErrShimVanished)}
+			return Result{ExitCode: -1, Err: fmt.Errorf("hook %s: shim (pid %d) exited%s%s: %w",
+				run.label, run.pid, how, run.cleanUpVanished(), ErrShimVanished)}
 		}
 		return Result{ExitCode: -1, Err: fmt.Errorf("hook %s: read status: %w", run.label, err)}
 	}
@@ -747,6 +765,30 @@ func (run *Run) collect() Result {
 		res.Err = fmt.Errorf("hook %s: %s", run.label, st.Error)
 	}
 	return res
+}
+
+// cleanUpVanished does what the shim of a run could not do, having vanished: it kills
+// the run's cgroup (nothing the hook started survives) and removes the hook's own
+// directory. It returns what it did, for the run's error.
+func (run *Run) cleanUpVanished() string {
+	said := ""
+	switch cg, err := endRunCgroup(run.dir); {
+	case err != nil:
+		run.log.Error("kill the cgroup of a hook whose shim vanished", "error", err)
+		said = "; killing its cgroup failed: " + err.Error()
+	case cg != "":
+		run.log.Warn("killed the cgroup of a hook whose shim vanished", "cgroup", cg)
+		said = "; every process it left was killed with its cgroup"
+	}
+	if b, err := os.ReadFile(filepath.Join(run.dir, runDirFile)); err == nil {
+		if d := strings.TrimSpace(string(b)); filepath.IsAbs(d) {
+			if err := os.RemoveAll(d); err != nil {
+				run.log.Warn("remove the directory of a hook whose shim vanished", "error", err)
+			}
+		}
+		os.Remove(filepath.Join(run.dir, runDirFile))
+	}
+	return said
 }
 
 // hookEnv is the environment of the shim and of the hook: the daemon's PATH and HOME,

@@ -76,7 +76,9 @@ type shimStatus struct {
 // (the shim is their child subreaper) gets SIGTERM and, after min(--grace, 1s),
 // SIGKILL; when all are reaped the shim writes SPOOLDIR/status and exits. If --ready-fd
 // is given, the shim closes that descriptor once it handles SIGTERM and the command has
-// been started (or failed to start).
+// been started (or failed to start). With --cgroup BASE the command starts in a new
+// cgroup under BASE, killed and removed at the end of the run; with --uid, --gid and
+// --groups it runs as that user, in a directory of its own (see the package doc).
 //
 // ShimMain returns the shim's exit status: 0 when the status file was written,
 // whatever the hook's outcome, 1 if it could not be, 2 for a usage error. The caller is
@@ -91,6 +93,10 @@ func ShimMain(args []string) int {
 	maxOutput := fset.Int64("max-output", DefaultMaxOutput, "most `bytes` of hook output kept in the spool")
 	pipe := fset.Bool("pipe", false, "give the hook a pipe as stdout and stderr instead of a pseudo-terminal")
 	drain := fset.Duration("drain-timeout", DefaultDrainTimeout, "how long to retry writing held output to a full spool once the hook has ended")
+	cgroup := fset.String("cgroup", "", "cgroup v2 `directory` under which the hook's run gets a cgroup of its own")
+	uid := fset.Int("uid", -1, "user id the hook runs as (default: the shim's)")
+	gid := fset.Int("gid", -1, "group id the hook runs as (with --uid)")
+	groups := fset.String("groups", "", "comma-separated supplementary group ids of the hook (with --uid)")
 	if err := fset.Parse(args); err != nil {
 		return 2
 	}
@@ -112,7 +118,16 @@ func ShimMain(args []string) int {
 	if *grace < 0 {
 		*grace = 0
 	}
-	s := &shim{dir: *dir, timeout: *timeout, grace: *grace, maxOutput: *maxOutput, pipe: *pipe, drain: *drain, argv: argv}
+	s := &shim{dir: *dir, timeout: *timeout, grace: *grace, maxOutput: *maxOutput, pipe: *pipe, drain: *drain,
+		cgroupBase: *cgroup, argv: argv}
+	if *uid >= 0 {
+		cred, err := parseCredential(*uid, *gid, *groups)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "hook-shim:", err)
+			return 2
+		}
+		s.cred = cred
+	}
 	return s.run(func() {
 		if ready != nil {
 			ready.Close()
@@ -128,6 +143,11 @@ type shim struct {
 	maxOutput      int64
 	pipe           bool          // a pipe instead of a terminal
 	drain          time.Duration // --drain-timeout
+	cgroupBase     string        // --cgroup; "" for none
+	cgroup         string        // the run's cgroup, while it exists
+	cred           *syscall.Credential
+	runDir         string // the hook's own directory (with cred), its working directory and HOME
+	motd           string // the lease's JMP_MOTD_FILE, where the hook's motd is copied (with cred)
 	argv           []string
 	out            *os.File // DIR/output, append-only
 	spool          *spool   // the hook's terminal or pipe, copied to out
@@ -201,26 +221,41 @@ func (s *shim) run(ready func()) int {
 		s.st = shimStatus{ExitCode: 126, StartedAt: time.Now(), EndedAt: time.Now(), Error: "create the hook's output " + what + ": " + err.Error()}
 		return s.finish()
 	}
+	attr := &os.ProcAttr{Env: os.Environ(), Files: []*os.File{devnull, w, w}, Sys: sys}
+	if s.cred != nil {
+		if err := s.asUser(attr, w); err != nil {
+			devnull.Close()
+			w.Close()
+			go s.spool.copy()
+			return s.cannotRun(ready, "cannot run hook as uid "+strconv.Itoa(int(s.cred.Uid))+": "+err.Error(), 126)
+		}
+	}
+	cgfd := s.newCgroup()
+	if cgfd >= 0 {
+		sys.UseCgroupFD, sys.CgroupFD = true, cgfd
+	}
 	s.st.StartedAt = time.Now()
-	proc, err := os.StartProcess(s.argv[0], s.argv, &os.ProcAttr{
-		Env:   os.Environ(),
-		Files: []*os.File{devnull, w, w},
-		Sys:   sys,
-	})
+	proc, err := os.StartProcess(s.argv[0], s.argv, attr)
+	if err != nil && cgfd >= 0 && !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, unix.ENOTDIR) && !errors.Is(err, unix.EACCES) {
+		// Not the hook's fault: perhaps the cgroup. Without it, the subreaper still
+		// collects what the hook leaves.
+		s.logf("start the hook in cgroup %s: %v; starting it without a cgroup of its own", s.cgroup, err)
+		s.dropCgroup()
+		sys.UseCgroupFD, sys.CgroupFD = false, 0
+		proc, err = os.StartProcess(s.argv[0], s.argv, attr)
+	}
+	if cgfd >= 0 {
+		unix.Close(cgfd)
+	}
 	devnull.Close()
 	w.Close() // the hook and its descendants hold the only write ends (or slave descriptors)
 	go s.spool.copy()
 	if err != nil {
-		s.st.ExitCode = 126
+		code := 126
 		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ENOTDIR) {
-			s.st.ExitCode = 127
+			code = 127
 		}
-		s.st.Error = "cannot run hook: " + err.Error()
-		s.note("ERROR", "%s", s.st.Error)
-		s.st.EndedAt = time.Now()
-		ready()
-		s.spool.end()
-		return s.finish()
+		return s.cannotRun(ready, "cannot run hook: "+err.Error(), code)
 	}
 	pid := proc.Pid
 	proc.Release() // we reap it ourselves, with wait4(-1)
@@ -248,7 +283,21 @@ func (s *shim) run(ready func()) int {
 	s.waitMain(pid, sigs, reapc)
 	s.st.EndedAt = time.Now()
 	s.killLeftovers(reapc)
+	s.endCgroup()
 	s.spool.end()
+	s.endRunDir()
+	return s.finish()
+}
+
+// cannotRun ends a run whose hook could not be started.
+func (s *shim) cannotRun(ready func(), msg string, code int) int {
+	s.st.ExitCode, s.st.Error = code, msg
+	s.note("ERROR", "%s", msg)
+	s.st.EndedAt = time.Now()
+	ready()
+	s.endCgroup()
+	s.spool.end()
+	s.endRunDir()
 	return s.finish()
 }
 
@@ -344,6 +393,11 @@ func (s *shim) killLeftovers(reapc <-chan reaped) {
 			defer t.Stop()
 			tick = t.C
 			s.killAll()
+			if s.cgroup != "" {
+				if err := writeFile(filepath.Join(s.cgroup, "cgroup.kill"), "1"); err != nil {
+					s.logf("kill cgroup %s: %v", s.cgroup, err)
+				}
+			}
 		case <-tick:
 			s.killAll()
 		}
@@ -372,8 +426,8 @@ func (s *shim) killAll() {
 }
 
 // finish writes the status file and returns the shim's exit status. A status that
-// cannot be written (a full disk) is retried with back-off for at most the drain
-// timeout.
+// cannot be written for a full disk (ENOSPC, EDQUOT) is retried with back-off for at
+// most the drain timeout; any other error ends the shim at once.
 func (s *shim) finish() int {
 	if s.spool != nil {
 		s.spool.abandon() // usually done already by end
@@ -395,7 +449,7 @@ func (s *shim) finish() int {
 		if err == nil {
 			return 0
 		}
-		if time.Now().After(deadline) {
+		if time.Now().After(deadline) || !errors.Is(err, unix.ENOSPC) && !errors.Is(err, unix.EDQUOT) {
 			s.logf("write status: %v", err)
 			return 1
 		}

@@ -22,8 +22,9 @@
 // the same way: a board's power block replaces the default power block.
 //
 // Besides reading the config file, the package only stats the files the config names
-// (hook executables, serial devices) and opens the coordinator token file to check that it
-// is readable. testdata/example.yaml documents every field.
+// (hook executables, serial devices), opens the coordinator token file to check that it
+// is readable, and looks up the users and groups of runAs blocks in the system's
+// databases. testdata/example.yaml documents every field.
 package config
 
 import (
@@ -78,6 +79,12 @@ type Config struct {
 	Coordinator *CoordinatorConfig `yaml:"coordinator"`
 	// Defaults are host-wide settings each board may override.
 	Defaults Defaults `yaml:"defaults"`
+	// RunAsRoot lets the hooks of boards without a runAs run as root when the daemon
+	// runs as root; without it such a daemon refuses to start (see CheckHookPrivileges).
+	RunAsRoot bool `yaml:"runAsRoot"`
+	// HookCgroup is the cgroup v2 directory under which each hook run gets a cgroup of
+	// its own; empty: boardvisor-hooks in the daemon's own cgroup, found at start-up.
+	HookCgroup string `yaml:"hookCgroup"`
 	// Boards are the boards this supervisor serves; at least one.
 	Boards []Board `yaml:"boards"`
 
@@ -121,6 +128,19 @@ type Defaults struct {
 	// Drivers are the drivers of every board that does not set its own of that kind.
 	// A serial console belongs to one board and may not be set here.
 	Drivers Drivers `yaml:"drivers"`
+	// RunAs is who the hooks of every board that sets none run as; nil: the daemon's
+	// user.
+	RunAs *RunAs `yaml:"runAs"`
+}
+
+// RunAs is the user, group and supplementary groups a board's hooks run as.
+type RunAs struct {
+	// User is a user name or a numeric uid. Required.
+	User string `yaml:"user"`
+	// Group is a group name or a numeric gid; default: the user's primary group.
+	Group string `yaml:"group"`
+	// Groups are supplementary groups (names or gids), e.g. dialout for serial ports.
+	Groups []string `yaml:"groups"`
 }
 
 // Board is one board as configured.
@@ -137,6 +157,8 @@ type Board struct {
 	LeaseDuration Duration `yaml:"leaseDuration"`
 	// Queue overrides defaults.queue; nil means not set.
 	Queue *int `yaml:"queue"`
+	// RunAs overrides defaults.runAs wholesale; nil means not set.
+	RunAs *RunAs `yaml:"runAs"`
 }
 
 // Hooks are a board's two lease hooks; nil means not set (a board inherits the default).

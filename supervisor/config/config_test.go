@@ -367,7 +367,7 @@ func TestInvalid(t *testing.T) {
 		{"unknown field", "stateDir: /bv\nboards:\n  - name: rpi4-01\n    hoooks: {}\n",
 			`config.yaml:4: board "rpi4-01": hoooks: unknown field (did you mean "hooks"?)`},
 		{"unknown top-level field", "stateDir: /bv\nplugins: [a]\n" + board,
-			`config.yaml:2: plugins: unknown field (known fields: stateDir, listen, metrics, log, coordinator, defaults, boards)`},
+			`config.yaml:2: plugins: unknown field (known fields: stateDir, listen, metrics, log, coordinator, defaults, runAsRoot, hookCgroup, boards)`},
 		{"unknown nested field", "stateDir: /bv\nboards:\n  - name: b1\n    drivers:\n      serial: {device: {{DIR}}/tty, baudrate: 9600}\n",
 			`config.yaml:5: board "b1": drivers.serial.baudrate: unknown field (did you mean "baud"?)`},
 		{"duplicate key", "stateDir: /bv\nboards:\n  - name: b1\n    queue: 1\n    queue: 2\n",
@@ -375,7 +375,7 @@ func TestInvalid(t *testing.T) {
 		{"wrong type", "stateDir: /bv\nboards:\n  - name: b1\n    labels: [a, b]\n",
 			`config.yaml:4: board "b1": labels: want a mapping, got a list`},
 		{"path is not a key", "stateDir: /bv\npath: /x\n" + board,
-			`config.yaml:2: path: unknown field (known fields: stateDir, listen, metrics, log, coordinator, defaults, boards)`},
+			`config.yaml:2: path: unknown field (known fields: stateDir, listen, metrics, log, coordinator, defaults, runAsRoot, hookCgroup, boards)`},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -676,6 +676,9 @@ func TestExample(t *testing.T) {
 	c, err = Parse("example-full.yaml", []byte(full))
 	if err != nil {
 		t.Fatalf("example.yaml with #~ lines: %v", err)
+	}
+	if rs := c.Resolve(); rs[0].RunAs == nil || rs[0].RunAs.User != "nobody" || len(rs[0].RunAs.Groups) != 1 || c.HookCgroup == "" {
+		t.Errorf("example runAs %+v, hookCgroup %q", rs[0].RunAs, c.HookCgroup)
 	}
 	if c.Coordinator == nil || c.Coordinator.Address != "coord.lab:7400" {
 		t.Errorf("coordinator %+v", c.Coordinator)

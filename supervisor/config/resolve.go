@@ -26,6 +26,8 @@ type ResolvedBoard struct {
 	LeaseDuration time.Duration
 	// Queue is how many leases may wait for the board while it is busy.
 	Queue int
+	// RunAs is who the board's hooks run as; nil: the daemon's user.
+	RunAs *Credential
 }
 
 // ResolvedHook is one hook to run: its command and its lifecycle policy.
@@ -95,6 +97,9 @@ func (b Board) Effective(d Defaults) ResolvedBoard {
 		r.LeaseDuration = d.LeaseDuration.Std()
 	default:
 		r.LeaseDuration = DefaultLeaseDuration
+	}
+	if ra := pick(b.RunAs, d.RunAs); ra != nil {
+		r.RunAs, _, _ = ra.resolve() // a validated config resolves
 	}
 	switch {
 	case b.Queue != nil:

@@ -95,6 +95,9 @@ func (v *validator) host() {
 	if c.Log.Format != "" && !slices.Contains(logFormats, c.Log.Format) {
 		s.add("log.format", "unknown format %q (want json or text)", c.Log.Format)
 	}
+	if c.HookCgroup != "" && !filepath.IsAbs(c.HookCgroup) {
+		s.add("hookCgroup", "%q is not an absolute path (want a directory in a cgroup v2 hierarchy)", c.HookCgroup)
+	}
 	if c.Metrics != "" {
 		if msg := checkHostPort(c.Metrics, false); msg != "" {
 			s.add("metrics", "%s", msg)
@@ -130,6 +133,7 @@ func (v *validator) defaults() {
 	d := v.c.Defaults
 	checkLease(s, d.LeaseDuration, d.Queue)
 	checkHooks(s, d.Hooks)
+	checkRunAs(s, "runAs", d.RunAs)
 	if d.Drivers.Serial != nil {
 		s.add("drivers.serial", "a serial console belongs to one board: set it under boards[].drivers.serial")
 	}
@@ -172,6 +176,7 @@ func (v *validator) boards() {
 		}
 		checkLease(s, b.LeaseDuration, b.Queue)
 		checkHooks(s, b.Hooks)
+		checkRunAs(s, "runAs", b.RunAs)
 		if ser := b.Drivers.Serial; ser != nil {
 			checkSerial(s, ser)
 			if ser.Device != "" {
