@@ -98,7 +98,7 @@ var tableInputs = []struct {
 	{"after-shim-exited", HookShimExited(HookAfter)},
 	{"image-ok", ImageFetched(nil)},
 	{"image-notfound", ImageFetched(NewJobError(KindImageNotFound, "no location has it"))},
-	{"image-progress", ImageProgress(1 << 20, 4 << 20)},
+	{"image-progress", ImageProgress(1<<20, 4<<20)},
 	{"prov-ok", Provisioned(nil)},
 	{"prov-fail", Provisioned(NewJobError(KindImageNotCompatible, "built for arm64"))},
 	{"t-fetch", TimerFired(TimerFetch)},
