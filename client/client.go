@@ -41,6 +41,8 @@ type Request struct {
 	Board    string // or an exact board name
 	Duration time.Duration
 	Client   string
+	// Image, if set, is booted on the board before the lease is READY.
+	Image *pb.ImageSpecification
 }
 
 // Client talks to a coordinator on behalf of a user.
@@ -61,7 +63,7 @@ func (c *Client) say(format string, args ...any) { fmt.Fprintf(c.Out, format+"\n
 // queued it says so.
 func (c *Client) Acquire(ctx context.Context, req Request) (*pb.Lease, error) {
 	resp, err := c.Leases.CreateLease(ctx, &pb.CreateLeaseRequest{Selector: req.Selector, Board: req.Board,
-		Duration: durationpb.New(req.Duration), ClientName: req.Client})
+		Duration: durationpb.New(req.Duration), ClientName: req.Client, Image: req.Image})
 	if err != nil {
 		return nil, fmt.Errorf("create lease: %s", statusText(err))
 	}

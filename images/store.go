@@ -651,6 +651,9 @@ func (s *Store) fetchFrom(ctx context.Context, loc jobs.ImageLocation, desc ocis
 	if err := vr.Verify(); err != nil {
 		return 0, invalid("%v", err)
 	}
+	if err := tmp.Chmod(0o444); err != nil { // the store's blobs are read, never written
+		return 0, jobs.NewJobError(jobs.KindInternalError, fmt.Sprintf("image store: %v", err))
+	}
 	if err := tmp.Sync(); err != nil {
 		return 0, jobs.NewJobError(jobs.KindInternalError, fmt.Sprintf("image store: sync %s: %v", desc.Digest, err))
 	}

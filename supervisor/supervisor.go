@@ -46,6 +46,9 @@ type Options struct {
 	Exporter *exporter.Service
 	// HookEnv, if set, adds to every hook's environment (see lease.Config).
 	HookEnv func(job string) []string
+	// Images, if set, keeps the images of the leases resumed at start-up from
+	// eviction before any lease fetches (supervisor/devices).
+	Images interface{ Pin(job, digest string) }
 }
 
 // Supervisor is a running supervisor. It implements connector.Supervisor.
@@ -196,6 +199,9 @@ func resume(opts Options, runner *jhook.Runner) (live []jobs.Record, lost []host
 		}
 		if opts.Exporter != nil {
 			opts.Exporter.Restore(job, r.Spec.Board, r.Spec.TokenHash, r.State.Phase)
+		}
+		if opts.Images != nil && r.Spec.Image != nil {
+			opts.Images.Pin(job, r.Spec.Image.Digest)
 		}
 		opts.Logger.Info("resuming lease", "job", job, "board", r.Spec.Board, "phase", r.State.Phase.String())
 		live = append(live, r)

@@ -187,7 +187,8 @@ func Busybox(t testing.TB) string {
 }
 
 // Initramfs writes an initramfs (an uncompressed newc cpio archive) whose /init is a
-// busybox shell script that prints banner on the console and then waits, to path.
+// busybox shell script that prints banner on the console at boot and then once a
+// second (so that a reader who connects after the boot sees it too), to path.
 func Initramfs(t testing.TB, path, banner string) {
 	t.Helper()
 	bb, err := os.ReadFile(Busybox(t))
@@ -196,7 +197,7 @@ func Initramfs(t testing.TB, path, banner string) {
 	}
 	init := "#!/bin/busybox sh\n" +
 		"/bin/busybox echo " + shellQuote(banner) + "\n" +
-		"while :; do /bin/busybox sleep 3600; done\n"
+		"n=0; while :; do /bin/busybox sleep 1; n=$((n+1)); /bin/busybox echo " + shellQuote(banner) + " up $n; done\n"
 	var w cpio
 	w.dir("bin", 0o755)
 	w.dir("dev", 0o755)

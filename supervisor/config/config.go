@@ -78,11 +78,27 @@ type Config struct {
 	Coordinator *CoordinatorConfig `yaml:"coordinator"`
 	// Defaults are host-wide settings each board may override.
 	Defaults Defaults `yaml:"defaults"`
+	// Images configures the image store of image jobs (docs/images.md).
+	Images ImagesConfig `yaml:"images"`
 	// Boards are the boards this supervisor serves; at least one.
 	Boards []Board `yaml:"boards"`
 
 	// pos maps field paths to YAML line numbers; nil for a config built in code.
 	pos *positions
+}
+
+// ImagesConfig configures the image store (StateDir/images) of jobs that boot an image.
+type ImagesConfig struct {
+	// MaxBytes bounds the blobs the store keeps (default 20 GiB); images no live lease
+	// uses are evicted, least recently used first.
+	MaxBytes int64 `yaml:"maxBytes"`
+	// PlainHTTP names registries (host:port) reached over plain HTTP; loopback
+	// registries always are, all others over HTTPS.
+	PlainHTTP []string `yaml:"plainHTTP"`
+	// FetchTimeout bounds an image fetch (default 30m); ProvisionTimeout a board's
+	// provisioning with it (default 5m).
+	FetchTimeout     Duration `yaml:"fetchTimeout"`
+	ProvisionTimeout Duration `yaml:"provisionTimeout"`
 }
 
 // LogConfig configures the daemon's own log.
