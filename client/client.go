@@ -185,7 +185,7 @@ func (c *Client) Connect(ctx context.Context, lease *pb.Lease) (*Session, error)
 			return nil, ErrHookFailed
 		case phase >= jobs.PhaseEnding:
 			s.Close()
-			return nil, fmt.Errorf("lease %s ended before it was ready: %s", lease.GetId(), r.GetMessage())
+			return nil, fmt.Errorf("lease %s ended before it was ready: %s", lease.GetId(), strings.TrimPrefix(r.GetMessage(), "lease ENDING: lease ending: "))
 		case phase == 0:
 			s.print(r)
 		}

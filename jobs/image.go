@@ -222,7 +222,7 @@ func (l *Lease) startProvision() error {
 func (l *Lease) imageFailed(kind JobErrorKind, message string) error {
 	s := &l.State
 	s.ImageFailed = true
-	s.Failure = message
+	s.Failure = kind.String() + ": " + message
 	l.emit(Effect{Kind: EffLog, Severity: SeverityError, Message: message})
 	l.emit(Effect{Kind: EffError, Err: NewJobError(kind, message)})
 	return l.beginEnding()
