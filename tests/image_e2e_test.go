@@ -115,7 +115,7 @@ func TestImageBootsOnQEMUBoard(t *testing.T) {
 	}
 	db := ceOpenCoordinatorDB(t, filepath.Join(lab.dir, "coord"))
 	var evs []ceStoredEvent
-	ceEventually(t, "the lease's console events and last transition", func() bool {
+	eventuallyWithin(t, bootWait, "the lease's console events and last transition", func() bool {
 		evs = ceStoredEvents(t, db)["lab-1"]
 		return strings.Contains(string(ceConsoleBytes(t, evs, lease)), banner) && strings.Contains(lastTransition(evs, lease), "LEASE_PHASE_DONE")
 	})
@@ -228,7 +228,12 @@ func TestImageErrorsReachTheClient(t *testing.T) {
 
 func createImageLease(t *testing.T, lab *imageLab, digest, repo string) *pb.Lease {
 	t.Helper()
-	r, err := lab.leases.CreateLease(ctxT(t), &pb.CreateLeaseRequest{Selector: "device=qemu", Duration: durationpb.New(5 * time.Minute), ClientName: "ci",
+	return createImageLeaseOn(t, lab, "device=qemu", digest, repo)
+}
+
+func createImageLeaseOn(t *testing.T, lab *imageLab, selector, digest, repo string) *pb.Lease {
+	t.Helper()
+	r, err := lab.leases.CreateLease(ctxT(t), &pb.CreateLeaseRequest{Selector: selector, Duration: durationpb.New(5 * time.Minute), ClientName: "ci",
 		Image: &pb.ImageSpecification{ManifestDigest: digest, Locations: []*pb.ImageLocation{{Registry: lab.reg.Addr, Repository: repo}}}})
 	if err != nil {
 		t.Fatal(err)
