@@ -148,7 +148,7 @@ func (c *Client) Connect(ctx context.Context, lease *pb.Lease) (*Session, error)
 	stream, err := s.Exporter.LogStream(s.Context(sctx), &emptypb.Empty{})
 	if err != nil {
 		s.Close()
-		return nil, fmt.Errorf("log stream: %s", statusText(err))
+		return nil, c.endedBefore(lease, fmt.Errorf("log stream: %s", statusText(err)))
 	}
 	go s.follow(sctx, stream)
 	waiting := false
@@ -156,7 +156,7 @@ func (c *Client) Connect(ctx context.Context, lease *pb.Lease) (*Session, error)
 		r, err := s.next(ctx)
 		if err != nil {
 			s.Close()
-			return nil, err
+			return nil, c.endedBefore(lease, err)
 		}
 		if r == nil {
 			s.Close()
@@ -366,3 +366,25 @@ func (s *Session) Close() {
 
 // statusText is the message of a gRPC error, without its code's boilerplate.
 func statusText(err error) string { return status.Convert(err).Message() }
+
+// endedBefore explains a failure to follow a lease that may have ended before the
+// client reached its board (an image that could not be fetched fails a lease in a
+// moment, and its board forgets it at once): the coordinator's account of its end,
+// awaited for a few seconds, else err.
+func (c *Client) endedBefore(lease *pb.Lease, err error) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	w, werr := c.Leases.WatchLease(ctx, &pb.WatchLeaseRequest{Id: lease.GetId()})
+	if werr != nil {
+		return err
+	}
+	for {
+		l, rerr := w.Recv()
+		if rerr != nil {
+			return err
+		}
+		if p := l.GetPhase(); p == pb.LeasePhase_LEASE_PHASE_DONE || p == pb.LeasePhase_LEASE_PHASE_FAILED {
+			return fmt.Errorf("lease %s ended before it was ready: %s", lease.GetId(), l.GetStatusMessage())
+		}
+	}
+}

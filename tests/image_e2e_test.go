@@ -256,8 +256,8 @@ func watchEnd(t *testing.T, lab *imageLab, l *pb.Lease) *pb.Lease {
 	return done
 }
 
-// damageKernel overwrites bytes of an image's kernel blob in the registry's storage.
-func damageKernel(t *testing.T, reg *registrytest.Registry, digest string) {
+// kernelDigest reads the digest of an image's kernel from the registry's storage.
+func kernelDigest(t *testing.T, reg *registrytest.Registry, digest string) string {
 	t.Helper()
 	m, err := os.ReadFile(reg.BlobPath(digest))
 	if err != nil {
@@ -268,8 +268,13 @@ func damageKernel(t *testing.T, reg *registrytest.Registry, digest string) {
 		t.Fatalf("no kernel layer in %s", m)
 	}
 	k := string(m[i+len(`"application/vnd.boardvisor.kernel","digest":"`):])
-	k = k[:strings.IndexByte(k, '"')]
-	f, err := os.OpenFile(reg.BlobPath(k), os.O_WRONLY, 0)
+	return k[:strings.IndexByte(k, '"')]
+}
+
+// damageKernel overwrites bytes of an image's kernel blob in the registry's storage.
+func damageKernel(t *testing.T, reg *registrytest.Registry, digest string) {
+	t.Helper()
+	f, err := os.OpenFile(reg.BlobPath(kernelDigest(t, reg, digest)), os.O_WRONLY, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -203,6 +203,8 @@ func TestImageLeaseSurvivesKill9(t *testing.T) {
 		if when == "provisioning" {
 			time.Sleep(time.Second) // into the slow start (nothing to await: the wrapper sleeps)
 		}
+		kernel := kernelDigest(t, lab.reg, digest)
+		gets := proxy.Gets(kernel)
 		sup.kill()
 		proxy.SetRate(0)
 		os.Remove(filepath.Join(dir, "slow"))
@@ -225,6 +227,10 @@ func TestImageLeaseSurvivesKill9(t *testing.T) {
 		}
 		if p := partialsIn(t, lab); len(p) != 0 {
 			t.Errorf("partial files after the restart: %v", p)
+		}
+		// An image fetched before the kill is not fetched again.
+		if n := proxy.Gets(kernel); when == "provisioning" && n != gets {
+			t.Errorf("after kill -9 during the provisioning the kernel was downloaded again (%d downloads, %d before the kill)", n, gets)
 		}
 		if _, err := lab.leases.ReleaseLease(ctxT(t), &pb.ReleaseLeaseRequest{Id: l.GetId(), Reason: "test"}); err != nil {
 			t.Fatal(err)
