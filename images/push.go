@@ -99,6 +99,12 @@ func Push(ctx context.Context, opts PushOptions) (jobs.Image, error) {
 	return jobs.Image{Digest: mdesc.Digest.String(), Locations: []jobs.ImageLocation{{Registry: ref.Registry, Repository: ref.Repository}}}, nil
 }
 
+// FileDigest returns a file's digest ("sha256:...").
+func FileDigest(path string) (string, error) {
+	d, err := fileDescriptor(path, "")
+	return d.Digest.String(), err
+}
+
 func fileDescriptor(path, mediaType string) (ocispec.Descriptor, error) {
 	f, err := os.Open(path)
 	if err != nil {

@@ -61,13 +61,30 @@ type Registry struct {
 // the test ends.
 func Start(t testing.TB) *Registry {
 	t.Helper()
-	bin := Need(t, "docker-registry", "docker-registry")
-	dir := t.TempDir()
-	r := &Registry{Storage: filepath.Join(dir, "storage")}
+	Need(t, "docker-registry", "docker-registry")
+	r, stop, err := StartIn(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(stop)
+	return r
+}
+
+// StartIn starts a registry with its storage and config in dir (for programs that are
+// not tests: the benchmark); stop kills it.
+func StartIn(dir string) (r *Registry, stop func(), err error) {
+	bin, err := exec.LookPath("docker-registry")
+	if err != nil {
+		return nil, nil, fmt.Errorf("docker-registry is not installed (apt-get install docker-registry)")
+	}
+	r = &Registry{Storage: filepath.Join(dir, "storage")}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, nil, err
+	}
 	for attempt := 0; ; attempt++ {
 		addr, err := freePort()
 		if err != nil {
-			t.Fatal(err)
+			return nil, nil, err
 		}
 		cfg := filepath.Join(dir, "config.yml")
 		conf := fmt.Sprintf(`version: 0.1
@@ -87,17 +104,16 @@ http:
   addr: %s
 `, r.Storage, addr)
 		if err := os.WriteFile(cfg, []byte(conf), 0o600); err != nil {
-			t.Fatal(err)
+			return nil, nil, err
 		}
 		cmd := exec.Command(bin, "serve", cfg)
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 		stderr, err := cmd.StderrPipe()
 		if err != nil {
-			t.Fatal(err)
+			return nil, nil, err
 		}
-		cmd.Stdout = nil
 		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
+			return nil, nil, err
 		}
 		r.cmd, r.Addr, r.log = cmd, addr, &bytes.Buffer{}
 		ready := make(chan bool, 1)
@@ -118,21 +134,23 @@ http:
 				ready <- false
 			}
 		}()
-		t.Cleanup(func() {
+		stop = func() {
 			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 			_ = cmd.Wait()
 			<-logDone
-		})
+		}
 		select {
 		case ok := <-ready:
 			if ok {
-				return r
+				return r, stop, nil
 			}
 		case <-time.After(30 * time.Second):
-			t.Fatalf("docker-registry did not start within 30s")
+			stop()
+			return nil, nil, fmt.Errorf("docker-registry did not start within 30s")
 		}
+		stop()
 		if attempt >= 3 {
-			t.Fatalf("docker-registry exited at start-up")
+			return nil, nil, fmt.Errorf("docker-registry exited at start-up: %s", r.log.String())
 		}
 		// The port was taken in between: try another.
 	}

@@ -41,6 +41,7 @@ var children = map[string]func(e *env) error{
 	"console":     runConsole,
 	"restart":     runRestart,
 	"link":        runLink,
+	"image":       runImage,
 	// Helpers run by scenarios, not scenarios themselves.
 	"farm":      runFarm,
 	"hookprint": runHookPrint,
