@@ -45,7 +45,6 @@ type Lease struct {
 	EndsAt           *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=ends_at,json=endsAt,proto3" json:"ends_at,omitempty"`                                                            // When the lease ends unless extended or released.
 	StatusMessage    string                 `protobuf:"bytes,12,opt,name=status_message,json=statusMessage,proto3" json:"status_message,omitempty"`                                       // Human-readable note on the current phase.
 	Queued           bool                   `protobuf:"varint,13,opt,name=queued,proto3" json:"queued,omitempty"`                                                                         // Waiting for a matching board to become free.
-	Image            *ImageSpecification    `protobuf:"bytes,14,opt,name=image,proto3" json:"image,omitempty"`                                                                            // The image the board boots; unset: none.
 	unknownFields    protoimpl.UnknownFields
 	sizeCache        protoimpl.SizeCache
 }
@@ -169,13 +168,6 @@ func (x *Lease) GetQueued() bool {
 		return x.Queued
 	}
 	return false
-}
-
-func (x *Lease) GetImage() *ImageSpecification {
-	if x != nil {
-		return x.Image
-	}
-	return nil
 }
 
 // A board known to the coordinator.
@@ -1033,7 +1025,7 @@ var File_boardvisor_v1_coordinator_proto protoreflect.FileDescriptor
 
 const file_boardvisor_v1_coordinator_proto_rawDesc = "" +
 	"\n" +
-	"\x1fboardvisor/v1/coordinator.proto\x12\rboardvisor.v1\x1a\x1aboardvisor/v1/common.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bjumpstarter/v1/common.proto\"\xc8\x04\n" +
+	"\x1fboardvisor/v1/coordinator.proto\x12\rboardvisor.v1\x1a\x1aboardvisor/v1/common.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bjumpstarter/v1/common.proto\"\x8f\x04\n" +
 	"\x05Lease\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05board\x18\x02 \x01(\tR\x05board\x12\x1a\n" +
@@ -1050,8 +1042,7 @@ const file_boardvisor_v1_coordinator_proto_rawDesc = "" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\bbeginsAt\x123\n" +
 	"\aends_at\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\x06endsAt\x12%\n" +
 	"\x0estatus_message\x18\f \x01(\tR\rstatusMessage\x12\x16\n" +
-	"\x06queued\x18\r \x01(\bR\x06queued\x127\n" +
-	"\x05image\x18\x0e \x01(\v2!.boardvisor.v1.ImageSpecificationR\x05image\"\xe7\x02\n" +
+	"\x06queued\x18\r \x01(\bR\x06queued\"\xe7\x02\n" +
 	"\x05Board\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x128\n" +
 	"\x06labels\x18\x02 \x03(\v2 .boardvisor.v1.Board.LabelsEntryR\x06labels\x12#\n" +
@@ -1153,9 +1144,9 @@ var file_boardvisor_v1_coordinator_proto_goTypes = []any{
 	(LeasePhase)(0),                     // 18: boardvisor.v1.LeasePhase
 	(v1.ExporterStatus)(0),              // 19: jumpstarter.v1.ExporterStatus
 	(*timestamppb.Timestamp)(nil),       // 20: google.protobuf.Timestamp
-	(*ImageSpecification)(nil),          // 21: boardvisor.v1.ImageSpecification
-	(BoardHealth)(0),                    // 22: boardvisor.v1.BoardHealth
-	(*durationpb.Duration)(nil),         // 23: google.protobuf.Duration
+	(BoardHealth)(0),                    // 21: boardvisor.v1.BoardHealth
+	(*durationpb.Duration)(nil),         // 22: google.protobuf.Duration
+	(*ImageSpecification)(nil),          // 23: boardvisor.v1.ImageSpecification
 }
 var file_boardvisor_v1_coordinator_proto_depIdxs = []int32{
 	18, // 0: boardvisor.v1.Lease.phase:type_name -> boardvisor.v1.LeasePhase
@@ -1163,41 +1154,40 @@ var file_boardvisor_v1_coordinator_proto_depIdxs = []int32{
 	20, // 2: boardvisor.v1.Lease.created_at:type_name -> google.protobuf.Timestamp
 	20, // 3: boardvisor.v1.Lease.begins_at:type_name -> google.protobuf.Timestamp
 	20, // 4: boardvisor.v1.Lease.ends_at:type_name -> google.protobuf.Timestamp
-	21, // 5: boardvisor.v1.Lease.image:type_name -> boardvisor.v1.ImageSpecification
-	17, // 6: boardvisor.v1.Board.labels:type_name -> boardvisor.v1.Board.LabelsEntry
-	19, // 7: boardvisor.v1.Board.status:type_name -> jumpstarter.v1.ExporterStatus
-	22, // 8: boardvisor.v1.Board.health:type_name -> boardvisor.v1.BoardHealth
-	23, // 9: boardvisor.v1.CreateLeaseRequest.duration:type_name -> google.protobuf.Duration
-	21, // 10: boardvisor.v1.CreateLeaseRequest.image:type_name -> boardvisor.v1.ImageSpecification
-	0,  // 11: boardvisor.v1.CreateLeaseResponse.lease:type_name -> boardvisor.v1.Lease
-	0,  // 12: boardvisor.v1.GetLeaseResponse.lease:type_name -> boardvisor.v1.Lease
-	0,  // 13: boardvisor.v1.ReleaseLeaseResponse.lease:type_name -> boardvisor.v1.Lease
-	23, // 14: boardvisor.v1.ExtendLeaseRequest.by:type_name -> google.protobuf.Duration
-	0,  // 15: boardvisor.v1.ExtendLeaseResponse.lease:type_name -> boardvisor.v1.Lease
-	1,  // 16: boardvisor.v1.ListBoardsResponse.boards:type_name -> boardvisor.v1.Board
-	0,  // 17: boardvisor.v1.ListLeasesResponse.leases:type_name -> boardvisor.v1.Lease
-	1,  // 18: boardvisor.v1.SetBoardMaintenanceResponse.board:type_name -> boardvisor.v1.Board
-	2,  // 19: boardvisor.v1.LeaseService.CreateLease:input_type -> boardvisor.v1.CreateLeaseRequest
-	4,  // 20: boardvisor.v1.LeaseService.GetLease:input_type -> boardvisor.v1.GetLeaseRequest
-	6,  // 21: boardvisor.v1.LeaseService.WatchLease:input_type -> boardvisor.v1.WatchLeaseRequest
-	7,  // 22: boardvisor.v1.LeaseService.ReleaseLease:input_type -> boardvisor.v1.ReleaseLeaseRequest
-	9,  // 23: boardvisor.v1.LeaseService.ExtendLease:input_type -> boardvisor.v1.ExtendLeaseRequest
-	11, // 24: boardvisor.v1.LeaseService.ListBoards:input_type -> boardvisor.v1.ListBoardsRequest
-	13, // 25: boardvisor.v1.LeaseService.ListLeases:input_type -> boardvisor.v1.ListLeasesRequest
-	15, // 26: boardvisor.v1.LeaseService.SetBoardMaintenance:input_type -> boardvisor.v1.SetBoardMaintenanceRequest
-	3,  // 27: boardvisor.v1.LeaseService.CreateLease:output_type -> boardvisor.v1.CreateLeaseResponse
-	5,  // 28: boardvisor.v1.LeaseService.GetLease:output_type -> boardvisor.v1.GetLeaseResponse
-	0,  // 29: boardvisor.v1.LeaseService.WatchLease:output_type -> boardvisor.v1.Lease
-	8,  // 30: boardvisor.v1.LeaseService.ReleaseLease:output_type -> boardvisor.v1.ReleaseLeaseResponse
-	10, // 31: boardvisor.v1.LeaseService.ExtendLease:output_type -> boardvisor.v1.ExtendLeaseResponse
-	12, // 32: boardvisor.v1.LeaseService.ListBoards:output_type -> boardvisor.v1.ListBoardsResponse
-	14, // 33: boardvisor.v1.LeaseService.ListLeases:output_type -> boardvisor.v1.ListLeasesResponse
-	16, // 34: boardvisor.v1.LeaseService.SetBoardMaintenance:output_type -> boardvisor.v1.SetBoardMaintenanceResponse
-	27, // [27:35] is the sub-list for method output_type
-	19, // [19:27] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	17, // 5: boardvisor.v1.Board.labels:type_name -> boardvisor.v1.Board.LabelsEntry
+	19, // 6: boardvisor.v1.Board.status:type_name -> jumpstarter.v1.ExporterStatus
+	21, // 7: boardvisor.v1.Board.health:type_name -> boardvisor.v1.BoardHealth
+	22, // 8: boardvisor.v1.CreateLeaseRequest.duration:type_name -> google.protobuf.Duration
+	23, // 9: boardvisor.v1.CreateLeaseRequest.image:type_name -> boardvisor.v1.ImageSpecification
+	0,  // 10: boardvisor.v1.CreateLeaseResponse.lease:type_name -> boardvisor.v1.Lease
+	0,  // 11: boardvisor.v1.GetLeaseResponse.lease:type_name -> boardvisor.v1.Lease
+	0,  // 12: boardvisor.v1.ReleaseLeaseResponse.lease:type_name -> boardvisor.v1.Lease
+	22, // 13: boardvisor.v1.ExtendLeaseRequest.by:type_name -> google.protobuf.Duration
+	0,  // 14: boardvisor.v1.ExtendLeaseResponse.lease:type_name -> boardvisor.v1.Lease
+	1,  // 15: boardvisor.v1.ListBoardsResponse.boards:type_name -> boardvisor.v1.Board
+	0,  // 16: boardvisor.v1.ListLeasesResponse.leases:type_name -> boardvisor.v1.Lease
+	1,  // 17: boardvisor.v1.SetBoardMaintenanceResponse.board:type_name -> boardvisor.v1.Board
+	2,  // 18: boardvisor.v1.LeaseService.CreateLease:input_type -> boardvisor.v1.CreateLeaseRequest
+	4,  // 19: boardvisor.v1.LeaseService.GetLease:input_type -> boardvisor.v1.GetLeaseRequest
+	6,  // 20: boardvisor.v1.LeaseService.WatchLease:input_type -> boardvisor.v1.WatchLeaseRequest
+	7,  // 21: boardvisor.v1.LeaseService.ReleaseLease:input_type -> boardvisor.v1.ReleaseLeaseRequest
+	9,  // 22: boardvisor.v1.LeaseService.ExtendLease:input_type -> boardvisor.v1.ExtendLeaseRequest
+	11, // 23: boardvisor.v1.LeaseService.ListBoards:input_type -> boardvisor.v1.ListBoardsRequest
+	13, // 24: boardvisor.v1.LeaseService.ListLeases:input_type -> boardvisor.v1.ListLeasesRequest
+	15, // 25: boardvisor.v1.LeaseService.SetBoardMaintenance:input_type -> boardvisor.v1.SetBoardMaintenanceRequest
+	3,  // 26: boardvisor.v1.LeaseService.CreateLease:output_type -> boardvisor.v1.CreateLeaseResponse
+	5,  // 27: boardvisor.v1.LeaseService.GetLease:output_type -> boardvisor.v1.GetLeaseResponse
+	0,  // 28: boardvisor.v1.LeaseService.WatchLease:output_type -> boardvisor.v1.Lease
+	8,  // 29: boardvisor.v1.LeaseService.ReleaseLease:output_type -> boardvisor.v1.ReleaseLeaseResponse
+	10, // 30: boardvisor.v1.LeaseService.ExtendLease:output_type -> boardvisor.v1.ExtendLeaseResponse
+	12, // 31: boardvisor.v1.LeaseService.ListBoards:output_type -> boardvisor.v1.ListBoardsResponse
+	14, // 32: boardvisor.v1.LeaseService.ListLeases:output_type -> boardvisor.v1.ListLeasesResponse
+	16, // 33: boardvisor.v1.LeaseService.SetBoardMaintenance:output_type -> boardvisor.v1.SetBoardMaintenanceResponse
+	26, // [26:34] is the sub-list for method output_type
+	18, // [18:26] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_boardvisor_v1_coordinator_proto_init() }
