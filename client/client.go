@@ -41,6 +41,8 @@ type Request struct {
 	Board    string // or an exact board name
 	Duration time.Duration
 	Client   string
+	// Image, if set, is booted on the board before the lease is READY.
+	Image *pb.ImageSpecification
 }
 
 // Client talks to a coordinator on behalf of a user.
@@ -68,7 +70,7 @@ func (c *Client) say(format string, args ...any) {
 // queued it says so.
 func (c *Client) Acquire(ctx context.Context, req Request) (*pb.Lease, error) {
 	resp, err := c.Leases.CreateLease(ctx, &pb.CreateLeaseRequest{Selector: req.Selector, Board: req.Board,
-		Duration: durationpb.New(req.Duration), ClientName: req.Client})
+		Duration: durationpb.New(req.Duration), ClientName: req.Client, Image: req.Image})
 	if err != nil {
 		return nil, fmt.Errorf("create lease: %s", statusText(err))
 	}
@@ -153,7 +155,7 @@ func (c *Client) Connect(ctx context.Context, lease *pb.Lease) (*Session, error)
 	stream, err := s.Exporter.LogStream(s.Context(sctx), &emptypb.Empty{})
 	if err != nil {
 		s.Close()
-		return nil, fmt.Errorf("log stream: %s", statusText(err))
+		return nil, c.endedBefore(lease, fmt.Errorf("log stream: %s", statusText(err)))
 	}
 	go s.follow(sctx, stream)
 	waiting := false
@@ -161,7 +163,7 @@ func (c *Client) Connect(ctx context.Context, lease *pb.Lease) (*Session, error)
 		r, err := s.next(ctx)
 		if err != nil {
 			s.Close()
-			return nil, err
+			return nil, c.endedBefore(lease, err)
 		}
 		if r == nil {
 			s.Close()
@@ -190,7 +192,7 @@ func (c *Client) Connect(ctx context.Context, lease *pb.Lease) (*Session, error)
 			return nil, ErrHookFailed
 		case phase >= jobs.PhaseEnding:
 			s.Close()
-			return nil, fmt.Errorf("lease %s ended before it was ready: %s", lease.GetId(), r.GetMessage())
+			return nil, fmt.Errorf("lease %s ended before it was ready: %s", lease.GetId(), strings.TrimPrefix(r.GetMessage(), "lease ENDING: lease ending: "))
 		case phase == 0 && r.GetSource() != jpb.LogSource_LOG_SOURCE_MESSAGE: // the motd is GetReport's (upstream.go)
 			s.print(r)
 		}
@@ -378,3 +380,25 @@ func (s *Session) Close() {
 
 // statusText is the message of a gRPC error, without its code's boilerplate.
 func statusText(err error) string { return status.Convert(err).Message() }
+
+// endedBefore explains a failure to follow a lease that may have ended before the
+// client reached its board (an image that could not be fetched fails a lease in a
+// moment, and its board forgets it at once): the coordinator's account of its end,
+// awaited for a few seconds, else err.
+func (c *Client) endedBefore(lease *pb.Lease, err error) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	w, werr := c.Leases.WatchLease(ctx, &pb.WatchLeaseRequest{Id: lease.GetId()})
+	if werr != nil {
+		return err
+	}
+	for {
+		l, rerr := w.Recv()
+		if rerr != nil {
+			return err
+		}
+		if p := l.GetPhase(); p == pb.LeasePhase_LEASE_PHASE_DONE || p == pb.LeasePhase_LEASE_PHASE_FAILED {
+			return fmt.Errorf("lease %s ended before it was ready: %s", lease.GetId(), l.GetStatusMessage())
+		}
+	}
+}

@@ -27,6 +27,9 @@ type StartJobRequest struct {
 	Duration time.Duration
 	// Parameters are free-form key/value pairs passed to the hooks' environment.
 	Parameters map[string]string
+	// Image is the image to provision the board with before its beforeLease hook (nil:
+	// none).
+	Image *jobs.Image
 }
 
 // StopJobRequest asks a supervisor to end a job.

@@ -374,6 +374,7 @@ func (c *Coordinator) apply(ctx context.Context, fx *effects) {
 		var err error
 		switch {
 		case m.start != nil:
+			c.attachImage(ctx, m.start)
 			err = s.StartJob(m.start)
 		case m.extend != nil:
 			err = s.ExtendJob(m.extend)

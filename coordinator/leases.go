@@ -45,10 +45,16 @@ func (c *Coordinator) CreateLease(ctx context.Context, req *pb.CreateLeaseReques
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "generate a lease token: %v", err)
 	}
-	m := matcher{board: board, sel: sel}
+	if err := checkImage(req.GetImage()); err != nil {
+		return nil, err
+	}
+	m := matcher{board: board, sel: sel, image: req.GetImage()}
 	want := "a free board matching " + sel.String()
 	if board != "" {
 		want = "board " + board + " to be free"
+	}
+	if m.image != nil {
+		want += " that runs image " + m.image.GetManifestDigest() + " (" + imageNeeds(m.image) + ")"
 	}
 	client := req.GetClientName()
 	if u, ok := userOf(ctx); ok {
@@ -68,6 +74,9 @@ func (c *Coordinator) CreateLease(ctx context.Context, req *pb.CreateLeaseReques
 			return err
 		}
 		if err := insertLease(ctx, tx, l); err != nil {
+			return err
+		}
+		if err := insertLeaseImage(ctx, tx, l.ID, req.GetImage()); err != nil {
 			return err
 		}
 		return c.assignQueued(ctx, tx, fx)
@@ -94,6 +103,11 @@ func satisfiable(m matcher, boards []*boardRow) error {
 	what := "no board matches " + m.sel.String()
 	if m.board != "" {
 		what = "no board named " + m.board
+	}
+	if m.image != nil {
+		if plain := (matcher{board: m.board, sel: m.sel}); satisfiable(plain, boards) == nil {
+			what = "no board that matches can run image " + m.image.GetManifestDigest() + ": it needs a board labelled " + imageNeeds(m.image)
+		}
 	}
 	if len(boards) == 0 {
 		return status.Errorf(codes.FailedPrecondition, "%s: the coordinator knows no boards yet (no supervisor has connected)", what)

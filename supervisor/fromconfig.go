@@ -14,10 +14,14 @@ func BoardsFromConfig(cfg *config.Config, dev *devices.Manager) []board.Config {
 	var boards []board.Config
 	for _, rb := range cfg.Resolve() {
 		bc := board.Config{Name: rb.Name, Labels: rb.Labels, Queue: rb.Queue, LeaseDuration: rb.LeaseDuration,
-			Before: leaseHook(rb.Before, rb.RunAs), After: leaseHook(rb.After, rb.RunAs)}
+			Before: leaseHook(rb.Before, rb.RunAs), After: leaseHook(rb.After, rb.RunAs),
+			FetchTimeout: cfg.Images.FetchTimeout.Std(), ProvisionTimeout: cfg.Images.ProvisionTimeout.Std()}
 		if dev != nil {
 			if d := dev.Board(rb.Name); d != nil {
 				bc.Drivers = d.Drivers
+			}
+			if dev.Images() != nil {
+				bc.Images = dev
 			}
 		}
 		boards = append(boards, bc)

@@ -50,6 +50,9 @@ type Options struct {
 	// hookCgroup); empty: found at start (jhook.FindCgroupBase), and without a writable
 	// one hooks run without (one warning says what is lost).
 	HookCgroup string
+	// Images, if set, keeps the images of the leases resumed at start-up from
+	// eviction before any lease fetches (supervisor/devices).
+	Images interface{ Pin(job, digest string) }
 }
 
 // Supervisor is a running supervisor. It implements connector.Supervisor.
@@ -215,6 +218,9 @@ func resume(opts Options, runner *jhook.Runner) (live []jobs.Record, lost []host
 		}
 		if opts.Exporter != nil {
 			opts.Exporter.Restore(job, r.Spec.Board, r.Spec.TokenHash, r.State.Phase)
+		}
+		if opts.Images != nil && r.Spec.Image != nil {
+			opts.Images.Pin(job, r.Spec.Image.Digest)
 		}
 		opts.Logger.Info("resuming lease", "job", job, "board", r.Spec.Board, "phase", r.State.Phase.String())
 		live = append(live, r)

@@ -25,10 +25,10 @@ func TestMillionLineHookReachesTheCoordinator(t *testing.T) {
 	startCoordinator(t, coordAddr, coordState)
 	hook := fmt.Sprintf(`awk 'BEGIN { for (i = 1; i <= %d; i++) print "flashing block " i " of the root file system" }'`, n)
 	cfg := supervisorConfig(t, dir, "lab", coordAddr, hook, "", boardSpec{"flood", "device: rpi4"})
-	// Its timeout is short for the hook's own work and long for the lines' way to the
-	// coordinator: the hook is judged by its shim's status, not by how long its lines
-	// take to be durable.
-	editConfig(t, cfg, "beforeLease: {timeout: 20s", "beforeLease: {timeout: 10s")
+	// Its timeout is generous for the hook's own work (a loaded host runs awk slowly on
+	// a terminal) and short for the lines' way to the coordinator: the hook is judged by
+	// its shim's status, not by how long its lines take to be durable.
+	editConfig(t, cfg, "beforeLease: {timeout: 20s", "beforeLease: {timeout: 60s")
 	startSupervisor(t, "supervisor lab", cfg)
 	c := leaseClient(t, coordAddr)
 	waitBoards(t, c, 1)

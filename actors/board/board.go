@@ -49,6 +49,11 @@ type Config struct {
 	// KeepEnded and HookEnv are passed to the board's leases (see lease.Config).
 	KeepEnded bool
 	HookEnv   func(job string) []string
+	// Images performs the image stages of the board's leases (nil: the board boots no
+	// images, and a job with one is refused as ImageNotCompatible). FetchTimeout and
+	// ProvisionTimeout bound them (zero: the jobs defaults).
+	Images                         lease.Images
+	FetchTimeout, ProvisionTimeout time.Duration
 }
 
 // Props returns the props of a board actor.
@@ -195,7 +200,16 @@ func (b *boardActor) startJob(ctx actor.Context, req connector.StartJobRequest) 
 	if d == 0 {
 		d = b.cfg.LeaseDuration
 	}
-	spec := jobs.Spec{JobID: req.JobID, Board: b.cfg.Name, Client: req.Client, Duration: d, Params: req.Parameters}
+	spec := jobs.Spec{JobID: req.JobID, Board: b.cfg.Name, Client: req.Client, Duration: d, Params: req.Parameters, Image: req.Image,
+		FetchTimeout: b.cfg.FetchTimeout, ProvisionTimeout: b.cfg.ProvisionTimeout}
+	if req.Image != nil {
+		if b.cfg.Images == nil {
+			return jobs.NewJobError(jobs.KindImageNotCompatible, fmt.Sprintf("board %s cannot boot images: it is not set up for them", b.cfg.Name))
+		}
+		if err := req.Image.Validate(); err != nil {
+			return jobs.NewJobError(jobs.KindImageInvalid, err.Error())
+		}
+	}
 	if req.Token != "" {
 		spec.TokenHash = jobs.TokenHash(req.Token)
 	}
@@ -223,7 +237,8 @@ func (b *boardActor) spawnLease(ctx actor.Context, spec jobs.Spec) (*actor.PID, 
 	return ctx.SpawnNamed(lease.Props(lease.Config{Spec: spec, Labels: b.cfg.Labels,
 		Before: b.cfg.Before, After: b.cfg.After, Outbox: b.cfg.Outbox, Store: b.cfg.Store, Runner: b.cfg.Runner,
 		SpoolDir: filepath.Join(b.cfg.StateDir, "hooks"), Logger: b.log.Named("lease").With("job", spec.JobID),
-		Middleware: b.cfg.LeaseMiddleware, HookMiddleware: b.cfg.HookMiddleware, KeepEnded: b.cfg.KeepEnded, HookEnv: b.cfg.HookEnv}), "lease/"+spec.JobID)
+		Middleware: b.cfg.LeaseMiddleware, HookMiddleware: b.cfg.HookMiddleware, KeepEnded: b.cfg.KeepEnded, HookEnv: b.cfg.HookEnv,
+		Images: b.cfg.Images}), "lease/"+spec.JobID)
 }
 
 // restore brings back the leases the journal holds for this board, after a restart of
@@ -387,7 +402,9 @@ func (b *boardActor) driverFault(ctx actor.Context, m *driverFault) {
 
 // consoleJob is the lease console bytes belong to: the holder while it uses the board.
 func (b *boardActor) consoleJob() string {
-	if li, ok := b.leases[b.holder]; ok && li.phase >= jobs.PhaseBeforeLease && li.phase <= jobs.PhaseAfterLease {
+	// A lease holds the board from STARTING on (a board provisioned with an image boots
+	// in STARTING: its console is the lease's).
+	if li, ok := b.leases[b.holder]; ok && li.phase >= jobs.PhaseStarting && li.phase <= jobs.PhaseAfterLease {
 		return b.holder
 	}
 	return ""

@@ -67,7 +67,7 @@ func newRoot() *cobra.Command {
 	}
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "", "log level: trace, debug, info, warn, error (default: the config's, else info)")
 	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "", "log format: json or text (default: the config's, else json)")
-	root.AddCommand(newSupervise(g), newCoordinator(g), newShell(), newDemo(g), newPower(), newConsole(), newLogs(), newStatus(), newLease(), newHookShim())
+	root.AddCommand(newSupervise(g), newCoordinator(g), newShell(), newDemo(g), newPower(), newConsole(), newLogs(), newStatus(), newLease(), newHookShim(), newImage())
 	return root
 }
 

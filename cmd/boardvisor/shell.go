@@ -63,14 +63,18 @@ func userName() string {
 
 func newShell() *cobra.Command {
 	var cf coordFlags
-	var selector, board, clientName, jsock string
+	var selector, board, clientName, jsock, image string
 	var duration time.Duration
 	cmd := &cobra.Command{
-		Use:   "shell (-l SELECTOR | --board NAME) [--duration D] [-- COMMAND...]",
+		Use:   "shell (-l SELECTOR | --board NAME) [--image REGISTRY/REPO@sha256:...] [--duration D] [-- COMMAND...]",
 		Short: "lease a board, show its hooks, and open a shell with the lease (or run COMMAND)",
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if (selector == "") == (board == "") {
 				return usageError{errors.New("give exactly one of -l SELECTOR and --board NAME")}
+			}
+			img, err := imageSpec(image)
+			if err != nil {
+				return err
 			}
 			leases, closeConn, err := cf.dial()
 			if err != nil {
@@ -93,7 +97,7 @@ func newShell() *cobra.Command {
 				case <-acquireCtx.Done():
 				}
 			}()
-			lease, err := c.Acquire(acquireCtx, client.Request{Selector: selector, Board: board, Duration: duration, Client: clientName})
+			lease, err := c.Acquire(acquireCtx, client.Request{Selector: selector, Board: board, Duration: duration, Client: clientName, Image: img})
 			if err != nil {
 				stopAcquire()
 				return err
@@ -155,6 +159,7 @@ func newShell() *cobra.Command {
 	f.DurationVar(&duration, "duration", 30*time.Minute, "how long the lease may last")
 	f.StringVar(&clientName, "client", userName(), "who the lease is for")
 	f.StringVar(&jsock, "jumpstarter-socket", "", "serve upstream Jumpstarter clients at this Unix socket path from the moment the lease is granted (default: a private socket, from READY on, in the shell's JUMPSTARTER_HOST)")
+	f.StringVar(&image, "image", "", "boot this image on the board first: REGISTRY/REPOSITORY@sha256:... (or :TAG, resolved to its digest)")
 	return cmd
 }
 

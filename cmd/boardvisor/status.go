@@ -77,18 +77,22 @@ func newStatus() *cobra.Command {
 func newLease() *cobra.Command {
 	var cf coordFlags
 	cmd := &cobra.Command{Use: "lease", Short: "create, list, extend and release leases (for scripts)"}
-	var selector, board, clientName string
+	var selector, board, clientName, image string
 	var duration time.Duration
 	create := &cobra.Command{
-		Use:   "create (-l SELECTOR | --board NAME) [--duration D]",
+		Use:   "create (-l SELECTOR | --board NAME) [--image REGISTRY/REPO@sha256:...] [--duration D]",
 		Short: "create a lease and print its ID and token (does not wait for the board)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if (selector == "") == (board == "") {
 				return usageError{fmt.Errorf("give exactly one of -l SELECTOR and --board NAME")}
 			}
+			img, err := imageSpec(image)
+			if err != nil {
+				return err
+			}
 			return withLeases(cf, func(ctx context.Context, c pb.LeaseServiceClient) error {
-				r, err := c.CreateLease(ctx, &pb.CreateLeaseRequest{Selector: selector, Board: board, Duration: durationpb.New(duration), ClientName: clientName})
+				r, err := c.CreateLease(ctx, &pb.CreateLeaseRequest{Selector: selector, Board: board, Duration: durationpb.New(duration), ClientName: clientName, Image: img})
 				if err != nil {
 					return fmt.Errorf("create lease: %s", status.Convert(err).Message())
 				}
@@ -101,6 +105,7 @@ func newLease() *cobra.Command {
 	create.Flags().StringVar(&board, "board", "", "an exact board name")
 	create.Flags().DurationVar(&duration, "duration", 30*time.Minute, "how long the lease may last")
 	create.Flags().StringVar(&clientName, "client", userName(), "who the lease is for")
+	create.Flags().StringVar(&image, "image", "", "boot this image on the board first: REGISTRY/REPOSITORY@sha256:... (or :TAG)")
 	var all bool
 	list := &cobra.Command{
 		Use:   "list [--all]",

@@ -129,10 +129,11 @@ func serveSupervisor(ctx context.Context, cfg *config.Config, logger hclog.Logge
 	}
 	self, _ := os.Executable()
 	hookEnv := func(job string) []string {
-		return []string{"BOARDVISOR_EXPORTER=" + lis.Addr().String(), "BOARDVISOR_TOKEN=" + svc.HookToken(job), "BOARDVISOR_CLI=" + self}
+		return append([]string{"BOARDVISOR_EXPORTER=" + lis.Addr().String(), "BOARDVISOR_TOKEN=" + svc.HookToken(job), "BOARDVISOR_CLI=" + self},
+			dev.HookEnv(job)...)
 	}
 	sup, err = supervisor.Start(supervisor.Options{Boards: boards, StateDir: cfg.StateDir, Conn: conn, Logger: logger,
-		Exporter: svc, Store: jr, Sinks: []outbox.Sink{dev.Sink, met.Sink, al.Sink}, HookEnv: hookEnv, HookCgroup: cfg.HookCgroup})
+		Exporter: svc, Store: jr, Sinks: []outbox.Sink{dev.Sink, met.Sink, al.Sink}, HookEnv: hookEnv, HookCgroup: cfg.HookCgroup, Images: dev})
 	if err != nil {
 		return err
 	}

@@ -45,6 +45,10 @@ var rules = []rule{
 		"simulated and QEMU boards) behind small interfaces; they know nothing of leases, events or " +
 		"actors, so that each can be tested with a pty and nothing else. (drivers_test checks at " +
 		"compile time that every driver fits actors/driver's Driver, the interface it is run by.)"},
+	{group: "images", may: []string{"jobs"}, why: "the image store fetches, verifies and keeps " +
+		"OCI images for image jobs; like the drivers it is board-side I/O that knows nothing of " +
+		"leases' actors or the link, and it speaks jobs' ImageSpec. (images/registrytest runs a real " +
+		"registry for the tests above it.)"},
 	{group: "proto", why: "the generated wire types depend only on each other (boardvisor/v1 reuses " +
 		"jumpstarter/v1's enums)."},
 	{group: "connector", may: []string{"jobs", "drivers", "proto"}, why: "the connector is the " +
@@ -59,17 +63,17 @@ var rules = []rule{
 	{group: "coordinator", may: []string{"connector", "jobs", "proto", "audit"}, why: "the " +
 		"coordinator meets supervisors only over the link (connector/grpc, proto) and never runs " +
 		"actors: a supervisor's state reaches it as events, never as shared memory."},
-	{group: "supervisor", may: []string{"actors", "connector", "jobs", "drivers", "proto", "audit"},
+	{group: "supervisor", may: []string{"actors", "connector", "jobs", "drivers", "images", "proto", "audit"},
 		testMay: []string{"client"}, why: "the supervisor assembles one host's daemon (config, actor " +
 			"tree, client service, devices, metrics); clients are built on its services, not the other " +
 			"way round, and it reaches the coordinator only through the connector. (Its tests drive the " +
 			"client service with the real client, to check the dialogue a user sees.)"},
-	{group: "client", may: []string{"supervisor", "actors", "coordinator", "audit", "connector", "jobs", "drivers", "proto"},
+	{group: "client", may: []string{"supervisor", "actors", "coordinator", "audit", "connector", "jobs", "drivers", "images", "proto"},
 		why: "the client is the user's side of a lease (the hook dialogue); the command line is " +
 			"built on it, not the other way round."},
-	{group: "cmd", may: []string{"client", "supervisor", "actors", "coordinator", "audit", "connector", "jobs", "drivers", "proto"},
+	{group: "cmd", may: []string{"client", "supervisor", "actors", "coordinator", "audit", "connector", "jobs", "drivers", "images", "proto"},
 		why: "cmd/boardvisor is the one binary: it may wire everything; nothing imports it."},
-	{group: "tests", may: []string{"client", "supervisor", "actors", "coordinator", "audit", "connector", "jobs", "drivers", "proto"},
+	{group: "tests", may: []string{"client", "supervisor", "actors", "coordinator", "audit", "connector", "jobs", "drivers", "images", "proto"},
 		why: "the end-to-end tests and benchmarks may reach into anything; nothing imports them."},
 	{group: "internal", why: "repository checks (this package) import nothing of ours."},
 }

@@ -85,11 +85,27 @@ type Config struct {
 	// HookCgroup is the cgroup v2 directory under which each hook run gets a cgroup of
 	// its own; empty: boardvisor-hooks in the daemon's own cgroup, found at start-up.
 	HookCgroup string `yaml:"hookCgroup"`
+	// Images configures the image store of image jobs (docs/images.md).
+	Images ImagesConfig `yaml:"images"`
 	// Boards are the boards this supervisor serves; at least one.
 	Boards []Board `yaml:"boards"`
 
 	// pos maps field paths to YAML line numbers; nil for a config built in code.
 	pos *positions
+}
+
+// ImagesConfig configures the image store (StateDir/images) of jobs that boot an image.
+type ImagesConfig struct {
+	// MaxBytes bounds the blobs the store keeps (default 20 GiB); images no live lease
+	// uses are evicted, least recently used first.
+	MaxBytes int64 `yaml:"maxBytes"`
+	// PlainHTTP names registries (host:port) reached over plain HTTP; loopback
+	// registries always are, all others over HTTPS.
+	PlainHTTP []string `yaml:"plainHTTP"`
+	// FetchTimeout bounds an image fetch (default 30m); ProvisionTimeout a board's
+	// provisioning with it (default 5m).
+	FetchTimeout     Duration `yaml:"fetchTimeout"`
+	ProvisionTimeout Duration `yaml:"provisionTimeout"`
 }
 
 // LogConfig configures the daemon's own log.

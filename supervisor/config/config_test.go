@@ -367,7 +367,7 @@ func TestInvalid(t *testing.T) {
 		{"unknown field", "stateDir: /bv\nboards:\n  - name: rpi4-01\n    hoooks: {}\n",
 			`config.yaml:4: board "rpi4-01": hoooks: unknown field (did you mean "hooks"?)`},
 		{"unknown top-level field", "stateDir: /bv\nplugins: [a]\n" + board,
-			`config.yaml:2: plugins: unknown field (known fields: stateDir, listen, metrics, log, coordinator, defaults, runAsRoot, hookCgroup, boards)`},
+			`config.yaml:2: plugins: unknown field (known fields: stateDir, listen, metrics, log, coordinator, defaults, runAsRoot, hookCgroup, images, boards)`},
 		{"unknown nested field", "stateDir: /bv\nboards:\n  - name: b1\n    drivers:\n      serial: {device: {{DIR}}/tty, baudrate: 9600}\n",
 			`config.yaml:5: board "b1": drivers.serial.baudrate: unknown field (did you mean "baud"?)`},
 		{"duplicate key", "stateDir: /bv\nboards:\n  - name: b1\n    queue: 1\n    queue: 2\n",
@@ -375,7 +375,7 @@ func TestInvalid(t *testing.T) {
 		{"wrong type", "stateDir: /bv\nboards:\n  - name: b1\n    labels: [a, b]\n",
 			`config.yaml:4: board "b1": labels: want a mapping, got a list`},
 		{"path is not a key", "stateDir: /bv\npath: /x\n" + board,
-			`config.yaml:2: path: unknown field (known fields: stateDir, listen, metrics, log, coordinator, defaults, runAsRoot, hookCgroup, boards)`},
+			`config.yaml:2: path: unknown field (known fields: stateDir, listen, metrics, log, coordinator, defaults, runAsRoot, hookCgroup, images, boards)`},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -4,6 +4,7 @@ import (
 	"maps"
 	"time"
 
+	"github.com/boardvisor/boardvisor/drivers/qemu"
 	"github.com/boardvisor/boardvisor/jobs"
 )
 
@@ -89,6 +90,18 @@ func (b Board) Effective(d Defaults) ResolvedBoard {
 	if q := b.Drivers.QEMU; q != nil {
 		cp := *q
 		r.QEMU = &cp
+		// An emulated board says which images it runs (docs/images.md): its
+		// emulator's architecture, unless its labels say otherwise.
+		bin := q.Binary
+		if bin == "" {
+			bin = qemu.DefaultBinary
+		}
+		if a := qemu.Arch(bin); a != "" && r.Labels["arch"] == "" {
+			if r.Labels == nil {
+				r.Labels = map[string]string{}
+			}
+			r.Labels["arch"] = a
+		}
 	}
 	switch {
 	case b.LeaseDuration > 0:

@@ -103,6 +103,17 @@ func (v *validator) host() {
 			s.add("metrics", "%s", msg)
 		}
 	}
+	if c.Images.MaxBytes < 0 {
+		s.add("images.maxBytes", "%d must not be negative", c.Images.MaxBytes)
+	}
+	for i, r := range c.Images.PlainHTTP {
+		if msg := checkHostPort(r, true); msg != "" {
+			s.add(fmt.Sprintf("images.plainHTTP[%d]", i), "%s", msg)
+		}
+	}
+	if c.Images.FetchTimeout < 0 || c.Images.ProvisionTimeout < 0 {
+		s.add("images", "timeouts must not be negative")
+	}
 	if co := c.Coordinator; co != nil {
 		if co.Address == "" {
 			s.add("coordinator.address", "required (host:port of the coordinator; leave out the coordinator block to run without one)")

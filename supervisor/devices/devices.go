@@ -28,6 +28,7 @@ import (
 	"github.com/boardvisor/boardvisor/drivers/recording"
 	"github.com/boardvisor/boardvisor/drivers/serial"
 	"github.com/boardvisor/boardvisor/drivers/virtual"
+	"github.com/boardvisor/boardvisor/images"
 	"github.com/boardvisor/boardvisor/jobs"
 	"github.com/boardvisor/boardvisor/supervisor/config"
 	"github.com/boardvisor/boardvisor/supervisor/exporter"
@@ -56,6 +57,11 @@ type Board struct {
 	// (touched only by Sink, which the outbox calls from one goroutine).
 	recJob  string
 	closers []io.Closer
+	// labels and arch say which images the board runs (its arch label, or the
+	// emulator's); qemu boots them (nil for other boards).
+	labels map[string]string
+	arch   string
+	qemu   *qemu.Board
 
 	mu   sync.Mutex
 	subs map[chan []byte]bool
@@ -85,6 +91,10 @@ type Manager struct {
 	log    hclog.Logger
 	boards map[string]*Board
 	wg     sync.WaitGroup
+	// images is the image store of image jobs (images.go).
+	images   *images.Store
+	leaseDir string
+	imgWG    sync.WaitGroup
 }
 
 // Build creates the devices of every board in cfg. Simulated and emulated boards are
@@ -98,6 +108,9 @@ func Build(cfg *config.Config, logger hclog.Logger) (*Manager, error) {
 	if err := os.RemoveAll(filepath.Join(cfg.StateDir, QEMURunDir)); err != nil {
 		logger.Warn("remove stale qemu run directories", "error", err)
 	}
+	if err := m.openImages(cfg); err != nil {
+		return nil, err
+	}
 	for _, rb := range cfg.Resolve() {
 		b, err := m.build(cfg.StateDir, rb)
 		if err != nil {
@@ -110,7 +123,7 @@ func Build(cfg *config.Config, logger hclog.Logger) (*Manager, error) {
 }
 
 func (m *Manager) build(stateDir string, rb config.ResolvedBoard) (*Board, error) {
-	b := &Board{Name: rb.Name, subs: map[chan []byte]bool{}}
+	b := &Board{Name: rb.Name, subs: map[chan []byte]bool{}, labels: rb.Labels, arch: rb.Labels["arch"]}
 	var consolePath string
 	sc := serial.Config{Name: Console}
 	switch {
@@ -129,7 +142,8 @@ func (m *Manager) build(stateDir string, rb config.ResolvedBoard) (*Board, error
 			return nil, err
 		}
 		b.closers = append(b.closers, q)
-		consolePath, b.power = q.Path(), q
+		consolePath, b.power, b.qemu = q.Path(), q, q
+		// (config.Resolve gave it the emulator's arch label unless it had one.)
 	case rb.Serial != nil:
 		consolePath = rb.Serial.Device
 		sc.Baud, sc.Parity, sc.DataBits, sc.StopBits = rb.Serial.Baud, rb.Serial.Parity, rb.Serial.DataBits, rb.Serial.StopBits
@@ -369,6 +383,10 @@ func (m *Manager) WriteConsole(board string, p []byte) (int, error) {
 
 // Close stops the recordings and closes simulated and emulated boards.
 func (m *Manager) Close() error {
+	m.imgWG.Wait()
+	if m.images != nil {
+		m.images.Close()
+	}
 	for _, b := range m.boards {
 		if b.recCh != nil {
 			close(b.recCh)

@@ -265,11 +265,15 @@ func (x *Board) GetEndpoint() string {
 
 // Request to create a lease. Exactly one of selector and board is set.
 type CreateLeaseRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Selector      string                 `protobuf:"bytes,1,opt,name=selector,proto3" json:"selector,omitempty"`                       // Label selector, e.g. "device=rpi4,arch=arm64".
-	Board         string                 `protobuf:"bytes,2,opt,name=board,proto3" json:"board,omitempty"`                             // Exact board name, alternative to selector.
-	Duration      *durationpb.Duration   `protobuf:"bytes,3,opt,name=duration,proto3" json:"duration,omitempty"`                       // How long the lease lasts once READY.
-	ClientName    string                 `protobuf:"bytes,4,opt,name=client_name,json=clientName,proto3" json:"client_name,omitempty"` // Who the lease is for.
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Selector   string                 `protobuf:"bytes,1,opt,name=selector,proto3" json:"selector,omitempty"`                       // Label selector, e.g. "device=rpi4,arch=arm64".
+	Board      string                 `protobuf:"bytes,2,opt,name=board,proto3" json:"board,omitempty"`                             // Exact board name, alternative to selector.
+	Duration   *durationpb.Duration   `protobuf:"bytes,3,opt,name=duration,proto3" json:"duration,omitempty"`                       // How long the lease lasts once READY.
+	ClientName string                 `protobuf:"bytes,4,opt,name=client_name,json=clientName,proto3" json:"client_name,omitempty"` // Who the lease is for.
+	// The image to boot on the board; unset: none. Only boards whose labels include
+	// the image's architecture (arch=...) and labels are chosen; a lease no known board
+	// can run is refused at once.
+	Image         *ImageSpecification `protobuf:"bytes,5,opt,name=image,proto3" json:"image,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -330,6 +334,13 @@ func (x *CreateLeaseRequest) GetClientName() string {
 		return x.ClientName
 	}
 	return ""
+}
+
+func (x *CreateLeaseRequest) GetImage() *ImageSpecification {
+	if x != nil {
+		return x.Image
+	}
+	return nil
 }
 
 // Response to CreateLease.
@@ -1042,13 +1053,14 @@ const file_boardvisor_v1_coordinator_proto_rawDesc = "" +
 	"\bendpoint\x18\a \x01(\tR\bendpoint\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x9e\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xd7\x01\n" +
 	"\x12CreateLeaseRequest\x12\x1a\n" +
 	"\bselector\x18\x01 \x01(\tR\bselector\x12\x14\n" +
 	"\x05board\x18\x02 \x01(\tR\x05board\x125\n" +
 	"\bduration\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\bduration\x12\x1f\n" +
 	"\vclient_name\x18\x04 \x01(\tR\n" +
-	"clientName\"A\n" +
+	"clientName\x127\n" +
+	"\x05image\x18\x05 \x01(\v2!.boardvisor.v1.ImageSpecificationR\x05image\"A\n" +
 	"\x13CreateLeaseResponse\x12*\n" +
 	"\x05lease\x18\x01 \x01(\v2\x14.boardvisor.v1.LeaseR\x05lease\"!\n" +
 	"\x0fGetLeaseRequest\x12\x0e\n" +
@@ -1134,6 +1146,7 @@ var file_boardvisor_v1_coordinator_proto_goTypes = []any{
 	(*timestamppb.Timestamp)(nil),       // 20: google.protobuf.Timestamp
 	(BoardHealth)(0),                    // 21: boardvisor.v1.BoardHealth
 	(*durationpb.Duration)(nil),         // 22: google.protobuf.Duration
+	(*ImageSpecification)(nil),          // 23: boardvisor.v1.ImageSpecification
 }
 var file_boardvisor_v1_coordinator_proto_depIdxs = []int32{
 	18, // 0: boardvisor.v1.Lease.phase:type_name -> boardvisor.v1.LeasePhase
@@ -1145,35 +1158,36 @@ var file_boardvisor_v1_coordinator_proto_depIdxs = []int32{
 	19, // 6: boardvisor.v1.Board.status:type_name -> jumpstarter.v1.ExporterStatus
 	21, // 7: boardvisor.v1.Board.health:type_name -> boardvisor.v1.BoardHealth
 	22, // 8: boardvisor.v1.CreateLeaseRequest.duration:type_name -> google.protobuf.Duration
-	0,  // 9: boardvisor.v1.CreateLeaseResponse.lease:type_name -> boardvisor.v1.Lease
-	0,  // 10: boardvisor.v1.GetLeaseResponse.lease:type_name -> boardvisor.v1.Lease
-	0,  // 11: boardvisor.v1.ReleaseLeaseResponse.lease:type_name -> boardvisor.v1.Lease
-	22, // 12: boardvisor.v1.ExtendLeaseRequest.by:type_name -> google.protobuf.Duration
-	0,  // 13: boardvisor.v1.ExtendLeaseResponse.lease:type_name -> boardvisor.v1.Lease
-	1,  // 14: boardvisor.v1.ListBoardsResponse.boards:type_name -> boardvisor.v1.Board
-	0,  // 15: boardvisor.v1.ListLeasesResponse.leases:type_name -> boardvisor.v1.Lease
-	1,  // 16: boardvisor.v1.SetBoardMaintenanceResponse.board:type_name -> boardvisor.v1.Board
-	2,  // 17: boardvisor.v1.LeaseService.CreateLease:input_type -> boardvisor.v1.CreateLeaseRequest
-	4,  // 18: boardvisor.v1.LeaseService.GetLease:input_type -> boardvisor.v1.GetLeaseRequest
-	6,  // 19: boardvisor.v1.LeaseService.WatchLease:input_type -> boardvisor.v1.WatchLeaseRequest
-	7,  // 20: boardvisor.v1.LeaseService.ReleaseLease:input_type -> boardvisor.v1.ReleaseLeaseRequest
-	9,  // 21: boardvisor.v1.LeaseService.ExtendLease:input_type -> boardvisor.v1.ExtendLeaseRequest
-	11, // 22: boardvisor.v1.LeaseService.ListBoards:input_type -> boardvisor.v1.ListBoardsRequest
-	13, // 23: boardvisor.v1.LeaseService.ListLeases:input_type -> boardvisor.v1.ListLeasesRequest
-	15, // 24: boardvisor.v1.LeaseService.SetBoardMaintenance:input_type -> boardvisor.v1.SetBoardMaintenanceRequest
-	3,  // 25: boardvisor.v1.LeaseService.CreateLease:output_type -> boardvisor.v1.CreateLeaseResponse
-	5,  // 26: boardvisor.v1.LeaseService.GetLease:output_type -> boardvisor.v1.GetLeaseResponse
-	0,  // 27: boardvisor.v1.LeaseService.WatchLease:output_type -> boardvisor.v1.Lease
-	8,  // 28: boardvisor.v1.LeaseService.ReleaseLease:output_type -> boardvisor.v1.ReleaseLeaseResponse
-	10, // 29: boardvisor.v1.LeaseService.ExtendLease:output_type -> boardvisor.v1.ExtendLeaseResponse
-	12, // 30: boardvisor.v1.LeaseService.ListBoards:output_type -> boardvisor.v1.ListBoardsResponse
-	14, // 31: boardvisor.v1.LeaseService.ListLeases:output_type -> boardvisor.v1.ListLeasesResponse
-	16, // 32: boardvisor.v1.LeaseService.SetBoardMaintenance:output_type -> boardvisor.v1.SetBoardMaintenanceResponse
-	25, // [25:33] is the sub-list for method output_type
-	17, // [17:25] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	23, // 9: boardvisor.v1.CreateLeaseRequest.image:type_name -> boardvisor.v1.ImageSpecification
+	0,  // 10: boardvisor.v1.CreateLeaseResponse.lease:type_name -> boardvisor.v1.Lease
+	0,  // 11: boardvisor.v1.GetLeaseResponse.lease:type_name -> boardvisor.v1.Lease
+	0,  // 12: boardvisor.v1.ReleaseLeaseResponse.lease:type_name -> boardvisor.v1.Lease
+	22, // 13: boardvisor.v1.ExtendLeaseRequest.by:type_name -> google.protobuf.Duration
+	0,  // 14: boardvisor.v1.ExtendLeaseResponse.lease:type_name -> boardvisor.v1.Lease
+	1,  // 15: boardvisor.v1.ListBoardsResponse.boards:type_name -> boardvisor.v1.Board
+	0,  // 16: boardvisor.v1.ListLeasesResponse.leases:type_name -> boardvisor.v1.Lease
+	1,  // 17: boardvisor.v1.SetBoardMaintenanceResponse.board:type_name -> boardvisor.v1.Board
+	2,  // 18: boardvisor.v1.LeaseService.CreateLease:input_type -> boardvisor.v1.CreateLeaseRequest
+	4,  // 19: boardvisor.v1.LeaseService.GetLease:input_type -> boardvisor.v1.GetLeaseRequest
+	6,  // 20: boardvisor.v1.LeaseService.WatchLease:input_type -> boardvisor.v1.WatchLeaseRequest
+	7,  // 21: boardvisor.v1.LeaseService.ReleaseLease:input_type -> boardvisor.v1.ReleaseLeaseRequest
+	9,  // 22: boardvisor.v1.LeaseService.ExtendLease:input_type -> boardvisor.v1.ExtendLeaseRequest
+	11, // 23: boardvisor.v1.LeaseService.ListBoards:input_type -> boardvisor.v1.ListBoardsRequest
+	13, // 24: boardvisor.v1.LeaseService.ListLeases:input_type -> boardvisor.v1.ListLeasesRequest
+	15, // 25: boardvisor.v1.LeaseService.SetBoardMaintenance:input_type -> boardvisor.v1.SetBoardMaintenanceRequest
+	3,  // 26: boardvisor.v1.LeaseService.CreateLease:output_type -> boardvisor.v1.CreateLeaseResponse
+	5,  // 27: boardvisor.v1.LeaseService.GetLease:output_type -> boardvisor.v1.GetLeaseResponse
+	0,  // 28: boardvisor.v1.LeaseService.WatchLease:output_type -> boardvisor.v1.Lease
+	8,  // 29: boardvisor.v1.LeaseService.ReleaseLease:output_type -> boardvisor.v1.ReleaseLeaseResponse
+	10, // 30: boardvisor.v1.LeaseService.ExtendLease:output_type -> boardvisor.v1.ExtendLeaseResponse
+	12, // 31: boardvisor.v1.LeaseService.ListBoards:output_type -> boardvisor.v1.ListBoardsResponse
+	14, // 32: boardvisor.v1.LeaseService.ListLeases:output_type -> boardvisor.v1.ListLeasesResponse
+	16, // 33: boardvisor.v1.LeaseService.SetBoardMaintenance:output_type -> boardvisor.v1.SetBoardMaintenanceResponse
+	26, // [26:34] is the sub-list for method output_type
+	18, // [18:26] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_boardvisor_v1_coordinator_proto_init() }

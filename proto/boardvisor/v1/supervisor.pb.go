@@ -849,7 +849,8 @@ func (x *StateTransition) GetStep() uint32 {
 }
 
 // Treadmill's RunningJobState: Initializing{stage} | Ready | Terminating |
-// Terminated. Mapping from LeasePhase: CREATED/STARTING → Initializing{Starting},
+// Terminated. Mapping from LeasePhase: CREATED/STARTING → Initializing{Starting}
+// (or, for a job with an image, the image stage the transition names),
 // BEFORE_LEASE → Initializing{Provisioning}, READY → Ready,
 // ENDING/AFTER_LEASE/RELEASING → Terminating, DONE/FAILED → Terminated.
 type RunningJobState struct {
@@ -1473,13 +1474,17 @@ func (*CoordinatorMessage_ExtendJob) isCoordinatorMessage_Msg() {}
 // Start a job: one lease of one board. Accepting it says nothing about the
 // outcome, which arrives as events (a JobErrorEvent when refused).
 type StartJob struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	JobId         string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`                                                                        // Job ID (= lease ID, a UUID).
-	Board         string                 `protobuf:"bytes,2,opt,name=board,proto3" json:"board,omitempty"`                                                                                     // Board to lease.
-	ClientName    string                 `protobuf:"bytes,3,opt,name=client_name,json=clientName,proto3" json:"client_name,omitempty"`                                                         // Who the lease is for (CLIENT_NAME for hooks).
-	Token         string                 `protobuf:"bytes,4,opt,name=token,proto3" json:"token,omitempty"`                                                                                     // Lease token the supervisor checks on client calls.
-	Duration      *durationpb.Duration   `protobuf:"bytes,5,opt,name=duration,proto3" json:"duration,omitempty"`                                                                               // Bounds the lease from its start on the supervisor.
-	Parameters    map[string]string      `protobuf:"bytes,6,rep,name=parameters,proto3" json:"parameters,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"` // Free-form job parameters, passed to hooks.
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	JobId      string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`                                                                        // Job ID (= lease ID, a UUID).
+	Board      string                 `protobuf:"bytes,2,opt,name=board,proto3" json:"board,omitempty"`                                                                                     // Board to lease.
+	ClientName string                 `protobuf:"bytes,3,opt,name=client_name,json=clientName,proto3" json:"client_name,omitempty"`                                                         // Who the lease is for (CLIENT_NAME for hooks).
+	Token      string                 `protobuf:"bytes,4,opt,name=token,proto3" json:"token,omitempty"`                                                                                     // Lease token the supervisor checks on client calls.
+	Duration   *durationpb.Duration   `protobuf:"bytes,5,opt,name=duration,proto3" json:"duration,omitempty"`                                                                               // Bounds the lease from its start on the supervisor.
+	Parameters map[string]string      `protobuf:"bytes,6,rep,name=parameters,proto3" json:"parameters,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"` // Free-form job parameters, passed to hooks.
+	// The image to provision the board with before its beforeLease hook; unset: none.
+	// Its stages are reported as STARTING -> STARTING transitions naming the stage
+	// (FETCHING_IMAGE, ALLOCATING, PROVISIONING) in running_state.
+	Image         *ImageSpecification `protobuf:"bytes,7,opt,name=image,proto3" json:"image,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1552,6 +1557,13 @@ func (x *StartJob) GetDuration() *durationpb.Duration {
 func (x *StartJob) GetParameters() map[string]string {
 	if x != nil {
 		return x.Parameters
+	}
+	return nil
+}
+
+func (x *StartJob) GetImage() *ImageSpecification {
+	if x != nil {
+		return x.Image
 	}
 	return nil
 }
@@ -1855,7 +1867,7 @@ const file_boardvisor_v1_supervisor_proto_rawDesc = "" +
 	"\awelcome\x18\x04 \x01(\v2\x16.boardvisor.v1.WelcomeH\x00R\awelcome\x129\n" +
 	"\n" +
 	"extend_job\x18\x05 \x01(\v2\x18.boardvisor.v1.ExtendJobH\x00R\textendJobB\x05\n" +
-	"\x03msg\"\xad\x02\n" +
+	"\x03msg\"\xe6\x02\n" +
 	"\bStartJob\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x14\n" +
 	"\x05board\x18\x02 \x01(\tR\x05board\x12\x1f\n" +
@@ -1865,7 +1877,8 @@ const file_boardvisor_v1_supervisor_proto_rawDesc = "" +
 	"\bduration\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\bduration\x12G\n" +
 	"\n" +
 	"parameters\x18\x06 \x03(\v2'.boardvisor.v1.StartJob.ParametersEntryR\n" +
-	"parameters\x1a=\n" +
+	"parameters\x127\n" +
+	"\x05image\x18\a \x01(\v2!.boardvisor.v1.ImageSpecificationR\x05image\x1a=\n" +
 	"\x0fParametersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"8\n" +
@@ -1960,6 +1973,7 @@ var file_boardvisor_v1_supervisor_proto_goTypes = []any{
 	(*timestamppb.Timestamp)(nil), // 28: google.protobuf.Timestamp
 	(v1.LogSource)(0),             // 29: jumpstarter.v1.LogSource
 	(*durationpb.Duration)(nil),   // 30: google.protobuf.Duration
+	(*ImageSpecification)(nil),    // 31: boardvisor.v1.ImageSpecification
 }
 var file_boardvisor_v1_supervisor_proto_depIdxs = []int32{
 	5,  // 0: boardvisor.v1.SupervisorMessage.hello:type_name -> boardvisor.v1.Hello
@@ -1997,14 +2011,15 @@ var file_boardvisor_v1_supervisor_proto_depIdxs = []int32{
 	20, // 32: boardvisor.v1.CoordinatorMessage.extend_job:type_name -> boardvisor.v1.ExtendJob
 	30, // 33: boardvisor.v1.StartJob.duration:type_name -> google.protobuf.Duration
 	24, // 34: boardvisor.v1.StartJob.parameters:type_name -> boardvisor.v1.StartJob.ParametersEntry
-	30, // 35: boardvisor.v1.ExtendJob.remaining:type_name -> google.protobuf.Duration
-	4,  // 36: boardvisor.v1.SupervisorLink.Connect:input_type -> boardvisor.v1.SupervisorMessage
-	17, // 37: boardvisor.v1.SupervisorLink.Connect:output_type -> boardvisor.v1.CoordinatorMessage
-	37, // [37:38] is the sub-list for method output_type
-	36, // [36:37] is the sub-list for method input_type
-	36, // [36:36] is the sub-list for extension type_name
-	36, // [36:36] is the sub-list for extension extendee
-	0,  // [0:36] is the sub-list for field type_name
+	31, // 35: boardvisor.v1.StartJob.image:type_name -> boardvisor.v1.ImageSpecification
+	30, // 36: boardvisor.v1.ExtendJob.remaining:type_name -> google.protobuf.Duration
+	4,  // 37: boardvisor.v1.SupervisorLink.Connect:input_type -> boardvisor.v1.SupervisorMessage
+	17, // 38: boardvisor.v1.SupervisorLink.Connect:output_type -> boardvisor.v1.CoordinatorMessage
+	38, // [38:39] is the sub-list for method output_type
+	37, // [37:38] is the sub-list for method input_type
+	37, // [37:37] is the sub-list for extension type_name
+	37, // [37:37] is the sub-list for extension extendee
+	0,  // [0:37] is the sub-list for field type_name
 }
 
 func init() { file_boardvisor_v1_supervisor_proto_init() }
