@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
@@ -378,6 +379,10 @@ func (c *Client) session(ctx context.Context, sup connector.Supervisor) (res ses
 		return res, err
 	}
 	if err := stream.Send(&pb.SupervisorMessage{Msg: &pb.SupervisorMessage_Hello{Hello: c.hello()}}); err != nil {
+		if errors.Is(err, io.EOF) {
+			// The coordinator ended the stream (refused us): its status comes with Recv.
+			_, err = stream.Recv()
+		}
 		return res, err
 	}
 	first, err := stream.Recv()
@@ -413,6 +418,14 @@ func (c *Client) session(ctx context.Context, sup connector.Supervisor) (res ses
 	go func() { recvErr <- c.recvLoop(ctx, stream, sup, &sent, cursor, &progressed) }()
 	select {
 	case err = <-sendErr:
+		if errors.Is(err, io.EOF) {
+			// The coordinator ended the stream: why comes with Recv.
+			select {
+			case err = <-recvErr:
+				recvErr <- err
+			case <-time.After(5 * time.Second):
+			}
+		}
 	case err = <-recvErr:
 	}
 	cancel()
