@@ -105,8 +105,15 @@ type CoordinatorConfig struct {
 	// in this PEM file.
 	CAFile string `yaml:"caFile"`
 	// OutboxMaxBytes bounds the events kept on disk while the coordinator is away
-	// (default 256 MiB); past it console bytes are dropped first, and said so.
+	// (default 256 MiB, at least 64 KiB); past it console bytes are dropped first, and
+	// said so.
 	OutboxMaxBytes int64 `yaml:"outboxMaxBytes"`
+	// ReconnectMaxBackoff bounds the wait between reconnects (default 30s), and is the
+	// wait after "another live supervisor holds this ID".
+	ReconnectMaxBackoff Duration `yaml:"reconnectMaxBackoff"`
+	// RefusedBackoff is the wait after the coordinator refused this supervisor's token
+	// (default 5m): fixing the config is needed, retrying fast is not.
+	RefusedBackoff Duration `yaml:"refusedBackoff"`
 }
 
 // Defaults are host-wide settings; each board may override each of them.
@@ -216,6 +223,11 @@ type Power struct {
 type Virtual struct {
 	// BootDelay is how long the simulated board takes to boot after power-on.
 	BootDelay Duration `yaml:"bootDelay"`
+	// Baud is the line rate the board's output is paced to (default 115200).
+	Baud int `yaml:"baud"`
+	// RandomBytes, when positive, makes the board a data source (a console flood for
+	// tests): each power-on prints exactly that many random bytes and nothing else.
+	RandomBytes int64 `yaml:"randomBytes"`
 }
 
 // ApplyDefaults fills in the defaults of every field left unset that has one: listen,

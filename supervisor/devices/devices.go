@@ -24,6 +24,7 @@ import (
 	"github.com/boardvisor/boardvisor/drivers/recording"
 	"github.com/boardvisor/boardvisor/drivers/serial"
 	"github.com/boardvisor/boardvisor/drivers/virtual"
+	"github.com/boardvisor/boardvisor/internal/diskspace"
 	"github.com/boardvisor/boardvisor/jobs"
 	"github.com/boardvisor/boardvisor/supervisor/config"
 	"github.com/hashicorp/go-hclog"
@@ -61,14 +62,16 @@ type recItem struct {
 // Manager holds the devices of every board of a supervisor.
 type Manager struct {
 	log    hclog.Logger
+	disk   *diskspace.Monitor
 	boards map[string]*Board
 	wg     sync.WaitGroup
 }
 
 // Build creates the devices of every board in cfg. Simulated and emulated boards are
-// created (their pseudo-terminals opened) but not powered on.
-func Build(cfg *config.Config, logger hclog.Logger) (*Manager, error) {
-	m := &Manager{log: logger, boards: map[string]*Board{}}
+// created (their pseudo-terminals opened) but not powered on. disk (may be nil) watches
+// the state directory's space: the console recordings stop while it is low.
+func Build(cfg *config.Config, logger hclog.Logger, disk *diskspace.Monitor) (*Manager, error) {
+	m := &Manager{log: logger, boards: map[string]*Board{}, disk: disk}
 	for _, rb := range cfg.Resolve() {
 		b, err := m.build(cfg.StateDir, rb)
 		if err != nil {
@@ -86,7 +89,8 @@ func (m *Manager) build(stateDir string, rb config.ResolvedBoard) (*Board, error
 	sc := serial.Config{Name: Console}
 	switch {
 	case rb.Virtual != nil:
-		vb, err := virtual.New(rb.Name, virtual.Options{BootDelay: rb.Virtual.BootDelay.Std()})
+		vb, err := virtual.New(rb.Name, virtual.Options{BootDelay: rb.Virtual.BootDelay.Std(), Baud: rb.Virtual.Baud,
+			RandomBytes: rb.Virtual.RandomBytes, Seed: seedOf(rb.Name)})
 		if err != nil {
 			return nil, err
 		}
@@ -118,7 +122,7 @@ func (m *Manager) build(stateDir string, rb config.ResolvedBoard) (*Board, error
 		}
 		b.console = d
 		b.Drivers = append(b.Drivers, d)
-		rec, err := recording.New(recording.Options{StateDir: stateDir, Board: rb.Name})
+		rec, err := recording.New(recording.Options{StateDir: stateDir, Board: rb.Name, Disk: m.disk})
 		if err != nil {
 			return nil, err
 		}
@@ -128,6 +132,15 @@ func (m *Manager) build(stateDir string, rb config.ResolvedBoard) (*Board, error
 		go m.record(b)
 	}
 	return b, nil
+}
+
+// seedOf gives each simulated board its own random stream.
+func seedOf(name string) uint64 {
+	var h uint64 = 14695981039346656037
+	for i := 0; i < len(name); i++ {
+		h = (h ^ uint64(name[i])) * 1099511628211
+	}
+	return h
 }
 
 // record writes a board's console to its recording; it owns the recorder's I/O, so the
