@@ -225,17 +225,38 @@ func (s *shim) run(ready func()) int {
 }
 
 // endOutput waits for the output pipe to be closed by its last writer, for at most
-// pipeCloseWait, then stops reading it.
+// pipeCloseWait, then stops reading it. While the output waits for space on a full disk
+// it is given until the hook's deadline (its start plus its timeout, or fullDiskWait
+// without one) to be written.
 func (s *shim) endOutput() {
 	t := time.NewTimer(pipeCloseWait)
 	defer t.Stop()
-	select {
-	case <-s.spool.done:
-	case <-t.C:
-		s.logf("the hook's output pipe is still open although none of its processes is left; closing it")
+	deadline := s.st.StartedAt.Add(fullDiskWait)
+	if s.timeout > 0 {
+		deadline = s.st.StartedAt.Add(s.timeout)
+	}
+	for {
+		select {
+		case <-s.spool.done:
+		case <-t.C:
+			if s.spool.waitingForSpace() && time.Now().Before(deadline) {
+				t.Reset(min(time.Until(deadline), pipeCloseWait))
+				continue
+			}
+			if s.spool.waitingForSpace() {
+				s.logf("the disk is still full at the hook's deadline: giving up the output not written")
+			} else {
+				s.logf("the hook's output pipe is still open although none of its processes is left; closing it")
+			}
+		}
+		break
 	}
 	s.spool.closeRead()
 }
+
+// fullDiskWait bounds the wait for space to write a hook's output after it ended, for a
+// hook without a timeout.
+const fullDiskWait = 5 * time.Minute
 
 // waitMain runs the timeout ladder until the hook's main process (pid, also its process
 // group) has been reaped.
