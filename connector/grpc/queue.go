@@ -112,6 +112,7 @@ type rec struct {
 	data    []byte
 	console *pb.ConsoleLog // set for a console event still carrying its bytes
 	ev      *pb.Event      // the event (for a console event, its gap once it is one)
+	shed    uint64         // console bytes this queue replaced by the gap ev
 }
 
 type waiter struct {
@@ -196,6 +197,7 @@ func OpenQueue(path string, opts QueueOptions) (*Queue, error) {
 		return nil, err
 	}
 	q.db = db
+	q.log.Info("outbox opened", "file", path, "last_seq", q.last, "acked", q.acked, "stored_bytes", q.stored, "console_events", q.index.len())
 	go q.writer()
 	return q, nil
 }
@@ -374,7 +376,6 @@ func (q *Queue) AppendBatch(evs []*pb.Event) {
 		// Console bytes held in memory are bounded while the disk cannot take them.
 		if full || q.pendBytes+int64(len(r.data)) > q.maxPending {
 			r.toGap()
-			q.shedBytes.Add(r.gapBytes())
 			continue
 		}
 		q.pendBytes += int64(len(r.data))
@@ -395,12 +396,11 @@ func (q *Queue) wake() {
 // toGap turns a pending console event into its ConsoleGap event.
 func (r *rec) toGap() {
 	g := gapFor(r.ev)
+	r.shed = g.GetConsoleGap().GetBytes()
 	r.data, _ = proto.Marshal(g)
 	r.ev, r.console = g, nil
 }
 
-// gapBytes is how many console bytes the event's gap stands for.
-func (r *rec) gapBytes() uint64 { return r.ev.GetConsoleGap().GetBytes() }
 
 // Synced returns a channel closed once every event appended before the call is
 // committed to disk. A failed write is retried, never reported as committed: the channel
@@ -622,8 +622,8 @@ func (q *Queue) Stats() (stored int64, last, acked uint64) {
 	return q.stored, q.last, q.acked
 }
 
-// ShedBytes is how many console bytes the queue replaced by ConsoleGap events since it
-// was opened.
+// ShedBytes is how many console bytes the queue replaced by ConsoleGap events, on disk,
+// since it was opened (counted when the gaps are committed).
 func (q *Queue) ShedBytes() uint64 { return q.shedBytes.Load() }
 
 // OldestUnacked returns the time of the oldest event not yet acknowledged.
@@ -661,6 +661,9 @@ func (q *Queue) Close() error {
 	}
 	if lost > 0 {
 		q.log.Error("outbox closed with events not written to disk", "file", q.path, "events", lost, "error", fmt.Sprint(q.failing))
+	}
+	if shed := q.shedBytes.Load(); shed > 0 {
+		q.log.Info("outbox closed", "file", q.path, "shed_console_bytes", shed)
 	}
 	err := q.db.Close()
 	if q.ownDisk {
@@ -849,6 +852,7 @@ func (q *Queue) write(ackTo uint64, forget []string, batch []rec, full bool, sto
 				continue
 			}
 			if g := r.ev.GetConsoleGap(); g != nil {
+				t.shedBytes += r.shed
 				if err := t.placeGap(r.seq, gapPair{g.GetJobId(), g.GetBoard(), g.GetBytes()}, r.ev.GetTime().AsTime().UnixNano(), 0); err != nil {
 					return err
 				}
