@@ -401,7 +401,6 @@ func (r *rec) toGap() {
 	r.ev, r.console = g, nil
 }
 
-
 // Synced returns a channel closed once every event appended before the call is
 // committed to disk. A failed write is retried, never reported as committed: the channel
 // stays open until then. At Close, every channel still open is closed once the final
