@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -338,4 +339,114 @@ func testFullStateDir(t *testing.T, restart bool) {
 	}
 	t.Logf("%d events, %d hook lines, %d leases, %d console bytes shed, %d log lines about the full disk:\n%s",
 		len(evs), len(lines), len(leases)+1, gaps, len(about), strings.Join(about, "\n"))
+}
+
+// A 64 KiB outbox, 20 boards streaming consoles, and the coordinator stopped (SIGSTOP)
+// for 30s: the outbox stays within its bound (console bytes become gaps, runs of gaps
+// one record), the supervisor's memory stays bounded, and once the coordinator goes on
+// (SIGCONT) the backlog drains and leases cycle again.
+func TestTightOutboxWithTheCoordinatorStopped(t *testing.T) {
+	if testing.Short() {
+		t.Skip("stops the coordinator for 30s")
+	}
+	const bound = 64 << 10
+	dir := t.TempDir()
+	coordAddr, metrics := freeAddr(t), freeAddr(t)
+	coord := startCoordinator(t, coordAddr, filepath.Join(dir, "coord"), "--grace", "120s")
+	var b strings.Builder
+	fmt.Fprintf(&b, "stateDir: %s\nlisten: 127.0.0.1:0\nmetrics: %s\nlog: {level: info, format: text}\n", filepath.Join(dir, "state"), metrics)
+	fmt.Fprintf(&b, "coordinator: {address: %q, supervisorId: lab-tight, outboxMaxBytes: %d}\nboards:\n", coordAddr, bound)
+	for i := range 20 {
+		fmt.Fprintf(&b, "  - name: b%02d\n    labels: {kind: stream}\n    drivers: {virtual: {randomBytes: 1000000000}}\n", i)
+	}
+	cfg := filepath.Join(dir, "supervisor.yaml")
+	if err := os.WriteFile(cfg, []byte(b.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sup := startSupervisor(t, "supervisor", cfg)
+	c := leaseClient(t, coordAddr)
+	waitBoards(t, c, 20)
+	var cyclers []*fdCycler
+	for i := range 4 {
+		cyclers = append(cyclers, fdCycle(c, fmt.Sprintf("b%02d", i), time.Second))
+	}
+	count := func() int {
+		n := 0
+		for _, cy := range cyclers {
+			cy.mu.Lock()
+			n += len(cy.ids)
+			cy.mu.Unlock()
+		}
+		return n
+	}
+	ceEventually(t, "leases cycling", func() bool { return count() >= 8 })
+	rss := func(m string) float64 { return fdMetric(m, "process_resident_memory_bytes") }
+	m := scrape(t, metrics)
+	rssBefore := rss(m)
+
+	if err := coord.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	stopped := time.Now()
+	var worstBytes, worstRSS float64
+	for time.Since(stopped) < 30*time.Second {
+		time.Sleep(500 * time.Millisecond) // sampling: nothing to await
+		m := scrape(t, metrics)
+		worstBytes = max(worstBytes, fdMetric(m, "boardvisor_outbox_bytes"))
+		worstRSS = max(worstRSS, rss(m))
+	}
+	m = scrape(t, metrics)
+	held, shed := fdMetric(m, "boardvisor_outbox_unacked_events"), fdMetric(m, "boardvisor_outbox_shed_console_bytes_total")
+	lastAtCont := fdMetric(m, "boardvisor_outbox_last_seq")
+	cyclesAtCont := count()
+	if err := coord.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("coordinator stopped 30s: outbox at most %.0f bytes (bound %d), %.0f events held, %.0f console bytes shed; RSS %.1f MB before, at most %.1f MB",
+		worstBytes, bound, held, shed, rssBefore/1e6, worstRSS/1e6)
+	if worstBytes > 2*bound {
+		t.Errorf("the outbox held %.0f bytes, over its bound %d plus one batch", worstBytes, bound)
+	}
+	if shed == 0 {
+		t.Error("no console bytes shed: the bound was never reached?")
+	}
+	if worstRSS > rssBefore+64<<20 {
+		t.Errorf("RSS grew from %.1f MB to %.1f MB while the coordinator was stopped", rssBefore/1e6, worstRSS/1e6)
+	}
+	ceEventually(t, "the backlog drained", func() bool {
+		return fdMetric(scrape(t, metrics), "boardvisor_outbox_acked_seq") >= lastAtCont
+	})
+	drained := time.Since(stopped) - 30*time.Second
+	ceEventually(t, "leases cycling again", func() bool { return count() >= cyclesAtCont+8 })
+	var leases []string
+	for _, cy := range cyclers {
+		ids, errs := cy.end()
+		if len(errs) > 0 {
+			t.Errorf("cycled leases failed: %v", errs)
+		}
+		leases = append(leases, ids...)
+	}
+	db := ceOpenCoordinatorDB(t, filepath.Join(dir, "coord"))
+	ceEventually(t, "every event stored", func() bool {
+		evs := ceStoredEvents(t, db)["lab-tight"]
+		return len(evs) > 0 && float64(evs[len(evs)-1].seq) >= lastAtCont
+	})
+	evs := ceStoredEvents(t, db)["lab-tight"]
+	ceCheckContiguous(t, "lab-tight", evs)
+	done := map[string]bool{}
+	for _, e := range evs {
+		if e.kind == "state_transition" && strings.Contains(e.payload, "LEASE_PHASE_DONE") && strings.Contains(e.payload, `"to"`) {
+			var st pb.StateTransition
+			if err := protojson.Unmarshal([]byte(e.payload), &st); err == nil && st.GetTo() == pb.LeasePhase_LEASE_PHASE_DONE {
+				done[st.GetJobId()] = true
+			}
+		}
+	}
+	for _, id := range leases {
+		if !done[id] {
+			t.Errorf("lease %s: no transition to DONE at the coordinator", id)
+		}
+	}
+	t.Logf("backlog of %.0f events drained within %s of SIGCONT; %d leases cycled", held, drained.Round(time.Millisecond), len(leases))
+	_ = sup
 }
