@@ -68,7 +68,7 @@ func BenchmarkQueueBatch(b *testing.B) {
 	defer q.Close()
 	c := NewClient(ClientOptions{Address: "127.0.0.1:1", SupervisorID: "bench", Queue: q})
 	b.ResetTimer()
-	evs := make([]connector.Event, 0, 256)
+	evs := make([]connector.Event, 0, benchChunk)
 	for i := 1; i <= b.N; i++ {
 		evs = append(evs, benchLine(i))
 		if len(evs) == cap(evs) || i == b.N {
@@ -94,7 +94,7 @@ func BenchmarkLinkBatch(b *testing.B) {
 	go func() { c.Run(ctx, nil); close(done) }()
 	defer func() { cancel(); <-done }()
 	b.ResetTimer()
-	evs := make([]connector.Event, 0, 256)
+	evs := make([]connector.Event, 0, benchChunk)
 	for i := 1; i <= b.N; i++ {
 		evs = append(evs, benchLine(i))
 		if len(evs) == cap(evs) || i == b.N {
@@ -130,3 +130,7 @@ func serveB(b testing.TB, srv *Server) (string, func()) {
 	b.Cleanup(g.Stop)
 	return lis.Addr().String(), g.Stop
 }
+
+// benchChunk is how many lines go in one DeliverBatch: about 50 KiB of them, under the
+// hook watcher's 64 KiB read chunk.
+const benchChunk = 1024

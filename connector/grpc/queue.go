@@ -625,6 +625,10 @@ func (q *Queue) Stats() (stored int64, last, acked uint64) {
 // since it was opened (counted when the gaps are committed).
 func (q *Queue) ShedBytes() uint64 { return q.shedBytes.Load() }
 
+// WriteStats tells how many write transactions the queue committed, and how many failed
+// and were tried again, since it was opened.
+func (q *Queue) WriteStats() (commits, retries uint64) { return q.commits.Load(), q.retries.Load() }
+
 // OldestUnacked returns the time of the oldest event not yet acknowledged.
 func (q *Queue) OldestUnacked() (time.Time, bool) {
 	q.mu.Lock()
