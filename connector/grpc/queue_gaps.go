@@ -75,7 +75,9 @@ func decodeRun(v []byte) (r gapRun, ok bool) {
 		return r, false
 	}
 	r.at = int64(at)
-	if p, ok = next(); !ok || p == 0 || p > r.n {
+	// Each pair takes at least 3 bytes: a count beyond that is damage, not a size to
+	// allocate.
+	if p, ok = next(); !ok || p == 0 || p > r.n || p > uint64(len(b))/3 {
 		return r, false
 	}
 	r.pairs = make([]gapPair, 0, p)
