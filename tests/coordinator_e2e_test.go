@@ -644,6 +644,13 @@ func TestCoordinatorRefusesWrongSupervisorToken(t *testing.T) {
 	}
 	badCfg := ceLabConfig(t, dir, "lab-bad", coordAddr, "", "", boardSpec{"bad-1", "device: rpi4"})
 	ceWithTokenFile(t, badCfg, tokenFile("bad.token", bad))
+	// A refused token is retried minutes apart by default; a second attempt is wanted here.
+	if b, err := os.ReadFile(badCfg); err == nil {
+		err = os.WriteFile(badCfg, []byte(strings.Replace(string(b), "supervisorId:", "refusedBackoff: 1s, supervisorId:", 1)), 0o600)
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
 	sup := startSupervisor(t, "supervisor lab-bad", badCfg)
 	sup.waitOutput("supervisor token not accepted by the coordinator")
 	coord.waitOutput("supervisor refused: bad token")

@@ -56,12 +56,13 @@ import (
 // While the state directory is full (QueueOptions.Disk), new console events are stored
 // as ConsoleGap events at once: the space left goes to what may not be dropped.
 type Queue struct {
-	path     string
-	db       *bolt.DB
-	maxBytes int64
-	disk     *diskspace.Monitor
-	ownDisk  bool // disk was opened by the queue
-	log      hclog.Logger
+	path      string
+	db        *bolt.DB
+	maxBytes  int64
+	disk      *diskspace.Monitor
+	ownDisk   bool // disk was opened by the queue
+	unreclaim func()
+	log       hclog.Logger
 
 	mu        sync.Mutex
 	pending   []rec  // appended, not yet committed, in order
@@ -197,6 +198,9 @@ func OpenQueue(path string, opts QueueOptions) (*Queue, error) {
 		return nil, err
 	}
 	q.db = db
+	// The file never shrinks, but its free pages take the next writes: for the state
+	// dir's monitor, space the outbox can use.
+	q.unreclaim = q.disk.Reclaimable(func() int64 { return int64(db.Stats().FreeAlloc) })
 	q.log.Info("outbox opened", "file", path, "last_seq", q.last, "acked", q.acked, "stored_bytes", q.stored, "console_events", q.index.len())
 	go q.writer()
 	return q, nil
@@ -668,6 +672,7 @@ func (q *Queue) Close() error {
 	if shed := q.shedBytes.Load(); shed > 0 {
 		q.log.Info("outbox closed", "file", q.path, "shed_console_bytes", shed)
 	}
+	q.unreclaim()
 	err := q.db.Close()
 	if q.ownDisk {
 		q.disk.Close()

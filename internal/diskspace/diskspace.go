@@ -11,11 +11,15 @@
 // Monitor looks at the file system's free space every Options.Poll; once there is room
 // for the reserve again and Options.LowBytes besides, it recreates the reserve, leaves
 // the full state and closes the channel Changed returned, so that writers waiting on it
-// retry at once.
+// retry at once. (Writes go on meanwhile, in the reserve's space: only console output
+// and the recordings wait for the full state to end.) Free space held inside the files
+// (Reclaimable: the outbox's free pages) counts for leaving the full state; the reserve
+// is made again once the file system itself has room for it.
 //
-// It logs the state dir being full once when it happens, then at most once per
-// Options.LogEvery while it lasts (with the number of failed writes meanwhile), and once
-// when space returns: never once per failed write.
+// It logs the state dir being full when it happens, then at most once per
+// Options.LogEvery while it lasts (with the number of failed writes meanwhile), and when
+// space returns; a directory that fills up again and again is logged at most once per
+// LogEvery each way: never once per failed write.
 package diskspace
 
 import (
@@ -76,16 +80,44 @@ type Monitor struct {
 	mu       sync.Mutex
 	changed  chan struct{}
 	since    time.Time // when the full state began
-	lastLog  time.Time
-	failures uint64 // full-disk failures reported since the last log line
-	total    uint64 // full-disk failures reported since Open
-	fulls    uint64 // times the full state was entered
+	lastLog  time.Time // of a "full" line
+	lastBack time.Time // of a "space again" line
+	failures uint64    // full-disk failures reported since the last log line
+	total    uint64    // full-disk failures reported since Open
+	fulls    uint64    // times the full state was entered
 	reserved bool
 	closed   bool
+
+	reclaim map[int]func() int64 // Reclaimable's functions
+	nextID  int
 
 	wake chan struct{}
 	stop chan struct{}
 	done chan struct{}
+}
+
+// Reclaimable registers fn, which tells how many bytes a file in the directory holds
+// free for its own writes (a bbolt file's free pages: it never shrinks, but reuses
+// them). That space counts when deciding whether the directory is still full (the
+// writers that shed while it is full can use it), not for the low state (the console
+// recordings cannot). The returned function unregisters fn; fn must not be called after.
+func (m *Monitor) Reclaimable(fn func() int64) (unregister func()) {
+	if m == nil {
+		return func() {}
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.reclaim == nil {
+		m.reclaim = map[int]func() int64{}
+	}
+	id := m.nextID
+	m.nextID++
+	m.reclaim[id] = fn
+	return func() {
+		m.mu.Lock()
+		delete(m.reclaim, id)
+		m.mu.Unlock()
+	}
 }
 
 // Open starts a Monitor of opts.Dir (which must exist) and creates its reserve if there
@@ -189,7 +221,11 @@ func (m *Monitor) Failed(err error) bool {
 		m.full.Store(true)
 		m.notifyLocked()
 		free, _ := Free(m.opts.Dir)
-		m.opts.Logger.Warn("state directory full: console recording stopped, console output shed (counted in ConsoleGap events); transitions, errors and hook lines are kept and retried until space returns",
+		log := m.opts.Logger.Warn
+		if time.Since(m.lastLog) < m.opts.LogEvery {
+			log = m.opts.Logger.Debug // full again soon after: said already
+		}
+		log("state directory full: console recording stopped, console output shed (counted in ConsoleGap events); transitions, errors and hook lines are kept and retried until space returns",
 			"dir", m.opts.Dir, "free_bytes", free, "reserve_released_bytes", released, "error", err.Error())
 		m.lastLog, m.failures = time.Now(), 0
 	} else if time.Since(m.lastLog) >= m.opts.LogEvery {
@@ -306,21 +342,32 @@ func (m *Monitor) check() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.full.Load() {
-		if free < m.opts.LowBytes+m.opts.ReserveBytes {
+		// The reserve's space does not count: space has returned once there is room for
+		// the reserve and LowBytes besides, counting the free space the files hold for
+		// their own writes.
+		usable := free
+		for _, fn := range m.reclaim {
+			usable += fn()
+		}
+		if usable < m.opts.LowBytes+m.opts.ReserveBytes {
 			return
 		}
-		if m.opts.ReserveBytes > 0 && !m.reserved {
-			if err := m.makeReserve(); err != nil {
-				return // taken meanwhile: still full
+		if m.opts.ReserveBytes > 0 && !m.reserved && free >= m.opts.LowBytes+m.opts.ReserveBytes {
+			if err := m.makeReserve(); err == nil {
+				free, _ = Free(m.opts.Dir)
 			}
-			free, _ = Free(m.opts.Dir)
 		}
 		m.full.Store(false)
-		m.low.Store(free < m.opts.LowBytes)
+		low := free < m.opts.LowBytes+m.opts.LowBytes/4
+		m.low.Store(low)
 		m.notifyLocked()
-		m.opts.Logger.Info("state directory has space again: console recording and console output resume",
-			"dir", m.opts.Dir, "was_full_for", time.Since(m.since).Round(time.Second).String(), "free_bytes", free, "failed_writes", m.failures)
-		m.failures = 0
+		log := m.opts.Logger.Info
+		if time.Since(m.lastBack) < m.opts.LogEvery {
+			log = m.opts.Logger.Debug
+		}
+		log("state directory has space again: console output resumes (and console recording once it is not low)",
+			"dir", m.opts.Dir, "was_full_for", time.Since(m.since).Round(time.Second).String(), "free_bytes", free, "failed_writes", m.failures, "low", low)
+		m.lastBack, m.failures = time.Now(), 0
 		return
 	}
 	if m.opts.ReserveBytes > 0 && !m.reserved && free >= m.opts.LowBytes+m.opts.ReserveBytes {

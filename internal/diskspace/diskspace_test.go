@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -166,4 +167,34 @@ func TestNilMonitor(t *testing.T) {
 	if m.Full() || m.Low() || !m.Failed(syscall.ENOSPC) || m.Changed() != nil || m.Close() != nil {
 		t.Fatal("nil monitor")
 	}
+}
+
+// Free space held inside a file (an outbox's free pages) counts for leaving the full
+// state, not for the reserve nor for the low state.
+func TestReclaimableSpaceEndsTheFullState(t *testing.T) {
+	dir := mountTmpfs(t, 4<<20)
+	m, err := diskspace.Open(diskspace.Options{Dir: dir, ReserveBytes: 512 << 10, LowBytes: 256 << 10, Poll: 10 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	_, werr := fill(t, dir)
+	fill(t, dir) // the reserve's space too, once released
+	m.Failed(werr)
+	fill(t, dir)
+	time.Sleep(50 * time.Millisecond) // a few polls: nothing to await
+	if !m.Full() {
+		t.Fatal("not full on a full disk")
+	}
+	var held atomic.Int64
+	unregister := m.Reclaimable(func() int64 { return held.Load() })
+	held.Store(2 << 20)
+	waitFor(t, m, "no longer full", func() bool { return !m.Full() })
+	if !m.Low() {
+		t.Fatal("not low: the space inside a file counted for the recordings")
+	}
+	if _, err := os.Stat(filepath.Join(dir, diskspace.ReserveName)); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("reserve made without room on the file system: %v", err)
+	}
+	unregister()
 }
