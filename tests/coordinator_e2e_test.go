@@ -642,6 +642,8 @@ func TestCoordinatorRefusesWrongSupervisorToken(t *testing.T) {
 	}
 	badCfg := labConfig{dir: filepath.Join(dir, "lab-bad"), id: "lab-bad", coordAddr: coordAddr, tokenFile: tokenFile("bad.token", bad),
 		boards: []boardSpec{{"bad-1", "device: rpi4"}}}.write(t)
+	// A refused token is retried minutes apart by default; a second attempt is wanted here.
+	editConfig(t, badCfg, "supervisorId:", "refusedBackoff: 1s, supervisorId:")
 	sup := startSupervisor(t, "supervisor lab-bad", badCfg)
 	sup.waitOutput("supervisor token not accepted by the coordinator")
 	coord.waitOutput("supervisor refused: bad token")

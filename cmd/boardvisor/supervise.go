@@ -15,6 +15,7 @@ import (
 	"github.com/boardvisor/boardvisor/audit"
 	"github.com/boardvisor/boardvisor/connector"
 	"github.com/boardvisor/boardvisor/connector/local"
+	"github.com/boardvisor/boardvisor/internal/diskspace"
 	"github.com/boardvisor/boardvisor/jobs/journal"
 	"github.com/boardvisor/boardvisor/supervisor"
 	"github.com/boardvisor/boardvisor/supervisor/config"
@@ -69,16 +70,23 @@ func serveSupervisor(ctx context.Context, cfg *config.Config, logger hclog.Logge
 	if err := private(cfg.StateDir, 0o700, logger); err != nil {
 		return fmt.Errorf("state directory: %w", err)
 	}
-	// The journal's lock is the state directory's: taken before anything in it is
+	// The state directory's space: a reserve released on the first full-disk failure, and
+	// the state (low, full) the journal, the outbox and the recordings shed by.
+	disk, err := diskspace.Open(diskspace.Options{Dir: cfg.StateDir, Logger: logger.Named("statedir")})
+	if err != nil {
+		return err
+	}
+	defer disk.Close()
+	// The journal's lock is the state directory's: taken before anything else in it is
 	// touched (devices remove stale run directories).
-	jr, err := openJournal(filepath.Join(cfg.StateDir, "journal.db"), logger)
+	jr, err := openJournal(filepath.Join(cfg.StateDir, "journal.db"), logger, disk)
 	if err != nil {
 		return err
 	}
 	defer jr.Close()
 	// Devices are closed after every actor has stopped (deferred after the journal, so
 	// closed before it).
-	dev, err := devices.Build(cfg, logger.Named("devices"))
+	dev, err := devices.Build(cfg, logger.Named("devices"), disk)
 	if err != nil {
 		return err
 	}
@@ -90,12 +98,12 @@ func serveSupervisor(ctx context.Context, cfg *config.Config, logger hclog.Logge
 	}
 	defer lis.Close()
 	var conn connector.SupervisorConnector = local.New()
-	var mopts metrics.Options
+	mopts := metrics.Options{StateDir: disk}
 	for _, b := range boards {
 		mopts.Boards = append(mopts.Boards, b.Name)
 	}
 	if cfg.Coordinator != nil {
-		link, err := supervisor.OpenLink(cfg, lis.Addr().String(), version, logger)
+		link, err := supervisor.OpenLink(cfg, lis.Addr().String(), version, logger, disk)
 		if err != nil {
 			return err
 		}
@@ -183,8 +191,9 @@ func (e usageErrorText) Error() string { return string(e) }
 // openJournal opens the lease journal. A damaged one is reported, moved aside, and
 // replaced by an empty one: the daemon still serves its boards, and the coordinator
 // learns that the leases it held are gone because they are missing from the Hello.
-func openJournal(path string, logger hclog.Logger) (*journal.Journal, error) {
-	j, err := journal.Open(path, journal.Options{})
+func openJournal(path string, logger hclog.Logger, disk *diskspace.Monitor) (*journal.Journal, error) {
+	opts := journal.Options{Disk: disk, Logger: logger.Named("journal")}
+	j, err := journal.Open(path, opts)
 	var de *journal.DamagedError
 	if !errors.As(err, &de) {
 		return j, err
@@ -195,7 +204,7 @@ func openJournal(path string, logger hclog.Logger) (*journal.Journal, error) {
 	}
 	logger.Error("lease journal damaged: moved aside, starting with an empty journal; its leases cannot be resumed",
 		"file", path, "problem", de.Reason, "moved_to", moved)
-	return journal.Open(path, journal.Options{})
+	return journal.Open(path, opts)
 }
 
 // hookKey reads the key of hook tokens from path, creating it (32 random bytes, 0600) the

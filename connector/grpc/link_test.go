@@ -241,7 +241,7 @@ func TestEventsDeliveredInOrderAndAcked(t *testing.T) {
 		}
 	}
 	deadline := time.Now().Add(wait)
-	for s.queue.Acked() != 100 && time.Now().Before(deadline) {
+	for stored, _, acked := s.queue.Stats(); (acked != 100 || stored != 0) && time.Now().Before(deadline); stored, _, acked = s.queue.Stats() {
 		time.Sleep(5 * time.Millisecond)
 	}
 	if stored, last, acked := s.queue.Stats(); acked != 100 || last != 100 || stored != 0 {
@@ -390,10 +390,10 @@ func TestWrongTokenRefusedClearlyOnBothSides(t *testing.T) {
 
 func TestDiskBoundDropsConsoleFirstAndSaysSo(t *testing.T) {
 	coord := newCoordinator(t)
-	s := newSupervisorSide(t, "127.0.0.1:1", "", QueueOptions{NoSync: true, MaxBytes: 8 << 10}, hclog.NewNullLogger())
+	s := newSupervisorSide(t, "127.0.0.1:1", "", QueueOptions{NoSync: true, MaxBytes: 64 << 10}, hclog.NewNullLogger())
 	// The link is down: console floods the outbox past its bound.
 	chunk := bytes.Repeat([]byte("x"), 1000)
-	for i := 0; i < 40; i++ {
+	for i := 0; i < 400; i++ {
 		s.emit(connector.Event{Board: "rpi4-01", JobID: "job-1", Console: &connector.Console{Source: jobs.SourceDriver, Data: chunk}})
 		if i == 20 {
 			s.emit(connector.Event{Board: "rpi4-01", JobID: "job-1", Transition: &connector.Transition{From: jobs.PhaseReady, To: jobs.PhaseEnding}})
@@ -402,7 +402,7 @@ func TestDiskBoundDropsConsoleFirstAndSaysSo(t *testing.T) {
 	addr, _ := serve(t, "127.0.0.1:0", &Server{Handler: coord})
 	s.client.opts.Address = addr
 	s.start()
-	coord.waitFor(t, "41 events", func() bool { return len(coord.events["lab-1"]) == 41 })
+	coord.waitFor(t, "401 events", func() bool { return len(coord.events["lab-1"]) == 401 })
 	var consoleBytes, gapBytes uint64
 	var transitions int
 	for _, ev := range coord.events["lab-1"] {
@@ -415,8 +415,8 @@ func TestDiskBoundDropsConsoleFirstAndSaysSo(t *testing.T) {
 	if transitions != 1 {
 		t.Fatalf("%d transitions delivered, want the one (never dropped)", transitions)
 	}
-	if gapBytes == 0 || consoleBytes+gapBytes != 40*1000 {
-		t.Fatalf("console %d + gaps %d bytes, want some dropped and all 40000 accounted for", consoleBytes, gapBytes)
+	if gapBytes == 0 || consoleBytes+gapBytes != 400*1000 {
+		t.Fatalf("console %d + gaps %d bytes, want some dropped and all 400000 accounted for", consoleBytes, gapBytes)
 	}
 }
 

@@ -128,8 +128,15 @@ type CoordinatorConfig struct {
 	// in this PEM file.
 	CAFile string `yaml:"caFile"`
 	// OutboxMaxBytes bounds the events kept on disk while the coordinator is away
-	// (default 256 MiB); past it console bytes are dropped first, and said so.
+	// (default 256 MiB, at least 64 KiB); past it console bytes are dropped first, and
+	// said so.
 	OutboxMaxBytes int64 `yaml:"outboxMaxBytes"`
+	// ReconnectMaxBackoff bounds the wait between reconnects (default 30s), and is the
+	// wait after "another live supervisor holds this ID".
+	ReconnectMaxBackoff Duration `yaml:"reconnectMaxBackoff"`
+	// RefusedBackoff is the wait after the coordinator refused this supervisor's token
+	// (default 5m): fixing the config is needed, retrying fast is not.
+	RefusedBackoff Duration `yaml:"refusedBackoff"`
 }
 
 // Defaults are host-wide settings; each board may override each of them.

@@ -133,6 +133,12 @@ func (v *validator) host() {
 		if co.OutboxMaxBytes < 0 {
 			s.add("coordinator.outboxMaxBytes", "must not be negative")
 		}
+		if co.ReconnectMaxBackoff < 0 {
+			s.add("coordinator.reconnectMaxBackoff", "%s must not be negative", co.ReconnectMaxBackoff)
+		}
+		if co.RefusedBackoff < 0 {
+			s.add("coordinator.refusedBackoff", "%s must not be negative", co.RefusedBackoff)
+		}
 		if co.SupervisorID != "" && !boardNameRe.MatchString(co.SupervisorID) {
 			s.add("coordinator.supervisorId", "%q is not a valid name ([A-Za-z0-9._-], 1 to 64 characters)", co.SupervisorID)
 		}
@@ -318,8 +324,8 @@ func checkVirtual(s scope, vb *Virtual) {
 	if vb.BootDelay < 0 {
 		s.add("drivers.virtual.bootDelay", "%s must not be negative", vb.BootDelay)
 	}
-	if vb.Baud < 0 {
-		s.add("drivers.virtual.baud", "%d must not be negative", vb.Baud)
+	if vb.Baud < 0 || vb.Baud > 100_000_000 {
+		s.add("drivers.virtual.baud", "%d is out of range (0 to 100000000; 0 means 115200)", vb.Baud)
 	}
 	if vb.RandomBytes < 0 {
 		s.add("drivers.virtual.randomBytes", "%d must not be negative", vb.RandomBytes)

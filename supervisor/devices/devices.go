@@ -29,6 +29,7 @@ import (
 	"github.com/boardvisor/boardvisor/drivers/serial"
 	"github.com/boardvisor/boardvisor/drivers/virtual"
 	"github.com/boardvisor/boardvisor/images"
+	"github.com/boardvisor/boardvisor/internal/diskspace"
 	"github.com/boardvisor/boardvisor/jobs"
 	"github.com/boardvisor/boardvisor/supervisor/config"
 	"github.com/boardvisor/boardvisor/supervisor/exporter"
@@ -89,6 +90,7 @@ func runDirName(board string) string {
 // Manager holds the devices of every board of a supervisor.
 type Manager struct {
 	log    hclog.Logger
+	disk   *diskspace.Monitor
 	boards map[string]*Board
 	wg     sync.WaitGroup
 	// images is the image store of image jobs (images.go).
@@ -98,13 +100,14 @@ type Manager struct {
 }
 
 // Build creates the devices of every board in cfg. Simulated and emulated boards are
-// created (their pseudo-terminals opened) but not powered on.
+// created (their pseudo-terminals opened) but not powered on. disk (may be nil) watches
+// the state directory's space: the console recordings stop while it is low.
 //
 // Emulated boards keep their run directories under StateDir/qemu; what is there when
 // Build starts is left from an earlier process (its QEMUs died with it) and removed.
 // The caller must hold the state directory (the journal's lock) first.
-func Build(cfg *config.Config, logger hclog.Logger) (*Manager, error) {
-	m := &Manager{log: logger, boards: map[string]*Board{}}
+func Build(cfg *config.Config, logger hclog.Logger, disk *diskspace.Monitor) (*Manager, error) {
+	m := &Manager{log: logger, boards: map[string]*Board{}, disk: disk}
 	if err := os.RemoveAll(filepath.Join(cfg.StateDir, QEMURunDir)); err != nil {
 		logger.Warn("remove stale qemu run directories", "error", err)
 	}
@@ -129,7 +132,11 @@ func (m *Manager) build(stateDir string, rb config.ResolvedBoard) (*Board, error
 	switch {
 	case rb.Virtual != nil:
 		v := rb.Virtual
-		vb, err := virtual.New(rb.Name, virtual.Options{BootDelay: v.BootDelay.Std(), Baud: v.Baud, RandomBytes: v.RandomBytes, Seed: v.Seed})
+		seed := v.Seed
+		if seed == 0 {
+			seed = seedOf(rb.Name)
+		}
+		vb, err := virtual.New(rb.Name, virtual.Options{BootDelay: v.BootDelay.Std(), Baud: v.Baud, RandomBytes: v.RandomBytes, Seed: seed})
 		if err != nil {
 			return nil, err
 		}
@@ -163,7 +170,7 @@ func (m *Manager) build(stateDir string, rb config.ResolvedBoard) (*Board, error
 		}
 		b.console = d
 		b.Drivers = append(b.Drivers, d)
-		rec, err := recording.New(recording.Options{StateDir: stateDir, Board: rb.Name})
+		rec, err := recording.New(recording.Options{StateDir: stateDir, Board: rb.Name, Disk: m.disk})
 		if err != nil {
 			return nil, err
 		}
@@ -173,6 +180,15 @@ func (m *Manager) build(stateDir string, rb config.ResolvedBoard) (*Board, error
 		go m.record(b, b.recCh)
 	}
 	return b, nil
+}
+
+// seedOf gives each simulated board its own random stream.
+func seedOf(name string) uint64 {
+	var h uint64 = 14695981039346656037
+	for i := 0; i < len(name); i++ {
+		h = (h ^ uint64(name[i])) * 1099511628211
+	}
+	return h
 }
 
 // record writes a board's console to its recording; it owns the recorder's I/O, so the

@@ -30,7 +30,7 @@ func TestRecordingFollowsTheConsoleEventsLease(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := Build(cfg, hclog.NewNullLogger())
+	m, err := Build(cfg, hclog.NewNullLogger(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,7 +92,7 @@ func TestQEMURunDirectoriesLiveUnderTheStateDir(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := Build(cfg, hclog.NewNullLogger())
+	m, err := Build(cfg, hclog.NewNullLogger(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
