@@ -321,3 +321,42 @@ func TestLeaseLogRetention(t *testing.T) {
 	}
 	f.coord.waitLine("lease logs removed by retention")
 }
+
+// A follower outlives a coordinator restart (kill -9): it asks again from the last
+// entry it printed, and its output is the whole stored log, once.
+func TestLogsFollowAcrossCoordinatorRestart(t *testing.T) {
+	gate, gate2 := ptyFifo(t), ptyFifo(t)
+	after := "echo 'part one'; read x < " + gate + "; echo 'part two'; read x < " + gate2 + "; echo 'part three'"
+	f := startStoryFarm(t, "", after, false)
+	id := f.readyLease(t)
+	if out, err := bvAs(f.coordAddr, aliceTok, "lease", "release", id); err != nil {
+		t.Fatalf("release: %v %s", err, out)
+	}
+	t.Setenv("BOARDVISOR_COORDINATOR", f.coordAddr)
+	t.Setenv("BOARDVISOR_USER_TOKEN", aliceTok)
+	follower := start(t, "logs-follower", "logs", "-f", "--lease", id)
+	follower.waitLine("AFTER_LEASE_HOOK", "part one")
+	f.coord.kill()
+	letHookGo(t, gate) // "part two" waits in the supervisor's outbox
+	f.coord = startCoordinator(t, f.coordAddr, f.coordState, "--client-tokens", filepath.Join(filepath.Dir(f.coordState), "client-tokens"))
+	follower.waitLine("AFTER_LEASE_HOOK", "part two")
+	letHookGo(t, gate2)
+	select {
+	case <-follower.done:
+		if follower.err != nil {
+			t.Fatalf("logs -f exited with %v:\n%s", follower.err, follower.output())
+		}
+	case <-time.After(wait):
+		t.Fatalf("logs -f did not end with the lease:\n%s", follower.output())
+	}
+	whole, err := bvAs(f.coordAddr, aliceTok, "logs", "--lease", id)
+	if err != nil {
+		t.Fatalf("logs --lease: %v\n%s", err, whole)
+	}
+	if follower.output() != whole {
+		t.Fatalf("followed across the restart:\n%s\nstored:\n%s", follower.output(), whole)
+	}
+	if !strings.Contains(whole, "part three") || !strings.Contains(whole, "lease ended DONE by alice") {
+		t.Fatalf("stored log incomplete:\n%s", whole)
+	}
+}
