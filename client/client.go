@@ -303,34 +303,68 @@ func (s *Session) print(r *jpb.LogStreamResponse) {
 	if r.GetMissed() > 0 {
 		s.c.say("[boardvisor] (%d lines missed: this client fell behind)", r.GetMissed())
 	}
-	msg, sev := r.GetMessage(), DisplaySeverity(r.GetSeverity())
-	if p := r.GetSource(); r.GetProgress() && (p == jpb.LogSource_LOG_SOURCE_BEFORE_LEASE_HOOK || p == jpb.LogSource_LOG_SOURCE_AFTER_LEASE_HOOK) {
-		if p == jpb.LogSource_LOG_SOURCE_AFTER_LEASE_HOOK && sev == "INFO" {
-			sev = "Output"
-		}
-		s.c.progress(fmt.Sprintf("[Hook %s] %s", sev, msg))
-		return
-	}
-	switch r.GetSource() {
-	case jpb.LogSource_LOG_SOURCE_BEFORE_LEASE_HOOK:
-		s.c.say("[Hook %s] %s", sev, msg)
-		s.last = append(s.last, msg)
+	s.c.hookLine(r.GetSource(), DisplaySeverity(r.GetSeverity()), r.GetMessage(), r.GetProgress())
+	if r.GetSource() == jpb.LogSource_LOG_SOURCE_BEFORE_LEASE_HOOK && !r.GetProgress() {
+		s.last = append(s.last, Visible(r.GetMessage()))
 		if len(s.last) > 5 {
 			s.last = s.last[1:]
 		}
-	case jpb.LogSource_LOG_SOURCE_AFTER_LEASE_HOOK:
-		if sev == "INFO" {
-			sev = "Output"
-		}
-		s.c.say("[Hook %s] %s", sev, msg)
+	}
+}
+
+// hookLine shows one line of a lease's log the way the proposal does: a hook's lines as
+// "[Hook INFO] ..." (the afterLease hook's INFO lines as "[Hook Output] ..."), progress
+// lines in place, the message of the day as it is, boardvisor's own lines only when
+// they are warnings or errors. The text is untrusted: control characters in it are made
+// visible, so a hook cannot move the cursor or retitle the terminal.
+func (c *Client) hookLine(src jpb.LogSource, sev, msg string, progress bool) {
+	if src == jpb.LogSource_LOG_SOURCE_AFTER_LEASE_HOOK && sev == "INFO" {
+		sev = "Output"
+	}
+	if progress && (src == jpb.LogSource_LOG_SOURCE_BEFORE_LEASE_HOOK || src == jpb.LogSource_LOG_SOURCE_AFTER_LEASE_HOOK) {
+		c.progress(fmt.Sprintf("[Hook %s] %s", sev, msg))
+		return
+	}
+	msg = Visible(msg)
+	switch src {
+	case jpb.LogSource_LOG_SOURCE_BEFORE_LEASE_HOOK, jpb.LogSource_LOG_SOURCE_AFTER_LEASE_HOOK:
+		c.say("[Hook %s] %s", sev, msg)
 	case jpb.LogSource_LOG_SOURCE_MESSAGE:
-		s.c.say("%s", msg)
+		c.say("%s", msg)
 	default:
 		if sev != "INFO" {
-			s.c.say("[boardvisor %s] %s", sev, msg)
+			c.say("[boardvisor %s] %s", sev, msg)
 		}
 	}
 }
+
+// afterLease prints the afterLease part of the dialogue as the lease's phases change.
+type afterLease struct {
+	c       *Client
+	running bool
+}
+
+// phase takes a phase change with the board's status from then on.
+func (a *afterLease) phase(p jobs.Phase, st jobs.ExporterStatus) {
+	switch {
+	case p == jobs.PhaseAfterLease && st == jobs.StatusAfterLeaseHook:
+		a.c.say("afterLease hooks running (press Ctrl+C to disconnect):")
+		a.running = true
+	case p == jobs.PhaseReleasing && st == jobs.StatusAfterLeaseHookFailed:
+		a.c.say("afterLease hook failed.")
+		a.running = false
+	}
+}
+
+// ended is the end of the lease's log.
+func (a *afterLease) ended() {
+	if a.running {
+		a.c.say("afterLease hooks completed.")
+	}
+}
+
+// disconnected is the user leaving (Ctrl+C) before the end.
+func (a *afterLease) disconnected() { a.c.say("Disconnected; the afterLease hook goes on.") }
 
 // Release ends the lease and follows the afterLease hook until the lease is over. If
 // ctx is cancelled (Ctrl+C) it disconnects at once: the hook goes on without us.
@@ -342,31 +376,23 @@ func (s *Session) Release(ctx context.Context) error {
 	if _, err := s.Exporter.EndSession(s.Context(rctx), &jpb.EndSessionRequest{}); err != nil {
 		return fmt.Errorf("end session: %s", statusText(err))
 	}
-	running := false
+	al := &afterLease{c: s.c}
 	for {
 		r, err := s.next(ctx)
 		if errors.Is(err, context.Canceled) {
-			s.c.say("Disconnected; the afterLease hook goes on.")
+			al.disconnected()
 			return nil
 		}
 		if err != nil {
 			return err
 		}
 		if r == nil {
-			if running {
-				s.c.say("afterLease hooks completed.")
-			}
+			al.ended()
 			return nil
 		}
-		phase, status := s.marker(r)
-		switch {
-		case phase == jobs.PhaseAfterLease && status == jobs.StatusAfterLeaseHook:
-			s.c.say("afterLease hooks running (press Ctrl+C to disconnect):")
-			running = true
-		case phase == jobs.PhaseReleasing && status == jobs.StatusAfterLeaseHookFailed:
-			s.c.say("afterLease hook failed.")
-			running = false
-		case phase == 0:
+		if phase, status := s.marker(r); phase != 0 {
+			al.phase(phase, status)
+		} else {
 			s.print(r)
 		}
 	}

@@ -31,7 +31,7 @@ func (c *Client) progress(text string) {
 	}
 	c.scr.mu.Lock()
 	defer c.scr.mu.Unlock()
-	text = clip(visible(text), c.scr.width-1)
+	text = clip(Visible(text), c.scr.width-1)
 	n := utf8.RuneCountInString(text)
 	fmt.Fprintf(c.Out, "\r%s%s", text, strings.Repeat(" ", max(c.scr.shown-n, 0)))
 	c.scr.shown = max(n, c.scr.shown)
@@ -62,9 +62,10 @@ func terminalWidth(w any) int {
 	return int(ws.Col)
 }
 
-// visible replaces control characters, which would move the cursor or change the
+// Visible replaces control characters, which would move the cursor or change the
 // terminal, by a visible form (ESC as ^[, C1 codes as \u0085); a tab becomes a space.
-func visible(s string) string {
+// Untrusted text (hook lines, status messages) goes through it before a terminal.
+func Visible(s string) string {
 	clean := true
 	for _, r := range s {
 		if r < 0x20 || r >= 0x7f && r < 0xa0 {

@@ -26,6 +26,7 @@ import (
 func newCoordinator(g *globalFlags) *cobra.Command {
 	var listen, stateDir, tokens, clientTokens, cert, key, metricsAddr string
 	var grace time.Duration
+	var logs leaseLogFlags
 	cmd := &cobra.Command{
 		Use:   "coordinator --state-dir DIR [--listen ADDR] [--supervisor-tokens FILE]",
 		Short: "run the coordinator: board inventory, lease queue, supervisor links",
@@ -41,6 +42,9 @@ func newCoordinator(g *globalFlags) *cobra.Command {
 				return err
 			}
 			opts := coordinator.Options{StateDir: stateDir, Logger: logger.Named("coordinator"), Grace: grace}
+			if opts.LeaseLogs, err = logs.options(); err != nil {
+				return err
+			}
 			if tokens != "" {
 				table, err := readTokens(tokens)
 				if err != nil {
@@ -79,6 +83,7 @@ func newCoordinator(g *globalFlags) *cobra.Command {
 	f.StringVar(&key, "tls-key", "", "TLS private key (PEM)")
 	f.DurationVar(&grace, "grace", 30*time.Second, "how long a supervisor may be gone before its boards show OFFLINE")
 	f.StringVar(&metricsAddr, "metrics", "", "address of the Prometheus endpoint (/metrics); empty: none")
+	logs.addTo(f) // leaselogflags.go
 	return cmd
 }
 

@@ -76,7 +76,7 @@ func newStatus() *cobra.Command {
 
 func newLease() *cobra.Command {
 	var cf coordFlags
-	cmd := &cobra.Command{Use: "lease", Short: "create, list, extend and release leases (for scripts)"}
+	cmd := &cobra.Command{Use: "lease", Short: "create, list, show, extend and release leases (for scripts)"}
 	var selector, board, clientName, image string
 	var duration time.Duration
 	create := &cobra.Command{
@@ -131,11 +131,15 @@ func newLease() *cobra.Command {
 		},
 	}
 	list.Flags().BoolVar(&all, "all", false, "also list ended leases")
+	var followRelease bool
 	release := &cobra.Command{
-		Use:   "release ID",
-		Short: "end a lease (its afterLease hook runs)",
+		Use:   "release ID [--follow]",
+		Short: "end a lease (its afterLease hook runs; --follow shows it)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if followRelease {
+				return releaseFollow(cf, args[0]) // leaseshow.go
+			}
 			return withLeases(cf, func(ctx context.Context, c pb.LeaseServiceClient) error {
 				if _, err := c.ReleaseLease(ctx, &pb.ReleaseLeaseRequest{Id: args[0], Reason: "released by " + userName()}); err != nil {
 					return fmt.Errorf("release lease: %s", status.Convert(err).Message())
@@ -145,6 +149,7 @@ func newLease() *cobra.Command {
 			})
 		},
 	}
+	release.Flags().BoolVarP(&followRelease, "follow", "f", false, "show the afterLease hook until the lease has ended (Ctrl+C disconnects; the hook goes on)")
 	var by time.Duration
 	extend := &cobra.Command{
 		Use:   "extend ID --by D",
@@ -163,7 +168,7 @@ func newLease() *cobra.Command {
 	}
 	extend.Flags().DurationVar(&by, "by", 30*time.Minute, "how much longer")
 	cf.addPersistent(cmd)
-	cmd.AddCommand(create, list, release, extend)
+	cmd.AddCommand(create, list, release, extend, newLeaseShow(&cf))
 	return cmd
 }
 
