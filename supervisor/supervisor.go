@@ -241,6 +241,12 @@ func (s *Supervisor) ExtendJob(ctx context.Context, req connector.ExtendJobReque
 	return s.request(ctx, &actors.ExtendJob{Req: req})
 }
 
+// ClearQuarantine clears a board's quarantine (an operator's request through the
+// coordinator). A board that is not quarantined is left as it is.
+func (s *Supervisor) ClearQuarantine(ctx context.Context, req connector.ClearQuarantineRequest) error {
+	return s.request(ctx, &host.BoardRequest{Board: req.Board, Msg: &actors.ClearQuarantine{Reason: req.Reason, By: req.By}})
+}
+
 // EndSession is a client ending its lease.
 func (s *Supervisor) EndSession(ctx context.Context, board, jobID string) error {
 	return s.request(ctx, &actors.EndSession{Board: board, JobID: jobID})
