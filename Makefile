@@ -68,10 +68,10 @@ bench:
 	./bin/bench -bin bin/boardvisor -out bin/bench-results.json
 
 ## demo: the main job on the embedded default: a coordinator, a supervisor with simulated
-## boards, and one scripted lease showing the hook dialogue
+## boards, and one scripted lease showing the hook dialogue (KEEP=1 keeps its log)
 demo:
 	$(GO) build -o bin/boardvisor ./cmd/boardvisor
-	./bin/boardvisor demo
+	./bin/boardvisor demo $(if $(KEEP),--keep)
 
 clean:
 	rm -rf bin

@@ -136,6 +136,21 @@ func bvAs(coordAddr, token string, args ...string) (string, error) {
 	return runCLI(coordEnv(coordAddr, token), args...)
 }
 
+// createdLease reads what `boardvisor lease create` printed (its hook dialogue, on
+// stderr, may come first): the values of its key=value lines (lease, token, board,
+// exporter).
+func createdLease(out string) map[string]string {
+	kv := map[string]string{}
+	for _, line := range strings.Split(out, "\n") {
+		for _, key := range []string{"lease", "token", "board", "exporter"} {
+			if v, ok := strings.CutPrefix(line, key+"="); ok {
+				kv[key] = v
+			}
+		}
+	}
+	return kv
+}
+
 // runShell runs `boardvisor shell ...` (args include "shell") without a terminal and
 // returns its output.
 func runShell(t *testing.T, coordAddr string, args ...string) (string, error) {

@@ -14,7 +14,6 @@ import (
 	"github.com/boardvisor/boardvisor/client"
 	"github.com/boardvisor/boardvisor/drivers/recording"
 	"github.com/spf13/cobra"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/emptypb"
 )
 
@@ -25,7 +24,7 @@ func newLogs() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "logs (-f | --console --lease ID --state-dir DIR [--board NAME])",
 		Short: "follow the lease's hook and phase log (-f), or print a lease's recorded console",
-		Args:  cobra.NoArgs,
+		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if follow {
 				return followLog(le)
@@ -58,7 +57,7 @@ func newLogs() *cobra.Command {
 	}
 	f := cmd.Flags()
 	f.BoolVarP(&follow, "follow", "f", false, "follow the lease's log (hook lines and phases) until it ends")
-	le.addTo(f)
+	le.addTo(cmd, f)
 	f.BoolVar(&console, "console", false, "the lease's console")
 	f.StringVar(&lease, "lease", "", "the lease ID")
 	f.StringVar(&stateDir, "state-dir", "", "the supervisor's state directory")
@@ -77,7 +76,7 @@ func followLog(le leaseEnv) error {
 	defer stop()
 	stream, err := c.LogStream(le.ctx(ctx), &emptypb.Empty{})
 	if err != nil {
-		return fmt.Errorf("log: %s", status.Convert(err).Message())
+		return rpcError(le.peer(), "log of board "+le.board, err)
 	}
 	for {
 		r, err := stream.Recv()
@@ -85,7 +84,7 @@ func followLog(le leaseEnv) error {
 			return nil
 		}
 		if err != nil {
-			return fmt.Errorf("log: %s", status.Convert(err).Message())
+			return rpcError(le.peer(), "log of board "+le.board, err)
 		}
 		if r.GetMissed() > 0 {
 			fmt.Printf("(%d lines missed)\n", r.GetMissed())
