@@ -233,7 +233,7 @@ func DescribeWait(r *pb.ExplainWaitResponse, what string, now time.Time) string 
 		switch reason := boardUnavailable(b, now); {
 		case reason != "":
 			unavailable = append(unavailable, reason)
-			if b.GetStatus() == jpb.ExporterStatus_EXPORTER_STATUS_OFFLINE {
+			if supervisorGone(b) {
 				offline++
 			}
 		case b.GetHolderLeaseId() != "":
@@ -274,7 +274,7 @@ func DescribeWait(r *pb.ExplainWaitResponse, what string, now time.Time) string 
 func boardUnavailable(b *pb.BoardWait, now time.Time) string {
 	name := b.GetName()
 	switch {
-	case b.GetStatus() == jpb.ExporterStatus_EXPORTER_STATUS_OFFLINE && !b.GetSupervisorConnected():
+	case supervisorGone(b):
 		since := ""
 		if t := b.GetSupervisorLastContact(); t != nil {
 			since = " since " + clock(t.AsTime(), now)
@@ -290,6 +290,11 @@ func boardUnavailable(b *pb.BoardWait, now time.Time) string {
 		return fmt.Sprintf("%s's supervisor %s is disconnected", name, b.GetSupervisorId())
 	}
 	return ""
+}
+
+// supervisorGone: the board is OFFLINE because its supervisor is gone.
+func supervisorGone(b *pb.BoardWait) bool {
+	return b.GetStatus() == jpb.ExporterStatus_EXPORTER_STATUS_OFFLINE && !b.GetSupervisorConnected()
 }
 
 // clock shows a time of today as 15:04:05, another day's with its date.

@@ -194,20 +194,33 @@ func matchOf(selector, wantBoard string) func(b *opsBoard) bool {
 	return func(b *opsBoard) bool { return sel.Matches(b.labels) }
 }
 
-// boardMessage is the message of the board's last status event (why it is
-// quarantined, or which driver failed).
+// boardMessage is why the board has its health: the message of its last status event
+// with that health that says one (a later status change of the same health may say
+// nothing).
 func (c *Coordinator) boardMessage(ctx context.Context, b *opsBoard) string {
-	var payload string
-	err := c.db.QueryRowContext(ctx, `SELECT payload FROM events WHERE supervisor_id = $1 AND board = $2 AND kind = $3
-		ORDER BY seq DESC LIMIT 1`, b.supervisor, b.name, "board_status").Scan(&payload)
+	rows, err := c.db.QueryContext(ctx, `SELECT payload FROM events WHERE supervisor_id = $1 AND board = $2 AND kind = $3
+		ORDER BY seq DESC LIMIT 50`, b.supervisor, b.name, "board_status")
 	if err != nil {
 		return ""
 	}
-	var bs pb.BoardStatus
-	if protojson.Unmarshal([]byte(payload), &bs) != nil {
-		return ""
+	defer rows.Close()
+	for rows.Next() {
+		var payload string
+		if rows.Scan(&payload) != nil {
+			return ""
+		}
+		var bs pb.BoardStatus
+		if protojson.Unmarshal([]byte(payload), &bs) != nil {
+			continue
+		}
+		if int32(bs.GetHealth()) != b.health {
+			return "" // the health changed since: what was said then is stale
+		}
+		if bs.GetMessage() != "" {
+			return bs.GetMessage()
+		}
 	}
-	return bs.GetMessage()
+	return ""
 }
 
 // ExplainWait says why a lease waits: its place among the queued leases that want a

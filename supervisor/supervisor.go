@@ -271,7 +271,9 @@ func (s *Supervisor) Board(name string) (actors.BoardState, error) {
 func (s *Supervisor) Run(ctx context.Context) error {
 	var sup connector.Supervisor = s
 	if s.opts.Exporter != nil {
-		sup = s.opts.Exporter.Wrap(s)
+		// The client service sees every job request; an operator's clearing of a
+		// quarantine goes straight to the boards.
+		sup = clearsQuarantine{Supervisor: s.opts.Exporter.Wrap(s), s: s}
 	}
 	err := s.opts.Conn.Run(ctx, sup)
 	s.Stop()
@@ -279,6 +281,17 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		return nil
 	}
 	return err
+}
+
+// clearsQuarantine is a wrapped Supervisor that still clears quarantines
+// (connector.QuarantineClearer).
+type clearsQuarantine struct {
+	connector.Supervisor
+	s *Supervisor
+}
+
+func (c clearsQuarantine) ClearQuarantine(ctx context.Context, req connector.ClearQuarantineRequest) error {
+	return c.s.ClearQuarantine(ctx, req)
 }
 
 // StopTimeout bounds Stop.
