@@ -9,6 +9,10 @@ STATICCHECK_VERSION := v0.8.2
 FUZZ_TARGETS := ./jobs:FuzzHookLines ./supervisor/config:FuzzParse ./jobs/journal:FuzzDecodeRecord ./connector/grpc:FuzzServerStream ./connector/grpc:FuzzClientRecv ./supervisor/exporter:FuzzAuthorize ./coordinator:FuzzParseSelector
 FUZZTIME     ?= 6s
 
+# The commit the binary reports (boardvisor version), for builds where Go stamps none.
+LDFLAGS := -X main.commit=$(shell git rev-parse HEAD 2>/dev/null)
+GOBUILD  = $(GO) build -buildvcs=auto -ldflags "$(LDFLAGS)"
+
 GOFILES = $(shell git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './.bin/*')
 
 .PHONY: all build test fmt-check vet staticcheck unit fuzz proto proto-check bench demo clean
@@ -18,7 +22,7 @@ all: build
 ## build: compile every package and the boardvisor binary into ./bin
 build:
 	$(GO) build ./...
-	@if [ -d cmd/boardvisor ]; then $(GO) build -o bin/boardvisor ./cmd/boardvisor && echo "built bin/boardvisor"; fi
+	@if [ -d cmd/boardvisor ]; then $(GOBUILD) -o bin/boardvisor ./cmd/boardvisor && echo "built bin/boardvisor"; fi
 
 ## test: everything CI checks: formatting, vet, staticcheck, generated code, race tests, fuzz
 test: fmt-check vet staticcheck proto-check unit fuzz
@@ -70,7 +74,7 @@ bench:
 ## demo: the main job on the embedded default: a coordinator, a supervisor with simulated
 ## boards, and one scripted lease showing the hook dialogue (KEEP=1 keeps its log)
 demo:
-	$(GO) build -o bin/boardvisor ./cmd/boardvisor
+	$(GOBUILD) -o bin/boardvisor ./cmd/boardvisor
 	./bin/boardvisor demo $(if $(KEEP),--keep)
 
 clean:

@@ -63,7 +63,9 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	binary = filepath.Join(dir, "boardvisor")
-	build := exec.Command("go", "build", "-o", binary, "../cmd/boardvisor")
+	// -buildvcs=auto: the binary reports the commit it was built from where Go can
+	// stamp it (not in a git worktree), whatever GOFLAGS says.
+	build := exec.Command("go", "build", "-buildvcs=auto", "-o", binary, "../cmd/boardvisor")
 	if out, err := build.CombinedOutput(); err != nil {
 		os.RemoveAll(dir)
 		fmt.Fprintf(os.Stderr, "build boardvisor: %v\n%s", err, out)

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 
 	"github.com/boardvisor/boardvisor/supervisor/config"
 	"github.com/spf13/cobra"
@@ -106,7 +107,7 @@ func stateDirProblem(dir string) string {
 			}
 			return ""
 		}
-		if !errors.Is(err, os.ErrNotExist) {
+		if !errors.Is(err, os.ErrNotExist) && !errors.Is(err, syscall.ENOTDIR) {
 			return fmt.Sprintf("%s: %v", dir, err)
 		}
 		parent := filepath.Dir(p)

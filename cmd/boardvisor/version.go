@@ -13,6 +13,11 @@ import (
 // it is the module version in the build info ("(devel)" for a build from a checkout).
 var version = ""
 
+// commit may be set at build time with -ldflags "-X main.commit=$(git rev-parse HEAD)"
+// (the Makefile does): Go stamps no VCS information in a git worktree, nor with
+// -buildvcs=false. The build info's vcs.revision wins when there is one.
+var commit = ""
+
 // buildInfo is what `boardvisor version` reports.
 type buildInfo struct {
 	Version   string `json:"version"`
@@ -24,7 +29,7 @@ type buildInfo struct {
 }
 
 func readBuildInfo() buildInfo {
-	bi := buildInfo{Version: version, GoVersion: runtime.Version(), Platform: runtime.GOOS + "/" + runtime.GOARCH}
+	bi := buildInfo{Version: version, Commit: commit, GoVersion: runtime.Version(), Platform: runtime.GOOS + "/" + runtime.GOARCH}
 	info, ok := debug.ReadBuildInfo()
 	if !ok {
 		if bi.Version == "" {
