@@ -446,4 +446,3 @@ func TestShellPromptNamesTheBoard(t *testing.T) {
 	term.expect("Releasing lease...")
 	term.exitStatus()
 }
-
