@@ -15,7 +15,7 @@ GOBUILD  = $(GO) build -buildvcs=auto -ldflags "$(LDFLAGS)"
 
 GOFILES = $(shell git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './.bin/*')
 
-.PHONY: all build test fmt-check vet staticcheck unit fuzz proto proto-check bench demo clean
+.PHONY: all build test fmt-check vet staticcheck unit fuzz proto proto-check bench demo man clean
 
 all: build
 
@@ -76,6 +76,12 @@ bench:
 demo:
 	$(GOBUILD) -o bin/boardvisor ./cmd/boardvisor
 	./bin/boardvisor demo $(if $(KEEP),--keep)
+
+## man: regenerate the man pages of every command (docs/man; committed, a test checks
+## they are current)
+man:
+	rm -rf docs/man
+	$(GO) run ./cmd/boardvisor gen-man docs/man
 
 clean:
 	rm -rf bin

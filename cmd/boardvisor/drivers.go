@@ -30,16 +30,15 @@ func (l *leaseEnv) add(cmd *cobra.Command) { l.addTo(cmd, cmd.Flags()) }
 
 func (l *leaseEnv) addTo(cmd *cobra.Command, f *pflag.FlagSet) {
 	addEnv(cmd, envExporter, envBoard, envLeaseToken, envBoardName)
-	f.StringVar(&l.exporter, "exporter", os.Getenv("BOARDVISOR_EXPORTER"), "the board's supervisor (env BOARDVISOR_EXPORTER)")
-	board := os.Getenv("BOARDVISOR_BOARD")
-	if board == "" {
-		board = os.Getenv("BOARD_NAME") // in a hook
-	}
-	f.StringVar(&l.board, "board", board, "the board (env BOARDVISOR_BOARD, or BOARD_NAME in a hook)")
-	f.StringVar(&l.token, "token", os.Getenv("BOARDVISOR_TOKEN"), "the lease token (env BOARDVISOR_TOKEN)")
+	f.StringVar(&l.exporter, "exporter", "", "the board's supervisor, host:port (default $BOARDVISOR_EXPORTER)")
+	f.StringVar(&l.board, "board", "", "the board (default $BOARDVISOR_BOARD, or $BOARD_NAME in a hook)")
+	f.StringVar(&l.token, "token", "", "the lease token (default $BOARDVISOR_TOKEN)")
 }
 
 func (l *leaseEnv) dial() (jpb.ExporterServiceClient, func(), error) {
+	l.exporter = first(l.exporter, os.Getenv(envExporter))
+	l.board = first(l.board, os.Getenv(envBoard), os.Getenv(envBoardName))
+	l.token = first(l.token, os.Getenv(envLeaseToken))
 	if l.exporter == "" || l.board == "" || l.token == "" {
 		return nil, nil, usageError{errors.New("no lease: run this inside `boardvisor shell`, after eval \"$(boardvisor lease create ... -o shell)\", or give --exporter, --board and --token")}
 	}

@@ -80,7 +80,7 @@ supervise run the daemons (docs/operations.md); board, supervisor and tokens man
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "", "log level of the daemons: trace, debug, info, warn, error (default: the config's, else info)")
 	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "", "log format of the daemons: text, json or auto (default: the config's, else auto: text on a terminal, JSON otherwise)")
 	root.AddCommand(newSupervise(g), newCoordinator(g), newShell(), newDemo(g), newPower(), newConsole(), newLogs(), newStatus(),
-		newLease(), newHookShim(), newVersion(), newBoard(), newSupervisorCmd(), newTokens(), newConfigCmd())
+		newLease(), newHookShim(), newVersion(), newBoard(), newSupervisorCmd(), newTokens(), newConfigCmd(), newGenMan())
 	return root
 }
 

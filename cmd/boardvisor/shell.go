@@ -76,7 +76,7 @@ afterLease hook runs (Ctrl+C then leaves at once, the hook goes on).`,
 				fmt.Fprintln(os.Stderr, "boardvisor: "+msg)
 				return exitError(code)
 			}
-			req := client.Request{Selector: selector, Board: board, Duration: duration, Client: clientName}
+			req := client.Request{Selector: selector, Board: board, Duration: duration, Client: first(clientName, userName())}
 			lease, err := c.Acquire(acquireCtx, req)
 			if lease == nil {
 				stopAcquire()
@@ -154,7 +154,7 @@ afterLease hook runs (Ctrl+C then leaves at once, the hook goes on).`,
 	f.StringVarP(&selector, "selector", "l", "", "label selector, e.g. device=rpi4")
 	f.StringVar(&board, "board", "", "an exact board name")
 	f.DurationVar(&duration, "duration", 30*time.Minute, "how long the lease may last")
-	f.StringVar(&clientName, "client", userName(), "who the lease is for")
+	f.StringVar(&clientName, "client", "", "who the lease is for (default: your user name; with user tokens the coordinator records the token's user)")
 	f.StringVar(&jsock, "jumpstarter-socket", "", "serve upstream Jumpstarter clients at this Unix socket path from the moment the lease is granted (default: a private socket, from READY on, in the shell's JUMPSTARTER_HOST)")
 	completeBoards(cmd, &cf)
 	return cmd

@@ -90,7 +90,7 @@ console and logs -f act on the board.`,
 			if detach {
 				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 				defer cancel()
-				req := &pb.CreateLeaseRequest{Selector: selector, Board: board, Duration: durationpb.New(duration), ClientName: clientName}
+				req := &pb.CreateLeaseRequest{Selector: selector, Board: board, Duration: durationpb.New(duration), ClientName: first(clientName, userName())}
 				if maxWait > 0 {
 					req.MaxWait = durationpb.New(maxWait)
 				}
@@ -104,14 +104,14 @@ console and logs -f act on the board.`,
 				}
 				return printCreated(format, r.GetLease())
 			}
-			return createAttached(leases, cf, client.Request{Selector: selector, Board: board, Duration: duration, Client: clientName}, format)
+			return createAttached(leases, cf, client.Request{Selector: selector, Board: board, Duration: duration, Client: first(clientName, userName())}, format)
 		},
 	}
 	f := cmd.Flags()
 	f.StringVarP(&selector, "selector", "l", "", "label selector")
 	f.StringVar(&board, "board", "", "an exact board name")
 	f.DurationVar(&duration, "duration", 30*time.Minute, "how long the lease may last once ready")
-	f.StringVar(&clientName, "client", userName(), "who the lease is for")
+	f.StringVar(&clientName, "client", "", "who the lease is for (default: your user name; with user tokens the coordinator records the token's user)")
 	f.BoolVar(&detach, "detach", false, "return at once: the lease waits in the queue without this command, bounded by --max-wait")
 	f.DurationVar(&maxWait, "max-wait", 0, "with --detach: withdraw the lease if it is still queued after this long (default: the coordinator's bound, 1h)")
 	f.StringVarP(&format, "output", "o", "text", "text (key=value lines), shell (export lines for eval), json or yaml")
