@@ -369,6 +369,9 @@ func TestVersionFromBuildInfo(t *testing.T) {
 	}
 	var bi map[string]any
 	j, err := cliStdout(nil, "version", "-o", "json")
+	if err != nil {
+		t.Fatalf("version -o json: %v", err)
+	}
 	if err := json.Unmarshal(j, &bi); err != nil || bi["version"] == "" || bi["go"] == "" {
 		t.Fatalf("version -o json: %v %s", err, j)
 	}
