@@ -449,3 +449,51 @@ func TestShellPromptNamesTheBoard(t *testing.T) {
 	term.expect("Releasing lease...")
 	term.exitStatus()
 }
+
+// The client config file (XDG) gives the coordinator, the token and the CA; flags and
+// the environment win over it; TLS mistakes are said in words.
+func TestClientConfigFileAndTLS(t *testing.T) {
+	dir := t.TempDir()
+	ca, cert, key := writeCerts(t, dir)
+	tokens := filepath.Join(dir, "tokens")
+	os.WriteFile(tokens, []byte("root "+rootToken+" admin\n"), 0o600)
+	coordAddr := freeAddr(t)
+	startCoordinator(t, coordAddr, filepath.Join(dir, "coord"), "--client-tokens", tokens, "--tls-cert", cert, "--tls-key", key)
+	xdg := filepath.Join(dir, "xdg")
+	os.MkdirAll(filepath.Join(xdg, "boardvisor"), 0o700)
+	cfgPath := filepath.Join(xdg, "boardvisor", "config.yaml")
+	writeCfg := func(body string, mode os.FileMode) {
+		os.WriteFile(cfgPath, []byte(body), mode)
+		os.Chmod(cfgPath, mode)
+	}
+	// Nothing in the environment: the file says it all.
+	env := []string{"XDG_CONFIG_HOME=" + xdg, "BOARDVISOR_COORDINATOR=", "BOARDVISOR_USER_TOKEN=", "BOARDVISOR_CA_FILE=", "BOARDVISOR_CLIENT_CONFIG="}
+	writeCfg("coordinator: "+coordAddr+"\ntoken: "+rootToken+"\ncaFile: "+ca+"\n", 0o600)
+	if out, err := runCLI(env, "status"); err != nil || !strings.HasPrefix(out, "BOARD") {
+		t.Fatalf("status with the client config: %v %q", err, out)
+	}
+	// A flag wins over the file.
+	if out, err := runCLI(env, "status", "--token", "tok-forged"); exitCode(err) != 4 {
+		t.Errorf("--token over the file: %v %q", err, out)
+	}
+	// A token readable by others is refused, with the fix.
+	writeCfg("coordinator: "+coordAddr+"\ntoken: "+rootToken+"\ncaFile: "+ca+"\n", 0o644)
+	if out, err := runCLI(env, "status"); exitCode(err) != 2 || !strings.Contains(out, "chmod 600 "+cfgPath) {
+		t.Errorf("a token others may read: %v %q", err, out)
+	}
+	// A misspelt key is named.
+	writeCfg("coordinatr: x\n", 0o600)
+	if out, err := runCLI(env, "status"); exitCode(err) != 2 || !strings.Contains(out, "coordinatr") {
+		t.Errorf("a misspelt key: %v %q", err, out)
+	}
+	// Plaintext to a TLS coordinator, and TLS to a plaintext one.
+	writeCfg("coordinator: "+coordAddr+"\ntoken: "+rootToken+"\n", 0o600)
+	if out, err := runCLI(env, "status"); exitCode(err) != 3 || !strings.Contains(out, "does it want TLS? then set a CA file") {
+		t.Errorf("plaintext to TLS: %v %q", err, out)
+	}
+	plain := freeAddr(t)
+	startCoordinator(t, plain, filepath.Join(dir, "coord2"))
+	if out, err := runCLI(env, "status", "--coordinator", plain, "--ca-file", ca); exitCode(err) != 3 || !strings.Contains(out, "does not speak TLS") {
+		t.Errorf("TLS to plaintext: %v %q", err, out)
+	}
+}
