@@ -14,6 +14,7 @@ import (
 	"reflect"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -495,5 +496,40 @@ func TestClientConfigFileAndTLS(t *testing.T) {
 	startCoordinator(t, plain, filepath.Join(dir, "coord2"))
 	if out, err := runCLI(env, "status", "--coordinator", plain, "--ca-file", ca); exitCode(err) != 3 || !strings.Contains(out, "does not speak TLS") {
 		t.Errorf("TLS to plaintext: %v %q", err, out)
+	}
+}
+
+// The daemons log text on a terminal (and JSON otherwise: TestExampleConfigStarts).
+func TestTextLogsOnATerminal(t *testing.T) {
+	term := openTerminal(t, nil, "supervise", "--config", exampleConfig(t))
+	line := term.expectContaining("supervising")
+	if !strings.Contains(line, "[INFO]") || strings.Contains(line, `"@message"`) {
+		t.Errorf("log line on a terminal: %q, want text", line)
+	}
+	term.cmd.Process.Signal(syscall.SIGTERM)
+	term.exitStatus()
+}
+
+// `boardvisor demo` prints no path it removes; with --keep it says where its log is,
+// and leaves it there.
+func TestDemoKeepsItsLogOnlyWhenAsked(t *testing.T) {
+	out, err := runCLI(nil, "demo")
+	if err != nil {
+		t.Fatalf("demo: %v\n%s", err, out)
+	}
+	if strings.Contains(out, os.TempDir()) || !strings.Contains(out, "keep it with --keep") {
+		t.Errorf("demo names a path it removes, or not how to keep its log:\n%s", out)
+	}
+	out, err = runCLI(nil, "demo", "--keep")
+	if err != nil {
+		t.Fatalf("demo --keep: %v\n%s", err, out)
+	}
+	m := regexp.MustCompile(`kept in (\S+) \(the daemons' log is (\S+)\)`).FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("demo --keep does not say where:\n%s", out)
+	}
+	defer os.RemoveAll(m[1])
+	if b, err := os.ReadFile(m[2]); err != nil || !strings.Contains(string(b), "supervising") {
+		t.Errorf("the kept log %s: %v", m[2], err)
 	}
 }

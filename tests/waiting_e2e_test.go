@@ -9,6 +9,7 @@ package tests
 import (
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -328,4 +329,26 @@ func TestFailedBeforeLeaseReportedOnce(t *testing.T) {
 	if !strings.Contains(out, "beforeLease hook failed: exit status 3") || !strings.Contains(out, "was not handed over") {
 		t.Errorf("failure report:\n%s", out)
 	}
+}
+
+// A user waiting while every board they want is OFFLINE is told so, with the
+// supervisor that is gone and since when.
+func TestWaitingForAnOfflineBoardSaysWhy(t *testing.T) {
+	dir := t.TempDir()
+	coordAddr := freeAddr(t)
+	startCoordinator(t, coordAddr, filepath.Join(dir, "coord")) // grace 2s
+	cfg := supervisorConfig(t, dir, "lab-b", coordAddr, "", "", boardSpec{"rpi4-01", "device: rpi4"})
+	sup := startSupervisor(t, "supervisor", cfg)
+	leases := leaseClient(t, coordAddr)
+	waitBoards(t, leases, 1)
+	sup.kill()
+	eventually(t, "rpi4-01 OFFLINE", func() bool { return boardStatuses(t, leases)["rpi4-01"] == "OFFLINE" })
+	shell := start(t, "shell", "shell", "--coordinator", coordAddr, "-l", "device=rpi4", "--", "true")
+	line := shell.waitLine("The only board matching device=rpi4 is OFFLINE")
+	if !regexp.MustCompile(`rpi4-01 is OFFLINE \(supervisor lab-b gone since \d\d:\d\d:\d\d\)\.$`).MatchString(line) {
+		t.Errorf("offline explanation: %q", line)
+	}
+	// The supervisor comes back: the lease goes on.
+	startSupervisor(t, "supervisor-again", cfg)
+	shell.waitLine("Connected to device.")
 }
