@@ -11,7 +11,9 @@ import (
 
 func TestDescribeWait(t *testing.T) {
 	now := time.Date(2026, 12, 1, 10, 30, 0, 0, time.Local)
-	at := func(h, m int) *timestamppb.Timestamp { return timestamppb.New(time.Date(2026, 12, 1, h, m, 0, 0, time.Local)) }
+	at := func(h, m int) *timestamppb.Timestamp {
+		return timestamppb.New(time.Date(2026, 12, 1, h, m, 0, 0, time.Local))
+	}
 	avail := jpb.ExporterStatus_EXPORTER_STATUS_LEASE_READY
 	offline := jpb.ExporterStatus_EXPORTER_STATUS_OFFLINE
 	good, bad := pb.BoardHealth_BOARD_HEALTH_GOOD, pb.BoardHealth_BOARD_HEALTH_BAD
