@@ -31,10 +31,11 @@ const (
 	DefaultAttachGrace = 3 * time.Second
 	// DefaultDetachedMaxWait bounds how long a detached lease may stay queued.
 	DefaultDetachedMaxWait = time.Hour
-	// restartGrace is the grace of attached leases at start-up: clients reconnect with
-	// back-off after a coordinator restart.
-	restartGrace = 15 * time.Second
 )
+
+// restartGrace is the grace of attached leases at start-up: clients reconnect with
+// back-off after a coordinator restart. (A variable for the tests.)
+var restartGrace = 15 * time.Second
 
 // holdsSchema is the table of holds. It is created at start-up beside the versioned
 // schema (CREATE ... IF NOT EXISTS), and is only ever read and written here.
