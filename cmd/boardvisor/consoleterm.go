@@ -48,9 +48,10 @@ func consoleTerminal(board string) (raw bool, restore func()) {
 }
 
 // consoleInput reads what the user types and hands it to send, until the escape key
-// (raw mode), the end of input, or a failed send. In line mode each line is sent with
-// a carriage return, as Enter on a serial terminal.
-func consoleInput(in io.Reader, raw bool, send func(string) error) error {
+// (raw mode: it returns true), the end of input (the console goes on showing the board:
+// `boardvisor console > file` records it), or a failed send. In line mode each line is
+// sent with a carriage return, as Enter on a serial terminal.
+func consoleInput(in io.Reader, raw bool, send func(string) error) (escaped bool, err error) {
 	if !raw {
 		var line []byte
 		buf := make([]byte, 4096)
@@ -63,12 +64,12 @@ func consoleInput(in io.Reader, raw bool, send func(string) error) error {
 					break
 				}
 				if serr := send(string(line[:i]) + "\r"); serr != nil {
-					return serr
+					return false, serr
 				}
 				line = line[i+1:]
 			}
 			if err != nil {
-				return nil
+				return false, nil
 			}
 		}
 	}
@@ -81,10 +82,10 @@ func consoleInput(in io.Reader, raw bool, send func(string) error) error {
 		if i := bytes.IndexByte(chunk, consoleEscape); i >= 0 {
 			if i > 0 {
 				if serr := send(string(chunk[:i])); serr != nil {
-					return serr
+					return false, serr
 				}
 			}
-			return nil
+			return true, nil
 		}
 		// Only whole UTF-8 characters go (the call carries a string): a character cut
 		// by the read waits for its end.
@@ -99,11 +100,11 @@ func consoleInput(in io.Reader, raw bool, send func(string) error) error {
 		}
 		if len(chunk) > 0 {
 			if serr := send(string(chunk)); serr != nil {
-				return serr
+				return false, serr
 			}
 		}
 		if err != nil {
-			return nil
+			return false, nil
 		}
 	}
 }

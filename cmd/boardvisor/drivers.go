@@ -111,14 +111,16 @@ func newConsole() *cobra.Command {
 			raw, restore := consoleTerminal(le.board)
 			defer restore()
 			go func() {
-				defer stop() // the escape key, or the end of input, leaves
-				err := consoleInput(os.Stdin, raw, func(text string) error {
+				escaped, err := consoleInput(os.Stdin, raw, func(text string) error {
 					arg := structpb.NewStringValue(text)
 					_, err := c.DriverCall(le.ctx(ctx), &jpb.DriverCallRequest{Uuid: "console", Method: "write", Args: []*structpb.Value{arg}})
 					return err
 				})
 				if err != nil && ctx.Err() == nil {
 					fmt.Fprintf(os.Stderr, "\r\nboardvisor: console write: %s\r\n", status.Convert(err).Message())
+				}
+				if escaped || err != nil {
+					stop() // the escape key leaves; the end of input does not
 				}
 			}()
 			for {
