@@ -14,12 +14,16 @@ import (
 
 const testGrace = 200 * time.Millisecond
 
-// busyEnv is a coordinator (attach grace 200ms) with one board, held by a READY lease.
-func busyEnv(t *testing.T, dir string) (*env, *fakeSup) {
+// busyEnv is a coordinator with one board, held by a READY lease (of 24h: it does not
+// end whatever the test does with the clock).
+func busyEnv(t *testing.T, dir string, opts Options) (*env, *fakeSup) {
 	t.Helper()
-	e := newEnv(t, dir, Options{AttachGrace: testGrace})
+	if opts.AttachGrace == 0 {
+		opts.AttachGrace = testGrace
+	}
+	e := newEnv(t, dir, opts)
 	sup := e.dial("lab-1", []*pb.BoardInfo{board("rpi4-01", "device", "rpi4")}, supOpts{})
-	holder := e.mustCreate("", "rpi4-01", time.Hour)
+	holder := e.mustCreate("", "rpi4-01", 24*time.Hour)
 	sup.expectStart()
 	sup.toReady(holder.GetId(), "rpi4-01")
 	return e, sup
@@ -57,7 +61,7 @@ func (e *env) withdrawn(id string) {
 }
 
 func TestAttachedLeaseWithdrawnWhenItsClientGoes(t *testing.T) {
-	e, _ := busyEnv(t, "")
+	e, _ := busyEnv(t, "", Options{})
 	l := e.createAttached("rpi4-01")
 	detach := e.attach(l.GetId())
 	time.Sleep(3 * testGrace) // held: stays queued
@@ -70,24 +74,25 @@ func TestAttachedLeaseWithdrawnWhenItsClientGoes(t *testing.T) {
 
 // A client killed between CreateLease and AttachLease leaves nothing behind.
 func TestAttachedLeaseNeverAttachedIsWithdrawn(t *testing.T) {
-	e, _ := busyEnv(t, "")
+	e, _ := busyEnv(t, "", Options{})
 	l := e.createAttached("rpi4-01")
 	e.withdrawn(l.GetId())
 }
 
 // A client that reattaches within the grace (a reconnect) keeps its lease.
 func TestReattachWithinGraceKeepsTheLease(t *testing.T) {
-	e, _ := busyEnv(t, "")
+	// A grace long next to a reattach in the same process, even on a loaded machine.
+	grace := 3 * time.Second
+	e, _ := busyEnv(t, "", Options{AttachGrace: grace})
 	l := e.createAttached("rpi4-01")
 	for i := 0; i < 5; i++ {
 		detach := e.attach(l.GetId())
-		time.Sleep(testGrace / 4)
+		time.Sleep(50 * time.Millisecond)
 		detach()
-		time.Sleep(testGrace / 4)
 	}
 	detach := e.attach(l.GetId())
 	defer detach()
-	time.Sleep(3 * testGrace)
+	time.Sleep(grace + time.Second)
 	if !e.get(l.GetId()).GetQueued() {
 		t.Fatalf("a lease reattached within its grace was withdrawn: %v", e.get(l.GetId()))
 	}
@@ -119,10 +124,10 @@ func TestAttachedLeaseReleasedBeforeReadyKeptAfter(t *testing.T) {
 // withdrawn (after the restart grace), and one whose client reattaches is kept.
 func TestHoldsSurviveARestart(t *testing.T) {
 	old := restartGrace
-	restartGrace = 500 * time.Millisecond
+	restartGrace = 3 * time.Second // long next to a restart and a reattach, even on a loaded machine
 	defer func() { restartGrace = old }()
 	dir := t.TempDir()
-	e, sup := busyEnv(t, dir)
+	e, sup := busyEnv(t, dir, Options{})
 	gone := e.createAttached("rpi4-01")
 	back := e.createAttached("rpi4-01")
 	detach := e.attach(gone.GetId())
@@ -142,16 +147,21 @@ func TestHoldsSurviveARestart(t *testing.T) {
 }
 
 func TestDetachedLeaseBoundedByItsMaxWait(t *testing.T) {
-	e, _ := busyEnv(t, "")
-	r, err := e.api.CreateLease(e.ctx(), &pb.CreateLeaseRequest{Board: "rpi4-01", Duration: durationpb.New(time.Hour), MaxWait: durationpb.New(300 * time.Millisecond)})
+	clock := newFakeClock()
+	e, _ := busyEnv(t, "", Options{Now: clock.Now})
+	r, err := e.api.CreateLease(e.ctx(), &pb.CreateLeaseRequest{Board: "rpi4-01", Duration: durationpb.New(time.Hour), MaxWait: durationpb.New(time.Hour)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	id := r.GetLease().GetId()
-	time.Sleep(100 * time.Millisecond)
+	clock.Advance(59 * time.Minute)
+	e.c.ops.holds.poke()
+	time.Sleep(100 * time.Millisecond) // the holds' loop runs
 	if !e.get(id).GetQueued() {
 		t.Fatal("withdrawn before its max wait")
 	}
+	clock.Advance(2 * time.Minute)
+	e.c.ops.holds.poke()
 	eventually(t, "withdrawn after its max wait", func() bool { return e.get(id).GetPhase() == pb.LeasePhase_LEASE_PHASE_DONE })
 	if !strings.Contains(e.get(id).GetStatusMessage(), "maximum wait") {
 		t.Errorf("status %q", e.get(id).GetStatusMessage())

@@ -285,7 +285,7 @@ func TestShellCtrlCDuringBeforeLease(t *testing.T) {
 func TestDetachedLeaseIsBoundedInTheQueue(t *testing.T) {
 	lab := newWaitingLab(t, "")
 	lab.hold(t)
-	out, err := runCLI(coordEnv(lab.coordAddr, ""), "lease", "create", "--board", "rpi4-01", "--client", "later", "--detach", "--max-wait", "2s")
+	out, err := runCLI(coordEnv(lab.coordAddr, ""), "lease", "create", "--board", "rpi4-01", "--client", "later", "--detach", "--max-wait", "5s")
 	if err != nil {
 		t.Fatalf("lease create --detach: %v\n%s", err, out)
 	}
