@@ -107,7 +107,7 @@ func (c *Client) ReleaseAndFollow(ctx context.Context, id, reason string) error 
 		case *pb.LeaseLogEntry_Phase:
 			if b.Phase.GetTo() >= pb.LeasePhase_LEASE_PHASE_ENDING {
 				ending = true
-				al.phase(jobs.Phase(b.Phase.GetTo()), jobs.ExporterStatus(b.Phase.GetExporterStatus()))
+				al.phase(jobs.Phase(b.Phase.GetTo()), jobs.ExporterStatus(b.Phase.GetExporterStatus()), b.Phase.GetStatusMessage())
 			}
 		case *pb.LeaseLogEntry_HookLine:
 			if ending {

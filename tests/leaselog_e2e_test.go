@@ -83,7 +83,7 @@ func (f *storyFarm) readyLease(t *testing.T) string {
 	if err != nil {
 		t.Fatalf("lease create: %v\n%s", err, out)
 	}
-	id := strings.TrimPrefix(strings.SplitN(out, "\n", 2)[0], "lease=")
+	id := createdLease(out)["lease"]
 	w, err := watchLease(as(ctxT(t), aliceTok), f.leases, id)
 	if err != nil {
 		t.Fatal(err)

@@ -22,7 +22,7 @@ import (
 
 // releaseFollow releases a lease and prints its afterLease dialogue from the
 // coordinator's log of it; Ctrl+C disconnects while the hook goes on.
-func releaseFollow(cf coordFlags, id string) error {
+func releaseFollow(cf *coordFlags, id string) error {
 	leases, closeConn, err := cf.dial()
 	if err != nil {
 		return err
@@ -92,7 +92,7 @@ func newLeaseShow(cf *coordFlags) *cobra.Command {
 			if output != "table" && output != "json" && output != "yaml" {
 				return usageError{fmt.Errorf("unknown output %q (want table, json or yaml)", output)}
 			}
-			return withLeases(*cf, func(ctx context.Context, c pb.LeaseServiceClient) error {
+			return withLeases(cf, func(ctx context.Context, c pb.LeaseServiceClient) error {
 				r, err := c.GetLease(ctx, &pb.GetLeaseRequest{Id: args[0]})
 				if err != nil {
 					return fmt.Errorf("lease %s: %s", args[0], status.Convert(err).Message())

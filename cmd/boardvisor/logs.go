@@ -39,7 +39,7 @@ after that line, missing nothing and repeating nothing.
 Without --lease, -f follows the log of the lease of the enclosing ` + "`boardvisor shell`" + ` from
 its supervisor. With --state-dir DIR (on the lab host), --console --lease ID prints the
 lease's console recording kept there.`,
-		Args: cobra.NoArgs,
+		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			switch {
 			case stateDir != "":
@@ -51,7 +51,7 @@ lease's console recording kept there.`,
 				if showPos && console {
 					return usageError{errors.New("--show-position is for the log's lines, not for --console's raw bytes")}
 				}
-				return printLeaseLog(cf, &pb.LeaseLogRequest{LeaseId: lease, After: after, Console: console, Follow: follow}, showPos)
+				return printLeaseLog(&cf, &pb.LeaseLogRequest{LeaseId: lease, After: after, Console: console, Follow: follow}, showPos)
 			case follow:
 				return followLog(le)
 			}
@@ -60,8 +60,8 @@ lease's console recording kept there.`,
 	}
 	f := cmd.Flags()
 	f.BoolVarP(&follow, "follow", "f", false, "follow the log until the lease ends")
-	le.addTo(f)
-	cf.addTo(f)
+	le.addTo(cmd, f)
+	cf.addTo(cmd, f)
 	f.BoolVar(&console, "console", false, "the lease's console bytes (raw) instead of its log")
 	f.StringVar(&lease, "lease", "", "the lease ID")
 	f.StringVar(&after, "after", "", "with --lease: go on after this position (from --show-position)")
@@ -73,7 +73,7 @@ lease's console recording kept there.`,
 
 // printLeaseLog prints a lease's log from the coordinator: its lines, or with Console
 // its raw console bytes. Ctrl+C stops following.
-func printLeaseLog(cf coordFlags, req *pb.LeaseLogRequest, showPos bool) error {
+func printLeaseLog(cf *coordFlags, req *pb.LeaseLogRequest, showPos bool) error {
 	leases, closeConn, err := cf.dial()
 	if err != nil {
 		return err
