@@ -5,6 +5,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"time"
 	"unicode/utf8"
 
 	"golang.org/x/sys/unix"
@@ -17,7 +18,11 @@ type screen struct {
 	once  sync.Once
 	width int // columns of the terminal that Out is; 0 when Out is not a terminal
 	mu    sync.Mutex
-	shown int // columns taken by the progress line on screen; 0 when none is
+	shown int  // columns taken by the progress line on screen; 0 when none is
+	mine  bool // the line shown is the client's own (a hook's clock), not a hook's
+	// hookAt is when a hook last drew a progress line: the client's own line does
+	// not replace it for a while.
+	hookAt time.Time
 }
 
 // progress shows a progress line: on a terminal it replaces the one shown before (it
@@ -31,7 +36,25 @@ func (c *Client) progress(text string) {
 	}
 	c.scr.mu.Lock()
 	defer c.scr.mu.Unlock()
-	text = clip(visible(text), c.scr.width-1)
+	c.scr.mine, c.scr.hookAt = false, time.Now()
+	c.draw(text)
+}
+
+// ownProgress shows the client's own progress line (a terminal only), unless a hook
+// drew one in the last two seconds.
+func (c *Client) ownProgress(text string) {
+	c.scr.mu.Lock()
+	defer c.scr.mu.Unlock()
+	if c.scr.shown > 0 && !c.scr.mine && time.Since(c.scr.hookAt) < 2*time.Second {
+		return
+	}
+	c.scr.mine = true
+	c.draw(text)
+}
+
+// draw puts text in place of the progress line; c.scr.mu is held.
+func (c *Client) draw(text string) {
+	text = clip(Visible(text), c.scr.width-1)
 	n := utf8.RuneCountInString(text)
 	fmt.Fprintf(c.Out, "\r%s%s", text, strings.Repeat(" ", max(c.scr.shown-n, 0)))
 	c.scr.shown = max(n, c.scr.shown)
@@ -42,7 +65,7 @@ func (c *Client) progress(text string) {
 func (c *Client) clearProgress() {
 	if c.scr.shown > 0 {
 		fmt.Fprintf(c.Out, "\r%s\r", strings.Repeat(" ", c.scr.shown))
-		c.scr.shown = 0
+		c.scr.shown, c.scr.mine = 0, false
 	}
 }
 
@@ -62,9 +85,10 @@ func terminalWidth(w any) int {
 	return int(ws.Col)
 }
 
-// visible replaces control characters, which would move the cursor or change the
+// Visible replaces control characters, which would move the cursor or change the
 // terminal, by a visible form (ESC as ^[, C1 codes as \u0085); a tab becomes a space.
-func visible(s string) string {
+// Untrusted text (hook lines, status messages) goes through it before a terminal.
+func Visible(s string) string {
 	clean := true
 	for _, r := range s {
 		if r < 0x20 || r >= 0x7f && r < 0xa0 {

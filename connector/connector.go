@@ -55,6 +55,20 @@ type Supervisor interface {
 	ExtendJob(ctx context.Context, req ExtendJobRequest) error
 }
 
+// ClearQuarantineRequest is an operator clearing a board's quarantine.
+type ClearQuarantineRequest struct {
+	Board, Reason string
+	// By names the operator.
+	By string
+}
+
+// QuarantineClearer is a Supervisor whose boards' quarantine an operator may clear
+// through the coordinator (the board takes leases again; its new health is reported as
+// a BoardStatus event).
+type QuarantineClearer interface {
+	ClearQuarantine(ctx context.Context, req ClearQuarantineRequest) error
+}
+
 // SupervisorConnector carries a supervisor's events to its coordinator and the
 // coordinator's requests to the supervisor.
 type SupervisorConnector interface {

@@ -79,6 +79,9 @@ func (c *Coordinator) CreateLease(ctx context.Context, req *pb.CreateLeaseReques
 		if err := insertLeaseImage(ctx, tx, l.ID, req.GetImage()); err != nil {
 			return err
 		}
+		if err := c.holdLease(ctx, tx, l.ID, req); err != nil {
+			return err
+		}
 		return c.assignQueued(ctx, tx, fx)
 	})
 	if err != nil {
@@ -89,7 +92,9 @@ func (c *Coordinator) CreateLease(ctx context.Context, req *pb.CreateLeaseReques
 	if err != nil || got == nil {
 		return nil, rpcError(errors.Join(err, errors.New("lease vanished after creation")))
 	}
-	return &pb.CreateLeaseResponse{Lease: leaseProto(got, true)}, nil
+	resp := leaseProto(got, true)
+	c.createdHold(ctx, resp, req)
+	return &pb.CreateLeaseResponse{Lease: resp}, nil
 }
 
 // satisfiable fails with FailedPrecondition when no known board matches m, connected or
@@ -203,6 +208,9 @@ func (c *Coordinator) ReleaseLease(ctx context.Context, req *pb.ReleaseLeaseRequ
 			}
 			l.StatusMessage = "ending: " + reason
 			fx.stopJob(l.SupervisorID, l.ID, reason)
+		}
+		if err := noteRelease(ctx, tx, l.ID); err != nil { // who released it, for LeaseLog (leaselog.go)
+			return err
 		}
 		fx.leaseChanged(l.ID)
 		return saveLease(ctx, tx, l)

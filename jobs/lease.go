@@ -596,7 +596,12 @@ func (l *Lease) requestEnd(r EndReason) (string, error) {
 }
 
 func (l *Lease) enterBefore() error {
-	if err := l.to(PhaseBeforeLease, "running the beforeLease hook"); err != nil {
+	msg := "no beforeLease hook to run"
+	if p := l.Spec.Before; p != nil {
+		// The client shows the hook's time against its timeout from this line.
+		msg = fmt.Sprintf("running the beforeLease hook (timeout %s)", p.Timeout)
+	}
+	if err := l.to(PhaseBeforeLease, msg); err != nil {
 		return err
 	}
 	if l.Spec.Before == nil {
@@ -674,9 +679,9 @@ func (l *Lease) beginEnding() error {
 		return err
 	}
 	runAfter := l.runsAfter()
-	afterMsg := "running the afterLease hook"
-	if !runAfter {
-		afterMsg = "no afterLease hook to run"
+	afterMsg := "no afterLease hook to run"
+	if runAfter {
+		afterMsg = fmt.Sprintf("running the afterLease hook (timeout %s)", l.Spec.After.Timeout)
 	}
 	if err := l.to(PhaseAfterLease, afterMsg); err != nil {
 		return err

@@ -261,6 +261,12 @@ func (s *Supervisor) ExtendJob(ctx context.Context, req connector.ExtendJobReque
 	return s.request(ctx, &actors.ExtendJob{Req: req})
 }
 
+// ClearQuarantine clears a board's quarantine (an operator's request through the
+// coordinator). A board that is not quarantined is left as it is.
+func (s *Supervisor) ClearQuarantine(ctx context.Context, req connector.ClearQuarantineRequest) error {
+	return s.request(ctx, &host.BoardRequest{Board: req.Board, Msg: &actors.ClearQuarantine{Reason: req.Reason, By: req.By}})
+}
+
 // EndSession is a client ending its lease.
 func (s *Supervisor) EndSession(ctx context.Context, board, jobID string) error {
 	return s.request(ctx, &actors.EndSession{Board: board, JobID: jobID})
@@ -285,7 +291,9 @@ func (s *Supervisor) Board(name string) (actors.BoardState, error) {
 func (s *Supervisor) Run(ctx context.Context) error {
 	var sup connector.Supervisor = s
 	if s.opts.Exporter != nil {
-		sup = s.opts.Exporter.Wrap(s)
+		// The client service sees every job request; an operator's clearing of a
+		// quarantine goes straight to the boards.
+		sup = clearsQuarantine{Supervisor: s.opts.Exporter.Wrap(s), s: s}
 	}
 	err := s.opts.Conn.Run(ctx, sup)
 	s.Stop()
@@ -293,6 +301,17 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		return nil
 	}
 	return err
+}
+
+// clearsQuarantine is a wrapped Supervisor that still clears quarantines
+// (connector.QuarantineClearer).
+type clearsQuarantine struct {
+	connector.Supervisor
+	s *Supervisor
+}
+
+func (c clearsQuarantine) ClearQuarantine(ctx context.Context, req connector.ClearQuarantineRequest) error {
+	return c.s.ClearQuarantine(ctx, req)
 }
 
 // StopTimeout bounds Stop.

@@ -28,10 +28,11 @@ func TestStatusAndLeaseCommands(t *testing.T) {
 		t.Fatalf("status -o json: %v", rows)
 	}
 	out := bv(t, coordAddr, "lease", "create", "--board", "qemu-01", "--duration", "10m")
-	if !strings.HasPrefix(out, "lease=") || !strings.Contains(out, "\ntoken=") {
+	created := createdLease(out)
+	if created["lease"] == "" || created["token"] == "" || created["board"] != "qemu-01" || created["exporter"] == "" {
 		t.Fatalf("lease create: %q", out)
 	}
-	id := strings.TrimPrefix(strings.SplitN(out, "\n", 2)[0], "lease=")
+	id := created["lease"]
 	if list := bv(t, coordAddr, "lease", "list"); !strings.Contains(list, id) || !strings.Contains(list, "qemu-01") {
 		t.Fatalf("lease list does not show %s:\n%s", id, list)
 	}

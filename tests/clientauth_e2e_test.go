@@ -34,7 +34,7 @@ func TestClientTokensAtTheCoordinator(t *testing.T) {
 	if err != nil {
 		t.Fatalf("alice creates a lease: %v %s", err, out)
 	}
-	id := strings.TrimPrefix(strings.SplitN(out, "\n", 2)[0], "lease=")
+	id := createdLease(out)["lease"]
 	if list, _ := bvAs(coordAddr, "tok-bob-456", "lease", "list"); !strings.Contains(list, id) || !strings.Contains(list, "alice") || strings.Contains(list, "mallory") {
 		t.Fatalf("the lease is not recorded under alice's name:\n%s", list)
 	}

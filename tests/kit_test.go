@@ -63,7 +63,9 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	binary = filepath.Join(dir, "boardvisor")
-	build := exec.Command("go", "build", "-o", binary, "../cmd/boardvisor")
+	// -buildvcs=auto: the binary reports the commit it was built from where Go can
+	// stamp it (not in a git worktree), whatever GOFLAGS says.
+	build := exec.Command("go", "build", "-buildvcs=auto", "-o", binary, "../cmd/boardvisor")
 	if out, err := build.CombinedOutput(); err != nil {
 		os.RemoveAll(dir)
 		fmt.Fprintf(os.Stderr, "build boardvisor: %v\n%s", err, out)
@@ -134,6 +136,21 @@ func bv(t *testing.T, coordAddr string, args ...string) string {
 // bvAs runs boardvisor as a user holding token; it returns the output and the error.
 func bvAs(coordAddr, token string, args ...string) (string, error) {
 	return runCLI(coordEnv(coordAddr, token), args...)
+}
+
+// createdLease reads what `boardvisor lease create` printed (its hook dialogue, on
+// stderr, may come first): the values of its key=value lines (lease, token, board,
+// exporter).
+func createdLease(out string) map[string]string {
+	kv := map[string]string{}
+	for _, line := range strings.Split(out, "\n") {
+		for _, key := range []string{"lease", "token", "board", "exporter"} {
+			if v, ok := strings.CutPrefix(line, key+"="); ok {
+				kv[key] = v
+			}
+		}
+	}
+	return kv
 }
 
 // runShell runs `boardvisor shell ...` (args include "shell") without a terminal and

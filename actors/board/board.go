@@ -128,6 +128,8 @@ func (b *boardActor) Receive(ctx actor.Context) {
 		b.leaseChanged(ctx, m)
 	case *actors.Quarantine:
 		b.setHealth(ctx, jobs.HealthBad, "a hook failed with onFailure: exit: "+m.Reason)
+	case *actors.ClearQuarantine:
+		ctx.Respond(&actors.JobReply{Err: b.clearQuarantine(ctx, m)})
 	case *driverFault:
 		b.driverFault(ctx, m)
 	case *actors.DriverUp:
@@ -408,6 +410,30 @@ func (b *boardActor) consoleJob() string {
 		return b.holder
 	}
 	return ""
+}
+
+// clearQuarantine is an operator clearing the board's quarantine after a hook failed
+// with onFailure: exit: health good again (unknown while a driver is down), AVAILABLE
+// if no lease holds it. A board quarantined because a driver kept failing has lost that
+// driver: only a restart of the supervisor brings it back.
+func (b *boardActor) clearQuarantine(ctx actor.Context, m *actors.ClearQuarantine) error {
+	if b.health != jobs.HealthBad {
+		return nil
+	}
+	if strings.HasPrefix(b.why, "driver ") {
+		return fmt.Errorf("board %s was quarantined because %s: restart the supervisor once the device is fixed", b.cfg.Name, b.why)
+	}
+	h := jobs.HealthGood
+	if len(b.down) > 0 {
+		h = jobs.HealthUnknown
+	}
+	b.log.Info("quarantine cleared", "by", m.By, "reason", m.Reason, "was", b.why)
+	b.health, b.why = h, ""
+	if b.holder == "" {
+		b.status = jobs.StatusAvailable
+	}
+	b.publish(ctx, "quarantine cleared by "+m.By)
+	return nil
 }
 
 func (b *boardActor) setHealth(ctx actor.Context, h jobs.Health, why string) {

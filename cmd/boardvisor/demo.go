@@ -76,13 +76,15 @@ func newDemo(g *globalFlags) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "demo",
 		Short: "run a coordinator, a supervisor with simulated boards, and one scripted lease",
-		Args:  cobra.NoArgs,
+		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			dir, err := os.MkdirTemp("", "boardvisor-demo-")
 			if err != nil {
 				return err
 			}
-			if !keep {
+			if keep {
+				defer fmt.Printf("boardvisor demo: kept in %s (the daemons' log is %s)\n", dir, filepath.Join(dir, "daemons.log"))
+			} else {
 				defer os.RemoveAll(dir)
 			}
 			logPath := filepath.Join(dir, "daemons.log")
@@ -93,14 +95,14 @@ func newDemo(g *globalFlags) *cobra.Command {
 			defer logFile.Close()
 			// The daemons log to a file: the terminal shows what a board user sees.
 			logger := hclog.New(&hclog.LoggerOptions{Name: "boardvisor", Level: hclog.Info, Output: logFile})
-			return runDemo(cmd.Context(), dir, logger, logPath)
+			return runDemo(cmd.Context(), dir, logger, keep)
 		},
 	}
-	cmd.Flags().BoolVar(&keep, "keep", false, "keep the demo's state directory (logs, databases, hook spools)")
+	cmd.Flags().BoolVar(&keep, "keep", false, "keep the demo's state directory (the daemons' log, databases, hook spools) and say where it is")
 	return cmd
 }
 
-func runDemo(parent context.Context, dir string, logger hclog.Logger, logPath string) error {
+func runDemo(parent context.Context, dir string, logger hclog.Logger, keep bool) error {
 	if parent == nil {
 		parent = context.Background()
 	}
@@ -150,7 +152,11 @@ func runDemo(parent context.Context, dir string, logger hclog.Logger, logPath st
 	}
 	defer conn.Close()
 	leases := pb.NewLeaseServiceClient(conn)
-	fmt.Printf("boardvisor demo: a coordinator and a supervisor with 3 simulated boards are running (logs: %s)\n", logPath)
+	where := "their log is removed at the end: keep it with --keep, or make demo KEEP=1"
+	if keep {
+		where = "their log: " + filepath.Join(dir, "daemons.log")
+	}
+	fmt.Printf("boardvisor demo: a coordinator and a supervisor with 3 simulated boards are running (%s)\n", where)
 	if err := waitBoards(ctx, leases, 3); err != nil {
 		return err
 	}
@@ -161,12 +167,13 @@ func runDemo(parent context.Context, dir string, logger hclog.Logger, logPath st
 		return err
 	}
 	s, err := c.Connect(ctx, lease)
+	c.Detach()
 	if err != nil {
 		return err
 	}
-	fmt.Printf("%s:~$ echo \"hello from $BOARDVISOR_BOARD\"   # the shell runs with the lease\n", lease.GetBoard())
+	fmt.Printf("[%s] $ echo \"hello from $BOARDVISOR_BOARD\"   # the shell runs with the lease; its prompt names the board\n", lease.GetBoard())
 	fmt.Printf("hello from %s\n", lease.GetBoard())
-	fmt.Printf("%s:~$ exit\n", lease.GetBoard())
+	fmt.Printf("[%s] $ exit\n", lease.GetBoard())
 	if err := s.Release(ctx); err != nil {
 		return err
 	}

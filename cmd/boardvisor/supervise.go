@@ -13,6 +13,7 @@ import (
 
 	"github.com/boardvisor/boardvisor/actors/outbox"
 	"github.com/boardvisor/boardvisor/audit"
+	"github.com/boardvisor/boardvisor/cmd/boardvisor/internal/sdnotify"
 	"github.com/boardvisor/boardvisor/connector"
 	"github.com/boardvisor/boardvisor/connector/local"
 	"github.com/boardvisor/boardvisor/internal/diskspace"
@@ -32,7 +33,7 @@ func newSupervise(g *globalFlags) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "supervise --config FILE",
 		Short: "run the supervisor daemon for the boards in FILE",
-		Args:  cobra.NoArgs,
+		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if path == "" {
 				return usageError{errMissingConfig}
@@ -51,8 +52,9 @@ func newSupervise(g *globalFlags) *cobra.Command {
 			return serveSupervisor(ctx, cfg, logger, nil, &up)
 		},
 	}
-	cmd.Flags().StringVarP(&path, "config", "c", "", "the supervisor's YAML config file (required)")
+	cmd.Flags().StringVarP(&path, "config", "c", "", "the supervisor's YAML config file (required; boardvisor config check FILE checks it)")
 	up.add(cmd)
+	addEnv(cmd, envNotifySocket, envWatchdogUsec)
 	return cmd
 }
 
@@ -103,7 +105,7 @@ func serveSupervisor(ctx context.Context, cfg *config.Config, logger hclog.Logge
 		mopts.Boards = append(mopts.Boards, b.Name)
 	}
 	if cfg.Coordinator != nil {
-		link, err := supervisor.OpenLink(cfg, lis.Addr().String(), version, logger, disk)
+		link, err := supervisor.OpenLink(cfg, lis.Addr().String(), versionString(), logger, disk)
 		if err != nil {
 			return err
 		}
@@ -173,11 +175,18 @@ func serveSupervisor(ctx context.Context, cfg *config.Config, logger hclog.Logge
 		return err
 	}
 	defer stopUpstream()
-	logger.Info("supervising", "boards", len(boards), "stateDir", cfg.StateDir, "config", cfg.Path, "listen", lis.Addr().String())
+	logger.Info("supervising", "boards", len(boards), "stateDir", cfg.StateDir, "config", cfg.Path, "listen", lis.Addr().String(), "version", versionString())
 	if ready != nil {
 		ready(lis.Addr().String())
 	}
+	notifyReady(logger)
+	// The watchdog is pinged while the actor tree answers.
+	go sdnotify.Watchdog(ctx, func(context.Context) error {
+		_, err := sup.Board(boards[0].Name)
+		return err
+	})
 	err = sup.Run(ctx)
+	notifyStopping(logger)
 	logger.Info("stopped")
 	return err
 }

@@ -513,6 +513,17 @@ func (c *Client) recvLoop(ctx context.Context, stream pb.SupervisorLink_ConnectC
 			if err := sup.ExtendJob(ctx, connector.ExtendJobRequest{JobID: e.GetJobId(), Remaining: e.GetRemaining().AsDuration()}); err != nil {
 				c.log.Info("ExtendJob refused", "job", e.GetJobId(), "error", err)
 			}
+		case m.GetClearQuarantine() != nil:
+			q := m.GetClearQuarantine()
+			qc, ok := sup.(connector.QuarantineClearer)
+			if !ok {
+				c.log.Warn("ClearQuarantine ignored: this supervisor cannot clear quarantines", "board", q.GetBoard())
+				break
+			}
+			req := connector.ClearQuarantineRequest{Board: q.GetBoard(), Reason: q.GetReason(), By: q.GetBy()}
+			if err := qc.ClearQuarantine(ctx, req); err != nil {
+				c.log.Warn("ClearQuarantine refused", "board", req.Board, "by", req.By, "error", err)
+			}
 		case m.GetStopJob() != nil:
 			if err := sup.StopJob(ctx, connector.StopJobRequest{JobID: m.GetStopJob().GetJobId(), Reason: m.GetStopJob().GetReason()}); err != nil {
 				c.log.Info("StopJob refused", "job", m.GetStopJob().GetJobId(), "error", err)

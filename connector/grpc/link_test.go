@@ -175,6 +175,12 @@ func (f *fakeSupervisor) ExtendJob(_ context.Context, r connector.ExtendJobReque
 	return nil
 }
 
+// ClearQuarantine makes fakeSupervisor a connector.QuarantineClearer.
+func (f *fakeSupervisor) ClearQuarantine(_ context.Context, r connector.ClearQuarantineRequest) error {
+	f.record(fmt.Sprintf("clear %s by %s (%s)", r.Board, r.By, r.Reason))
+	return nil
+}
+
 type supervisorSide struct {
 	client *Client
 	queue  *Queue
@@ -337,12 +343,15 @@ func TestRequestsReachTheSupervisor(t *testing.T) {
 	if err := sess.StopJob(&pb.StopJob{JobId: "j1"}); err != nil {
 		t.Fatal(err)
 	}
+	if err := sess.ClearQuarantine(&pb.ClearQuarantine{Board: "rpi4-01", By: "root", Reason: "fixed"}); err != nil {
+		t.Fatal(err)
+	}
 	deadline := time.After(wait)
 	for {
 		s.sup.mu.Lock()
 		calls := strings.Join(s.sup.calls, "|")
 		s.sup.mu.Unlock()
-		if calls == "start j1 rpi4-01 alice tok 1m0s|extend j1 1h0m0s|stop j1" {
+		if calls == "start j1 rpi4-01 alice tok 1m0s|extend j1 1h0m0s|stop j1|clear rpi4-01 by root (fixed)" {
 			break
 		}
 		select {

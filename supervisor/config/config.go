@@ -39,8 +39,9 @@ const (
 	DefaultListen = "127.0.0.1:7410"
 	// DefaultLogLevel is the log level when log.level is not set.
 	DefaultLogLevel = "info"
-	// DefaultLogFormat is the log format when log.format is not set.
-	DefaultLogFormat = "json"
+	// DefaultLogFormat is the log format when log.format is not set: text on a
+	// terminal, JSON otherwise (journald, log shippers).
+	DefaultLogFormat = "auto"
 	// DefaultLeaseDuration bounds a lease whose StartJob carries no duration, when
 	// defaults.leaseDuration is not set.
 	DefaultLeaseDuration = time.Hour
@@ -112,7 +113,7 @@ type ImagesConfig struct {
 type LogConfig struct {
 	// Level is trace, debug, info, warn or error (default info).
 	Level string `yaml:"level"`
-	// Format is json or text (default json).
+	// Format is json, text or auto (default auto: text on a terminal, else json).
 	Format string `yaml:"format"`
 }
 

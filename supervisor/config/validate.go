@@ -65,7 +65,7 @@ func (s scope) add(rel, format string, args ...any) {
 
 var (
 	logLevels  = []string{"trace", "debug", "info", "warn", "error"}
-	logFormats = []string{"json", "text"}
+	logFormats = []string{"json", "text", "auto"}
 	parities   = []string{"none", "odd", "even", "mark", "space"}
 	// standardBauds are the rates termios names (B50 to B4000000).
 	standardBauds = []int{50, 75, 110, 134, 150, 200, 300, 600, 1200, 1800, 2400, 4800,
@@ -93,7 +93,7 @@ func (v *validator) host() {
 		s.add("log.level", "unknown level %q (want trace, debug, info, warn or error)", c.Log.Level)
 	}
 	if c.Log.Format != "" && !slices.Contains(logFormats, c.Log.Format) {
-		s.add("log.format", "unknown format %q (want json or text)", c.Log.Format)
+		s.add("log.format", "unknown format %q (want json, text or auto)", c.Log.Format)
 	}
 	if c.HookCgroup != "" && !filepath.IsAbs(c.HookCgroup) {
 		s.add("hookCgroup", "%q is not an absolute path (want a directory in a cgroup v2 hierarchy)", c.HookCgroup)
@@ -214,6 +214,21 @@ func (v *validator) boards() {
 			if b.Drivers.Serial != nil || b.Drivers.Virtual != nil {
 				s.add("drivers", "qemu excludes serial and virtual (an emulated board has its own console; a default virtual is not inherited)")
 			}
+		}
+		// A simulated or emulated board has power of its own: a power block inherited
+		// from the defaults would replace it without a word, and the board would never
+		// boot. A board's own power block says so on the board's line.
+		if b.Drivers.Power == nil && c.Defaults.Drivers.Power != nil &&
+			(b.Drivers.QEMU != nil || b.Drivers.Virtual != nil || b.Drivers.Serial == nil && c.Defaults.Drivers.Virtual != nil) {
+			kind := "simulated"
+			if b.Drivers.QEMU != nil {
+				kind = "emulated (qemu)"
+			}
+			line := ""
+			if l := c.pos.line("defaults.drivers.power"); l > 0 {
+				line = fmt.Sprintf(" (line %d)", l)
+			}
+			s.add("drivers.power", "inherited from defaults.drivers.power%s, which would replace this %s board's own power and it would never boot: set power on the boards that need it, not in defaults", line, kind)
 		}
 		if b.Drivers.Serial != nil {
 			switch {

@@ -43,6 +43,7 @@ var children = map[string]func(e *env) error{
 	"link":        runLink,
 	"hookflood":   runHookFlood,
 	"image":       runImage,
+	"retention":   runRetention,
 	// Helpers run by scenarios, not scenarios themselves.
 	"farm":      runFarm,
 	"hookprint": runHookPrint,

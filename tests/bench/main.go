@@ -61,6 +61,7 @@ var scenarios = []scenario{
 	{name: "restart", timeout: 180 * time.Second},
 	{name: "link", timeout: 60 * time.Second},
 	{name: "image", timeout: 180 * time.Second},
+	{name: "retention", timeout: 180 * time.Second},
 }
 
 func main() {

@@ -1350,6 +1350,7 @@ type CoordinatorMessage struct {
 	//	*CoordinatorMessage_Ack
 	//	*CoordinatorMessage_Welcome
 	//	*CoordinatorMessage_ExtendJob
+	//	*CoordinatorMessage_ClearQuarantine
 	Msg           isCoordinatorMessage_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1437,6 +1438,15 @@ func (x *CoordinatorMessage) GetExtendJob() *ExtendJob {
 	return nil
 }
 
+func (x *CoordinatorMessage) GetClearQuarantine() *ClearQuarantine {
+	if x != nil {
+		if x, ok := x.Msg.(*CoordinatorMessage_ClearQuarantine); ok {
+			return x.ClearQuarantine
+		}
+	}
+	return nil
+}
+
 type isCoordinatorMessage_Msg interface {
 	isCoordinatorMessage_Msg()
 }
@@ -1461,6 +1471,10 @@ type CoordinatorMessage_ExtendJob struct {
 	ExtendJob *ExtendJob `protobuf:"bytes,5,opt,name=extend_job,json=extendJob,proto3,oneof"` // A lease was extended (no-op for a job that is gone or ending).
 }
 
+type CoordinatorMessage_ClearQuarantine struct {
+	ClearQuarantine *ClearQuarantine `protobuf:"bytes,6,opt,name=clear_quarantine,json=clearQuarantine,proto3,oneof"` // An operator cleared a board's quarantine.
+}
+
 func (*CoordinatorMessage_StartJob) isCoordinatorMessage_Msg() {}
 
 func (*CoordinatorMessage_StopJob) isCoordinatorMessage_Msg() {}
@@ -1470,6 +1484,71 @@ func (*CoordinatorMessage_Ack) isCoordinatorMessage_Msg() {}
 func (*CoordinatorMessage_Welcome) isCoordinatorMessage_Msg() {}
 
 func (*CoordinatorMessage_ExtendJob) isCoordinatorMessage_Msg() {}
+
+func (*CoordinatorMessage_ClearQuarantine) isCoordinatorMessage_Msg() {}
+
+// An operator cleared a board's quarantine (health bad after a hook failed with
+// onFailure: exit, or its drivers kept failing): the board takes leases again. A
+// board that is not quarantined is left as it is; the outcome is a BoardStatus event.
+type ClearQuarantine struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Board         string                 `protobuf:"bytes,1,opt,name=board,proto3" json:"board,omitempty"`   // Board whose quarantine is cleared.
+	Reason        string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"` // Why, for the supervisor's log and audit.
+	By            string                 `protobuf:"bytes,3,opt,name=by,proto3" json:"by,omitempty"`         // Who cleared it (the operator's user name).
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClearQuarantine) Reset() {
+	*x = ClearQuarantine{}
+	mi := &file_boardvisor_v1_supervisor_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClearQuarantine) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClearQuarantine) ProtoMessage() {}
+
+func (x *ClearQuarantine) ProtoReflect() protoreflect.Message {
+	mi := &file_boardvisor_v1_supervisor_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClearQuarantine.ProtoReflect.Descriptor instead.
+func (*ClearQuarantine) Descriptor() ([]byte, []int) {
+	return file_boardvisor_v1_supervisor_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *ClearQuarantine) GetBoard() string {
+	if x != nil {
+		return x.Board
+	}
+	return ""
+}
+
+func (x *ClearQuarantine) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *ClearQuarantine) GetBy() string {
+	if x != nil {
+		return x.By
+	}
+	return ""
+}
 
 // Start a job: one lease of one board. Accepting it says nothing about the
 // outcome, which arrives as events (a JobErrorEvent when refused).
@@ -1491,7 +1570,7 @@ type StartJob struct {
 
 func (x *StartJob) Reset() {
 	*x = StartJob{}
-	mi := &file_boardvisor_v1_supervisor_proto_msgTypes[14]
+	mi := &file_boardvisor_v1_supervisor_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1503,7 +1582,7 @@ func (x *StartJob) String() string {
 func (*StartJob) ProtoMessage() {}
 
 func (x *StartJob) ProtoReflect() protoreflect.Message {
-	mi := &file_boardvisor_v1_supervisor_proto_msgTypes[14]
+	mi := &file_boardvisor_v1_supervisor_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1516,7 +1595,7 @@ func (x *StartJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartJob.ProtoReflect.Descriptor instead.
 func (*StartJob) Descriptor() ([]byte, []int) {
-	return file_boardvisor_v1_supervisor_proto_rawDescGZIP(), []int{14}
+	return file_boardvisor_v1_supervisor_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *StartJob) GetJobId() string {
@@ -1579,7 +1658,7 @@ type StopJob struct {
 
 func (x *StopJob) Reset() {
 	*x = StopJob{}
-	mi := &file_boardvisor_v1_supervisor_proto_msgTypes[15]
+	mi := &file_boardvisor_v1_supervisor_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1591,7 +1670,7 @@ func (x *StopJob) String() string {
 func (*StopJob) ProtoMessage() {}
 
 func (x *StopJob) ProtoReflect() protoreflect.Message {
-	mi := &file_boardvisor_v1_supervisor_proto_msgTypes[15]
+	mi := &file_boardvisor_v1_supervisor_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1604,7 +1683,7 @@ func (x *StopJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopJob.ProtoReflect.Descriptor instead.
 func (*StopJob) Descriptor() ([]byte, []int) {
-	return file_boardvisor_v1_supervisor_proto_rawDescGZIP(), []int{15}
+	return file_boardvisor_v1_supervisor_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *StopJob) GetJobId() string {
@@ -1633,7 +1712,7 @@ type ExtendJob struct {
 
 func (x *ExtendJob) Reset() {
 	*x = ExtendJob{}
-	mi := &file_boardvisor_v1_supervisor_proto_msgTypes[16]
+	mi := &file_boardvisor_v1_supervisor_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1645,7 +1724,7 @@ func (x *ExtendJob) String() string {
 func (*ExtendJob) ProtoMessage() {}
 
 func (x *ExtendJob) ProtoReflect() protoreflect.Message {
-	mi := &file_boardvisor_v1_supervisor_proto_msgTypes[16]
+	mi := &file_boardvisor_v1_supervisor_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1658,7 +1737,7 @@ func (x *ExtendJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExtendJob.ProtoReflect.Descriptor instead.
 func (*ExtendJob) Descriptor() ([]byte, []int) {
-	return file_boardvisor_v1_supervisor_proto_rawDescGZIP(), []int{16}
+	return file_boardvisor_v1_supervisor_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ExtendJob) GetJobId() string {
@@ -1685,7 +1764,7 @@ type Ack struct {
 
 func (x *Ack) Reset() {
 	*x = Ack{}
-	mi := &file_boardvisor_v1_supervisor_proto_msgTypes[17]
+	mi := &file_boardvisor_v1_supervisor_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1697,7 +1776,7 @@ func (x *Ack) String() string {
 func (*Ack) ProtoMessage() {}
 
 func (x *Ack) ProtoReflect() protoreflect.Message {
-	mi := &file_boardvisor_v1_supervisor_proto_msgTypes[17]
+	mi := &file_boardvisor_v1_supervisor_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1710,7 +1789,7 @@ func (x *Ack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ack.ProtoReflect.Descriptor instead.
 func (*Ack) Descriptor() ([]byte, []int) {
-	return file_boardvisor_v1_supervisor_proto_rawDescGZIP(), []int{17}
+	return file_boardvisor_v1_supervisor_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Ack) GetUpToSeq() uint64 {
@@ -1731,7 +1810,7 @@ type Welcome struct {
 
 func (x *Welcome) Reset() {
 	*x = Welcome{}
-	mi := &file_boardvisor_v1_supervisor_proto_msgTypes[18]
+	mi := &file_boardvisor_v1_supervisor_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1743,7 +1822,7 @@ func (x *Welcome) String() string {
 func (*Welcome) ProtoMessage() {}
 
 func (x *Welcome) ProtoReflect() protoreflect.Message {
-	mi := &file_boardvisor_v1_supervisor_proto_msgTypes[18]
+	mi := &file_boardvisor_v1_supervisor_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1756,7 +1835,7 @@ func (x *Welcome) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Welcome.ProtoReflect.Descriptor instead.
 func (*Welcome) Descriptor() ([]byte, []int) {
-	return file_boardvisor_v1_supervisor_proto_rawDescGZIP(), []int{18}
+	return file_boardvisor_v1_supervisor_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Welcome) GetCoordinatorId() string {
@@ -1859,15 +1938,20 @@ const file_boardvisor_v1_supervisor_proto_rawDesc = "" +
 	"\x06status\x18\x02 \x01(\x0e2\x1e.jumpstarter.v1.ExporterStatusR\x06status\x122\n" +
 	"\x06health\x18\x03 \x01(\x0e2\x1a.boardvisor.v1.BoardHealthR\x06health\x12$\n" +
 	"\x0ecurrent_job_id\x18\x04 \x01(\tR\fcurrentJobId\x12\x18\n" +
-	"\amessage\x18\x05 \x01(\tR\amessage\"\x9f\x02\n" +
+	"\amessage\x18\x05 \x01(\tR\amessage\"\xec\x02\n" +
 	"\x12CoordinatorMessage\x126\n" +
 	"\tstart_job\x18\x01 \x01(\v2\x17.boardvisor.v1.StartJobH\x00R\bstartJob\x123\n" +
 	"\bstop_job\x18\x02 \x01(\v2\x16.boardvisor.v1.StopJobH\x00R\astopJob\x12&\n" +
 	"\x03ack\x18\x03 \x01(\v2\x12.boardvisor.v1.AckH\x00R\x03ack\x122\n" +
 	"\awelcome\x18\x04 \x01(\v2\x16.boardvisor.v1.WelcomeH\x00R\awelcome\x129\n" +
 	"\n" +
-	"extend_job\x18\x05 \x01(\v2\x18.boardvisor.v1.ExtendJobH\x00R\textendJobB\x05\n" +
-	"\x03msg\"\xe6\x02\n" +
+	"extend_job\x18\x05 \x01(\v2\x18.boardvisor.v1.ExtendJobH\x00R\textendJob\x12K\n" +
+	"\x10clear_quarantine\x18\x06 \x01(\v2\x1e.boardvisor.v1.ClearQuarantineH\x00R\x0fclearQuarantineB\x05\n" +
+	"\x03msg\"O\n" +
+	"\x0fClearQuarantine\x12\x14\n" +
+	"\x05board\x18\x01 \x01(\tR\x05board\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x0e\n" +
+	"\x02by\x18\x03 \x01(\tR\x02by\"\xe6\x02\n" +
 	"\bStartJob\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x14\n" +
 	"\x05board\x18\x02 \x01(\tR\x05board\x12\x1f\n" +
@@ -1940,7 +2024,7 @@ func file_boardvisor_v1_supervisor_proto_rawDescGZIP() []byte {
 }
 
 var file_boardvisor_v1_supervisor_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_boardvisor_v1_supervisor_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_boardvisor_v1_supervisor_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_boardvisor_v1_supervisor_proto_goTypes = []any{
 	(RunningJobStateKind)(0),      // 0: boardvisor.v1.RunningJobStateKind
 	(JobInitializingStage)(0),     // 1: boardvisor.v1.JobInitializingStage
@@ -1960,66 +2044,68 @@ var file_boardvisor_v1_supervisor_proto_goTypes = []any{
 	(*ConsoleGap)(nil),            // 15: boardvisor.v1.ConsoleGap
 	(*BoardStatus)(nil),           // 16: boardvisor.v1.BoardStatus
 	(*CoordinatorMessage)(nil),    // 17: boardvisor.v1.CoordinatorMessage
-	(*StartJob)(nil),              // 18: boardvisor.v1.StartJob
-	(*StopJob)(nil),               // 19: boardvisor.v1.StopJob
-	(*ExtendJob)(nil),             // 20: boardvisor.v1.ExtendJob
-	(*Ack)(nil),                   // 21: boardvisor.v1.Ack
-	(*Welcome)(nil),               // 22: boardvisor.v1.Welcome
-	nil,                           // 23: boardvisor.v1.BoardInfo.LabelsEntry
-	nil,                           // 24: boardvisor.v1.StartJob.ParametersEntry
-	(v1.ExporterStatus)(0),        // 25: jumpstarter.v1.ExporterStatus
-	(BoardHealth)(0),              // 26: boardvisor.v1.BoardHealth
-	(LeasePhase)(0),               // 27: boardvisor.v1.LeasePhase
-	(*timestamppb.Timestamp)(nil), // 28: google.protobuf.Timestamp
-	(v1.LogSource)(0),             // 29: jumpstarter.v1.LogSource
-	(*durationpb.Duration)(nil),   // 30: google.protobuf.Duration
-	(*ImageSpecification)(nil),    // 31: boardvisor.v1.ImageSpecification
+	(*ClearQuarantine)(nil),       // 18: boardvisor.v1.ClearQuarantine
+	(*StartJob)(nil),              // 19: boardvisor.v1.StartJob
+	(*StopJob)(nil),               // 20: boardvisor.v1.StopJob
+	(*ExtendJob)(nil),             // 21: boardvisor.v1.ExtendJob
+	(*Ack)(nil),                   // 22: boardvisor.v1.Ack
+	(*Welcome)(nil),               // 23: boardvisor.v1.Welcome
+	nil,                           // 24: boardvisor.v1.BoardInfo.LabelsEntry
+	nil,                           // 25: boardvisor.v1.StartJob.ParametersEntry
+	(v1.ExporterStatus)(0),        // 26: jumpstarter.v1.ExporterStatus
+	(BoardHealth)(0),              // 27: boardvisor.v1.BoardHealth
+	(LeasePhase)(0),               // 28: boardvisor.v1.LeasePhase
+	(*timestamppb.Timestamp)(nil), // 29: google.protobuf.Timestamp
+	(v1.LogSource)(0),             // 30: jumpstarter.v1.LogSource
+	(*durationpb.Duration)(nil),   // 31: google.protobuf.Duration
+	(*ImageSpecification)(nil),    // 32: boardvisor.v1.ImageSpecification
 }
 var file_boardvisor_v1_supervisor_proto_depIdxs = []int32{
 	5,  // 0: boardvisor.v1.SupervisorMessage.hello:type_name -> boardvisor.v1.Hello
 	8,  // 1: boardvisor.v1.SupervisorMessage.event:type_name -> boardvisor.v1.Event
 	6,  // 2: boardvisor.v1.Hello.boards:type_name -> boardvisor.v1.BoardInfo
 	7,  // 3: boardvisor.v1.Hello.live_jobs:type_name -> boardvisor.v1.LiveJob
-	23, // 4: boardvisor.v1.BoardInfo.labels:type_name -> boardvisor.v1.BoardInfo.LabelsEntry
-	25, // 5: boardvisor.v1.BoardInfo.status:type_name -> jumpstarter.v1.ExporterStatus
-	26, // 6: boardvisor.v1.BoardInfo.health:type_name -> boardvisor.v1.BoardHealth
-	27, // 7: boardvisor.v1.LiveJob.phase:type_name -> boardvisor.v1.LeasePhase
-	28, // 8: boardvisor.v1.Event.time:type_name -> google.protobuf.Timestamp
+	24, // 4: boardvisor.v1.BoardInfo.labels:type_name -> boardvisor.v1.BoardInfo.LabelsEntry
+	26, // 5: boardvisor.v1.BoardInfo.status:type_name -> jumpstarter.v1.ExporterStatus
+	27, // 6: boardvisor.v1.BoardInfo.health:type_name -> boardvisor.v1.BoardHealth
+	28, // 7: boardvisor.v1.LiveJob.phase:type_name -> boardvisor.v1.LeasePhase
+	29, // 8: boardvisor.v1.Event.time:type_name -> google.protobuf.Timestamp
 	9,  // 9: boardvisor.v1.Event.state_transition:type_name -> boardvisor.v1.StateTransition
 	11, // 10: boardvisor.v1.Event.error:type_name -> boardvisor.v1.JobErrorEvent
 	13, // 11: boardvisor.v1.Event.console_log:type_name -> boardvisor.v1.ConsoleLog
 	15, // 12: boardvisor.v1.Event.console_gap:type_name -> boardvisor.v1.ConsoleGap
 	16, // 13: boardvisor.v1.Event.board_status:type_name -> boardvisor.v1.BoardStatus
 	14, // 14: boardvisor.v1.Event.hook_log:type_name -> boardvisor.v1.HookLog
-	27, // 15: boardvisor.v1.StateTransition.from:type_name -> boardvisor.v1.LeasePhase
-	27, // 16: boardvisor.v1.StateTransition.to:type_name -> boardvisor.v1.LeasePhase
+	28, // 15: boardvisor.v1.StateTransition.from:type_name -> boardvisor.v1.LeasePhase
+	28, // 16: boardvisor.v1.StateTransition.to:type_name -> boardvisor.v1.LeasePhase
 	10, // 17: boardvisor.v1.StateTransition.running_state:type_name -> boardvisor.v1.RunningJobState
-	25, // 18: boardvisor.v1.StateTransition.exporter_status:type_name -> jumpstarter.v1.ExporterStatus
+	26, // 18: boardvisor.v1.StateTransition.exporter_status:type_name -> jumpstarter.v1.ExporterStatus
 	0,  // 19: boardvisor.v1.RunningJobState.state:type_name -> boardvisor.v1.RunningJobStateKind
 	1,  // 20: boardvisor.v1.RunningJobState.stage:type_name -> boardvisor.v1.JobInitializingStage
 	12, // 21: boardvisor.v1.JobErrorEvent.error:type_name -> boardvisor.v1.JobError
 	2,  // 22: boardvisor.v1.JobError.kind:type_name -> boardvisor.v1.JobErrorKind
-	29, // 23: boardvisor.v1.ConsoleLog.source:type_name -> jumpstarter.v1.LogSource
-	29, // 24: boardvisor.v1.HookLog.source:type_name -> jumpstarter.v1.LogSource
+	30, // 23: boardvisor.v1.ConsoleLog.source:type_name -> jumpstarter.v1.LogSource
+	30, // 24: boardvisor.v1.HookLog.source:type_name -> jumpstarter.v1.LogSource
 	3,  // 25: boardvisor.v1.HookLog.severity:type_name -> boardvisor.v1.Severity
-	25, // 26: boardvisor.v1.BoardStatus.status:type_name -> jumpstarter.v1.ExporterStatus
-	26, // 27: boardvisor.v1.BoardStatus.health:type_name -> boardvisor.v1.BoardHealth
-	18, // 28: boardvisor.v1.CoordinatorMessage.start_job:type_name -> boardvisor.v1.StartJob
-	19, // 29: boardvisor.v1.CoordinatorMessage.stop_job:type_name -> boardvisor.v1.StopJob
-	21, // 30: boardvisor.v1.CoordinatorMessage.ack:type_name -> boardvisor.v1.Ack
-	22, // 31: boardvisor.v1.CoordinatorMessage.welcome:type_name -> boardvisor.v1.Welcome
-	20, // 32: boardvisor.v1.CoordinatorMessage.extend_job:type_name -> boardvisor.v1.ExtendJob
-	30, // 33: boardvisor.v1.StartJob.duration:type_name -> google.protobuf.Duration
-	24, // 34: boardvisor.v1.StartJob.parameters:type_name -> boardvisor.v1.StartJob.ParametersEntry
-	31, // 35: boardvisor.v1.StartJob.image:type_name -> boardvisor.v1.ImageSpecification
-	30, // 36: boardvisor.v1.ExtendJob.remaining:type_name -> google.protobuf.Duration
-	4,  // 37: boardvisor.v1.SupervisorLink.Connect:input_type -> boardvisor.v1.SupervisorMessage
-	17, // 38: boardvisor.v1.SupervisorLink.Connect:output_type -> boardvisor.v1.CoordinatorMessage
-	38, // [38:39] is the sub-list for method output_type
-	37, // [37:38] is the sub-list for method input_type
-	37, // [37:37] is the sub-list for extension type_name
-	37, // [37:37] is the sub-list for extension extendee
-	0,  // [0:37] is the sub-list for field type_name
+	26, // 26: boardvisor.v1.BoardStatus.status:type_name -> jumpstarter.v1.ExporterStatus
+	27, // 27: boardvisor.v1.BoardStatus.health:type_name -> boardvisor.v1.BoardHealth
+	19, // 28: boardvisor.v1.CoordinatorMessage.start_job:type_name -> boardvisor.v1.StartJob
+	20, // 29: boardvisor.v1.CoordinatorMessage.stop_job:type_name -> boardvisor.v1.StopJob
+	22, // 30: boardvisor.v1.CoordinatorMessage.ack:type_name -> boardvisor.v1.Ack
+	23, // 31: boardvisor.v1.CoordinatorMessage.welcome:type_name -> boardvisor.v1.Welcome
+	21, // 32: boardvisor.v1.CoordinatorMessage.extend_job:type_name -> boardvisor.v1.ExtendJob
+	18, // 33: boardvisor.v1.CoordinatorMessage.clear_quarantine:type_name -> boardvisor.v1.ClearQuarantine
+	31, // 34: boardvisor.v1.StartJob.duration:type_name -> google.protobuf.Duration
+	25, // 35: boardvisor.v1.StartJob.parameters:type_name -> boardvisor.v1.StartJob.ParametersEntry
+	32, // 36: boardvisor.v1.StartJob.image:type_name -> boardvisor.v1.ImageSpecification
+	31, // 37: boardvisor.v1.ExtendJob.remaining:type_name -> google.protobuf.Duration
+	4,  // 38: boardvisor.v1.SupervisorLink.Connect:input_type -> boardvisor.v1.SupervisorMessage
+	17, // 39: boardvisor.v1.SupervisorLink.Connect:output_type -> boardvisor.v1.CoordinatorMessage
+	39, // [39:40] is the sub-list for method output_type
+	38, // [38:39] is the sub-list for method input_type
+	38, // [38:38] is the sub-list for extension type_name
+	38, // [38:38] is the sub-list for extension extendee
+	0,  // [0:38] is the sub-list for field type_name
 }
 
 func init() { file_boardvisor_v1_supervisor_proto_init() }
@@ -2046,6 +2132,7 @@ func file_boardvisor_v1_supervisor_proto_init() {
 		(*CoordinatorMessage_Ack)(nil),
 		(*CoordinatorMessage_Welcome)(nil),
 		(*CoordinatorMessage_ExtendJob)(nil),
+		(*CoordinatorMessage_ClearQuarantine)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -2053,7 +2140,7 @@ func file_boardvisor_v1_supervisor_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_boardvisor_v1_supervisor_proto_rawDesc), len(file_boardvisor_v1_supervisor_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   21,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
