@@ -17,7 +17,11 @@ import (
 	jhook "github.com/boardvisor/boardvisor/jobs/hook"
 	"github.com/boardvisor/boardvisor/jobs/journal"
 	"github.com/boardvisor/boardvisor/supervisor"
+	pb "github.com/boardvisor/boardvisor/proto/boardvisor/v1"
 	"github.com/google/uuid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/types/known/durationpb"
 )
 
 // Hook flood scenario (DESIGN §11 "hook output"): beforeLease hooks that print as fast as
@@ -241,9 +245,30 @@ func runHookFlood(e *env) error {
 		return err
 	}
 	defer r.close()
-	began = time.Now()
-	if _, err := r.lease(ctx, "b0000"); err != nil {
+	// The lease is the coordinator's (a job it did not assign would be stopped by its
+	// reconciliation).
+	cc, err := grpc.NewClient(coordAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
 		return err
+	}
+	defer cc.Close()
+	leases := pb.NewLeaseServiceClient(cc)
+	if err := waitAvailable(ctx, leases, 1); err != nil {
+		return err
+	}
+	began = time.Now()
+	cr, err := leases.CreateLease(ctx, &pb.CreateLeaseRequest{Board: "b0000", Duration: durationpb.New(time.Hour), ClientName: "bench"})
+	if err != nil {
+		return err
+	}
+	ready := r.c.ph.expect(cr.GetLease().GetId(), jobs.PhaseReady)
+	select {
+	case at := <-ready[0]:
+		if at.IsZero() {
+			return fmt.Errorf("the coordinator's lease on b0000 ended before READY")
+		}
+	case <-ctx.Done():
+		return fmt.Errorf("the coordinator's lease on b0000 not READY: %w", ctx.Err())
 	}
 	_, last, _ = r.q.Stats()
 	for r.q.Acked() < last && ctx.Err() == nil {
