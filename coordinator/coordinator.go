@@ -70,6 +70,8 @@ type Options struct {
 	// holder or an admin may release or extend it, and only an admin may change
 	// maintenance. Register's server must be built with ServerOptions.
 	ClientTokens ClientTokens
+	// LeaseLogs configure the LeaseLog streams and the retention of ended leases' logs.
+	LeaseLogs LeaseLogOptions
 }
 
 // Coordinator is the coordinator: a link.Handler for supervisors and a LeaseService for
@@ -82,6 +84,7 @@ type Coordinator struct {
 	log  hclog.Logger
 	now  func() time.Time
 	link *link.Server
+	logs *logHub // LeaseLog streams, woken from the event path (leaselog.go)
 
 	// mu serializes every state change (one writer at a time) and guards the fields below.
 	mu       sync.Mutex
@@ -183,6 +186,7 @@ func New(opts Options) (*Coordinator, error) {
 		sessions:   map[string]*link.Session{},
 		watchers:   map[string]map[*watcher]struct{}{},
 		goneLogged: map[string]bool{},
+		logs:       newLogHub(opts.LeaseLogs),
 		wake:       make(chan struct{}, 1),
 		done:       make(chan struct{}),
 	}
@@ -243,6 +247,7 @@ func (c *Coordinator) Run(ctx context.Context) error {
 	c.runWG.Add(1) // under c.mu, so never concurrent with Close's Wait
 	c.mu.Unlock()
 	defer c.runWG.Done()
+	defer c.startRetention(ctx)() // retention.go: stopped (and waited for) before Run returns
 	lastReconcile := c.now()
 	timer := time.NewTimer(0)
 	defer timer.Stop()

@@ -190,6 +190,9 @@ func (c *Coordinator) ReleaseLease(ctx context.Context, req *pb.ReleaseLeaseRequ
 			l.StatusMessage = "ending: " + reason
 			fx.stopJob(l.SupervisorID, l.ID, reason)
 		}
+		if err := noteRelease(ctx, tx, l.ID); err != nil { // who released it, for LeaseLog (leaselog.go)
+			return err
+		}
 		fx.leaseChanged(l.ID)
 		return saveLease(ctx, tx, l)
 	})

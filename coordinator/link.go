@@ -294,8 +294,13 @@ func startJobOf(l *leaseRow) *pb.StartJob {
 // Events stores a batch of a supervisor's events and applies them, in one transaction:
 // lease phases, board status, job errors. Then queued leases are assigned to boards that
 // became free.
-func (c *Coordinator) Events(ctx context.Context, s *link.Session, evs []*pb.Event) error {
+func (c *Coordinator) Events(ctx context.Context, s *link.Session, evs []*pb.Event) (err error) {
 	sup := s.ID
+	defer func() {
+		if err == nil {
+			c.logs.stored(evs) // wake the LeaseLog streams of these leases (leaselog.go)
+		}
+	}()
 	return c.update(ctx, func(tx *sql.Tx, fx *effects) error {
 		var top int64
 		reassign := false // only lease and board changes can free a board

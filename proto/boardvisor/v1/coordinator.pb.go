@@ -1010,11 +1010,473 @@ func (x *SetBoardMaintenanceResponse) GetBoard() *Board {
 	return nil
 }
 
+// Request to read a lease's log.
+type LeaseLogRequest struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	LeaseId string                 `protobuf:"bytes,1,opt,name=lease_id,json=leaseId,proto3" json:"lease_id,omitempty"` // Lease ID.
+	// Position of the last entry already read (LeaseLogEntry.position); the log
+	// goes on after it. Empty: from the start. A reader that resumes with the
+	// last position it got misses and repeats nothing.
+	After         string `protobuf:"bytes,2,opt,name=after,proto3" json:"after,omitempty"`
+	Console       bool   `protobuf:"varint,3,opt,name=console,proto3" json:"console,omitempty"` // Also send the lease's console bytes (and console gaps).
+	Follow        bool   `protobuf:"varint,4,opt,name=follow,proto3" json:"follow,omitempty"`   // Stay until the lease ends; else end after what is stored now.
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseLogRequest) Reset() {
+	*x = LeaseLogRequest{}
+	mi := &file_boardvisor_v1_coordinator_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseLogRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseLogRequest) ProtoMessage() {}
+
+func (x *LeaseLogRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_boardvisor_v1_coordinator_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseLogRequest.ProtoReflect.Descriptor instead.
+func (*LeaseLogRequest) Descriptor() ([]byte, []int) {
+	return file_boardvisor_v1_coordinator_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *LeaseLogRequest) GetLeaseId() string {
+	if x != nil {
+		return x.LeaseId
+	}
+	return ""
+}
+
+func (x *LeaseLogRequest) GetAfter() string {
+	if x != nil {
+		return x.After
+	}
+	return ""
+}
+
+func (x *LeaseLogRequest) GetConsole() bool {
+	if x != nil {
+		return x.Console
+	}
+	return false
+}
+
+func (x *LeaseLogRequest) GetFollow() bool {
+	if x != nil {
+		return x.Follow
+	}
+	return false
+}
+
+// One entry of a lease's log.
+type LeaseLogEntry struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Where the entry is in the log: pass it as LeaseLogRequest.after to go on
+	// after it. Opaque; stable for as long as the log is kept.
+	Position string                 `protobuf:"bytes,1,opt,name=position,proto3" json:"position,omitempty"`
+	Time     *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=time,proto3" json:"time,omitempty"` // When it happened, by the supervisor's clock.
+	// What happened.
+	//
+	// Types that are valid to be assigned to Body:
+	//
+	//	*LeaseLogEntry_Phase
+	//	*LeaseLogEntry_HookLine
+	//	*LeaseLogEntry_Error
+	//	*LeaseLogEntry_Console
+	//	*LeaseLogEntry_ConsoleGap
+	//	*LeaseLogEntry_End
+	Body          isLeaseLogEntry_Body `protobuf_oneof:"body"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseLogEntry) Reset() {
+	*x = LeaseLogEntry{}
+	mi := &file_boardvisor_v1_coordinator_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseLogEntry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseLogEntry) ProtoMessage() {}
+
+func (x *LeaseLogEntry) ProtoReflect() protoreflect.Message {
+	mi := &file_boardvisor_v1_coordinator_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseLogEntry.ProtoReflect.Descriptor instead.
+func (*LeaseLogEntry) Descriptor() ([]byte, []int) {
+	return file_boardvisor_v1_coordinator_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *LeaseLogEntry) GetPosition() string {
+	if x != nil {
+		return x.Position
+	}
+	return ""
+}
+
+func (x *LeaseLogEntry) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+func (x *LeaseLogEntry) GetBody() isLeaseLogEntry_Body {
+	if x != nil {
+		return x.Body
+	}
+	return nil
+}
+
+func (x *LeaseLogEntry) GetPhase() *LeaseLogPhase {
+	if x != nil {
+		if x, ok := x.Body.(*LeaseLogEntry_Phase); ok {
+			return x.Phase
+		}
+	}
+	return nil
+}
+
+func (x *LeaseLogEntry) GetHookLine() *LeaseLogHookLine {
+	if x != nil {
+		if x, ok := x.Body.(*LeaseLogEntry_HookLine); ok {
+			return x.HookLine
+		}
+	}
+	return nil
+}
+
+func (x *LeaseLogEntry) GetError() *JobError {
+	if x != nil {
+		if x, ok := x.Body.(*LeaseLogEntry_Error); ok {
+			return x.Error
+		}
+	}
+	return nil
+}
+
+func (x *LeaseLogEntry) GetConsole() []byte {
+	if x != nil {
+		if x, ok := x.Body.(*LeaseLogEntry_Console); ok {
+			return x.Console
+		}
+	}
+	return nil
+}
+
+func (x *LeaseLogEntry) GetConsoleGap() uint64 {
+	if x != nil {
+		if x, ok := x.Body.(*LeaseLogEntry_ConsoleGap); ok {
+			return x.ConsoleGap
+		}
+	}
+	return 0
+}
+
+func (x *LeaseLogEntry) GetEnd() *LeaseLogEnd {
+	if x != nil {
+		if x, ok := x.Body.(*LeaseLogEntry_End); ok {
+			return x.End
+		}
+	}
+	return nil
+}
+
+type isLeaseLogEntry_Body interface {
+	isLeaseLogEntry_Body()
+}
+
+type LeaseLogEntry_Phase struct {
+	Phase *LeaseLogPhase `protobuf:"bytes,3,opt,name=phase,proto3,oneof"` // The lease changed phase.
+}
+
+type LeaseLogEntry_HookLine struct {
+	HookLine *LeaseLogHookLine `protobuf:"bytes,4,opt,name=hook_line,json=hookLine,proto3,oneof"` // One line of a hook's output.
+}
+
+type LeaseLogEntry_Error struct {
+	Error *JobError `protobuf:"bytes,5,opt,name=error,proto3,oneof"` // The lease's job failed or was refused.
+}
+
+type LeaseLogEntry_Console struct {
+	Console []byte `protobuf:"bytes,6,opt,name=console,proto3,oneof"` // Console bytes (only when asked for).
+}
+
+type LeaseLogEntry_ConsoleGap struct {
+	ConsoleGap uint64 `protobuf:"varint,7,opt,name=console_gap,json=consoleGap,proto3,oneof"` // This many console bytes were dropped here (only with console).
+}
+
+type LeaseLogEntry_End struct {
+	End *LeaseLogEnd `protobuf:"bytes,8,opt,name=end,proto3,oneof"` // The lease has ended: the last entry of a followed log.
+}
+
+func (*LeaseLogEntry_Phase) isLeaseLogEntry_Body() {}
+
+func (*LeaseLogEntry_HookLine) isLeaseLogEntry_Body() {}
+
+func (*LeaseLogEntry_Error) isLeaseLogEntry_Body() {}
+
+func (*LeaseLogEntry_Console) isLeaseLogEntry_Body() {}
+
+func (*LeaseLogEntry_ConsoleGap) isLeaseLogEntry_Body() {}
+
+func (*LeaseLogEntry_End) isLeaseLogEntry_Body() {}
+
+// A phase change of a lease.
+type LeaseLogPhase struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	From           LeasePhase             `protobuf:"varint,1,opt,name=from,proto3,enum=boardvisor.v1.LeasePhase" json:"from,omitempty"`                                                // Phase before.
+	To             LeasePhase             `protobuf:"varint,2,opt,name=to,proto3,enum=boardvisor.v1.LeasePhase" json:"to,omitempty"`                                                    // Phase after.
+	StatusMessage  string                 `protobuf:"bytes,3,opt,name=status_message,json=statusMessage,proto3" json:"status_message,omitempty"`                                        // Human-readable note on the change.
+	ExporterStatus v1.ExporterStatus      `protobuf:"varint,4,opt,name=exporter_status,json=exporterStatus,proto3,enum=jumpstarter.v1.ExporterStatus" json:"exporter_status,omitempty"` // The board's status from then on.
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *LeaseLogPhase) Reset() {
+	*x = LeaseLogPhase{}
+	mi := &file_boardvisor_v1_coordinator_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseLogPhase) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseLogPhase) ProtoMessage() {}
+
+func (x *LeaseLogPhase) ProtoReflect() protoreflect.Message {
+	mi := &file_boardvisor_v1_coordinator_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseLogPhase.ProtoReflect.Descriptor instead.
+func (*LeaseLogPhase) Descriptor() ([]byte, []int) {
+	return file_boardvisor_v1_coordinator_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *LeaseLogPhase) GetFrom() LeasePhase {
+	if x != nil {
+		return x.From
+	}
+	return LeasePhase_LEASE_PHASE_UNSPECIFIED
+}
+
+func (x *LeaseLogPhase) GetTo() LeasePhase {
+	if x != nil {
+		return x.To
+	}
+	return LeasePhase_LEASE_PHASE_UNSPECIFIED
+}
+
+func (x *LeaseLogPhase) GetStatusMessage() string {
+	if x != nil {
+		return x.StatusMessage
+	}
+	return ""
+}
+
+func (x *LeaseLogPhase) GetExporterStatus() v1.ExporterStatus {
+	if x != nil {
+		return x.ExporterStatus
+	}
+	return v1.ExporterStatus(0)
+}
+
+// One line of hook output.
+type LeaseLogHookLine struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Source        v1.LogSource           `protobuf:"varint,1,opt,name=source,proto3,enum=jumpstarter.v1.LogSource" json:"source,omitempty"`   // BEFORE_LEASE_HOOK, AFTER_LEASE_HOOK or MESSAGE.
+	Severity      Severity               `protobuf:"varint,2,opt,name=severity,proto3,enum=boardvisor.v1.Severity" json:"severity,omitempty"` // From the line's JMP_* prefix.
+	Text          string                 `protobuf:"bytes,3,opt,name=text,proto3" json:"text,omitempty"`                                      // The line: untrusted text, valid UTF-8, no newline.
+	Progress      bool                   `protobuf:"varint,4,opt,name=progress,proto3" json:"progress,omitempty"`                             // A progress line, superseded by the next line of its source.
+	Cut           bool                   `protobuf:"varint,5,opt,name=cut,proto3" json:"cut,omitempty"`                                       // The line was longer than the limit and was cut.
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseLogHookLine) Reset() {
+	*x = LeaseLogHookLine{}
+	mi := &file_boardvisor_v1_coordinator_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseLogHookLine) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseLogHookLine) ProtoMessage() {}
+
+func (x *LeaseLogHookLine) ProtoReflect() protoreflect.Message {
+	mi := &file_boardvisor_v1_coordinator_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseLogHookLine.ProtoReflect.Descriptor instead.
+func (*LeaseLogHookLine) Descriptor() ([]byte, []int) {
+	return file_boardvisor_v1_coordinator_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *LeaseLogHookLine) GetSource() v1.LogSource {
+	if x != nil {
+		return x.Source
+	}
+	return v1.LogSource(0)
+}
+
+func (x *LeaseLogHookLine) GetSeverity() Severity {
+	if x != nil {
+		return x.Severity
+	}
+	return Severity_SEVERITY_UNSPECIFIED
+}
+
+func (x *LeaseLogHookLine) GetText() string {
+	if x != nil {
+		return x.Text
+	}
+	return ""
+}
+
+func (x *LeaseLogHookLine) GetProgress() bool {
+	if x != nil {
+		return x.Progress
+	}
+	return false
+}
+
+func (x *LeaseLogHookLine) GetCut() bool {
+	if x != nil {
+		return x.Cut
+	}
+	return false
+}
+
+// How a lease ended.
+type LeaseLogEnd struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Phase         LeasePhase             `protobuf:"varint,1,opt,name=phase,proto3,enum=boardvisor.v1.LeasePhase" json:"phase,omitempty"`       // DONE or FAILED.
+	EndedAt       *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=ended_at,json=endedAt,proto3" json:"ended_at,omitempty"`                   // When it ended.
+	StatusMessage string                 `protobuf:"bytes,3,opt,name=status_message,json=statusMessage,proto3" json:"status_message,omitempty"` // The lease's last status message.
+	EndedBy       string                 `protobuf:"bytes,4,opt,name=ended_by,json=endedBy,proto3" json:"ended_by,omitempty"`                   // Who ended it: a user, "coordinator", "client" or "supervisor".
+	Reason        string                 `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`                                    // Why.
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseLogEnd) Reset() {
+	*x = LeaseLogEnd{}
+	mi := &file_boardvisor_v1_coordinator_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseLogEnd) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseLogEnd) ProtoMessage() {}
+
+func (x *LeaseLogEnd) ProtoReflect() protoreflect.Message {
+	mi := &file_boardvisor_v1_coordinator_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseLogEnd.ProtoReflect.Descriptor instead.
+func (*LeaseLogEnd) Descriptor() ([]byte, []int) {
+	return file_boardvisor_v1_coordinator_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *LeaseLogEnd) GetPhase() LeasePhase {
+	if x != nil {
+		return x.Phase
+	}
+	return LeasePhase_LEASE_PHASE_UNSPECIFIED
+}
+
+func (x *LeaseLogEnd) GetEndedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EndedAt
+	}
+	return nil
+}
+
+func (x *LeaseLogEnd) GetStatusMessage() string {
+	if x != nil {
+		return x.StatusMessage
+	}
+	return ""
+}
+
+func (x *LeaseLogEnd) GetEndedBy() string {
+	if x != nil {
+		return x.EndedBy
+	}
+	return ""
+}
+
+func (x *LeaseLogEnd) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 var File_boardvisor_v1_coordinator_proto protoreflect.FileDescriptor
 
 const file_boardvisor_v1_coordinator_proto_rawDesc = "" +
 	"\n" +
-	"\x1fboardvisor/v1/coordinator.proto\x12\rboardvisor.v1\x1a\x1aboardvisor/v1/common.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bjumpstarter/v1/common.proto\"\x8f\x04\n" +
+	"\x1fboardvisor/v1/coordinator.proto\x12\rboardvisor.v1\x1a\x1aboardvisor/v1/common.proto\x1a\x1eboardvisor/v1/supervisor.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bjumpstarter/v1/common.proto\"\x8f\x04\n" +
 	"\x05Lease\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05board\x18\x02 \x01(\tR\x05board\x12\x1a\n" +
@@ -1083,7 +1545,40 @@ const file_boardvisor_v1_coordinator_proto_rawDesc = "" +
 	"\x02on\x18\x02 \x01(\bR\x02on\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\"I\n" +
 	"\x1bSetBoardMaintenanceResponse\x12*\n" +
-	"\x05board\x18\x01 \x01(\v2\x14.boardvisor.v1.BoardR\x05board2\xbc\x05\n" +
+	"\x05board\x18\x01 \x01(\v2\x14.boardvisor.v1.BoardR\x05board\"t\n" +
+	"\x0fLeaseLogRequest\x12\x19\n" +
+	"\blease_id\x18\x01 \x01(\tR\aleaseId\x12\x14\n" +
+	"\x05after\x18\x02 \x01(\tR\x05after\x12\x18\n" +
+	"\aconsole\x18\x03 \x01(\bR\aconsole\x12\x16\n" +
+	"\x06follow\x18\x04 \x01(\bR\x06follow\"\xf9\x02\n" +
+	"\rLeaseLogEntry\x12\x1a\n" +
+	"\bposition\x18\x01 \x01(\tR\bposition\x12.\n" +
+	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x124\n" +
+	"\x05phase\x18\x03 \x01(\v2\x1c.boardvisor.v1.LeaseLogPhaseH\x00R\x05phase\x12>\n" +
+	"\thook_line\x18\x04 \x01(\v2\x1f.boardvisor.v1.LeaseLogHookLineH\x00R\bhookLine\x12/\n" +
+	"\x05error\x18\x05 \x01(\v2\x17.boardvisor.v1.JobErrorH\x00R\x05error\x12\x1a\n" +
+	"\aconsole\x18\x06 \x01(\fH\x00R\aconsole\x12!\n" +
+	"\vconsole_gap\x18\a \x01(\x04H\x00R\n" +
+	"consoleGap\x12.\n" +
+	"\x03end\x18\b \x01(\v2\x1a.boardvisor.v1.LeaseLogEndH\x00R\x03endB\x06\n" +
+	"\x04body\"\xd9\x01\n" +
+	"\rLeaseLogPhase\x12-\n" +
+	"\x04from\x18\x01 \x01(\x0e2\x19.boardvisor.v1.LeasePhaseR\x04from\x12)\n" +
+	"\x02to\x18\x02 \x01(\x0e2\x19.boardvisor.v1.LeasePhaseR\x02to\x12%\n" +
+	"\x0estatus_message\x18\x03 \x01(\tR\rstatusMessage\x12G\n" +
+	"\x0fexporter_status\x18\x04 \x01(\x0e2\x1e.jumpstarter.v1.ExporterStatusR\x0eexporterStatus\"\xbc\x01\n" +
+	"\x10LeaseLogHookLine\x121\n" +
+	"\x06source\x18\x01 \x01(\x0e2\x19.jumpstarter.v1.LogSourceR\x06source\x123\n" +
+	"\bseverity\x18\x02 \x01(\x0e2\x17.boardvisor.v1.SeverityR\bseverity\x12\x12\n" +
+	"\x04text\x18\x03 \x01(\tR\x04text\x12\x1a\n" +
+	"\bprogress\x18\x04 \x01(\bR\bprogress\x12\x10\n" +
+	"\x03cut\x18\x05 \x01(\bR\x03cut\"\xcf\x01\n" +
+	"\vLeaseLogEnd\x12/\n" +
+	"\x05phase\x18\x01 \x01(\x0e2\x19.boardvisor.v1.LeasePhaseR\x05phase\x125\n" +
+	"\bended_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\aendedAt\x12%\n" +
+	"\x0estatus_message\x18\x03 \x01(\tR\rstatusMessage\x12\x19\n" +
+	"\bended_by\x18\x04 \x01(\tR\aendedBy\x12\x16\n" +
+	"\x06reason\x18\x05 \x01(\tR\x06reason2\x88\x06\n" +
 	"\fLeaseService\x12T\n" +
 	"\vCreateLease\x12!.boardvisor.v1.CreateLeaseRequest\x1a\".boardvisor.v1.CreateLeaseResponse\x12K\n" +
 	"\bGetLease\x12\x1e.boardvisor.v1.GetLeaseRequest\x1a\x1f.boardvisor.v1.GetLeaseResponse\x12F\n" +
@@ -1095,7 +1590,8 @@ const file_boardvisor_v1_coordinator_proto_rawDesc = "" +
 	"ListBoards\x12 .boardvisor.v1.ListBoardsRequest\x1a!.boardvisor.v1.ListBoardsResponse\x12Q\n" +
 	"\n" +
 	"ListLeases\x12 .boardvisor.v1.ListLeasesRequest\x1a!.boardvisor.v1.ListLeasesResponse\x12l\n" +
-	"\x13SetBoardMaintenance\x12).boardvisor.v1.SetBoardMaintenanceRequest\x1a*.boardvisor.v1.SetBoardMaintenanceResponseBCZAgithub.com/boardvisor/boardvisor/proto/boardvisor/v1;boardvisorv1b\x06proto3"
+	"\x13SetBoardMaintenance\x12).boardvisor.v1.SetBoardMaintenanceRequest\x1a*.boardvisor.v1.SetBoardMaintenanceResponse\x12J\n" +
+	"\bLeaseLog\x12\x1e.boardvisor.v1.LeaseLogRequest\x1a\x1c.boardvisor.v1.LeaseLogEntry0\x01BCZAgithub.com/boardvisor/boardvisor/proto/boardvisor/v1;boardvisorv1b\x06proto3"
 
 var (
 	file_boardvisor_v1_coordinator_proto_rawDescOnce sync.Once
@@ -1109,7 +1605,7 @@ func file_boardvisor_v1_coordinator_proto_rawDescGZIP() []byte {
 	return file_boardvisor_v1_coordinator_proto_rawDescData
 }
 
-var file_boardvisor_v1_coordinator_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_boardvisor_v1_coordinator_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_boardvisor_v1_coordinator_proto_goTypes = []any{
 	(*Lease)(nil),                       // 0: boardvisor.v1.Lease
 	(*Board)(nil),                       // 1: boardvisor.v1.Board
@@ -1128,52 +1624,74 @@ var file_boardvisor_v1_coordinator_proto_goTypes = []any{
 	(*ListLeasesResponse)(nil),          // 14: boardvisor.v1.ListLeasesResponse
 	(*SetBoardMaintenanceRequest)(nil),  // 15: boardvisor.v1.SetBoardMaintenanceRequest
 	(*SetBoardMaintenanceResponse)(nil), // 16: boardvisor.v1.SetBoardMaintenanceResponse
-	nil,                                 // 17: boardvisor.v1.Board.LabelsEntry
-	(LeasePhase)(0),                     // 18: boardvisor.v1.LeasePhase
-	(v1.ExporterStatus)(0),              // 19: jumpstarter.v1.ExporterStatus
-	(*timestamppb.Timestamp)(nil),       // 20: google.protobuf.Timestamp
-	(BoardHealth)(0),                    // 21: boardvisor.v1.BoardHealth
-	(*durationpb.Duration)(nil),         // 22: google.protobuf.Duration
+	(*LeaseLogRequest)(nil),             // 17: boardvisor.v1.LeaseLogRequest
+	(*LeaseLogEntry)(nil),               // 18: boardvisor.v1.LeaseLogEntry
+	(*LeaseLogPhase)(nil),               // 19: boardvisor.v1.LeaseLogPhase
+	(*LeaseLogHookLine)(nil),            // 20: boardvisor.v1.LeaseLogHookLine
+	(*LeaseLogEnd)(nil),                 // 21: boardvisor.v1.LeaseLogEnd
+	nil,                                 // 22: boardvisor.v1.Board.LabelsEntry
+	(LeasePhase)(0),                     // 23: boardvisor.v1.LeasePhase
+	(v1.ExporterStatus)(0),              // 24: jumpstarter.v1.ExporterStatus
+	(*timestamppb.Timestamp)(nil),       // 25: google.protobuf.Timestamp
+	(BoardHealth)(0),                    // 26: boardvisor.v1.BoardHealth
+	(*durationpb.Duration)(nil),         // 27: google.protobuf.Duration
+	(*JobError)(nil),                    // 28: boardvisor.v1.JobError
+	(v1.LogSource)(0),                   // 29: jumpstarter.v1.LogSource
+	(Severity)(0),                       // 30: boardvisor.v1.Severity
 }
 var file_boardvisor_v1_coordinator_proto_depIdxs = []int32{
-	18, // 0: boardvisor.v1.Lease.phase:type_name -> boardvisor.v1.LeasePhase
-	19, // 1: boardvisor.v1.Lease.exporter_status:type_name -> jumpstarter.v1.ExporterStatus
-	20, // 2: boardvisor.v1.Lease.created_at:type_name -> google.protobuf.Timestamp
-	20, // 3: boardvisor.v1.Lease.begins_at:type_name -> google.protobuf.Timestamp
-	20, // 4: boardvisor.v1.Lease.ends_at:type_name -> google.protobuf.Timestamp
-	17, // 5: boardvisor.v1.Board.labels:type_name -> boardvisor.v1.Board.LabelsEntry
-	19, // 6: boardvisor.v1.Board.status:type_name -> jumpstarter.v1.ExporterStatus
-	21, // 7: boardvisor.v1.Board.health:type_name -> boardvisor.v1.BoardHealth
-	22, // 8: boardvisor.v1.CreateLeaseRequest.duration:type_name -> google.protobuf.Duration
+	23, // 0: boardvisor.v1.Lease.phase:type_name -> boardvisor.v1.LeasePhase
+	24, // 1: boardvisor.v1.Lease.exporter_status:type_name -> jumpstarter.v1.ExporterStatus
+	25, // 2: boardvisor.v1.Lease.created_at:type_name -> google.protobuf.Timestamp
+	25, // 3: boardvisor.v1.Lease.begins_at:type_name -> google.protobuf.Timestamp
+	25, // 4: boardvisor.v1.Lease.ends_at:type_name -> google.protobuf.Timestamp
+	22, // 5: boardvisor.v1.Board.labels:type_name -> boardvisor.v1.Board.LabelsEntry
+	24, // 6: boardvisor.v1.Board.status:type_name -> jumpstarter.v1.ExporterStatus
+	26, // 7: boardvisor.v1.Board.health:type_name -> boardvisor.v1.BoardHealth
+	27, // 8: boardvisor.v1.CreateLeaseRequest.duration:type_name -> google.protobuf.Duration
 	0,  // 9: boardvisor.v1.CreateLeaseResponse.lease:type_name -> boardvisor.v1.Lease
 	0,  // 10: boardvisor.v1.GetLeaseResponse.lease:type_name -> boardvisor.v1.Lease
 	0,  // 11: boardvisor.v1.ReleaseLeaseResponse.lease:type_name -> boardvisor.v1.Lease
-	22, // 12: boardvisor.v1.ExtendLeaseRequest.by:type_name -> google.protobuf.Duration
+	27, // 12: boardvisor.v1.ExtendLeaseRequest.by:type_name -> google.protobuf.Duration
 	0,  // 13: boardvisor.v1.ExtendLeaseResponse.lease:type_name -> boardvisor.v1.Lease
 	1,  // 14: boardvisor.v1.ListBoardsResponse.boards:type_name -> boardvisor.v1.Board
 	0,  // 15: boardvisor.v1.ListLeasesResponse.leases:type_name -> boardvisor.v1.Lease
 	1,  // 16: boardvisor.v1.SetBoardMaintenanceResponse.board:type_name -> boardvisor.v1.Board
-	2,  // 17: boardvisor.v1.LeaseService.CreateLease:input_type -> boardvisor.v1.CreateLeaseRequest
-	4,  // 18: boardvisor.v1.LeaseService.GetLease:input_type -> boardvisor.v1.GetLeaseRequest
-	6,  // 19: boardvisor.v1.LeaseService.WatchLease:input_type -> boardvisor.v1.WatchLeaseRequest
-	7,  // 20: boardvisor.v1.LeaseService.ReleaseLease:input_type -> boardvisor.v1.ReleaseLeaseRequest
-	9,  // 21: boardvisor.v1.LeaseService.ExtendLease:input_type -> boardvisor.v1.ExtendLeaseRequest
-	11, // 22: boardvisor.v1.LeaseService.ListBoards:input_type -> boardvisor.v1.ListBoardsRequest
-	13, // 23: boardvisor.v1.LeaseService.ListLeases:input_type -> boardvisor.v1.ListLeasesRequest
-	15, // 24: boardvisor.v1.LeaseService.SetBoardMaintenance:input_type -> boardvisor.v1.SetBoardMaintenanceRequest
-	3,  // 25: boardvisor.v1.LeaseService.CreateLease:output_type -> boardvisor.v1.CreateLeaseResponse
-	5,  // 26: boardvisor.v1.LeaseService.GetLease:output_type -> boardvisor.v1.GetLeaseResponse
-	0,  // 27: boardvisor.v1.LeaseService.WatchLease:output_type -> boardvisor.v1.Lease
-	8,  // 28: boardvisor.v1.LeaseService.ReleaseLease:output_type -> boardvisor.v1.ReleaseLeaseResponse
-	10, // 29: boardvisor.v1.LeaseService.ExtendLease:output_type -> boardvisor.v1.ExtendLeaseResponse
-	12, // 30: boardvisor.v1.LeaseService.ListBoards:output_type -> boardvisor.v1.ListBoardsResponse
-	14, // 31: boardvisor.v1.LeaseService.ListLeases:output_type -> boardvisor.v1.ListLeasesResponse
-	16, // 32: boardvisor.v1.LeaseService.SetBoardMaintenance:output_type -> boardvisor.v1.SetBoardMaintenanceResponse
-	25, // [25:33] is the sub-list for method output_type
-	17, // [17:25] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	25, // 17: boardvisor.v1.LeaseLogEntry.time:type_name -> google.protobuf.Timestamp
+	19, // 18: boardvisor.v1.LeaseLogEntry.phase:type_name -> boardvisor.v1.LeaseLogPhase
+	20, // 19: boardvisor.v1.LeaseLogEntry.hook_line:type_name -> boardvisor.v1.LeaseLogHookLine
+	28, // 20: boardvisor.v1.LeaseLogEntry.error:type_name -> boardvisor.v1.JobError
+	21, // 21: boardvisor.v1.LeaseLogEntry.end:type_name -> boardvisor.v1.LeaseLogEnd
+	23, // 22: boardvisor.v1.LeaseLogPhase.from:type_name -> boardvisor.v1.LeasePhase
+	23, // 23: boardvisor.v1.LeaseLogPhase.to:type_name -> boardvisor.v1.LeasePhase
+	24, // 24: boardvisor.v1.LeaseLogPhase.exporter_status:type_name -> jumpstarter.v1.ExporterStatus
+	29, // 25: boardvisor.v1.LeaseLogHookLine.source:type_name -> jumpstarter.v1.LogSource
+	30, // 26: boardvisor.v1.LeaseLogHookLine.severity:type_name -> boardvisor.v1.Severity
+	23, // 27: boardvisor.v1.LeaseLogEnd.phase:type_name -> boardvisor.v1.LeasePhase
+	25, // 28: boardvisor.v1.LeaseLogEnd.ended_at:type_name -> google.protobuf.Timestamp
+	2,  // 29: boardvisor.v1.LeaseService.CreateLease:input_type -> boardvisor.v1.CreateLeaseRequest
+	4,  // 30: boardvisor.v1.LeaseService.GetLease:input_type -> boardvisor.v1.GetLeaseRequest
+	6,  // 31: boardvisor.v1.LeaseService.WatchLease:input_type -> boardvisor.v1.WatchLeaseRequest
+	7,  // 32: boardvisor.v1.LeaseService.ReleaseLease:input_type -> boardvisor.v1.ReleaseLeaseRequest
+	9,  // 33: boardvisor.v1.LeaseService.ExtendLease:input_type -> boardvisor.v1.ExtendLeaseRequest
+	11, // 34: boardvisor.v1.LeaseService.ListBoards:input_type -> boardvisor.v1.ListBoardsRequest
+	13, // 35: boardvisor.v1.LeaseService.ListLeases:input_type -> boardvisor.v1.ListLeasesRequest
+	15, // 36: boardvisor.v1.LeaseService.SetBoardMaintenance:input_type -> boardvisor.v1.SetBoardMaintenanceRequest
+	17, // 37: boardvisor.v1.LeaseService.LeaseLog:input_type -> boardvisor.v1.LeaseLogRequest
+	3,  // 38: boardvisor.v1.LeaseService.CreateLease:output_type -> boardvisor.v1.CreateLeaseResponse
+	5,  // 39: boardvisor.v1.LeaseService.GetLease:output_type -> boardvisor.v1.GetLeaseResponse
+	0,  // 40: boardvisor.v1.LeaseService.WatchLease:output_type -> boardvisor.v1.Lease
+	8,  // 41: boardvisor.v1.LeaseService.ReleaseLease:output_type -> boardvisor.v1.ReleaseLeaseResponse
+	10, // 42: boardvisor.v1.LeaseService.ExtendLease:output_type -> boardvisor.v1.ExtendLeaseResponse
+	12, // 43: boardvisor.v1.LeaseService.ListBoards:output_type -> boardvisor.v1.ListBoardsResponse
+	14, // 44: boardvisor.v1.LeaseService.ListLeases:output_type -> boardvisor.v1.ListLeasesResponse
+	16, // 45: boardvisor.v1.LeaseService.SetBoardMaintenance:output_type -> boardvisor.v1.SetBoardMaintenanceResponse
+	18, // 46: boardvisor.v1.LeaseService.LeaseLog:output_type -> boardvisor.v1.LeaseLogEntry
+	38, // [38:47] is the sub-list for method output_type
+	29, // [29:38] is the sub-list for method input_type
+	29, // [29:29] is the sub-list for extension type_name
+	29, // [29:29] is the sub-list for extension extendee
+	0,  // [0:29] is the sub-list for field type_name
 }
 
 func init() { file_boardvisor_v1_coordinator_proto_init() }
@@ -1182,13 +1700,22 @@ func file_boardvisor_v1_coordinator_proto_init() {
 		return
 	}
 	file_boardvisor_v1_common_proto_init()
+	file_boardvisor_v1_supervisor_proto_init()
+	file_boardvisor_v1_coordinator_proto_msgTypes[18].OneofWrappers = []any{
+		(*LeaseLogEntry_Phase)(nil),
+		(*LeaseLogEntry_HookLine)(nil),
+		(*LeaseLogEntry_Error)(nil),
+		(*LeaseLogEntry_Console)(nil),
+		(*LeaseLogEntry_ConsoleGap)(nil),
+		(*LeaseLogEntry_End)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_boardvisor_v1_coordinator_proto_rawDesc), len(file_boardvisor_v1_coordinator_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   18,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -32,6 +32,7 @@ const (
 	LeaseService_ListBoards_FullMethodName          = "/boardvisor.v1.LeaseService/ListBoards"
 	LeaseService_ListLeases_FullMethodName          = "/boardvisor.v1.LeaseService/ListLeases"
 	LeaseService_SetBoardMaintenance_FullMethodName = "/boardvisor.v1.LeaseService/SetBoardMaintenance"
+	LeaseService_LeaseLog_FullMethodName            = "/boardvisor.v1.LeaseService/LeaseLog"
 )
 
 // LeaseServiceClient is the client API for LeaseService service.
@@ -59,6 +60,12 @@ type LeaseServiceClient interface {
 	ListLeases(ctx context.Context, in *ListLeasesRequest, opts ...grpc.CallOption) (*ListLeasesResponse, error)
 	// Operators: put a board into maintenance (no new leases) or take it out.
 	SetBoardMaintenance(ctx context.Context, in *SetBoardMaintenanceRequest, opts ...grpc.CallOption) (*SetBoardMaintenanceResponse, error)
+	// Stream a lease's log as the coordinator stored it (phase changes, hook
+	// lines, errors and, when asked, console bytes), in order, from a position
+	// on. With follow it stays until the lease has ended, then sends a last entry
+	// (end) and ends; without, it ends after what is stored now. Only the lease's
+	// holder and admins may read it.
+	LeaseLog(ctx context.Context, in *LeaseLogRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[LeaseLogEntry], error)
 }
 
 type leaseServiceClient struct {
@@ -158,6 +165,25 @@ func (c *leaseServiceClient) SetBoardMaintenance(ctx context.Context, in *SetBoa
 	return out, nil
 }
 
+func (c *leaseServiceClient) LeaseLog(ctx context.Context, in *LeaseLogRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[LeaseLogEntry], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &LeaseService_ServiceDesc.Streams[1], LeaseService_LeaseLog_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[LeaseLogRequest, LeaseLogEntry]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type LeaseService_LeaseLogClient = grpc.ServerStreamingClient[LeaseLogEntry]
+
 // LeaseServiceServer is the server API for LeaseService service.
 // All implementations must embed UnimplementedLeaseServiceServer
 // for forward compatibility.
@@ -183,6 +209,12 @@ type LeaseServiceServer interface {
 	ListLeases(context.Context, *ListLeasesRequest) (*ListLeasesResponse, error)
 	// Operators: put a board into maintenance (no new leases) or take it out.
 	SetBoardMaintenance(context.Context, *SetBoardMaintenanceRequest) (*SetBoardMaintenanceResponse, error)
+	// Stream a lease's log as the coordinator stored it (phase changes, hook
+	// lines, errors and, when asked, console bytes), in order, from a position
+	// on. With follow it stays until the lease has ended, then sends a last entry
+	// (end) and ends; without, it ends after what is stored now. Only the lease's
+	// holder and admins may read it.
+	LeaseLog(*LeaseLogRequest, grpc.ServerStreamingServer[LeaseLogEntry]) error
 	mustEmbedUnimplementedLeaseServiceServer()
 }
 
@@ -216,6 +248,9 @@ func (UnimplementedLeaseServiceServer) ListLeases(context.Context, *ListLeasesRe
 }
 func (UnimplementedLeaseServiceServer) SetBoardMaintenance(context.Context, *SetBoardMaintenanceRequest) (*SetBoardMaintenanceResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method SetBoardMaintenance not implemented")
+}
+func (UnimplementedLeaseServiceServer) LeaseLog(*LeaseLogRequest, grpc.ServerStreamingServer[LeaseLogEntry]) error {
+	return status.Error(codes.Unimplemented, "method LeaseLog not implemented")
 }
 func (UnimplementedLeaseServiceServer) mustEmbedUnimplementedLeaseServiceServer() {}
 func (UnimplementedLeaseServiceServer) testEmbeddedByValue()                      {}
@@ -375,6 +410,17 @@ func _LeaseService_SetBoardMaintenance_Handler(srv interface{}, ctx context.Cont
 	return interceptor(ctx, in, info, handler)
 }
 
+func _LeaseService_LeaseLog_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(LeaseLogRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(LeaseServiceServer).LeaseLog(m, &grpc.GenericServerStream[LeaseLogRequest, LeaseLogEntry]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type LeaseService_LeaseLogServer = grpc.ServerStreamingServer[LeaseLogEntry]
+
 // LeaseService_ServiceDesc is the grpc.ServiceDesc for LeaseService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -415,6 +461,11 @@ var LeaseService_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "WatchLease",
 			Handler:       _LeaseService_WatchLease_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "LeaseLog",
+			Handler:       _LeaseService_LeaseLog_Handler,
 			ServerStreams: true,
 		},
 	},
