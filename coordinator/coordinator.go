@@ -84,7 +84,7 @@ type Coordinator struct {
 	log  hclog.Logger
 	now  func() time.Time
 	link *link.Server
-	logs *logHub // LeaseLog streams, woken from the event path (leaselog.go)
+	logs *logHub  // LeaseLog streams, woken from the event path (leaselog.go)
 	farm farmFeed // wakes in-process farm watchers after each change (farmwatch.go)
 
 	// mu serializes every state change (one writer at a time) and guards the fields below.
