@@ -209,7 +209,7 @@ func (b *browser) until(what, expr string) {
 			return
 		}
 		if time.Now().After(deadline) {
-			b.t.Fatalf("browser: timed out after %s waiting for %s (%v)\npage text:\n%s", wait, what, err, b.text())
+			b.t.Fatalf("browser: timed out after %s waiting for %s (%v; dialogs opened: %q)\npage text:\n%s", wait, what, err, b.dialogsOpened(), b.text())
 		}
 		time.Sleep(25 * time.Millisecond)
 	}
