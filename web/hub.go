@@ -16,7 +16,8 @@ import (
 // read by one server-side watcher shared by every open tab: the watcher starts with the
 // first tab's stream and stops after the last, reads the coordinator when the
 // coordinator says something changed (coordinator.WatchFarm), at most once per
-// coalesce interval, and hands each tab the rows that changed. A row's SSE event is
+// coalesce interval (and never more than 5% of the time: see gap), and hands each tab
+// the rows that changed. A row's SSE event is
 // encoded once, by the watcher, whatever the number of tabs. A tab that reads slowly
 // holds at most one pending version of each row (newer versions replace older ones):
 // its memory is bounded by the table's size, and the watcher never waits for it.
@@ -143,7 +144,9 @@ func (t *table) run(ctx context.Context, gen int) {
 	backoff := time.Second
 	for {
 		rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		began := time.Now()
 		rows, err := t.load(rctx)
+		took := time.Since(began)
 		cancel()
 		t.loads.Add(1)
 		if ctx.Err() != nil {
@@ -167,10 +170,22 @@ func (t *table) run(ctx context.Context, gen int) {
 			return
 		case <-w.C():
 		}
-		if !sleepCtx(ctx, t.coalesce) {
+		if !sleepCtx(ctx, gap(t.coalesce, took)) {
 			return
 		}
 	}
+}
+
+// maxDuty is the share of the time the watcher may spend reading the coordinator: after
+// a read that took d it waits at least (1/maxDuty - 1) × d before the next. So however
+// large the farm, and however often it changes, one table's watcher costs the
+// coordinator at most about 5% of a core (the read's wall time bounds its CPU time).
+const maxDuty = 0.05
+
+// gap is how long the watcher lets changes gather after a read that took took: the
+// coalesce interval, or longer for a slow read; never more than 10s.
+func gap(coalesce, took time.Duration) time.Duration {
+	return min(max(coalesce, time.Duration(float64(took)*(1/maxDuty-1))), 10*time.Second)
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) bool {

@@ -68,7 +68,7 @@ func (a *recAudit) all() string {
 
 // rig is a coordinator with a supervisor link, and its dashboard on an httptest server.
 type rig struct {
-	t     *testing.T
+	t     testing.TB
 	dir   string
 	c     *coordinator.Coordinator
 	srv   *grpc.Server
@@ -79,7 +79,7 @@ type rig struct {
 	sup   *fakeSup
 }
 
-func newRig(t *testing.T, opts Options, tlsOn bool) *rig {
+func newRig(t testing.TB, opts Options, tlsOn bool) *rig {
 	t.Helper()
 	dir := t.TempDir()
 	c, err := coordinator.New(coordinator.Options{StateDir: dir, ClientTokens: testUsers, TickInterval: 20 * time.Millisecond})
@@ -124,7 +124,7 @@ func newRig(t *testing.T, opts Options, tlsOn bool) *rig {
 
 // fakeSup is a supervisor on the real link: Hello, then numbered events.
 type fakeSup struct {
-	t      *testing.T
+	t      testing.TB
 	stream pb.SupervisorLink_ConnectClient
 	mu     sync.Mutex
 	seq    uint64
@@ -777,5 +777,21 @@ func TestNeedsClientTokens(t *testing.T) {
 	defer c.Close()
 	if _, err := New(Options{Coordinator: c}); err == nil || !strings.Contains(err.Error(), "--client-tokens") {
 		t.Fatalf("New without client tokens: %v", err)
+	}
+}
+
+// The shared watcher's duty cycle is bounded: a slow read makes it wait longer.
+func TestWatcherWaitsInProportionToItsReads(t *testing.T) {
+	for _, c := range []struct{ coalesce, took, want time.Duration }{
+		{250 * time.Millisecond, time.Millisecond, 250 * time.Millisecond},
+		{250 * time.Millisecond, 20 * time.Millisecond, 380 * time.Millisecond},
+		{250 * time.Millisecond, 5 * time.Second, 10 * time.Second},
+	} {
+		if got := gap(c.coalesce, c.took); got != c.want {
+			t.Errorf("gap(%s, %s) = %s, want %s", c.coalesce, c.took, got, c.want)
+		}
+		if d := float64(c.took) / float64(c.took+gap(c.coalesce, c.took)); d > maxDuty+1e-9 && c.took < 500*time.Millisecond {
+			t.Errorf("duty %.3f for a read of %s", d, c.took)
+		}
 	}
 }

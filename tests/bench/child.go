@@ -42,6 +42,7 @@ var children = map[string]func(e *env) error{
 	"restart":     runRestart,
 	"link":        runLink,
 	"hookflood":   runHookFlood,
+	"web":         runWeb,
 	// Helpers run by scenarios, not scenarios themselves.
 	"farm":      runFarm,
 	"hookprint": runHookPrint,

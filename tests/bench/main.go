@@ -60,6 +60,7 @@ var scenarios = []scenario{
 	{name: "console", timeout: 120 * time.Second},
 	{name: "restart", timeout: 180 * time.Second},
 	{name: "link", timeout: 60 * time.Second},
+	{name: "web", timeout: 240 * time.Second},
 }
 
 func main() {
