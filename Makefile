@@ -6,7 +6,7 @@ STATICCHECK := $(BIN)/staticcheck
 # Pinned tool versions. staticcheck 0.8.x is the first line that understands Go 1.26.
 STATICCHECK_VERSION := v0.8.2
 # Short fuzz runs in `make test`: package:target pairs, and how long each runs.
-FUZZ_TARGETS := ./jobs:FuzzHookLines ./supervisor/config:FuzzParse ./jobs/journal:FuzzDecodeRecord ./connector/grpc:FuzzServerStream ./connector/grpc:FuzzClientRecv ./supervisor/exporter:FuzzAuthorize ./coordinator:FuzzParseSelector ./coordinator:FuzzDecodeLogPos
+FUZZ_TARGETS := ./jobs:FuzzHookLines ./supervisor/config:FuzzParse ./jobs/journal:FuzzDecodeRecord ./connector/grpc:FuzzServerStream ./connector/grpc:FuzzClientRecv ./supervisor/exporter:FuzzAuthorize ./coordinator:FuzzParseSelector ./coordinator:FuzzDecodeLogPos ./web:FuzzSessionCookie
 FUZZTIME     ?= 6s
 
 GOFILES = $(shell git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './.bin/*')
