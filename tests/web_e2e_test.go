@@ -439,6 +439,7 @@ func TestWebBoardsPageFollowsALeaseLive(t *testing.T) {
 	b.do("open the supervisors page", chromedp.Navigate(f.url()+"/supervisors"))
 	b.until("lab-1 connected, 3 boards", `(() => { const r = document.querySelector('tr[data-supervisor="lab-1"]');
 		return r && r.textContent.includes('connected') && r.children[4].textContent === '3'; })()`)
+	b.screenshot("supervisors")
 	if d := b.dialogsOpened(); len(d) > 0 {
 		t.Fatalf("dialogs opened: %v", d)
 	}
@@ -617,6 +618,7 @@ func TestWebMaintenanceIsForAdmins(t *testing.T) {
 	)
 	root.until("rpi4-01 in maintenance on root's page", health("rpi4-01")+` === 'MAINTENANCE'`)
 	bob.until("rpi4-01 in maintenance on bob's page", health("rpi4-01")+` === 'MAINTENANCE'`)
+	root.screenshot("boards-admin")
 	r, err := f.api(rootTok).ListBoards(ctxT(t), &pb.ListBoardsRequest{})
 	if err != nil {
 		t.Fatal(err)

@@ -63,6 +63,11 @@
       reason.focus();
     });
     td.append(btn);
+    if (b.health === 'BAD') {
+      // TODO(web): a "Clear quarantine" button (POST /api/boards/NAME/clear-quarantine,
+      // with the CSRF token) once the coordinator's ClearQuarantine RPC is on main.
+      td.append(el('span', {class: 'note', title: 'the coordinator has no ClearQuarantine yet', text: ' quarantined: clearing it from here is not available yet'}));
+    }
     return td;
   }
 
