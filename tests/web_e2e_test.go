@@ -514,6 +514,23 @@ echo "JMP_INFO: board ready"`
 	if n != 0 {
 		t.Fatalf("bob sees %d of alice's hook lines", n)
 	}
+	// Once the lease is over, its page is its record: phases, lines and the console's
+	// recording, read back from the coordinator.
+	if _, err := f.api(aliceTok).ReleaseLease(ctxT(t), &pb.ReleaseLeaseRequest{Id: l.GetId(), Reason: "seen enough"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.done(); err != nil {
+		t.Fatal(err)
+	}
+	b.until("the live page saying the lease ended", `!document.getElementById('ended').hidden && document.getElementById('live').textContent === 'ended'`)
+	b.do("open the ended lease's page", chromedp.Navigate(f.url()+"/lease/"+l.GetId()))
+	b.until("the recording of the console", `document.getElementById('console-title').textContent === 'Console recording' &&
+		document.getElementById('console').textContent.includes('virt-01 login:')`)
+	b.until("how it ended", `document.getElementById('ended').textContent.includes('Ended DONE') && document.getElementById('ended').textContent.includes('alice')`)
+	b.mustEval(lines, &got)
+	if !slices.Equal(got, want) {
+		t.Fatalf("the ended lease's page shows %q, want %q", got, want)
+	}
 }
 
 // A browser reading a lease's page while the coordinator is killed and started again
