@@ -60,6 +60,7 @@ type table struct {
 	loaded bool            // rows holds a read
 	cancel context.CancelFunc
 	gen    int
+	closed bool // close was called: no watcher starts again
 	wg     sync.WaitGroup
 }
 
@@ -88,7 +89,7 @@ func (t *table) join(filter func(*row) bool) *tabSub {
 		s.offer(id, r)
 	}
 	t.subs[s] = struct{}{}
-	if len(t.subs) == 1 {
+	if len(t.subs) == 1 && !t.closed {
 		ctx, cancel := context.WithCancel(context.Background())
 		t.cancel = cancel
 		t.gen++
@@ -109,7 +110,7 @@ func (t *table) leave(s *tabSub) {
 		return
 	}
 	delete(t.subs, s)
-	if len(t.subs) == 0 {
+	if len(t.subs) == 0 && t.cancel != nil {
 		t.cancel()
 		t.gen++
 		t.rows, t.loaded = nil, false
@@ -127,6 +128,7 @@ func (t *table) isLoaded() bool {
 // close stops the watcher and waits for it.
 func (t *table) close() {
 	t.mu.Lock()
+	t.closed = true
 	if t.cancel != nil {
 		t.cancel()
 	}
