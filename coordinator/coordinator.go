@@ -4,9 +4,28 @@
 // jobs over the supervisor link (connector/grpc). Clients use its LeaseService.
 //
 // All state is in SQL through database/sql: an embedded SQLite file by default, with a
-// schema and queries PostgreSQL also runs. Every state change is one transaction, and
-// the coordinator reconciles with each supervisor by level (on Hello and periodically),
-// so events are never the only path to a correct state.
+// schema and queries PostgreSQL also runs. The coordinator reconciles with each
+// supervisor by level (on Hello and periodically), so events are never the only path
+// to a correct state.
+//
+// # Two paths
+//
+// Work goes through two paths that never wait for each other for more than one
+// transaction:
+//
+//   - The event path (eventpath.go) stores supervisors' events: one writer goroutine
+//     takes every batch waiting, from all supervisors, and stores them in one
+//     transaction; the link acknowledges a batch once it is committed. Storage takes no
+//     lock of the lease state, so lease requests cannot delay it.
+//   - The state path (this file) is one goroutine, the state loop, that owns the lease
+//     and board state: the store's leases and boards tables and the in-memory fleet
+//     index (index.go) and lease queue (queue.go). Each step of the loop is one
+//     transaction holding both the events waiting to be applied (a bounded number) and
+//     the requests waiting (lease requests, Hellos, timers; a bounded number), so that
+//     neither a burst of events nor a burst of requests starves the other.
+//
+// Events are applied from the stored log, in order, exactly once: each supervisor's
+// applied_seq moves in the same transaction as the state change.
 package coordinator
 
 import (
@@ -18,12 +37,14 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	link "github.com/boardvisor/boardvisor/connector/grpc"
 	pb "github.com/boardvisor/boardvisor/proto/boardvisor/v1"
 	"github.com/hashicorp/go-hclog"
 	ggrpc "google.golang.org/grpc"
+	"google.golang.org/grpc/status"
 
 	_ "modernc.org/sqlite" // the "sqlite" database/sql driver
 )
@@ -72,28 +93,64 @@ type Options struct {
 	ClientTokens ClientTokens
 }
 
+// Limits of one step of the state loop: how many requests and how many events waiting
+// to be applied go into one transaction.
+const (
+	maxOpsPerStep    = 64
+	maxEventsPerStep = 2048
+	// stepTimeout bounds one step's transaction.
+	stepTimeout = 30 * time.Second
+)
+
 // Coordinator is the coordinator: a link.Handler for supervisors and a LeaseService for
 // clients. Create it with New, serve it with Register and Run, and Close it.
 type Coordinator struct {
 	pb.UnimplementedLeaseServiceServer
 
 	opts Options
-	db   *sql.DB
+	db   *sql.DB // reads outside the state loop
+	wdb  *sql.DB // writes: one connection, shared by the event writer and the state loop
 	log  hclog.Logger
 	now  func() time.Time
 	link *link.Server
 
-	// mu serializes every state change (one writer at a time) and guards the fields below.
-	mu       sync.Mutex
-	sessions map[string]*link.Session // connected supervisors by ID
-	watchers map[string]map[*watcher]struct{}
-	// goneLogged remembers the supervisors already reported as gone beyond grace.
+	// Requests to the state loop.
+	reqMu    sync.Mutex
+	reqs     []*op
+	kick     chan struct{}
+	loopDone chan struct{}
+	applyQ   applyQueue
+
+	// The event writer, and the SQLite checkpointer.
+	store          storeQueue
+	checkpointDone chan struct{}
+
+	// State owned by the state loop: only the loop's goroutine touches it.
+	fleet      *fleet
+	queue      *leaseQueue
+	live       map[string]*leaseRow // unended leases by ID
+	timers     deadlineHeap
+	applied    map[string]uint64 // per supervisor: the last event seq applied
+	sessions   map[string]*link.Session
 	goneLogged map[string]bool
+	freed      boardSet // boards that became free in this step: the queue is served from them
+	nextPos    int64    // the next lease's queue position
+	failures   int      // consecutive failed steps (back-off)
+	stale      bool     // the in-memory state must be rebuilt before the next step
+
+	// watchers of leases; publish runs in the state loop.
+	watchMu  sync.Mutex
+	watchers map[string]map[*watcher]struct{}
+
+	// Costs the tests watch: index entries visited and board rows read.
+	visits   atomic.Int64
+	rowsRead atomic.Int64
 
 	wake      chan struct{} // pokes Run: a lease's end time may have moved
 	done      chan struct{} // closed by Close
 	closeOnce sync.Once
 	runWG     sync.WaitGroup
+	closed    bool // under reqMu
 }
 
 var (
@@ -104,9 +161,10 @@ var (
 // errClosed is returned by operations on a closed coordinator.
 var errClosed = errors.New("coordinator closed")
 
-// New opens (and if needed creates) the coordinator's database and returns the
-// coordinator. Supervisors recorded as connected are marked disconnected, with the
-// grace period starting now.
+// New opens (and if needed creates) the coordinator's database, migrates its schema,
+// loads the fleet index and the live leases from it, applies the events stored but not
+// yet applied, and returns the coordinator. Supervisors recorded as connected are
+// marked disconnected, with the grace period starting now.
 func New(opts Options) (*Coordinator, error) {
 	if opts.Driver == "" {
 		opts.Driver = "sqlite"
@@ -166,34 +224,110 @@ func New(opts Options) (*Coordinator, error) {
 	if err != nil {
 		return nil, fmt.Errorf("coordinator: open database: %w", err)
 	}
+	wdb := db
+	checkpoints := false
 	if isSQLite(opts.Driver) && strings.Contains(dsn, ":memory:") {
 		db.SetMaxOpenConns(1) // every connection would be its own in-memory database
+	} else {
+		wdsn := dsn
+		if isSQLite(opts.Driver) && !strings.Contains(dsn, "wal_autocheckpoint") {
+			// The writer does not checkpoint on commit (that copies the WAL into the
+			// database and fsyncs it, some tens of milliseconds now and then, in the
+			// middle of a lease request): a goroutine of its own does, on a reader
+			// connection, without blocking the writer.
+			wdsn += "&_pragma=wal_autocheckpoint(0)"
+			checkpoints = true
+		}
+		if wdb, err = sql.Open(opts.Driver, wdsn); err != nil {
+			_ = db.Close()
+			return nil, fmt.Errorf("coordinator: open database: %w", err)
+		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := migrate(ctx, db); err != nil {
+	// One writer connection: the event writer and the state loop take turns, each
+	// waiting at most for one transaction of the other.
+	wdb.SetMaxOpenConns(1)
+	wdb.SetMaxIdleConns(1)
+	wdb.SetConnMaxLifetime(0)
+	wdb.SetConnMaxIdleTime(0)
+	closeDBs := func() {
 		_ = db.Close()
+		if wdb != db {
+			_ = wdb.Close()
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if applied, err := migrate(ctx, wdb); err != nil {
+		closeDBs()
 		return nil, fmt.Errorf("coordinator: database: %w", err)
+	} else if len(applied) > 0 {
+		opts.Logger.Info("database schema migrated", "versions", fmt.Sprint(applied), "schema_version", schemaVersion)
 	}
 	c := &Coordinator{
 		opts:       opts,
 		db:         db,
+		wdb:        wdb,
 		log:        opts.Logger,
 		now:        opts.Now,
+		kick:       make(chan struct{}, 1),
+		loopDone:   make(chan struct{}),
 		sessions:   map[string]*link.Session{},
 		watchers:   map[string]map[*watcher]struct{}{},
 		goneLogged: map[string]bool{},
 		wake:       make(chan struct{}, 1),
 		done:       make(chan struct{}),
 	}
+	c.store.init()
 	c.link = &link.Server{Handler: c, Auth: opts.SupervisorAuth, Logger: opts.Logger.Named("link"), Audit: opts.Audit}
 	// No supervisor is connected to a process that just started: their grace starts now.
-	if _, err := db.ExecContext(ctx, `UPDATE supervisors SET connected = $1, last_contact = $2 WHERE connected = $3`,
+	if _, err := wdb.ExecContext(ctx, `UPDATE supervisors SET connected = $1, last_contact = $2 WHERE connected = $3`,
 		false, c.now().UnixNano(), true); err != nil {
-		_ = db.Close()
+		closeDBs()
 		return nil, fmt.Errorf("coordinator: database: %w", err)
 	}
+	began := time.Now()
+	if err := c.reload(ctx); err != nil {
+		closeDBs()
+		return nil, fmt.Errorf("coordinator: load state: %w", err)
+	}
+	c.log.Info("state loaded", "boards", len(c.fleet.byName), "live_leases", len(c.live), "queued", c.queue.n,
+		"took", time.Since(began).Round(time.Millisecond).String())
+	go c.loop()
+	go c.writer()
+	c.checkpointDone = make(chan struct{})
+	if checkpoints {
+		go c.checkpointer()
+	} else {
+		close(c.checkpointDone)
+	}
 	return c, nil
+}
+
+// checkpointInterval is how often the checkpointer copies SQLite's write-ahead log into
+// the database file.
+const checkpointInterval = 500 * time.Millisecond
+
+// checkpointer checkpoints SQLite's write-ahead log in the background (PASSIVE: it
+// never waits for the writer nor makes it wait), so that the log stays short.
+func (c *Coordinator) checkpointer() {
+	defer close(c.checkpointDone)
+	t := time.NewTicker(checkpointInterval)
+	defer t.Stop()
+	failing := false
+	for {
+		select {
+		case <-c.done:
+			return
+		case <-t.C:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), stepTimeout)
+		_, err := c.db.ExecContext(ctx, `PRAGMA wal_checkpoint(PASSIVE)`)
+		cancel()
+		if err != nil && !failing {
+			c.log.Warn("SQLite checkpoint failed: the write-ahead log grows until one succeeds", "error", err)
+		}
+		failing = err != nil
+	}
 }
 
 // sqliteDSN adds WAL mode, a busy timeout and immediate write transactions to a SQLite
@@ -233,15 +367,13 @@ func (c *Coordinator) Register(g *ggrpc.Server) {
 // expiry, periodic reconciliation with every connected supervisor, and the grace period
 // of disconnected supervisors. It returns ctx's error, or nil after Close.
 func (c *Coordinator) Run(ctx context.Context) error {
-	c.mu.Lock()
-	select {
-	case <-c.done:
-		c.mu.Unlock()
+	c.reqMu.Lock()
+	if c.closed {
+		c.reqMu.Unlock()
 		return nil
-	default:
 	}
-	c.runWG.Add(1) // under c.mu, so never concurrent with Close's Wait
-	c.mu.Unlock()
+	c.runWG.Add(1) // under reqMu, so never concurrent with Close's Wait
+	c.reqMu.Unlock()
 	defer c.runWG.Done()
 	lastReconcile := c.now()
 	timer := time.NewTimer(0)
@@ -255,18 +387,25 @@ func (c *Coordinator) Run(ctx context.Context) error {
 		case <-timer.C:
 		case <-c.wake:
 		}
-		if err := c.tick(ctx); err != nil && ctx.Err() == nil && !errors.Is(err, errClosed) {
+		var next, got int64
+		if err := c.do(ctx, func(ctx context.Context, tx *sql.Tx, fx *effects) error {
+			var err error
+			got, err = c.tick(ctx, tx, fx)
+			return err
+		}); err == nil {
+			next = got // read only once the step is done (a cancelled call may still run)
+		} else if ctx.Err() == nil && !errors.Is(err, errClosed) {
 			c.log.Error("lease timers", "error", err)
 		}
 		if now := c.now(); now.Sub(lastReconcile) >= c.opts.ReconcileInterval || now.Before(lastReconcile) {
 			lastReconcile = now
-			if err := c.reconcileAll(ctx); err != nil && ctx.Err() == nil && !errors.Is(err, errClosed) {
+			if err := c.do(ctx, c.reconcileAll); err != nil && ctx.Err() == nil && !errors.Is(err, errClosed) {
 				c.log.Error("reconciliation", "error", err)
 			}
 		}
 		c.checkGrace(ctx)
 		wait := c.opts.TickInterval
-		if next, err := c.nextExpiry(ctx); err == nil && next > 0 {
+		if next > 0 {
 			if d := time.Duration(next - c.now().UnixNano()); d < wait {
 				wait = max(d, time.Millisecond)
 			}
@@ -281,16 +420,24 @@ func (c *Coordinator) Run(ctx context.Context) error {
 	}
 }
 
-// Close stops Run, ends every WatchLease stream and closes the database. Stop the gRPC
-// server first: handlers still running afterwards get errors.
+// Close stops Run, the state loop and the event writer, ends every WatchLease stream and
+// closes the database. Stop the gRPC server first: handlers still running afterwards get
+// errors.
 func (c *Coordinator) Close() error {
 	var err error
 	c.closeOnce.Do(func() {
-		c.mu.Lock()
+		c.reqMu.Lock()
+		c.closed = true
 		close(c.done)
-		c.mu.Unlock()
+		c.reqMu.Unlock()
 		c.runWG.Wait()
+		<-c.loopDone
+		<-c.store.done
+		<-c.checkpointDone
 		err = c.db.Close()
+		if c.wdb != c.db {
+			err = errors.Join(err, c.wdb.Close())
+		}
 	})
 	return err
 }
@@ -303,11 +450,192 @@ func (c *Coordinator) poke() {
 	}
 }
 
+// op is a request to the state loop: fn runs inside one of its transactions.
+type op struct {
+	ctx  context.Context
+	fn   func(ctx context.Context, tx *sql.Tx, fx *effects) error
+	err  error
+	done chan struct{}
+}
+
+// do runs fn in the state loop, inside a transaction it may share with other requests
+// and events (fn's ctx is the transaction's, not the caller's), and returns once that transaction is committed (or failed) and its effects
+// are sent. fn must return a gRPC status error only before it changed anything (the
+// transaction goes on without it); any other error fails the whole transaction, and the
+// in-memory state is rebuilt from the store. A request whose ctx is done before its turn
+// does not run.
+func (c *Coordinator) do(ctx context.Context, fn func(ctx context.Context, tx *sql.Tx, fx *effects) error) error {
+	o := &op{ctx: ctx, fn: fn, done: make(chan struct{})}
+	c.reqMu.Lock()
+	if c.closed {
+		c.reqMu.Unlock()
+		return errClosed
+	}
+	c.reqs = append(c.reqs, o)
+	c.reqMu.Unlock()
+	c.kickLoop()
+	select {
+	case <-o.done:
+		return o.err
+	case <-ctx.Done():
+		// It will not run if its turn has not come; if it runs now, its outcome is lost
+		// to the caller, as with a reply lost on the network.
+		return status.FromContextError(ctx.Err()).Err()
+	case <-c.loopDone:
+		select {
+		case <-o.done:
+			return o.err
+		default:
+			return errClosed
+		}
+	}
+}
+
+func (c *Coordinator) kickLoop() {
+	select {
+	case c.kick <- struct{}{}:
+	default:
+	}
+}
+
+// loop is the state loop. It owns the lease and board state.
+func (c *Coordinator) loop() {
+	defer close(c.loopDone)
+	defer c.failPending()
+	for {
+		select {
+		case <-c.done:
+			return
+		case <-c.kick:
+		}
+		for {
+			select {
+			case <-c.done:
+				return
+			default:
+			}
+			more, ok := c.step()
+			if !ok {
+				// The step failed: back off before the next (requests meanwhile fail
+				// fast only if the database keeps failing).
+				c.failures++
+				d := min(time.Duration(1<<min(c.failures, 6))*50*time.Millisecond, 3*time.Second)
+				select {
+				case <-c.done:
+					return
+				case <-time.After(d):
+				}
+				continue
+			}
+			c.failures = 0
+			if !more {
+				break
+			}
+		}
+	}
+}
+
+func (c *Coordinator) failPending() {
+	c.reqMu.Lock()
+	reqs := c.reqs
+	c.reqs = nil
+	c.reqMu.Unlock()
+	for _, o := range reqs {
+		o.err = errClosed
+		close(o.done)
+	}
+}
+
+// step runs one transaction of the state loop. It reports whether work was done (so
+// there may be more), and false in ok when the transaction failed.
+func (c *Coordinator) step() (more, ok bool) {
+	if c.stale {
+		ctx, cancel := context.WithTimeout(context.Background(), stepTimeout)
+		err := c.reload(ctx)
+		cancel()
+		if err != nil {
+			c.log.Error("reload of the state failed: will retry", "error", err)
+			return true, false
+		}
+	}
+	c.reqMu.Lock()
+	n := min(len(c.reqs), maxOpsPerStep)
+	reqs := c.reqs[:n:n]
+	c.reqs = c.reqs[n:]
+	c.reqMu.Unlock()
+	batches := c.applyQ.take(maxEventsPerStep)
+	if len(reqs) == 0 && len(batches) == 0 {
+		return false, true
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), stepTimeout)
+	defer cancel()
+	fx := &effects{}
+	err := func() error {
+		tx, err := c.wdb.BeginTx(ctx, nil)
+		if err != nil {
+			return err
+		}
+		if err := c.applyBatches(ctx, tx, fx, batches); err != nil {
+			_ = tx.Rollback()
+			return err
+		}
+		if err := c.assignFreed(ctx, tx, fx); err != nil {
+			_ = tx.Rollback()
+			return err
+		}
+		for _, o := range reqs {
+			if err := o.ctx.Err(); err != nil {
+				o.err = status.FromContextError(err).Err()
+				continue
+			}
+			ofx := &effects{}
+			err := o.fn(ctx, tx, ofx)
+			if _, isStatus := status.FromError(err); err != nil && isStatus {
+				o.err = err // refused before it changed anything
+				continue
+			}
+			if err != nil {
+				_ = tx.Rollback()
+				return err
+			}
+			fx.merge(ofx)
+			if err := c.assignFreed(ctx, tx, fx); err != nil {
+				_ = tx.Rollback()
+				return err
+			}
+		}
+		return tx.Commit()
+	}()
+	if err != nil {
+		c.log.Error("state change not stored: rebuilding the in-memory state from the database", "error", err,
+			"requests", len(reqs), "event_batches", len(batches))
+		for _, o := range reqs {
+			if o.err == nil {
+				o.err = err
+			}
+			close(o.done)
+		}
+		rctx, rcancel := context.WithTimeout(context.Background(), stepTimeout)
+		defer rcancel()
+		if rerr := c.reload(rctx); rerr != nil {
+			c.log.Error("reload of the state failed: will retry", "error", rerr)
+			c.stale = true
+		}
+		return true, false
+	}
+	c.apply(fx)
+	for _, o := range reqs {
+		close(o.done)
+	}
+	return true, true
+}
+
 // effects are what a committed transaction must do next: messages to supervisors and
 // lease changes to publish to watchers.
 type effects struct {
 	msgs    []outMsg
-	changed map[string]bool
+	changed map[string]*leaseRow
+	order   []string
 	wake    bool
 }
 
@@ -318,11 +646,22 @@ type outMsg struct {
 	extend     *pb.ExtendJob
 }
 
-func (fx *effects) leaseChanged(id string) {
+func (fx *effects) leaseChanged(l *leaseRow) {
 	if fx.changed == nil {
-		fx.changed = map[string]bool{}
+		fx.changed = map[string]*leaseRow{}
 	}
-	fx.changed[id] = true
+	if _, ok := fx.changed[l.ID]; !ok {
+		fx.order = append(fx.order, l.ID)
+	}
+	fx.changed[l.ID] = l
+}
+
+func (fx *effects) merge(o *effects) {
+	fx.msgs = append(fx.msgs, o.msgs...)
+	for _, id := range o.order {
+		fx.leaseChanged(o.changed[id])
+	}
+	fx.wake = fx.wake || o.wake
 }
 
 func (fx *effects) startJob(supervisor string, m *pb.StartJob) {
@@ -333,38 +672,13 @@ func (fx *effects) stopJob(supervisor, jobID, reason string) {
 	fx.msgs = append(fx.msgs, outMsg{supervisor: supervisor, stop: &pb.StopJob{JobId: jobID, Reason: reason}})
 }
 
-// update runs fn in one transaction under c.mu; after the commit it sends the messages fn
-// queued and publishes the leases it changed. Nothing is sent for a rolled-back change.
-func (c *Coordinator) update(ctx context.Context, fn func(tx *sql.Tx, fx *effects) error) error {
-	select {
-	case <-c.done:
-		return errClosed
-	default:
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.updateLocked(ctx, fn)
+// extendJob tells the supervisor that a lease may last remaining from now.
+func (fx *effects) extendJob(supervisor string, m *pb.ExtendJob) {
+	fx.msgs = append(fx.msgs, outMsg{supervisor: supervisor, extend: m})
 }
 
-func (c *Coordinator) updateLocked(ctx context.Context, fn func(tx *sql.Tx, fx *effects) error) error {
-	tx, err := c.db.BeginTx(ctx, nil)
-	if err != nil {
-		return err
-	}
-	fx := &effects{}
-	if err := fn(tx, fx); err != nil {
-		_ = tx.Rollback()
-		return err
-	}
-	if err := tx.Commit(); err != nil {
-		return err
-	}
-	c.apply(ctx, fx)
-	return nil
-}
-
-// apply performs a committed transaction's effects; c.mu is held.
-func (c *Coordinator) apply(ctx context.Context, fx *effects) {
+// apply performs a committed transaction's effects (in the state loop).
+func (c *Coordinator) apply(fx *effects) {
 	for _, m := range fx.msgs {
 		s := c.sessions[m.supervisor]
 		if s == nil {
@@ -384,8 +698,8 @@ func (c *Coordinator) apply(ctx context.Context, fx *effects) {
 			c.log.Warn("request to supervisor not sent: left to reconciliation", "supervisor", m.supervisor, "job", m.jobID(), "error", err)
 		}
 	}
-	for id := range fx.changed {
-		c.publish(ctx, id)
+	for _, id := range fx.order {
+		c.publish(fx.changed[id])
 	}
 	if fx.wake {
 		c.poke()
@@ -400,9 +714,4 @@ func (m outMsg) jobID() string {
 		return m.extend.GetJobId()
 	}
 	return m.stop.GetJobId()
-}
-
-// extendJob tells the supervisor that a lease may last remaining from now.
-func (fx *effects) extendJob(supervisor string, m *pb.ExtendJob) {
-	fx.msgs = append(fx.msgs, outMsg{supervisor: supervisor, extend: m})
 }

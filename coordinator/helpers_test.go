@@ -214,6 +214,7 @@ type fakeSup struct {
 	extends chan *pb.ExtendJob // ExtendJobs, apart from the StartJobs and StopJobs in msgs
 	done    chan struct{}
 	now     func() time.Time
+	c       *Coordinator
 
 	mu    sync.Mutex
 	seq   uint64
@@ -237,7 +238,7 @@ func (e *env) dial(id string, boards []*pb.BoardInfo, o supOpts) *fakeSup {
 		e.t.Fatalf("Connect: %v", err)
 	}
 	f := &fakeSup{t: e.t, id: id, stream: stream, cancel: cancel, msgs: make(chan *pb.CoordinatorMessage, 4096),
-		extends: make(chan *pb.ExtendJob, 4096), done: make(chan struct{}), seq: o.seq, acked: o.lastAcked, now: e.now}
+		extends: make(chan *pb.ExtendJob, 4096), done: make(chan struct{}), seq: o.seq, acked: o.lastAcked, now: e.now, c: e.c}
 	hello := &pb.Hello{SupervisorId: id, Boards: boards, LiveJobs: o.live, LastAckedSeq: o.lastAcked, Version: "test"}
 	if err := stream.Send(&pb.SupervisorMessage{Msg: &pb.SupervisorMessage_Hello{Hello: hello}}); err != nil {
 		cancel()
@@ -348,13 +349,15 @@ func (f *fakeSup) lastAcked() uint64 {
 	return f.acked
 }
 
-// waitAcked waits until the coordinator acknowledged every event sent so far.
+// waitAcked waits until the coordinator acknowledged (stored) every event sent so far
+// and its state loop applied them.
 func (f *fakeSup) waitAcked() {
 	f.t.Helper()
 	f.mu.Lock()
 	want := f.seq
 	f.mu.Unlock()
 	eventually(f.t, "acks", func() bool { return f.lastAcked() >= want })
+	eventually(f.t, "events applied", func() bool { return f.c.appliedSeq(f.t, f.id) >= want })
 }
 
 // next returns the next StartJob or StopJob.

@@ -59,54 +59,38 @@ func (c *Coordinator) CreateLease(ctx context.Context, req *pb.CreateLeaseReques
 		DurationNS: int64(d), State: stateQueued, Phase: int32(pb.LeasePhase_LEASE_PHASE_CREATED),
 		StatusMessage: "queued: waiting for " + want, CreatedAt: c.now().UnixNano(),
 	}
-	err = c.update(ctx, func(tx *sql.Tx, fx *effects) error {
-		boards, err := queryBoards(ctx, tx, "")
-		if err != nil {
-			return err
+	var out *pb.Lease
+	err = c.do(ctx, func(ctx context.Context, tx *sql.Tx, fx *effects) error {
+		// Whether any board, free or not, could ever serve it: from the index.
+		if !c.fleet.anyMatch(m) {
+			return status.Error(codes.FailedPrecondition, c.fleet.unsatisfiable(m))
 		}
-		if err := satisfiable(m, boards); err != nil {
-			return err
+		l.QueuePos = c.nextPos
+		c.nextPos++
+		if b := c.fleet.bestFree(m); b != nil {
+			c.take(l, b)
+			if err := insertLease(ctx, tx, l); err != nil {
+				return err
+			}
+			if err := c.assigned(ctx, tx, fx, l, b); err != nil {
+				return err
+			}
+		} else {
+			c.live[l.ID] = l
+			c.queue.push(l)
+			if err := insertLease(ctx, tx, l); err != nil {
+				return err
+			}
+			fx.leaseChanged(l)
 		}
-		if err := insertLease(ctx, tx, l); err != nil {
-			return err
-		}
-		return c.assignQueued(ctx, tx, fx)
+		out = leaseProto(l, true)
+		return nil
 	})
 	if err != nil {
 		return nil, rpcError(err)
 	}
 	c.log.Info("lease requested", "job", l.ID, "selector", l.Selector, "board", board, "client", l.Client, "duration", d.String())
-	got, err := getLease(ctx, c.db, l.ID)
-	if err != nil || got == nil {
-		return nil, rpcError(errors.Join(err, errors.New("lease vanished after creation")))
-	}
-	return &pb.CreateLeaseResponse{Lease: leaseProto(got, true)}, nil
-}
-
-// satisfiable fails with FailedPrecondition when no known board matches m, connected or
-// not, healthy or not (a board may come back; an unknown one never will).
-func satisfiable(m matcher, boards []*boardRow) error {
-	for _, b := range boards {
-		if m.matches(b) {
-			return nil
-		}
-	}
-	what := "no board matches " + m.sel.String()
-	if m.board != "" {
-		what = "no board named " + m.board
-	}
-	if len(boards) == 0 {
-		return status.Errorf(codes.FailedPrecondition, "%s: the coordinator knows no boards yet (no supervisor has connected)", what)
-	}
-	var known []string
-	for i, b := range boards {
-		if i == maxListedBoards {
-			known = append(known, fmt.Sprintf("and %d more", len(boards)-i))
-			break
-		}
-		known = append(known, fmt.Sprintf("%s (%s)", b.Name, formatLabels(b.Labels)))
-	}
-	return status.Errorf(codes.FailedPrecondition, "%s; known boards: %s", what, strings.Join(known, ", "))
+	return &pb.CreateLeaseResponse{Lease: out}, nil
 }
 
 func (c *Coordinator) checkDuration(d *durationpb.Duration, what string) (time.Duration, error) {
@@ -165,9 +149,10 @@ func (c *Coordinator) ReleaseLease(ctx context.Context, req *pb.ReleaseLeaseRequ
 	if reason == "" {
 		reason = "released by the client"
 	}
-	var out *leaseRow
-	err := c.update(ctx, func(tx *sql.Tx, fx *effects) error {
-		l, err := getLease(ctx, tx, req.GetId())
+	var out *pb.Lease
+	state := ""
+	err := c.do(ctx, func(tctx context.Context, tx *sql.Tx, fx *effects) error {
+		l, err := c.leaseOf(tctx, tx, req.GetId())
 		if err != nil {
 			return err
 		}
@@ -177,9 +162,10 @@ func (c *Coordinator) ReleaseLease(ctx context.Context, req *pb.ReleaseLeaseRequ
 		if err := mayChange(ctx, l.Client); err != nil {
 			return err
 		}
-		out = l
+		state = l.State
 		switch l.State {
 		case stateEnded:
+			out = leaseProto(l, false)
 			return nil
 		case stateQueued:
 			endLease(l, pb.LeasePhase_LEASE_PHASE_DONE, c.now().UnixNano(), "cancelled before a board was assigned: "+reason)
@@ -190,14 +176,14 @@ func (c *Coordinator) ReleaseLease(ctx context.Context, req *pb.ReleaseLeaseRequ
 			l.StatusMessage = "ending: " + reason
 			fx.stopJob(l.SupervisorID, l.ID, reason)
 		}
-		fx.leaseChanged(l.ID)
-		return saveLease(ctx, tx, l)
+		out = leaseProto(l, false)
+		return c.saveChanged(tctx, tx, fx, l)
 	})
 	if err != nil {
 		return nil, rpcError(err)
 	}
-	c.log.Info("lease released", "job", out.ID, "state", out.State, "reason", reason)
-	return &pb.ReleaseLeaseResponse{Lease: leaseProto(out, false)}, nil
+	c.log.Info("lease released", "job", out.GetId(), "state", state, "reason", reason)
+	return &pb.ReleaseLeaseResponse{Lease: out}, nil
 }
 
 // ExtendLease moves a lease's end later. The coordinator's expiry timer follows the new
@@ -207,9 +193,9 @@ func (c *Coordinator) ExtendLease(ctx context.Context, req *pb.ExtendLeaseReques
 	if err != nil {
 		return nil, err
 	}
-	var out *leaseRow
-	err = c.update(ctx, func(tx *sql.Tx, fx *effects) error {
-		l, err := getLease(ctx, tx, req.GetId())
+	var out *pb.Lease
+	err = c.do(ctx, func(tctx context.Context, tx *sql.Tx, fx *effects) error {
+		l, err := c.leaseOf(tctx, tx, req.GetId())
 		if err != nil {
 			return err
 		}
@@ -241,16 +227,15 @@ func (c *Coordinator) ExtendLease(ctx context.Context, req *pb.ExtendLeaseReques
 		if l.SupervisorID != "" {
 			fx.extendJob(l.SupervisorID, &pb.ExtendJob{JobId: l.ID, Remaining: durationpb.New(remaining)})
 		}
-		out = l
-		fx.leaseChanged(l.ID)
+		out = leaseProto(l, false)
 		fx.wake = true
-		return saveLease(ctx, tx, l)
+		return c.saveChanged(tctx, tx, fx, l)
 	})
 	if err != nil {
 		return nil, rpcError(err)
 	}
-	c.log.Info("lease extended", "job", out.ID, "by", by.String())
-	return &pb.ExtendLeaseResponse{Lease: leaseProto(out, false)}, nil
+	c.log.Info("lease extended", "job", out.GetId(), "by", by.String())
+	return &pb.ExtendLeaseResponse{Lease: out}, nil
 }
 
 // ListBoards lists the boards matching a selector (all when it is empty), by name. A
@@ -261,7 +246,7 @@ func (c *Coordinator) ListBoards(ctx context.Context, req *pb.ListBoardsRequest)
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
-	boards, err := queryBoards(ctx, c.db, "")
+	boards, err := queryBoards(ctx, c.db, &c.rowsRead, "")
 	if err != nil {
 		return nil, rpcError(err)
 	}
@@ -320,25 +305,22 @@ func (c *Coordinator) SetBoardMaintenance(ctx context.Context, req *pb.SetBoardM
 	if name == "" {
 		return nil, status.Error(codes.InvalidArgument, "a board name is required")
 	}
-	err := c.update(ctx, func(tx *sql.Tx, fx *effects) error {
-		res, err := tx.ExecContext(ctx, `UPDATE boards SET maintenance = $1, maintenance_reason = $2 WHERE name = $3`,
-			req.GetOn(), req.GetReason(), name)
-		if err != nil {
-			return err
-		}
-		if n, err := res.RowsAffected(); err == nil && n == 0 {
+	err := c.do(ctx, func(ctx context.Context, tx *sql.Tx, fx *effects) error {
+		b := c.fleet.get(name)
+		if b == nil {
 			return status.Errorf(codes.NotFound, "board %s not found", name)
 		}
-		if req.GetOn() {
-			return nil
-		}
-		return c.assignQueued(ctx, tx, fx)
+		b.Maintenance, b.MaintenanceReason = req.GetOn(), req.GetReason()
+		c.refresh(b)
+		_, err := tx.ExecContext(ctx, `UPDATE boards SET maintenance = $1, maintenance_reason = $2 WHERE name = $3`,
+			req.GetOn(), req.GetReason(), name)
+		return err
 	})
 	if err != nil {
 		return nil, rpcError(err)
 	}
 	c.log.Info("board maintenance set", "board", name, "on", req.GetOn(), "reason", req.GetReason())
-	b, err := getBoard(ctx, c.db, name)
+	b, err := getBoard(ctx, c.db, &c.rowsRead, name)
 	if err != nil || b == nil {
 		return nil, rpcError(errors.Join(err, errors.New("board vanished")))
 	}

@@ -7,78 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync/atomic"
 )
-
-// schemaVersion is the version of the schema below. A database with a newer version is
-// refused; older versions are migrated by the statements of the versions in between.
-const schemaVersion = 1
-
-// schema is kept to what both SQLite and PostgreSQL run: TEXT, BIGINT, INTEGER and
-// BOOLEAN columns, timestamps as BIGINT Unix nanoseconds (0 = unset), JSON as TEXT, and
-// $n placeholders in every query.
-var schema = []string{
-	`CREATE TABLE IF NOT EXISTS schema_version (
-		version BIGINT NOT NULL
-	)`,
-	`CREATE TABLE IF NOT EXISTS supervisors (
-		id           TEXT PRIMARY KEY,
-		last_seq     BIGINT NOT NULL DEFAULT 0,
-		connected    BOOLEAN NOT NULL DEFAULT FALSE,
-		last_contact BIGINT NOT NULL DEFAULT 0,
-		version      TEXT NOT NULL DEFAULT ''
-	)`,
-	`CREATE TABLE IF NOT EXISTS boards (
-		name               TEXT PRIMARY KEY,
-		supervisor_id      TEXT NOT NULL,
-		labels             TEXT NOT NULL DEFAULT '{}',
-		status             INTEGER NOT NULL DEFAULT 0,
-		health             INTEGER NOT NULL DEFAULT 0,
-		maintenance        BOOLEAN NOT NULL DEFAULT FALSE,
-		maintenance_reason TEXT NOT NULL DEFAULT '',
-		current_job        TEXT NOT NULL DEFAULT '',
-		endpoint           TEXT NOT NULL DEFAULT '',
-		hold_until         BIGINT NOT NULL DEFAULT 0,
-		last_lease_at      BIGINT NOT NULL DEFAULT 0
-	)`,
-	`CREATE INDEX IF NOT EXISTS boards_supervisor ON boards (supervisor_id)`,
-	`CREATE TABLE IF NOT EXISTS leases (
-		id              TEXT PRIMARY KEY,
-		selector        TEXT NOT NULL DEFAULT '',
-		want_board      TEXT NOT NULL DEFAULT '',
-		board           TEXT NOT NULL DEFAULT '',
-		supervisor_id   TEXT NOT NULL DEFAULT '',
-		client          TEXT NOT NULL DEFAULT '',
-		token           TEXT NOT NULL,
-		duration_ns     BIGINT NOT NULL,
-		extra_ns        BIGINT NOT NULL DEFAULT 0,
-		state           TEXT NOT NULL,
-		phase           INTEGER NOT NULL,
-		exporter_status INTEGER NOT NULL DEFAULT 0,
-		status_message  TEXT NOT NULL DEFAULT '',
-		created_at      BIGINT NOT NULL,
-		assigned_at     BIGINT NOT NULL DEFAULT 0,
-		begins_at       BIGINT NOT NULL DEFAULT 0,
-		ends_at         BIGINT NOT NULL DEFAULT 0,
-		ended_at        BIGINT NOT NULL DEFAULT 0,
-		stop_at         BIGINT NOT NULL DEFAULT 0,
-		stop_reason     TEXT NOT NULL DEFAULT '',
-		queue_pos       BIGINT NOT NULL
-	)`,
-	`CREATE INDEX IF NOT EXISTS leases_state ON leases (state, queue_pos)`,
-	`CREATE INDEX IF NOT EXISTS leases_board ON leases (board, state)`,
-	`CREATE INDEX IF NOT EXISTS leases_supervisor ON leases (supervisor_id, state)`,
-	`CREATE TABLE IF NOT EXISTS events (
-		supervisor_id TEXT NOT NULL,
-		seq           BIGINT NOT NULL,
-		at_ns         BIGINT NOT NULL,
-		job_id        TEXT NOT NULL DEFAULT '',
-		board         TEXT NOT NULL DEFAULT '',
-		kind          TEXT NOT NULL,
-		payload       TEXT NOT NULL,
-		PRIMARY KEY (supervisor_id, seq)
-	)`,
-	`CREATE INDEX IF NOT EXISTS events_job ON events (job_id, supervisor_id, seq)`,
-}
 
 // Lease states in the leases table.
 const (
@@ -87,37 +17,6 @@ const (
 	stateActive   = "active"   // READY was reported
 	stateEnded    = "ended"    // DONE, FAILED or cancelled
 )
-
-// migrate creates the schema (idempotent) and checks its version.
-func migrate(ctx context.Context, db *sql.DB) error {
-	tx, err := db.BeginTx(ctx, nil)
-	if err != nil {
-		return err
-	}
-	defer func() { _ = tx.Rollback() }()
-	for _, stmt := range schema {
-		if _, err := tx.ExecContext(ctx, stmt); err != nil {
-			return fmt.Errorf("create schema: %w", err)
-		}
-	}
-	var v int64
-	switch err := tx.QueryRowContext(ctx, `SELECT version FROM schema_version`).Scan(&v); {
-	case errors.Is(err, sql.ErrNoRows):
-		if _, err := tx.ExecContext(ctx, `INSERT INTO schema_version (version) VALUES ($1)`, int64(schemaVersion)); err != nil {
-			return err
-		}
-	case err != nil:
-		return fmt.Errorf("read schema version: %w", err)
-	case v > schemaVersion:
-		return fmt.Errorf("database schema version %d is newer than this coordinator's (%d): upgrade the coordinator", v, schemaVersion)
-	case v < schemaVersion:
-		// No older versions exist yet; future migrations go here.
-		if _, err := tx.ExecContext(ctx, `UPDATE schema_version SET version = $1`, int64(schemaVersion)); err != nil {
-			return err
-		}
-	}
-	return tx.Commit()
-}
 
 // leaseRow is one row of the leases table.
 type leaseRow struct {
@@ -198,15 +97,15 @@ func saveLease(ctx context.Context, q querier, l *leaseRow) error {
 	return err
 }
 
+// insertLease writes a new lease; its QueuePos is set by the caller.
 func insertLease(ctx context.Context, q querier, l *leaseRow) error {
-	if err := q.QueryRowContext(ctx, `SELECT COALESCE(MAX(queue_pos), 0) + 1 FROM leases`).Scan(&l.QueuePos); err != nil {
-		return err
-	}
 	_, err := q.ExecContext(ctx, `INSERT INTO leases (id, selector, want_board, board, supervisor_id, client, token,
-		duration_ns, extra_ns, state, phase, exporter_status, status_message, created_at, queue_pos)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)`,
+		duration_ns, extra_ns, state, phase, exporter_status, status_message, created_at, assigned_at, begins_at,
+		ends_at, ended_at, stop_at, stop_reason, queue_pos)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)`,
 		l.ID, l.Selector, l.WantBoard, l.Board, l.SupervisorID, l.Client, l.Token,
-		l.DurationNS, l.ExtraNS, l.State, l.Phase, l.ExporterStatus, l.StatusMessage, l.CreatedAt, l.QueuePos)
+		l.DurationNS, l.ExtraNS, l.State, l.Phase, l.ExporterStatus, l.StatusMessage, l.CreatedAt, l.AssignedAt,
+		l.BeginsAt, l.EndsAt, l.EndedAt, l.StopAt, l.StopReason, l.QueuePos)
 	return err
 }
 
@@ -247,8 +146,9 @@ func scanBoard(s scanner) (*boardRow, error) {
 	return &b, nil
 }
 
-// queryBoards reads the boards matching a WHERE clause (on aliases b and s), by name.
-func queryBoards(ctx context.Context, q querier, where string, args ...any) ([]*boardRow, error) {
+// queryBoards reads the boards matching a WHERE clause (on aliases b and s), by name,
+// adding the rows read to *count (a cost the tests watch).
+func queryBoards(ctx context.Context, q querier, count *atomic.Int64, where string, args ...any) ([]*boardRow, error) {
 	rows, err := q.QueryContext(ctx, `SELECT `+boardCols+boardFrom+where+` ORDER BY b.name`, args...)
 	if err != nil {
 		return nil, err
@@ -260,17 +160,33 @@ func queryBoards(ctx context.Context, q querier, where string, args ...any) ([]*
 		if err != nil {
 			return nil, err
 		}
+		count.Add(1)
 		out = append(out, b)
 	}
 	return out, rows.Err()
 }
 
-func getBoard(ctx context.Context, q querier, name string) (*boardRow, error) {
-	bs, err := queryBoards(ctx, q, `WHERE b.name = $1`, name)
+func getBoard(ctx context.Context, q querier, count *atomic.Int64, name string) (*boardRow, error) {
+	bs, err := queryBoards(ctx, q, count, `WHERE b.name = $1`, name)
 	if err != nil || len(bs) == 0 {
 		return nil, err
 	}
 	return bs[0], nil
+}
+
+// saveBoard writes every mutable column of a board back (its supervisor's columns are
+// not the board's).
+func saveBoard(ctx context.Context, q querier, b *boardRow) error {
+	_, err := q.ExecContext(ctx, `INSERT INTO boards (name, supervisor_id, labels, status, health, maintenance,
+		maintenance_reason, current_job, endpoint, hold_until, last_lease_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+		ON CONFLICT (name) DO UPDATE SET supervisor_id = excluded.supervisor_id, labels = excluded.labels,
+			status = excluded.status, health = excluded.health, maintenance = excluded.maintenance,
+			maintenance_reason = excluded.maintenance_reason, current_job = excluded.current_job,
+			endpoint = excluded.endpoint, hold_until = excluded.hold_until, last_lease_at = excluded.last_lease_at`,
+		b.Name, b.SupervisorID, labelsJSON(b.Labels), b.Status, b.Health, b.Maintenance, b.MaintenanceReason,
+		b.CurrentJob, b.Endpoint, b.HoldUntil, b.LastLeaseAt)
+	return err
 }
 
 func labelsJSON(labels map[string]string) string {

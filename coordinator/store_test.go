@@ -22,10 +22,10 @@ func TestSQLitePortableSQL(t *testing.T) {
 	}
 	defer db.Close()
 	ctx := context.Background()
-	if err := migrate(ctx, db); err != nil {
+	if _, err := migrate(ctx, db); err != nil {
 		t.Fatal(err)
 	}
-	if err := migrate(ctx, db); err != nil { // idempotent
+	if _, err := migrate(ctx, db); err != nil { // idempotent
 		t.Fatalf("second migrate: %v", err)
 	}
 	var mode string
@@ -63,7 +63,7 @@ func TestSQLitePortableSQL(t *testing.T) {
 	}
 	// A newer schema is refused.
 	exec(`UPDATE schema_version SET version = $1`, int64(schemaVersion+1))
-	if err := migrate(ctx, db); err == nil {
+	if _, err := migrate(ctx, db); err == nil {
 		t.Fatal("a newer schema was accepted")
 	}
 }
@@ -86,11 +86,12 @@ func TestUpdateIsAllOrNothing(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
 	boom := errors.New("boom")
-	err = c.update(ctx, func(tx *sql.Tx, fx *effects) error {
+	err = c.do(ctx, func(ctx context.Context, tx *sql.Tx, fx *effects) error {
 		l := &leaseRow{ID: "L", Token: "t", DurationNS: int64(time.Minute), State: stateQueued, Phase: 1, CreatedAt: 1}
 		if err := insertLease(ctx, tx, l); err != nil {
 			return err
 		}
+		c.live[l.ID] = l // in memory too: rebuilt from the store after the failure
 		fx.stopJob("sup", "L", "x")
 		return boom
 	})
@@ -100,10 +101,11 @@ func TestUpdateIsAllOrNothing(t *testing.T) {
 	if l, err := getLease(ctx, c.db, "L"); l != nil || err != nil {
 		t.Fatalf("half a lease survived a failed change: %v, %v", l, err)
 	}
+	c.mustMatchStore(t)
 	if err := c.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.update(ctx, func(*sql.Tx, *effects) error { return nil }); !errors.Is(err, errClosed) {
+	if err := c.do(ctx, func(context.Context, *sql.Tx, *effects) error { return nil }); !errors.Is(err, errClosed) {
 		t.Fatalf("update after Close: %v", err)
 	}
 }

@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"context"
+	"database/sql"
 	"sync"
 
 	pb "github.com/boardvisor/boardvisor/proto/boardvisor/v1"
@@ -42,16 +43,13 @@ func (w *watcher) drain() []*pb.Lease {
 	return q
 }
 
-// publish sends a lease's committed state to its watchers; c.mu is held, so snapshots
-// reach every watcher in commit order.
-func (c *Coordinator) publish(ctx context.Context, id string) {
-	ws := c.watchers[id]
+// publish sends a lease's committed state to its watchers. It runs in the state loop,
+// after each commit, so snapshots reach every watcher in commit order.
+func (c *Coordinator) publish(l *leaseRow) {
+	c.watchMu.Lock()
+	defer c.watchMu.Unlock()
+	ws := c.watchers[l.ID]
 	if len(ws) == 0 {
-		return
-	}
-	l, err := getLease(context.WithoutCancel(ctx), c.db, id)
-	if err != nil || l == nil {
-		c.log.Warn("lease change not published to watchers", "job", id, "error", err)
 		return
 	}
 	p := leaseProto(l, false)
@@ -69,31 +67,38 @@ func (c *Coordinator) WatchLease(req *pb.WatchLeaseRequest, stream pb.LeaseServi
 		return status.Error(codes.InvalidArgument, "a lease ID is required")
 	}
 	w := &watcher{sig: make(chan struct{}, 1)}
-	// Register and read under c.mu: every later commit is published to w, none before.
-	c.mu.Lock()
-	l, err := getLease(ctx, c.db, req.GetId())
-	if err == nil && l != nil {
+	// Read and register in the state loop: every later commit is published to w, none
+	// before.
+	var last *pb.Lease
+	err := c.do(ctx, func(tctx context.Context, tx *sql.Tx, fx *effects) error {
+		l, err := c.leaseOf(tctx, tx, req.GetId())
+		if err != nil {
+			return err
+		}
+		if l == nil {
+			return status.Errorf(codes.NotFound, "lease %s not found", req.GetId())
+		}
+		last = leaseProto(l, false)
+		c.watchMu.Lock()
 		if c.watchers[l.ID] == nil {
 			c.watchers[l.ID] = map[*watcher]struct{}{}
 		}
 		c.watchers[l.ID][w] = struct{}{}
-	}
-	c.mu.Unlock()
+		c.watchMu.Unlock()
+		return nil
+	})
 	if err != nil {
 		return rpcError(err)
 	}
-	if l == nil {
-		return status.Errorf(codes.NotFound, "lease %s not found", req.GetId())
-	}
+	id := last.GetId()
 	defer func() {
-		c.mu.Lock()
-		delete(c.watchers[l.ID], w)
-		if len(c.watchers[l.ID]) == 0 {
-			delete(c.watchers, l.ID)
+		c.watchMu.Lock()
+		delete(c.watchers[id], w)
+		if len(c.watchers[id]) == 0 {
+			delete(c.watchers, id)
 		}
-		c.mu.Unlock()
+		c.watchMu.Unlock()
 	}()
-	last := leaseProto(l, false)
 	if err := stream.Send(last); err != nil {
 		return err
 	}

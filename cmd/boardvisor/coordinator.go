@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -26,6 +27,7 @@ import (
 func newCoordinator(g *globalFlags) *cobra.Command {
 	var listen, stateDir, tokens, clientTokens, cert, key, metricsAddr string
 	var grace time.Duration
+	var profiling bool
 	cmd := &cobra.Command{
 		Use:   "coordinator --state-dir DIR [--listen ADDR] [--supervisor-tokens FILE]",
 		Short: "run the coordinator: board inventory, lease queue, supervisor links",
@@ -67,7 +69,10 @@ func newCoordinator(g *globalFlags) *cobra.Command {
 				}
 				sopts = append(sopts, grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12})))
 			}
-			return serveCoordinator(ctx, opts, listen, metricsAddr, sopts, nil)
+			if profiling && metricsAddr == "" {
+				return usageError{fmt.Errorf("--pprof serves on the metrics listener: set --metrics ADDR too")}
+			}
+			return serveCoordinator(ctx, opts, serveOptions{listen: listen, metrics: metricsAddr, pprof: profiling, grpc: sopts})
 		},
 	}
 	f := cmd.Flags()
@@ -79,6 +84,7 @@ func newCoordinator(g *globalFlags) *cobra.Command {
 	f.StringVar(&key, "tls-key", "", "TLS private key (PEM)")
 	f.DurationVar(&grace, "grace", 30*time.Second, "how long a supervisor may be gone before its boards show OFFLINE")
 	f.StringVar(&metricsAddr, "metrics", "", "address of the Prometheus endpoint (/metrics); empty: none")
+	f.BoolVar(&profiling, "pprof", false, "also serve Go's profiler (/debug/pprof/) on the metrics listener; admins only when --client-tokens is set")
 	return cmd
 }
 
@@ -111,9 +117,18 @@ func readTokens(path string) (map[string]string, error) {
 	return table, nil
 }
 
-// serveCoordinator runs a coordinator until ctx is done. ready, if not nil, is called
-// with its address once it listens.
-func serveCoordinator(ctx context.Context, opts coordinator.Options, listen, metricsAddr string, sopts []grpc.ServerOption, ready func(addr string)) error {
+// serveOptions say where and how a coordinator serves.
+type serveOptions struct {
+	listen, metrics string
+	pprof           bool // Go's profiler on the metrics listener
+	grpc            []grpc.ServerOption
+	// ready, if not nil, is called with the listening address.
+	ready func(addr string)
+}
+
+// serveCoordinator runs a coordinator until ctx is done.
+func serveCoordinator(ctx context.Context, opts coordinator.Options, so serveOptions) error {
+	listen, metricsAddr, sopts, ready := so.listen, so.metrics, so.grpc, so.ready
 	if err := os.MkdirAll(opts.StateDir, 0o700); err != nil {
 		return fmt.Errorf("state directory: %w", err)
 	}
@@ -143,6 +158,15 @@ func serveCoordinator(ctx context.Context, opts coordinator.Options, listen, met
 		}
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", c.MetricsHandler())
+		if so.pprof {
+			// The handlers of net/http/pprof, on this mux only (never the default one).
+			mux.Handle("/debug/pprof/", c.AdminOnly(http.HandlerFunc(pprof.Index)))
+			mux.Handle("/debug/pprof/cmdline", c.AdminOnly(http.HandlerFunc(pprof.Cmdline)))
+			mux.Handle("/debug/pprof/profile", c.AdminOnly(http.HandlerFunc(pprof.Profile)))
+			mux.Handle("/debug/pprof/symbol", c.AdminOnly(http.HandlerFunc(pprof.Symbol)))
+			mux.Handle("/debug/pprof/trace", c.AdminOnly(http.HandlerFunc(pprof.Trace)))
+			opts.Logger.Info("profiler on the metrics listener", "path", "/debug/pprof/", "admin_only", opts.ClientTokens != nil)
+		}
 		hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 		go hs.Serve(mlis)
 		defer hs.Close()

@@ -41,6 +41,7 @@ var children = map[string]func(e *env) error{
 	"console":     runConsole,
 	"restart":     runRestart,
 	"link":        runLink,
+	"fleet":       runFleet,
 	// Helpers run by scenarios, not scenarios themselves.
 	"farm":      runFarm,
 	"hookprint": runHookPrint,
@@ -63,6 +64,7 @@ func childMain(args []string) int {
 	fs.Int64("bytes", 0, "")
 	fs.Duration("every", 0, "")
 	fs.Duration("delay", 0, "")
+	fs.Duration("duration", 0, "")
 	if err := fs.Parse(args[1:]); err != nil {
 		return 2
 	}

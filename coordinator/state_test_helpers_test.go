@@ -1,0 +1,54 @@
+package coordinator
+
+import (
+	"context"
+	"database/sql"
+	"path/filepath"
+	"testing"
+)
+
+// inLoop runs fn in the state loop (read-only use: fn must not change anything).
+func (c *Coordinator) inLoop(t *testing.T, fn func(ctx context.Context, tx *sql.Tx)) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	if err := c.do(ctx, func(ctx context.Context, tx *sql.Tx, _ *effects) error {
+		fn(ctx, tx)
+		return nil
+	}); err != nil {
+		t.Fatalf("state loop: %v", err)
+	}
+}
+
+// appliedSeq is the last event of sup the state loop applied.
+func (c *Coordinator) appliedSeq(t *testing.T, sup string) (n uint64) {
+	c.inLoop(t, func(context.Context, *sql.Tx) { n = c.applied[sup] })
+	return n
+}
+
+// isConnected reports whether the state loop holds a session for sup.
+func (c *Coordinator) isConnected(t *testing.T, sup string) (ok bool) {
+	c.inLoop(t, func(context.Context, *sql.Tx) { ok = c.sessions[sup] != nil })
+	return ok
+}
+
+// mustMatchStore fails the test if the in-memory index differs from the store.
+func (c *Coordinator) mustMatchStore(t *testing.T) {
+	t.Helper()
+	var err error
+	c.inLoop(t, func(ctx context.Context, tx *sql.Tx) { err = c.checkIndex(ctx, tx) })
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// openTestDB opens a stopped coordinator's SQLite database in dir.
+func openTestDB(t *testing.T, dir string) *sql.DB {
+	t.Helper()
+	db, err := sql.Open("sqlite", sqliteDSN(filepath.Join(dir, "coordinator.db")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
+}
