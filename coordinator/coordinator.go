@@ -73,6 +73,10 @@ type Options struct {
 	TickInterval time.Duration
 	// MaxDuration bounds a lease's duration, extensions included (default 24h).
 	MaxDuration time.Duration
+	// StartBound bounds the wait for READY (default 10m): a lease assigned to a board
+	// that has not become READY within it is ended. It is apart from the lease's
+	// duration, which counts from READY.
+	StartBound time.Duration
 	// RefusalHold is how long a board that refused a StartJob as busy gets no new lease
 	// (default 5s).
 	RefusalHold time.Duration
@@ -92,6 +96,9 @@ type Options struct {
 	// maintenance. Register's server must be built with ServerOptions.
 	ClientTokens ClientTokens
 }
+
+// DefaultStartBound is the default of Options.StartBound.
+const DefaultStartBound = 10 * time.Minute
 
 // Limits of one step of the state loop: how many requests and how many events waiting
 // to be applied go into one transaction.
@@ -186,6 +193,9 @@ func New(opts Options) (*Coordinator, error) {
 	}
 	if opts.MaxDuration <= 0 {
 		opts.MaxDuration = 24 * time.Hour
+	}
+	if opts.StartBound <= 0 {
+		opts.StartBound = DefaultStartBound
 	}
 	if opts.RefusalHold <= 0 {
 		opts.RefusalHold = 5 * time.Second

@@ -89,12 +89,16 @@ func TestExtensionWhileDisconnectedReachesSupervisor(t *testing.T) {
 
 func TestLeaseExpirySendsStopJob(t *testing.T) {
 	clock := newFakeClock()
-	e := newEnv(t, "", Options{Now: clock.Now})
+	e := newEnv(t, "", Options{Now: clock.Now, StartBound: 5 * time.Minute})
 	f := e.dial("sup", []*pb.BoardInfo{board("r1", "device", "rpi4"), board("r2", "device", "rpi4")}, supOpts{})
 
 	l := e.mustCreate("", "r1", time.Minute)
+	if l.GetEndsAt() != nil {
+		t.Fatalf("a lease not READY says when it ends: %v", l)
+	}
 	sj := f.expectStart()
-	if sj.GetJobId() != l.GetId() || sj.GetDuration().AsDuration() != time.Minute || sj.GetToken() != l.GetToken() || sj.GetToken() == "" {
+	// The supervisor's own bound from the start: the start bound, then the duration.
+	if sj.GetJobId() != l.GetId() || sj.GetDuration().AsDuration() != 6*time.Minute || sj.GetToken() != l.GetToken() || sj.GetToken() == "" {
 		t.Fatalf("StartJob %v for lease %v", sj, l)
 	}
 	clock.Advance(10 * time.Second) // READY comes 10s after the assignment
@@ -105,8 +109,9 @@ func TestLeaseExpirySendsStopJob(t *testing.T) {
 		t.Fatalf("lease after READY: %v", got)
 	}
 	// The supervisor's own bound counts from the start, 10s ago: READY moves it to ends_at.
-	if x := f.expectExtend(); x.GetJobId() != l.GetId() || x.GetRemaining().AsDuration() != time.Minute {
-		t.Fatalf("after READY the supervisor got %v, want ExtendJob with 1m remaining", x)
+	if x := f.expectExtend(); x.GetJobId() != l.GetId() || x.GetRemaining().AsDuration() != time.Minute ||
+		!x.GetEndsAt().AsTime().Equal(got.GetEndsAt().AsTime()) {
+		t.Fatalf("after READY the supervisor got %v, want ExtendJob with 1m remaining, ending at %v", x, got.GetEndsAt().AsTime())
 	}
 	clock.Advance(59 * time.Second)
 	f.expectNothing(100 * time.Millisecond)
@@ -115,7 +120,8 @@ func TestLeaseExpirySendsStopJob(t *testing.T) {
 		t.Fatalf("ExtendLease: %v, %v", x, err)
 	}
 	// The supervisor bounds the lease too: it hears of the extension.
-	if x := f.expectExtend(); x.GetJobId() != l.GetId() || x.GetRemaining().AsDuration() != time.Minute+time.Second {
+	if x := f.expectExtend(); x.GetJobId() != l.GetId() || x.GetRemaining().AsDuration() != time.Minute+time.Second ||
+		!x.GetEndsAt().AsTime().Equal(clock.Now().Add(time.Minute+time.Second)) {
 		t.Fatalf("after ExtendLease the supervisor got %v, want ExtendJob with 1m1s remaining", x)
 	}
 	clock.Advance(time.Minute)
@@ -137,11 +143,14 @@ func TestLeaseExpirySendsStopJob(t *testing.T) {
 	}
 	f.expectNothing(50 * time.Millisecond) // expiry is asked once, not on every tick
 
-	// A lease that never becomes READY ends by its duration from the assignment.
+	// A lease that never becomes READY ends by the start bound from its assignment,
+	// not by its duration.
 	l2 := e.mustCreate("", "r2", time.Minute)
 	f.expectStart()
 	clock.Advance(61 * time.Second)
-	if stop := f.expectStop(); stop.GetJobId() != l2.GetId() {
+	f.expectNothing(100 * time.Millisecond)
+	clock.Advance(4 * time.Minute)
+	if stop := f.expectStop(); stop.GetJobId() != l2.GetId() || stop.GetReason() != "not READY within 5m0s of its assignment" {
 		t.Fatalf("StopJob %v, want %s", stop, l2.GetId())
 	}
 }

@@ -218,15 +218,12 @@ func (c *Coordinator) ExtendLease(ctx context.Context, req *pb.ExtendLeaseReques
 				l.ID, by, total, c.opts.MaxDuration)
 		}
 		l.ExtraNS += int64(by)
-		remaining := time.Duration(l.DurationNS + l.ExtraNS)
 		if l.EndsAt != 0 {
 			l.EndsAt += int64(by)
-			remaining = time.Duration(l.EndsAt - c.opts.Now().UnixNano())
 		}
-		// The supervisor bounds the lease too: it must hear of the extension.
-		if l.SupervisorID != "" {
-			fx.extendJob(l.SupervisorID, &pb.ExtendJob{JobId: l.ID, Remaining: durationpb.New(remaining)})
-		}
+		// The supervisor bounds the lease too: it must hear of the extension (before
+		// READY it hears of it at READY, with the lease's ends_at).
+		c.syncEnd(fx, l)
 		out = leaseProto(l, false)
 		fx.wake = true
 		return c.saveChanged(tctx, tx, fx, l)

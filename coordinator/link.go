@@ -168,7 +168,7 @@ func (c *Coordinator) reconcileHello(ctx context.Context, tx *sql.Tx, fx *effect
 			endLease(l, pb.LeasePhase_LEASE_PHASE_FAILED, now, "failed: supervisor "+sup+" no longer holds the job")
 		case lj == nil:
 			c.log.Info("reconcile: assigned job missing on its supervisor: StartJob sent again", "supervisor", sup, "job", l.ID, "board", l.Board)
-			fx.startJob(sup, startJobOf(l))
+			fx.startJob(sup, c.startJobOf(l))
 			continue
 		case lj.GetEnded():
 			phase := lj.GetPhase()
@@ -244,21 +244,22 @@ func sortByQueue(ls []*leaseRow) {
 	}
 }
 
-// syncEnd tells the supervisor of a READY lease when the lease ends by the coordinator's
-// clock (ends_at = begins_at + duration + extensions), with an ExtendJob. The supervisor's
-// own bound counts from the lease's start (StartJob.duration), so without this it would
-// end the lease before its ends_at, by as long as the lease took to become READY (the
-// beforeLease hook). A lease already asked to stop, or past its end (expire stops it),
-// gets nothing.
+// syncEnd tells the supervisor of a READY lease when it ends, with an ExtendJob: ends_at
+// (begins_at + duration + extensions, begins_at being the READY time the supervisor
+// reported, so in the supervisor's clock) and the time remaining from now. The
+// supervisor's own bound counts from the lease's start (StartJob.duration: the start
+// bound plus the duration, a fallback while the link is down), so this moves it to the
+// ends_at the coordinator advertises. A lease already asked to stop, or past its end
+// (the timers stop it), gets nothing.
 func (c *Coordinator) syncEnd(fx *effects, l *leaseRow) {
-	if l.StopAt != 0 || l.EndsAt == 0 || l.Phase != int32(pb.LeasePhase_LEASE_PHASE_READY) || l.SupervisorID == "" {
+	if l.StopAt != 0 || l.EndsAt == 0 || l.State != stateActive || l.Phase != int32(pb.LeasePhase_LEASE_PHASE_READY) || l.SupervisorID == "" {
 		return
 	}
 	remaining := l.EndsAt - c.now().UnixNano()
 	if remaining <= 0 {
 		return
 	}
-	fx.extendJob(l.SupervisorID, &pb.ExtendJob{JobId: l.ID, Remaining: durationProto(remaining)})
+	fx.extendJob(l.SupervisorID, &pb.ExtendJob{JobId: l.ID, Remaining: durationProto(remaining), EndsAt: tsProto(l.EndsAt)})
 }
 
 // adoptable reports whether a supervisor's live job may take over its board in the
@@ -310,13 +311,17 @@ func clearCurrentJob(ctx context.Context, tx *sql.Tx, c *Coordinator, l *leaseRo
 	return err
 }
 
-func startJobOf(l *leaseRow) *pb.StartJob {
+// startJobOf is the StartJob of an assigned lease. Its duration bounds the lease from
+// its start on the supervisor: the start bound and the lease's duration, so that the
+// supervisor never ends a lease before READY that the coordinator still waits for; at
+// READY the coordinator moves that bound to the lease's ends_at (syncEnd).
+func (c *Coordinator) startJobOf(l *leaseRow) *pb.StartJob {
 	return &pb.StartJob{
 		JobId:      l.ID,
 		Board:      l.Board,
 		ClientName: l.Client,
 		Token:      l.Token,
-		Duration:   durationProto(l.DurationNS + l.ExtraNS),
+		Duration:   durationProto(int64(c.opts.StartBound) + l.DurationNS + l.ExtraNS),
 	}
 }
 
@@ -539,7 +544,7 @@ func (c *Coordinator) reconcileAll(_ context.Context, _ *sql.Tx, fx *effects) er
 		case l.State == stateAssigned && l.Phase <= int32(pb.LeasePhase_LEASE_PHASE_CREATED) &&
 			now.Sub(time.Unix(0, l.AssignedAt)) >= c.opts.ReconcileInterval:
 			c.log.Debug("reconcile: job never reported a phase: StartJob sent again", "supervisor", l.SupervisorID, "job", l.ID)
-			fx.startJob(l.SupervisorID, startJobOf(l))
+			fx.startJob(l.SupervisorID, c.startJobOf(l))
 		}
 	}
 	return nil
@@ -580,12 +585,17 @@ func (c *Coordinator) tick(ctx context.Context, tx *sql.Tx, fx *effects) (int64,
 	now := c.now().UnixNano()
 	due, next := c.due(now)
 	for _, l := range due {
-		l.StopAt, l.StopReason = now, "lease expired"
-		l.StatusMessage = "ending: the lease's time is up"
+		if preReady(l) {
+			l.StopAt, l.StopReason = now, fmt.Sprintf("not READY within %s of its assignment", c.opts.StartBound)
+			l.StatusMessage = "ending: the board did not become READY within " + c.opts.StartBound.String()
+		} else {
+			l.StopAt, l.StopReason = now, "lease expired"
+			l.StatusMessage = "ending: the lease's time is up"
+		}
 		if err := saveLease(ctx, tx, l); err != nil {
 			return 0, err
 		}
-		c.log.Info("lease expired: stopping it", "job", l.ID, "board", l.Board, "supervisor", l.SupervisorID)
+		c.log.Info("lease expired: stopping it", "job", l.ID, "board", l.Board, "supervisor", l.SupervisorID, "reason", l.StopReason)
 		fx.stopJob(l.SupervisorID, l.ID, l.StopReason)
 		fx.leaseChanged(l)
 	}

@@ -288,7 +288,7 @@ func (c *Coordinator) take(l *leaseRow, b *boardEntry) {
 	c.queue.remove(l)
 	l.State, l.Board, l.SupervisorID = stateAssigned, b.Name, b.SupervisorID
 	l.AssignedAt, l.BeginsAt = now, 0
-	l.EndsAt = now + l.DurationNS + l.ExtraNS
+	l.EndsAt = 0 // known at READY: the duration counts from then
 	l.Phase = int32(pb.LeasePhase_LEASE_PHASE_CREATED)
 	l.StatusMessage = "assigned to board " + b.Name + "; waiting for its supervisor to start the lease"
 	l.Endpoint = b.Endpoint
@@ -306,7 +306,7 @@ func (c *Coordinator) assigned(ctx context.Context, tx *sql.Tx, fx *effects, l *
 		return err
 	}
 	c.log.Info("lease assigned", "job", l.ID, "board", b.Name, "supervisor", b.SupervisorID, "client", l.Client)
-	fx.startJob(b.SupervisorID, startJobOf(l))
+	fx.startJob(b.SupervisorID, c.startJobOf(l))
 	fx.leaseChanged(l)
 	fx.wake = true
 	return nil
@@ -374,14 +374,24 @@ func (h *deadlineHeap) Pop() any {
 	return x
 }
 
-// deadlineOf is when the coordinator ends a live lease (0: it does not). A lease's end
-// is begins_at + duration (+ extensions) once READY, and assigned_at + duration before.
+// deadlineOf is when the coordinator ends a live lease (0: it does not): once READY, at
+// its ends_at (begins_at + duration + extensions); before, at assigned_at + the start
+// bound (Options.StartBound), its own setting, so that a slow beforeLease hook or a READY
+// still on its way is never cut short by the lease's duration.
 func (c *Coordinator) deadlineOf(l *leaseRow) int64 {
-	if l.StopAt != 0 || l.State == stateQueued || l.State == stateEnded {
+	switch {
+	case l.StopAt != 0:
 		return 0
+	case l.State == stateAssigned:
+		return l.AssignedAt + int64(c.opts.StartBound)
+	case l.State == stateActive:
+		return l.EndsAt
 	}
-	return l.EndsAt
+	return 0
 }
+
+// preReady reports whether a live lease is still waiting for READY.
+func preReady(l *leaseRow) bool { return l.State == stateAssigned }
 
 // rearm records a live lease's deadline (again, after it changed).
 func (c *Coordinator) rearm(l *leaseRow) {

@@ -26,7 +26,7 @@ import (
 
 func newCoordinator(g *globalFlags) *cobra.Command {
 	var listen, stateDir, tokens, clientTokens, cert, key, metricsAddr string
-	var grace time.Duration
+	var grace, startBound time.Duration
 	var profiling bool
 	cmd := &cobra.Command{
 		Use:   "coordinator --state-dir DIR [--listen ADDR] [--supervisor-tokens FILE]",
@@ -42,7 +42,7 @@ func newCoordinator(g *globalFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			opts := coordinator.Options{StateDir: stateDir, Logger: logger.Named("coordinator"), Grace: grace}
+			opts := coordinator.Options{StateDir: stateDir, Logger: logger.Named("coordinator"), Grace: grace, StartBound: startBound}
 			if tokens != "" {
 				table, err := readTokens(tokens)
 				if err != nil {
@@ -83,6 +83,8 @@ func newCoordinator(g *globalFlags) *cobra.Command {
 	f.StringVar(&cert, "tls-cert", "", "TLS certificate (PEM); with --tls-key turns TLS on")
 	f.StringVar(&key, "tls-key", "", "TLS private key (PEM)")
 	f.DurationVar(&grace, "grace", 30*time.Second, "how long a supervisor may be gone before its boards show OFFLINE")
+	f.DurationVar(&startBound, "start-bound", coordinator.DefaultStartBound,
+		"how long an assigned lease may take to become READY (its beforeLease hook) before it is ended; its duration counts from READY")
 	f.StringVar(&metricsAddr, "metrics", "", "address of the Prometheus endpoint (/metrics); empty: none")
 	f.BoolVar(&profiling, "pprof", false, "also serve Go's profiler (/debug/pprof/) on the metrics listener; admins only when --client-tokens is set")
 	return cmd

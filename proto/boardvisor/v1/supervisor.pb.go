@@ -1601,9 +1601,14 @@ func (x *StopJob) GetReason() string {
 // ExtendJob moves a job's end: the supervisor's own bound on the lease is re-armed to
 // remaining from when it receives this (the coordinator keeps its own clock too).
 type ExtendJob struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	JobId         string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"` // Job to extend.
-	Remaining     *durationpb.Duration   `protobuf:"bytes,2,opt,name=remaining,proto3" json:"remaining,omitempty"`      // How long the lease may still last from now.
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	JobId     string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"` // Job to extend.
+	Remaining *durationpb.Duration   `protobuf:"bytes,2,opt,name=remaining,proto3" json:"remaining,omitempty"`      // How long the lease may still last from now.
+	// When the lease ends (the coordinator's ends_at), by the supervisor's own clock: the
+	// coordinator counts it from the READY time the supervisor reported, so a supervisor
+	// that arms its end here ends the lease exactly when the coordinator says it ends,
+	// whatever the link's delay. Unset for a lease not READY yet.
+	EndsAt        *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=ends_at,json=endsAt,proto3" json:"ends_at,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1648,6 +1653,13 @@ func (x *ExtendJob) GetJobId() string {
 func (x *ExtendJob) GetRemaining() *durationpb.Duration {
 	if x != nil {
 		return x.Remaining
+	}
+	return nil
+}
+
+func (x *ExtendJob) GetEndsAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EndsAt
 	}
 	return nil
 }
@@ -1859,10 +1871,11 @@ const file_boardvisor_v1_supervisor_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"8\n" +
 	"\aStopJob\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x16\n" +
-	"\x06reason\x18\x02 \x01(\tR\x06reason\"[\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"\x90\x01\n" +
 	"\tExtendJob\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x127\n" +
-	"\tremaining\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\tremaining\"!\n" +
+	"\tremaining\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\tremaining\x123\n" +
+	"\aends_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x06endsAt\"!\n" +
 	"\x03Ack\x12\x1a\n" +
 	"\tup_to_seq\x18\x01 \x01(\x04R\aupToSeq\"T\n" +
 	"\aWelcome\x12%\n" +
@@ -1986,13 +1999,14 @@ var file_boardvisor_v1_supervisor_proto_depIdxs = []int32{
 	30, // 33: boardvisor.v1.StartJob.duration:type_name -> google.protobuf.Duration
 	24, // 34: boardvisor.v1.StartJob.parameters:type_name -> boardvisor.v1.StartJob.ParametersEntry
 	30, // 35: boardvisor.v1.ExtendJob.remaining:type_name -> google.protobuf.Duration
-	4,  // 36: boardvisor.v1.SupervisorLink.Connect:input_type -> boardvisor.v1.SupervisorMessage
-	17, // 37: boardvisor.v1.SupervisorLink.Connect:output_type -> boardvisor.v1.CoordinatorMessage
-	37, // [37:38] is the sub-list for method output_type
-	36, // [36:37] is the sub-list for method input_type
-	36, // [36:36] is the sub-list for extension type_name
-	36, // [36:36] is the sub-list for extension extendee
-	0,  // [0:36] is the sub-list for field type_name
+	28, // 36: boardvisor.v1.ExtendJob.ends_at:type_name -> google.protobuf.Timestamp
+	4,  // 37: boardvisor.v1.SupervisorLink.Connect:input_type -> boardvisor.v1.SupervisorMessage
+	17, // 38: boardvisor.v1.SupervisorLink.Connect:output_type -> boardvisor.v1.CoordinatorMessage
+	38, // [38:39] is the sub-list for method output_type
+	37, // [37:38] is the sub-list for method input_type
+	37, // [37:37] is the sub-list for extension type_name
+	37, // [37:37] is the sub-list for extension extendee
+	0,  // [0:37] is the sub-list for field type_name
 }
 
 func init() { file_boardvisor_v1_supervisor_proto_init() }
