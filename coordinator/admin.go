@@ -30,11 +30,3 @@ func (c *Coordinator) AdminOnly(h http.Handler) http.Handler {
 		}
 	})
 }
-
-// auditRefusal logs and audits a refused access.
-func (c *Coordinator) auditRefusal(who, board, job, reason string) {
-	c.log.Warn("refused", "who", who, "board", board, "job", job, "reason", reason)
-	if c.opts.Audit != nil {
-		c.opts.Audit.Refused(who, board, job, reason)
-	}
-}

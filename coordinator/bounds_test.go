@@ -20,11 +20,11 @@ import (
 func TestStartBoundApartFromDuration(t *testing.T) {
 	const (
 		boards   = 40
-		duration = time.Second
-		hook     = 1500 * time.Millisecond // longer than the duration
-		lines    = 200                     // hook lines per lease, on the event path
+		duration = 3 * time.Second
+		hook     = 4 * time.Second // longer than the duration
+		lines    = 200             // hook lines per lease, on the event path
 	)
-	e := newEnv(t, "", Options{StartBound: 20 * time.Second})
+	e := newEnv(t, "", Options{StartBound: time.Minute})
 	var bs []*pb.BoardInfo
 	for i := range boards {
 		bs = append(bs, board(fmt.Sprintf("r%02d", i), "device", "rpi4"))
@@ -41,7 +41,7 @@ func TestStartBoundApartFromDuration(t *testing.T) {
 	var mu sync.Mutex
 	got := map[string]*seen{}
 	boardOf := map[string]string{}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	var wg sync.WaitGroup
 	defer func() { cancel(); wg.Wait() }()
 	wg.Add(1)

@@ -35,11 +35,13 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/boardvisor/boardvisor/connector/connlimit"
 	link "github.com/boardvisor/boardvisor/connector/grpc"
 	pb "github.com/boardvisor/boardvisor/proto/boardvisor/v1"
 	"github.com/hashicorp/go-hclog"
@@ -73,6 +75,19 @@ type Options struct {
 	TickInterval time.Duration
 	// MaxDuration bounds a lease's duration, extensions included (default 24h).
 	MaxDuration time.Duration
+	// MaxQueuedPerUser bounds the leases one user (by client name when client
+	// authentication is off) may have waiting in the queue (default 100).
+	MaxQueuedPerUser int
+	// MaxWatchesPerUser bounds the WatchLease streams one user (by address when client
+	// authentication is off) may have open (default 64); MaxWatches bounds them in all
+	// (default 4096).
+	MaxWatchesPerUser, MaxWatches int
+	// MaxUnauthenticatedPerPeer bounds the connections of one address on which no call
+	// presented a valid token yet (default 64), and AuthDeadline how long such a
+	// connection may stay open (default 30s). Both apply only with authentication on,
+	// to listeners wrapped by Listener.
+	MaxUnauthenticatedPerPeer int
+	AuthDeadline              time.Duration
 	// StartBound bounds the wait for READY (default 10m): a lease assigned to a board
 	// that has not become READY within it is ended. It is apart from the lease's
 	// duration, which counts from READY.
@@ -149,6 +164,11 @@ type Coordinator struct {
 	watchMu  sync.Mutex
 	watchers map[string]map[*watcher]struct{}
 
+	// Caps and refusals.
+	watchSlots watchSlots
+	auditLimit auditLimiter
+	conns      *connlimit.Limiter
+
 	// Costs the tests watch: index entries visited and board rows read.
 	visits   atomic.Int64
 	rowsRead atomic.Int64
@@ -158,6 +178,7 @@ type Coordinator struct {
 	closeOnce sync.Once
 	runWG     sync.WaitGroup
 	closed    bool // under reqMu
+	lock      *stateLock
 }
 
 var (
@@ -197,6 +218,15 @@ func New(opts Options) (*Coordinator, error) {
 	if opts.StartBound <= 0 {
 		opts.StartBound = DefaultStartBound
 	}
+	if opts.MaxQueuedPerUser <= 0 {
+		opts.MaxQueuedPerUser = DefaultMaxQueuedPerUser
+	}
+	if opts.MaxWatchesPerUser <= 0 {
+		opts.MaxWatchesPerUser = DefaultMaxWatchesPerUser
+	}
+	if opts.MaxWatches <= 0 {
+		opts.MaxWatches = DefaultMaxWatches
+	}
 	if opts.RefusalHold <= 0 {
 		opts.RefusalHold = 5 * time.Second
 	}
@@ -210,13 +240,24 @@ func New(opts Options) (*Coordinator, error) {
 		return nil, fmt.Errorf("coordinator: TokenBytes %d is too few for a secret: use at least 16", opts.TokenBytes)
 	}
 	dsn := opts.DB
+	if dsn == "" && !isSQLite(opts.Driver) {
+		return nil, fmt.Errorf("coordinator: a DB data source name is needed for driver %q", opts.Driver)
+	}
+	if err := os.MkdirAll(opts.StateDir, 0o750); err != nil {
+		return nil, fmt.Errorf("coordinator: state directory: %w", err)
+	}
+	// One coordinator per state directory (its database, its audit log).
+	lock, err := lockStateDir(opts.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			lock.release()
+		}
+	}()
 	if dsn == "" {
-		if !isSQLite(opts.Driver) {
-			return nil, fmt.Errorf("coordinator: a DB data source name is needed for driver %q", opts.Driver)
-		}
-		if err := os.MkdirAll(opts.StateDir, 0o750); err != nil {
-			return nil, fmt.Errorf("coordinator: state directory: %w", err)
-		}
 		path := filepath.Join(opts.StateDir, "coordinator.db")
 		// The database holds lease tokens: only its owner may read it. SQLite gives its
 		// WAL and shared-memory files the database file's permissions.
@@ -272,6 +313,16 @@ func New(opts Options) (*Coordinator, error) {
 		return nil, fmt.Errorf("coordinator: database: %w", err)
 	} else if len(applied) > 0 {
 		opts.Logger.Info("database schema migrated", "versions", fmt.Sprint(applied), "schema_version", schemaVersion)
+		if isSQLite(opts.Driver) && slices.Contains(applied, tokenMigration) && applied[0] != 1 {
+			// Plain tokens of an older version may be left in free pages and in the
+			// write-ahead log: rebuild the file and empty the log.
+			for _, stmt := range []string{`VACUUM`, `PRAGMA wal_checkpoint(TRUNCATE)`} {
+				if _, err := wdb.ExecContext(ctx, stmt); err != nil {
+					closeDBs()
+					return nil, fmt.Errorf("coordinator: database: scrub old lease tokens (%s): %w", stmt, err)
+				}
+			}
+		}
 	}
 	c := &Coordinator{
 		opts:       opts,
@@ -288,7 +339,9 @@ func New(opts Options) (*Coordinator, error) {
 		done:       make(chan struct{}),
 	}
 	c.store.init()
-	c.link = &link.Server{Handler: c, Auth: opts.SupervisorAuth, Logger: opts.Logger.Named("link"), Audit: opts.Audit}
+	c.conns = c.newConnLimiter()
+	c.link = &link.Server{Handler: c, Auth: opts.SupervisorAuth, Logger: opts.Logger.Named("link"), Audit: opts.Audit,
+		Authenticated: c.authenticated}
 	// No supervisor is connected to a process that just started: their grace starts now.
 	if _, err := wdb.ExecContext(ctx, `UPDATE supervisors SET connected = $1, last_contact = $2 WHERE connected = $3`,
 		false, c.now().UnixNano(), true); err != nil {
@@ -302,6 +355,8 @@ func New(opts Options) (*Coordinator, error) {
 	}
 	c.log.Info("state loaded", "boards", len(c.fleet.byName), "live_leases", len(c.live), "queued", c.queue.n,
 		"took", time.Since(began).Round(time.Millisecond).String())
+	c.lock = lock
+	ok = true
 	go c.loop()
 	go c.writer()
 	c.checkpointDone = make(chan struct{})
@@ -448,6 +503,7 @@ func (c *Coordinator) Close() error {
 		if c.wdb != c.db {
 			err = errors.Join(err, c.wdb.Close())
 		}
+		c.lock.release()
 	})
 	return err
 }

@@ -162,7 +162,8 @@ func TestEventsForUnannouncedBoardsAreRefused(t *testing.T) {
 	if _, ok := bs["ghost"]; ok {
 		t.Fatal("an unannounced board appeared")
 	}
-	for _, want := range []string{`board=b1 served_by=lab-b`, `board=ghost served_by=""`} {
+	for _, want := range []string{`about board \"b1\", which supervisor lab-a did not announce (served by \"lab-b\")`,
+		`about board \"ghost\", which supervisor lab-a did not announce (served by \"\")`} {
 		if !strings.Contains(e.logs.String(), want) {
 			t.Fatalf("refusal not logged (%s):\n%s", want, e.logs.String())
 		}

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	link "github.com/boardvisor/boardvisor/connector/grpc"
+	"github.com/boardvisor/boardvisor/jobs"
 	pb "github.com/boardvisor/boardvisor/proto/boardvisor/v1"
 	jpb "github.com/boardvisor/boardvisor/proto/jumpstarter/v1"
 	"google.golang.org/grpc/codes"
@@ -98,7 +99,9 @@ func TestLeaseExpirySendsStopJob(t *testing.T) {
 	}
 	sj := f.expectStart()
 	// The supervisor's own bound from the start: the start bound, then the duration.
-	if sj.GetJobId() != l.GetId() || sj.GetDuration().AsDuration() != 6*time.Minute || sj.GetToken() != l.GetToken() || sj.GetToken() == "" {
+	// It carries the token's hash, not the token (the coordinator does not keep it).
+	if sj.GetJobId() != l.GetId() || sj.GetDuration().AsDuration() != 6*time.Minute || sj.GetToken() != "" ||
+		sj.GetTokenSha256() != jobs.TokenHash(l.GetToken()) || l.GetToken() == "" {
 		t.Fatalf("StartJob %v for lease %v", sj, l)
 	}
 	clock.Advance(10 * time.Second) // READY comes 10s after the assignment
@@ -283,7 +286,7 @@ func TestReconcileOnHello(t *testing.T) {
 		m := f2.next()
 		got[m.GetStartJob().GetJobId()+m.GetStopJob().GetJobId()] = m
 	}
-	if m := got[lost.GetId()]; m.GetStartJob() == nil || m.GetStartJob().GetToken() != lost.GetToken() {
+	if m := got[lost.GetId()]; m.GetStartJob() == nil || m.GetStartJob().GetTokenSha256() != jobs.TokenHash(lost.GetToken()) {
 		t.Fatalf("want StartJob re-sent for %s, got %v", lost.GetId(), got)
 	}
 	if m := got[unknown]; m.GetStopJob() == nil {

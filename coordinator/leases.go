@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/boardvisor/boardvisor/jobs"
 	pb "github.com/boardvisor/boardvisor/proto/boardvisor/v1"
 	jpb "github.com/boardvisor/boardvisor/proto/jumpstarter/v1"
 	"github.com/google/uuid"
@@ -37,6 +38,9 @@ func (c *Coordinator) CreateLease(ctx context.Context, req *pb.CreateLeaseReques
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
+	if err := c.validateCreate(ctx, req); err != nil {
+		return nil, err
+	}
 	d, err := c.checkDuration(req.GetDuration(), "duration")
 	if err != nil {
 		return nil, err
@@ -55,19 +59,27 @@ func (c *Coordinator) CreateLease(ctx context.Context, req *pb.CreateLeaseReques
 		client = u.Name // an authenticated lease is recorded under its user's name
 	}
 	l := &leaseRow{
-		ID: uuid.NewString(), Selector: sel.String(), WantBoard: board, Client: client, Token: token,
+		ID: uuid.NewString(), Selector: sel.String(), WantBoard: board, Client: client, TokenHash: jobs.TokenHash(token),
 		DurationNS: int64(d), State: stateQueued, Phase: int32(pb.LeasePhase_LEASE_PHASE_CREATED),
-		StatusMessage: "queued: waiting for " + want, CreatedAt: c.now().UnixNano(),
+		StatusMessage: "queued: waiting for " + want, CreatedAt: c.now().UnixNano(), Params: req.GetParameters(),
 	}
 	var out *pb.Lease
+	uctx := ctx
 	err = c.do(ctx, func(ctx context.Context, tx *sql.Tx, fx *effects) error {
 		// Whether any board, free or not, could ever serve it: from the index.
 		if !c.fleet.anyMatch(m) {
 			return status.Error(codes.FailedPrecondition, c.fleet.unsatisfiable(m))
 		}
+		b := c.fleet.bestFree(m)
+		if b == nil && c.queue.perUser[client] >= c.opts.MaxQueuedPerUser {
+			c.auditRefusal(who(uctx), "", "", fmt.Sprintf("CreateLease: %s has %d leases queued, the most allowed", client, c.queue.perUser[client]))
+			return status.Errorf(codes.ResourceExhausted,
+				"%s already has %d leases waiting in the queue, the most allowed (coordinator --max-queued-per-user): release some or wait for them",
+				client, c.queue.perUser[client])
+		}
 		l.QueuePos = c.nextPos
 		c.nextPos++
-		if b := c.fleet.bestFree(m); b != nil {
+		if b != nil {
 			c.take(l, b)
 			if err := insertLease(ctx, tx, l); err != nil {
 				return err
@@ -83,13 +95,14 @@ func (c *Coordinator) CreateLease(ctx context.Context, req *pb.CreateLeaseReques
 			}
 			fx.leaseChanged(l)
 		}
-		out = leaseProto(l, true)
+		out = leaseProto(l, false)
 		return nil
 	})
 	if err != nil {
 		return nil, rpcError(err)
 	}
 	c.log.Info("lease requested", "job", l.ID, "selector", l.Selector, "board", board, "client", l.Client, "duration", d.String())
+	out.Token = token // once, here; the coordinator keeps only its hash
 	return &pb.CreateLeaseResponse{Lease: out}, nil
 }
 
@@ -146,6 +159,9 @@ func (c *Coordinator) lease(ctx context.Context, id string) (*leaseRow, error) {
 // Releasing an ended lease changes nothing.
 func (c *Coordinator) ReleaseLease(ctx context.Context, req *pb.ReleaseLeaseRequest) (*pb.ReleaseLeaseResponse, error) {
 	reason := strings.TrimSpace(req.GetReason())
+	if err := c.checkClientText(ctx, "reason", reason, maxReason); err != nil {
+		return nil, err
+	}
 	if reason == "" {
 		reason = "released by the client"
 	}
@@ -159,7 +175,7 @@ func (c *Coordinator) ReleaseLease(ctx context.Context, req *pb.ReleaseLeaseRequ
 		if l == nil {
 			return status.Errorf(codes.NotFound, "lease %s not found", req.GetId())
 		}
-		if err := mayChange(ctx, l.Client); err != nil {
+		if err := c.mayChange(ctx, l, "release"); err != nil {
 			return err
 		}
 		state = l.State
@@ -200,7 +216,7 @@ func (c *Coordinator) ExtendLease(ctx context.Context, req *pb.ExtendLeaseReques
 			return err
 		}
 		if l != nil {
-			if err := mayChange(ctx, l.Client); err != nil {
+			if err := c.mayChange(ctx, l, "extend"); err != nil {
 				return err
 			}
 		}
@@ -302,6 +318,9 @@ func (c *Coordinator) SetBoardMaintenance(ctx context.Context, req *pb.SetBoardM
 	if name == "" {
 		return nil, status.Error(codes.InvalidArgument, "a board name is required")
 	}
+	if err := c.checkClientText(ctx, "reason", req.GetReason(), maxReason); err != nil {
+		return nil, err
+	}
 	err := c.do(ctx, func(ctx context.Context, tx *sql.Tx, fx *effects) error {
 		b := c.fleet.get(name)
 		if b == nil {
@@ -401,4 +420,56 @@ func (c *Coordinator) boardProto(b *boardRow, busy map[string]string, now time.T
 		CurrentLeaseId: cur,
 		Endpoint:       b.Endpoint,
 	}
+}
+
+// MoveBoard gives a board name to another supervisor, or frees it (admins only; the
+// check is in authenticate). A board holding a lease is not moved.
+func (c *Coordinator) MoveBoard(ctx context.Context, req *pb.MoveBoardRequest) (*pb.MoveBoardResponse, error) {
+	name, to := strings.TrimSpace(req.GetBoard()), strings.TrimSpace(req.GetToSupervisorId())
+	if name == "" {
+		return nil, status.Error(codes.InvalidArgument, "a board name is required")
+	}
+	if to != "" && !jobs.ValidName(to) {
+		return nil, status.Errorf(codes.InvalidArgument, "supervisor ID %q is not valid (want 1 to 64 of A-Z a-z 0-9 . _ -)", to)
+	}
+	from := ""
+	err := c.do(ctx, func(ctx context.Context, tx *sql.Tx, fx *effects) error {
+		b := c.fleet.get(name)
+		if b == nil {
+			return status.Errorf(codes.NotFound, "board %s not found", name)
+		}
+		if b.lease != "" {
+			return status.Errorf(codes.FailedPrecondition, "board %s holds lease %s: release it before moving the board", name, b.lease)
+		}
+		from = b.SupervisorID
+		if to == "" {
+			c.fleet.remove(b)
+			_, err := tx.ExecContext(ctx, `DELETE FROM boards WHERE name = $1`, name)
+			return err
+		}
+		row := b.boardRow
+		row.SupervisorID = to
+		row.Status = int32(jpb.ExporterStatus_EXPORTER_STATUS_OFFLINE) // until its new supervisor announces it
+		if err := saveBoard(ctx, tx, &row); err != nil {
+			return err
+		}
+		c.refresh(c.fleet.put(row))
+		return nil
+	})
+	if err != nil {
+		return nil, rpcError(err)
+	}
+	c.log.Info("board moved by an admin", "board", name, "from", from, "to", to, "by", who(ctx))
+	if to == "" {
+		return &pb.MoveBoardResponse{}, nil
+	}
+	b, err := getBoard(ctx, c.db, &c.rowsRead, name)
+	if err != nil || b == nil {
+		return nil, rpcError(errors.Join(err, errors.New("board vanished")))
+	}
+	busy, err := busyBoards(ctx, c.db)
+	if err != nil {
+		return nil, rpcError(err)
+	}
+	return &pb.MoveBoardResponse{Board: c.boardProto(b, busy, c.now())}, nil
 }

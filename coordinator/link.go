@@ -21,8 +21,19 @@ import (
 // are assigned to its free boards. It returns the highest event seq stored from it.
 func (c *Coordinator) Connected(ctx context.Context, s *link.Session, hello *pb.Hello) (uint64, error) {
 	var lastSeen uint64
+	id := hello.GetSupervisorId()
+	if !jobs.ValidName(id) {
+		c.auditRefusal(s.Peer, "", "", fmt.Sprintf("Hello with the invalid supervisor ID %q", id))
+		return 0, status.Errorf(codes.InvalidArgument, "supervisor ID %q is not valid (want 1 to 64 of A-Z a-z 0-9 . _ -): set coordinator.supervisorId", id)
+	}
 	err := c.do(ctx, func(ctx context.Context, tx *sql.Tx, fx *effects) error {
-		id := hello.GetSupervisorId()
+		if old := c.sessions[id]; old != nil && old != s && old.Alive() && (old.Instance == "" || old.Instance != s.Instance) {
+			// Two supervisors with one ID: the live one keeps its boards.
+			c.auditRefusal(s.Peer, "", "", fmt.Sprintf("Hello as supervisor %s, which is connected from %s", id, old.Peer))
+			return status.Errorf(codes.AlreadyExists,
+				"supervisor ID %q is already connected from %s (since %s); refused the connection from %s: give each supervisor its own coordinator.supervisorId",
+				id, old.Peer, old.Since.UTC().Format(time.RFC3339), s.Peer)
+		}
 		now := c.now().UnixNano()
 		var stored int64
 		err := tx.QueryRowContext(ctx, `SELECT last_seq FROM supervisors WHERE id = $1`, id).Scan(&stored)
@@ -67,6 +78,9 @@ func (c *Coordinator) Connected(ctx context.Context, s *link.Session, hello *pb.
 		delete(c.goneLogged, id)
 		return nil
 	})
+	if _, ok := status.FromError(err); ok && err != nil {
+		return 0, err // refused
+	}
 	if err != nil {
 		c.log.Error("supervisor Hello not recorded", "supervisor", hello.GetSupervisorId(), "error", err)
 		return 0, fmt.Errorf("record Hello: %w", err)
@@ -74,9 +88,12 @@ func (c *Coordinator) Connected(ctx context.Context, s *link.Session, hello *pb.
 	return lastSeen, nil
 }
 
-// upsertBoards records the boards of a Hello. A board name another supervisor still
-// serves (connected, or holding an unended lease on it) is not taken over; boards the
-// supervisor no longer announces are removed.
+// upsertBoards records the boards of a Hello. A board name belongs to the supervisor
+// that first announced it until that supervisor stops announcing it or an admin moves it
+// (MoveBoard): another supervisor announcing it is refused, whether the owner is
+// connected or not. Names and labels are checked with the supervisor config's rules
+// (jobs.ValidName, ValidLabelKey, CheckLabelValue); a board that breaks them is refused.
+// Boards the supervisor no longer announces are removed.
 func (c *Coordinator) upsertBoards(ctx context.Context, tx *sql.Tx, sup string, hello *pb.Hello) error {
 	current := map[string]string{}
 	for _, lj := range hello.GetLiveJobs() {
@@ -87,18 +104,14 @@ func (c *Coordinator) upsertBoards(ctx context.Context, tx *sql.Tx, sup string, 
 	announced := map[string]bool{}
 	for _, bi := range hello.GetBoards() {
 		name := bi.GetName()
-		if name == "" {
-			c.log.Warn("supervisor announced a board without a name: ignored", "supervisor", sup)
+		if why := checkBoardInfo(bi); why != "" {
+			c.auditRefusal(sup, "", "", "announced board "+why+": ignored")
 			continue
 		}
 		prev := c.fleet.get(name)
 		if prev != nil && prev.SupervisorID != sup {
-			if c.sessions[prev.SupervisorID] != nil || prev.lease != "" {
-				c.log.Error("board name already served by another supervisor: ignored", "board", name,
-					"supervisor", sup, "served_by", prev.SupervisorID)
-				continue
-			}
-			c.log.Info("board moved to another supervisor", "board", name, "from", prev.SupervisorID, "to", sup)
+			c.auditRefusal(sup, name, "", fmt.Sprintf("announced board %s, which belongs to supervisor %s (an admin may move it: MoveBoard): ignored", name, prev.SupervisorID))
+			continue
 		}
 		announced[name] = true
 		row := boardRow{Name: name, SupervisorID: sup, Labels: copyLabels(bi.GetLabels()), Status: int32(bi.GetStatus()),
@@ -110,13 +123,9 @@ func (c *Coordinator) upsertBoards(ctx context.Context, tx *sql.Tx, sup string, 
 		if err := saveBoard(ctx, tx, &row); err != nil {
 			return err
 		}
-		if prev != nil && prev.SupervisorID != sup {
-			c.fleet.remove(prev) // a board that changes supervisor is re-linked
-			prev = nil
-		}
 		b := c.fleet.put(row)
-		if prev == nil {
-			b.lease = ""
+		if l := c.live[b.lease]; l != nil {
+			l.Endpoint = b.Endpoint
 		}
 		c.refresh(b)
 	}
@@ -196,7 +205,13 @@ func (c *Coordinator) reconcileHello(ctx context.Context, tx *sql.Tx, fx *effect
 		if err != nil {
 			return err
 		}
-		if l != nil && l.State == stateQueued && c.adoptable(sup, lj) {
+		if l != nil && l.State == stateQueued && !c.adoptable(sup, lj, l) {
+			c.auditRefusal(sup, lj.GetBoard(), l.ID, fmt.Sprintf("Hello lists queued lease %s as live on board %q, where it was not offered to supervisor %s: not adopted", l.ID, lj.GetBoard(), sup))
+		}
+		if l != nil && l.State != stateQueued && l.SupervisorID != "" && l.SupervisorID != sup {
+			c.auditRefusal(sup, lj.GetBoard(), l.ID, fmt.Sprintf("Hello lists lease %s, which supervisor %s holds, as live on board %q", l.ID, l.SupervisorID, lj.GetBoard()))
+		}
+		if l != nil && l.State == stateQueued && c.adoptable(sup, lj, l) {
 			// A lease put back in the queue (its StartJob looked refused) that the
 			// supervisor runs after all: it keeps that board.
 			c.log.Info("reconcile: queued lease found live on a supervisor: adopted", "supervisor", sup, "job", l.ID, "board", lj.GetBoard())
@@ -205,6 +220,9 @@ func (c *Coordinator) reconcileHello(ctx context.Context, tx *sql.Tx, fx *effect
 			c.adoptPhase(l, lj.GetPhase(), now)
 			c.rearm(l)
 			if err := saveLease(ctx, tx, l); err != nil {
+				return err
+			}
+			if _, err := tx.ExecContext(ctx, `UPDATE boards SET last_lease_at = $1 WHERE name = $2`, b.LastLeaseAt, b.Name); err != nil {
 				return err
 			}
 			fx.leaseChanged(l)
@@ -263,10 +281,35 @@ func (c *Coordinator) syncEnd(fx *effects, l *leaseRow) {
 }
 
 // adoptable reports whether a supervisor's live job may take over its board in the
-// coordinator's records: the board is this supervisor's and holds no other lease.
-func (c *Coordinator) adoptable(sup string, lj *pb.LiveJob) bool {
+// coordinator's records: the lease was offered to this supervisor for this board (its
+// StartJob looked refused, and the supervisor runs it after all), the board is this
+// supervisor's, holds no other lease, and matches the lease's request.
+func (c *Coordinator) adoptable(sup string, lj *pb.LiveJob, l *leaseRow) bool {
 	b := c.fleet.get(lj.GetBoard())
-	return b != nil && b.SupervisorID == sup && b.lease == ""
+	if b == nil || b.SupervisorID != sup || b.lease != "" || !l.offered(sup, b.Name) {
+		return false
+	}
+	m, err := leaseMatcher(l)
+	return err == nil && m.matches(&b.boardRow)
+}
+
+// checkBoardInfo returns why an announced board is refused ("" if it is not).
+func checkBoardInfo(bi *pb.BoardInfo) string {
+	if !jobs.ValidName(bi.GetName()) {
+		return fmt.Sprintf("name %q is not valid (want 1 to 64 of A-Z a-z 0-9 . _ -)", bi.GetName())
+	}
+	for k, v := range bi.GetLabels() {
+		if !jobs.ValidLabelKey(k) {
+			return fmt.Sprintf("%s has the invalid label key %q", bi.GetName(), k)
+		}
+		if err := jobs.CheckLabelValue(v); err != nil {
+			return fmt.Sprintf("%s has the label %s=%q, which %v", bi.GetName(), k, v, err)
+		}
+	}
+	if err := jobs.CheckText(bi.GetClientEndpoint(), 512); err != nil {
+		return fmt.Sprintf("%s has a client endpoint that %v", bi.GetName(), err)
+	}
+	return ""
 }
 
 // adoptPhase takes the phase a supervisor reports for a live job.
@@ -317,11 +360,12 @@ func clearCurrentJob(ctx context.Context, tx *sql.Tx, c *Coordinator, l *leaseRo
 // READY the coordinator moves that bound to the lease's ends_at (syncEnd).
 func (c *Coordinator) startJobOf(l *leaseRow) *pb.StartJob {
 	return &pb.StartJob{
-		JobId:      l.ID,
-		Board:      l.Board,
-		ClientName: l.Client,
-		Token:      l.Token,
-		Duration:   durationProto(int64(c.opts.StartBound) + l.DurationNS + l.ExtraNS),
+		JobId:       l.ID,
+		Board:       l.Board,
+		ClientName:  l.Client,
+		TokenSha256: l.TokenHash, // the token itself is not kept
+		Duration:    durationProto(int64(c.opts.StartBound) + l.DurationNS + l.ExtraNS),
+		Parameters:  l.Params,
 	}
 }
 
@@ -336,11 +380,8 @@ func (c *Coordinator) applyEvent(ctx context.Context, tx *sql.Tx, fx *effects, s
 			owner = b.SupervisorID
 		}
 		if owner != sup {
-			reason := fmt.Sprintf("event %d (%s) about board %q, which supervisor %s did not announce", ev.GetSeq(), kind, board, sup)
-			c.log.Warn("refused an event for a board the supervisor does not serve", "supervisor", sup, "seq", ev.GetSeq(), "kind", kind, "board", board, "served_by", owner)
-			if c.opts.Audit != nil {
-				c.opts.Audit.Refused(sup, board, job, reason)
-			}
+			c.auditRefusal(sup, board, job, fmt.Sprintf("event %d (%s) about board %q, which supervisor %s did not announce (served by %q): not applied",
+				ev.GetSeq(), kind, board, sup, owner))
 			return nil
 		}
 	}
@@ -388,6 +429,13 @@ func (c *Coordinator) applyTransition(ctx context.Context, tx *sql.Tx, fx *effec
 	l, err := c.leaseOf(ctx, tx, st.GetJobId())
 	if err != nil {
 		return err
+	}
+	if l != nil && l.SupervisorID != sup && !(l.State == stateQueued && l.offered(sup, st.GetBoard())) {
+		holder := l.SupervisorID
+		if holder == "" {
+			holder = "none (it is " + l.State + ")"
+		}
+		c.auditRefusal(sup, st.GetBoard(), l.ID, fmt.Sprintf("event about lease %s, whose supervisor is %s: not applied", l.ID, holder))
 	}
 	if l == nil || l.SupervisorID != sup || l.State == stateQueued {
 		if !terminal(to) {
@@ -449,6 +497,9 @@ func (c *Coordinator) applyJobError(ctx context.Context, tx *sql.Tx, fx *effects
 	}
 	kind := je.GetError().GetKind()
 	kindName := jobs.JobErrorKind(kind).String()
+	if l != nil && l.SupervisorID != "" && l.SupervisorID != sup {
+		c.auditRefusal(sup, "", l.ID, fmt.Sprintf("job error about lease %s, whose supervisor is %s: not applied", l.ID, l.SupervisorID))
+	}
 	if l == nil || l.SupervisorID != sup || l.State == stateQueued || l.State == stateEnded {
 		c.log.Debug("job error for a job not assigned to this supervisor: stored only", "supervisor", sup, "job", je.GetJobId(), "kind", kindName)
 		return nil

@@ -5,6 +5,8 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+
+	"github.com/boardvisor/boardvisor/jobs"
 )
 
 // The schema is versioned: schema_version holds the number of the last migration
@@ -40,7 +42,43 @@ var migrations = []migration{
 		`UPDATE supervisors SET applied_seq = last_seq`,
 		`CREATE INDEX IF NOT EXISTS leases_queue_pos ON leases (queue_pos)`,
 	}},
+	{version: 3, what: "lease tokens kept as SHA-256 only; job parameters; offers", stmts: []string{
+		`ALTER TABLE leases ADD COLUMN token_hash TEXT NOT NULL DEFAULT ''`,
+		`ALTER TABLE leases ADD COLUMN params TEXT NOT NULL DEFAULT '{}'`,
+		`ALTER TABLE leases ADD COLUMN offers TEXT NOT NULL DEFAULT ''`,
+	}, run: hashTokens},
 }
+
+// hashTokens replaces the plain lease tokens of version 2 by their SHA-256 and drops the
+// column. (On SQLite, New then vacuums the file so that no page keeps an old token.)
+func hashTokens(ctx context.Context, tx *sql.Tx) error {
+	rows, err := tx.QueryContext(ctx, `SELECT id, token FROM leases WHERE token <> ''`)
+	if err != nil {
+		return err
+	}
+	hashes := map[string]string{}
+	for rows.Next() {
+		var id, token string
+		if err := rows.Scan(&id, &token); err != nil {
+			rows.Close()
+			return err
+		}
+		hashes[id] = jobs.TokenHash(token)
+	}
+	if err := errors.Join(rows.Err(), rows.Close()); err != nil {
+		return err
+	}
+	for id, h := range hashes {
+		if _, err := tx.ExecContext(ctx, `UPDATE leases SET token_hash = $1, token = '' WHERE id = $2`, h, id); err != nil {
+			return err
+		}
+	}
+	_, err = tx.ExecContext(ctx, `ALTER TABLE leases DROP COLUMN token`)
+	return err
+}
+
+// tokenMigration is the version after which no plain token is left in the database.
+const tokenMigration = 3
 
 var schemaVersion = migrations[len(migrations)-1].version
 

@@ -292,6 +292,10 @@ func (c *Coordinator) take(l *leaseRow, b *boardEntry) {
 	l.Phase = int32(pb.LeasePhase_LEASE_PHASE_CREATED)
 	l.StatusMessage = "assigned to board " + b.Name + "; waiting for its supervisor to start the lease"
 	l.Endpoint = b.Endpoint
+	l.Offers = append(l.Offers, b.SupervisorID+"/"+b.Name)
+	if len(l.Offers) > maxOffers {
+		l.Offers = l.Offers[len(l.Offers)-maxOffers:]
+	}
 	b.lease = l.ID
 	b.LastLeaseAt = now
 	c.live[l.ID] = l

@@ -10,7 +10,7 @@ import (
 // inLoop runs fn in the state loop (read-only use: fn must not change anything).
 func (c *Coordinator) inLoop(t *testing.T, fn func(ctx context.Context, tx *sql.Tx)) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), 6*waitTimeout) // a loaded machine, -race, 10,000 boards
 	defer cancel()
 	if err := c.do(ctx, func(ctx context.Context, tx *sql.Tx, _ *effects) error {
 		fn(ctx, tx)
@@ -51,4 +51,11 @@ func openTestDB(t *testing.T, dir string) *sql.DB {
 	}
 	t.Cleanup(func() { db.Close() })
 	return db
+}
+
+// watchCount is the number of WatchLease streams open.
+func (c *Coordinator) watchCount() int {
+	c.watchSlots.mu.Lock()
+	defer c.watchSlots.mu.Unlock()
+	return c.watchSlots.total
 }

@@ -20,22 +20,44 @@ const (
 
 // leaseRow is one row of the leases table.
 type leaseRow struct {
-	ID, Selector, WantBoard, Board, SupervisorID, Client, Token string
-	DurationNS, ExtraNS                                         int64
-	State                                                       string
-	Phase, ExporterStatus                                       int32
-	StatusMessage                                               string
-	CreatedAt, AssignedAt, BeginsAt, EndsAt, EndedAt, StopAt    int64
-	StopReason                                                  string
-	QueuePos                                                    int64
+	ID, Selector, WantBoard, Board, SupervisorID, Client     string
+	TokenHash                                                string // jobs.TokenHash of the token; the token itself is never stored
+	DurationNS, ExtraNS                                      int64
+	State                                                    string
+	Phase, ExporterStatus                                    int32
+	StatusMessage                                            string
+	CreatedAt, AssignedAt, BeginsAt, EndsAt, EndedAt, StopAt int64
+	StopReason                                               string
+	QueuePos                                                 int64
+	// Params are the job parameters the client asked for.
+	Params map[string]string
+	// Offers are the supervisors and boards the lease was given to ("supervisor/board",
+	// newest last): a supervisor may adopt a queued lease only where it was offered it.
+	Offers []string
 	// Endpoint is the assigned board's client endpoint (joined, not a column of leases).
 	Endpoint string
+	// Token is the plain token, known only to the request that created the lease (it is
+	// returned once, then forgotten).
+	Token string
 }
 
-const leaseCols = `l.id, l.selector, l.want_board, l.board, l.supervisor_id, l.client, l.token,
+// maxOffers bounds the offers remembered per lease.
+const maxOffers = 8
+
+// offered reports whether the lease was offered to sup for board.
+func (l *leaseRow) offered(sup, board string) bool {
+	for _, o := range l.Offers {
+		if o == sup+"/"+board {
+			return true
+		}
+	}
+	return false
+}
+
+const leaseCols = `l.id, l.selector, l.want_board, l.board, l.supervisor_id, l.client, l.token_hash,
 	l.duration_ns, l.extra_ns, l.state, l.phase, l.exporter_status, l.status_message,
 	l.created_at, l.assigned_at, l.begins_at, l.ends_at, l.ended_at, l.stop_at, l.stop_reason,
-	l.queue_pos, COALESCE(b.endpoint, '')`
+	l.queue_pos, l.params, l.offers, COALESCE(b.endpoint, '')`
 
 const leaseFrom = ` FROM leases l LEFT JOIN boards b ON b.name = l.board AND b.supervisor_id = l.supervisor_id `
 
@@ -43,12 +65,21 @@ type scanner interface{ Scan(dest ...any) error }
 
 func scanLease(s scanner) (*leaseRow, error) {
 	var l leaseRow
-	err := s.Scan(&l.ID, &l.Selector, &l.WantBoard, &l.Board, &l.SupervisorID, &l.Client, &l.Token,
+	var params, offers string
+	err := s.Scan(&l.ID, &l.Selector, &l.WantBoard, &l.Board, &l.SupervisorID, &l.Client, &l.TokenHash,
 		&l.DurationNS, &l.ExtraNS, &l.State, &l.Phase, &l.ExporterStatus, &l.StatusMessage,
 		&l.CreatedAt, &l.AssignedAt, &l.BeginsAt, &l.EndsAt, &l.EndedAt, &l.StopAt, &l.StopReason,
-		&l.QueuePos, &l.Endpoint)
+		&l.QueuePos, &params, &offers, &l.Endpoint)
 	if err != nil {
 		return nil, err
+	}
+	if params != "" && params != "{}" {
+		if err := json.Unmarshal([]byte(params), &l.Params); err != nil {
+			return nil, fmt.Errorf("lease %s: bad parameters in the database: %w", l.ID, err)
+		}
+	}
+	if offers != "" {
+		l.Offers = strings.Split(offers, ",")
 	}
 	return &l, nil
 }
@@ -91,21 +122,21 @@ func queryLeases(ctx context.Context, q querier, where string, args ...any) ([]*
 func saveLease(ctx context.Context, q querier, l *leaseRow) error {
 	_, err := q.ExecContext(ctx, `UPDATE leases SET board = $2, supervisor_id = $3, extra_ns = $4, state = $5,
 		phase = $6, exporter_status = $7, status_message = $8, assigned_at = $9, begins_at = $10, ends_at = $11,
-		ended_at = $12, stop_at = $13, stop_reason = $14 WHERE id = $1`,
+		ended_at = $12, stop_at = $13, stop_reason = $14, offers = $15 WHERE id = $1`,
 		l.ID, l.Board, l.SupervisorID, l.ExtraNS, l.State, l.Phase, l.ExporterStatus, l.StatusMessage,
-		l.AssignedAt, l.BeginsAt, l.EndsAt, l.EndedAt, l.StopAt, l.StopReason)
+		l.AssignedAt, l.BeginsAt, l.EndsAt, l.EndedAt, l.StopAt, l.StopReason, strings.Join(l.Offers, ","))
 	return err
 }
 
 // insertLease writes a new lease; its QueuePos is set by the caller.
 func insertLease(ctx context.Context, q querier, l *leaseRow) error {
-	_, err := q.ExecContext(ctx, `INSERT INTO leases (id, selector, want_board, board, supervisor_id, client, token,
+	_, err := q.ExecContext(ctx, `INSERT INTO leases (id, selector, want_board, board, supervisor_id, client, token_hash,
 		duration_ns, extra_ns, state, phase, exporter_status, status_message, created_at, assigned_at, begins_at,
-		ends_at, ended_at, stop_at, stop_reason, queue_pos)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)`,
-		l.ID, l.Selector, l.WantBoard, l.Board, l.SupervisorID, l.Client, l.Token,
+		ends_at, ended_at, stop_at, stop_reason, queue_pos, params, offers)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)`,
+		l.ID, l.Selector, l.WantBoard, l.Board, l.SupervisorID, l.Client, l.TokenHash,
 		l.DurationNS, l.ExtraNS, l.State, l.Phase, l.ExporterStatus, l.StatusMessage, l.CreatedAt, l.AssignedAt,
-		l.BeginsAt, l.EndsAt, l.EndedAt, l.StopAt, l.StopReason, l.QueuePos)
+		l.BeginsAt, l.EndsAt, l.EndedAt, l.StopAt, l.StopReason, l.QueuePos, labelsJSON(l.Params), strings.Join(l.Offers, ","))
 	return err
 }
 

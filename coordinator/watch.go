@@ -60,13 +60,16 @@ func (c *Coordinator) publish(l *leaseRow) {
 
 // WatchLease streams a lease: its current state first, then every change, until it ends
 // (the last message is DONE or FAILED), the caller goes away or the coordinator closes.
-// A watcher that falls more than WatchBuffer changes behind skips the oldest ones.
+// A watcher that falls more than WatchBuffer changes behind skips the oldest ones. Only
+// the lease's holder or an admin may watch it, and each user may have at most
+// Options.MaxWatchesPerUser streams open (Options.MaxWatches in all).
 func (c *Coordinator) WatchLease(req *pb.WatchLeaseRequest, stream pb.LeaseService_WatchLeaseServer) error {
 	ctx := stream.Context()
 	if req.GetId() == "" {
 		return status.Error(codes.InvalidArgument, "a lease ID is required")
 	}
 	w := &watcher{sig: make(chan struct{}, 1)}
+	var release func()
 	// Read and register in the state loop: every later commit is published to w, none
 	// before.
 	var last *pb.Lease
@@ -78,6 +81,12 @@ func (c *Coordinator) WatchLease(req *pb.WatchLeaseRequest, stream pb.LeaseServi
 		if l == nil {
 			return status.Errorf(codes.NotFound, "lease %s not found", req.GetId())
 		}
+		if err := c.mayChange(ctx, l, "watch"); err != nil {
+			return err
+		}
+		if release, err = c.takeWatch(ctx); err != nil {
+			return err
+		}
 		last = leaseProto(l, false)
 		c.watchMu.Lock()
 		if c.watchers[l.ID] == nil {
@@ -88,8 +97,12 @@ func (c *Coordinator) WatchLease(req *pb.WatchLeaseRequest, stream pb.LeaseServi
 		return nil
 	})
 	if err != nil {
+		if release != nil {
+			release() // a cancelled call may have got its slot
+		}
 		return rpcError(err)
 	}
+	defer release()
 	id := last.GetId()
 	defer func() {
 		c.watchMu.Lock()

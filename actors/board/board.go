@@ -198,6 +198,8 @@ func (b *boardActor) startJob(ctx actor.Context, req connector.StartJobRequest) 
 	spec := jobs.Spec{JobID: req.JobID, Board: b.cfg.Name, Client: req.Client, Duration: d, Params: req.Parameters}
 	if req.Token != "" {
 		spec.TokenHash = jobs.TokenHash(req.Token)
+	} else {
+		spec.TokenHash = req.TokenHash // the coordinator sent only the hash
 	}
 	if b.cfg.Before != nil {
 		p := b.cfg.Before.Policy

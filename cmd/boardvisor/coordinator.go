@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/boardvisor/boardvisor/audit"
+	"github.com/boardvisor/boardvisor/connector/connlimit"
 	link "github.com/boardvisor/boardvisor/connector/grpc"
 	"github.com/boardvisor/boardvisor/coordinator"
 	"github.com/boardvisor/boardvisor/supervisor"
@@ -26,8 +27,9 @@ import (
 
 func newCoordinator(g *globalFlags) *cobra.Command {
 	var listen, stateDir, tokens, clientTokens, cert, key, metricsAddr string
-	var grace, startBound time.Duration
+	var grace, startBound, authDeadline time.Duration
 	var profiling bool
+	var maxQueued, maxWatchesPerUser, maxWatches, maxUnauth int
 	cmd := &cobra.Command{
 		Use:   "coordinator --state-dir DIR [--listen ADDR] [--supervisor-tokens FILE]",
 		Short: "run the coordinator: board inventory, lease queue, supervisor links",
@@ -42,7 +44,9 @@ func newCoordinator(g *globalFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			opts := coordinator.Options{StateDir: stateDir, Logger: logger.Named("coordinator"), Grace: grace, StartBound: startBound}
+			opts := coordinator.Options{StateDir: stateDir, Logger: logger.Named("coordinator"), Grace: grace, StartBound: startBound,
+				MaxQueuedPerUser: maxQueued, MaxWatchesPerUser: maxWatchesPerUser, MaxWatches: maxWatches,
+				MaxUnauthenticatedPerPeer: maxUnauth, AuthDeadline: authDeadline}
 			if tokens != "" {
 				table, err := readTokens(tokens)
 				if err != nil {
@@ -86,6 +90,11 @@ func newCoordinator(g *globalFlags) *cobra.Command {
 	f.DurationVar(&startBound, "start-bound", coordinator.DefaultStartBound,
 		"how long an assigned lease may take to become READY (its beforeLease hook) before it is ended; its duration counts from READY")
 	f.StringVar(&metricsAddr, "metrics", "", "address of the Prometheus endpoint (/metrics); empty: none")
+	f.IntVar(&maxQueued, "max-queued-per-user", coordinator.DefaultMaxQueuedPerUser, "leases one user (or client name, without --client-tokens) may have waiting in the queue")
+	f.IntVar(&maxWatchesPerUser, "max-watches-per-user", coordinator.DefaultMaxWatchesPerUser, "WatchLease streams one user (or address, without --client-tokens) may have open")
+	f.IntVar(&maxWatches, "max-watches", coordinator.DefaultMaxWatches, "WatchLease streams open in all")
+	f.IntVar(&maxUnauth, "max-unauthenticated-per-peer", connlimit.DefaultMaxPerPeer, "connections one address may hold before a call on them presents a valid token (with token files)")
+	f.DurationVar(&authDeadline, "auth-deadline", connlimit.DefaultDeadline, "how long a connection may stay open without a call presenting a valid token (with token files)")
 	f.BoolVar(&profiling, "pprof", false, "also serve Go's profiler (/debug/pprof/) on the metrics listener; admins only when --client-tokens is set")
 	return cmd
 }
@@ -151,7 +160,7 @@ func serveCoordinator(ctx context.Context, opts coordinator.Options, so serveOpt
 	}
 	srv := supervisor.NewGRPCServer(append(sopts, c.ServerOptions()...)...)
 	c.Register(srv)
-	go srv.Serve(lis)
+	go srv.Serve(c.Listener(lis))
 	defer srv.Stop()
 	if metricsAddr != "" {
 		mlis, err := net.Listen("tcp", metricsAddr)

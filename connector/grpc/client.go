@@ -342,7 +342,7 @@ func (c *Client) recvLoop(ctx context.Context, stream pb.SupervisorLink_ConnectC
 		case m.GetStartJob() != nil:
 			s := m.GetStartJob()
 			req := connector.StartJobRequest{JobID: s.GetJobId(), Board: s.GetBoard(), Client: s.GetClientName(),
-				Token: s.GetToken(), Duration: s.GetDuration().AsDuration(), Parameters: s.GetParameters()}
+				Token: s.GetToken(), TokenHash: s.GetTokenSha256(), Duration: s.GetDuration().AsDuration(), Parameters: s.GetParameters()}
 			if err := sup.StartJob(ctx, req); err != nil {
 				// The refusal reaches the coordinator as an Error event (the supervisor emits it).
 				c.log.Info("StartJob refused", "job", req.JobID, "board", req.Board, "error", err)

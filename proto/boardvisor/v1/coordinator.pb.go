@@ -266,10 +266,11 @@ func (x *Board) GetEndpoint() string {
 // Request to create a lease. Exactly one of selector and board is set.
 type CreateLeaseRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Selector      string                 `protobuf:"bytes,1,opt,name=selector,proto3" json:"selector,omitempty"`                       // Label selector, e.g. "device=rpi4,arch=arm64".
-	Board         string                 `protobuf:"bytes,2,opt,name=board,proto3" json:"board,omitempty"`                             // Exact board name, alternative to selector.
-	Duration      *durationpb.Duration   `protobuf:"bytes,3,opt,name=duration,proto3" json:"duration,omitempty"`                       // How long the lease lasts once READY.
-	ClientName    string                 `protobuf:"bytes,4,opt,name=client_name,json=clientName,proto3" json:"client_name,omitempty"` // Who the lease is for.
+	Selector      string                 `protobuf:"bytes,1,opt,name=selector,proto3" json:"selector,omitempty"`                                                                               // Label selector, e.g. "device=rpi4,arch=arm64".
+	Board         string                 `protobuf:"bytes,2,opt,name=board,proto3" json:"board,omitempty"`                                                                                     // Exact board name, alternative to selector.
+	Duration      *durationpb.Duration   `protobuf:"bytes,3,opt,name=duration,proto3" json:"duration,omitempty"`                                                                               // How long the lease lasts once READY.
+	ClientName    string                 `protobuf:"bytes,4,opt,name=client_name,json=clientName,proto3" json:"client_name,omitempty"`                                                         // Who the lease is for.
+	Parameters    map[string]string      `protobuf:"bytes,5,rep,name=parameters,proto3" json:"parameters,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"` // Job parameters, passed to the hooks (BOARDVISOR_PARAM_<KEY>).
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -330,6 +331,13 @@ func (x *CreateLeaseRequest) GetClientName() string {
 		return x.ClientName
 	}
 	return ""
+}
+
+func (x *CreateLeaseRequest) GetParameters() map[string]string {
+	if x != nil {
+		return x.Parameters
+	}
+	return nil
 }
 
 // Response to CreateLease.
@@ -1010,6 +1018,104 @@ func (x *SetBoardMaintenanceResponse) GetBoard() *Board {
 	return nil
 }
 
+// Request of MoveBoard.
+type MoveBoardRequest struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Board          string                 `protobuf:"bytes,1,opt,name=board,proto3" json:"board,omitempty"`                                           // Board name.
+	ToSupervisorId string                 `protobuf:"bytes,2,opt,name=to_supervisor_id,json=toSupervisorId,proto3" json:"to_supervisor_id,omitempty"` // The supervisor it now belongs to; empty: nobody (the next to announce it gets it).
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *MoveBoardRequest) Reset() {
+	*x = MoveBoardRequest{}
+	mi := &file_boardvisor_v1_coordinator_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MoveBoardRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MoveBoardRequest) ProtoMessage() {}
+
+func (x *MoveBoardRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_boardvisor_v1_coordinator_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MoveBoardRequest.ProtoReflect.Descriptor instead.
+func (*MoveBoardRequest) Descriptor() ([]byte, []int) {
+	return file_boardvisor_v1_coordinator_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *MoveBoardRequest) GetBoard() string {
+	if x != nil {
+		return x.Board
+	}
+	return ""
+}
+
+func (x *MoveBoardRequest) GetToSupervisorId() string {
+	if x != nil {
+		return x.ToSupervisorId
+	}
+	return ""
+}
+
+// Response to MoveBoard.
+type MoveBoardResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Board         *Board                 `protobuf:"bytes,1,opt,name=board,proto3" json:"board,omitempty"` // The board after the move; unset when the name was freed.
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MoveBoardResponse) Reset() {
+	*x = MoveBoardResponse{}
+	mi := &file_boardvisor_v1_coordinator_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MoveBoardResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MoveBoardResponse) ProtoMessage() {}
+
+func (x *MoveBoardResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_boardvisor_v1_coordinator_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MoveBoardResponse.ProtoReflect.Descriptor instead.
+func (*MoveBoardResponse) Descriptor() ([]byte, []int) {
+	return file_boardvisor_v1_coordinator_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *MoveBoardResponse) GetBoard() *Board {
+	if x != nil {
+		return x.Board
+	}
+	return nil
+}
+
 var File_boardvisor_v1_coordinator_proto protoreflect.FileDescriptor
 
 const file_boardvisor_v1_coordinator_proto_rawDesc = "" +
@@ -1042,13 +1148,19 @@ const file_boardvisor_v1_coordinator_proto_rawDesc = "" +
 	"\bendpoint\x18\a \x01(\tR\bendpoint\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x9e\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb0\x02\n" +
 	"\x12CreateLeaseRequest\x12\x1a\n" +
 	"\bselector\x18\x01 \x01(\tR\bselector\x12\x14\n" +
 	"\x05board\x18\x02 \x01(\tR\x05board\x125\n" +
 	"\bduration\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\bduration\x12\x1f\n" +
 	"\vclient_name\x18\x04 \x01(\tR\n" +
-	"clientName\"A\n" +
+	"clientName\x12Q\n" +
+	"\n" +
+	"parameters\x18\x05 \x03(\v21.boardvisor.v1.CreateLeaseRequest.ParametersEntryR\n" +
+	"parameters\x1a=\n" +
+	"\x0fParametersEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"A\n" +
 	"\x13CreateLeaseResponse\x12*\n" +
 	"\x05lease\x18\x01 \x01(\v2\x14.boardvisor.v1.LeaseR\x05lease\"!\n" +
 	"\x0fGetLeaseRequest\x12\x0e\n" +
@@ -1083,7 +1195,12 @@ const file_boardvisor_v1_coordinator_proto_rawDesc = "" +
 	"\x02on\x18\x02 \x01(\bR\x02on\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\"I\n" +
 	"\x1bSetBoardMaintenanceResponse\x12*\n" +
-	"\x05board\x18\x01 \x01(\v2\x14.boardvisor.v1.BoardR\x05board2\xbc\x05\n" +
+	"\x05board\x18\x01 \x01(\v2\x14.boardvisor.v1.BoardR\x05board\"R\n" +
+	"\x10MoveBoardRequest\x12\x14\n" +
+	"\x05board\x18\x01 \x01(\tR\x05board\x12(\n" +
+	"\x10to_supervisor_id\x18\x02 \x01(\tR\x0etoSupervisorId\"?\n" +
+	"\x11MoveBoardResponse\x12*\n" +
+	"\x05board\x18\x01 \x01(\v2\x14.boardvisor.v1.BoardR\x05board2\x8c\x06\n" +
 	"\fLeaseService\x12T\n" +
 	"\vCreateLease\x12!.boardvisor.v1.CreateLeaseRequest\x1a\".boardvisor.v1.CreateLeaseResponse\x12K\n" +
 	"\bGetLease\x12\x1e.boardvisor.v1.GetLeaseRequest\x1a\x1f.boardvisor.v1.GetLeaseResponse\x12F\n" +
@@ -1095,7 +1212,8 @@ const file_boardvisor_v1_coordinator_proto_rawDesc = "" +
 	"ListBoards\x12 .boardvisor.v1.ListBoardsRequest\x1a!.boardvisor.v1.ListBoardsResponse\x12Q\n" +
 	"\n" +
 	"ListLeases\x12 .boardvisor.v1.ListLeasesRequest\x1a!.boardvisor.v1.ListLeasesResponse\x12l\n" +
-	"\x13SetBoardMaintenance\x12).boardvisor.v1.SetBoardMaintenanceRequest\x1a*.boardvisor.v1.SetBoardMaintenanceResponseBCZAgithub.com/boardvisor/boardvisor/proto/boardvisor/v1;boardvisorv1b\x06proto3"
+	"\x13SetBoardMaintenance\x12).boardvisor.v1.SetBoardMaintenanceRequest\x1a*.boardvisor.v1.SetBoardMaintenanceResponse\x12N\n" +
+	"\tMoveBoard\x12\x1f.boardvisor.v1.MoveBoardRequest\x1a .boardvisor.v1.MoveBoardResponseBCZAgithub.com/boardvisor/boardvisor/proto/boardvisor/v1;boardvisorv1b\x06proto3"
 
 var (
 	file_boardvisor_v1_coordinator_proto_rawDescOnce sync.Once
@@ -1109,7 +1227,7 @@ func file_boardvisor_v1_coordinator_proto_rawDescGZIP() []byte {
 	return file_boardvisor_v1_coordinator_proto_rawDescData
 }
 
-var file_boardvisor_v1_coordinator_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_boardvisor_v1_coordinator_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_boardvisor_v1_coordinator_proto_goTypes = []any{
 	(*Lease)(nil),                       // 0: boardvisor.v1.Lease
 	(*Board)(nil),                       // 1: boardvisor.v1.Board
@@ -1128,52 +1246,59 @@ var file_boardvisor_v1_coordinator_proto_goTypes = []any{
 	(*ListLeasesResponse)(nil),          // 14: boardvisor.v1.ListLeasesResponse
 	(*SetBoardMaintenanceRequest)(nil),  // 15: boardvisor.v1.SetBoardMaintenanceRequest
 	(*SetBoardMaintenanceResponse)(nil), // 16: boardvisor.v1.SetBoardMaintenanceResponse
-	nil,                                 // 17: boardvisor.v1.Board.LabelsEntry
-	(LeasePhase)(0),                     // 18: boardvisor.v1.LeasePhase
-	(v1.ExporterStatus)(0),              // 19: jumpstarter.v1.ExporterStatus
-	(*timestamppb.Timestamp)(nil),       // 20: google.protobuf.Timestamp
-	(BoardHealth)(0),                    // 21: boardvisor.v1.BoardHealth
-	(*durationpb.Duration)(nil),         // 22: google.protobuf.Duration
+	(*MoveBoardRequest)(nil),            // 17: boardvisor.v1.MoveBoardRequest
+	(*MoveBoardResponse)(nil),           // 18: boardvisor.v1.MoveBoardResponse
+	nil,                                 // 19: boardvisor.v1.Board.LabelsEntry
+	nil,                                 // 20: boardvisor.v1.CreateLeaseRequest.ParametersEntry
+	(LeasePhase)(0),                     // 21: boardvisor.v1.LeasePhase
+	(v1.ExporterStatus)(0),              // 22: jumpstarter.v1.ExporterStatus
+	(*timestamppb.Timestamp)(nil),       // 23: google.protobuf.Timestamp
+	(BoardHealth)(0),                    // 24: boardvisor.v1.BoardHealth
+	(*durationpb.Duration)(nil),         // 25: google.protobuf.Duration
 }
 var file_boardvisor_v1_coordinator_proto_depIdxs = []int32{
-	18, // 0: boardvisor.v1.Lease.phase:type_name -> boardvisor.v1.LeasePhase
-	19, // 1: boardvisor.v1.Lease.exporter_status:type_name -> jumpstarter.v1.ExporterStatus
-	20, // 2: boardvisor.v1.Lease.created_at:type_name -> google.protobuf.Timestamp
-	20, // 3: boardvisor.v1.Lease.begins_at:type_name -> google.protobuf.Timestamp
-	20, // 4: boardvisor.v1.Lease.ends_at:type_name -> google.protobuf.Timestamp
-	17, // 5: boardvisor.v1.Board.labels:type_name -> boardvisor.v1.Board.LabelsEntry
-	19, // 6: boardvisor.v1.Board.status:type_name -> jumpstarter.v1.ExporterStatus
-	21, // 7: boardvisor.v1.Board.health:type_name -> boardvisor.v1.BoardHealth
-	22, // 8: boardvisor.v1.CreateLeaseRequest.duration:type_name -> google.protobuf.Duration
-	0,  // 9: boardvisor.v1.CreateLeaseResponse.lease:type_name -> boardvisor.v1.Lease
-	0,  // 10: boardvisor.v1.GetLeaseResponse.lease:type_name -> boardvisor.v1.Lease
-	0,  // 11: boardvisor.v1.ReleaseLeaseResponse.lease:type_name -> boardvisor.v1.Lease
-	22, // 12: boardvisor.v1.ExtendLeaseRequest.by:type_name -> google.protobuf.Duration
-	0,  // 13: boardvisor.v1.ExtendLeaseResponse.lease:type_name -> boardvisor.v1.Lease
-	1,  // 14: boardvisor.v1.ListBoardsResponse.boards:type_name -> boardvisor.v1.Board
-	0,  // 15: boardvisor.v1.ListLeasesResponse.leases:type_name -> boardvisor.v1.Lease
-	1,  // 16: boardvisor.v1.SetBoardMaintenanceResponse.board:type_name -> boardvisor.v1.Board
-	2,  // 17: boardvisor.v1.LeaseService.CreateLease:input_type -> boardvisor.v1.CreateLeaseRequest
-	4,  // 18: boardvisor.v1.LeaseService.GetLease:input_type -> boardvisor.v1.GetLeaseRequest
-	6,  // 19: boardvisor.v1.LeaseService.WatchLease:input_type -> boardvisor.v1.WatchLeaseRequest
-	7,  // 20: boardvisor.v1.LeaseService.ReleaseLease:input_type -> boardvisor.v1.ReleaseLeaseRequest
-	9,  // 21: boardvisor.v1.LeaseService.ExtendLease:input_type -> boardvisor.v1.ExtendLeaseRequest
-	11, // 22: boardvisor.v1.LeaseService.ListBoards:input_type -> boardvisor.v1.ListBoardsRequest
-	13, // 23: boardvisor.v1.LeaseService.ListLeases:input_type -> boardvisor.v1.ListLeasesRequest
-	15, // 24: boardvisor.v1.LeaseService.SetBoardMaintenance:input_type -> boardvisor.v1.SetBoardMaintenanceRequest
-	3,  // 25: boardvisor.v1.LeaseService.CreateLease:output_type -> boardvisor.v1.CreateLeaseResponse
-	5,  // 26: boardvisor.v1.LeaseService.GetLease:output_type -> boardvisor.v1.GetLeaseResponse
-	0,  // 27: boardvisor.v1.LeaseService.WatchLease:output_type -> boardvisor.v1.Lease
-	8,  // 28: boardvisor.v1.LeaseService.ReleaseLease:output_type -> boardvisor.v1.ReleaseLeaseResponse
-	10, // 29: boardvisor.v1.LeaseService.ExtendLease:output_type -> boardvisor.v1.ExtendLeaseResponse
-	12, // 30: boardvisor.v1.LeaseService.ListBoards:output_type -> boardvisor.v1.ListBoardsResponse
-	14, // 31: boardvisor.v1.LeaseService.ListLeases:output_type -> boardvisor.v1.ListLeasesResponse
-	16, // 32: boardvisor.v1.LeaseService.SetBoardMaintenance:output_type -> boardvisor.v1.SetBoardMaintenanceResponse
-	25, // [25:33] is the sub-list for method output_type
-	17, // [17:25] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	21, // 0: boardvisor.v1.Lease.phase:type_name -> boardvisor.v1.LeasePhase
+	22, // 1: boardvisor.v1.Lease.exporter_status:type_name -> jumpstarter.v1.ExporterStatus
+	23, // 2: boardvisor.v1.Lease.created_at:type_name -> google.protobuf.Timestamp
+	23, // 3: boardvisor.v1.Lease.begins_at:type_name -> google.protobuf.Timestamp
+	23, // 4: boardvisor.v1.Lease.ends_at:type_name -> google.protobuf.Timestamp
+	19, // 5: boardvisor.v1.Board.labels:type_name -> boardvisor.v1.Board.LabelsEntry
+	22, // 6: boardvisor.v1.Board.status:type_name -> jumpstarter.v1.ExporterStatus
+	24, // 7: boardvisor.v1.Board.health:type_name -> boardvisor.v1.BoardHealth
+	25, // 8: boardvisor.v1.CreateLeaseRequest.duration:type_name -> google.protobuf.Duration
+	20, // 9: boardvisor.v1.CreateLeaseRequest.parameters:type_name -> boardvisor.v1.CreateLeaseRequest.ParametersEntry
+	0,  // 10: boardvisor.v1.CreateLeaseResponse.lease:type_name -> boardvisor.v1.Lease
+	0,  // 11: boardvisor.v1.GetLeaseResponse.lease:type_name -> boardvisor.v1.Lease
+	0,  // 12: boardvisor.v1.ReleaseLeaseResponse.lease:type_name -> boardvisor.v1.Lease
+	25, // 13: boardvisor.v1.ExtendLeaseRequest.by:type_name -> google.protobuf.Duration
+	0,  // 14: boardvisor.v1.ExtendLeaseResponse.lease:type_name -> boardvisor.v1.Lease
+	1,  // 15: boardvisor.v1.ListBoardsResponse.boards:type_name -> boardvisor.v1.Board
+	0,  // 16: boardvisor.v1.ListLeasesResponse.leases:type_name -> boardvisor.v1.Lease
+	1,  // 17: boardvisor.v1.SetBoardMaintenanceResponse.board:type_name -> boardvisor.v1.Board
+	1,  // 18: boardvisor.v1.MoveBoardResponse.board:type_name -> boardvisor.v1.Board
+	2,  // 19: boardvisor.v1.LeaseService.CreateLease:input_type -> boardvisor.v1.CreateLeaseRequest
+	4,  // 20: boardvisor.v1.LeaseService.GetLease:input_type -> boardvisor.v1.GetLeaseRequest
+	6,  // 21: boardvisor.v1.LeaseService.WatchLease:input_type -> boardvisor.v1.WatchLeaseRequest
+	7,  // 22: boardvisor.v1.LeaseService.ReleaseLease:input_type -> boardvisor.v1.ReleaseLeaseRequest
+	9,  // 23: boardvisor.v1.LeaseService.ExtendLease:input_type -> boardvisor.v1.ExtendLeaseRequest
+	11, // 24: boardvisor.v1.LeaseService.ListBoards:input_type -> boardvisor.v1.ListBoardsRequest
+	13, // 25: boardvisor.v1.LeaseService.ListLeases:input_type -> boardvisor.v1.ListLeasesRequest
+	15, // 26: boardvisor.v1.LeaseService.SetBoardMaintenance:input_type -> boardvisor.v1.SetBoardMaintenanceRequest
+	17, // 27: boardvisor.v1.LeaseService.MoveBoard:input_type -> boardvisor.v1.MoveBoardRequest
+	3,  // 28: boardvisor.v1.LeaseService.CreateLease:output_type -> boardvisor.v1.CreateLeaseResponse
+	5,  // 29: boardvisor.v1.LeaseService.GetLease:output_type -> boardvisor.v1.GetLeaseResponse
+	0,  // 30: boardvisor.v1.LeaseService.WatchLease:output_type -> boardvisor.v1.Lease
+	8,  // 31: boardvisor.v1.LeaseService.ReleaseLease:output_type -> boardvisor.v1.ReleaseLeaseResponse
+	10, // 32: boardvisor.v1.LeaseService.ExtendLease:output_type -> boardvisor.v1.ExtendLeaseResponse
+	12, // 33: boardvisor.v1.LeaseService.ListBoards:output_type -> boardvisor.v1.ListBoardsResponse
+	14, // 34: boardvisor.v1.LeaseService.ListLeases:output_type -> boardvisor.v1.ListLeasesResponse
+	16, // 35: boardvisor.v1.LeaseService.SetBoardMaintenance:output_type -> boardvisor.v1.SetBoardMaintenanceResponse
+	18, // 36: boardvisor.v1.LeaseService.MoveBoard:output_type -> boardvisor.v1.MoveBoardResponse
+	28, // [28:37] is the sub-list for method output_type
+	19, // [19:28] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_boardvisor_v1_coordinator_proto_init() }
@@ -1188,7 +1313,7 @@ func file_boardvisor_v1_coordinator_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_boardvisor_v1_coordinator_proto_rawDesc), len(file_boardvisor_v1_coordinator_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   18,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

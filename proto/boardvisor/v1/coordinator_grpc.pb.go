@@ -32,6 +32,7 @@ const (
 	LeaseService_ListBoards_FullMethodName          = "/boardvisor.v1.LeaseService/ListBoards"
 	LeaseService_ListLeases_FullMethodName          = "/boardvisor.v1.LeaseService/ListLeases"
 	LeaseService_SetBoardMaintenance_FullMethodName = "/boardvisor.v1.LeaseService/SetBoardMaintenance"
+	LeaseService_MoveBoard_FullMethodName           = "/boardvisor.v1.LeaseService/MoveBoard"
 )
 
 // LeaseServiceClient is the client API for LeaseService service.
@@ -59,6 +60,10 @@ type LeaseServiceClient interface {
 	ListLeases(ctx context.Context, in *ListLeasesRequest, opts ...grpc.CallOption) (*ListLeasesResponse, error)
 	// Operators: put a board into maintenance (no new leases) or take it out.
 	SetBoardMaintenance(ctx context.Context, in *SetBoardMaintenanceRequest, opts ...grpc.CallOption) (*SetBoardMaintenanceResponse, error)
+	// Gives a board name to another supervisor, or frees it (admins only). A board name
+	// belongs to the supervisor that first announced it until its supervisor stops
+	// announcing it or an admin moves it; another supervisor announcing it is refused.
+	MoveBoard(ctx context.Context, in *MoveBoardRequest, opts ...grpc.CallOption) (*MoveBoardResponse, error)
 }
 
 type leaseServiceClient struct {
@@ -158,6 +163,16 @@ func (c *leaseServiceClient) SetBoardMaintenance(ctx context.Context, in *SetBoa
 	return out, nil
 }
 
+func (c *leaseServiceClient) MoveBoard(ctx context.Context, in *MoveBoardRequest, opts ...grpc.CallOption) (*MoveBoardResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(MoveBoardResponse)
+	err := c.cc.Invoke(ctx, LeaseService_MoveBoard_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // LeaseServiceServer is the server API for LeaseService service.
 // All implementations must embed UnimplementedLeaseServiceServer
 // for forward compatibility.
@@ -183,6 +198,10 @@ type LeaseServiceServer interface {
 	ListLeases(context.Context, *ListLeasesRequest) (*ListLeasesResponse, error)
 	// Operators: put a board into maintenance (no new leases) or take it out.
 	SetBoardMaintenance(context.Context, *SetBoardMaintenanceRequest) (*SetBoardMaintenanceResponse, error)
+	// Gives a board name to another supervisor, or frees it (admins only). A board name
+	// belongs to the supervisor that first announced it until its supervisor stops
+	// announcing it or an admin moves it; another supervisor announcing it is refused.
+	MoveBoard(context.Context, *MoveBoardRequest) (*MoveBoardResponse, error)
 	mustEmbedUnimplementedLeaseServiceServer()
 }
 
@@ -216,6 +235,9 @@ func (UnimplementedLeaseServiceServer) ListLeases(context.Context, *ListLeasesRe
 }
 func (UnimplementedLeaseServiceServer) SetBoardMaintenance(context.Context, *SetBoardMaintenanceRequest) (*SetBoardMaintenanceResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method SetBoardMaintenance not implemented")
+}
+func (UnimplementedLeaseServiceServer) MoveBoard(context.Context, *MoveBoardRequest) (*MoveBoardResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method MoveBoard not implemented")
 }
 func (UnimplementedLeaseServiceServer) mustEmbedUnimplementedLeaseServiceServer() {}
 func (UnimplementedLeaseServiceServer) testEmbeddedByValue()                      {}
@@ -375,6 +397,24 @@ func _LeaseService_SetBoardMaintenance_Handler(srv interface{}, ctx context.Cont
 	return interceptor(ctx, in, info, handler)
 }
 
+func _LeaseService_MoveBoard_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MoveBoardRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(LeaseServiceServer).MoveBoard(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: LeaseService_MoveBoard_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(LeaseServiceServer).MoveBoard(ctx, req.(*MoveBoardRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // LeaseService_ServiceDesc is the grpc.ServiceDesc for LeaseService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -409,6 +449,10 @@ var LeaseService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "SetBoardMaintenance",
 			Handler:    _LeaseService_SetBoardMaintenance_Handler,
+		},
+		{
+			MethodName: "MoveBoard",
+			Handler:    _LeaseService_MoveBoard_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -361,12 +361,16 @@ func (*SupervisorMessage_Event) isSupervisorMessage_Msg() {}
 // Introduces the supervisor on a new stream; the coordinator reconciles its
 // view of jobs against live_jobs (level-based, as Treadmill's switchboard).
 type Hello struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	SupervisorId  string                 `protobuf:"bytes,1,opt,name=supervisor_id,json=supervisorId,proto3" json:"supervisor_id,omitempty"`    // Stable identity of this supervisor (lab host).
-	Boards        []*BoardInfo           `protobuf:"bytes,2,rep,name=boards,proto3" json:"boards,omitempty"`                                    // Every board this supervisor serves.
-	LiveJobs      []*LiveJob             `protobuf:"bytes,3,rep,name=live_jobs,json=liveJobs,proto3" json:"live_jobs,omitempty"`                // Jobs it holds, including ended ones not yet acknowledged.
-	LastAckedSeq  uint64                 `protobuf:"varint,4,opt,name=last_acked_seq,json=lastAckedSeq,proto3" json:"last_acked_seq,omitempty"` // Highest event seq the coordinator has acknowledged.
-	Version       string                 `protobuf:"bytes,5,opt,name=version,proto3" json:"version,omitempty"`                                  // Supervisor software version.
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	SupervisorId string                 `protobuf:"bytes,1,opt,name=supervisor_id,json=supervisorId,proto3" json:"supervisor_id,omitempty"`    // Stable identity of this supervisor (lab host).
+	Boards       []*BoardInfo           `protobuf:"bytes,2,rep,name=boards,proto3" json:"boards,omitempty"`                                    // Every board this supervisor serves.
+	LiveJobs     []*LiveJob             `protobuf:"bytes,3,rep,name=live_jobs,json=liveJobs,proto3" json:"live_jobs,omitempty"`                // Jobs it holds, including ended ones not yet acknowledged.
+	LastAckedSeq uint64                 `protobuf:"varint,4,opt,name=last_acked_seq,json=lastAckedSeq,proto3" json:"last_acked_seq,omitempty"` // Highest event seq the coordinator has acknowledged.
+	Version      string                 `protobuf:"bytes,5,opt,name=version,proto3" json:"version,omitempty"`                                  // Supervisor software version.
+	// Random, chosen once per run of the supervisor process: a Hello with the ID of a
+	// supervisor whose session is still open is refused (AlreadyExists) unless it comes
+	// from the same run (a reconnect the coordinator has not noticed the end of yet).
+	InstanceId    string `protobuf:"bytes,6,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -432,6 +436,13 @@ func (x *Hello) GetLastAckedSeq() uint64 {
 func (x *Hello) GetVersion() string {
 	if x != nil {
 		return x.Version
+	}
+	return ""
+}
+
+func (x *Hello) GetInstanceId() string {
+	if x != nil {
+		return x.InstanceId
 	}
 	return ""
 }
@@ -1462,13 +1473,16 @@ func (*CoordinatorMessage_ExtendJob) isCoordinatorMessage_Msg() {}
 // Start a job: one lease of one board. Accepting it says nothing about the
 // outcome, which arrives as events (a JobErrorEvent when refused).
 type StartJob struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	JobId         string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`                                                                        // Job ID (= lease ID, a UUID).
-	Board         string                 `protobuf:"bytes,2,opt,name=board,proto3" json:"board,omitempty"`                                                                                     // Board to lease.
-	ClientName    string                 `protobuf:"bytes,3,opt,name=client_name,json=clientName,proto3" json:"client_name,omitempty"`                                                         // Who the lease is for (CLIENT_NAME for hooks).
-	Token         string                 `protobuf:"bytes,4,opt,name=token,proto3" json:"token,omitempty"`                                                                                     // Lease token the supervisor checks on client calls.
-	Duration      *durationpb.Duration   `protobuf:"bytes,5,opt,name=duration,proto3" json:"duration,omitempty"`                                                                               // Bounds the lease from its start on the supervisor.
-	Parameters    map[string]string      `protobuf:"bytes,6,rep,name=parameters,proto3" json:"parameters,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"` // Free-form job parameters, passed to hooks.
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	JobId      string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`                                                                        // Job ID (= lease ID, a UUID).
+	Board      string                 `protobuf:"bytes,2,opt,name=board,proto3" json:"board,omitempty"`                                                                                     // Board to lease.
+	ClientName string                 `protobuf:"bytes,3,opt,name=client_name,json=clientName,proto3" json:"client_name,omitempty"`                                                         // Who the lease is for (CLIENT_NAME for hooks).
+	Token      string                 `protobuf:"bytes,4,opt,name=token,proto3" json:"token,omitempty"`                                                                                     // Lease token the supervisor checks on client calls.
+	Duration   *durationpb.Duration   `protobuf:"bytes,5,opt,name=duration,proto3" json:"duration,omitempty"`                                                                               // Bounds the lease from its start on the supervisor.
+	Parameters map[string]string      `protobuf:"bytes,6,rep,name=parameters,proto3" json:"parameters,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"` // Free-form job parameters, passed to hooks.
+	// Hex SHA-256 of the lease token (what the supervisor keeps to check it). The
+	// coordinator keeps only this and sends it instead of the token.
+	TokenSha256   string `protobuf:"bytes,7,opt,name=token_sha256,json=tokenSha256,proto3" json:"token_sha256,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1543,6 +1557,13 @@ func (x *StartJob) GetParameters() map[string]string {
 		return x.Parameters
 	}
 	return nil
+}
+
+func (x *StartJob) GetTokenSha256() string {
+	if x != nil {
+		return x.TokenSha256
+	}
+	return ""
 }
 
 // Stop a job; the after-lease hook still runs.
@@ -1770,13 +1791,15 @@ const file_boardvisor_v1_supervisor_proto_rawDesc = "" +
 	"\x11SupervisorMessage\x12,\n" +
 	"\x05hello\x18\x01 \x01(\v2\x14.boardvisor.v1.HelloH\x00R\x05hello\x12,\n" +
 	"\x05event\x18\x02 \x01(\v2\x14.boardvisor.v1.EventH\x00R\x05eventB\x05\n" +
-	"\x03msg\"\xd3\x01\n" +
+	"\x03msg\"\xf4\x01\n" +
 	"\x05Hello\x12#\n" +
 	"\rsupervisor_id\x18\x01 \x01(\tR\fsupervisorId\x120\n" +
 	"\x06boards\x18\x02 \x03(\v2\x18.boardvisor.v1.BoardInfoR\x06boards\x123\n" +
 	"\tlive_jobs\x18\x03 \x03(\v2\x16.boardvisor.v1.LiveJobR\bliveJobs\x12$\n" +
 	"\x0elast_acked_seq\x18\x04 \x01(\x04R\flastAckedSeq\x12\x18\n" +
-	"\aversion\x18\x05 \x01(\tR\aversion\"\xad\x02\n" +
+	"\aversion\x18\x05 \x01(\tR\aversion\x12\x1f\n" +
+	"\vinstance_id\x18\x06 \x01(\tR\n" +
+	"instanceId\"\xad\x02\n" +
 	"\tBoardInfo\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12<\n" +
 	"\x06labels\x18\x02 \x03(\v2$.boardvisor.v1.BoardInfo.LabelsEntryR\x06labels\x126\n" +
@@ -1855,7 +1878,7 @@ const file_boardvisor_v1_supervisor_proto_rawDesc = "" +
 	"\awelcome\x18\x04 \x01(\v2\x16.boardvisor.v1.WelcomeH\x00R\awelcome\x129\n" +
 	"\n" +
 	"extend_job\x18\x05 \x01(\v2\x18.boardvisor.v1.ExtendJobH\x00R\textendJobB\x05\n" +
-	"\x03msg\"\xad\x02\n" +
+	"\x03msg\"\xd0\x02\n" +
 	"\bStartJob\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x14\n" +
 	"\x05board\x18\x02 \x01(\tR\x05board\x12\x1f\n" +
@@ -1865,7 +1888,8 @@ const file_boardvisor_v1_supervisor_proto_rawDesc = "" +
 	"\bduration\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\bduration\x12G\n" +
 	"\n" +
 	"parameters\x18\x06 \x03(\v2'.boardvisor.v1.StartJob.ParametersEntryR\n" +
-	"parameters\x1a=\n" +
+	"parameters\x12!\n" +
+	"\ftoken_sha256\x18\a \x01(\tR\vtokenSha256\x1a=\n" +
 	"\x0fParametersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"8\n" +
