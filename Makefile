@@ -38,6 +38,8 @@ staticcheck: $(STATICCHECK)
 
 unit:
 	$(GO) test -race -count=1 ./...
+	@# The coordinator's suite again, on PostgreSQL (a private server it starts itself).
+	BOARDVISOR_TEST_DB=postgres $(GO) test -race -count=1 ./coordinator/
 
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \

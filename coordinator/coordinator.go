@@ -48,13 +48,15 @@ import (
 	ggrpc "google.golang.org/grpc"
 	"google.golang.org/grpc/status"
 
-	_ "modernc.org/sqlite" // the "sqlite" database/sql driver
+	_ "github.com/jackc/pgx/v5/stdlib" // the "pgx" database/sql driver (PostgreSQL)
+	_ "modernc.org/sqlite"             // the "sqlite" database/sql driver
 )
 
 // Options configure a Coordinator. The zero value of each field selects its default.
 type Options struct {
-	// Driver is the database/sql driver name (default "sqlite", modernc.org/sqlite). The
-	// caller registers any other driver (e.g. "pgx") by importing it.
+	// Driver is the database/sql driver name: "sqlite" (modernc.org/sqlite, the
+	// default) or "pgx" (PostgreSQL, through pgx's database/sql adapter; the default
+	// when DB is a postgres:// or postgresql:// URL). Both are registered by this package.
 	Driver string
 	// DB is the database/sql data source name. Default: the SQLite file
 	// <StateDir>/coordinator.db, in WAL mode with a busy timeout.
@@ -76,11 +78,11 @@ type Options struct {
 	// MaxDuration bounds a lease's duration, extensions included (default 24h).
 	MaxDuration time.Duration
 	// MaxQueuedPerUser bounds the leases one user (by client name when client
-	// authentication is off) may have waiting in the queue (default 100).
+	// authentication is off) may have waiting in the queue (default 500).
 	MaxQueuedPerUser int
 	// MaxWatchesPerUser bounds the WatchLease streams one user (by address when client
-	// authentication is off) may have open (default 64); MaxWatches bounds them in all
-	// (default 4096).
+	// authentication is off) may have open (default 1000); MaxWatches bounds them in all
+	// (default 10000).
 	MaxWatchesPerUser, MaxWatches int
 	// MaxUnauthenticatedPerPeer bounds the connections of one address on which no call
 	// presented a valid token yet (default 64), and AuthDeadline how long such a
@@ -196,6 +198,9 @@ var errClosed = errors.New("coordinator closed")
 func New(opts Options) (*Coordinator, error) {
 	if opts.Driver == "" {
 		opts.Driver = "sqlite"
+		if isPostgresURL(opts.DB) {
+			opts.Driver = "pgx"
+		}
 	}
 	if opts.StateDir == "" {
 		opts.StateDir = "."
@@ -308,7 +313,7 @@ func New(opts Options) (*Coordinator, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	if applied, err := migrate(ctx, wdb); err != nil {
+	if applied, err := migrate(ctx, wdb, isSQLite(opts.Driver)); err != nil {
 		closeDBs()
 		return nil, fmt.Errorf("coordinator: database: %w", err)
 	} else if len(applied) > 0 {
@@ -366,6 +371,11 @@ func New(opts Options) (*Coordinator, error) {
 		close(c.checkpointDone)
 	}
 	return c, nil
+}
+
+// isPostgresURL reports whether a data source name is a PostgreSQL URL.
+func isPostgresURL(dsn string) bool {
+	return strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://")
 }
 
 // checkpointInterval is how often the checkpointer copies SQLite's write-ahead log into

@@ -83,6 +83,7 @@ func newEnv(t *testing.T, dir string, opts Options) *env {
 	}
 	logs := &syncBuffer{}
 	opts.StateDir = dir
+	testStore(t, dir, &opts)
 	if opts.Logger == nil {
 		opts.Logger = hclog.New(&hclog.LoggerOptions{Name: "coordinator", Level: hclog.Trace, Output: logs})
 	}

@@ -20,9 +20,12 @@ import (
 
 // Defaults of the caps (Options).
 const (
-	DefaultMaxQueuedPerUser  = 100
-	DefaultMaxWatchesPerUser = 64
-	DefaultMaxWatches        = 4096
+	// A CI system may run hundreds of jobs under one user token, or from one address
+	// without tokens: the per-user caps leave room for that; the total bounds memory
+	// (an open watch costs some tens of kilobytes).
+	DefaultMaxQueuedPerUser  = 500
+	DefaultMaxWatchesPerUser = 1000
+	DefaultMaxWatches        = 10000
 )
 
 // Bounds of what a client may send.

@@ -145,7 +145,7 @@ var schemaV1 = []string{
 }
 
 // migrate brings the schema to schemaVersion. It returns the versions it applied.
-func migrate(ctx context.Context, db *sql.DB) ([]int64, error) {
+func migrate(ctx context.Context, db *sql.DB, sqlite bool) ([]int64, error) {
 	if _, err := db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)`); err != nil {
 		return nil, fmt.Errorf("create schema_version: %w", err)
 	}
@@ -162,7 +162,7 @@ func migrate(ctx context.Context, db *sql.DB) ([]int64, error) {
 			return applied, nil
 		}
 		m := migrations[v] // migrations[i] has version i+1
-		if err := runMigration(ctx, db, v, m); err != nil {
+		if err := runMigration(ctx, db, v, m, sqlite); err != nil {
 			return applied, fmt.Errorf("schema migration %d (%s): %w", m.version, m.what, err)
 		}
 		applied = append(applied, m.version)
@@ -181,12 +181,19 @@ func readVersion(ctx context.Context, q querier) (int64, error) {
 	return v, nil
 }
 
-func runMigration(ctx context.Context, db *sql.DB, from int64, m migration) error {
+func runMigration(ctx context.Context, db *sql.DB, from int64, m migration, sqlite bool) error {
 	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {
 		return err
 	}
 	defer func() { _ = tx.Rollback() }()
+	if !sqlite {
+		// SQLite's transactions take the write lock at BEGIN (_txlock=immediate); on
+		// PostgreSQL, coordinators migrating at once take turns on an advisory lock.
+		if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock($1)`, int64(0x626f617264)); err != nil {
+			return err
+		}
+	}
 	// Another coordinator may have migrated meanwhile: re-read under the write lock.
 	if v, err := readVersion(ctx, tx); err != nil || v != from {
 		if err == nil {

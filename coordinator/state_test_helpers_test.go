@@ -42,10 +42,16 @@ func (c *Coordinator) mustMatchStore(t *testing.T) {
 	}
 }
 
-// openTestDB opens a stopped coordinator's SQLite database in dir.
+// openTestDB opens the database of a coordinator whose state directory is dir.
 func openTestDB(t *testing.T, dir string) *sql.DB {
 	t.Helper()
-	db, err := sql.Open("sqlite", sqliteDSN(filepath.Join(dir, "coordinator.db")))
+	var opts Options
+	testStore(t, dir, &opts)
+	driver, dsn := "sqlite", sqliteDSN(filepath.Join(dir, "coordinator.db"))
+	if opts.DB != "" {
+		driver, dsn = opts.Driver, opts.DB
+	}
+	db, err := sql.Open(driver, dsn)
 	if err != nil {
 		t.Fatal(err)
 	}

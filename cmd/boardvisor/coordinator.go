@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -26,7 +27,7 @@ import (
 )
 
 func newCoordinator(g *globalFlags) *cobra.Command {
-	var listen, stateDir, tokens, clientTokens, cert, key, metricsAddr string
+	var listen, stateDir, tokens, clientTokens, cert, key, metricsAddr, database string
 	var grace, startBound, authDeadline time.Duration
 	var profiling bool
 	var maxQueued, maxWatchesPerUser, maxWatches, maxUnauth int
@@ -47,6 +48,13 @@ func newCoordinator(g *globalFlags) *cobra.Command {
 			opts := coordinator.Options{StateDir: stateDir, Logger: logger.Named("coordinator"), Grace: grace, StartBound: startBound,
 				MaxQueuedPerUser: maxQueued, MaxWatchesPerUser: maxWatchesPerUser, MaxWatches: maxWatches,
 				MaxUnauthenticatedPerPeer: maxUnauth, AuthDeadline: authDeadline}
+			switch {
+			case database == "":
+			case strings.HasPrefix(database, "postgres://"), strings.HasPrefix(database, "postgresql://"):
+				opts.Driver, opts.DB = "pgx", database
+			default:
+				return usageError{fmt.Errorf("--database %q: want a postgres:// URL (without it the coordinator keeps an SQLite file in --state-dir)", redactURL(database))}
+			}
 			if tokens != "" {
 				table, err := readTokens(tokens)
 				if err != nil {
@@ -81,7 +89,8 @@ func newCoordinator(g *globalFlags) *cobra.Command {
 	}
 	f := cmd.Flags()
 	f.StringVar(&listen, "listen", "127.0.0.1:7400", "address for supervisors and clients")
-	f.StringVar(&stateDir, "state-dir", "", "directory for the coordinator's database (required)")
+	f.StringVar(&stateDir, "state-dir", "", "directory for the coordinator's database (SQLite), audit log and lock (required)")
+	f.StringVar(&database, "database", "", "a PostgreSQL URL (postgres://user@host/db) to keep the coordinator's state in instead of SQLite; a password in it is better in PGPASSWORD or ~/.pgpass")
 	f.StringVar(&tokens, "supervisor-tokens", "", "file of `supervisor-id token` lines; only these supervisors are accepted")
 	f.StringVar(&clientTokens, "client-tokens", "", "file of `user token [admin]` lines; only these clients are accepted")
 	f.StringVar(&cert, "tls-cert", "", "TLS certificate (PEM); with --tls-key turns TLS on")
@@ -183,7 +192,11 @@ func serveCoordinator(ctx context.Context, opts coordinator.Options, so serveOpt
 		defer hs.Close()
 		opts.Logger.Info("metrics", "address", mlis.Addr().String())
 	}
-	opts.Logger.Info("coordinator listening", "address", lis.Addr().String(), "stateDir", opts.StateDir)
+	db := "sqlite in the state directory"
+	if opts.DB != "" {
+		db = redactURL(opts.DB)
+	}
+	opts.Logger.Info("coordinator listening", "address", lis.Addr().String(), "stateDir", opts.StateDir, "database", db)
 	if ready != nil {
 		ready(lis.Addr().String())
 	}
@@ -222,4 +235,16 @@ func readClientTokens(path string) (coordinator.ClientTokens, error) {
 		return nil, fmt.Errorf("client tokens %s: no tokens", path)
 	}
 	return users, nil
+}
+
+// redactURL drops a URL's password, for messages.
+func redactURL(s string) string {
+	u, err := url.Parse(s)
+	if err != nil || u.User == nil {
+		return s
+	}
+	if _, ok := u.User.Password(); ok {
+		u.User = url.UserPassword(u.User.Username(), "xxxxx")
+	}
+	return u.String()
 }

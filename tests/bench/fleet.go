@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/boardvisor/boardvisor/coordinator/pgtest"
 	pb "github.com/boardvisor/boardvisor/proto/boardvisor/v1"
 	jpb "github.com/boardvisor/boardvisor/proto/jumpstarter/v1"
 	"google.golang.org/grpc"
@@ -50,15 +51,16 @@ func runFleet(e *env) error {
 	}
 	base := max(d/4, 10*time.Second)
 	logf("fleet: baseline %d boards for %s", FleetBaselineSups*FleetPerSup, base)
-	b, err := fleetRun(e, "baseline", FleetBaselineSups, base, false)
+	b, err := fleetRun(e, "baseline", FleetBaselineSups, base, false, "")
 	if err != nil {
 		return fmt.Errorf("baseline: %w", err)
 	}
 	logf("fleet: %d boards for %s", FleetSupervisors*FleetPerSup, d)
-	r, err := fleetRun(e, "fleet", FleetSupervisors, d, true)
+	r, err := fleetRun(e, "fleet", FleetSupervisors, d, true, "")
 	if err != nil {
 		return err
 	}
+	defer fleetOnPostgres(e, d)
 	boards := FleetSupervisors * FleetPerSup
 	load := fmt.Sprintf("%d boards (%d light supervisors over loopback), %d leases/s for %s, real coordinator on SQLite", boards, FleetSupervisors, FleetRate, d)
 	p99, bp99 := r.grant.pct(99), b.grant.pct(99)
@@ -122,18 +124,47 @@ func (r *fleetResult) firstFailure() string {
 
 func fleetBoard(s, i int) string { return fmt.Sprintf("f%03d-%03d", s, i) }
 
-func fleetRun(e *env, name string, sups int, d time.Duration, restart bool) (*fleetResult, error) {
+// fleetOnPostgres runs the 10,000-board load again with the coordinator on PostgreSQL
+// (a private server started here), for the rows side by side with SQLite's.
+func fleetOnPostgres(e *env, d time.Duration) {
+	s, err := pgtest.Start()
+	if err != nil {
+		e.add(Row{Figure: "fleet on PostgreSQL", Value: "skipped", Note: oneLine(err.Error())})
+		return
+	}
+	defer s.Stop()
+	url, err := s.NewDatabase()
+	if err == nil {
+		logf("fleet: %d boards for %s, coordinator on PostgreSQL", FleetSupervisors*FleetPerSup, d)
+		var r *fleetResult
+		if r, err = fleetRun(e, "fleet-pg", FleetSupervisors, d, true, url); err == nil {
+			p99 := r.grant.pct(99)
+			e.add(Row{Figure: "fleet on PostgreSQL: lease grant p99", Value: ms(p99), Num: float64(p99) / float64(time.Millisecond), Unit: "ms",
+				Target: "< 100 ms", Met: met(p99 < 100*time.Millisecond),
+				Note: fmt.Sprintf("the same load; p50 %s; %d of %d leases failed; %.0f events/s stored; coordinator RSS %.0f MB; kill -9 to a new lease READY %.2f s (%d of %d held leases lost); private server, fsync off",
+					ms(r.grant.pct(50)), r.failed.Load(), r.requested.Load(), float64(r.evAcked)/d.Seconds(), r.rssMB, r.restart.Seconds(), r.heldLost, r.held)})
+		}
+	}
+	if err != nil {
+		e.add(Row{Figure: "fleet on PostgreSQL", Value: "error", Note: oneLine(err.Error())})
+	}
+}
+
+func fleetRun(e *env, name string, sups int, d time.Duration, restart bool, database string) (*fleetResult, error) {
 	addr, err := freeAddr()
 	if err != nil {
 		return nil, err
 	}
 	stateDir := filepath.Join(e.dir, name)
 	args := []string{"coordinator", "--listen", addr, "--state-dir", stateDir, "--log-format", "text", "--log-level", "warn", "--grace", "60s"}
+	if database != "" {
+		args = append(args, "--database", database)
+	}
 	// With -profile, the coordinator's own profiler (--pprof) gives a CPU profile of
 	// the load, next to this process's.
 	profile := e.flags.Lookup("cpuprofile").Value.String()
 	metricsAddr := ""
-	if profile != "" && restart {
+	if profile != "" && restart && database == "" {
 		if metricsAddr, err = freeAddr(); err != nil {
 			return nil, err
 		}
@@ -229,8 +260,8 @@ func fleetRun(e *env, name string, sups int, d time.Duration, restart bool) (*fl
 		rssMax = max(rssMax, st["VmRSS"])
 	}
 	r.rssMB = float64(rssMax) / 1024
-	logf("%s: %d leases, %d failed, grant p50 %s p99 %s, %d events acked, RSS %.0f MB", name, r.requested.Load(), r.failed.Load(),
-		ms(r.grant.pct(50)), ms(r.grant.pct(99)), r.evAcked, r.rssMB)
+	logf("%s: %d leases, %d failed (%s), grant p50 %s p99 %s, %d events acked, RSS %.0f MB", name, r.requested.Load(), r.failed.Load(),
+		r.firstFailure(), ms(r.grant.pct(50)), ms(r.grant.pct(99)), r.evAcked, r.rssMB)
 	logf("%s: grant by 5 s window:%s", name, r.windowLine())
 	if !restart {
 		return r, nil

@@ -75,7 +75,7 @@ func main() {
 	for i := range scenarios {
 		if scenarios[i].name == "fleet" {
 			scenarios[i].args = []string{"-duration", fleetDuration.String()}
-			scenarios[i].timeout = *fleetDuration*3/2 + 4*time.Minute
+			scenarios[i].timeout = *fleetDuration*5/2 + 6*time.Minute // SQLite, its baseline, PostgreSQL
 		}
 	}
 	absBin, err := filepath.Abs(*bin)
