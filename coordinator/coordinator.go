@@ -161,6 +161,8 @@ type Coordinator struct {
 	nextPos    int64    // the next lease's queue position
 	failures   int      // consecutive failed steps (back-off)
 	stale      bool     // the in-memory state must be rebuilt before the next step
+	dirtyL     map[*leaseRow]struct{}
+	dirtyB     map[*boardEntry]struct{}
 
 	// watchers of leases; publish runs in the state loop.
 	watchMu  sync.Mutex
@@ -659,6 +661,10 @@ func (c *Coordinator) step() (more, ok bool) {
 			_ = tx.Rollback()
 			return err
 		}
+		if err := c.flush(ctx, tx); err != nil {
+			_ = tx.Rollback()
+			return err
+		}
 		for _, o := range reqs {
 			if err := o.ctx.Err(); err != nil {
 				o.err = status.FromContextError(err).Err()
@@ -676,6 +682,10 @@ func (c *Coordinator) step() (more, ok bool) {
 			}
 			fx.merge(ofx)
 			if err := c.assignFreed(ctx, tx, fx); err != nil {
+				_ = tx.Rollback()
+				return err
+			}
+			if err := c.flush(ctx, tx); err != nil {
 				_ = tx.Rollback()
 				return err
 			}

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -28,6 +29,9 @@ const (
 	maxStoreEvents = 4096
 	// maxApplyBacklog bounds the events held in memory for the state loop.
 	maxApplyBacklog = 20000
+	// insertRows bounds the events of one INSERT (7 parameters each; SQLite allows
+	// 32766 parameters a statement, PostgreSQL 65535).
+	insertRows = 500
 )
 
 // eventRow is an event as stored.
@@ -170,20 +174,40 @@ func (c *Coordinator) storeBatch(batch []*storeReq) error {
 		return err
 	}
 	defer func() { _ = tx.Rollback() }()
-	ins, err := tx.PrepareContext(ctx, `INSERT INTO events (supervisor_id, seq, at_ns, job_id, board, kind, payload)
-		VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (supervisor_id, seq) DO NOTHING`)
-	if err != nil {
+	// Many rows an INSERT: one round trip for up to insertRows events (PostgreSQL's
+	// statements go over the network; SQLite's parse once).
+	var q strings.Builder
+	args := make([]any, 0, 7*insertRows)
+	insert := func() error {
+		if len(args) == 0 {
+			return nil
+		}
+		_, err := tx.ExecContext(ctx, q.String()+` ON CONFLICT (supervisor_id, seq) DO NOTHING`, args...)
+		q.Reset()
+		args = args[:0]
 		return err
 	}
-	defer ins.Close()
 	top := map[string]uint64{}
 	for _, r := range batch {
 		for _, e := range r.rows {
-			if _, err := ins.ExecContext(ctx, r.sup, e.seq, e.at, e.job, e.board, e.kind, e.payload); err != nil {
-				return fmt.Errorf("event %d of %s: store: %w", e.seq, r.sup, err)
+			if len(args) == 0 {
+				q.WriteString(`INSERT INTO events (supervisor_id, seq, at_ns, job_id, board, kind, payload) VALUES `)
+			} else {
+				q.WriteString(", ")
+			}
+			n := len(args)
+			fmt.Fprintf(&q, "($%d, $%d, $%d, $%d, $%d, $%d, $%d)", n+1, n+2, n+3, n+4, n+5, n+6, n+7)
+			args = append(args, r.sup, e.seq, e.at, e.job, e.board, e.kind, e.payload)
+			if len(args) == 7*insertRows {
+				if err := insert(); err != nil {
+					return fmt.Errorf("store events of %s: %w", r.sup, err)
+				}
 			}
 		}
 		top[r.sup] = max(top[r.sup], r.top)
+	}
+	if err := insert(); err != nil {
+		return fmt.Errorf("store events: %w", err)
 	}
 	now := c.now().UnixNano()
 	for sup, t := range top {

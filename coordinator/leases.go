@@ -328,9 +328,8 @@ func (c *Coordinator) SetBoardMaintenance(ctx context.Context, req *pb.SetBoardM
 		}
 		b.Maintenance, b.MaintenanceReason = req.GetOn(), req.GetReason()
 		c.refresh(b)
-		_, err := tx.ExecContext(ctx, `UPDATE boards SET maintenance = $1, maintenance_reason = $2 WHERE name = $3`,
-			req.GetOn(), req.GetReason(), name)
-		return err
+		c.markBoard(b)
+		return nil
 	})
 	if err != nil {
 		return nil, rpcError(err)

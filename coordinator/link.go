@@ -219,12 +219,8 @@ func (c *Coordinator) reconcileHello(ctx context.Context, tx *sql.Tx, fx *effect
 			c.take(l, b)
 			c.adoptPhase(l, lj.GetPhase(), now)
 			c.rearm(l)
-			if err := saveLease(ctx, tx, l); err != nil {
-				return err
-			}
-			if _, err := tx.ExecContext(ctx, `UPDATE boards SET last_lease_at = $1 WHERE name = $2`, b.LastLeaseAt, b.Name); err != nil {
-				return err
-			}
+			c.markLease(l)
+			c.markBoard(b)
 			fx.leaseChanged(l)
 			fx.wake = true
 			continue
@@ -241,17 +237,16 @@ func (c *Coordinator) reconcileHello(ctx context.Context, tx *sql.Tx, fx *effect
 
 // saveChanged stores a lease the state loop changed, keeps the in-memory state in step
 // with it (an ended lease leaves it) and publishes it.
-func (c *Coordinator) saveChanged(ctx context.Context, tx *sql.Tx, fx *effects, l *leaseRow) error {
+func (c *Coordinator) saveChanged(_ context.Context, _ *sql.Tx, fx *effects, l *leaseRow) error {
 	if l.State == stateEnded {
-		if err := clearCurrentJob(ctx, tx, c, l); err != nil {
-			return err
-		}
+		c.clearCurrentJob(l)
 		c.ended(l)
 	} else {
 		c.rearm(l)
 	}
 	fx.leaseChanged(l)
-	return saveLease(ctx, tx, l)
+	c.markLease(l)
+	return nil
 }
 
 func sortByQueue(ls []*leaseRow) {
@@ -341,17 +336,14 @@ func endLease(l *leaseRow, phase pb.LeasePhase, at int64, msg string) {
 }
 
 // clearCurrentJob forgets an ended lease as its board's current job.
-func clearCurrentJob(ctx context.Context, tx *sql.Tx, c *Coordinator, l *leaseRow) error {
+func (c *Coordinator) clearCurrentJob(l *leaseRow) {
 	if l.Board == "" {
-		return nil
+		return
 	}
-	b := c.fleet.get(l.Board)
-	if b == nil || b.CurrentJob != l.ID {
-		return nil
+	if b := c.fleet.get(l.Board); b != nil && b.CurrentJob == l.ID {
+		b.CurrentJob = ""
+		c.markBoard(b)
 	}
-	b.CurrentJob = ""
-	_, err := tx.ExecContext(ctx, `UPDATE boards SET current_job = $1 WHERE name = $2 AND current_job = $3`, "", l.Board, l.ID)
-	return err
 }
 
 // startJobOf is the StartJob of an assigned lease. Its duration bounds the lease from
@@ -406,10 +398,8 @@ func (c *Coordinator) applyEvent(ctx context.Context, tx *sql.Tx, fx *effects, s
 		e := c.fleet.get(bs.GetBoard())
 		e.Status, e.Health, e.CurrentJob = int32(bs.GetStatus()), int32(bs.GetHealth()), job
 		c.refresh(e)
-		_, err := tx.ExecContext(ctx, `UPDATE boards SET status = $1, health = $2, current_job = $3
-			WHERE name = $4 AND supervisor_id = $5`,
-			int32(bs.GetStatus()), int32(bs.GetHealth()), job, bs.GetBoard(), sup)
-		return err
+		c.markBoard(e)
+		return nil
 	}
 	return nil
 }
@@ -417,13 +407,10 @@ func (c *Coordinator) applyEvent(ctx context.Context, tx *sql.Tx, fx *effects, s
 func (c *Coordinator) applyTransition(ctx context.Context, tx *sql.Tx, fx *effects, sup string, st *pb.StateTransition, at int64) error {
 	to := st.GetTo()
 	if st.GetExporterStatus() != jpb.ExporterStatus_EXPORTER_STATUS_UNSPECIFIED && st.GetBoard() != "" {
-		if b := c.fleet.get(st.GetBoard()); b != nil {
+		if b := c.fleet.get(st.GetBoard()); b != nil && b.SupervisorID == sup {
 			b.Status = int32(st.GetExporterStatus())
 			c.refresh(b)
-		}
-		if _, err := tx.ExecContext(ctx, `UPDATE boards SET status = $1 WHERE name = $2 AND supervisor_id = $3`,
-			int32(st.GetExporterStatus()), st.GetBoard(), sup); err != nil {
-			return err
+			c.markBoard(b)
 		}
 	}
 	l, err := c.leaseOf(ctx, tx, st.GetJobId())
@@ -445,9 +432,7 @@ func (c *Coordinator) applyTransition(ctx context.Context, tx *sql.Tx, fx *effec
 		return nil
 	}
 	if l.State == stateEnded {
-		if err := clearCurrentJob(ctx, tx, c, l); err != nil {
-			return err
-		}
+		c.clearCurrentJob(l)
 		if !terminal(to) {
 			fx.stopJob(sup, l.ID, "the lease has ended")
 		} else if at < l.EndedAt {
@@ -458,7 +443,7 @@ func (c *Coordinator) applyTransition(ctx context.Context, tx *sql.Tx, fx *effec
 				l.StatusMessage = st.GetStatusMessage()
 			}
 			fx.leaseChanged(l)
-			return saveLease(ctx, tx, l)
+			c.markLease(l)
 		}
 		return nil
 	}
@@ -520,9 +505,7 @@ func (c *Coordinator) applyJobError(ctx context.Context, tx *sql.Tx, fx *effects
 		hold := c.now().Add(c.opts.RefusalHold).UnixNano()
 		if b := c.fleet.get(l.Board); b != nil {
 			b.HoldUntil = hold
-		}
-		if _, err := tx.ExecContext(ctx, `UPDATE boards SET hold_until = $1 WHERE name = $2 AND supervisor_id = $3`, hold, l.Board, sup); err != nil {
-			return err
+			c.markBoard(b)
 		}
 		board := l.Board
 		l.StatusMessage = fmt.Sprintf("queued again: board %s refused the job (%s: %s)", l.Board, kindName, desc)
@@ -530,9 +513,7 @@ func (c *Coordinator) applyJobError(ctx context.Context, tx *sql.Tx, fx *effects
 		c.requeued(l, board)
 		fx.wake = true
 		fx.leaseChanged(l)
-		if err := saveLease(ctx, tx, l); err != nil {
-			return err
-		}
+		c.markLease(l)
 		return c.serveQueued(ctx, tx, fx, l)
 	default:
 		endLease(l, pb.LeasePhase_LEASE_PHASE_FAILED, at, fmt.Sprintf("failed on supervisor %s: %s: %s", sup, kindName, desc))
@@ -643,9 +624,7 @@ func (c *Coordinator) tick(ctx context.Context, tx *sql.Tx, fx *effects) (int64,
 			l.StopAt, l.StopReason = now, "lease expired"
 			l.StatusMessage = "ending: the lease's time is up"
 		}
-		if err := saveLease(ctx, tx, l); err != nil {
-			return 0, err
-		}
+		c.markLease(l)
 		c.log.Info("lease expired: stopping it", "job", l.ID, "board", l.Board, "supervisor", l.SupervisorID, "reason", l.StopReason)
 		fx.stopJob(l.SupervisorID, l.ID, l.StopReason)
 		fx.leaseChanged(l)

@@ -87,6 +87,7 @@ func (c *Coordinator) reload(ctx context.Context) error {
 		c.rearm(l)
 	}
 	c.freed = boardSet{}
+	c.dirtyL, c.dirtyB = nil, nil
 	for _, b := range c.fleet.byName {
 		c.refresh(b)
 	}
@@ -218,6 +219,45 @@ func (b boardRow) withoutSupervisorColumns() boardRow {
 	return b
 }
 
+// Writes of the state loop are coalesced: a change marks its lease or board, and the
+// step writes each marked row once (flush) after every batch of events and every
+// request, before the next one runs, so that the store and the index agree between
+// requests. Three transitions of one lease in one batch cost one UPDATE.
+
+func (c *Coordinator) markLease(l *leaseRow) {
+	if c.dirtyL == nil {
+		c.dirtyL = map[*leaseRow]struct{}{}
+	}
+	c.dirtyL[l] = struct{}{}
+}
+
+func (c *Coordinator) markBoard(b *boardEntry) {
+	if c.dirtyB == nil {
+		c.dirtyB = map[*boardEntry]struct{}{}
+	}
+	c.dirtyB[b] = struct{}{}
+}
+
+// flush writes the marked leases and boards.
+func (c *Coordinator) flush(ctx context.Context, tx *sql.Tx) error {
+	for l := range c.dirtyL {
+		if err := saveLease(ctx, tx, l); err != nil {
+			return err
+		}
+	}
+	for b := range c.dirtyB {
+		if c.fleet.byName[b.Name] != b {
+			continue // removed since
+		}
+		if err := saveBoard(ctx, tx, &b.boardRow); err != nil {
+			return err
+		}
+	}
+	clear(c.dirtyL)
+	clear(c.dirtyB)
+	return nil
+}
+
 // refresh recomputes whether a board is free; a board that becomes free is noted, so
 // that the step serves the queue from it.
 func (c *Coordinator) refresh(b *boardEntry) {
@@ -252,9 +292,7 @@ func (c *Coordinator) assignFreed(ctx context.Context, tx *sql.Tx, fx *effects) 
 				continue
 			}
 			c.take(l, b)
-			if err := saveLease(ctx, tx, l); err != nil {
-				return err
-			}
+			c.markLease(l)
 			if err := c.assigned(ctx, tx, fx, l, b); err != nil {
 				return err
 			}
@@ -276,9 +314,7 @@ func (c *Coordinator) serveQueued(ctx context.Context, tx *sql.Tx, fx *effects, 
 		return nil
 	}
 	c.take(l, b)
-	if err := saveLease(ctx, tx, l); err != nil {
-		return err
-	}
+	c.markLease(l)
 	return c.assigned(ctx, tx, fx, l, b)
 }
 
@@ -305,10 +341,8 @@ func (c *Coordinator) take(l *leaseRow, b *boardEntry) {
 
 // assigned stores the board's side of an assignment (the lease row is the caller's) and
 // queues the StartJob.
-func (c *Coordinator) assigned(ctx context.Context, tx *sql.Tx, fx *effects, l *leaseRow, b *boardEntry) error {
-	if _, err := tx.ExecContext(ctx, `UPDATE boards SET last_lease_at = $1 WHERE name = $2`, b.LastLeaseAt, b.Name); err != nil {
-		return err
-	}
+func (c *Coordinator) assigned(_ context.Context, _ *sql.Tx, fx *effects, l *leaseRow, b *boardEntry) error {
+	c.markBoard(b)
 	c.log.Info("lease assigned", "job", l.ID, "board", b.Name, "supervisor", b.SupervisorID, "client", l.Client)
 	fx.startJob(b.SupervisorID, c.startJobOf(l))
 	fx.leaseChanged(l)
