@@ -33,6 +33,7 @@ func TestStartBoundApartFromDuration(t *testing.T) {
 
 	type seen struct {
 		ready   *pb.Lease
+		readyAt time.Time // when the watcher got READY
 		last    *pb.Lease
 		extend  *pb.ExtendJob
 		stopAt  time.Time
@@ -111,7 +112,7 @@ func TestStartBoundApartFromDuration(t *testing.T) {
 				mu.Lock()
 				s := got[l.GetId()]
 				if x.GetPhase() == pb.LeasePhase_LEASE_PHASE_READY && s.ready == nil {
-					s.ready = x
+					s.ready, s.readyAt = x, time.Now()
 				}
 				s.last = x
 				mu.Unlock()
@@ -135,8 +136,13 @@ func TestStartBoundApartFromDuration(t *testing.T) {
 		if ends.Sub(begins) != duration {
 			t.Errorf("lease %s: READY at %v, ends at %v: %s, want its duration %s", id, begins, ends, ends.Sub(begins), duration)
 		}
-		if s.extend == nil || !s.extend.GetEndsAt().AsTime().Equal(ends) ||
-			s.extend.GetRemaining().AsDuration() <= 0 || s.extend.GetRemaining().AsDuration() > duration {
+		switch {
+		case s.extend == nil && !s.readyAt.Before(ends):
+			// So loaded a machine (-race, other builds) that READY was applied only after
+			// the lease's end: nothing remained to tell; the lease was stopped at once.
+			t.Logf("lease %s: READY applied after its ends_at (%s late): no ExtendJob", id, s.readyAt.Sub(ends))
+		case s.extend == nil || !s.extend.GetEndsAt().AsTime().Equal(ends) ||
+			s.extend.GetRemaining().AsDuration() <= 0 || s.extend.GetRemaining().AsDuration() > duration:
 			t.Errorf("lease %s: advertised ends_at %v, the supervisor was told %v", id, ends, s.extend)
 		}
 		if s.stopAt.Before(ends) {

@@ -163,6 +163,10 @@ type Coordinator struct {
 	stale      bool     // the in-memory state must be rebuilt before the next step
 	dirtyL     map[*leaseRow]struct{}
 	dirtyB     map[*boardEntry]struct{}
+	soonest    int64 // the earliest deadline set in this step (0: none)
+
+	// plannedWake is when Run next wakes by itself (Unix ns).
+	plannedWake atomic.Int64
 
 	// watchers of leases; publish runs in the state loop.
 	watchMu  sync.Mutex
@@ -493,6 +497,7 @@ func (c *Coordinator) Run(ctx context.Context) error {
 			default:
 			}
 		}
+		c.plannedWake.Store(c.now().Add(wait).UnixNano())
 		timer.Reset(wait)
 	}
 }
@@ -722,7 +727,6 @@ type effects struct {
 	msgs    []outMsg
 	changed map[string]*leaseRow
 	order   []string
-	wake    bool
 }
 
 type outMsg struct {
@@ -747,7 +751,6 @@ func (fx *effects) merge(o *effects) {
 	for _, id := range o.order {
 		fx.leaseChanged(o.changed[id])
 	}
-	fx.wake = fx.wake || o.wake
 }
 
 func (fx *effects) startJob(supervisor string, m *pb.StartJob) {
@@ -787,9 +790,12 @@ func (c *Coordinator) apply(fx *effects) {
 	for _, id := range fx.order {
 		c.publish(fx.changed[id])
 	}
-	if fx.wake {
+	// Run sleeps until the earliest deadline it knows of (at most TickInterval): wake it
+	// only for one that is sooner.
+	if c.soonest != 0 && c.soonest < c.plannedWake.Load() {
 		c.poke()
 	}
+	c.soonest = 0
 }
 
 func (m outMsg) jobID() string {

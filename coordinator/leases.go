@@ -241,7 +241,6 @@ func (c *Coordinator) ExtendLease(ctx context.Context, req *pb.ExtendLeaseReques
 		// READY it hears of it at READY, with the lease's ends_at).
 		c.syncEnd(fx, l)
 		out = leaseProto(l, false)
-		fx.wake = true
 		return c.saveChanged(tctx, tx, fx, l)
 	})
 	if err != nil {

@@ -222,7 +222,6 @@ func (c *Coordinator) reconcileHello(ctx context.Context, tx *sql.Tx, fx *effect
 			c.markLease(l)
 			c.markBoard(b)
 			fx.leaseChanged(l)
-			fx.wake = true
 			continue
 		}
 		why := "job unknown to the coordinator"
@@ -466,7 +465,6 @@ func (c *Coordinator) applyTransition(ctx context.Context, tx *sql.Tx, fx *effec
 		}
 		l.EndsAt = l.BeginsAt + l.DurationNS + l.ExtraNS
 		c.syncEnd(fx, l)
-		fx.wake = true
 	case terminal(to):
 		endLease(l, to, at, "")
 	case to > pb.LeasePhase_LEASE_PHASE_READY && l.State == stateAssigned:
@@ -506,12 +504,12 @@ func (c *Coordinator) applyJobError(ctx context.Context, tx *sql.Tx, fx *effects
 		if b := c.fleet.get(l.Board); b != nil {
 			b.HoldUntil = hold
 			c.markBoard(b)
+			c.wakeFor(hold)
 		}
 		board := l.Board
 		l.StatusMessage = fmt.Sprintf("queued again: board %s refused the job (%s: %s)", l.Board, kindName, desc)
 		l.State, l.Board, l.SupervisorID, l.AssignedAt, l.EndsAt, l.Endpoint = stateQueued, "", "", 0, 0, ""
 		c.requeued(l, board)
-		fx.wake = true
 		fx.leaseChanged(l)
 		c.markLease(l)
 		return c.serveQueued(ctx, tx, fx, l)

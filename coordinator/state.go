@@ -346,7 +346,6 @@ func (c *Coordinator) assigned(_ context.Context, _ *sql.Tx, fx *effects, l *lea
 	c.log.Info("lease assigned", "job", l.ID, "board", b.Name, "supervisor", b.SupervisorID, "client", l.Client)
 	fx.startJob(b.SupervisorID, c.startJobOf(l))
 	fx.leaseChanged(l)
-	fx.wake = true
 	return nil
 }
 
@@ -448,6 +447,14 @@ func (c *Coordinator) rearm(l *leaseRow) {
 		heap.Init(&c.timers)
 	}
 	heap.Push(&c.timers, deadline{at: at, id: l.ID})
+	c.wakeFor(at)
+}
+
+// wakeFor notes a deadline set in this step, so that Run is woken if it sleeps past it.
+func (c *Coordinator) wakeFor(at int64) {
+	if c.soonest == 0 || at < c.soonest {
+		c.soonest = at
+	}
 }
 
 // due pops the leases whose deadline is at or before now; next is the earliest deadline
