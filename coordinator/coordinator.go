@@ -145,6 +145,8 @@ type Coordinator struct {
 	loopDone chan struct{}
 	applyQ   applyQueue
 
+	stmts stmtCache // the writer connection's prepared statements
+
 	// The event writer, and the SQLite checkpointer.
 	store          storeQueue
 	checkpointDone chan struct{}
@@ -350,6 +352,10 @@ func New(opts Options) (*Coordinator, error) {
 		done:       make(chan struct{}),
 	}
 	c.store.init()
+	if err := c.stmts.prepare(ctx, wdb); err != nil {
+		closeDBs()
+		return nil, fmt.Errorf("coordinator: database: %w", err)
+	}
 	c.conns = c.newConnLimiter()
 	c.link = &link.Server{Handler: c, Auth: opts.SupervisorAuth, Logger: opts.Logger.Named("link"), Audit: opts.Audit,
 		Authenticated: c.authenticated}
@@ -378,6 +384,9 @@ func New(opts Options) (*Coordinator, error) {
 	}
 	return c, nil
 }
+
+// cached wraps a state loop's transaction so that its fixed statements are prepared once.
+func (c *Coordinator) cached(tx *sql.Tx) cachedTx { return cachedTx{Tx: tx, cache: &c.stmts} }
 
 // isPostgresURL reports whether a data source name is a PostgreSQL URL.
 func isPostgresURL(dsn string) bool {
@@ -516,6 +525,7 @@ func (c *Coordinator) Close() error {
 		<-c.loopDone
 		<-c.store.done
 		<-c.checkpointDone
+		c.stmts.close()
 		err = c.db.Close()
 		if c.wdb != c.db {
 			err = errors.Join(err, c.wdb.Close())

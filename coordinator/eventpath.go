@@ -29,9 +29,10 @@ const (
 	maxStoreEvents = 4096
 	// maxApplyBacklog bounds the events held in memory for the state loop.
 	maxApplyBacklog = 20000
-	// insertRows bounds the events of one INSERT (7 parameters each; SQLite allows
-	// 32766 parameters a statement, PostgreSQL 65535).
-	insertRows = 500
+	// insertRows bounds the events of one INSERT (7 parameters each). SQLite finds a
+	// "$n" parameter by a linear search of the statement's names: more rows a statement
+	// would cost more per row.
+	insertRows = 100
 )
 
 // eventRow is an event as stored.

@@ -81,7 +81,7 @@ func (c *Coordinator) CreateLease(ctx context.Context, req *pb.CreateLeaseReques
 		c.nextPos++
 		if b != nil {
 			c.take(l, b)
-			if err := insertLease(ctx, tx, l); err != nil {
+			if err := insertLease(ctx, c.cached(tx), l); err != nil {
 				return err
 			}
 			if err := c.assigned(ctx, tx, fx, l, b); err != nil {
@@ -90,7 +90,7 @@ func (c *Coordinator) CreateLease(ctx context.Context, req *pb.CreateLeaseReques
 		} else {
 			c.live[l.ID] = l
 			c.queue.push(l)
-			if err := insertLease(ctx, tx, l); err != nil {
+			if err := insertLease(ctx, c.cached(tx), l); err != nil {
 				return err
 			}
 			fx.leaseChanged(l)

@@ -120,7 +120,7 @@ func (c *Coordinator) upsertBoards(ctx context.Context, tx *sql.Tx, sup string, 
 			row.Maintenance, row.MaintenanceReason = prev.Maintenance, prev.MaintenanceReason
 			row.HoldUntil, row.LastLeaseAt = prev.HoldUntil, prev.LastLeaseAt
 		}
-		if err := saveBoard(ctx, tx, &row); err != nil {
+		if err := saveBoard(ctx, c.cached(tx), &row); err != nil {
 			return err
 		}
 		b := c.fleet.put(row)

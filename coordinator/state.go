@@ -241,7 +241,7 @@ func (c *Coordinator) markBoard(b *boardEntry) {
 // flush writes the marked leases and boards.
 func (c *Coordinator) flush(ctx context.Context, tx *sql.Tx) error {
 	for l := range c.dirtyL {
-		if err := saveLease(ctx, tx, l); err != nil {
+		if err := saveLease(ctx, c.cached(tx), l); err != nil {
 			return err
 		}
 	}
@@ -249,7 +249,7 @@ func (c *Coordinator) flush(ctx context.Context, tx *sql.Tx) error {
 		if c.fleet.byName[b.Name] != b {
 			continue // removed since
 		}
-		if err := saveBoard(ctx, tx, &b.boardRow); err != nil {
+		if err := saveBoard(ctx, c.cached(tx), &b.boardRow); err != nil {
 			return err
 		}
 	}

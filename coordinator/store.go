@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"sync/atomic"
 )
 
@@ -120,9 +121,7 @@ func queryLeases(ctx context.Context, q querier, where string, args ...any) ([]*
 
 // saveLease writes every mutable column of a lease back.
 func saveLease(ctx context.Context, q querier, l *leaseRow) error {
-	_, err := q.ExecContext(ctx, `UPDATE leases SET board = $2, supervisor_id = $3, extra_ns = $4, state = $5,
-		phase = $6, exporter_status = $7, status_message = $8, assigned_at = $9, begins_at = $10, ends_at = $11,
-		ended_at = $12, stop_at = $13, stop_reason = $14, offers = $15 WHERE id = $1`,
+	_, err := q.ExecContext(ctx, saveLeaseSQL,
 		l.ID, l.Board, l.SupervisorID, l.ExtraNS, l.State, l.Phase, l.ExporterStatus, l.StatusMessage,
 		l.AssignedAt, l.BeginsAt, l.EndsAt, l.EndedAt, l.StopAt, l.StopReason, strings.Join(l.Offers, ","))
 	return err
@@ -130,10 +129,7 @@ func saveLease(ctx context.Context, q querier, l *leaseRow) error {
 
 // insertLease writes a new lease; its QueuePos is set by the caller.
 func insertLease(ctx context.Context, q querier, l *leaseRow) error {
-	_, err := q.ExecContext(ctx, `INSERT INTO leases (id, selector, want_board, board, supervisor_id, client, token_hash,
-		duration_ns, extra_ns, state, phase, exporter_status, status_message, created_at, assigned_at, begins_at,
-		ends_at, ended_at, stop_at, stop_reason, queue_pos, params, offers)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)`,
+	_, err := q.ExecContext(ctx, insertLeaseSQL,
 		l.ID, l.Selector, l.WantBoard, l.Board, l.SupervisorID, l.Client, l.TokenHash,
 		l.DurationNS, l.ExtraNS, l.State, l.Phase, l.ExporterStatus, l.StatusMessage, l.CreatedAt, l.AssignedAt,
 		l.BeginsAt, l.EndsAt, l.EndedAt, l.StopAt, l.StopReason, l.QueuePos, labelsJSON(l.Params), strings.Join(l.Offers, ","))
@@ -208,13 +204,7 @@ func getBoard(ctx context.Context, q querier, count *atomic.Int64, name string) 
 // saveBoard writes every mutable column of a board back (its supervisor's columns are
 // not the board's).
 func saveBoard(ctx context.Context, q querier, b *boardRow) error {
-	_, err := q.ExecContext(ctx, `INSERT INTO boards (name, supervisor_id, labels, status, health, maintenance,
-		maintenance_reason, current_job, endpoint, hold_until, last_lease_at)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-		ON CONFLICT (name) DO UPDATE SET supervisor_id = excluded.supervisor_id, labels = excluded.labels,
-			status = excluded.status, health = excluded.health, maintenance = excluded.maintenance,
-			maintenance_reason = excluded.maintenance_reason, current_job = excluded.current_job,
-			endpoint = excluded.endpoint, hold_until = excluded.hold_until, last_lease_at = excluded.last_lease_at`,
+	_, err := q.ExecContext(ctx, saveBoardSQL,
 		b.Name, b.SupervisorID, labelsJSON(b.Labels), b.Status, b.Health, b.Maintenance, b.MaintenanceReason,
 		b.CurrentJob, b.Endpoint, b.HoldUntil, b.LastLeaseAt)
 	return err
@@ -250,3 +240,72 @@ func busyBoards(ctx context.Context, q querier) (map[string]string, error) {
 
 // isSQLite reports whether the driver name is one of SQLite's.
 func isSQLite(driver string) bool { return strings.Contains(strings.ToLower(driver), "sqlite") }
+
+// stmtCache keeps the writer's prepared statements, prepared once at start (the writer
+// pool has one connection, busy inside every transaction, so they cannot be prepared
+// later): SQLite parses a statement again on every Exec otherwise (pgx caches its own).
+type stmtCache struct {
+	mu    sync.Mutex
+	stmts map[string]*sql.Stmt
+}
+
+// prepare prepares the hot statements of the state loop on db.
+func (s *stmtCache) prepare(ctx context.Context, db *sql.DB) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.stmts = map[string]*sql.Stmt{}
+	for _, q := range []string{saveLeaseSQL, insertLeaseSQL, saveBoardSQL} {
+		st, err := db.PrepareContext(ctx, q)
+		if err != nil {
+			return err
+		}
+		s.stmts[q] = st
+	}
+	return nil
+}
+
+func (s *stmtCache) get(query string) *sql.Stmt {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.stmts[query]
+}
+
+func (s *stmtCache) close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, st := range s.stmts {
+		_ = st.Close()
+	}
+	s.stmts = nil
+}
+
+// cachedTx runs a writer transaction's fixed statements from the cache.
+type cachedTx struct {
+	*sql.Tx
+	cache *stmtCache
+}
+
+func (t cachedTx) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	if st := t.cache.get(query); st != nil {
+		return t.Tx.StmtContext(ctx, st).ExecContext(ctx, args...)
+	}
+	return t.Tx.ExecContext(ctx, query, args...)
+}
+
+// The state loop's hot statements (prepared once: stmtCache).
+const (
+	saveLeaseSQL = `UPDATE leases SET board = $2, supervisor_id = $3, extra_ns = $4, state = $5,
+		phase = $6, exporter_status = $7, status_message = $8, assigned_at = $9, begins_at = $10, ends_at = $11,
+		ended_at = $12, stop_at = $13, stop_reason = $14, offers = $15 WHERE id = $1`
+	insertLeaseSQL = `INSERT INTO leases (id, selector, want_board, board, supervisor_id, client, token_hash,
+		duration_ns, extra_ns, state, phase, exporter_status, status_message, created_at, assigned_at, begins_at,
+		ends_at, ended_at, stop_at, stop_reason, queue_pos, params, offers)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)`
+	saveBoardSQL = `INSERT INTO boards (name, supervisor_id, labels, status, health, maintenance,
+		maintenance_reason, current_job, endpoint, hold_until, last_lease_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+		ON CONFLICT (name) DO UPDATE SET supervisor_id = excluded.supervisor_id, labels = excluded.labels,
+			status = excluded.status, health = excluded.health, maintenance = excluded.maintenance,
+			maintenance_reason = excluded.maintenance_reason, current_job = excluded.current_job,
+			endpoint = excluded.endpoint, hold_until = excluded.hold_until, last_lease_at = excluded.last_lease_at`
+)
