@@ -163,8 +163,9 @@ type Coordinator struct {
 	nextPos    int64    // the next lease's queue position
 	failures   int      // consecutive failed steps (back-off)
 	stale      bool     // the in-memory state must be rebuilt before the next step
-	dirtyL     map[*leaseRow]struct{}
-	dirtyB     map[*boardEntry]struct{}
+	dirtyL      map[*leaseRow]struct{}
+	dirtyB      map[*boardEntry]struct{}
+	recentEnded map[string]*leaseRow // leases ended in this step (not flushed yet)
 	soonest    int64 // the earliest deadline set in this step (0: none)
 
 	// plannedWake is when Run next wakes by itself (Unix ns).
@@ -676,10 +677,6 @@ func (c *Coordinator) step() (more, ok bool) {
 			_ = tx.Rollback()
 			return err
 		}
-		if err := c.flush(ctx, tx); err != nil {
-			_ = tx.Rollback()
-			return err
-		}
 		for _, o := range reqs {
 			if err := o.ctx.Err(); err != nil {
 				o.err = status.FromContextError(err).Err()
@@ -700,10 +697,10 @@ func (c *Coordinator) step() (more, ok bool) {
 				_ = tx.Rollback()
 				return err
 			}
-			if err := c.flush(ctx, tx); err != nil {
-				_ = tx.Rollback()
-				return err
-			}
+		}
+		if err := c.flush(ctx, tx); err != nil {
+			_ = tx.Rollback()
+			return err
 		}
 		return tx.Commit()
 	}()

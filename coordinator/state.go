@@ -87,7 +87,7 @@ func (c *Coordinator) reload(ctx context.Context) error {
 		c.rearm(l)
 	}
 	c.freed = boardSet{}
-	c.dirtyL, c.dirtyB = nil, nil
+	c.dirtyL, c.dirtyB, c.recentEnded = nil, nil, nil
 	for _, b := range c.fleet.byName {
 		c.refresh(b)
 	}
@@ -220,9 +220,12 @@ func (b boardRow) withoutSupervisorColumns() boardRow {
 }
 
 // Writes of the state loop are coalesced: a change marks its lease or board, and the
-// step writes each marked row once (flush) after every batch of events and every
-// request, before the next one runs, so that the store and the index agree between
-// requests. Three transitions of one lease in one batch cost one UPDATE.
+// step writes every marked row once, at its end (flush), with one multi-row upsert per
+// table and flushRows rows: a step's writes cost a few statements whatever it holds
+// (what PostgreSQL pays per statement is a round trip). Until then the store is behind
+// the memory: what the state loop reads from the store within a step is never a marked
+// row (live leases are read from memory, and a lease ended in the step stays in
+// recentEnded until the flush).
 
 func (c *Coordinator) markLease(l *leaseRow) {
 	if c.dirtyL == nil {
@@ -238,23 +241,38 @@ func (c *Coordinator) markBoard(b *boardEntry) {
 	c.dirtyB[b] = struct{}{}
 }
 
+// flushRows bounds the rows of one upsert (SQLite looks "$n" parameters up linearly).
+const flushRows = 40
+
 // flush writes the marked leases and boards.
 func (c *Coordinator) flush(ctx context.Context, tx *sql.Tx) error {
+	leases := make([]*leaseRow, 0, len(c.dirtyL))
 	for l := range c.dirtyL {
-		if err := saveLease(ctx, c.cached(tx), l); err != nil {
+		leases = append(leases, l)
+	}
+	for len(leases) > 0 {
+		n := min(len(leases), flushRows)
+		if err := upsertLeases(ctx, tx, leases[:n]); err != nil {
 			return err
+		}
+		leases = leases[n:]
+	}
+	boards := make([]*boardRow, 0, len(c.dirtyB))
+	for b := range c.dirtyB {
+		if c.fleet.byName[b.Name] == b { // not removed since
+			boards = append(boards, &b.boardRow)
 		}
 	}
-	for b := range c.dirtyB {
-		if c.fleet.byName[b.Name] != b {
-			continue // removed since
-		}
-		if err := saveBoard(ctx, c.cached(tx), &b.boardRow); err != nil {
+	for len(boards) > 0 {
+		n := min(len(boards), flushRows)
+		if err := upsertBoards(ctx, tx, boards[:n]); err != nil {
 			return err
 		}
+		boards = boards[n:]
 	}
 	clear(c.dirtyL)
 	clear(c.dirtyB)
+	clear(c.recentEnded)
 	return nil
 }
 
@@ -353,6 +371,10 @@ func (c *Coordinator) assigned(_ context.Context, _ *sql.Tx, fx *effects, l *lea
 // no longer live, queued, or holding its board.
 func (c *Coordinator) ended(l *leaseRow) {
 	delete(c.live, l.ID)
+	if c.recentEnded == nil {
+		c.recentEnded = map[string]*leaseRow{}
+	}
+	c.recentEnded[l.ID] = l // the store has it only at the step's flush
 	c.queue.remove(l)
 	c.release(l)
 }
@@ -384,10 +406,22 @@ func (c *Coordinator) leaseOf(ctx context.Context, tx *sql.Tx, id string) (*leas
 	if l := c.live[id]; l != nil {
 		return l, nil
 	}
+	if l := c.recentEnded[id]; l != nil {
+		return l, nil
+	}
 	if id == "" {
 		return nil, nil
 	}
-	return getLease(ctx, tx, id)
+	l, err := getLease(ctx, tx, id)
+	if l != nil {
+		// Kept for the rest of the step: a second read gets the same row, with what the
+		// first reader changed (the store has it only at the flush).
+		if c.recentEnded == nil {
+			c.recentEnded = map[string]*leaseRow{}
+		}
+		c.recentEnded[id] = l
+	}
+	return l, err
 }
 
 // Deadlines: every live lease not yet asked to stop has one, when the coordinator ends

@@ -36,7 +36,12 @@ func (c *Coordinator) isConnected(t *testing.T, sup string) (ok bool) {
 func (c *Coordinator) mustMatchStore(t *testing.T) {
 	t.Helper()
 	var err error
-	c.inLoop(t, func(ctx context.Context, tx *sql.Tx) { err = c.checkIndex(ctx, tx) })
+	c.inLoop(t, func(ctx context.Context, tx *sql.Tx) {
+		// The step's writes so far reach the store first (it writes them at its end).
+		if err = c.flush(ctx, tx); err == nil {
+			err = c.checkIndex(ctx, tx)
+		}
+	})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -119,14 +119,6 @@ func queryLeases(ctx context.Context, q querier, where string, args ...any) ([]*
 	return out, rows.Err()
 }
 
-// saveLease writes every mutable column of a lease back.
-func saveLease(ctx context.Context, q querier, l *leaseRow) error {
-	_, err := q.ExecContext(ctx, saveLeaseSQL,
-		l.ID, l.Board, l.SupervisorID, l.ExtraNS, l.State, l.Phase, l.ExporterStatus, l.StatusMessage,
-		l.AssignedAt, l.BeginsAt, l.EndsAt, l.EndedAt, l.StopAt, l.StopReason, strings.Join(l.Offers, ","))
-	return err
-}
-
 // insertLease writes a new lease; its QueuePos is set by the caller.
 func insertLease(ctx context.Context, q querier, l *leaseRow) error {
 	_, err := q.ExecContext(ctx, insertLeaseSQL,
@@ -254,7 +246,7 @@ func (s *stmtCache) prepare(ctx context.Context, db *sql.DB) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.stmts = map[string]*sql.Stmt{}
-	for _, q := range []string{saveLeaseSQL, insertLeaseSQL, saveBoardSQL} {
+	for _, q := range []string{insertLeaseSQL, saveBoardSQL} {
 		st, err := db.PrepareContext(ctx, q)
 		if err != nil {
 			return err
@@ -294,9 +286,6 @@ func (t cachedTx) ExecContext(ctx context.Context, query string, args ...any) (s
 
 // The state loop's hot statements (prepared once: stmtCache).
 const (
-	saveLeaseSQL = `UPDATE leases SET board = $2, supervisor_id = $3, extra_ns = $4, state = $5,
-		phase = $6, exporter_status = $7, status_message = $8, assigned_at = $9, begins_at = $10, ends_at = $11,
-		ended_at = $12, stop_at = $13, stop_reason = $14, offers = $15 WHERE id = $1`
 	insertLeaseSQL = `INSERT INTO leases (id, selector, want_board, board, supervisor_id, client, token_hash,
 		duration_ns, extra_ns, state, phase, exporter_status, status_message, created_at, assigned_at, begins_at,
 		ends_at, ended_at, stop_at, stop_reason, queue_pos, params, offers)
@@ -309,3 +298,64 @@ const (
 			maintenance_reason = excluded.maintenance_reason, current_job = excluded.current_job,
 			endpoint = excluded.endpoint, hold_until = excluded.hold_until, last_lease_at = excluded.last_lease_at`
 )
+
+// upsertLeases writes leases (all columns) in one statement.
+func upsertLeases(ctx context.Context, tx *sql.Tx, ls []*leaseRow) error {
+	const cols = 23
+	var q strings.Builder
+	q.WriteString(`INSERT INTO leases (id, selector, want_board, board, supervisor_id, client, token_hash,
+		duration_ns, extra_ns, state, phase, exporter_status, status_message, created_at, assigned_at, begins_at,
+		ends_at, ended_at, stop_at, stop_reason, queue_pos, params, offers) VALUES `)
+	args := make([]any, 0, cols*len(ls))
+	for i, l := range ls {
+		if i > 0 {
+			q.WriteString(", ")
+		}
+		placeholders(&q, len(args), cols)
+		args = append(args, l.ID, l.Selector, l.WantBoard, l.Board, l.SupervisorID, l.Client, l.TokenHash,
+			l.DurationNS, l.ExtraNS, l.State, l.Phase, l.ExporterStatus, l.StatusMessage, l.CreatedAt, l.AssignedAt,
+			l.BeginsAt, l.EndsAt, l.EndedAt, l.StopAt, l.StopReason, l.QueuePos, labelsJSON(l.Params), strings.Join(l.Offers, ","))
+	}
+	q.WriteString(` ON CONFLICT (id) DO UPDATE SET board = excluded.board, supervisor_id = excluded.supervisor_id,
+		extra_ns = excluded.extra_ns, state = excluded.state, phase = excluded.phase, exporter_status = excluded.exporter_status,
+		status_message = excluded.status_message, assigned_at = excluded.assigned_at, begins_at = excluded.begins_at,
+		ends_at = excluded.ends_at, ended_at = excluded.ended_at, stop_at = excluded.stop_at, stop_reason = excluded.stop_reason,
+		offers = excluded.offers`)
+	_, err := tx.ExecContext(ctx, q.String(), args...)
+	return err
+}
+
+// upsertBoards writes boards (all their own columns) in one statement.
+func upsertBoards(ctx context.Context, tx *sql.Tx, bs []*boardRow) error {
+	const cols = 11
+	var q strings.Builder
+	q.WriteString(`INSERT INTO boards (name, supervisor_id, labels, status, health, maintenance,
+		maintenance_reason, current_job, endpoint, hold_until, last_lease_at) VALUES `)
+	args := make([]any, 0, cols*len(bs))
+	for i, b := range bs {
+		if i > 0 {
+			q.WriteString(", ")
+		}
+		placeholders(&q, len(args), cols)
+		args = append(args, b.Name, b.SupervisorID, labelsJSON(b.Labels), b.Status, b.Health, b.Maintenance, b.MaintenanceReason,
+			b.CurrentJob, b.Endpoint, b.HoldUntil, b.LastLeaseAt)
+	}
+	q.WriteString(` ON CONFLICT (name) DO UPDATE SET supervisor_id = excluded.supervisor_id, labels = excluded.labels,
+		status = excluded.status, health = excluded.health, maintenance = excluded.maintenance,
+		maintenance_reason = excluded.maintenance_reason, current_job = excluded.current_job,
+		endpoint = excluded.endpoint, hold_until = excluded.hold_until, last_lease_at = excluded.last_lease_at`)
+	_, err := tx.ExecContext(ctx, q.String(), args...)
+	return err
+}
+
+// placeholders writes "($n+1, ..., $n+k)".
+func placeholders(q *strings.Builder, n, k int) {
+	q.WriteByte('(')
+	for i := 1; i <= k; i++ {
+		if i > 1 {
+			q.WriteString(", ")
+		}
+		fmt.Fprintf(q, "$%d", n+i)
+	}
+	q.WriteByte(')')
+}
