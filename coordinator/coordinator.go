@@ -152,21 +152,21 @@ type Coordinator struct {
 	checkpointDone chan struct{}
 
 	// State owned by the state loop: only the loop's goroutine touches it.
-	fleet      *fleet
-	queue      *leaseQueue
-	live       map[string]*leaseRow // unended leases by ID
-	timers     deadlineHeap
-	applied    map[string]uint64 // per supervisor: the last event seq applied
-	sessions   map[string]*link.Session
-	goneLogged map[string]bool
-	freed      boardSet // boards that became free in this step: the queue is served from them
-	nextPos    int64    // the next lease's queue position
-	failures   int      // consecutive failed steps (back-off)
-	stale      bool     // the in-memory state must be rebuilt before the next step
+	fleet       *fleet
+	queue       *leaseQueue
+	live        map[string]*leaseRow // unended leases by ID
+	timers      deadlineHeap
+	applied     map[string]uint64 // per supervisor: the last event seq applied
+	sessions    map[string]*link.Session
+	goneLogged  map[string]bool
+	freed       boardSet // boards that became free in this step: the queue is served from them
+	nextPos     int64    // the next lease's queue position
+	failures    int      // consecutive failed steps (back-off)
+	stale       bool     // the in-memory state must be rebuilt before the next step
 	dirtyL      map[*leaseRow]struct{}
 	dirtyB      map[*boardEntry]struct{}
 	recentEnded map[string]*leaseRow // leases ended in this step (not flushed yet)
-	soonest    int64 // the earliest deadline set in this step (0: none)
+	soonest     int64                // the earliest deadline set in this step (0: none)
 
 	// plannedWake is when Run next wakes by itself (Unix ns).
 	plannedWake atomic.Int64
