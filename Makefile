@@ -42,6 +42,8 @@ staticcheck: $(STATICCHECK)
 
 unit:
 	$(GO) test -race -count=1 ./...
+	@# The coordinator's suite again, on PostgreSQL (a private server it starts itself).
+	BOARDVISOR_TEST_DB=postgres $(GO) test -race -count=1 ./coordinator/
 
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \
@@ -61,7 +63,9 @@ proto-check:
 	elif [ -n "$$CI" ]; then echo "protoc missing: .ci/run should have installed protobuf-compiler"; exit 1; \
 	else echo "proto-check skipped: protoc not installed (apt-get install protobuf-compiler)"; fi
 
-## bench: the figures of DESIGN.md §11, with baselines measured in the same run (2-5 minutes)
+## bench: the figures of DESIGN.md §11, with baselines measured in the same run (4-7
+## minutes); FLEET_DURATION shortens the fleet scenario's load (e.g. 10s in CI)
+FLEET_DURATION ?= 60s
 bench:
 	@/usr/bin/python3 -c 'import grpc' 2>/dev/null || { echo "installing python3-grpcio (the idle scenario's baseline)"; \
 		sudo=""; [ "$$(id -u)" = 0 ] || sudo="sudo"; \
@@ -69,7 +73,7 @@ bench:
 		|| echo "python3-grpcio could not be installed: the idle baseline is skipped"
 	$(GO) build -o bin/boardvisor ./cmd/boardvisor
 	$(GO) build -o bin/bench ./tests/bench
-	./bin/bench -bin bin/boardvisor -out bin/bench-results.json
+	./bin/bench -bin bin/boardvisor -out bin/bench-results.json -fleet-duration $(FLEET_DURATION)
 
 ## demo: the main job on the embedded default: a coordinator, a supervisor with simulated
 ## boards, and one scripted lease showing the hook dialogue (KEEP=1 keeps its log)

@@ -23,6 +23,9 @@ type StartJobRequest struct {
 	Client string
 	// Token is the lease token the client will present; only its holder may use the board.
 	Token string
+	// TokenHash is the token's hex SHA-256 (jobs.TokenHash), for a coordinator that keeps
+	// and sends only that; it counts when Token is empty.
+	TokenHash string
 	// Duration bounds the lease; zero means the board's configured default.
 	Duration time.Duration
 	// Parameters are free-form key/value pairs passed to the hooks' environment.

@@ -37,13 +37,13 @@ const (
 // back-off after a coordinator restart. (A variable for the tests.)
 var restartGrace = 15 * time.Second
 
-// holdsSchema is the table of holds. It is created at start-up beside the versioned
-// schema (CREATE ... IF NOT EXISTS), and is only ever read and written here.
-var holdsSchema = []string{`CREATE TABLE IF NOT EXISTS lease_holds (
+// leaseHoldsTable (migration 4) keeps the holds across a restart; only this file reads
+// and writes it.
+const leaseHoldsTable = `CREATE TABLE IF NOT EXISTS lease_holds (
 		id         TEXT PRIMARY KEY,
 		attached   BOOLEAN NOT NULL,
 		wait_until BIGINT NOT NULL DEFAULT 0
-	)`}
+	)`
 
 // hold is one lease's tie to its client.
 type hold struct {
@@ -72,11 +72,6 @@ func (h *holds) poke() {
 
 // openHolds creates the table and loads the holds recorded before a restart.
 func (c *Coordinator) openHolds(ctx context.Context) error {
-	for _, stmt := range holdsSchema {
-		if _, err := c.db.ExecContext(ctx, stmt); err != nil {
-			return err
-		}
-	}
 	rows, err := c.db.QueryContext(ctx, `SELECT id, attached, wait_until FROM lease_holds`)
 	if err != nil {
 		return err
@@ -161,7 +156,7 @@ func (c *Coordinator) AttachLease(req *pb.AttachLeaseRequest, stream pb.LeaseSer
 	if err != nil {
 		return err
 	}
-	if err := mayChange(ctx, l.Client); err != nil {
+	if err := c.mayChange(ctx, l, "attach to"); err != nil {
 		return err
 	}
 	h := c.ops.holds

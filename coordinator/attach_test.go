@@ -179,7 +179,7 @@ func TestTokensAddedRevokedAndReloaded(t *testing.T) {
 		t.Fatal(err)
 	}
 	e := newEnv(t, "", Options{ClientTokens: users, ClientTokensFile: file})
-	r, err := e.api.AddClientToken(e.ctx(), &pb.AddClientTokenRequest{User: "bob"})
+	r, err := e.api.AddClientToken(asUser(e.ctx(), "tok-root"), &pb.AddClientTokenRequest{User: "bob"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -191,15 +191,15 @@ func TestTokensAddedRevokedAndReloaded(t *testing.T) {
 	if !strings.HasPrefix(string(b), "# users\nroot tok-root admin\nbob "+tok+"\n") {
 		t.Fatalf("tokens file:\n%s", b)
 	}
-	list, err := e.api.ListClientTokens(e.ctx(), &pb.ListClientTokensRequest{})
+	list, err := e.api.ListClientTokens(asUser(e.ctx(), "tok-root"), &pb.ListClientTokensRequest{})
 	if err != nil || len(list.GetTokens()) != 2 || list.GetTokens()[0].GetUser() != "bob" || list.GetTokens()[0].GetToken() != "" ||
 		list.GetTokens()[0].GetFingerprint() != Fingerprint(tok) {
 		t.Fatalf("list: %v %v", list, err)
 	}
-	if _, err := e.api.RevokeClientToken(e.ctx(), &pb.RevokeClientTokenRequest{User: "root"}); err == nil {
+	if _, err := e.api.RevokeClientToken(asUser(e.ctx(), "tok-root"), &pb.RevokeClientTokenRequest{User: "root"}); err == nil {
 		t.Fatal("the last admin's token was revoked")
 	}
-	if _, err := e.api.RevokeClientToken(e.ctx(), &pb.RevokeClientTokenRequest{User: "bob"}); err != nil {
+	if _, err := e.api.RevokeClientToken(asUser(e.ctx(), "tok-root"), &pb.RevokeClientTokenRequest{User: "bob"}); err != nil {
 		t.Fatal(err)
 	}
 	if _, ok := e.c.clientTokens().lookup(tok); ok {

@@ -46,19 +46,14 @@ func userOf(ctx context.Context) (User, bool) {
 	return u, ok
 }
 
-// mayChange tells whether the caller may release or extend a lease of client.
-func mayChange(ctx context.Context, client string) error {
-	u, ok := userOf(ctx)
-	if !ok || u.Admin || u.Name == client {
-		return nil
-	}
-	return status.Errorf(codes.PermissionDenied, "the lease belongs to %s; only its holder or an admin may change it", client)
-}
-
 // authenticate checks a LeaseService call's token; the link's calls authenticate
 // themselves (supervisor tokens).
 func (c *Coordinator) authenticate(ctx context.Context, method string) (context.Context, error) {
-	if c.clientTokens() == nil || !strings.HasPrefix(method, "/"+pb.LeaseService_ServiceDesc.ServiceName+"/") {
+	if !strings.HasPrefix(method, "/"+pb.LeaseService_ServiceDesc.ServiceName+"/") {
+		return ctx, nil // the supervisor link checks its own tokens
+	}
+	if c.clientTokens() == nil {
+		c.authenticated(ctx)
 		return ctx, nil
 	}
 	md, _ := metadata.FromIncomingContext(ctx)
@@ -77,24 +72,28 @@ func (c *Coordinator) authenticate(ctx context.Context, method string) (context.
 		c.refused(ctx, "unknown client token", method)
 		return nil, status.Error(codes.Unauthenticated, "client token not accepted by the coordinator")
 	}
+	c.authenticated(ctx)
 	if method == pb.LeaseService_SetBoardMaintenance_FullMethodName && !u.Admin {
 		c.refused(ctx, "maintenance by a non-admin: "+u.Name, method)
 		return nil, status.Errorf(codes.PermissionDenied, "only an admin may put boards in or out of maintenance (%s is not one)", u.Name)
+	}
+	if method == pb.LeaseService_MoveBoard_FullMethodName && !u.Admin {
+		c.refused(ctx, "MoveBoard by a non-admin: "+u.Name, method)
+		return nil, status.Errorf(codes.PermissionDenied, "only an admin may move a board to another supervisor (%s is not one)", u.Name)
 	}
 	return context.WithValue(ctx, userKey{}, u), nil
 }
 
 func (c *Coordinator) refused(ctx context.Context, reason, method string) {
-	c.log.Warn("client refused", "reason", reason, "method", method, "peer", peerAddr(ctx))
-	if c.opts.Audit != nil {
-		c.opts.Audit.Refused(peerAddr(ctx), "", "", reason+" ("+method+")")
-	}
+	c.auditRefusal(peerAddr(ctx), "", "", reason+" ("+method+")")
 }
 
 // ServerOptions are the interceptors the coordinator's gRPC server needs (client
-// authentication when ClientTokens is set).
+// authentication when ClientTokens is set), and a tap that refuses a WatchLease over its
+// user's cap before the stream is even created (so a flood of them costs little).
 func (c *Coordinator) ServerOptions() []ggrpc.ServerOption {
 	return []ggrpc.ServerOption{
+		ggrpc.InTapHandle(c.tapWatch),
 		ggrpc.ChainUnaryInterceptor(func(ctx context.Context, req any, info *ggrpc.UnaryServerInfo, h ggrpc.UnaryHandler) (any, error) {
 			ctx, err := c.authenticate(ctx, info.FullMethod)
 			if err != nil {

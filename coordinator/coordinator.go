@@ -4,9 +4,28 @@
 // jobs over the supervisor link (connector/grpc). Clients use its LeaseService.
 //
 // All state is in SQL through database/sql: an embedded SQLite file by default, with a
-// schema and queries PostgreSQL also runs. Every state change is one transaction, and
-// the coordinator reconciles with each supervisor by level (on Hello and periodically),
-// so events are never the only path to a correct state.
+// schema and queries PostgreSQL also runs. The coordinator reconciles with each
+// supervisor by level (on Hello and periodically), so events are never the only path
+// to a correct state.
+//
+// # Two paths
+//
+// Work goes through two paths that never wait for each other for more than one
+// transaction:
+//
+//   - The event path (eventpath.go) stores supervisors' events: one writer goroutine
+//     takes every batch waiting, from all supervisors, and stores them in one
+//     transaction; the link acknowledges a batch once it is committed. Storage takes no
+//     lock of the lease state, so lease requests cannot delay it.
+//   - The state path (this file) is one goroutine, the state loop, that owns the lease
+//     and board state: the store's leases and boards tables and the in-memory fleet
+//     index (index.go) and lease queue (queue.go). Each step of the loop is one
+//     transaction holding both the events waiting to be applied (a bounded number) and
+//     the requests waiting (lease requests, Hellos, timers; a bounded number), so that
+//     neither a burst of events nor a burst of requests starves the other.
+//
+// Events are applied from the stored log, in order, exactly once: each supervisor's
+// applied_seq moves in the same transaction as the state change.
 package coordinator
 
 import (
@@ -16,22 +35,28 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/boardvisor/boardvisor/connector/connlimit"
 	link "github.com/boardvisor/boardvisor/connector/grpc"
 	pb "github.com/boardvisor/boardvisor/proto/boardvisor/v1"
 	"github.com/hashicorp/go-hclog"
 	ggrpc "google.golang.org/grpc"
+	"google.golang.org/grpc/status"
 
-	_ "modernc.org/sqlite" // the "sqlite" database/sql driver
+	_ "github.com/jackc/pgx/v5/stdlib" // the "pgx" database/sql driver (PostgreSQL)
+	_ "modernc.org/sqlite"             // the "sqlite" database/sql driver
 )
 
 // Options configure a Coordinator. The zero value of each field selects its default.
 type Options struct {
-	// Driver is the database/sql driver name (default "sqlite", modernc.org/sqlite). The
-	// caller registers any other driver (e.g. "pgx") by importing it.
+	// Driver is the database/sql driver name: "sqlite" (modernc.org/sqlite, the
+	// default) or "pgx" (PostgreSQL, through pgx's database/sql adapter; the default
+	// when DB is a postgres:// or postgresql:// URL). Both are registered by this package.
 	Driver string
 	// DB is the database/sql data source name. Default: the SQLite file
 	// <StateDir>/coordinator.db, in WAL mode with a busy timeout.
@@ -52,6 +77,23 @@ type Options struct {
 	TickInterval time.Duration
 	// MaxDuration bounds a lease's duration, extensions included (default 24h).
 	MaxDuration time.Duration
+	// MaxQueuedPerUser bounds the leases one user (by client name when client
+	// authentication is off) may have waiting in the queue (default 500).
+	MaxQueuedPerUser int
+	// MaxWatchesPerUser bounds the WatchLease streams one user (by address when client
+	// authentication is off) may have open (default 1000); MaxWatches bounds them in all
+	// (default 10000).
+	MaxWatchesPerUser, MaxWatches int
+	// MaxUnauthenticatedPerPeer bounds the connections of one address on which no call
+	// presented a valid token yet (default 64), and AuthDeadline how long such a
+	// connection may stay open (default 30s). Both apply only with authentication on,
+	// to listeners wrapped by Listener.
+	MaxUnauthenticatedPerPeer int
+	AuthDeadline              time.Duration
+	// StartBound bounds the wait for READY (default 10m): a lease assigned to a board
+	// that has not become READY within it is ended. It is apart from the lease's
+	// duration, which counts from READY.
+	StartBound time.Duration
 	// RefusalHold is how long a board that refused a StartJob as busy gets no new lease
 	// (default 5s).
 	RefusalHold time.Duration
@@ -83,13 +125,26 @@ type Options struct {
 	DetachedMaxWait time.Duration
 }
 
+// DefaultStartBound is the default of Options.StartBound.
+const DefaultStartBound = 10 * time.Minute
+
+// Limits of one step of the state loop: how many requests and how many events waiting
+// to be applied go into one transaction.
+const (
+	maxOpsPerStep    = 64
+	maxEventsPerStep = 2048
+	// stepTimeout bounds one step's transaction.
+	stepTimeout = 30 * time.Second
+)
+
 // Coordinator is the coordinator: a link.Handler for supervisors and a LeaseService for
 // clients. Create it with New, serve it with Register and Run, and Close it.
 type Coordinator struct {
 	pb.UnimplementedLeaseServiceServer
 
 	opts Options
-	db   *sql.DB
+	db   *sql.DB // reads outside the state loop
+	wdb  *sql.DB // writes: one connection, shared by the event writer and the state loop
 	log  hclog.Logger
 	now  func() time.Time
 	link *link.Server
@@ -97,17 +152,58 @@ type Coordinator struct {
 	ops  *ops     // operators' and clients' holds, tokens (operator.go, attach.go)
 	farm farmFeed // wakes in-process farm watchers after each change (farmwatch.go)
 
-	// mu serializes every state change (one writer at a time) and guards the fields below.
-	mu       sync.Mutex
-	sessions map[string]*link.Session // connected supervisors by ID
+	// Requests to the state loop.
+	reqMu    sync.Mutex
+	reqs     []*op
+	kick     chan struct{}
+	loopDone chan struct{}
+	applyQ   applyQueue
+
+	stmts stmtCache // the writer connection's prepared statements
+
+	// The event writer, and the SQLite checkpointer.
+	store          storeQueue
+	checkpointDone chan struct{}
+
+	// State owned by the state loop: only the loop's goroutine touches it.
+	fleet       *fleet
+	queue       *leaseQueue
+	live        map[string]*leaseRow // unended leases by ID
+	timers      deadlineHeap
+	applied     map[string]uint64 // per supervisor: the last event seq applied
+	sessions    map[string]*link.Session
+	goneLogged  map[string]bool
+	freed       boardSet // boards that became free in this step: the queue is served from them
+	nextPos     int64    // the next lease's queue position
+	failures    int      // consecutive failed steps (back-off)
+	stale       bool     // the in-memory state must be rebuilt before the next step
+	dirtyL      map[*leaseRow]struct{}
+	dirtyB      map[*boardEntry]struct{}
+	recentEnded map[string]*leaseRow // leases ended in this step (not flushed yet)
+	soonest     int64                // the earliest deadline set in this step (0: none)
+
+	// plannedWake is when Run next wakes by itself (Unix ns).
+	plannedWake atomic.Int64
+
+	// watchers of leases; publish runs in the state loop.
+	watchMu  sync.Mutex
 	watchers map[string]map[*watcher]struct{}
-	// goneLogged remembers the supervisors already reported as gone beyond grace.
-	goneLogged map[string]bool
+
+	// Caps and refusals.
+	watchSlots watchSlots
+	auditLimit auditLimiter
+	conns      *connlimit.Limiter
+
+	// Costs the tests watch: index entries visited and board rows read.
+	visits   atomic.Int64
+	rowsRead atomic.Int64
 
 	wake      chan struct{} // pokes Run: a lease's end time may have moved
 	done      chan struct{} // closed by Close
 	closeOnce sync.Once
 	runWG     sync.WaitGroup
+	closed    bool // under reqMu
+	lock      *stateLock
 }
 
 var (
@@ -118,12 +214,16 @@ var (
 // errClosed is returned by operations on a closed coordinator.
 var errClosed = errors.New("coordinator closed")
 
-// New opens (and if needed creates) the coordinator's database and returns the
-// coordinator. Supervisors recorded as connected are marked disconnected, with the
-// grace period starting now.
+// New opens (and if needed creates) the coordinator's database, migrates its schema,
+// loads the fleet index and the live leases from it, applies the events stored but not
+// yet applied, and returns the coordinator. Supervisors recorded as connected are
+// marked disconnected, with the grace period starting now.
 func New(opts Options) (*Coordinator, error) {
 	if opts.Driver == "" {
 		opts.Driver = "sqlite"
+		if isPostgresURL(opts.DB) {
+			opts.Driver = "pgx"
+		}
 	}
 	if opts.StateDir == "" {
 		opts.StateDir = "."
@@ -143,6 +243,18 @@ func New(opts Options) (*Coordinator, error) {
 	if opts.MaxDuration <= 0 {
 		opts.MaxDuration = 24 * time.Hour
 	}
+	if opts.StartBound <= 0 {
+		opts.StartBound = DefaultStartBound
+	}
+	if opts.MaxQueuedPerUser <= 0 {
+		opts.MaxQueuedPerUser = DefaultMaxQueuedPerUser
+	}
+	if opts.MaxWatchesPerUser <= 0 {
+		opts.MaxWatchesPerUser = DefaultMaxWatchesPerUser
+	}
+	if opts.MaxWatches <= 0 {
+		opts.MaxWatches = DefaultMaxWatches
+	}
 	if opts.RefusalHold <= 0 {
 		opts.RefusalHold = 5 * time.Second
 	}
@@ -156,13 +268,24 @@ func New(opts Options) (*Coordinator, error) {
 		return nil, fmt.Errorf("coordinator: TokenBytes %d is too few for a secret: use at least 16", opts.TokenBytes)
 	}
 	dsn := opts.DB
+	if dsn == "" && !isSQLite(opts.Driver) {
+		return nil, fmt.Errorf("coordinator: a DB data source name is needed for driver %q", opts.Driver)
+	}
+	if err := os.MkdirAll(opts.StateDir, 0o750); err != nil {
+		return nil, fmt.Errorf("coordinator: state directory: %w", err)
+	}
+	// One coordinator per state directory (its database, its audit log).
+	lock, err := lockStateDir(opts.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			lock.release()
+		}
+	}()
 	if dsn == "" {
-		if !isSQLite(opts.Driver) {
-			return nil, fmt.Errorf("coordinator: a DB data source name is needed for driver %q", opts.Driver)
-		}
-		if err := os.MkdirAll(opts.StateDir, 0o750); err != nil {
-			return nil, fmt.Errorf("coordinator: state directory: %w", err)
-		}
 		path := filepath.Join(opts.StateDir, "coordinator.db")
 		// The database holds lease tokens: only its owner may read it. SQLite gives its
 		// WAL and shared-memory files the database file's permissions.
@@ -180,20 +303,63 @@ func New(opts Options) (*Coordinator, error) {
 	if err != nil {
 		return nil, fmt.Errorf("coordinator: open database: %w", err)
 	}
+	wdb := db
+	checkpoints := false
 	if isSQLite(opts.Driver) && strings.Contains(dsn, ":memory:") {
 		db.SetMaxOpenConns(1) // every connection would be its own in-memory database
+	} else {
+		wdsn := dsn
+		if isSQLite(opts.Driver) && !strings.Contains(dsn, "wal_autocheckpoint") {
+			// The writer does not checkpoint on commit (that copies the WAL into the
+			// database and fsyncs it, some tens of milliseconds now and then, in the
+			// middle of a lease request): a goroutine of its own does, on a reader
+			// connection, without blocking the writer.
+			wdsn += "&_pragma=wal_autocheckpoint(0)"
+			checkpoints = true
+		}
+		if wdb, err = sql.Open(opts.Driver, wdsn); err != nil {
+			_ = db.Close()
+			return nil, fmt.Errorf("coordinator: open database: %w", err)
+		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := migrate(ctx, db); err != nil {
+	// One writer connection: the event writer and the state loop take turns, each
+	// waiting at most for one transaction of the other.
+	wdb.SetMaxOpenConns(1)
+	wdb.SetMaxIdleConns(1)
+	wdb.SetConnMaxLifetime(0)
+	wdb.SetConnMaxIdleTime(0)
+	closeDBs := func() {
 		_ = db.Close()
+		if wdb != db {
+			_ = wdb.Close()
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if applied, err := migrate(ctx, wdb, isSQLite(opts.Driver)); err != nil {
+		closeDBs()
 		return nil, fmt.Errorf("coordinator: database: %w", err)
+	} else if len(applied) > 0 {
+		opts.Logger.Info("database schema migrated", "versions", fmt.Sprint(applied), "schema_version", schemaVersion)
+		if isSQLite(opts.Driver) && slices.Contains(applied, tokenMigration) && applied[0] != 1 {
+			// Plain tokens of an older version may be left in free pages and in the
+			// write-ahead log: rebuild the file and empty the log.
+			for _, stmt := range []string{`VACUUM`, `PRAGMA wal_checkpoint(TRUNCATE)`} {
+				if _, err := wdb.ExecContext(ctx, stmt); err != nil {
+					closeDBs()
+					return nil, fmt.Errorf("coordinator: database: scrub old lease tokens (%s): %w", stmt, err)
+				}
+			}
+		}
 	}
 	c := &Coordinator{
 		opts:       opts,
 		db:         db,
+		wdb:        wdb,
 		log:        opts.Logger,
 		now:        opts.Now,
+		kick:       make(chan struct{}, 1),
+		loopDone:   make(chan struct{}),
 		sessions:   map[string]*link.Session{},
 		watchers:   map[string]map[*watcher]struct{}{},
 		goneLogged: map[string]bool{},
@@ -202,18 +368,77 @@ func New(opts Options) (*Coordinator, error) {
 		done:       make(chan struct{}),
 	}
 	c.ops = newOps(c)
-	if err := c.openHolds(ctx); err != nil {
-		_ = db.Close()
-		return nil, fmt.Errorf("coordinator: database: lease holds: %w", err)
-	}
-	c.link = &link.Server{Handler: c, Auth: opts.SupervisorAuth, Logger: opts.Logger.Named("link"), Audit: opts.Audit}
-	// No supervisor is connected to a process that just started: their grace starts now.
-	if _, err := db.ExecContext(ctx, `UPDATE supervisors SET connected = $1, last_contact = $2 WHERE connected = $3`,
-		false, c.now().UnixNano(), true); err != nil {
-		_ = db.Close()
+	c.store.init()
+	if err := c.stmts.prepare(ctx, wdb); err != nil {
+		closeDBs()
 		return nil, fmt.Errorf("coordinator: database: %w", err)
 	}
+	c.conns = c.newConnLimiter()
+	c.link = &link.Server{Handler: c, Auth: opts.SupervisorAuth, Logger: opts.Logger.Named("link"), Audit: opts.Audit,
+		Authenticated: c.authenticated}
+	// No supervisor is connected to a process that just started: their grace starts now.
+	if _, err := wdb.ExecContext(ctx, `UPDATE supervisors SET connected = $1, last_contact = $2 WHERE connected = $3`,
+		false, c.now().UnixNano(), true); err != nil {
+		closeDBs()
+		return nil, fmt.Errorf("coordinator: database: %w", err)
+	}
+	began := time.Now()
+	if err := c.reload(ctx); err != nil {
+		closeDBs()
+		return nil, fmt.Errorf("coordinator: load state: %w", err)
+	}
+	if err := c.openHolds(ctx); err != nil {
+		closeDBs()
+		return nil, fmt.Errorf("coordinator: database: lease holds: %w", err)
+	}
+	c.log.Info("state loaded", "boards", len(c.fleet.byName), "live_leases", len(c.live), "queued", c.queue.n,
+		"took", time.Since(began).Round(time.Millisecond).String())
+	c.lock = lock
+	ok = true
+	go c.loop()
+	go c.writer()
+	c.checkpointDone = make(chan struct{})
+	if checkpoints {
+		go c.checkpointer()
+	} else {
+		close(c.checkpointDone)
+	}
 	return c, nil
+}
+
+// cached wraps a state loop's transaction so that its fixed statements are prepared once.
+func (c *Coordinator) cached(tx *sql.Tx) cachedTx { return cachedTx{Tx: tx, cache: &c.stmts} }
+
+// isPostgresURL reports whether a data source name is a PostgreSQL URL.
+func isPostgresURL(dsn string) bool {
+	return strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://")
+}
+
+// checkpointInterval is how often the checkpointer copies SQLite's write-ahead log into
+// the database file.
+const checkpointInterval = 500 * time.Millisecond
+
+// checkpointer checkpoints SQLite's write-ahead log in the background (PASSIVE: it
+// never waits for the writer nor makes it wait), so that the log stays short.
+func (c *Coordinator) checkpointer() {
+	defer close(c.checkpointDone)
+	t := time.NewTicker(checkpointInterval)
+	defer t.Stop()
+	failing := false
+	for {
+		select {
+		case <-c.done:
+			return
+		case <-t.C:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), stepTimeout)
+		_, err := c.db.ExecContext(ctx, `PRAGMA wal_checkpoint(PASSIVE)`)
+		cancel()
+		if err != nil && !failing {
+			c.log.Warn("SQLite checkpoint failed: the write-ahead log grows until one succeeds", "error", err)
+		}
+		failing = err != nil
+	}
 }
 
 // sqliteDSN adds WAL mode, a busy timeout and immediate write transactions to a SQLite
@@ -253,15 +478,13 @@ func (c *Coordinator) Register(g *ggrpc.Server) {
 // expiry, periodic reconciliation with every connected supervisor, and the grace period
 // of disconnected supervisors. It returns ctx's error, or nil after Close.
 func (c *Coordinator) Run(ctx context.Context) error {
-	c.mu.Lock()
-	select {
-	case <-c.done:
-		c.mu.Unlock()
+	c.reqMu.Lock()
+	if c.closed {
+		c.reqMu.Unlock()
 		return nil
-	default:
 	}
-	c.runWG.Add(2) // under c.mu, so never concurrent with Close's Wait
-	c.mu.Unlock()
+	c.runWG.Add(2) // under reqMu, so never concurrent with Close's Wait
+	c.reqMu.Unlock()
 	defer c.runWG.Done()
 	defer c.startRetention(ctx)() // retention.go: stopped (and waited for) before Run returns
 	go func() { defer c.runWG.Done(); c.runHolds(ctx) }()
@@ -277,18 +500,25 @@ func (c *Coordinator) Run(ctx context.Context) error {
 		case <-timer.C:
 		case <-c.wake:
 		}
-		if err := c.tick(ctx); err != nil && ctx.Err() == nil && !errors.Is(err, errClosed) {
+		var next, got int64
+		if err := c.do(ctx, func(ctx context.Context, tx *sql.Tx, fx *effects) error {
+			var err error
+			got, err = c.tick(ctx, tx, fx)
+			return err
+		}); err == nil {
+			next = got // read only once the step is done (a cancelled call may still run)
+		} else if ctx.Err() == nil && !errors.Is(err, errClosed) {
 			c.log.Error("lease timers", "error", err)
 		}
 		if now := c.now(); now.Sub(lastReconcile) >= c.opts.ReconcileInterval || now.Before(lastReconcile) {
 			lastReconcile = now
-			if err := c.reconcileAll(ctx); err != nil && ctx.Err() == nil && !errors.Is(err, errClosed) {
+			if err := c.do(ctx, c.reconcileAll); err != nil && ctx.Err() == nil && !errors.Is(err, errClosed) {
 				c.log.Error("reconciliation", "error", err)
 			}
 		}
 		c.checkGrace(ctx)
 		wait := c.opts.TickInterval
-		if next, err := c.nextExpiry(ctx); err == nil && next > 0 {
+		if next > 0 {
 			if d := time.Duration(next - c.now().UnixNano()); d < wait {
 				wait = max(d, time.Millisecond)
 			}
@@ -299,20 +529,31 @@ func (c *Coordinator) Run(ctx context.Context) error {
 			default:
 			}
 		}
+		c.plannedWake.Store(c.now().Add(wait).UnixNano())
 		timer.Reset(wait)
 	}
 }
 
-// Close stops Run, ends every WatchLease stream and closes the database. Stop the gRPC
-// server first: handlers still running afterwards get errors.
+// Close stops Run, the state loop and the event writer, ends every WatchLease stream and
+// closes the database. Stop the gRPC server first: handlers still running afterwards get
+// errors.
 func (c *Coordinator) Close() error {
 	var err error
 	c.closeOnce.Do(func() {
-		c.mu.Lock()
+		c.reqMu.Lock()
+		c.closed = true
 		close(c.done)
-		c.mu.Unlock()
+		c.reqMu.Unlock()
 		c.runWG.Wait()
+		<-c.loopDone
+		<-c.store.done
+		<-c.checkpointDone
+		c.stmts.close()
 		err = c.db.Close()
+		if c.wdb != c.db {
+			err = errors.Join(err, c.wdb.Close())
+		}
+		c.lock.release()
 	})
 	return err
 }
@@ -325,12 +566,196 @@ func (c *Coordinator) poke() {
 	}
 }
 
+// op is a request to the state loop: fn runs inside one of its transactions.
+type op struct {
+	ctx  context.Context
+	fn   func(ctx context.Context, tx *sql.Tx, fx *effects) error
+	err  error
+	done chan struct{}
+}
+
+// do runs fn in the state loop, inside a transaction it may share with other requests
+// and events (fn's ctx is the transaction's, not the caller's), and returns once that transaction is committed (or failed) and its effects
+// are sent. fn must return a gRPC status error only before it changed anything (the
+// transaction goes on without it); any other error fails the whole transaction, and the
+// in-memory state is rebuilt from the store. A request whose ctx is done before its turn
+// does not run.
+func (c *Coordinator) do(ctx context.Context, fn func(ctx context.Context, tx *sql.Tx, fx *effects) error) error {
+	o := &op{ctx: ctx, fn: fn, done: make(chan struct{})}
+	c.reqMu.Lock()
+	if c.closed {
+		c.reqMu.Unlock()
+		return errClosed
+	}
+	c.reqs = append(c.reqs, o)
+	c.reqMu.Unlock()
+	c.kickLoop()
+	select {
+	case <-o.done:
+		return o.err
+	case <-ctx.Done():
+		// It will not run if its turn has not come; if it runs now, its outcome is lost
+		// to the caller, as with a reply lost on the network.
+		return status.FromContextError(ctx.Err()).Err()
+	case <-c.loopDone:
+		select {
+		case <-o.done:
+			return o.err
+		default:
+			return errClosed
+		}
+	}
+}
+
+func (c *Coordinator) kickLoop() {
+	select {
+	case c.kick <- struct{}{}:
+	default:
+	}
+}
+
+// loop is the state loop. It owns the lease and board state.
+func (c *Coordinator) loop() {
+	defer close(c.loopDone)
+	defer c.failPending()
+	for {
+		select {
+		case <-c.done:
+			return
+		case <-c.kick:
+		}
+		for {
+			select {
+			case <-c.done:
+				return
+			default:
+			}
+			more, ok := c.step()
+			if !ok {
+				// The step failed: back off before the next (requests meanwhile fail
+				// fast only if the database keeps failing).
+				c.failures++
+				d := min(time.Duration(1<<min(c.failures, 6))*50*time.Millisecond, 3*time.Second)
+				select {
+				case <-c.done:
+					return
+				case <-time.After(d):
+				}
+				continue
+			}
+			c.failures = 0
+			if !more {
+				break
+			}
+		}
+	}
+}
+
+func (c *Coordinator) failPending() {
+	c.reqMu.Lock()
+	reqs := c.reqs
+	c.reqs = nil
+	c.reqMu.Unlock()
+	for _, o := range reqs {
+		o.err = errClosed
+		close(o.done)
+	}
+}
+
+// step runs one transaction of the state loop. It reports whether work was done (so
+// there may be more), and false in ok when the transaction failed.
+func (c *Coordinator) step() (more, ok bool) {
+	if c.stale {
+		ctx, cancel := context.WithTimeout(context.Background(), stepTimeout)
+		err := c.reload(ctx)
+		cancel()
+		if err != nil {
+			c.log.Error("reload of the state failed: will retry", "error", err)
+			return true, false
+		}
+	}
+	c.reqMu.Lock()
+	n := min(len(c.reqs), maxOpsPerStep)
+	reqs := c.reqs[:n:n]
+	c.reqs = c.reqs[n:]
+	c.reqMu.Unlock()
+	batches := c.applyQ.take(maxEventsPerStep)
+	if len(reqs) == 0 && len(batches) == 0 {
+		return false, true
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), stepTimeout)
+	defer cancel()
+	fx := &effects{quiet: len(batches) == 0} // events make it loud; requests say (merge)
+	err := func() error {
+		tx, err := c.wdb.BeginTx(ctx, nil)
+		if err != nil {
+			return err
+		}
+		if err := c.applyBatches(ctx, tx, fx, batches); err != nil {
+			_ = tx.Rollback()
+			return err
+		}
+		if err := c.assignFreed(ctx, tx, fx); err != nil {
+			_ = tx.Rollback()
+			return err
+		}
+		for _, o := range reqs {
+			if err := o.ctx.Err(); err != nil {
+				o.err = status.FromContextError(err).Err()
+				continue
+			}
+			ofx := &effects{}
+			err := o.fn(ctx, tx, ofx)
+			if _, isStatus := status.FromError(err); err != nil && isStatus {
+				o.err = err // refused before it changed anything
+				continue
+			}
+			if err != nil {
+				_ = tx.Rollback()
+				return err
+			}
+			fx.merge(ofx)
+			if err := c.assignFreed(ctx, tx, fx); err != nil {
+				_ = tx.Rollback()
+				return err
+			}
+		}
+		if err := c.flush(ctx, tx); err != nil {
+			_ = tx.Rollback()
+			return err
+		}
+		return tx.Commit()
+	}()
+	if err != nil {
+		c.log.Error("state change not stored: rebuilding the in-memory state from the database", "error", err,
+			"requests", len(reqs), "event_batches", len(batches))
+		for _, o := range reqs {
+			if o.err == nil {
+				o.err = err
+			}
+			close(o.done)
+		}
+		rctx, rcancel := context.WithTimeout(context.Background(), stepTimeout)
+		defer rcancel()
+		if rerr := c.reload(rctx); rerr != nil {
+			c.log.Error("reload of the state failed: will retry", "error", rerr)
+			c.stale = true
+		}
+		return true, false
+	}
+	c.apply(fx)
+	for _, o := range reqs {
+		close(o.done)
+	}
+	return true, true
+}
+
 // effects are what a committed transaction must do next: messages to supervisors and
 // lease changes to publish to watchers.
 type effects struct {
 	msgs    []outMsg
-	changed map[string]bool
-	wake    bool
+	changed map[string]*leaseRow
+	order   []string
 	// quiet marks a timer's transaction (tick, reconcileAll): it wakes the farm's
 	// watchers only if it changed a lease (farmwatch.go).
 	quiet bool
@@ -343,11 +768,22 @@ type outMsg struct {
 	extend     *pb.ExtendJob
 }
 
-func (fx *effects) leaseChanged(id string) {
+func (fx *effects) leaseChanged(l *leaseRow) {
 	if fx.changed == nil {
-		fx.changed = map[string]bool{}
+		fx.changed = map[string]*leaseRow{}
 	}
-	fx.changed[id] = true
+	if _, ok := fx.changed[l.ID]; !ok {
+		fx.order = append(fx.order, l.ID)
+	}
+	fx.changed[l.ID] = l
+}
+
+func (fx *effects) merge(o *effects) {
+	fx.msgs = append(fx.msgs, o.msgs...)
+	fx.quiet = fx.quiet && o.quiet
+	for _, id := range o.order {
+		fx.leaseChanged(o.changed[id])
+	}
 }
 
 func (fx *effects) startJob(supervisor string, m *pb.StartJob) {
@@ -358,38 +794,13 @@ func (fx *effects) stopJob(supervisor, jobID, reason string) {
 	fx.msgs = append(fx.msgs, outMsg{supervisor: supervisor, stop: &pb.StopJob{JobId: jobID, Reason: reason}})
 }
 
-// update runs fn in one transaction under c.mu; after the commit it sends the messages fn
-// queued and publishes the leases it changed. Nothing is sent for a rolled-back change.
-func (c *Coordinator) update(ctx context.Context, fn func(tx *sql.Tx, fx *effects) error) error {
-	select {
-	case <-c.done:
-		return errClosed
-	default:
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.updateLocked(ctx, fn)
+// extendJob tells the supervisor that a lease may last remaining from now.
+func (fx *effects) extendJob(supervisor string, m *pb.ExtendJob) {
+	fx.msgs = append(fx.msgs, outMsg{supervisor: supervisor, extend: m})
 }
 
-func (c *Coordinator) updateLocked(ctx context.Context, fn func(tx *sql.Tx, fx *effects) error) error {
-	tx, err := c.db.BeginTx(ctx, nil)
-	if err != nil {
-		return err
-	}
-	fx := &effects{}
-	if err := fn(tx, fx); err != nil {
-		_ = tx.Rollback()
-		return err
-	}
-	if err := tx.Commit(); err != nil {
-		return err
-	}
-	c.apply(ctx, fx)
-	return nil
-}
-
-// apply performs a committed transaction's effects; c.mu is held.
-func (c *Coordinator) apply(ctx context.Context, fx *effects) {
+// apply performs a committed transaction's effects (in the state loop).
+func (c *Coordinator) apply(fx *effects) {
 	for _, m := range fx.msgs {
 		s := c.sessions[m.supervisor]
 		if s == nil {
@@ -399,7 +810,6 @@ func (c *Coordinator) apply(ctx context.Context, fx *effects) {
 		var err error
 		switch {
 		case m.start != nil:
-			c.attachImage(ctx, m.start)
 			err = s.StartJob(m.start)
 		case m.extend != nil:
 			err = s.ExtendJob(m.extend)
@@ -410,15 +820,18 @@ func (c *Coordinator) apply(ctx context.Context, fx *effects) {
 			c.log.Warn("request to supervisor not sent: left to reconciliation", "supervisor", m.supervisor, "job", m.jobID(), "error", err)
 		}
 	}
-	for id := range fx.changed {
-		c.publish(ctx, id)
+	for _, id := range fx.order {
+		c.publish(fx.changed[id])
 	}
-	if fx.wake {
-		c.poke()
-	}
-	if !fx.quiet || len(fx.changed) > 0 {
+	if !fx.quiet || len(fx.order) > 0 {
 		c.farm.notify() // farmwatch.go: nothing while nobody watches
 	}
+	// Run sleeps until the earliest deadline it knows of (at most TickInterval): wake it
+	// only for one that is sooner.
+	if c.soonest != 0 && c.soonest < c.plannedWake.Load() {
+		c.poke()
+	}
+	c.soonest = 0
 }
 
 func (m outMsg) jobID() string {
@@ -429,9 +842,4 @@ func (m outMsg) jobID() string {
 		return m.extend.GetJobId()
 	}
 	return m.stop.GetJobId()
-}
-
-// extendJob tells the supervisor that a lease may last remaining from now.
-func (fx *effects) extendJob(supervisor string, m *pb.ExtendJob) {
-	fx.msgs = append(fx.msgs, outMsg{supervisor: supervisor, extend: m})
 }

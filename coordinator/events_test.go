@@ -162,9 +162,58 @@ func TestEventsForUnannouncedBoardsAreRefused(t *testing.T) {
 	if _, ok := bs["ghost"]; ok {
 		t.Fatal("an unannounced board appeared")
 	}
-	for _, want := range []string{`board=b1 served_by=lab-b`, `board=ghost served_by=""`} {
+	for _, want := range []string{`about board \"b1\", which supervisor lab-a did not announce (served by \"lab-b\")`,
+		`about board \"ghost\", which supervisor lab-a did not announce (served by \"\")`} {
 		if !strings.Contains(e.logs.String(), want) {
 			t.Fatalf("refusal not logged (%s):\n%s", want, e.logs.String())
 		}
 	}
+}
+
+// TestEventsAppliedFromTheStore checks the event path's promise: what is stored is
+// applied, also when the state loop did not get the events in memory (it fell behind
+// by more than its backlog, or the coordinator stopped between storing and applying).
+func TestEventsAppliedFromTheStore(t *testing.T) {
+	dir := t.TempDir()
+	e := newEnv(t, dir, Options{})
+	e.c.applyQ.mu.Lock()
+	e.c.applyQ.limit = 1 // every batch of more than one state event is read back from the store
+	e.c.applyQ.mu.Unlock()
+	boards := []*pb.BoardInfo{board("r1", "device", "rpi4"), board("r2", "device", "rpi4")}
+	f := e.dial("sup", boards, supOpts{})
+	l1 := e.mustCreate("", "r1", time.Hour)
+	f.expectStart()
+	f.toReady(l1.GetId(), "r1")
+	f.waitAcked()
+	if g := e.get(l1.GetId()); g.GetPhase() != pb.LeasePhase_LEASE_PHASE_READY {
+		t.Fatalf("lease applied from the store: %v", g)
+	}
+	e.c.mustMatchStore(t)
+
+	// A stop between storing and applying: the events are in the store, the lease and
+	// the cursor are not past them.
+	l2 := e.mustCreate("", "r2", time.Hour)
+	f.expectStart()
+	f.toReady(l2.GetId(), "r2")
+	f.waitAcked()
+	sent := f.sent
+	f.close()
+	e.stop()
+	db := openTestDB(t, dir)
+	if _, err := db.Exec(`UPDATE leases SET state = $1, phase = $2, begins_at = 0 WHERE id = $3`, stateAssigned,
+		int32(pb.LeasePhase_LEASE_PHASE_CREATED), l2.GetId()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`UPDATE supervisors SET applied_seq = $1`, int64(len(sent)-3)); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	e2 := newEnv(t, dir, Options{})
+	eventually(t, "READY applied after the restart", func() bool {
+		return e2.get(l2.GetId()).GetPhase() == pb.LeasePhase_LEASE_PHASE_READY
+	})
+	if g := e2.get(l1.GetId()); g.GetPhase() != pb.LeasePhase_LEASE_PHASE_READY {
+		t.Fatalf("lease applied before the restart: %v", g)
+	}
+	e2.c.mustMatchStore(t)
 }

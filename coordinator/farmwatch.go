@@ -131,7 +131,7 @@ func (c *Coordinator) BoardQueues(ctx context.Context) (map[string]int, error) {
 	if len(queued) == 0 {
 		return out, nil
 	}
-	boards, err := queryBoards(ctx, c.db, "")
+	boards, err := queryBoards(ctx, c.db, &c.rowsRead, "")
 	if err != nil {
 		return nil, rpcError(err)
 	}

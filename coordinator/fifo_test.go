@@ -187,6 +187,7 @@ func TestFIFOAndOneLeasePerBoard(t *testing.T) {
 	for _, f := range []*fakeSup{supA, supB} {
 		checkEvents(t, e.c, f.id, f.sent)
 	}
+	e.c.mustMatchStore(t)
 }
 
 // watchAndRelease watches a lease to its end, releasing it once READY unless its

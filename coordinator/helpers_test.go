@@ -3,6 +3,7 @@ package coordinator
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"net"
 	"sync"
 	"testing"
@@ -13,6 +14,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
@@ -81,6 +83,7 @@ func newEnv(t *testing.T, dir string, opts Options) *env {
 	}
 	logs := &syncBuffer{}
 	opts.StateDir = dir
+	testStore(t, dir, &opts)
 	if opts.Logger == nil {
 		opts.Logger = hclog.New(&hclog.LoggerOptions{Name: "coordinator", Level: hclog.Trace, Output: logs})
 	}
@@ -98,7 +101,7 @@ func newEnv(t *testing.T, dir string, opts Options) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := grpc.NewServer(grpc.WaitForHandlers(true))
+	srv := grpc.NewServer(append(c.ServerOptions(), grpc.WaitForHandlers(true))...)
 	c.Register(srv)
 	go func() { _ = srv.Serve(lis) }()
 	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -214,6 +217,7 @@ type fakeSup struct {
 	extends chan *pb.ExtendJob // ExtendJobs, apart from the StartJobs and StopJobs in msgs
 	done    chan struct{}
 	now     func() time.Time
+	c       *Coordinator
 
 	mu    sync.Mutex
 	seq   uint64
@@ -226,27 +230,42 @@ type supOpts struct {
 	lastAcked uint64
 	seq       uint64      // last seq already used; the next event gets seq+1
 	replay    []*pb.Event // events to send again right after Welcome
+	token     string      // the supervisor's token, if any
+	instance  string      // Hello.instance_id
 }
 
 func (e *env) dial(id string, boards []*pb.BoardInfo, o supOpts) *fakeSup {
 	e.t.Helper()
+	f, err := e.tryDial(id, boards, o)
+	if err != nil {
+		e.t.Fatalf("supervisor %s: %v", id, err)
+	}
+	return f
+}
+
+// tryDial connects a fake supervisor and returns the error that refused it, if any.
+func (e *env) tryDial(id string, boards []*pb.BoardInfo, o supOpts) (*fakeSup, error) {
+	e.t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
+	if o.token != "" {
+		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+o.token)
+	}
 	stream, err := pb.NewSupervisorLinkClient(e.conn).Connect(ctx)
 	if err != nil {
 		cancel()
-		e.t.Fatalf("Connect: %v", err)
+		return nil, err
 	}
 	f := &fakeSup{t: e.t, id: id, stream: stream, cancel: cancel, msgs: make(chan *pb.CoordinatorMessage, 4096),
-		extends: make(chan *pb.ExtendJob, 4096), done: make(chan struct{}), seq: o.seq, acked: o.lastAcked, now: e.now}
-	hello := &pb.Hello{SupervisorId: id, Boards: boards, LiveJobs: o.live, LastAckedSeq: o.lastAcked, Version: "test"}
-	if err := stream.Send(&pb.SupervisorMessage{Msg: &pb.SupervisorMessage_Hello{Hello: hello}}); err != nil {
-		cancel()
-		e.t.Fatalf("send Hello: %v", err)
-	}
+		extends: make(chan *pb.ExtendJob, 4096), done: make(chan struct{}), seq: o.seq, acked: o.lastAcked, now: e.now, c: e.c}
+	hello := &pb.Hello{SupervisorId: id, Boards: boards, LiveJobs: o.live, LastAckedSeq: o.lastAcked, Version: "test", InstanceId: o.instance}
+	_ = stream.Send(&pb.SupervisorMessage{Msg: &pb.SupervisorMessage_Hello{Hello: hello}}) // a refusal comes with Recv
 	m, err := stream.Recv()
 	if err != nil || m.GetWelcome() == nil {
 		cancel()
-		e.t.Fatalf("want Welcome, got %v, %v", m, err)
+		if err == nil {
+			err = fmt.Errorf("want Welcome, got %v", m)
+		}
+		return nil, err
 	}
 	f.welcome = m.GetWelcome()
 	go f.recv()
@@ -254,7 +273,7 @@ func (e *env) dial(id string, boards []*pb.BoardInfo, o supOpts) *fakeSup {
 	for _, ev := range o.replay {
 		f.sendRaw(ev)
 	}
-	return f
+	return f, nil
 }
 
 func (f *fakeSup) recv() {
@@ -348,13 +367,15 @@ func (f *fakeSup) lastAcked() uint64 {
 	return f.acked
 }
 
-// waitAcked waits until the coordinator acknowledged every event sent so far.
+// waitAcked waits until the coordinator acknowledged (stored) every event sent so far
+// and its state loop applied them.
 func (f *fakeSup) waitAcked() {
 	f.t.Helper()
 	f.mu.Lock()
 	want := f.seq
 	f.mu.Unlock()
 	eventually(f.t, "acks", func() bool { return f.lastAcked() >= want })
+	eventually(f.t, "events applied", func() bool { return f.c.appliedSeq(f.t, f.id) >= want })
 }
 
 // next returns the next StartJob or StopJob.

@@ -112,14 +112,37 @@ func leaseImage(ctx context.Context, q querier, id string) (*pb.ImageSpecificati
 	return img, nil
 }
 
-// attachImage puts a lease's image into its StartJob (sent after the transaction that
-// queued it committed, so the image is there).
-func (c *Coordinator) attachImage(ctx context.Context, m *pb.StartJob) {
-	img, err := leaseImage(ctx, c.db, m.GetJobId())
-	if err != nil {
-		c.log.Error("read a lease's image; StartJob sent without it would boot the wrong thing, so it is held back", "job", m.GetJobId(), "error", err)
-		m.Image = &pb.ImageSpecification{} // invalid: the supervisor refuses it
-		return
+// loadImages sets the Image of the leases that have one (the live leases, at load).
+func loadImages(ctx context.Context, q querier, leases []*leaseRow) error {
+	if len(leases) == 0 {
+		return nil
 	}
-	m.Image = img
+	byID := make(map[string]*leaseRow, len(leases))
+	for _, l := range leases {
+		byID[l.ID] = l
+	}
+	rows, err := q.QueryContext(ctx, `SELECT i.lease_id, i.spec FROM lease_images i JOIN leases l ON l.id = i.lease_id
+		WHERE l.state IN ($1, $2, $3)`, stateQueued, stateAssigned, stateActive)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id, spec string
+		if err := rows.Scan(&id, &spec); err != nil {
+			return err
+		}
+		l := byID[id]
+		if l == nil {
+			continue
+		}
+		img := &pb.ImageSpecification{}
+		if err := protojson.Unmarshal([]byte(spec), img); err != nil {
+			// An image that cannot be read would boot the wrong thing: the supervisor
+			// refuses this one (no digest) and the lease fails with its reason.
+			img = &pb.ImageSpecification{}
+		}
+		l.Image = img
+	}
+	return rows.Err()
 }

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	link "github.com/boardvisor/boardvisor/connector/grpc"
+	"github.com/boardvisor/boardvisor/jobs"
 	pb "github.com/boardvisor/boardvisor/proto/boardvisor/v1"
 	jpb "github.com/boardvisor/boardvisor/proto/jumpstarter/v1"
 	"google.golang.org/grpc/codes"
@@ -89,12 +90,18 @@ func TestExtensionWhileDisconnectedReachesSupervisor(t *testing.T) {
 
 func TestLeaseExpirySendsStopJob(t *testing.T) {
 	clock := newFakeClock()
-	e := newEnv(t, "", Options{Now: clock.Now})
+	e := newEnv(t, "", Options{Now: clock.Now, StartBound: 5 * time.Minute})
 	f := e.dial("sup", []*pb.BoardInfo{board("r1", "device", "rpi4"), board("r2", "device", "rpi4")}, supOpts{})
 
 	l := e.mustCreate("", "r1", time.Minute)
+	if l.GetEndsAt() != nil {
+		t.Fatalf("a lease not READY says when it ends: %v", l)
+	}
 	sj := f.expectStart()
-	if sj.GetJobId() != l.GetId() || sj.GetDuration().AsDuration() != time.Minute || sj.GetToken() != l.GetToken() || sj.GetToken() == "" {
+	// The supervisor's own bound from the start: the start bound, then the duration.
+	// It carries the token's hash, not the token (the coordinator does not keep it).
+	if sj.GetJobId() != l.GetId() || sj.GetDuration().AsDuration() != 6*time.Minute || sj.GetToken() != "" ||
+		sj.GetTokenSha256() != jobs.TokenHash(l.GetToken()) || l.GetToken() == "" {
 		t.Fatalf("StartJob %v for lease %v", sj, l)
 	}
 	clock.Advance(10 * time.Second) // READY comes 10s after the assignment
@@ -105,8 +112,9 @@ func TestLeaseExpirySendsStopJob(t *testing.T) {
 		t.Fatalf("lease after READY: %v", got)
 	}
 	// The supervisor's own bound counts from the start, 10s ago: READY moves it to ends_at.
-	if x := f.expectExtend(); x.GetJobId() != l.GetId() || x.GetRemaining().AsDuration() != time.Minute {
-		t.Fatalf("after READY the supervisor got %v, want ExtendJob with 1m remaining", x)
+	if x := f.expectExtend(); x.GetJobId() != l.GetId() || x.GetRemaining().AsDuration() != time.Minute ||
+		!x.GetEndsAt().AsTime().Equal(got.GetEndsAt().AsTime()) {
+		t.Fatalf("after READY the supervisor got %v, want ExtendJob with 1m remaining, ending at %v", x, got.GetEndsAt().AsTime())
 	}
 	clock.Advance(59 * time.Second)
 	f.expectNothing(100 * time.Millisecond)
@@ -115,7 +123,8 @@ func TestLeaseExpirySendsStopJob(t *testing.T) {
 		t.Fatalf("ExtendLease: %v, %v", x, err)
 	}
 	// The supervisor bounds the lease too: it hears of the extension.
-	if x := f.expectExtend(); x.GetJobId() != l.GetId() || x.GetRemaining().AsDuration() != time.Minute+time.Second {
+	if x := f.expectExtend(); x.GetJobId() != l.GetId() || x.GetRemaining().AsDuration() != time.Minute+time.Second ||
+		!x.GetEndsAt().AsTime().Equal(clock.Now().Add(time.Minute+time.Second)) {
 		t.Fatalf("after ExtendLease the supervisor got %v, want ExtendJob with 1m1s remaining", x)
 	}
 	clock.Advance(time.Minute)
@@ -137,11 +146,14 @@ func TestLeaseExpirySendsStopJob(t *testing.T) {
 	}
 	f.expectNothing(50 * time.Millisecond) // expiry is asked once, not on every tick
 
-	// A lease that never becomes READY ends by its duration from the assignment.
+	// A lease that never becomes READY ends by the start bound from its assignment,
+	// not by its duration.
 	l2 := e.mustCreate("", "r2", time.Minute)
 	f.expectStart()
 	clock.Advance(61 * time.Second)
-	if stop := f.expectStop(); stop.GetJobId() != l2.GetId() {
+	f.expectNothing(100 * time.Millisecond)
+	clock.Advance(4 * time.Minute)
+	if stop := f.expectStop(); stop.GetJobId() != l2.GetId() || stop.GetReason() != "not READY within 5m0s of its assignment" {
 		t.Fatalf("StopJob %v, want %s", stop, l2.GetId())
 	}
 }
@@ -159,11 +171,7 @@ func TestOfflineAfterGraceAndBack(t *testing.T) {
 	a.toReady(l.GetId(), "a1")
 	a.waitAcked()
 	a.close()
-	eventually(t, "disconnect recorded", func() bool {
-		e.c.mu.Lock()
-		defer e.c.mu.Unlock()
-		return e.c.sessions["sup-a"] == nil
-	})
+	eventually(t, "disconnect recorded", func() bool { return !e.c.isConnected(t, "sup-a") })
 	clock.Advance(20 * time.Second)
 	if st := e.boards()["a1"].GetStatus(); st != jpb.ExporterStatus_EXPORTER_STATUS_LEASE_READY {
 		t.Fatalf("a1 within grace: %s", st)
@@ -249,6 +257,7 @@ func TestRestartKeepsState(t *testing.T) {
 	}
 	f2.waitAcked()
 	checkEvents(t, e2.c, "sup", f2.sent)
+	e2.c.mustMatchStore(t)
 }
 
 func TestReconcileOnHello(t *testing.T) {
@@ -277,7 +286,7 @@ func TestReconcileOnHello(t *testing.T) {
 		m := f2.next()
 		got[m.GetStartJob().GetJobId()+m.GetStopJob().GetJobId()] = m
 	}
-	if m := got[lost.GetId()]; m.GetStartJob() == nil || m.GetStartJob().GetToken() != lost.GetToken() {
+	if m := got[lost.GetId()]; m.GetStartJob() == nil || m.GetStartJob().GetTokenSha256() != jobs.TokenHash(lost.GetToken()) {
 		t.Fatalf("want StartJob re-sent for %s, got %v", lost.GetId(), got)
 	}
 	if m := got[unknown]; m.GetStopJob() == nil {
@@ -474,8 +483,8 @@ func TestWatchLeaseEndsWithClientAndCoordinator(t *testing.T) {
 		t.Fatalf("after cancel: %v", err)
 	}
 	eventually(t, "watcher removed", func() bool {
-		e.c.mu.Lock()
-		defer e.c.mu.Unlock()
+		e.c.watchMu.Lock()
+		defer e.c.watchMu.Unlock()
 		return len(e.c.watchers) == 0
 	})
 	s, err := e.api.WatchLease(e.ctx(), &pb.WatchLeaseRequest{Id: "nope"})
@@ -507,9 +516,9 @@ func TestSupervisorAuth(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		if err := s.Send(&pb.SupervisorMessage{Msg: &pb.SupervisorMessage_Hello{Hello: &pb.Hello{SupervisorId: "sup"}}}); err != nil {
-			return err
-		}
+		// A refused stream may end before the Hello is sent (Send then says io.EOF):
+		// its status comes with Recv.
+		_ = s.Send(&pb.SupervisorMessage{Msg: &pb.SupervisorMessage_Hello{Hello: &pb.Hello{SupervisorId: "sup"}}})
 		_, err = s.Recv()
 		return err
 	}

@@ -79,22 +79,16 @@ func (o LeaseLogOptions) withDefaults() LeaseLogOptions {
 	return o
 }
 
-func init() {
-	// lease_logs: what the coordinator knows of a lease's log beyond its events: who
-	// released the lease (ReleaseLease), and for retention the log's size once the
-	// lease ended and when the log was removed. Created with the rest of the schema
-	// (CREATE ... IF NOT EXISTS, so an older database gains it at start-up).
-	schema = append(schema,
-		`CREATE TABLE IF NOT EXISTS lease_logs (
-			lease_id    TEXT PRIMARY KEY,
-			released_by TEXT NOT NULL DEFAULT '',
-			ended_at    BIGINT NOT NULL DEFAULT 0,
-			log_bytes   BIGINT NOT NULL DEFAULT -1,
-			pruned_at   BIGINT NOT NULL DEFAULT 0
-		)`,
-		`CREATE INDEX IF NOT EXISTS lease_logs_kept ON lease_logs (pruned_at, ended_at)`,
-	)
-}
+// lease_logs (migration 4): what the coordinator knows of a lease's log beyond its
+// events: who released the lease (ReleaseLease), and for retention the log's size once
+// the lease ended and when the log was removed.
+const leaseLogsTable = `CREATE TABLE IF NOT EXISTS lease_logs (
+		lease_id    TEXT PRIMARY KEY,
+		released_by TEXT NOT NULL DEFAULT '',
+		ended_at    BIGINT NOT NULL DEFAULT 0,
+		log_bytes   BIGINT NOT NULL DEFAULT -1,
+		pruned_at   BIGINT NOT NULL DEFAULT 0
+	)`
 
 // The event kinds a lease log holds, and the console ones sent only when asked for.
 const (
@@ -457,9 +451,9 @@ const releasedByClient = "client"
 
 // noteRelease records, in ReleaseLease's transaction, who released a lease (the first
 // release counts): the authenticated user, or "client" without client authentication.
-func noteRelease(ctx context.Context, tx *sql.Tx, id string) error {
+func noteRelease(ctx context.Context, tx *sql.Tx, id string, caller context.Context) error {
 	who := releasedByClient
-	if u, ok := userOf(ctx); ok {
+	if u, ok := userOf(caller); ok {
 		who = u.Name
 	}
 	_, err := tx.ExecContext(ctx, `INSERT INTO lease_logs (lease_id, released_by) VALUES ($1, $2)

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/boardvisor/boardvisor/jobs"
 	pb "github.com/boardvisor/boardvisor/proto/boardvisor/v1"
 	jpb "github.com/boardvisor/boardvisor/proto/jumpstarter/v1"
 	"github.com/google/uuid"
@@ -37,6 +38,9 @@ func (c *Coordinator) CreateLease(ctx context.Context, req *pb.CreateLeaseReques
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
+	if err := c.validateCreate(ctx, req); err != nil {
+		return nil, err
+	}
 	d, err := c.checkDuration(req.GetDuration(), "duration")
 	if err != nil {
 		return nil, err
@@ -61,71 +65,59 @@ func (c *Coordinator) CreateLease(ctx context.Context, req *pb.CreateLeaseReques
 		client = u.Name // an authenticated lease is recorded under its user's name
 	}
 	l := &leaseRow{
-		ID: uuid.NewString(), Selector: sel.String(), WantBoard: board, Client: client, Token: token,
+		ID: uuid.NewString(), Selector: sel.String(), WantBoard: board, Client: client, TokenHash: jobs.TokenHash(token),
 		DurationNS: int64(d), State: stateQueued, Phase: int32(pb.LeasePhase_LEASE_PHASE_CREATED),
-		StatusMessage: "queued: waiting for " + want, CreatedAt: c.now().UnixNano(),
+		StatusMessage: "queued: waiting for " + want, CreatedAt: c.now().UnixNano(), Params: req.GetParameters(),
+		Image: req.GetImage(),
 	}
-	err = c.update(ctx, func(tx *sql.Tx, fx *effects) error {
-		boards, err := queryBoards(ctx, tx, "")
-		if err != nil {
-			return err
+	var out *pb.Lease
+	uctx := ctx
+	err = c.do(ctx, func(ctx context.Context, tx *sql.Tx, fx *effects) error {
+		// Whether any board, free or not, could ever serve it: from the index.
+		if !c.fleet.anyMatch(m) {
+			return status.Error(codes.FailedPrecondition, c.fleet.unsatisfiable(m))
 		}
-		if err := satisfiable(m, boards); err != nil {
-			return err
+		b := c.fleet.bestFree(m)
+		if b == nil && c.queue.perUser[client] >= c.opts.MaxQueuedPerUser {
+			c.auditRefusal(who(uctx), "", "", fmt.Sprintf("CreateLease: %s has %d leases queued, the most allowed", client, c.queue.perUser[client]))
+			return status.Errorf(codes.ResourceExhausted,
+				"%s already has %d leases waiting in the queue, the most allowed (coordinator --max-queued-per-user): release some or wait for them",
+				client, c.queue.perUser[client])
 		}
-		if err := insertLease(ctx, tx, l); err != nil {
-			return err
-		}
-		if err := insertLeaseImage(ctx, tx, l.ID, req.GetImage()); err != nil {
+		l.QueuePos = c.nextPos
+		c.nextPos++
+		if err := insertLeaseImage(ctx, tx, l.ID, l.Image); err != nil {
 			return err
 		}
 		if err := c.holdLease(ctx, tx, l.ID, req); err != nil {
 			return err
 		}
-		return c.assignQueued(ctx, tx, fx)
+		if b != nil {
+			c.take(l, b)
+			if err := insertLease(ctx, c.cached(tx), l); err != nil {
+				return err
+			}
+			if err := c.assigned(ctx, tx, fx, l, b); err != nil {
+				return err
+			}
+		} else {
+			c.live[l.ID] = l
+			c.queue.push(l)
+			if err := insertLease(ctx, c.cached(tx), l); err != nil {
+				return err
+			}
+			fx.leaseChanged(l)
+		}
+		out = leaseProto(l, false)
+		return nil
 	})
 	if err != nil {
 		return nil, rpcError(err)
 	}
 	c.log.Info("lease requested", "job", l.ID, "selector", l.Selector, "board", board, "client", l.Client, "duration", d.String())
-	got, err := getLease(ctx, c.db, l.ID)
-	if err != nil || got == nil {
-		return nil, rpcError(errors.Join(err, errors.New("lease vanished after creation")))
-	}
-	resp := leaseProto(got, true)
-	c.createdHold(ctx, resp, req)
-	return &pb.CreateLeaseResponse{Lease: resp}, nil
-}
-
-// satisfiable fails with FailedPrecondition when no known board matches m, connected or
-// not, healthy or not (a board may come back; an unknown one never will).
-func satisfiable(m matcher, boards []*boardRow) error {
-	for _, b := range boards {
-		if m.matches(b) {
-			return nil
-		}
-	}
-	what := "no board matches " + m.sel.String()
-	if m.board != "" {
-		what = "no board named " + m.board
-	}
-	if m.image != nil {
-		if plain := (matcher{board: m.board, sel: m.sel}); satisfiable(plain, boards) == nil {
-			what = "no board that matches can run image " + m.image.GetManifestDigest() + ": it needs a board labelled " + imageNeeds(m.image)
-		}
-	}
-	if len(boards) == 0 {
-		return status.Errorf(codes.FailedPrecondition, "%s: the coordinator knows no boards yet (no supervisor has connected)", what)
-	}
-	var known []string
-	for i, b := range boards {
-		if i == maxListedBoards {
-			known = append(known, fmt.Sprintf("and %d more", len(boards)-i))
-			break
-		}
-		known = append(known, fmt.Sprintf("%s (%s)", b.Name, formatLabels(b.Labels)))
-	}
-	return status.Errorf(codes.FailedPrecondition, "%s; known boards: %s", what, strings.Join(known, ", "))
+	out.Token = token // once, here; the coordinator keeps only its hash
+	c.createdHold(ctx, out, req)
+	return &pb.CreateLeaseResponse{Lease: out}, nil
 }
 
 func (c *Coordinator) checkDuration(d *durationpb.Duration, what string) (time.Duration, error) {
@@ -181,24 +173,29 @@ func (c *Coordinator) lease(ctx context.Context, id string) (*leaseRow, error) {
 // Releasing an ended lease changes nothing.
 func (c *Coordinator) ReleaseLease(ctx context.Context, req *pb.ReleaseLeaseRequest) (*pb.ReleaseLeaseResponse, error) {
 	reason := strings.TrimSpace(req.GetReason())
+	if err := c.checkClientText(ctx, "reason", reason, maxReason); err != nil {
+		return nil, err
+	}
 	if reason == "" {
 		reason = "released by the client"
 	}
-	var out *leaseRow
-	err := c.update(ctx, func(tx *sql.Tx, fx *effects) error {
-		l, err := getLease(ctx, tx, req.GetId())
+	var out *pb.Lease
+	state := ""
+	err := c.do(ctx, func(tctx context.Context, tx *sql.Tx, fx *effects) error {
+		l, err := c.leaseOf(tctx, tx, req.GetId())
 		if err != nil {
 			return err
 		}
 		if l == nil {
 			return status.Errorf(codes.NotFound, "lease %s not found", req.GetId())
 		}
-		if err := mayChange(ctx, l.Client); err != nil {
+		if err := c.mayChange(ctx, l, "release"); err != nil {
 			return err
 		}
-		out = l
+		state = l.State
 		switch l.State {
 		case stateEnded:
+			out = leaseProto(l, false)
 			return nil
 		case stateQueued:
 			endLease(l, pb.LeasePhase_LEASE_PHASE_DONE, c.now().UnixNano(), "cancelled before a board was assigned: "+reason)
@@ -209,17 +206,17 @@ func (c *Coordinator) ReleaseLease(ctx context.Context, req *pb.ReleaseLeaseRequ
 			l.StatusMessage = "ending: " + reason
 			fx.stopJob(l.SupervisorID, l.ID, reason)
 		}
-		if err := noteRelease(ctx, tx, l.ID); err != nil { // who released it, for LeaseLog (leaselog.go)
+		if err := noteRelease(tctx, tx, l.ID, ctx); err != nil { // who released it, for LeaseLog (leaselog.go)
 			return err
 		}
-		fx.leaseChanged(l.ID)
-		return saveLease(ctx, tx, l)
+		out = leaseProto(l, false)
+		return c.saveChanged(tctx, tx, fx, l)
 	})
 	if err != nil {
 		return nil, rpcError(err)
 	}
-	c.log.Info("lease released", "job", out.ID, "state", out.State, "reason", reason)
-	return &pb.ReleaseLeaseResponse{Lease: leaseProto(out, false)}, nil
+	c.log.Info("lease released", "job", out.GetId(), "state", state, "reason", reason)
+	return &pb.ReleaseLeaseResponse{Lease: out}, nil
 }
 
 // ExtendLease moves a lease's end later. The coordinator's expiry timer follows the new
@@ -229,14 +226,14 @@ func (c *Coordinator) ExtendLease(ctx context.Context, req *pb.ExtendLeaseReques
 	if err != nil {
 		return nil, err
 	}
-	var out *leaseRow
-	err = c.update(ctx, func(tx *sql.Tx, fx *effects) error {
-		l, err := getLease(ctx, tx, req.GetId())
+	var out *pb.Lease
+	err = c.do(ctx, func(tctx context.Context, tx *sql.Tx, fx *effects) error {
+		l, err := c.leaseOf(tctx, tx, req.GetId())
 		if err != nil {
 			return err
 		}
 		if l != nil {
-			if err := mayChange(ctx, l.Client); err != nil {
+			if err := c.mayChange(ctx, l, "extend"); err != nil {
 				return err
 			}
 		}
@@ -254,25 +251,20 @@ func (c *Coordinator) ExtendLease(ctx context.Context, req *pb.ExtendLeaseReques
 				l.ID, by, total, c.opts.MaxDuration)
 		}
 		l.ExtraNS += int64(by)
-		remaining := time.Duration(l.DurationNS + l.ExtraNS)
 		if l.EndsAt != 0 {
 			l.EndsAt += int64(by)
-			remaining = time.Duration(l.EndsAt - c.opts.Now().UnixNano())
 		}
-		// The supervisor bounds the lease too: it must hear of the extension.
-		if l.SupervisorID != "" {
-			fx.extendJob(l.SupervisorID, &pb.ExtendJob{JobId: l.ID, Remaining: durationpb.New(remaining)})
-		}
-		out = l
-		fx.leaseChanged(l.ID)
-		fx.wake = true
-		return saveLease(ctx, tx, l)
+		// The supervisor bounds the lease too: it must hear of the extension (before
+		// READY it hears of it at READY, with the lease's ends_at).
+		c.syncEnd(fx, l)
+		out = leaseProto(l, false)
+		return c.saveChanged(tctx, tx, fx, l)
 	})
 	if err != nil {
 		return nil, rpcError(err)
 	}
-	c.log.Info("lease extended", "job", out.ID, "by", by.String())
-	return &pb.ExtendLeaseResponse{Lease: leaseProto(out, false)}, nil
+	c.log.Info("lease extended", "job", out.GetId(), "by", by.String())
+	return &pb.ExtendLeaseResponse{Lease: out}, nil
 }
 
 // ListBoards lists the boards matching a selector (all when it is empty), by name. A
@@ -283,7 +275,7 @@ func (c *Coordinator) ListBoards(ctx context.Context, req *pb.ListBoardsRequest)
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
-	boards, err := queryBoards(ctx, c.db, "")
+	boards, err := queryBoards(ctx, c.db, &c.rowsRead, "")
 	if err != nil {
 		return nil, rpcError(err)
 	}
@@ -342,25 +334,24 @@ func (c *Coordinator) SetBoardMaintenance(ctx context.Context, req *pb.SetBoardM
 	if name == "" {
 		return nil, status.Error(codes.InvalidArgument, "a board name is required")
 	}
-	err := c.update(ctx, func(tx *sql.Tx, fx *effects) error {
-		res, err := tx.ExecContext(ctx, `UPDATE boards SET maintenance = $1, maintenance_reason = $2 WHERE name = $3`,
-			req.GetOn(), req.GetReason(), name)
-		if err != nil {
-			return err
-		}
-		if n, err := res.RowsAffected(); err == nil && n == 0 {
+	if err := c.checkClientText(ctx, "reason", req.GetReason(), maxReason); err != nil {
+		return nil, err
+	}
+	err := c.do(ctx, func(ctx context.Context, tx *sql.Tx, fx *effects) error {
+		b := c.fleet.get(name)
+		if b == nil {
 			return status.Errorf(codes.NotFound, "board %s not found", name)
 		}
-		if req.GetOn() {
-			return nil
-		}
-		return c.assignQueued(ctx, tx, fx)
+		b.Maintenance, b.MaintenanceReason = req.GetOn(), req.GetReason()
+		c.refresh(b)
+		c.markBoard(b)
+		return nil
 	})
 	if err != nil {
 		return nil, rpcError(err)
 	}
 	c.log.Info("board maintenance set", "board", name, "on", req.GetOn(), "reason", req.GetReason())
-	b, err := getBoard(ctx, c.db, name)
+	b, err := getBoard(ctx, c.db, &c.rowsRead, name)
 	if err != nil || b == nil {
 		return nil, rpcError(errors.Join(err, errors.New("board vanished")))
 	}
@@ -444,4 +435,56 @@ func (c *Coordinator) boardProto(b *boardRow, busy map[string]string, now time.T
 		CurrentLeaseId: cur,
 		Endpoint:       b.Endpoint,
 	}
+}
+
+// MoveBoard gives a board name to another supervisor, or frees it (admins only; the
+// check is in authenticate). A board holding a lease is not moved.
+func (c *Coordinator) MoveBoard(ctx context.Context, req *pb.MoveBoardRequest) (*pb.MoveBoardResponse, error) {
+	name, to := strings.TrimSpace(req.GetBoard()), strings.TrimSpace(req.GetToSupervisorId())
+	if name == "" {
+		return nil, status.Error(codes.InvalidArgument, "a board name is required")
+	}
+	if to != "" && !jobs.ValidName(to) {
+		return nil, status.Errorf(codes.InvalidArgument, "supervisor ID %q is not valid (want 1 to 64 of A-Z a-z 0-9 . _ -)", to)
+	}
+	from := ""
+	err := c.do(ctx, func(ctx context.Context, tx *sql.Tx, fx *effects) error {
+		b := c.fleet.get(name)
+		if b == nil {
+			return status.Errorf(codes.NotFound, "board %s not found", name)
+		}
+		if b.lease != "" {
+			return status.Errorf(codes.FailedPrecondition, "board %s holds lease %s: release it before moving the board", name, b.lease)
+		}
+		from = b.SupervisorID
+		if to == "" {
+			c.fleet.remove(b)
+			_, err := tx.ExecContext(ctx, `DELETE FROM boards WHERE name = $1`, name)
+			return err
+		}
+		row := b.boardRow
+		row.SupervisorID = to
+		row.Status = int32(jpb.ExporterStatus_EXPORTER_STATUS_OFFLINE) // until its new supervisor announces it
+		if err := saveBoard(ctx, tx, &row); err != nil {
+			return err
+		}
+		c.refresh(c.fleet.put(row))
+		return nil
+	})
+	if err != nil {
+		return nil, rpcError(err)
+	}
+	c.log.Info("board moved by an admin", "board", name, "from", from, "to", to, "by", who(ctx))
+	if to == "" {
+		return &pb.MoveBoardResponse{}, nil
+	}
+	b, err := getBoard(ctx, c.db, &c.rowsRead, name)
+	if err != nil || b == nil {
+		return nil, rpcError(errors.Join(err, errors.New("board vanished")))
+	}
+	busy, err := busyBoards(ctx, c.db)
+	if err != nil {
+		return nil, rpcError(err)
+	}
+	return &pb.MoveBoardResponse{Board: c.boardProto(b, busy, c.now())}, nil
 }

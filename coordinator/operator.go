@@ -15,6 +15,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"database/sql"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -29,6 +30,7 @@ import (
 	"syscall"
 	"time"
 
+	link "github.com/boardvisor/boardvisor/connector/grpc"
 	pb "github.com/boardvisor/boardvisor/proto/boardvisor/v1"
 	jpb "github.com/boardvisor/boardvisor/proto/jumpstarter/v1"
 	"google.golang.org/grpc/codes"
@@ -379,9 +381,14 @@ func (c *Coordinator) ClearQuarantine(ctx context.Context, req *pb.ClearQuaranti
 		return nil, status.Errorf(codes.FailedPrecondition, "board %s is not quarantined (health %s): nothing to clear",
 			name, strings.ToLower(strings.TrimPrefix(pb.BoardHealth(b.health).String(), "BOARD_HEALTH_")))
 	}
-	c.mu.Lock()
-	s := c.sessions[b.supervisor]
-	c.mu.Unlock()
+	var s *link.Session
+	if err := c.do(ctx, func(_ context.Context, _ *sql.Tx, fx *effects) error {
+		fx.quiet = true
+		s = c.sessions[b.supervisor] // the state loop's
+		return nil
+	}); err != nil {
+		return nil, rpcError(err)
+	}
 	if s == nil {
 		return nil, status.Errorf(codes.FailedPrecondition, "the supervisor of board %s (%s) is not connected: clear the quarantine once it is back (a restart of the supervisor clears it too)", name, b.supervisor)
 	}

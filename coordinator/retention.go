@@ -181,7 +181,8 @@ func (c *Coordinator) countEndedLogs(ctx context.Context) (int, error) {
 				return counted, err
 			}
 		}
-		err = c.update(ctx, func(tx *sql.Tx, _ *effects) error {
+		err = c.do(ctx, func(ctx context.Context, tx *sql.Tx, fx *effects) error {
+			fx.quiet = true
 			for i, e := range todo {
 				if _, err := tx.ExecContext(ctx, `INSERT INTO lease_logs (lease_id, ended_at, log_bytes) VALUES ($1, $2, $3)
 					ON CONFLICT (lease_id) DO UPDATE SET ended_at = excluded.ended_at, log_bytes = excluded.log_bytes`,
@@ -205,7 +206,8 @@ func (c *Coordinator) pruneLog(ctx context.Context, id string) (int64, error) {
 	var removed int64
 	for {
 		var n int64
-		err := c.update(ctx, func(tx *sql.Tx, _ *effects) error {
+		err := c.do(ctx, func(ctx context.Context, tx *sql.Tx, fx *effects) error {
+			fx.quiet = true
 			res, err := tx.ExecContext(ctx, `DELETE FROM events WHERE (supervisor_id, seq) IN
 				(SELECT supervisor_id, seq FROM events WHERE job_id = $1 LIMIT $2)`, id, opts.PruneBatch)
 			if err != nil {

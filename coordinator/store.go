@@ -6,80 +6,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	pb "github.com/boardvisor/boardvisor/proto/boardvisor/v1"
 	"strings"
+	"sync"
+	"sync/atomic"
 )
-
-// schemaVersion is the version of the schema below. A database with a newer version is
-// refused; older versions are migrated by the statements of the versions in between.
-const schemaVersion = 1
-
-// schema is kept to what both SQLite and PostgreSQL run: TEXT, BIGINT, INTEGER and
-// BOOLEAN columns, timestamps as BIGINT Unix nanoseconds (0 = unset), JSON as TEXT, and
-// $n placeholders in every query.
-var schema = []string{
-	`CREATE TABLE IF NOT EXISTS schema_version (
-		version BIGINT NOT NULL
-	)`,
-	`CREATE TABLE IF NOT EXISTS supervisors (
-		id           TEXT PRIMARY KEY,
-		last_seq     BIGINT NOT NULL DEFAULT 0,
-		connected    BOOLEAN NOT NULL DEFAULT FALSE,
-		last_contact BIGINT NOT NULL DEFAULT 0,
-		version      TEXT NOT NULL DEFAULT ''
-	)`,
-	`CREATE TABLE IF NOT EXISTS boards (
-		name               TEXT PRIMARY KEY,
-		supervisor_id      TEXT NOT NULL,
-		labels             TEXT NOT NULL DEFAULT '{}',
-		status             INTEGER NOT NULL DEFAULT 0,
-		health             INTEGER NOT NULL DEFAULT 0,
-		maintenance        BOOLEAN NOT NULL DEFAULT FALSE,
-		maintenance_reason TEXT NOT NULL DEFAULT '',
-		current_job        TEXT NOT NULL DEFAULT '',
-		endpoint           TEXT NOT NULL DEFAULT '',
-		hold_until         BIGINT NOT NULL DEFAULT 0,
-		last_lease_at      BIGINT NOT NULL DEFAULT 0
-	)`,
-	`CREATE INDEX IF NOT EXISTS boards_supervisor ON boards (supervisor_id)`,
-	`CREATE TABLE IF NOT EXISTS leases (
-		id              TEXT PRIMARY KEY,
-		selector        TEXT NOT NULL DEFAULT '',
-		want_board      TEXT NOT NULL DEFAULT '',
-		board           TEXT NOT NULL DEFAULT '',
-		supervisor_id   TEXT NOT NULL DEFAULT '',
-		client          TEXT NOT NULL DEFAULT '',
-		token           TEXT NOT NULL,
-		duration_ns     BIGINT NOT NULL,
-		extra_ns        BIGINT NOT NULL DEFAULT 0,
-		state           TEXT NOT NULL,
-		phase           INTEGER NOT NULL,
-		exporter_status INTEGER NOT NULL DEFAULT 0,
-		status_message  TEXT NOT NULL DEFAULT '',
-		created_at      BIGINT NOT NULL,
-		assigned_at     BIGINT NOT NULL DEFAULT 0,
-		begins_at       BIGINT NOT NULL DEFAULT 0,
-		ends_at         BIGINT NOT NULL DEFAULT 0,
-		ended_at        BIGINT NOT NULL DEFAULT 0,
-		stop_at         BIGINT NOT NULL DEFAULT 0,
-		stop_reason     TEXT NOT NULL DEFAULT '',
-		queue_pos       BIGINT NOT NULL
-	)`,
-	`CREATE INDEX IF NOT EXISTS leases_state ON leases (state, queue_pos)`,
-	`CREATE INDEX IF NOT EXISTS leases_board ON leases (board, state)`,
-	`CREATE INDEX IF NOT EXISTS leases_supervisor ON leases (supervisor_id, state)`,
-	`CREATE TABLE IF NOT EXISTS events (
-		supervisor_id TEXT NOT NULL,
-		seq           BIGINT NOT NULL,
-		at_ns         BIGINT NOT NULL,
-		job_id        TEXT NOT NULL DEFAULT '',
-		board         TEXT NOT NULL DEFAULT '',
-		kind          TEXT NOT NULL,
-		payload       TEXT NOT NULL,
-		PRIMARY KEY (supervisor_id, seq)
-	)`,
-	`CREATE INDEX IF NOT EXISTS events_job ON events (job_id, supervisor_id, seq)`,
-	leaseImagesTable,
-}
 
 // Lease states in the leases table.
 const (
@@ -89,55 +20,49 @@ const (
 	stateEnded    = "ended"    // DONE, FAILED or cancelled
 )
 
-// migrate creates the schema (idempotent) and checks its version.
-func migrate(ctx context.Context, db *sql.DB) error {
-	tx, err := db.BeginTx(ctx, nil)
-	if err != nil {
-		return err
-	}
-	defer func() { _ = tx.Rollback() }()
-	for _, stmt := range schema {
-		if _, err := tx.ExecContext(ctx, stmt); err != nil {
-			return fmt.Errorf("create schema: %w", err)
-		}
-	}
-	var v int64
-	switch err := tx.QueryRowContext(ctx, `SELECT version FROM schema_version`).Scan(&v); {
-	case errors.Is(err, sql.ErrNoRows):
-		if _, err := tx.ExecContext(ctx, `INSERT INTO schema_version (version) VALUES ($1)`, int64(schemaVersion)); err != nil {
-			return err
-		}
-	case err != nil:
-		return fmt.Errorf("read schema version: %w", err)
-	case v > schemaVersion:
-		return fmt.Errorf("database schema version %d is newer than this coordinator's (%d): upgrade the coordinator", v, schemaVersion)
-	case v < schemaVersion:
-		// No older versions exist yet; future migrations go here.
-		if _, err := tx.ExecContext(ctx, `UPDATE schema_version SET version = $1`, int64(schemaVersion)); err != nil {
-			return err
-		}
-	}
-	return tx.Commit()
-}
-
 // leaseRow is one row of the leases table.
 type leaseRow struct {
-	ID, Selector, WantBoard, Board, SupervisorID, Client, Token string
-	DurationNS, ExtraNS                                         int64
-	State                                                       string
-	Phase, ExporterStatus                                       int32
-	StatusMessage                                               string
-	CreatedAt, AssignedAt, BeginsAt, EndsAt, EndedAt, StopAt    int64
-	StopReason                                                  string
-	QueuePos                                                    int64
+	ID, Selector, WantBoard, Board, SupervisorID, Client     string
+	TokenHash                                                string // jobs.TokenHash of the token; the token itself is never stored
+	DurationNS, ExtraNS                                      int64
+	State                                                    string
+	Phase, ExporterStatus                                    int32
+	StatusMessage                                            string
+	CreatedAt, AssignedAt, BeginsAt, EndsAt, EndedAt, StopAt int64
+	StopReason                                               string
+	QueuePos                                                 int64
+	// Params are the job parameters the client asked for.
+	Params map[string]string
+	// Offers are the supervisors and boards the lease was given to ("supervisor/board",
+	// newest last): a supervisor may adopt a queued lease only where it was offered it.
+	Offers []string
 	// Endpoint is the assigned board's client endpoint (joined, not a column of leases).
 	Endpoint string
+	// Token is the plain token, known only to the request that created the lease (it is
+	// returned once, then forgotten).
+	Token string
+	// Image is the image the lease boots (nil: none). It is kept in lease_images
+	// (images.go) and read with the live leases, not with every lease.
+	Image *pb.ImageSpecification
 }
 
-const leaseCols = `l.id, l.selector, l.want_board, l.board, l.supervisor_id, l.client, l.token,
+// maxOffers bounds the offers remembered per lease.
+const maxOffers = 8
+
+// offered reports whether the lease was offered to sup for board.
+func (l *leaseRow) offered(sup, board string) bool {
+	for _, o := range l.Offers {
+		if o == sup+"/"+board {
+			return true
+		}
+	}
+	return false
+}
+
+const leaseCols = `l.id, l.selector, l.want_board, l.board, l.supervisor_id, l.client, l.token_hash,
 	l.duration_ns, l.extra_ns, l.state, l.phase, l.exporter_status, l.status_message,
 	l.created_at, l.assigned_at, l.begins_at, l.ends_at, l.ended_at, l.stop_at, l.stop_reason,
-	l.queue_pos, COALESCE(b.endpoint, '')`
+	l.queue_pos, l.params, l.offers, COALESCE(b.endpoint, '')`
 
 const leaseFrom = ` FROM leases l LEFT JOIN boards b ON b.name = l.board AND b.supervisor_id = l.supervisor_id `
 
@@ -145,12 +70,21 @@ type scanner interface{ Scan(dest ...any) error }
 
 func scanLease(s scanner) (*leaseRow, error) {
 	var l leaseRow
-	err := s.Scan(&l.ID, &l.Selector, &l.WantBoard, &l.Board, &l.SupervisorID, &l.Client, &l.Token,
+	var params, offers string
+	err := s.Scan(&l.ID, &l.Selector, &l.WantBoard, &l.Board, &l.SupervisorID, &l.Client, &l.TokenHash,
 		&l.DurationNS, &l.ExtraNS, &l.State, &l.Phase, &l.ExporterStatus, &l.StatusMessage,
 		&l.CreatedAt, &l.AssignedAt, &l.BeginsAt, &l.EndsAt, &l.EndedAt, &l.StopAt, &l.StopReason,
-		&l.QueuePos, &l.Endpoint)
+		&l.QueuePos, &params, &offers, &l.Endpoint)
 	if err != nil {
 		return nil, err
+	}
+	if params != "" && params != "{}" {
+		if err := json.Unmarshal([]byte(params), &l.Params); err != nil {
+			return nil, fmt.Errorf("lease %s: bad parameters in the database: %w", l.ID, err)
+		}
+	}
+	if offers != "" {
+		l.Offers = strings.Split(offers, ",")
 	}
 	return &l, nil
 }
@@ -189,25 +123,12 @@ func queryLeases(ctx context.Context, q querier, where string, args ...any) ([]*
 	return out, rows.Err()
 }
 
-// saveLease writes every mutable column of a lease back.
-func saveLease(ctx context.Context, q querier, l *leaseRow) error {
-	_, err := q.ExecContext(ctx, `UPDATE leases SET board = $2, supervisor_id = $3, extra_ns = $4, state = $5,
-		phase = $6, exporter_status = $7, status_message = $8, assigned_at = $9, begins_at = $10, ends_at = $11,
-		ended_at = $12, stop_at = $13, stop_reason = $14 WHERE id = $1`,
-		l.ID, l.Board, l.SupervisorID, l.ExtraNS, l.State, l.Phase, l.ExporterStatus, l.StatusMessage,
-		l.AssignedAt, l.BeginsAt, l.EndsAt, l.EndedAt, l.StopAt, l.StopReason)
-	return err
-}
-
+// insertLease writes a new lease; its QueuePos is set by the caller.
 func insertLease(ctx context.Context, q querier, l *leaseRow) error {
-	if err := q.QueryRowContext(ctx, `SELECT COALESCE(MAX(queue_pos), 0) + 1 FROM leases`).Scan(&l.QueuePos); err != nil {
-		return err
-	}
-	_, err := q.ExecContext(ctx, `INSERT INTO leases (id, selector, want_board, board, supervisor_id, client, token,
-		duration_ns, extra_ns, state, phase, exporter_status, status_message, created_at, queue_pos)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)`,
-		l.ID, l.Selector, l.WantBoard, l.Board, l.SupervisorID, l.Client, l.Token,
-		l.DurationNS, l.ExtraNS, l.State, l.Phase, l.ExporterStatus, l.StatusMessage, l.CreatedAt, l.QueuePos)
+	_, err := q.ExecContext(ctx, insertLeaseSQL,
+		l.ID, l.Selector, l.WantBoard, l.Board, l.SupervisorID, l.Client, l.TokenHash,
+		l.DurationNS, l.ExtraNS, l.State, l.Phase, l.ExporterStatus, l.StatusMessage, l.CreatedAt, l.AssignedAt,
+		l.BeginsAt, l.EndsAt, l.EndedAt, l.StopAt, l.StopReason, l.QueuePos, labelsJSON(l.Params), strings.Join(l.Offers, ","))
 	return err
 }
 
@@ -248,8 +169,9 @@ func scanBoard(s scanner) (*boardRow, error) {
 	return &b, nil
 }
 
-// queryBoards reads the boards matching a WHERE clause (on aliases b and s), by name.
-func queryBoards(ctx context.Context, q querier, where string, args ...any) ([]*boardRow, error) {
+// queryBoards reads the boards matching a WHERE clause (on aliases b and s), by name,
+// adding the rows read to *count (a cost the tests watch).
+func queryBoards(ctx context.Context, q querier, count *atomic.Int64, where string, args ...any) ([]*boardRow, error) {
 	rows, err := q.QueryContext(ctx, `SELECT `+boardCols+boardFrom+where+` ORDER BY b.name`, args...)
 	if err != nil {
 		return nil, err
@@ -261,17 +183,27 @@ func queryBoards(ctx context.Context, q querier, where string, args ...any) ([]*
 		if err != nil {
 			return nil, err
 		}
+		count.Add(1)
 		out = append(out, b)
 	}
 	return out, rows.Err()
 }
 
-func getBoard(ctx context.Context, q querier, name string) (*boardRow, error) {
-	bs, err := queryBoards(ctx, q, `WHERE b.name = $1`, name)
+func getBoard(ctx context.Context, q querier, count *atomic.Int64, name string) (*boardRow, error) {
+	bs, err := queryBoards(ctx, q, count, `WHERE b.name = $1`, name)
 	if err != nil || len(bs) == 0 {
 		return nil, err
 	}
 	return bs[0], nil
+}
+
+// saveBoard writes every mutable column of a board back (its supervisor's columns are
+// not the board's).
+func saveBoard(ctx context.Context, q querier, b *boardRow) error {
+	_, err := q.ExecContext(ctx, saveBoardSQL,
+		b.Name, b.SupervisorID, labelsJSON(b.Labels), b.Status, b.Health, b.Maintenance, b.MaintenanceReason,
+		b.CurrentJob, b.Endpoint, b.HoldUntil, b.LastLeaseAt)
+	return err
 }
 
 func labelsJSON(labels map[string]string) string {
@@ -304,3 +236,130 @@ func busyBoards(ctx context.Context, q querier) (map[string]string, error) {
 
 // isSQLite reports whether the driver name is one of SQLite's.
 func isSQLite(driver string) bool { return strings.Contains(strings.ToLower(driver), "sqlite") }
+
+// stmtCache keeps the writer's prepared statements, prepared once at start (the writer
+// pool has one connection, busy inside every transaction, so they cannot be prepared
+// later): SQLite parses a statement again on every Exec otherwise (pgx caches its own).
+type stmtCache struct {
+	mu    sync.Mutex
+	stmts map[string]*sql.Stmt
+}
+
+// prepare prepares the hot statements of the state loop on db.
+func (s *stmtCache) prepare(ctx context.Context, db *sql.DB) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.stmts = map[string]*sql.Stmt{}
+	for _, q := range []string{insertLeaseSQL, saveBoardSQL} {
+		st, err := db.PrepareContext(ctx, q)
+		if err != nil {
+			return err
+		}
+		s.stmts[q] = st
+	}
+	return nil
+}
+
+func (s *stmtCache) get(query string) *sql.Stmt {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.stmts[query]
+}
+
+func (s *stmtCache) close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, st := range s.stmts {
+		_ = st.Close()
+	}
+	s.stmts = nil
+}
+
+// cachedTx runs a writer transaction's fixed statements from the cache.
+type cachedTx struct {
+	*sql.Tx
+	cache *stmtCache
+}
+
+func (t cachedTx) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	if st := t.cache.get(query); st != nil {
+		return t.Tx.StmtContext(ctx, st).ExecContext(ctx, args...)
+	}
+	return t.Tx.ExecContext(ctx, query, args...)
+}
+
+// The state loop's hot statements (prepared once: stmtCache).
+const (
+	insertLeaseSQL = `INSERT INTO leases (id, selector, want_board, board, supervisor_id, client, token_hash,
+		duration_ns, extra_ns, state, phase, exporter_status, status_message, created_at, assigned_at, begins_at,
+		ends_at, ended_at, stop_at, stop_reason, queue_pos, params, offers)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)`
+	saveBoardSQL = `INSERT INTO boards (name, supervisor_id, labels, status, health, maintenance,
+		maintenance_reason, current_job, endpoint, hold_until, last_lease_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+		ON CONFLICT (name) DO UPDATE SET supervisor_id = excluded.supervisor_id, labels = excluded.labels,
+			status = excluded.status, health = excluded.health, maintenance = excluded.maintenance,
+			maintenance_reason = excluded.maintenance_reason, current_job = excluded.current_job,
+			endpoint = excluded.endpoint, hold_until = excluded.hold_until, last_lease_at = excluded.last_lease_at`
+)
+
+// upsertLeases writes leases (all columns) in one statement.
+func upsertLeases(ctx context.Context, tx *sql.Tx, ls []*leaseRow) error {
+	const cols = 23
+	var q strings.Builder
+	q.WriteString(`INSERT INTO leases (id, selector, want_board, board, supervisor_id, client, token_hash,
+		duration_ns, extra_ns, state, phase, exporter_status, status_message, created_at, assigned_at, begins_at,
+		ends_at, ended_at, stop_at, stop_reason, queue_pos, params, offers) VALUES `)
+	args := make([]any, 0, cols*len(ls))
+	for i, l := range ls {
+		if i > 0 {
+			q.WriteString(", ")
+		}
+		placeholders(&q, len(args), cols)
+		args = append(args, l.ID, l.Selector, l.WantBoard, l.Board, l.SupervisorID, l.Client, l.TokenHash,
+			l.DurationNS, l.ExtraNS, l.State, l.Phase, l.ExporterStatus, l.StatusMessage, l.CreatedAt, l.AssignedAt,
+			l.BeginsAt, l.EndsAt, l.EndedAt, l.StopAt, l.StopReason, l.QueuePos, labelsJSON(l.Params), strings.Join(l.Offers, ","))
+	}
+	q.WriteString(` ON CONFLICT (id) DO UPDATE SET board = excluded.board, supervisor_id = excluded.supervisor_id,
+		extra_ns = excluded.extra_ns, state = excluded.state, phase = excluded.phase, exporter_status = excluded.exporter_status,
+		status_message = excluded.status_message, assigned_at = excluded.assigned_at, begins_at = excluded.begins_at,
+		ends_at = excluded.ends_at, ended_at = excluded.ended_at, stop_at = excluded.stop_at, stop_reason = excluded.stop_reason,
+		offers = excluded.offers`)
+	_, err := tx.ExecContext(ctx, q.String(), args...)
+	return err
+}
+
+// upsertBoards writes boards (all their own columns) in one statement.
+func upsertBoards(ctx context.Context, tx *sql.Tx, bs []*boardRow) error {
+	const cols = 11
+	var q strings.Builder
+	q.WriteString(`INSERT INTO boards (name, supervisor_id, labels, status, health, maintenance,
+		maintenance_reason, current_job, endpoint, hold_until, last_lease_at) VALUES `)
+	args := make([]any, 0, cols*len(bs))
+	for i, b := range bs {
+		if i > 0 {
+			q.WriteString(", ")
+		}
+		placeholders(&q, len(args), cols)
+		args = append(args, b.Name, b.SupervisorID, labelsJSON(b.Labels), b.Status, b.Health, b.Maintenance, b.MaintenanceReason,
+			b.CurrentJob, b.Endpoint, b.HoldUntil, b.LastLeaseAt)
+	}
+	q.WriteString(` ON CONFLICT (name) DO UPDATE SET supervisor_id = excluded.supervisor_id, labels = excluded.labels,
+		status = excluded.status, health = excluded.health, maintenance = excluded.maintenance,
+		maintenance_reason = excluded.maintenance_reason, current_job = excluded.current_job,
+		endpoint = excluded.endpoint, hold_until = excluded.hold_until, last_lease_at = excluded.last_lease_at`)
+	_, err := tx.ExecContext(ctx, q.String(), args...)
+	return err
+}
+
+// placeholders writes "($n+1, ..., $n+k)".
+func placeholders(q *strings.Builder, n, k int) {
+	q.WriteByte('(')
+	for i := 1; i <= k; i++ {
+		if i > 1 {
+			q.WriteString(", ")
+		}
+		fmt.Fprintf(q, "$%d", n+i)
+	}
+	q.WriteByte(')')
+}

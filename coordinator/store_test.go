@@ -16,16 +16,19 @@ import (
 // runs them: $n placeholders (reordered and repeated, as PostgreSQL allows), BOOLEAN
 // columns, ON CONFLICT upserts and DO NOTHING with RowsAffected.
 func TestSQLitePortableSQL(t *testing.T) {
+	if onPostgres() {
+		t.Skip("SQLite's dialect (the suite runs on PostgreSQL)")
+	}
 	db, err := sql.Open("sqlite", sqliteDSN(filepath.Join(t.TempDir(), "x.db")))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer db.Close()
 	ctx := context.Background()
-	if err := migrate(ctx, db); err != nil {
+	if _, err := migrate(ctx, db, true); err != nil {
 		t.Fatal(err)
 	}
-	if err := migrate(ctx, db); err != nil { // idempotent
+	if _, err := migrate(ctx, db, true); err != nil { // idempotent
 		t.Fatalf("second migrate: %v", err)
 	}
 	var mode string
@@ -63,7 +66,7 @@ func TestSQLitePortableSQL(t *testing.T) {
 	}
 	// A newer schema is refused.
 	exec(`UPDATE schema_version SET version = $1`, int64(schemaVersion+1))
-	if err := migrate(ctx, db); err == nil {
+	if _, err := migrate(ctx, db, true); err == nil {
 		t.Fatal("a newer schema was accepted")
 	}
 }
@@ -72,13 +75,18 @@ func TestSQLitePortableSQL(t *testing.T) {
 // nothing.
 func TestUpdateIsAllOrNothing(t *testing.T) {
 	dir := t.TempDir()
-	c, err := New(Options{StateDir: dir, Logger: hclog.NewNullLogger()})
+	opts := Options{StateDir: dir, Logger: hclog.NewNullLogger()}
+	testStore(t, dir, &opts)
+	c, err := New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	for _, name := range []string{"coordinator.db", "coordinator.db-wal"} {
-		// The database holds lease tokens.
+	for _, name := range []string{"coordinator.db", "coordinator.db-wal", "coordinator.lock"} {
+		if onPostgres() && name != "coordinator.lock" {
+			continue
+		}
+		// Only the coordinator's user reads its files.
 		if fi, err := os.Stat(filepath.Join(dir, name)); err != nil || fi.Mode().Perm() != 0o600 {
 			t.Fatalf("%s: %v, %v", name, fi.Mode(), err)
 		}
@@ -86,11 +94,12 @@ func TestUpdateIsAllOrNothing(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
 	boom := errors.New("boom")
-	err = c.update(ctx, func(tx *sql.Tx, fx *effects) error {
+	err = c.do(ctx, func(ctx context.Context, tx *sql.Tx, fx *effects) error {
 		l := &leaseRow{ID: "L", Token: "t", DurationNS: int64(time.Minute), State: stateQueued, Phase: 1, CreatedAt: 1}
 		if err := insertLease(ctx, tx, l); err != nil {
 			return err
 		}
+		c.live[l.ID] = l // in memory too: rebuilt from the store after the failure
 		fx.stopJob("sup", "L", "x")
 		return boom
 	})
@@ -100,10 +109,11 @@ func TestUpdateIsAllOrNothing(t *testing.T) {
 	if l, err := getLease(ctx, c.db, "L"); l != nil || err != nil {
 		t.Fatalf("half a lease survived a failed change: %v, %v", l, err)
 	}
+	c.mustMatchStore(t)
 	if err := c.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.update(ctx, func(*sql.Tx, *effects) error { return nil }); !errors.Is(err, errClosed) {
+	if err := c.do(ctx, func(context.Context, *sql.Tx, *effects) error { return nil }); !errors.Is(err, errClosed) {
 		t.Fatalf("update after Close: %v", err)
 	}
 }

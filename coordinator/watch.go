@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"context"
+	"database/sql"
 	"sync"
 
 	pb "github.com/boardvisor/boardvisor/proto/boardvisor/v1"
@@ -42,17 +43,14 @@ func (w *watcher) drain() []*pb.Lease {
 	return q
 }
 
-// publish sends a lease's committed state to its watchers; c.mu is held, so snapshots
-// reach every watcher in commit order.
-func (c *Coordinator) publish(ctx context.Context, id string) {
-	c.logs.changed(id) // and to its LeaseLog streams (leaselog.go)
-	ws := c.watchers[id]
+// publish sends a lease's committed state to its watchers. It runs in the state loop,
+// after each commit, so snapshots reach every watcher in commit order.
+func (c *Coordinator) publish(l *leaseRow) {
+	c.logs.changed(l.ID) // and to its LeaseLog streams (leaselog.go)
+	c.watchMu.Lock()
+	defer c.watchMu.Unlock()
+	ws := c.watchers[l.ID]
 	if len(ws) == 0 {
-		return
-	}
-	l, err := getLease(context.WithoutCancel(ctx), c.db, id)
-	if err != nil || l == nil {
-		c.log.Warn("lease change not published to watchers", "job", id, "error", err)
 		return
 	}
 	p := leaseProto(l, false)
@@ -63,38 +61,58 @@ func (c *Coordinator) publish(ctx context.Context, id string) {
 
 // WatchLease streams a lease: its current state first, then every change, until it ends
 // (the last message is DONE or FAILED), the caller goes away or the coordinator closes.
-// A watcher that falls more than WatchBuffer changes behind skips the oldest ones.
+// A watcher that falls more than WatchBuffer changes behind skips the oldest ones. Only
+// the lease's holder or an admin may watch it, and each user may have at most
+// Options.MaxWatchesPerUser streams open (Options.MaxWatches in all).
 func (c *Coordinator) WatchLease(req *pb.WatchLeaseRequest, stream pb.LeaseService_WatchLeaseServer) error {
 	ctx := stream.Context()
 	if req.GetId() == "" {
 		return status.Error(codes.InvalidArgument, "a lease ID is required")
 	}
 	w := &watcher{sig: make(chan struct{}, 1)}
-	// Register and read under c.mu: every later commit is published to w, none before.
-	c.mu.Lock()
-	l, err := getLease(ctx, c.db, req.GetId())
-	if err == nil && l != nil {
+	var release func()
+	// Read and register in the state loop: every later commit is published to w, none
+	// before.
+	var last *pb.Lease
+	err := c.do(ctx, func(tctx context.Context, tx *sql.Tx, fx *effects) error {
+		l, err := c.leaseOf(tctx, tx, req.GetId())
+		if err != nil {
+			return err
+		}
+		if l == nil {
+			return status.Errorf(codes.NotFound, "lease %s not found", req.GetId())
+		}
+		if err := c.mayChange(ctx, l, "watch"); err != nil {
+			return err
+		}
+		if release, err = c.takeWatch(ctx); err != nil {
+			return err
+		}
+		last = leaseProto(l, false)
+		c.watchMu.Lock()
 		if c.watchers[l.ID] == nil {
 			c.watchers[l.ID] = map[*watcher]struct{}{}
 		}
 		c.watchers[l.ID][w] = struct{}{}
-	}
-	c.mu.Unlock()
+		c.watchMu.Unlock()
+		return nil
+	})
 	if err != nil {
+		if release != nil {
+			release() // a cancelled call may have got its slot
+		}
 		return rpcError(err)
 	}
-	if l == nil {
-		return status.Errorf(codes.NotFound, "lease %s not found", req.GetId())
-	}
+	defer release()
+	id := last.GetId()
 	defer func() {
-		c.mu.Lock()
-		delete(c.watchers[l.ID], w)
-		if len(c.watchers[l.ID]) == 0 {
-			delete(c.watchers, l.ID)
+		c.watchMu.Lock()
+		delete(c.watchers[id], w)
+		if len(c.watchers[id]) == 0 {
+			delete(c.watchers, id)
 		}
-		c.mu.Unlock()
+		c.watchMu.Unlock()
 	}()
-	last := leaseProto(l, false)
 	if err := stream.Send(last); err != nil {
 		return err
 	}

@@ -214,6 +214,8 @@ func (b *boardActor) startJob(ctx actor.Context, req connector.StartJobRequest) 
 	}
 	if req.Token != "" {
 		spec.TokenHash = jobs.TokenHash(req.Token)
+	} else {
+		spec.TokenHash = req.TokenHash // the coordinator sent only the hash
 	}
 	if b.cfg.Before != nil {
 		p := b.cfg.Before.Policy

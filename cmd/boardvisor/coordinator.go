@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
+	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -16,6 +18,7 @@ import (
 
 	"github.com/boardvisor/boardvisor/audit"
 	"github.com/boardvisor/boardvisor/cmd/boardvisor/internal/sdnotify"
+	"github.com/boardvisor/boardvisor/connector/connlimit"
 	link "github.com/boardvisor/boardvisor/connector/grpc"
 	"github.com/boardvisor/boardvisor/coordinator"
 	"github.com/boardvisor/boardvisor/supervisor"
@@ -28,10 +31,12 @@ import (
 )
 
 func newCoordinator(g *globalFlags) *cobra.Command {
-	var listen, stateDir, tokens, clientTokens, cert, key, metricsAddr string
-	var grace, attachGrace, maxWait time.Duration
+	var listen, stateDir, tokens, clientTokens, cert, key, metricsAddr, database string
+	var grace, attachGrace, maxWait, startBound, authDeadline time.Duration
 	var logs leaseLogFlags
 	var dash webServe
+	var profiling bool
+	var maxQueued, maxWatchesPerUser, maxWatches, maxUnauth int
 	cmd := &cobra.Command{
 		Use:   "coordinator --state-dir DIR [--listen ADDR] [--supervisor-tokens FILE]",
 		Short: "run the coordinator: board inventory, lease queue, supervisor links",
@@ -46,10 +51,19 @@ func newCoordinator(g *globalFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			opts := coordinator.Options{StateDir: stateDir, Logger: logger.Named("coordinator"), Grace: grace,
-				AttachGrace: attachGrace, DetachedMaxWait: maxWait}
+			opts := coordinator.Options{StateDir: stateDir, Logger: logger.Named("coordinator"), Grace: grace, StartBound: startBound,
+				AttachGrace: attachGrace, DetachedMaxWait: maxWait,
+				MaxQueuedPerUser: maxQueued, MaxWatchesPerUser: maxWatchesPerUser, MaxWatches: maxWatches,
+				MaxUnauthenticatedPerPeer: maxUnauth, AuthDeadline: authDeadline}
 			if opts.LeaseLogs, err = logs.options(); err != nil {
 				return err
+			}
+			switch {
+			case database == "":
+			case strings.HasPrefix(database, "postgres://"), strings.HasPrefix(database, "postgresql://"):
+				opts.Driver, opts.DB = "pgx", database
+			default:
+				return usageError{fmt.Errorf("--database %q: want a postgres:// URL (without it the coordinator keeps an SQLite file in --state-dir)", redactURL(database))}
 			}
 			if tokens != "" {
 				table, err := readTokens(tokens)
@@ -81,12 +95,16 @@ func newCoordinator(g *globalFlags) *cobra.Command {
 				sopts = append(sopts, grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12})))
 				dash.tls = &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}
 			}
-			return serveCoordinator(ctx, opts, listen, metricsAddr, dash, sopts, nil)
+			if profiling && metricsAddr == "" {
+				return usageError{fmt.Errorf("--pprof serves on the metrics listener: set --metrics ADDR too")}
+			}
+			return serveCoordinator(ctx, opts, serveOptions{listen: listen, metrics: metricsAddr, pprof: profiling, grpc: sopts, web: dash})
 		},
 	}
 	f := cmd.Flags()
 	f.StringVar(&listen, "listen", "127.0.0.1:7400", "address for supervisors and clients")
-	f.StringVar(&stateDir, "state-dir", "", "directory for the coordinator's database (required)")
+	f.StringVar(&stateDir, "state-dir", "", "directory for the coordinator's database (SQLite), audit log and lock (required)")
+	f.StringVar(&database, "database", "", "a PostgreSQL URL (postgres://user@host/db) to keep the coordinator's state in instead of SQLite; a password in it is better in PGPASSWORD or ~/.pgpass")
 	f.StringVar(&tokens, "supervisor-tokens", "", "file of `supervisor-id token` lines; only these supervisors are accepted")
 	f.StringVar(&clientTokens, "client-tokens", "", "file of `user token [admin]` lines; only these clients are accepted (boardvisor tokens manages it; reloaded when it changes and on SIGHUP)")
 	f.StringVar(&cert, "tls-cert", "", "TLS certificate (PEM); with --tls-key turns TLS on")
@@ -99,6 +117,14 @@ func newCoordinator(g *globalFlags) *cobra.Command {
 	logs.addTo(f) // leaselogflags.go
 	f.StringVar(&dash.addr, "web", "", "address of the web dashboard (e.g. 127.0.0.1:7480; HTTPS with --tls-cert); empty: none. Needs --client-tokens")
 	f.DurationVar(&dash.session, "web-session", 12*time.Hour, "how long a dashboard login lasts")
+	f.DurationVar(&startBound, "start-bound", coordinator.DefaultStartBound,
+		"how long an assigned lease may take to become READY (its beforeLease hook) before it is ended; its duration counts from READY")
+	f.IntVar(&maxQueued, "max-queued-per-user", coordinator.DefaultMaxQueuedPerUser, "leases one user (or client name, without --client-tokens) may have waiting in the queue")
+	f.IntVar(&maxWatchesPerUser, "max-watches-per-user", coordinator.DefaultMaxWatchesPerUser, "WatchLease streams one user (or address, without --client-tokens) may have open")
+	f.IntVar(&maxWatches, "max-watches", coordinator.DefaultMaxWatches, "WatchLease streams open in all")
+	f.IntVar(&maxUnauth, "max-unauthenticated-per-peer", connlimit.DefaultMaxPerPeer, "connections one address may hold before a call on them presents a valid token (with token files)")
+	f.DurationVar(&authDeadline, "auth-deadline", connlimit.DefaultDeadline, "how long a connection may stay open without a call presenting a valid token (with token files)")
+	f.BoolVar(&profiling, "pprof", false, "also serve Go's profiler (/debug/pprof/) on the metrics listener; admins only when --client-tokens is set")
 	return cmd
 }
 
@@ -138,9 +164,19 @@ type webServe struct {
 	session time.Duration // how long a login lasts
 }
 
-// serveCoordinator runs a coordinator until ctx is done. ready, if not nil, is called
-// with its address once it listens.
-func serveCoordinator(ctx context.Context, opts coordinator.Options, listen, metricsAddr string, dash webServe, sopts []grpc.ServerOption, ready func(addr string)) error {
+// serveOptions say where and how a coordinator serves.
+type serveOptions struct {
+	listen, metrics string
+	pprof           bool // Go's profiler on the metrics listener
+	grpc            []grpc.ServerOption
+	web             webServe // the dashboard; zero: none
+	// ready, if not nil, is called with the listening address.
+	ready func(addr string)
+}
+
+// serveCoordinator runs a coordinator until ctx is done.
+func serveCoordinator(ctx context.Context, opts coordinator.Options, so serveOptions) error {
+	listen, metricsAddr, sopts, ready, dash := so.listen, so.metrics, so.grpc, so.ready, so.web
 	if err := os.MkdirAll(opts.StateDir, 0o700); err != nil {
 		return fmt.Errorf("state directory: %w", err)
 	}
@@ -164,7 +200,7 @@ func serveCoordinator(ctx context.Context, opts coordinator.Options, listen, met
 	sopts = append(sopts, grpc.KeepaliveParams(keepalive.ServerParameters{Time: 10 * time.Second, Timeout: 5 * time.Second}))
 	srv := supervisor.NewGRPCServer(append(sopts, c.ServerOptions()...)...)
 	c.Register(srv)
-	go srv.Serve(lis)
+	go srv.Serve(c.Listener(lis))
 	defer srv.Stop()
 	if metricsAddr != "" {
 		mlis, err := net.Listen("tcp", metricsAddr)
@@ -173,6 +209,15 @@ func serveCoordinator(ctx context.Context, opts coordinator.Options, listen, met
 		}
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", c.MetricsHandler())
+		if so.pprof {
+			// The handlers of net/http/pprof, on this mux only (never the default one).
+			mux.Handle("/debug/pprof/", c.AdminOnly(http.HandlerFunc(pprof.Index)))
+			mux.Handle("/debug/pprof/cmdline", c.AdminOnly(http.HandlerFunc(pprof.Cmdline)))
+			mux.Handle("/debug/pprof/profile", c.AdminOnly(http.HandlerFunc(pprof.Profile)))
+			mux.Handle("/debug/pprof/symbol", c.AdminOnly(http.HandlerFunc(pprof.Symbol)))
+			mux.Handle("/debug/pprof/trace", c.AdminOnly(http.HandlerFunc(pprof.Trace)))
+			opts.Logger.Info("profiler on the metrics listener", "path", "/debug/pprof/", "admin_only", opts.ClientTokens != nil)
+		}
 		hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 		go hs.Serve(mlis)
 		defer hs.Close()
@@ -185,7 +230,11 @@ func serveCoordinator(ctx context.Context, opts coordinator.Options, listen, met
 		}
 		defer stop()
 	}
-	opts.Logger.Info("coordinator listening", "address", lis.Addr().String(), "stateDir", opts.StateDir, "version", versionString())
+	db := "sqlite in the state directory"
+	if opts.DB != "" {
+		db = redactURL(opts.DB)
+	}
+	opts.Logger.Info("coordinator listening", "address", lis.Addr().String(), "stateDir", opts.StateDir, "database", db, "version", versionString())
 	if ready != nil {
 		ready(lis.Addr().String())
 	}
@@ -257,4 +306,16 @@ func serveDashboard(c *coordinator.Coordinator, al *audit.Log, opts coordinator.
 		_ = hs.Close()
 		_ = d.Close()
 	}, nil
+}
+
+// redactURL drops a URL's password, for messages.
+func redactURL(s string) string {
+	u, err := url.Parse(s)
+	if err != nil || u.User == nil {
+		return s
+	}
+	if _, ok := u.User.Password(); ok {
+		u.User = url.UserPassword(u.User.Username(), "xxxxx")
+	}
+	return u.String()
 }

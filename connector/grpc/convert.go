@@ -111,6 +111,6 @@ func ImageFromProto(p *pb.ImageSpecification) *jobs.Image {
 // StartJobFromProto converts a StartJob from the coordinator.
 func StartJobFromProto(s *pb.StartJob) connector.StartJobRequest {
 	return connector.StartJobRequest{JobID: s.GetJobId(), Board: s.GetBoard(), Client: s.GetClientName(),
-		Token: s.GetToken(), Duration: s.GetDuration().AsDuration(), Parameters: s.GetParameters(),
+		Token: s.GetToken(), TokenHash: s.GetTokenSha256(), Duration: s.GetDuration().AsDuration(), Parameters: s.GetParameters(),
 		Image: ImageFromProto(s.GetImage())}
 }

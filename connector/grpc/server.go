@@ -74,7 +74,13 @@ type Session struct {
 	ID string
 	// Peer is the supervisor's network address, for logs.
 	Peer string
+	// Instance is the Hello's instance_id: the same for every session of one run of the
+	// supervisor process.
+	Instance string
+	// Since is when the session began.
+	Since time.Time
 
+	ctx    context.Context // the stream's
 	out    chan *pb.CoordinatorMessage
 	closed chan struct{}
 	once   sync.Once
@@ -116,6 +122,17 @@ func (s *Session) StopJob(m *pb.StopJob) error {
 // Closed is closed when the session's stream has ended.
 func (s *Session) Closed() <-chan struct{} { return s.closed }
 
+// Alive reports whether the session's stream is still up, as far as this end knows (a
+// peer gone without a word is noticed by the keepalive).
+func (s *Session) Alive() bool {
+	select {
+	case <-s.closed:
+		return false
+	default:
+	}
+	return s.ctx == nil || s.ctx.Err() == nil
+}
+
 func (s *Session) close() { s.once.Do(func() { close(s.closed) }) }
 
 // Server is the coordinator's end of proto/boardvisor/v1's SupervisorLink.
@@ -134,6 +151,9 @@ type Server struct {
 	// e.g. *audit.Log). who is the supervisor's network address, or its claimed ID; the
 	// reason never holds the token.
 	Audit Auditor
+	// Authenticated, if set, is called with a stream's context once its token is
+	// accepted (at once when Auth is nil).
+	Authenticated func(ctx context.Context)
 }
 
 // Auditor records refused accesses.
@@ -174,6 +194,9 @@ func (s *Server) Connect(stream pb.SupervisorLink_ConnectServer) error {
 		}
 		allowedID = id
 	}
+	if s.Authenticated != nil {
+		s.Authenticated(ctx)
+	}
 	hello, err := s.readHello(stream)
 	if err != nil {
 		return err
@@ -187,11 +210,15 @@ func (s *Server) Connect(stream pb.SupervisorLink_ConnectServer) error {
 		return status.Errorf(codes.PermissionDenied, "this token is for supervisor %q, not %q: set coordinator.supervisorId: %s in the supervisor's config, or give %s a token of its own (a `%s TOKEN` line in the coordinator's --supervisor-tokens file)",
 			allowedID, hello.GetSupervisorId(), allowedID, hello.GetSupervisorId(), hello.GetSupervisorId())
 	}
-	sess := &Session{ID: hello.GetSupervisorId(), Peer: peerOf(ctx), out: make(chan *pb.CoordinatorMessage, SendQueue), closed: make(chan struct{})}
+	sess := &Session{ID: hello.GetSupervisorId(), Peer: peerOf(ctx), Instance: hello.GetInstanceId(), Since: time.Now(),
+		ctx: ctx, out: make(chan *pb.CoordinatorMessage, SendQueue), closed: make(chan struct{})}
 	defer sess.close()
 	lastSeen, err := s.Handler.Connected(ctx, sess, hello)
 	if err != nil {
 		s.Handler.Disconnected(sess, err)
+		if _, ok := status.FromError(err); ok {
+			return err // the handler's own refusal (e.g. AlreadyExists), as it said it
+		}
 		return status.Errorf(codes.FailedPrecondition, "coordinator refused supervisor %s: %v", sess.ID, err)
 	}
 	log = log.With("supervisor", sess.ID)

@@ -7,7 +7,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -71,8 +70,6 @@ var (
 	standardBauds = []int{50, 75, 110, 134, 150, 200, 300, 600, 1200, 1800, 2400, 4800,
 		9600, 19200, 38400, 57600, 115200, 230400, 460800, 500000, 576000, 921600,
 		1000000, 1152000, 1500000, 2000000, 2500000, 3000000, 3500000, 4000000}
-	boardNameRe = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
-	labelKeyRe  = regexp.MustCompile(`^[A-Za-z0-9._/-]{1,63}$`)
 )
 
 func (v *validator) host() {
@@ -139,7 +136,7 @@ func (v *validator) host() {
 		if co.RefusedBackoff < 0 {
 			s.add("coordinator.refusedBackoff", "%s must not be negative", co.RefusedBackoff)
 		}
-		if co.SupervisorID != "" && !boardNameRe.MatchString(co.SupervisorID) {
+		if co.SupervisorID != "" && !jobs.ValidName(co.SupervisorID) {
 			s.add("coordinator.supervisorId", "%q is not a valid name ([A-Za-z0-9._-], 1 to 64 characters)", co.SupervisorID)
 		}
 	}
@@ -171,10 +168,10 @@ func (v *validator) boards() {
 		switch {
 		case b.Name == "":
 			s.add("name", "required")
-		case !boardNameRe.MatchString(b.Name):
-			s.add("name", "%q is not a valid board name (want 1 to 64 of A-Z a-z 0-9 . _ -)", b.Name)
 		case b.Name == "." || b.Name == "..":
 			s.add("name", "%q is reserved (board names are used as directory names)", b.Name)
+		case !jobs.ValidName(b.Name): // the coordinator checks announced names by the same rule
+			s.add("name", "%q is not a valid board name (want 1 to 64 of A-Z a-z 0-9 . _ -)", b.Name)
 		}
 		if b.Name != "" {
 			if j, dup := firstByName[b.Name]; dup {
@@ -184,11 +181,11 @@ func (v *validator) boards() {
 			}
 		}
 		for _, k := range sortedKeys(b.Labels) {
-			if !labelKeyRe.MatchString(k) {
+			if !jobs.ValidLabelKey(k) {
 				s.add("labels."+k, "invalid label key %q (want 1 to 63 of A-Z a-z 0-9 . _ / -)", k)
 			}
-			if strings.ContainsAny(b.Labels[k], ",\n\r") {
-				s.add("labels."+k, "label value %q contains a comma or line break", b.Labels[k])
+			if err := jobs.CheckLabelValue(b.Labels[k]); err != nil {
+				s.add("labels."+k, "label value %q: %v", b.Labels[k], err)
 			}
 		}
 		checkLease(s, b.LeaseDuration, b.Queue)

@@ -216,7 +216,7 @@ func (s *Service) register(req connector.StartJobRequest) *leaseState {
 	if l := s.leases[req.JobID]; l != nil {
 		return nil
 	}
-	hash := ""
+	hash := req.TokenHash // the coordinator sent only the hash
 	if req.Token != "" {
 		hash = jobs.TokenHash(req.Token)
 	}

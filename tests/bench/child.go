@@ -45,6 +45,7 @@ var children = map[string]func(e *env) error{
 	"image":       runImage,
 	"retention":   runRetention,
 	"web":         runWeb,
+	"fleet":       runFleet,
 	// Helpers run by scenarios, not scenarios themselves.
 	"farm":      runFarm,
 	"hookprint": runHookPrint,
@@ -67,6 +68,7 @@ func childMain(args []string) int {
 	fs.Int64("bytes", 0, "")
 	fs.Duration("every", 0, "")
 	fs.Duration("delay", 0, "")
+	fs.Duration("duration", 0, "")
 	if err := fs.Parse(args[1:]); err != nil {
 		return 2
 	}

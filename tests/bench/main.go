@@ -8,7 +8,7 @@
 // bounded in time and cleans up its processes; one that has to scale down says so in its
 // row's note.
 //
-//	bench [-bin bin/boardvisor] [-out bin/bench-results.json] [-only idle,lease,...] [-profile DIR]
+//	bench [-bin bin/boardvisor] [-out bin/bench-results.json] [-only idle,lease,...] [-profile DIR] [-fleet-duration 60s]
 package main
 
 import (
@@ -63,6 +63,7 @@ var scenarios = []scenario{
 	{name: "image", timeout: 180 * time.Second},
 	{name: "retention", timeout: 180 * time.Second},
 	{name: "web", timeout: 240 * time.Second},
+	{name: "fleet"}, // timeout and args from -fleet-duration
 }
 
 func main() {
@@ -73,7 +74,14 @@ func main() {
 	out := flag.String("out", "bin/bench-results.json", "where to write the table as JSON")
 	only := flag.String("only", "", "comma-separated scenarios to run (default all): "+names())
 	profile := flag.String("profile", "", "directory for a CPU profile of each in-process scenario")
+	fleetDuration := flag.Duration("fleet-duration", FleetDefaultDuration, "how long the fleet scenario's load runs (its baseline runs a quarter of it, at least 10s)")
 	flag.Parse()
+	for i := range scenarios {
+		if scenarios[i].name == "fleet" {
+			scenarios[i].args = []string{"-duration", fleetDuration.String()}
+			scenarios[i].timeout = *fleetDuration*5/2 + 6*time.Minute // SQLite, its baseline, PostgreSQL
+		}
+	}
 	absBin, err := filepath.Abs(*bin)
 	if err == nil {
 		_, err = os.Stat(absBin)

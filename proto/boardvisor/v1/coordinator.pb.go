@@ -280,6 +280,7 @@ type CreateLeaseRequest struct {
 	// For a lease that is not attached: withdrawn if it is still queued after this long
 	// (unset: the coordinator's bound for detached leases).
 	MaxWait       *durationpb.Duration `protobuf:"bytes,7,opt,name=max_wait,json=maxWait,proto3" json:"max_wait,omitempty"`
+	Parameters    map[string]string    `protobuf:"bytes,8,rep,name=parameters,proto3" json:"parameters,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"` // Job parameters, passed to the hooks (BOARDVISOR_PARAM_<KEY>).
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -359,6 +360,13 @@ func (x *CreateLeaseRequest) GetAttached() bool {
 func (x *CreateLeaseRequest) GetMaxWait() *durationpb.Duration {
 	if x != nil {
 		return x.MaxWait
+	}
+	return nil
+}
+
+func (x *CreateLeaseRequest) GetParameters() map[string]string {
+	if x != nil {
+		return x.Parameters
 	}
 	return nil
 }
@@ -2513,6 +2521,104 @@ func (x *RevokeClientTokenResponse) GetRevoked() uint32 {
 	return 0
 }
 
+// Request of MoveBoard.
+type MoveBoardRequest struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Board          string                 `protobuf:"bytes,1,opt,name=board,proto3" json:"board,omitempty"`                                           // Board name.
+	ToSupervisorId string                 `protobuf:"bytes,2,opt,name=to_supervisor_id,json=toSupervisorId,proto3" json:"to_supervisor_id,omitempty"` // The supervisor it now belongs to; empty: nobody (the next to announce it gets it).
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *MoveBoardRequest) Reset() {
+	*x = MoveBoardRequest{}
+	mi := &file_boardvisor_v1_coordinator_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MoveBoardRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MoveBoardRequest) ProtoMessage() {}
+
+func (x *MoveBoardRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_boardvisor_v1_coordinator_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MoveBoardRequest.ProtoReflect.Descriptor instead.
+func (*MoveBoardRequest) Descriptor() ([]byte, []int) {
+	return file_boardvisor_v1_coordinator_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *MoveBoardRequest) GetBoard() string {
+	if x != nil {
+		return x.Board
+	}
+	return ""
+}
+
+func (x *MoveBoardRequest) GetToSupervisorId() string {
+	if x != nil {
+		return x.ToSupervisorId
+	}
+	return ""
+}
+
+// Response to MoveBoard.
+type MoveBoardResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Board         *Board                 `protobuf:"bytes,1,opt,name=board,proto3" json:"board,omitempty"` // The board after the move; unset when the name was freed.
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MoveBoardResponse) Reset() {
+	*x = MoveBoardResponse{}
+	mi := &file_boardvisor_v1_coordinator_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MoveBoardResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MoveBoardResponse) ProtoMessage() {}
+
+func (x *MoveBoardResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_boardvisor_v1_coordinator_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MoveBoardResponse.ProtoReflect.Descriptor instead.
+func (*MoveBoardResponse) Descriptor() ([]byte, []int) {
+	return file_boardvisor_v1_coordinator_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *MoveBoardResponse) GetBoard() *Board {
+	if x != nil {
+		return x.Board
+	}
+	return nil
+}
+
 var File_boardvisor_v1_coordinator_proto protoreflect.FileDescriptor
 
 const file_boardvisor_v1_coordinator_proto_rawDesc = "" +
@@ -2545,7 +2651,7 @@ const file_boardvisor_v1_coordinator_proto_rawDesc = "" +
 	"\bendpoint\x18\a \x01(\tR\bendpoint\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa9\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xbb\x03\n" +
 	"\x12CreateLeaseRequest\x12\x1a\n" +
 	"\bselector\x18\x01 \x01(\tR\bselector\x12\x14\n" +
 	"\x05board\x18\x02 \x01(\tR\x05board\x125\n" +
@@ -2554,7 +2660,13 @@ const file_boardvisor_v1_coordinator_proto_rawDesc = "" +
 	"clientName\x127\n" +
 	"\x05image\x18\x05 \x01(\v2!.boardvisor.v1.ImageSpecificationR\x05image\x12\x1a\n" +
 	"\battached\x18\x06 \x01(\bR\battached\x124\n" +
-	"\bmax_wait\x18\a \x01(\v2\x19.google.protobuf.DurationR\amaxWait\"A\n" +
+	"\bmax_wait\x18\a \x01(\v2\x19.google.protobuf.DurationR\amaxWait\x12Q\n" +
+	"\n" +
+	"parameters\x18\b \x03(\v21.boardvisor.v1.CreateLeaseRequest.ParametersEntryR\n" +
+	"parameters\x1a=\n" +
+	"\x0fParametersEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"A\n" +
 	"\x13CreateLeaseResponse\x12*\n" +
 	"\x05lease\x18\x01 \x01(\v2\x14.boardvisor.v1.LeaseR\x05lease\"!\n" +
 	"\x0fGetLeaseRequest\x12\x0e\n" +
@@ -2687,7 +2799,12 @@ const file_boardvisor_v1_coordinator_proto_rawDesc = "" +
 	"\x04user\x18\x01 \x01(\tR\x04user\x12 \n" +
 	"\vfingerprint\x18\x02 \x01(\tR\vfingerprint\"5\n" +
 	"\x19RevokeClientTokenResponse\x12\x18\n" +
-	"\arevoked\x18\x01 \x01(\rR\arevoked2\xfa\v\n" +
+	"\arevoked\x18\x01 \x01(\rR\arevoked\"R\n" +
+	"\x10MoveBoardRequest\x12\x14\n" +
+	"\x05board\x18\x01 \x01(\tR\x05board\x12(\n" +
+	"\x10to_supervisor_id\x18\x02 \x01(\tR\x0etoSupervisorId\"?\n" +
+	"\x11MoveBoardResponse\x12*\n" +
+	"\x05board\x18\x01 \x01(\v2\x14.boardvisor.v1.BoardR\x05board2\xca\f\n" +
 	"\fLeaseService\x12T\n" +
 	"\vCreateLease\x12!.boardvisor.v1.CreateLeaseRequest\x1a\".boardvisor.v1.CreateLeaseResponse\x12K\n" +
 	"\bGetLease\x12\x1e.boardvisor.v1.GetLeaseRequest\x1a\x1f.boardvisor.v1.GetLeaseResponse\x12F\n" +
@@ -2708,7 +2825,8 @@ const file_boardvisor_v1_coordinator_proto_rawDesc = "" +
 	"\x0fListSupervisors\x12%.boardvisor.v1.ListSupervisorsRequest\x1a&.boardvisor.v1.ListSupervisorsResponse\x12]\n" +
 	"\x0eAddClientToken\x12$.boardvisor.v1.AddClientTokenRequest\x1a%.boardvisor.v1.AddClientTokenResponse\x12c\n" +
 	"\x10ListClientTokens\x12&.boardvisor.v1.ListClientTokensRequest\x1a'.boardvisor.v1.ListClientTokensResponse\x12f\n" +
-	"\x11RevokeClientToken\x12'.boardvisor.v1.RevokeClientTokenRequest\x1a(.boardvisor.v1.RevokeClientTokenResponseBCZAgithub.com/boardvisor/boardvisor/proto/boardvisor/v1;boardvisorv1b\x06proto3"
+	"\x11RevokeClientToken\x12'.boardvisor.v1.RevokeClientTokenRequest\x1a(.boardvisor.v1.RevokeClientTokenResponse\x12N\n" +
+	"\tMoveBoard\x12\x1f.boardvisor.v1.MoveBoardRequest\x1a .boardvisor.v1.MoveBoardResponseBCZAgithub.com/boardvisor/boardvisor/proto/boardvisor/v1;boardvisorv1b\x06proto3"
 
 var (
 	file_boardvisor_v1_coordinator_proto_rawDescOnce sync.Once
@@ -2722,7 +2840,7 @@ func file_boardvisor_v1_coordinator_proto_rawDescGZIP() []byte {
 	return file_boardvisor_v1_coordinator_proto_rawDescData
 }
 
-var file_boardvisor_v1_coordinator_proto_msgTypes = make([]protoimpl.MessageInfo, 41)
+var file_boardvisor_v1_coordinator_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
 var file_boardvisor_v1_coordinator_proto_goTypes = []any{
 	(*Lease)(nil),                       // 0: boardvisor.v1.Lease
 	(*Board)(nil),                       // 1: boardvisor.v1.Board
@@ -2764,100 +2882,107 @@ var file_boardvisor_v1_coordinator_proto_goTypes = []any{
 	(*ListClientTokensResponse)(nil),    // 37: boardvisor.v1.ListClientTokensResponse
 	(*RevokeClientTokenRequest)(nil),    // 38: boardvisor.v1.RevokeClientTokenRequest
 	(*RevokeClientTokenResponse)(nil),   // 39: boardvisor.v1.RevokeClientTokenResponse
-	nil,                                 // 40: boardvisor.v1.Board.LabelsEntry
-	(LeasePhase)(0),                     // 41: boardvisor.v1.LeasePhase
-	(v1.ExporterStatus)(0),              // 42: jumpstarter.v1.ExporterStatus
-	(*timestamppb.Timestamp)(nil),       // 43: google.protobuf.Timestamp
-	(BoardHealth)(0),                    // 44: boardvisor.v1.BoardHealth
-	(*durationpb.Duration)(nil),         // 45: google.protobuf.Duration
-	(*ImageSpecification)(nil),          // 46: boardvisor.v1.ImageSpecification
-	(*JobError)(nil),                    // 47: boardvisor.v1.JobError
-	(v1.LogSource)(0),                   // 48: jumpstarter.v1.LogSource
-	(Severity)(0),                       // 49: boardvisor.v1.Severity
+	(*MoveBoardRequest)(nil),            // 40: boardvisor.v1.MoveBoardRequest
+	(*MoveBoardResponse)(nil),           // 41: boardvisor.v1.MoveBoardResponse
+	nil,                                 // 42: boardvisor.v1.Board.LabelsEntry
+	nil,                                 // 43: boardvisor.v1.CreateLeaseRequest.ParametersEntry
+	(LeasePhase)(0),                     // 44: boardvisor.v1.LeasePhase
+	(v1.ExporterStatus)(0),              // 45: jumpstarter.v1.ExporterStatus
+	(*timestamppb.Timestamp)(nil),       // 46: google.protobuf.Timestamp
+	(BoardHealth)(0),                    // 47: boardvisor.v1.BoardHealth
+	(*durationpb.Duration)(nil),         // 48: google.protobuf.Duration
+	(*ImageSpecification)(nil),          // 49: boardvisor.v1.ImageSpecification
+	(*JobError)(nil),                    // 50: boardvisor.v1.JobError
+	(v1.LogSource)(0),                   // 51: jumpstarter.v1.LogSource
+	(Severity)(0),                       // 52: boardvisor.v1.Severity
 }
 var file_boardvisor_v1_coordinator_proto_depIdxs = []int32{
-	41, // 0: boardvisor.v1.Lease.phase:type_name -> boardvisor.v1.LeasePhase
-	42, // 1: boardvisor.v1.Lease.exporter_status:type_name -> jumpstarter.v1.ExporterStatus
-	43, // 2: boardvisor.v1.Lease.created_at:type_name -> google.protobuf.Timestamp
-	43, // 3: boardvisor.v1.Lease.begins_at:type_name -> google.protobuf.Timestamp
-	43, // 4: boardvisor.v1.Lease.ends_at:type_name -> google.protobuf.Timestamp
-	40, // 5: boardvisor.v1.Board.labels:type_name -> boardvisor.v1.Board.LabelsEntry
-	42, // 6: boardvisor.v1.Board.status:type_name -> jumpstarter.v1.ExporterStatus
-	44, // 7: boardvisor.v1.Board.health:type_name -> boardvisor.v1.BoardHealth
-	45, // 8: boardvisor.v1.CreateLeaseRequest.duration:type_name -> google.protobuf.Duration
-	46, // 9: boardvisor.v1.CreateLeaseRequest.image:type_name -> boardvisor.v1.ImageSpecification
-	45, // 10: boardvisor.v1.CreateLeaseRequest.max_wait:type_name -> google.protobuf.Duration
-	0,  // 11: boardvisor.v1.CreateLeaseResponse.lease:type_name -> boardvisor.v1.Lease
-	0,  // 12: boardvisor.v1.GetLeaseResponse.lease:type_name -> boardvisor.v1.Lease
-	0,  // 13: boardvisor.v1.ReleaseLeaseResponse.lease:type_name -> boardvisor.v1.Lease
-	45, // 14: boardvisor.v1.ExtendLeaseRequest.by:type_name -> google.protobuf.Duration
-	0,  // 15: boardvisor.v1.ExtendLeaseResponse.lease:type_name -> boardvisor.v1.Lease
-	1,  // 16: boardvisor.v1.ListBoardsResponse.boards:type_name -> boardvisor.v1.Board
-	0,  // 17: boardvisor.v1.ListLeasesResponse.leases:type_name -> boardvisor.v1.Lease
-	1,  // 18: boardvisor.v1.SetBoardMaintenanceResponse.board:type_name -> boardvisor.v1.Board
-	43, // 19: boardvisor.v1.LeaseLogEntry.time:type_name -> google.protobuf.Timestamp
-	19, // 20: boardvisor.v1.LeaseLogEntry.phase:type_name -> boardvisor.v1.LeaseLogPhase
-	20, // 21: boardvisor.v1.LeaseLogEntry.hook_line:type_name -> boardvisor.v1.LeaseLogHookLine
-	47, // 22: boardvisor.v1.LeaseLogEntry.error:type_name -> boardvisor.v1.JobError
-	21, // 23: boardvisor.v1.LeaseLogEntry.end:type_name -> boardvisor.v1.LeaseLogEnd
-	41, // 24: boardvisor.v1.LeaseLogPhase.from:type_name -> boardvisor.v1.LeasePhase
-	41, // 25: boardvisor.v1.LeaseLogPhase.to:type_name -> boardvisor.v1.LeasePhase
-	42, // 26: boardvisor.v1.LeaseLogPhase.exporter_status:type_name -> jumpstarter.v1.ExporterStatus
-	48, // 27: boardvisor.v1.LeaseLogHookLine.source:type_name -> jumpstarter.v1.LogSource
-	49, // 28: boardvisor.v1.LeaseLogHookLine.severity:type_name -> boardvisor.v1.Severity
-	41, // 29: boardvisor.v1.LeaseLogEnd.phase:type_name -> boardvisor.v1.LeasePhase
-	43, // 30: boardvisor.v1.LeaseLogEnd.ended_at:type_name -> google.protobuf.Timestamp
-	42, // 31: boardvisor.v1.BoardWait.status:type_name -> jumpstarter.v1.ExporterStatus
-	44, // 32: boardvisor.v1.BoardWait.health:type_name -> boardvisor.v1.BoardHealth
-	43, // 33: boardvisor.v1.BoardWait.holder_ends_at:type_name -> google.protobuf.Timestamp
-	43, // 34: boardvisor.v1.BoardWait.supervisor_last_contact:type_name -> google.protobuf.Timestamp
-	0,  // 35: boardvisor.v1.ExplainWaitResponse.lease:type_name -> boardvisor.v1.Lease
-	24, // 36: boardvisor.v1.ExplainWaitResponse.boards:type_name -> boardvisor.v1.BoardWait
-	1,  // 37: boardvisor.v1.ClearQuarantineResponse.board:type_name -> boardvisor.v1.Board
-	30, // 38: boardvisor.v1.DrainSupervisorResponse.supervisor:type_name -> boardvisor.v1.SupervisorInfo
-	43, // 39: boardvisor.v1.SupervisorInfo.last_contact:type_name -> google.protobuf.Timestamp
-	30, // 40: boardvisor.v1.ListSupervisorsResponse.supervisors:type_name -> boardvisor.v1.SupervisorInfo
-	33, // 41: boardvisor.v1.AddClientTokenResponse.token:type_name -> boardvisor.v1.ClientTokenInfo
-	33, // 42: boardvisor.v1.ListClientTokensResponse.tokens:type_name -> boardvisor.v1.ClientTokenInfo
-	2,  // 43: boardvisor.v1.LeaseService.CreateLease:input_type -> boardvisor.v1.CreateLeaseRequest
-	4,  // 44: boardvisor.v1.LeaseService.GetLease:input_type -> boardvisor.v1.GetLeaseRequest
-	6,  // 45: boardvisor.v1.LeaseService.WatchLease:input_type -> boardvisor.v1.WatchLeaseRequest
-	7,  // 46: boardvisor.v1.LeaseService.ReleaseLease:input_type -> boardvisor.v1.ReleaseLeaseRequest
-	9,  // 47: boardvisor.v1.LeaseService.ExtendLease:input_type -> boardvisor.v1.ExtendLeaseRequest
-	11, // 48: boardvisor.v1.LeaseService.ListBoards:input_type -> boardvisor.v1.ListBoardsRequest
-	13, // 49: boardvisor.v1.LeaseService.ListLeases:input_type -> boardvisor.v1.ListLeasesRequest
-	15, // 50: boardvisor.v1.LeaseService.SetBoardMaintenance:input_type -> boardvisor.v1.SetBoardMaintenanceRequest
-	17, // 51: boardvisor.v1.LeaseService.LeaseLog:input_type -> boardvisor.v1.LeaseLogRequest
-	22, // 52: boardvisor.v1.LeaseService.AttachLease:input_type -> boardvisor.v1.AttachLeaseRequest
-	23, // 53: boardvisor.v1.LeaseService.ExplainWait:input_type -> boardvisor.v1.ExplainWaitRequest
-	26, // 54: boardvisor.v1.LeaseService.ClearQuarantine:input_type -> boardvisor.v1.ClearQuarantineRequest
-	28, // 55: boardvisor.v1.LeaseService.DrainSupervisor:input_type -> boardvisor.v1.DrainSupervisorRequest
-	31, // 56: boardvisor.v1.LeaseService.ListSupervisors:input_type -> boardvisor.v1.ListSupervisorsRequest
-	34, // 57: boardvisor.v1.LeaseService.AddClientToken:input_type -> boardvisor.v1.AddClientTokenRequest
-	36, // 58: boardvisor.v1.LeaseService.ListClientTokens:input_type -> boardvisor.v1.ListClientTokensRequest
-	38, // 59: boardvisor.v1.LeaseService.RevokeClientToken:input_type -> boardvisor.v1.RevokeClientTokenRequest
-	3,  // 60: boardvisor.v1.LeaseService.CreateLease:output_type -> boardvisor.v1.CreateLeaseResponse
-	5,  // 61: boardvisor.v1.LeaseService.GetLease:output_type -> boardvisor.v1.GetLeaseResponse
-	0,  // 62: boardvisor.v1.LeaseService.WatchLease:output_type -> boardvisor.v1.Lease
-	8,  // 63: boardvisor.v1.LeaseService.ReleaseLease:output_type -> boardvisor.v1.ReleaseLeaseResponse
-	10, // 64: boardvisor.v1.LeaseService.ExtendLease:output_type -> boardvisor.v1.ExtendLeaseResponse
-	12, // 65: boardvisor.v1.LeaseService.ListBoards:output_type -> boardvisor.v1.ListBoardsResponse
-	14, // 66: boardvisor.v1.LeaseService.ListLeases:output_type -> boardvisor.v1.ListLeasesResponse
-	16, // 67: boardvisor.v1.LeaseService.SetBoardMaintenance:output_type -> boardvisor.v1.SetBoardMaintenanceResponse
-	18, // 68: boardvisor.v1.LeaseService.LeaseLog:output_type -> boardvisor.v1.LeaseLogEntry
-	0,  // 69: boardvisor.v1.LeaseService.AttachLease:output_type -> boardvisor.v1.Lease
-	25, // 70: boardvisor.v1.LeaseService.ExplainWait:output_type -> boardvisor.v1.ExplainWaitResponse
-	27, // 71: boardvisor.v1.LeaseService.ClearQuarantine:output_type -> boardvisor.v1.ClearQuarantineResponse
-	29, // 72: boardvisor.v1.LeaseService.DrainSupervisor:output_type -> boardvisor.v1.DrainSupervisorResponse
-	32, // 73: boardvisor.v1.LeaseService.ListSupervisors:output_type -> boardvisor.v1.ListSupervisorsResponse
-	35, // 74: boardvisor.v1.LeaseService.AddClientToken:output_type -> boardvisor.v1.AddClientTokenResponse
-	37, // 75: boardvisor.v1.LeaseService.ListClientTokens:output_type -> boardvisor.v1.ListClientTokensResponse
-	39, // 76: boardvisor.v1.LeaseService.RevokeClientToken:output_type -> boardvisor.v1.RevokeClientTokenResponse
-	60, // [60:77] is the sub-list for method output_type
-	43, // [43:60] is the sub-list for method input_type
-	43, // [43:43] is the sub-list for extension type_name
-	43, // [43:43] is the sub-list for extension extendee
-	0,  // [0:43] is the sub-list for field type_name
+	44, // 0: boardvisor.v1.Lease.phase:type_name -> boardvisor.v1.LeasePhase
+	45, // 1: boardvisor.v1.Lease.exporter_status:type_name -> jumpstarter.v1.ExporterStatus
+	46, // 2: boardvisor.v1.Lease.created_at:type_name -> google.protobuf.Timestamp
+	46, // 3: boardvisor.v1.Lease.begins_at:type_name -> google.protobuf.Timestamp
+	46, // 4: boardvisor.v1.Lease.ends_at:type_name -> google.protobuf.Timestamp
+	42, // 5: boardvisor.v1.Board.labels:type_name -> boardvisor.v1.Board.LabelsEntry
+	45, // 6: boardvisor.v1.Board.status:type_name -> jumpstarter.v1.ExporterStatus
+	47, // 7: boardvisor.v1.Board.health:type_name -> boardvisor.v1.BoardHealth
+	48, // 8: boardvisor.v1.CreateLeaseRequest.duration:type_name -> google.protobuf.Duration
+	49, // 9: boardvisor.v1.CreateLeaseRequest.image:type_name -> boardvisor.v1.ImageSpecification
+	48, // 10: boardvisor.v1.CreateLeaseRequest.max_wait:type_name -> google.protobuf.Duration
+	43, // 11: boardvisor.v1.CreateLeaseRequest.parameters:type_name -> boardvisor.v1.CreateLeaseRequest.ParametersEntry
+	0,  // 12: boardvisor.v1.CreateLeaseResponse.lease:type_name -> boardvisor.v1.Lease
+	0,  // 13: boardvisor.v1.GetLeaseResponse.lease:type_name -> boardvisor.v1.Lease
+	0,  // 14: boardvisor.v1.ReleaseLeaseResponse.lease:type_name -> boardvisor.v1.Lease
+	48, // 15: boardvisor.v1.ExtendLeaseRequest.by:type_name -> google.protobuf.Duration
+	0,  // 16: boardvisor.v1.ExtendLeaseResponse.lease:type_name -> boardvisor.v1.Lease
+	1,  // 17: boardvisor.v1.ListBoardsResponse.boards:type_name -> boardvisor.v1.Board
+	0,  // 18: boardvisor.v1.ListLeasesResponse.leases:type_name -> boardvisor.v1.Lease
+	1,  // 19: boardvisor.v1.SetBoardMaintenanceResponse.board:type_name -> boardvisor.v1.Board
+	46, // 20: boardvisor.v1.LeaseLogEntry.time:type_name -> google.protobuf.Timestamp
+	19, // 21: boardvisor.v1.LeaseLogEntry.phase:type_name -> boardvisor.v1.LeaseLogPhase
+	20, // 22: boardvisor.v1.LeaseLogEntry.hook_line:type_name -> boardvisor.v1.LeaseLogHookLine
+	50, // 23: boardvisor.v1.LeaseLogEntry.error:type_name -> boardvisor.v1.JobError
+	21, // 24: boardvisor.v1.LeaseLogEntry.end:type_name -> boardvisor.v1.LeaseLogEnd
+	44, // 25: boardvisor.v1.LeaseLogPhase.from:type_name -> boardvisor.v1.LeasePhase
+	44, // 26: boardvisor.v1.LeaseLogPhase.to:type_name -> boardvisor.v1.LeasePhase
+	45, // 27: boardvisor.v1.LeaseLogPhase.exporter_status:type_name -> jumpstarter.v1.ExporterStatus
+	51, // 28: boardvisor.v1.LeaseLogHookLine.source:type_name -> jumpstarter.v1.LogSource
+	52, // 29: boardvisor.v1.LeaseLogHookLine.severity:type_name -> boardvisor.v1.Severity
+	44, // 30: boardvisor.v1.LeaseLogEnd.phase:type_name -> boardvisor.v1.LeasePhase
+	46, // 31: boardvisor.v1.LeaseLogEnd.ended_at:type_name -> google.protobuf.Timestamp
+	45, // 32: boardvisor.v1.BoardWait.status:type_name -> jumpstarter.v1.ExporterStatus
+	47, // 33: boardvisor.v1.BoardWait.health:type_name -> boardvisor.v1.BoardHealth
+	46, // 34: boardvisor.v1.BoardWait.holder_ends_at:type_name -> google.protobuf.Timestamp
+	46, // 35: boardvisor.v1.BoardWait.supervisor_last_contact:type_name -> google.protobuf.Timestamp
+	0,  // 36: boardvisor.v1.ExplainWaitResponse.lease:type_name -> boardvisor.v1.Lease
+	24, // 37: boardvisor.v1.ExplainWaitResponse.boards:type_name -> boardvisor.v1.BoardWait
+	1,  // 38: boardvisor.v1.ClearQuarantineResponse.board:type_name -> boardvisor.v1.Board
+	30, // 39: boardvisor.v1.DrainSupervisorResponse.supervisor:type_name -> boardvisor.v1.SupervisorInfo
+	46, // 40: boardvisor.v1.SupervisorInfo.last_contact:type_name -> google.protobuf.Timestamp
+	30, // 41: boardvisor.v1.ListSupervisorsResponse.supervisors:type_name -> boardvisor.v1.SupervisorInfo
+	33, // 42: boardvisor.v1.AddClientTokenResponse.token:type_name -> boardvisor.v1.ClientTokenInfo
+	33, // 43: boardvisor.v1.ListClientTokensResponse.tokens:type_name -> boardvisor.v1.ClientTokenInfo
+	1,  // 44: boardvisor.v1.MoveBoardResponse.board:type_name -> boardvisor.v1.Board
+	2,  // 45: boardvisor.v1.LeaseService.CreateLease:input_type -> boardvisor.v1.CreateLeaseRequest
+	4,  // 46: boardvisor.v1.LeaseService.GetLease:input_type -> boardvisor.v1.GetLeaseRequest
+	6,  // 47: boardvisor.v1.LeaseService.WatchLease:input_type -> boardvisor.v1.WatchLeaseRequest
+	7,  // 48: boardvisor.v1.LeaseService.ReleaseLease:input_type -> boardvisor.v1.ReleaseLeaseRequest
+	9,  // 49: boardvisor.v1.LeaseService.ExtendLease:input_type -> boardvisor.v1.ExtendLeaseRequest
+	11, // 50: boardvisor.v1.LeaseService.ListBoards:input_type -> boardvisor.v1.ListBoardsRequest
+	13, // 51: boardvisor.v1.LeaseService.ListLeases:input_type -> boardvisor.v1.ListLeasesRequest
+	15, // 52: boardvisor.v1.LeaseService.SetBoardMaintenance:input_type -> boardvisor.v1.SetBoardMaintenanceRequest
+	17, // 53: boardvisor.v1.LeaseService.LeaseLog:input_type -> boardvisor.v1.LeaseLogRequest
+	22, // 54: boardvisor.v1.LeaseService.AttachLease:input_type -> boardvisor.v1.AttachLeaseRequest
+	23, // 55: boardvisor.v1.LeaseService.ExplainWait:input_type -> boardvisor.v1.ExplainWaitRequest
+	26, // 56: boardvisor.v1.LeaseService.ClearQuarantine:input_type -> boardvisor.v1.ClearQuarantineRequest
+	28, // 57: boardvisor.v1.LeaseService.DrainSupervisor:input_type -> boardvisor.v1.DrainSupervisorRequest
+	31, // 58: boardvisor.v1.LeaseService.ListSupervisors:input_type -> boardvisor.v1.ListSupervisorsRequest
+	34, // 59: boardvisor.v1.LeaseService.AddClientToken:input_type -> boardvisor.v1.AddClientTokenRequest
+	36, // 60: boardvisor.v1.LeaseService.ListClientTokens:input_type -> boardvisor.v1.ListClientTokensRequest
+	38, // 61: boardvisor.v1.LeaseService.RevokeClientToken:input_type -> boardvisor.v1.RevokeClientTokenRequest
+	40, // 62: boardvisor.v1.LeaseService.MoveBoard:input_type -> boardvisor.v1.MoveBoardRequest
+	3,  // 63: boardvisor.v1.LeaseService.CreateLease:output_type -> boardvisor.v1.CreateLeaseResponse
+	5,  // 64: boardvisor.v1.LeaseService.GetLease:output_type -> boardvisor.v1.GetLeaseResponse
+	0,  // 65: boardvisor.v1.LeaseService.WatchLease:output_type -> boardvisor.v1.Lease
+	8,  // 66: boardvisor.v1.LeaseService.ReleaseLease:output_type -> boardvisor.v1.ReleaseLeaseResponse
+	10, // 67: boardvisor.v1.LeaseService.ExtendLease:output_type -> boardvisor.v1.ExtendLeaseResponse
+	12, // 68: boardvisor.v1.LeaseService.ListBoards:output_type -> boardvisor.v1.ListBoardsResponse
+	14, // 69: boardvisor.v1.LeaseService.ListLeases:output_type -> boardvisor.v1.ListLeasesResponse
+	16, // 70: boardvisor.v1.LeaseService.SetBoardMaintenance:output_type -> boardvisor.v1.SetBoardMaintenanceResponse
+	18, // 71: boardvisor.v1.LeaseService.LeaseLog:output_type -> boardvisor.v1.LeaseLogEntry
+	0,  // 72: boardvisor.v1.LeaseService.AttachLease:output_type -> boardvisor.v1.Lease
+	25, // 73: boardvisor.v1.LeaseService.ExplainWait:output_type -> boardvisor.v1.ExplainWaitResponse
+	27, // 74: boardvisor.v1.LeaseService.ClearQuarantine:output_type -> boardvisor.v1.ClearQuarantineResponse
+	29, // 75: boardvisor.v1.LeaseService.DrainSupervisor:output_type -> boardvisor.v1.DrainSupervisorResponse
+	32, // 76: boardvisor.v1.LeaseService.ListSupervisors:output_type -> boardvisor.v1.ListSupervisorsResponse
+	35, // 77: boardvisor.v1.LeaseService.AddClientToken:output_type -> boardvisor.v1.AddClientTokenResponse
+	37, // 78: boardvisor.v1.LeaseService.ListClientTokens:output_type -> boardvisor.v1.ListClientTokensResponse
+	39, // 79: boardvisor.v1.LeaseService.RevokeClientToken:output_type -> boardvisor.v1.RevokeClientTokenResponse
+	41, // 80: boardvisor.v1.LeaseService.MoveBoard:output_type -> boardvisor.v1.MoveBoardResponse
+	63, // [63:81] is the sub-list for method output_type
+	45, // [45:63] is the sub-list for method input_type
+	45, // [45:45] is the sub-list for extension type_name
+	45, // [45:45] is the sub-list for extension extendee
+	0,  // [0:45] is the sub-list for field type_name
 }
 
 func init() { file_boardvisor_v1_coordinator_proto_init() }
@@ -2881,7 +3006,7 @@ func file_boardvisor_v1_coordinator_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_boardvisor_v1_coordinator_proto_rawDesc), len(file_boardvisor_v1_coordinator_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   41,
+			NumMessages:   44,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

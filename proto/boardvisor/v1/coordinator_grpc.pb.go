@@ -41,6 +41,7 @@ const (
 	LeaseService_AddClientToken_FullMethodName      = "/boardvisor.v1.LeaseService/AddClientToken"
 	LeaseService_ListClientTokens_FullMethodName    = "/boardvisor.v1.LeaseService/ListClientTokens"
 	LeaseService_RevokeClientToken_FullMethodName   = "/boardvisor.v1.LeaseService/RevokeClientToken"
+	LeaseService_MoveBoard_FullMethodName           = "/boardvisor.v1.LeaseService/MoveBoard"
 )
 
 // LeaseServiceClient is the client API for LeaseService service.
@@ -95,6 +96,10 @@ type LeaseServiceClient interface {
 	ListClientTokens(ctx context.Context, in *ListClientTokensRequest, opts ...grpc.CallOption) (*ListClientTokensResponse, error)
 	// Operators: revoke a user's tokens (all of them, or the one with a fingerprint).
 	RevokeClientToken(ctx context.Context, in *RevokeClientTokenRequest, opts ...grpc.CallOption) (*RevokeClientTokenResponse, error)
+	// Gives a board name to another supervisor, or frees it (admins only). A board name
+	// belongs to the supervisor that first announced it until its supervisor stops
+	// announcing it or an admin moves it; another supervisor announcing it is refused.
+	MoveBoard(ctx context.Context, in *MoveBoardRequest, opts ...grpc.CallOption) (*MoveBoardResponse, error)
 }
 
 type leaseServiceClient struct {
@@ -302,6 +307,16 @@ func (c *leaseServiceClient) RevokeClientToken(ctx context.Context, in *RevokeCl
 	return out, nil
 }
 
+func (c *leaseServiceClient) MoveBoard(ctx context.Context, in *MoveBoardRequest, opts ...grpc.CallOption) (*MoveBoardResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(MoveBoardResponse)
+	err := c.cc.Invoke(ctx, LeaseService_MoveBoard_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // LeaseServiceServer is the server API for LeaseService service.
 // All implementations must embed UnimplementedLeaseServiceServer
 // for forward compatibility.
@@ -354,6 +369,10 @@ type LeaseServiceServer interface {
 	ListClientTokens(context.Context, *ListClientTokensRequest) (*ListClientTokensResponse, error)
 	// Operators: revoke a user's tokens (all of them, or the one with a fingerprint).
 	RevokeClientToken(context.Context, *RevokeClientTokenRequest) (*RevokeClientTokenResponse, error)
+	// Gives a board name to another supervisor, or frees it (admins only). A board name
+	// belongs to the supervisor that first announced it until its supervisor stops
+	// announcing it or an admin moves it; another supervisor announcing it is refused.
+	MoveBoard(context.Context, *MoveBoardRequest) (*MoveBoardResponse, error)
 	mustEmbedUnimplementedLeaseServiceServer()
 }
 
@@ -414,6 +433,9 @@ func (UnimplementedLeaseServiceServer) ListClientTokens(context.Context, *ListCl
 }
 func (UnimplementedLeaseServiceServer) RevokeClientToken(context.Context, *RevokeClientTokenRequest) (*RevokeClientTokenResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RevokeClientToken not implemented")
+}
+func (UnimplementedLeaseServiceServer) MoveBoard(context.Context, *MoveBoardRequest) (*MoveBoardResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method MoveBoard not implemented")
 }
 func (UnimplementedLeaseServiceServer) mustEmbedUnimplementedLeaseServiceServer() {}
 func (UnimplementedLeaseServiceServer) testEmbeddedByValue()                      {}
@@ -721,6 +743,24 @@ func _LeaseService_RevokeClientToken_Handler(srv interface{}, ctx context.Contex
 	return interceptor(ctx, in, info, handler)
 }
 
+func _LeaseService_MoveBoard_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MoveBoardRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(LeaseServiceServer).MoveBoard(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: LeaseService_MoveBoard_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(LeaseServiceServer).MoveBoard(ctx, req.(*MoveBoardRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // LeaseService_ServiceDesc is the grpc.ServiceDesc for LeaseService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -783,6 +823,10 @@ var LeaseService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RevokeClientToken",
 			Handler:    _LeaseService_RevokeClientToken_Handler,
+		},
+		{
+			MethodName: "MoveBoard",
+			Handler:    _LeaseService_MoveBoard_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -361,12 +361,16 @@ func (*SupervisorMessage_Event) isSupervisorMessage_Msg() {}
 // Introduces the supervisor on a new stream; the coordinator reconciles its
 // view of jobs against live_jobs (level-based, as Treadmill's switchboard).
 type Hello struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	SupervisorId  string                 `protobuf:"bytes,1,opt,name=supervisor_id,json=supervisorId,proto3" json:"supervisor_id,omitempty"`    // Stable identity of this supervisor (lab host).
-	Boards        []*BoardInfo           `protobuf:"bytes,2,rep,name=boards,proto3" json:"boards,omitempty"`                                    // Every board this supervisor serves.
-	LiveJobs      []*LiveJob             `protobuf:"bytes,3,rep,name=live_jobs,json=liveJobs,proto3" json:"live_jobs,omitempty"`                // Jobs it holds, including ended ones not yet acknowledged.
-	LastAckedSeq  uint64                 `protobuf:"varint,4,opt,name=last_acked_seq,json=lastAckedSeq,proto3" json:"last_acked_seq,omitempty"` // Highest event seq the coordinator has acknowledged.
-	Version       string                 `protobuf:"bytes,5,opt,name=version,proto3" json:"version,omitempty"`                                  // Supervisor software version.
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	SupervisorId string                 `protobuf:"bytes,1,opt,name=supervisor_id,json=supervisorId,proto3" json:"supervisor_id,omitempty"`    // Stable identity of this supervisor (lab host).
+	Boards       []*BoardInfo           `protobuf:"bytes,2,rep,name=boards,proto3" json:"boards,omitempty"`                                    // Every board this supervisor serves.
+	LiveJobs     []*LiveJob             `protobuf:"bytes,3,rep,name=live_jobs,json=liveJobs,proto3" json:"live_jobs,omitempty"`                // Jobs it holds, including ended ones not yet acknowledged.
+	LastAckedSeq uint64                 `protobuf:"varint,4,opt,name=last_acked_seq,json=lastAckedSeq,proto3" json:"last_acked_seq,omitempty"` // Highest event seq the coordinator has acknowledged.
+	Version      string                 `protobuf:"bytes,5,opt,name=version,proto3" json:"version,omitempty"`                                  // Supervisor software version.
+	// Random, chosen once per run of the supervisor process: a Hello with the ID of a
+	// supervisor whose session is still open is refused (AlreadyExists) unless it comes
+	// from the same run (a reconnect the coordinator has not noticed the end of yet).
+	InstanceId    string `protobuf:"bytes,6,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -432,6 +436,13 @@ func (x *Hello) GetLastAckedSeq() uint64 {
 func (x *Hello) GetVersion() string {
 	if x != nil {
 		return x.Version
+	}
+	return ""
+}
+
+func (x *Hello) GetInstanceId() string {
+	if x != nil {
+		return x.InstanceId
 	}
 	return ""
 }
@@ -1563,7 +1574,10 @@ type StartJob struct {
 	// The image to provision the board with before its beforeLease hook; unset: none.
 	// Its stages are reported as STARTING -> STARTING transitions naming the stage
 	// (FETCHING_IMAGE, ALLOCATING, PROVISIONING) in running_state.
-	Image         *ImageSpecification `protobuf:"bytes,7,opt,name=image,proto3" json:"image,omitempty"`
+	Image *ImageSpecification `protobuf:"bytes,7,opt,name=image,proto3" json:"image,omitempty"`
+	// Hex SHA-256 of the lease token (what the supervisor keeps to check it). The
+	// coordinator keeps only this and sends it instead of the token.
+	TokenSha256   string `protobuf:"bytes,8,opt,name=token_sha256,json=tokenSha256,proto3" json:"token_sha256,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1647,6 +1661,13 @@ func (x *StartJob) GetImage() *ImageSpecification {
 	return nil
 }
 
+func (x *StartJob) GetTokenSha256() string {
+	if x != nil {
+		return x.TokenSha256
+	}
+	return ""
+}
+
 // Stop a job; the after-lease hook still runs.
 type StopJob struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1703,9 +1724,14 @@ func (x *StopJob) GetReason() string {
 // ExtendJob moves a job's end: the supervisor's own bound on the lease is re-armed to
 // remaining from when it receives this (the coordinator keeps its own clock too).
 type ExtendJob struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	JobId         string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"` // Job to extend.
-	Remaining     *durationpb.Duration   `protobuf:"bytes,2,opt,name=remaining,proto3" json:"remaining,omitempty"`      // How long the lease may still last from now.
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	JobId     string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"` // Job to extend.
+	Remaining *durationpb.Duration   `protobuf:"bytes,2,opt,name=remaining,proto3" json:"remaining,omitempty"`      // How long the lease may still last from now.
+	// When the lease ends (the coordinator's ends_at), by the supervisor's own clock: the
+	// coordinator counts it from the READY time the supervisor reported, so a supervisor
+	// that arms its end here ends the lease exactly when the coordinator says it ends,
+	// whatever the link's delay. Unset for a lease not READY yet.
+	EndsAt        *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=ends_at,json=endsAt,proto3" json:"ends_at,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1750,6 +1776,13 @@ func (x *ExtendJob) GetJobId() string {
 func (x *ExtendJob) GetRemaining() *durationpb.Duration {
 	if x != nil {
 		return x.Remaining
+	}
+	return nil
+}
+
+func (x *ExtendJob) GetEndsAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EndsAt
 	}
 	return nil
 }
@@ -1860,13 +1893,15 @@ const file_boardvisor_v1_supervisor_proto_rawDesc = "" +
 	"\x11SupervisorMessage\x12,\n" +
 	"\x05hello\x18\x01 \x01(\v2\x14.boardvisor.v1.HelloH\x00R\x05hello\x12,\n" +
 	"\x05event\x18\x02 \x01(\v2\x14.boardvisor.v1.EventH\x00R\x05eventB\x05\n" +
-	"\x03msg\"\xd3\x01\n" +
+	"\x03msg\"\xf4\x01\n" +
 	"\x05Hello\x12#\n" +
 	"\rsupervisor_id\x18\x01 \x01(\tR\fsupervisorId\x120\n" +
 	"\x06boards\x18\x02 \x03(\v2\x18.boardvisor.v1.BoardInfoR\x06boards\x123\n" +
 	"\tlive_jobs\x18\x03 \x03(\v2\x16.boardvisor.v1.LiveJobR\bliveJobs\x12$\n" +
 	"\x0elast_acked_seq\x18\x04 \x01(\x04R\flastAckedSeq\x12\x18\n" +
-	"\aversion\x18\x05 \x01(\tR\aversion\"\xad\x02\n" +
+	"\aversion\x18\x05 \x01(\tR\aversion\x12\x1f\n" +
+	"\vinstance_id\x18\x06 \x01(\tR\n" +
+	"instanceId\"\xad\x02\n" +
 	"\tBoardInfo\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12<\n" +
 	"\x06labels\x18\x02 \x03(\v2$.boardvisor.v1.BoardInfo.LabelsEntryR\x06labels\x126\n" +
@@ -1951,7 +1986,7 @@ const file_boardvisor_v1_supervisor_proto_rawDesc = "" +
 	"\x0fClearQuarantine\x12\x14\n" +
 	"\x05board\x18\x01 \x01(\tR\x05board\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x0e\n" +
-	"\x02by\x18\x03 \x01(\tR\x02by\"\xe6\x02\n" +
+	"\x02by\x18\x03 \x01(\tR\x02by\"\x89\x03\n" +
 	"\bStartJob\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x14\n" +
 	"\x05board\x18\x02 \x01(\tR\x05board\x12\x1f\n" +
@@ -1962,16 +1997,18 @@ const file_boardvisor_v1_supervisor_proto_rawDesc = "" +
 	"\n" +
 	"parameters\x18\x06 \x03(\v2'.boardvisor.v1.StartJob.ParametersEntryR\n" +
 	"parameters\x127\n" +
-	"\x05image\x18\a \x01(\v2!.boardvisor.v1.ImageSpecificationR\x05image\x1a=\n" +
+	"\x05image\x18\a \x01(\v2!.boardvisor.v1.ImageSpecificationR\x05image\x12!\n" +
+	"\ftoken_sha256\x18\b \x01(\tR\vtokenSha256\x1a=\n" +
 	"\x0fParametersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"8\n" +
 	"\aStopJob\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x16\n" +
-	"\x06reason\x18\x02 \x01(\tR\x06reason\"[\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"\x90\x01\n" +
 	"\tExtendJob\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x127\n" +
-	"\tremaining\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\tremaining\"!\n" +
+	"\tremaining\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\tremaining\x123\n" +
+	"\aends_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x06endsAt\"!\n" +
 	"\x03Ack\x12\x1a\n" +
 	"\tup_to_seq\x18\x01 \x01(\x04R\aupToSeq\"T\n" +
 	"\aWelcome\x12%\n" +
@@ -2099,13 +2136,14 @@ var file_boardvisor_v1_supervisor_proto_depIdxs = []int32{
 	25, // 35: boardvisor.v1.StartJob.parameters:type_name -> boardvisor.v1.StartJob.ParametersEntry
 	32, // 36: boardvisor.v1.StartJob.image:type_name -> boardvisor.v1.ImageSpecification
 	31, // 37: boardvisor.v1.ExtendJob.remaining:type_name -> google.protobuf.Duration
-	4,  // 38: boardvisor.v1.SupervisorLink.Connect:input_type -> boardvisor.v1.SupervisorMessage
-	17, // 39: boardvisor.v1.SupervisorLink.Connect:output_type -> boardvisor.v1.CoordinatorMessage
-	39, // [39:40] is the sub-list for method output_type
-	38, // [38:39] is the sub-list for method input_type
-	38, // [38:38] is the sub-list for extension type_name
-	38, // [38:38] is the sub-list for extension extendee
-	0,  // [0:38] is the sub-list for field type_name
+	29, // 38: boardvisor.v1.ExtendJob.ends_at:type_name -> google.protobuf.Timestamp
+	4,  // 39: boardvisor.v1.SupervisorLink.Connect:input_type -> boardvisor.v1.SupervisorMessage
+	17, // 40: boardvisor.v1.SupervisorLink.Connect:output_type -> boardvisor.v1.CoordinatorMessage
+	40, // [40:41] is the sub-list for method output_type
+	39, // [39:40] is the sub-list for method input_type
+	39, // [39:39] is the sub-list for extension type_name
+	39, // [39:39] is the sub-list for extension extendee
+	0,  // [0:39] is the sub-list for field type_name
 }
 
 func init() { file_boardvisor_v1_supervisor_proto_init() }
