@@ -2,8 +2,6 @@ package coordinator
 
 import (
 	"context"
-	"database/sql"
-	"errors"
 	"sort"
 	"strings"
 
@@ -93,23 +91,6 @@ func insertLeaseImage(ctx context.Context, q querier, id string, img *pb.ImageSp
 	}
 	_, err = q.ExecContext(ctx, `INSERT INTO lease_images (lease_id, spec) VALUES ($1, $2)`, id, string(b))
 	return err
-}
-
-// leaseImage returns a lease's image (nil: none).
-func leaseImage(ctx context.Context, q querier, id string) (*pb.ImageSpecification, error) {
-	var spec string
-	err := q.QueryRowContext(ctx, `SELECT spec FROM lease_images WHERE lease_id = $1`, id).Scan(&spec)
-	if errors.Is(err, sql.ErrNoRows) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	img := &pb.ImageSpecification{}
-	if err := protojson.Unmarshal([]byte(spec), img); err != nil {
-		return nil, err
-	}
-	return img, nil
 }
 
 // loadImages sets the Image of the leases that have one (the live leases, at load).
