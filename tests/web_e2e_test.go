@@ -756,7 +756,7 @@ func TestWebClearQuarantineIsForAdmins(t *testing.T) {
 	root.until("no clearing offered any more", `document.querySelectorAll('button.clear-quarantine').length === 0`)
 
 	// The board is leasable again.
-	l, w = f.lease(webAliceTok, "q-01")
+	_, w = f.lease(webAliceTok, "q-01")
 	if _, err := w.ready(); err != nil {
 		t.Fatalf("a lease of q-01 after its quarantine was cleared: %v", err)
 	}

@@ -4,9 +4,9 @@
 // (`boardvisor coordinator --web ADDR`), from files embedded in the binary.
 //
 // The dashboard is a client of the coordinator. What a user asks for (a lease, its log,
-// maintenance) goes through the LeaseService over an in-process gRPC connection with
-// the user's own client token, so the coordinator's access checks decide what the user
-// sees and may do. What every tab shows (the farm's boards and leases, the supervisors)
+// maintenance, clearing a quarantine) goes through the LeaseService over an in-process
+// gRPC connection with the user's own client token, so the coordinator's access checks
+// decide what the user sees and may do. What every tab shows (the farm's boards and leases, the supervisors)
 // is read by one watcher per kind of data shared by all open tabs, started with the first
 // tab and stopped after the last, and woken by the coordinator's change feed
 // (coordinator.WatchFarm): an idle farm, or a farm nobody watches, costs nothing.
