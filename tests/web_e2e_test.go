@@ -268,6 +268,13 @@ type webFarm struct {
 
 func startWebFarm(t *testing.T, before, after string, boards ...boardSpec) *webFarm {
 	t.Helper()
+	return startWebFarmWith(t, before, after, nil, boards...)
+}
+
+// startWebFarmWith is startWebFarm with edit run on the supervisor's config before the
+// supervisor starts.
+func startWebFarmWith(t *testing.T, before, after string, edit func(cfgPath string), boards ...boardSpec) *webFarm {
+	t.Helper()
 	chromiumPath(t) // skip before starting anything when there is no browser
 	dir := t.TempDir()
 	f := &webFarm{t: t, dir: dir, coordAddr: freeAddr(t), webAddr: freeAddr(t), coordState: filepath.Join(dir, "coord")}
@@ -281,6 +288,9 @@ func startWebFarm(t *testing.T, before, after string, boards ...boardSpec) *webF
 		if h != "" {
 			editConfig(t, f.cfgPath, "timeout: 20s", "timeout: 180s")
 		}
+	}
+	if edit != nil {
+		edit(f.cfgPath)
 	}
 	f.sup = startSupervisor(t, "supervisor", f.cfgPath)
 	waitBoards(t, f.api(webRootTok), len(boards))
@@ -656,5 +666,111 @@ func TestWebMaintenanceIsForAdmins(t *testing.T) {
 		if strings.Contains(string(audit), tok) || strings.Contains(f.coord.output(), tok) {
 			t.Fatalf("a client token is in the audit log or the coordinator's output")
 		}
+	}
+}
+
+// healthOf is the JavaScript for a board's health cell on the boards page.
+func healthOf(board string) string {
+	return `(document.querySelector('tr[data-board=` + jsString(board) + `] .health') || {}).textContent`
+}
+
+// Only an admin may clear a quarantine. A board is quarantined for real (its afterLease
+// hook fails with onFailure: exit); a user's page offers no clearing and the endpoint
+// refuses his request (audited); a request without the session's CSRF token is refused;
+// the admin's page offers it on that board only, and after the click the board is
+// AVAILABLE again on both pages without a reload, and leasable.
+func TestWebClearQuarantineIsForAdmins(t *testing.T) {
+	dir := t.TempDir()
+	once := filepath.Join(dir, "failed-once")
+	after := `[ "$BOARD_NAME" = q-01 ] && [ ! -e ` + once + ` ] && { touch ` + once + `; echo 'JMP_ERROR: the board did not power off'; exit 3; }; true`
+	f := startWebFarmWith(t, "", after, func(cfg string) {
+		editConfig(t, cfg, "afterLease: {timeout: 180s, onFailure: endLease", "afterLease: {timeout: 180s, onFailure: exit")
+	}, boardSpec{"q-01", "device: q"}, boardSpec{"rpi4-01", "device: rpi4"})
+	l, w := f.lease(webAliceTok, "q-01")
+	if _, err := w.ready(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.api(webAliceTok).ReleaseLease(ctxT(t), &pb.ReleaseLeaseRequest{Id: l.GetId(), Reason: "done"}); err != nil {
+		t.Fatal(err)
+	}
+
+	bob := newBrowser(t, f.url())
+	bob.login(webBobTok, "/")
+	bob.until("q-01 quarantined on bob's page", healthOf("q-01")+` === 'BAD' && `+statusOf("q-01")+` === 'OFFLINE'`)
+	var offered int
+	bob.mustEval(`document.querySelectorAll('button.clear-quarantine, td.actions').length + (document.getElementById('actions-head').hidden ? 0 : 1)`, &offered)
+	if offered != 0 {
+		t.Fatal("bob's boards page offers to clear the quarantine")
+	}
+	post := func(b *browser, csrf bool) (code int, msg string) {
+		var r struct {
+			Status int
+			Error  string
+		}
+		hdr := `'X-CSRF-Token': (await (await fetch('/api/me')).json()).csrf`
+		if !csrf {
+			hdr = `'X-CSRF-Token': 'forged'`
+		}
+		b.mustEval(`(async () => {
+			const r = await fetch('/api/boards/q-01/clear-quarantine', {method: 'POST',
+				headers: {'Content-Type': 'application/json', `+hdr+`}, body: JSON.stringify({reason: 'mine now'})});
+			return {status: r.status, error: (await r.json()).error};
+		})()`, &r)
+		return r.Status, r.Error
+	}
+	if code, msg := post(bob, true); code != 403 || !strings.Contains(msg, "only an admin may clear") {
+		t.Fatalf("bob's request to clear the quarantine: %d %q, want 403 only an admin", code, msg)
+	}
+
+	root := newBrowser(t, f.url())
+	root.login(webRootTok, "/")
+	clearBtn := func(board string) string {
+		return `document.querySelector('tr[data-board=` + jsString(board) + `] button.clear-quarantine')`
+	}
+	root.until("q-01 quarantined on root's page, with its button", healthOf("q-01")+` === 'BAD' && `+clearBtn("q-01")+` !== null`)
+	if code, msg := post(root, false); code != 403 || !strings.Contains(msg, "CSRF") {
+		t.Fatalf("a request to clear the quarantine without the CSRF token: %d %q, want 403", code, msg)
+	}
+	var others bool
+	root.mustEval(healthOf("rpi4-01")+` === 'GOOD' && `+clearBtn("rpi4-01")+` === null && document.querySelectorAll('button.clear-quarantine').length === 1`, &others)
+	if !others {
+		t.Fatalf("root's page offers to clear the quarantine of a board that has none:\n%s", root.text())
+	}
+	for _, b := range []*browser{bob, root} {
+		var h string
+		b.mustEval(healthOf("q-01"), &h)
+		if h != "BAD" {
+			t.Fatalf("q-01 shows %q after refused requests, want BAD", h)
+		}
+		b.mustEval(`window.__samePage = true`, nil)
+	}
+	root.screenshot("boards-quarantined")
+	root.do("clear q-01's quarantine",
+		chromedp.Click(chromedp.CSS(`tr[data-board="q-01"] button.clear-quarantine`)),
+		chromedp.SendKeys(chromedp.CSS(`tr[data-board="q-01"] input.reason`), "power supply replaced"),
+		chromedp.Click(chromedp.CSS(`tr[data-board="q-01"] button.confirm`)),
+	)
+	for _, b := range []*browser{root, bob} {
+		b.until("q-01 AVAILABLE and GOOD again, without a reload", statusOf("q-01")+` === 'AVAILABLE' && `+healthOf("q-01")+` === 'GOOD' && window.__samePage === true`)
+	}
+	root.until("no clearing offered any more", `document.querySelectorAll('button.clear-quarantine').length === 0`)
+
+	// The board is leasable again.
+	_, w = f.lease(webAliceTok, "q-01")
+	if _, err := w.ready(); err != nil {
+		t.Fatalf("a lease of q-01 after its quarantine was cleared: %v", err)
+	}
+	audit, _ := os.ReadFile(filepath.Join(f.coordState, "audit.jsonl"))
+	for _, want := range []string{`"who":"root (dashboard`, `quarantine cleared (dashboard): power supply replaced`,
+		`"clear-quarantine"`, `clear quarantine from the dashboard: not an admin`, `missing or wrong CSRF token`} {
+		if !strings.Contains(string(audit), want) {
+			t.Errorf("the audit log lacks %q:\n%s", want, audit)
+		}
+	}
+	if !strings.Contains(f.sup.output(), "quarantine cleared") || !strings.Contains(f.sup.output(), "power supply replaced") {
+		t.Errorf("the supervisor does not say who cleared the quarantine, and why:\n%s", f.sup.output())
+	}
+	if d := append(bob.dialogsOpened(), root.dialogsOpened()...); len(d) > 0 {
+		t.Fatalf("dialogs opened: %v", d)
 	}
 }

@@ -4,9 +4,9 @@
 // (`boardvisor coordinator --web ADDR`), from files embedded in the binary.
 //
 // The dashboard is a client of the coordinator. What a user asks for (a lease, its log,
-// maintenance) goes through the LeaseService over an in-process gRPC connection with
-// the user's own client token, so the coordinator's access checks decide what the user
-// sees and may do. What every tab shows (the farm's boards and leases, the supervisors)
+// maintenance, clearing a quarantine) goes through the LeaseService over an in-process
+// gRPC connection with the user's own client token, so the coordinator's access checks
+// decide what the user sees and may do. What every tab shows (the farm's boards and leases, the supervisors)
 // is read by one watcher per kind of data shared by all open tabs, started with the first
 // tab and stopped after the last, and woken by the coordinator's change feed
 // (coordinator.WatchFarm): an idle farm, or a farm nobody watches, costs nothing.
@@ -28,6 +28,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net"
 	"net/http"
@@ -209,9 +210,7 @@ func (s *Server) routes() {
 	m.HandleFunc("GET /api/events/supervisors", s.authed(s.supervisorEvents))
 	m.HandleFunc("GET /api/events/lease/{id}", s.authed(s.leaseEvents))
 	m.HandleFunc("POST /api/boards/{name}/maintenance", s.authed(s.setMaintenance))
-	// TODO(web): clear a board's quarantine from the page once the operators'
-	// ClearQuarantine RPC is on main (POST /api/boards/{name}/clear-quarantine, admins,
-	// CSRF, audited, as maintenance is).
+	m.HandleFunc("POST /api/boards/{name}/clear-quarantine", s.authed(s.clearQuarantine))
 	s.mux = http.NewServeMux()
 	s.mux.Handle("/", securityHeaders(m))
 }
@@ -662,4 +661,69 @@ func (s *Server) setMaintenance(w http.ResponseWriter, r *http.Request, c caller
 	s.log.Info("board maintenance set from the dashboard", "board", name, "on", req.On, "user", c.user.Name)
 	b := resp.GetBoard()
 	writeJSON(w, http.StatusOK, map[string]string{"board": b.GetName(), "health": short(b.GetHealth().String(), "BOARD_HEALTH_")})
+}
+
+// clearQuarantine asks a quarantined board's supervisor to clear its quarantine (admins
+// only; the coordinator checks again with the user's token, and the user is the one who
+// cleared it in the coordinator's and the supervisor's records). The answer means the
+// request reached the supervisor; the board's new health follows on the farm's stream.
+func (s *Server) clearQuarantine(w http.ResponseWriter, r *http.Request, c caller) {
+	name := r.PathValue("name")
+	if !c.user.Admin {
+		s.audit().Refused(c.who(), name, "", "clear quarantine from the dashboard: not an admin")
+		writeError(w, http.StatusForbidden, "only an admin may clear a board's quarantine ("+c.user.Name+" is not one)")
+		return
+	}
+	var req struct {
+		Reason string `json:"reason"`
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, 16<<10)
+	if err := json.NewDecoder(r.Body).Decode(&req); err != nil && !errors.Is(err, io.EOF) {
+		writeError(w, http.StatusBadRequest, `the request could not be read: send {"reason": "..."}`)
+		return
+	}
+	reason, err := checkReason(req.Reason)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	if reason == "" {
+		reason = "cleared from the dashboard"
+	}
+	ctx, cancel := context.WithTimeout(c.ctx(r.Context()), 30*time.Second)
+	defer cancel()
+	resp, err := s.api.ClearQuarantine(ctx, &pb.ClearQuarantineRequest{Board: name, Reason: reason})
+	if err != nil {
+		code, msg := clearQuarantineError(name, err)
+		if code >= 500 {
+			s.log.Warn("clear quarantine from the dashboard failed", "board", name, "user", c.user.Name, "error", err)
+		}
+		s.audit().Refused(c.who(), name, "", "clear quarantine from the dashboard: "+msg)
+		if code == http.StatusUnauthorized {
+			s.sessions.drop(c.sess)
+		}
+		writeError(w, code, msg)
+		return
+	}
+	s.audit().Request(c.who(), name, "", "ClearQuarantine", "quarantine cleared (dashboard): "+reason)
+	s.log.Info("board quarantine cleared from the dashboard", "board", name, "user", c.user.Name)
+	sup := resp.GetBoard().GetSupervisorId()
+	writeJSON(w, http.StatusOK, map[string]string{"board": name, "supervisor": sup,
+		"message": "supervisor " + sup + " was asked to clear the quarantine of " + name + ": the board shows AVAILABLE once it has"})
+}
+
+// clearQuarantineError is a failed ClearQuarantine as an HTTP status and one sentence:
+// the coordinator's own sentence where it says what is wrong (not quarantined, no such
+// board, supervisor not connected, not an admin), else what happened and what to do.
+func clearQuarantineError(board string, err error) (int, string) {
+	code, msg := rpcHTTP(err)
+	switch status.Code(err) {
+	case codes.InvalidArgument, codes.NotFound, codes.FailedPrecondition, codes.PermissionDenied, codes.Unauthenticated:
+		return code, msg
+	case codes.Unavailable:
+		return code, "the request to clear the quarantine of " + board + " did not reach its supervisor: try again in a moment"
+	case codes.DeadlineExceeded, codes.Canceled:
+		return code, "the coordinator did not answer in time: look at the board's health before trying again"
+	}
+	return code, "the coordinator could not clear the quarantine of " + board + ": try again, or ask its operator to look at its log"
 }

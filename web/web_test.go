@@ -129,6 +129,9 @@ type fakeSup struct {
 	mu     sync.Mutex
 	seq    uint64
 	starts chan *pb.StartJob
+	clears chan *pb.ClearQuarantine
+	// gone ends the supervisor's link.
+	gone func()
 }
 
 func (r *rig) supervisor(id string, boards ...*pb.BoardInfo) *fakeSup {
@@ -149,7 +152,7 @@ func (r *rig) supervisor(id string, boards ...*pb.BoardInfo) *fakeSup {
 	if m, err := stream.Recv(); err != nil || m.GetWelcome() == nil {
 		r.t.Fatalf("no Welcome: %v %v", m, err)
 	}
-	f := &fakeSup{t: r.t, stream: stream, starts: make(chan *pb.StartJob, 100)}
+	f := &fakeSup{t: r.t, stream: stream, starts: make(chan *pb.StartJob, 100), clears: make(chan *pb.ClearQuarantine, 100), gone: cancel}
 	go func() {
 		for {
 			m, err := stream.Recv()
@@ -158,6 +161,9 @@ func (r *rig) supervisor(id string, boards ...*pb.BoardInfo) *fakeSup {
 			}
 			if s := m.GetStartJob(); s != nil {
 				f.starts <- s
+			}
+			if q := m.GetClearQuarantine(); q != nil {
+				f.clears <- q
 			}
 		}
 	}()
@@ -755,6 +761,128 @@ func TestStateChangesNeedCSRFAndTheDashboardsOrigin(t *testing.T) {
 	}
 	if !strings.Contains(r.audit.all(), "a client token the coordinator does not know") {
 		t.Fatalf("unknown tokens not audited:\n%s", r.audit.all())
+	}
+}
+
+// post sends a state-changing request as a browser's page would (JSON, from the
+// dashboard's own origin), with csrfTok unless empty, and returns the status and the
+// answer.
+func (r *rig) post(c *http.Client, path, csrfTok, body string, hdr map[string]string) (int, map[string]string) {
+	r.t.Helper()
+	req, _ := http.NewRequest(http.MethodPost, r.http.URL+path, strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Sec-Fetch-Site", "same-origin")
+	if csrfTok != "" {
+		req.Header.Set("X-CSRF-Token", csrfTok)
+	}
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	out := map[string]string{}
+	_ = json.NewDecoder(resp.Body).Decode(&out)
+	return resp.StatusCode, out
+}
+
+// Clearing a quarantine from the dashboard: only an admin (a user is refused, audited,
+// and nothing reaches the supervisor), only with the session's CSRF token and from the
+// dashboard's origin, only of a quarantined board whose supervisor is connected, each
+// failure said in one sentence; the request reaches the supervisor as the admin's.
+func TestClearQuarantineIsForAdminsWithCSRF(t *testing.T) {
+	r := newRig(t, Options{}, false)
+	q := board("q1")
+	q.Status, q.Health = jpb.ExporterStatus_EXPORTER_STATUS_OFFLINE, pb.BoardHealth_BOARD_HEALTH_BAD
+	sup := r.supervisor("lab-1", q, board("b1"))
+	const path = "/api/boards/q1/clear-quarantine"
+	body := `{"reason":"power supply replaced"}`
+	noClear := func(when string) {
+		t.Helper()
+		select {
+		case m := <-sup.clears:
+			t.Fatalf("%s, the supervisor was asked to clear a quarantine: %v", when, m)
+		default:
+		}
+	}
+
+	bob := r.client("tok-bob")
+	if code, e := r.post(bob, path, r.csrf(bob), body, nil); code != 403 || !strings.Contains(e["error"], "only an admin may clear") {
+		t.Fatalf("bob clears q1: %d %q", code, e["error"])
+	}
+	if a := r.audit.all(); !strings.Contains(a, "refused who=bob (dashboard") || !strings.Contains(a, "board=q1") ||
+		!strings.Contains(a, "clear quarantine from the dashboard: not an admin") {
+		t.Fatalf("bob's refusal is not audited:\n%s", a)
+	}
+	root := r.client("tok-root")
+	tok := r.csrf(root)
+	if code, e := r.post(root, path, "", body, nil); code != 403 || !strings.Contains(e["error"], "CSRF") {
+		t.Fatalf("without the CSRF token: %d %q", code, e["error"])
+	}
+	if code, e := r.post(root, path, "forged", body, nil); code != 403 || !strings.Contains(e["error"], "CSRF") {
+		t.Fatalf("with a forged CSRF token: %d %q", code, e["error"])
+	}
+	if code, e := r.post(root, path, tok, body, map[string]string{"Sec-Fetch-Site": "cross-site"}); code != 403 || !strings.Contains(e["error"], "another site") {
+		t.Fatalf("from another site: %d %q", code, e["error"])
+	}
+	if !strings.Contains(r.audit.all(), "dashboard POST "+path+": missing or wrong CSRF token") {
+		t.Fatalf("the request without the CSRF token is not audited:\n%s", r.audit.all())
+	}
+	noClear("after refused requests")
+
+	// What cannot be cleared is said in one sentence, never as a gRPC error.
+	for _, c := range []struct {
+		path, body string
+		code       int
+		want       string
+	}{
+		{"/api/boards/b1/clear-quarantine", `{}`, 409, "board b1 is not quarantined (health good): nothing to clear"},
+		{"/api/boards/nope/clear-quarantine", `{}`, 404, "no board named nope"},
+		{path, `{"reason": 7}`, 400, "the request could not be read"},
+		{path, `{"reason": "a\nb"}`, 400, "one line of text"},
+	} {
+		code, e := r.post(root, c.path, tok, c.body, nil)
+		if code != c.code || !strings.Contains(e["error"], c.want) || strings.Contains(e["error"], "rpc error") || strings.Contains(e["error"], "desc =") {
+			t.Errorf("POST %s %s: %d %q, want %d %q", c.path, c.body, code, e["error"], c.code, c.want)
+		}
+	}
+	noClear("after requests that cannot clear anything")
+
+	code, e := r.post(root, path, tok, body, nil)
+	if code != 200 || !strings.Contains(e["message"], "supervisor lab-1 was asked to clear the quarantine of q1") {
+		t.Fatalf("root clears q1: %d %v", code, e)
+	}
+	select {
+	case m := <-sup.clears:
+		if m.GetBoard() != "q1" || m.GetBy() != "root" || m.GetReason() != "power supply replaced" {
+			t.Fatalf("the supervisor was asked %v, want q1 by root: power supply replaced", m)
+		}
+	case <-time.After(testWait):
+		t.Fatal("the supervisor was not asked to clear q1's quarantine")
+	}
+	noClear("after one clearing")
+	if a := r.audit.all(); !strings.Contains(a, "request who=root (dashboard") ||
+		!strings.Contains(a, "board=q1 job= ClearQuarantine quarantine cleared (dashboard): power supply replaced") {
+		t.Fatalf("the clearing is not audited:\n%s", a)
+	}
+
+	// The supervisor gone, the admin is told so, in a sentence, and the refusal audited.
+	sup.gone()
+	deadline := time.Now().Add(testWait)
+	for {
+		code, e = r.post(root, path, tok, `{}`, nil)
+		if code == 409 && strings.Contains(e["error"], "the supervisor of board q1 (lab-1) is not connected") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("clearing q1 of a disconnected supervisor: %d %q", code, e["error"])
+		}
+		time.Sleep(20 * time.Millisecond) // the coordinator notices the link's end on its own
+	}
+	if !strings.Contains(r.audit.all(), "clear quarantine from the dashboard: the supervisor of board q1 (lab-1) is not connected") {
+		t.Fatalf("the refusal is not audited:\n%s", r.audit.all())
 	}
 }
 

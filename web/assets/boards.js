@@ -43,31 +43,45 @@
     return tr;
   }
 
+  // An admin's actions on a board: maintenance on or off and, for a quarantined board,
+  // clearing its quarantine. Each asks for a reason, then sends the request; a refusal
+  // is said in the row, and on success the row is redrawn from the coordinator's change.
   function actions(b) {
     const td = el('td', {class: 'actions'});
-    const on = b.health !== 'MAINTENANCE';
-    const btn = el('button', {type: 'button', class: 'maint', text: on ? 'Maintenance…' : 'Back in service…'});
-    btn.addEventListener('click', () => {
-      const reason = el('input', {class: 'reason', placeholder: 'reason'});
-      const ok = el('button', {type: 'button', class: 'confirm', text: on ? 'Put in maintenance' : 'Put back in service'});
-      const cancel = el('button', {type: 'button', class: 'link', text: 'cancel'});
-      const msg = el('span', {class: 'msg'});
-      ok.addEventListener('click', async () => {
-        ok.disabled = true;
-        const r = await bv.post('/api/boards/' + encodeURIComponent(b.name) + '/maintenance', {on, reason: reason.value});
-        if (!r.ok) { msg.textContent = r.data.error || ('HTTP ' + r.status); ok.disabled = false; }
-        // On success the row is redrawn from the coordinator's change.
+    const idle = [];
+    const action = (cls, label, confirm, url, body) => {
+      const btn = el('button', {type: 'button', class: cls, text: label});
+      btn.addEventListener('click', () => {
+        const reason = el('input', {class: 'reason', placeholder: 'reason'});
+        const ok = el('button', {type: 'button', class: 'confirm', text: confirm});
+        const cancel = el('button', {type: 'button', class: 'link', text: 'cancel'});
+        const msg = el('span', {class: 'msg'});
+        ok.addEventListener('click', async () => {
+          ok.disabled = true;
+          const r = await bv.post(url, body(reason.value));
+          if (!r.ok) {
+            msg.className = 'msg';
+            msg.textContent = r.data.error || ('HTTP ' + r.status);
+            ok.disabled = false;
+          } else if (r.data.message) {
+            msg.className = 'msg ok';
+            msg.textContent = r.data.message;
+          }
+        });
+        cancel.addEventListener('click', () => td.replaceChildren(...idle));
+        td.replaceChildren(reason, ok, cancel, msg);
+        reason.focus();
       });
-      cancel.addEventListener('click', () => td.replaceChildren(btn));
-      td.replaceChildren(reason, ok, cancel, msg);
-      reason.focus();
-    });
-    td.append(btn);
+      idle.push(btn);
+    };
+    const base = '/api/boards/' + encodeURIComponent(b.name);
+    const on = b.health !== 'MAINTENANCE';
+    action('maint', on ? 'Maintenance…' : 'Back in service…', on ? 'Put in maintenance' : 'Put back in service',
+      base + '/maintenance', (reason) => ({on, reason}));
     if (b.health === 'BAD') {
-      // TODO(web): a "Clear quarantine" button (POST /api/boards/NAME/clear-quarantine,
-      // with the CSRF token) once the coordinator's ClearQuarantine RPC is on main.
-      td.append(el('span', {class: 'note', title: 'the coordinator has no ClearQuarantine yet', text: ' quarantined: clearing it from here is not available yet'}));
+      action('clear-quarantine', 'Clear quarantine…', 'Clear quarantine', base + '/clear-quarantine', (reason) => ({reason}));
     }
+    td.append(...idle);
     return td;
   }
 
