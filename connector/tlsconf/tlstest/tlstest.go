@@ -10,14 +10,29 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"fmt"
 	"math/big"
 	"net"
 	"os"
 	"path/filepath"
 	"sync/atomic"
-	"testing"
 	"time"
 )
+
+// TB is what these helpers need of a test: testing.TB has it; NoTest panics instead,
+// for tables of test files built outside a test.
+type TB interface {
+	Helper()
+	Fatal(args ...any)
+}
+
+// NoTest is a TB that panics on failure.
+var NoTest TB = panicTB{}
+
+type panicTB struct{}
+
+func (panicTB) Helper()           {}
+func (panicTB) Fatal(args ...any) { panic(fmt.Sprint(args...)) }
 
 // CA is a certificate authority of a test.
 type CA struct {
@@ -30,7 +45,7 @@ type CA struct {
 var serial atomic.Int64
 
 // NewCA makes a CA named name.
-func NewCA(t testing.TB, name string) *CA {
+func NewCA(t TB, name string) *CA {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -70,7 +85,7 @@ func Localhost(cn string) Leaf {
 
 // Issue makes a certificate signed by the CA; it returns the certificate and its
 // private key, PEM-encoded.
-func (ca *CA) Issue(t testing.TB, l Leaf) (certPEM, keyPEM []byte) {
+func (ca *CA) Issue(t TB, l Leaf) (certPEM, keyPEM []byte) {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -101,20 +116,20 @@ func (ca *CA) Issue(t testing.TB, l Leaf) (certPEM, keyPEM []byte) {
 }
 
 // WriteCA writes the CA's certificate to dir/<name> and returns its path.
-func (ca *CA) WriteCA(t testing.TB, dir, name string) string {
+func (ca *CA) WriteCA(t TB, dir, name string) string {
 	t.Helper()
 	return write(t, dir, name, ca.PEM)
 }
 
 // WriteLeaf issues a certificate and writes it to dir/<name>.pem, its key to
 // dir/<name>.key (mode 0600); it returns both paths.
-func (ca *CA) WriteLeaf(t testing.TB, dir, name string, l Leaf) (certFile, keyFile string) {
+func (ca *CA) WriteLeaf(t TB, dir, name string, l Leaf) (certFile, keyFile string) {
 	t.Helper()
 	c, k := ca.Issue(t, l)
 	return write(t, dir, name+".pem", c), write(t, dir, name+".key", k)
 }
 
-func write(t testing.TB, dir, name string, data []byte) string {
+func write(t TB, dir, name string, data []byte) string {
 	t.Helper()
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		t.Fatal(err)
