@@ -59,7 +59,7 @@ afterLease hook runs (Ctrl+C then leaves at once, the hook goes on).`,
 			defer signal.Stop(sigs)
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
-			c := &client.Client{Leases: leases, Out: os.Stdout}
+			c := &client.Client{Leases: leases, Out: os.Stdout, Dial: cf.tls.exporterDialer()}
 			acquireCtx, stopAcquire := context.WithCancel(ctx)
 			interrupted := make(chan os.Signal, 1)
 			go func() {
@@ -75,7 +75,7 @@ afterLease hook runs (Ctrl+C then leaves at once, the hook goes on).`,
 				stopAcquire()
 				msg := c.Withdraw(lease, why)
 				if err != nil {
-					return failf(code, "%s %s", strings.TrimSuffix(err.Error(), "."), msg)
+					return failf(code, "%s. %s", strings.TrimSuffix(err.Error(), "."), msg)
 				}
 				fmt.Fprintln(os.Stderr, "boardvisor: "+msg)
 				return exitError(code)
@@ -131,7 +131,8 @@ afterLease hook runs (Ctrl+C then leaves at once, the hook goes on).`,
 			if up != nil {
 				defer up.Close()
 			}
-			code := runLeaseShell(lease, cf.addr, args, sigs, env...)
+			// The commands in the shell reach the board with the same CA and certificate.
+			code := runLeaseShell(lease, cf.addr, args, sigs, append(env, cf.tls.env()...)...)
 			relCtx, relCancel := context.WithCancel(ctx)
 			go func() {
 				select {

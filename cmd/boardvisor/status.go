@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/boardvisor/boardvisor/client"
@@ -130,7 +131,7 @@ console and logs -f act on the board.`,
 func createAttached(leases pb.LeaseServiceClient, cf *coordFlags, req client.Request, format string) error {
 	ctx, stop := signalContext()
 	defer stop()
-	c := &client.Client{Leases: leases, Out: os.Stderr}
+	c := &client.Client{Leases: leases, Out: os.Stderr, Dial: cf.tls.exporterDialer()}
 	lease, err := c.Acquire(ctx, req)
 	if lease == nil {
 		return rpcError(cf.peer(), "create lease", err)
@@ -153,7 +154,7 @@ func createAttached(leases pb.LeaseServiceClient, cf *coordFlags, req client.Req
 		return exitError(exitInterrupted)
 	}
 	werr := rpcError(cf.peer(), "lease "+lease.GetId(), err)
-	return failf(exitCodeOf(werr), "%s %s", werr.Error(), c.Withdraw(lease, "the client failed while waiting"))
+	return failf(exitCodeOf(werr), "%s. %s", strings.TrimSuffix(werr.Error(), "."), c.Withdraw(lease, "the client failed while waiting"))
 }
 
 // createdLease is what `lease create` prints: the lease and what reaches its board.
