@@ -6,7 +6,7 @@ STATICCHECK := $(BIN)/staticcheck
 # Pinned tool versions. staticcheck 0.8.x is the first line that understands Go 1.26.
 STATICCHECK_VERSION := v0.8.2
 # Short fuzz runs in `make test`: package:target pairs, and how long each runs.
-FUZZ_TARGETS := ./images:FuzzParse ./jobs:FuzzHookLines ./supervisor/config:FuzzParse ./jobs/journal:FuzzDecodeRecord ./connector/grpc:FuzzServerStream ./connector/grpc:FuzzClientRecv ./connector/grpc:FuzzDecodeRun ./supervisor/exporter:FuzzAuthorize ./coordinator:FuzzParseSelector ./coordinator:FuzzDecodeLogPos
+FUZZ_TARGETS := ./images:FuzzParse ./jobs:FuzzHookLines ./supervisor/config:FuzzParse ./jobs/journal:FuzzDecodeRecord ./connector/grpc:FuzzServerStream ./connector/grpc:FuzzClientRecv ./connector/grpc:FuzzDecodeRun ./supervisor/exporter:FuzzAuthorize ./coordinator:FuzzParseSelector ./coordinator:FuzzDecodeLogPos ./web:FuzzSessionCookie
 FUZZTIME     ?= 6s
 
 # The commit the binary reports (boardvisor version), for builds where Go stamps none.

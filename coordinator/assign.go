@@ -133,6 +133,7 @@ func (c *Coordinator) expire(ctx context.Context, tx *sql.Tx, fx *effects) error
 // queued leases to boards whose refusal hold is over.
 func (c *Coordinator) tick(ctx context.Context) error {
 	return c.update(ctx, func(tx *sql.Tx, fx *effects) error {
+		fx.quiet = true
 		if err := c.expire(ctx, tx, fx); err != nil {
 			return err
 		}

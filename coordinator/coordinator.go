@@ -93,8 +93,9 @@ type Coordinator struct {
 	log  hclog.Logger
 	now  func() time.Time
 	link *link.Server
-	logs *logHub // LeaseLog streams, woken from the event path (leaselog.go)
-	ops  *ops    // operators' and clients' holds, tokens (operator.go, attach.go)
+	logs *logHub  // LeaseLog streams, woken from the event path (leaselog.go)
+	ops  *ops     // operators' and clients' holds, tokens (operator.go, attach.go)
+	farm farmFeed // wakes in-process farm watchers after each change (farmwatch.go)
 
 	// mu serializes every state change (one writer at a time) and guards the fields below.
 	mu       sync.Mutex
@@ -330,6 +331,9 @@ type effects struct {
 	msgs    []outMsg
 	changed map[string]bool
 	wake    bool
+	// quiet marks a timer's transaction (tick, reconcileAll): it wakes the farm's
+	// watchers only if it changed a lease (farmwatch.go).
+	quiet bool
 }
 
 type outMsg struct {
@@ -411,6 +415,9 @@ func (c *Coordinator) apply(ctx context.Context, fx *effects) {
 	}
 	if fx.wake {
 		c.poke()
+	}
+	if !fx.quiet || len(fx.changed) > 0 {
+		c.farm.notify() // farmwatch.go: nothing while nobody watches
 	}
 }
 

@@ -60,8 +60,13 @@ type pruneStats struct {
 // pruneLogs is one retention pass: count the logs of newly ended leases, then remove
 // the logs past their age, then the oldest ones while the total is over the bound.
 func (c *Coordinator) pruneLogs(ctx context.Context) (pruneStats, error) {
+	return c.pruneLogsWith(ctx, c.logs.opts)
+}
+
+// pruneLogsWith is pruneLogs with the given bounds (tests change them without racing
+// the background pass).
+func (c *Coordinator) pruneLogsWith(ctx context.Context, opts LeaseLogOptions) (pruneStats, error) {
 	var st pruneStats
-	opts := c.logs.opts
 	n, err := c.countEndedLogs(ctx)
 	st.counted = n
 	if err != nil {

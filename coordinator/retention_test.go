@@ -93,8 +93,9 @@ func TestRetentionBySize(t *testing.T) {
 		t.Fatalf("log size of a lease: %d %v", each, err)
 	}
 	// Room for a bit more than two logs: the two oldest go.
-	e.c.logs.opts.MaxBytes = each*2 + each/2
-	st, err := e.c.pruneLogs(e.ctx())
+	opts := e.c.logs.opts
+	opts.MaxBytes = each*2 + each/2
+	st, err := e.c.pruneLogsWith(e.ctx(), opts)
 	if err != nil || st.bySize != 2 || st.byAge != 0 {
 		t.Fatalf("retention pass: %+v %v, want two logs removed for size", st, err)
 	}

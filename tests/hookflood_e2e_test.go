@@ -37,7 +37,11 @@ func TestMillionLineHookReachesTheCoordinator(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx := ctxLong(t, 5*time.Minute)
+	// The wait is bounded by progress, not by a deadline fit for one machine: it fails
+	// once the coordinator has stored no new event for a minute and a half (and after
+	// 15 minutes in all).
+	ctx := ctxLong(t, 15*time.Minute)
+	ctx = whileStoring(ctx, t, coordState, 90*time.Second)
 	w, err := watchLease(ctx, c, l.GetId())
 	if err != nil {
 		t.Fatal(err)
@@ -53,7 +57,18 @@ func TestMillionLineHookReachesTheCoordinator(t *testing.T) {
 	if _, err := w.done(); err != nil {
 		t.Fatal(err)
 	}
-	events := storedEvents(t, openCoordinatorDB(t, coordState))["lab"]
+	// A million lines are tens of thousands of stored events: reading them back is
+	// bounded by its own long wait, not by the default one.
+	evs, err := queryEvents(ctxLong(t, 10*time.Minute), openCoordinatorDB(t, coordState), "lab")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var events []storedEvent
+	for _, e := range evs {
+		if e.supervisor == "lab" {
+			events = append(events, e)
+		}
+	}
 	checkContiguous(t, "lab", events)
 	var lease []storedEvent
 	for _, e := range events {
@@ -77,5 +92,42 @@ func TestMillionLineHookReachesTheCoordinator(t *testing.T) {
 func ctxLong(t *testing.T, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)
+	return ctx
+}
+
+// whileStoring returns a context cancelled once the coordinator in stateDir has stored
+// no new event for stall (checked every 2s), or when parent ends.
+func whileStoring(parent context.Context, t *testing.T, stateDir string, stall time.Duration) context.Context {
+	ctx, cancel := context.WithCancel(parent)
+	done := make(chan struct{})
+	t.Cleanup(func() { cancel(); <-done })
+	go func() {
+		defer close(done)
+		db, err := openDB(stateDir, false)
+		if err != nil {
+			return
+		}
+		defer db.Close()
+		var last int64 = -1
+		moved := time.Now()
+		tick := time.NewTicker(2 * time.Second)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+			var n int64
+			if err := db.QueryRowContext(ctx, `SELECT COUNT(*) FROM events`).Scan(&n); err == nil && n != last {
+				last, moved = n, time.Now()
+			}
+			if time.Since(moved) > stall {
+				t.Logf("the coordinator stored no event for %s (%d stored): giving up", stall, last)
+				cancel()
+				return
+			}
+		}
+	}()
 	return ctx
 }

@@ -19,6 +19,7 @@ import (
 	link "github.com/boardvisor/boardvisor/connector/grpc"
 	"github.com/boardvisor/boardvisor/coordinator"
 	"github.com/boardvisor/boardvisor/supervisor"
+	"github.com/boardvisor/boardvisor/web"
 	"github.com/hashicorp/go-hclog"
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
@@ -30,6 +31,7 @@ func newCoordinator(g *globalFlags) *cobra.Command {
 	var listen, stateDir, tokens, clientTokens, cert, key, metricsAddr string
 	var grace, attachGrace, maxWait time.Duration
 	var logs leaseLogFlags
+	var dash webServe
 	cmd := &cobra.Command{
 		Use:   "coordinator --state-dir DIR [--listen ADDR] [--supervisor-tokens FILE]",
 		Short: "run the coordinator: board inventory, lease queue, supervisor links",
@@ -67,6 +69,9 @@ func newCoordinator(g *globalFlags) *cobra.Command {
 			} else {
 				logger.Warn("no --client-tokens file: every client is accepted and may change any lease (use only on a trusted network)")
 			}
+			if dash.addr != "" && clientTokens == "" {
+				return usageError{fmt.Errorf("--web needs --client-tokens: users log in to the dashboard with their client tokens")}
+			}
 			var sopts []grpc.ServerOption
 			if cert != "" || key != "" {
 				pair, err := tls.LoadX509KeyPair(cert, key)
@@ -74,8 +79,9 @@ func newCoordinator(g *globalFlags) *cobra.Command {
 					return fmt.Errorf("TLS certificate: %w", err)
 				}
 				sopts = append(sopts, grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12})))
+				dash.tls = &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}
 			}
-			return serveCoordinator(ctx, opts, listen, metricsAddr, sopts, nil)
+			return serveCoordinator(ctx, opts, listen, metricsAddr, dash, sopts, nil)
 		},
 	}
 	f := cmd.Flags()
@@ -91,6 +97,8 @@ func newCoordinator(g *globalFlags) *cobra.Command {
 	addEnv(cmd, envNotifySocket, envWatchdogUsec)
 	f.StringVar(&metricsAddr, "metrics", "", "address of the Prometheus endpoint (/metrics); empty: none")
 	logs.addTo(f) // leaselogflags.go
+	f.StringVar(&dash.addr, "web", "", "address of the web dashboard (e.g. 127.0.0.1:7480; HTTPS with --tls-cert); empty: none. Needs --client-tokens")
+	f.DurationVar(&dash.session, "web-session", 12*time.Hour, "how long a dashboard login lasts")
 	return cmd
 }
 
@@ -123,9 +131,16 @@ func readTokens(path string) (map[string]string, error) {
 	return table, nil
 }
 
+// webServe says where and how the coordinator serves its web dashboard (package web).
+type webServe struct {
+	addr    string        // "" for no dashboard
+	tls     *tls.Config   // HTTPS (and so HTTP/2) when set
+	session time.Duration // how long a login lasts
+}
+
 // serveCoordinator runs a coordinator until ctx is done. ready, if not nil, is called
 // with its address once it listens.
-func serveCoordinator(ctx context.Context, opts coordinator.Options, listen, metricsAddr string, sopts []grpc.ServerOption, ready func(addr string)) error {
+func serveCoordinator(ctx context.Context, opts coordinator.Options, listen, metricsAddr string, dash webServe, sopts []grpc.ServerOption, ready func(addr string)) error {
 	if err := os.MkdirAll(opts.StateDir, 0o700); err != nil {
 		return fmt.Errorf("state directory: %w", err)
 	}
@@ -162,6 +177,13 @@ func serveCoordinator(ctx context.Context, opts coordinator.Options, listen, met
 		go hs.Serve(mlis)
 		defer hs.Close()
 		opts.Logger.Info("metrics", "address", mlis.Addr().String())
+	}
+	if dash.addr != "" {
+		stop, err := serveDashboard(c, al, opts, dash)
+		if err != nil {
+			return err
+		}
+		defer stop()
 	}
 	opts.Logger.Info("coordinator listening", "address", lis.Addr().String(), "stateDir", opts.StateDir, "version", versionString())
 	if ready != nil {
@@ -207,4 +229,32 @@ func notifyStopping(logger hclog.Logger) {
 	if err := sdnotify.Stopping(); err != nil {
 		logger.Warn("could not tell systemd the daemon stops", "error", err)
 	}
+}
+
+// serveDashboard serves the web dashboard of c on dash.addr; stop ends it (the HTTP
+// server first, then the dashboard's streams and watchers).
+func serveDashboard(c *coordinator.Coordinator, al *audit.Log, opts coordinator.Options, dash webServe) (stop func(), err error) {
+	d, err := web.New(web.Options{Coordinator: c, StateDir: opts.StateDir, Logger: opts.Logger.Named("web"), Audit: al, SessionTTL: dash.session})
+	if err != nil {
+		return nil, err
+	}
+	lis, err := net.Listen("tcp", dash.addr)
+	if err != nil {
+		d.Close()
+		return nil, fmt.Errorf("web dashboard: listen on %s: %w", dash.addr, err)
+	}
+	hs := &http.Server{Handler: d.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
+		MaxHeaderBytes: 64 << 10, TLSConfig: dash.tls, ErrorLog: opts.Logger.Named("web").StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true})}
+	scheme := "http"
+	if dash.tls != nil {
+		scheme = "https"
+		go hs.ServeTLS(lis, "", "")
+	} else {
+		go hs.Serve(lis)
+	}
+	opts.Logger.Info("web dashboard", "address", scheme+"://"+lis.Addr().String())
+	return func() {
+		_ = hs.Close()
+		_ = d.Close()
+	}, nil
 }

@@ -113,7 +113,7 @@ func runDemo(parent context.Context, dir string, logger hclog.Logger, keep bool)
 	coordAddr := make(chan string, 1)
 	go func() {
 		errs <- serveCoordinator(daemons, coordinator.Options{StateDir: filepath.Join(dir, "coordinator"), Logger: logger.Named("coordinator")},
-			"127.0.0.1:0", "", nil, func(a string) { coordAddr <- a })
+			"127.0.0.1:0", "", webServe{}, nil, func(a string) { coordAddr <- a })
 	}()
 	var addr string
 	select {

@@ -26,6 +26,7 @@ const module = "github.com/boardvisor/boardvisor"
 // The order is the layering of docs/architecture.md, top down:
 //
 //	cmd, tests → client → supervisor → actors | coordinator | audit → connector → jobs | drivers | proto
+//	cmd, tests → web → coordinator (the dashboard, beside the client)
 type rule struct {
 	group string
 	may   []string
@@ -71,9 +72,14 @@ var rules = []rule{
 	{group: "client", may: []string{"supervisor", "actors", "coordinator", "audit", "connector", "jobs", "drivers", "images", "proto", "diskspace"},
 		why: "the client is the user's side of a lease (the hook dialogue); the command line is " +
 			"built on it, not the other way round."},
-	{group: "cmd", may: []string{"client", "supervisor", "actors", "coordinator", "audit", "connector", "jobs", "drivers", "images", "proto", "diskspace"},
+	{group: "web", may: []string{"coordinator", "proto"}, why: "the web dashboard is a client of " +
+		"the coordinator, served by its process: it reads the farm through the coordinator's " +
+		"LeaseService (in process, with each user's token, so the coordinator's own access checks " +
+		"decide) and its change feed; the coordinator does not know it, and it knows no supervisor, " +
+		"actor or driver: a board's state reaches it only as the coordinator stored it."},
+	{group: "cmd", may: []string{"client", "supervisor", "actors", "coordinator", "web", "audit", "connector", "jobs", "drivers", "images", "proto", "diskspace"},
 		why: "cmd/boardvisor is the one binary: it may wire everything; nothing imports it."},
-	{group: "tests", may: []string{"client", "supervisor", "actors", "coordinator", "audit", "connector", "jobs", "drivers", "images", "proto", "diskspace"},
+	{group: "tests", may: []string{"client", "supervisor", "actors", "coordinator", "web", "audit", "connector", "jobs", "drivers", "images", "proto", "diskspace"},
 		why: "the end-to-end tests and benchmarks may reach into anything; nothing imports them."},
 	{group: "internal", why: "repository checks (this package) import nothing of ours."},
 	{group: "diskspace", why: "internal/diskspace watches the state directory's free space (a " +

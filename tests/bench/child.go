@@ -44,6 +44,7 @@ var children = map[string]func(e *env) error{
 	"hookflood":   runHookFlood,
 	"image":       runImage,
 	"retention":   runRetention,
+	"web":         runWeb,
 	// Helpers run by scenarios, not scenarios themselves.
 	"farm":      runFarm,
 	"hookprint": runHookPrint,

@@ -62,6 +62,7 @@ var scenarios = []scenario{
 	{name: "link", timeout: 60 * time.Second},
 	{name: "image", timeout: 180 * time.Second},
 	{name: "retention", timeout: 180 * time.Second},
+	{name: "web", timeout: 240 * time.Second},
 }
 
 func main() {
