@@ -71,7 +71,7 @@ func OpenLink(cfg *config.Config, endpoint, version string, logger hclog.Logger,
 		boards = append(boards, bvgrpc.BoardInfo{Name: b.Name, Labels: b.Labels, Endpoint: endpoint})
 	}
 	c := bvgrpc.NewClient(bvgrpc.ClientOptions{Address: co.Address, Token: token, SupervisorID: id, Boards: boards,
-		Queue: q, Creds: creds, Version: version, Logger: logger.Named("link"),
+		Queue: q, Creds: creds, CAFile: co.CAFile, Version: version, Logger: logger.Named("link"),
 		MaxBackoff: co.ReconnectMaxBackoff.Std(), RefusedBackoff: co.RefusedBackoff.Std()})
 	return &Link{Client: c, Queue: q}, nil
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/boardvisor/boardvisor/audit"
 	"github.com/boardvisor/boardvisor/cmd/boardvisor/internal/sdnotify"
 	link "github.com/boardvisor/boardvisor/connector/grpc"
+	"github.com/boardvisor/boardvisor/connector/tlsconf"
 	"github.com/boardvisor/boardvisor/coordinator"
 	"github.com/boardvisor/boardvisor/supervisor"
 	"github.com/boardvisor/boardvisor/web"
@@ -29,6 +30,7 @@ import (
 
 func newCoordinator(g *globalFlags) *cobra.Command {
 	var listen, stateDir, tokens, clientTokens, cert, key, metricsAddr string
+	var supervisorCA string
 	var grace, attachGrace, maxWait time.Duration
 	var logs leaseLogFlags
 	var dash webServe
@@ -78,8 +80,20 @@ func newCoordinator(g *globalFlags) *cobra.Command {
 				if err != nil {
 					return fmt.Errorf("TLS certificate: %w", err)
 				}
-				sopts = append(sopts, grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12})))
+				sopts = append(sopts, grpc.Creds(credentials.NewTLS(tlsconf.Server(pair, supervisorCA != ""))))
 				dash.tls = &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}
+			}
+			if supervisorCA != "" {
+				if cert == "" {
+					return usageError{fmt.Errorf("--tls-client-ca needs --tls-cert and --tls-key: supervisors present client certificates over TLS")}
+				}
+				pool, err := tlsconf.LoadPool(supervisorCA)
+				if err != nil {
+					return fmt.Errorf("--tls-client-ca: %w", err)
+				}
+				// Checked per link stream (connector/grpc/certauth.go), refusals audited in
+				// the log serveCoordinator opens (coordtls.go).
+				sopts = append(sopts, supervisorCerts(&opts, pool, logger.Named("link")))
 			}
 			return serveCoordinator(ctx, opts, listen, metricsAddr, dash, sopts, nil)
 		},
@@ -91,6 +105,7 @@ func newCoordinator(g *globalFlags) *cobra.Command {
 	f.StringVar(&clientTokens, "client-tokens", "", "file of `user token [admin]` lines; only these clients are accepted (boardvisor tokens manages it; reloaded when it changes and on SIGHUP)")
 	f.StringVar(&cert, "tls-cert", "", "TLS certificate (PEM); with --tls-key turns TLS on")
 	f.StringVar(&key, "tls-key", "", "TLS private key (PEM)")
+	f.StringVar(&supervisorCA, "tls-client-ca", "", "CA certificates (PEM): supervisors must present a client certificate of this CA naming their supervisor ID (mTLS; needs --tls-cert)")
 	f.DurationVar(&grace, "grace", 30*time.Second, "how long a supervisor may be gone before its boards show OFFLINE")
 	f.DurationVar(&attachGrace, "attach-grace", coordinator.DefaultAttachGrace, "how long a lease that is not ready yet may be without its client (boardvisor shell gone) before it is withdrawn")
 	f.DurationVar(&maxWait, "detached-max-wait", coordinator.DefaultDetachedMaxWait, "how long a detached lease (lease create --detach) may stay queued")
@@ -149,7 +164,7 @@ func serveCoordinator(ctx context.Context, opts coordinator.Options, listen, met
 		return err
 	}
 	defer al.Close()
-	opts.Audit = al
+	setAudit(&opts, al) // coordtls.go
 	c, err := coordinator.New(opts)
 	if err != nil {
 		return err
