@@ -176,12 +176,12 @@ func TestClientsReachATLSSupervisor(t *testing.T) {
 	}
 }
 
-// TestClientWithoutTheCAIsRefused: a coordinator in plaintext, a supervisor serving
+// TestTLSClientWithoutTheCAIsRefused: a coordinator in plaintext, a supervisor serving
 // TLS with a certificate of a CA the client does not have: the shell says, in one
 // sentence, that the supervisor's certificate is not signed by a CA it trusts and what
 // to give, withdraws the lease and exits 3; `boardvisor power` with the lease's
 // endpoint says the same. No transport error text reaches the user.
-func TestClientWithoutTheCAIsRefused(t *testing.T) {
+func TestTLSClientWithoutTheCAIsRefused(t *testing.T) {
 	dir := t.TempDir()
 	ca := tlstest.NewCA(t, "lab CA")
 	supCert, supKey := ca.WriteLeaf(t, dir, "lab-tls", tlstest.Localhost("lab-tls"))
@@ -195,7 +195,7 @@ func TestClientWithoutTheCAIsRefused(t *testing.T) {
 
 	out, err := runShell(t, coordAddr, "shell", "-l", "device=virt", "--", "true")
 	t.Logf("shell without the CA:\n%s", out)
-	const sentence = "is not signed by a CA you trust: give --ca-file FILE (or $BOARDVISOR_CA_FILE, or caFile: in "
+	const sentence = "is not signed by a CA you trust (no CA file given: the system's CAs were used): give --ca-file FILE (or $BOARDVISOR_CA_FILE, or caFile: in "
 	if code := exitCode(err); code != 3 || !strings.Contains(out, "connect to board virt-01: the supervisor's certificate (at tls://127.0.0.1:") ||
 		!strings.Contains(out, sentence) {
 		t.Fatalf("shell without the CA: exit %d (%v), want 3 and the sentence:\n%s", code, err, out)
@@ -230,11 +230,11 @@ func TestClientWithoutTheCAIsRefused(t *testing.T) {
 	}
 }
 
-// TestSupervisorRequiresClientCertificates: with tls.clientCAFile, a client without a
+// TestTLSSupervisorRequiresClientCertificates: with tls.clientCAFile, a client without a
 // certificate of that CA is refused in one sentence that says what to give, a client
 // with one is served, and a hook's driver calls (with its hook token, no certificate)
 // are served too.
-func TestSupervisorRequiresClientCertificates(t *testing.T) {
+func TestTLSSupervisorRequiresClientCertificates(t *testing.T) {
 	l := startTLSLab(t, true)
 	out, err := runCLI(coordEnv(l.coordAddr, ""), "shell", "-l", "device=virt", "--ca-file", l.caFile, "--", "true")
 	t.Logf("shell without a client certificate:\n%s", out)
@@ -270,5 +270,40 @@ func TestSupervisorRequiresClientCertificates(t *testing.T) {
 	audit := readFile(t, filepath.Join(l.dir, "state", "audit.jsonl"))
 	if !strings.Contains(audit, "no client certificate") || !strings.Contains(audit, "client certificate not signed by the CA this service trusts") {
 		t.Fatalf("the refused calls are not in the supervisor's audit log:\n%s", audit)
+	}
+}
+
+// TestTLSClientWithAnotherCAIsRefused: a client whose CA file holds another CA than the
+// one that signed the coordinator's and the supervisor's certificates is refused by its
+// own TLS check, in one sentence naming the CA file and the address, exit 3; no x509
+// or transport words reach the user.
+func TestTLSClientWithAnotherCAIsRefused(t *testing.T) {
+	l := startTLSLab(t, false)
+	otherCA := tlstest.NewCA(t, "another CA").WriteCA(t, l.dir, "other-ca.pem")
+	lb, err := l.leases.ListBoards(ctxT(t), &pb.ListBoardsRequest{})
+	if err != nil || len(lb.GetBoards()) != 1 {
+		t.Fatalf("boards: %v %v", lb, err)
+	}
+	endpoint := lb.GetBoards()[0].GetEndpoint()
+	for _, tc := range []struct {
+		name string
+		env  []string
+		args []string
+		want string
+	}{
+		{"status", coordEnv(l.coordAddr, ""), []string{"status", "--ca-file", otherCA},
+			"the coordinator's certificate (at " + l.coordAddr + ") is not signed by the CA in " + otherCA + ": give --ca-file FILE"},
+		{"power", []string{"BOARDVISOR_EXPORTER=" + endpoint, "BOARDVISOR_BOARD=virt-01", "BOARDVISOR_TOKEN=x", "BOARDVISOR_CA_FILE=" + otherCA}, []string{"power", "on"},
+			"power on of board virt-01: the supervisor's certificate (at " + endpoint + ") is not signed by the CA in " + otherCA + ": give --ca-file FILE"},
+	} {
+		out, err := runCLI(tc.env, tc.args...)
+		if code := exitCode(err); code != 3 || !strings.Contains(out, tc.want) {
+			t.Errorf("%s with another CA: exit %d, want 3 and %q:\n%s", tc.name, code, tc.want, out)
+		}
+		for _, raw := range []string{"x509", "rpc error", "transport:", "desc ="} {
+			if strings.Contains(out, raw) {
+				t.Errorf("%s: the output has the transport's words %q:\n%s", tc.name, raw, out)
+			}
+		}
 	}
 }

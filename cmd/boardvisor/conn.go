@@ -218,7 +218,7 @@ func (c *coordFlags) resolve() error {
 
 // peer describes the coordinator, for error messages.
 func (c *coordFlags) peer() peer {
-	return peer{role: "coordinator", addr: c.addr,
+	return peer{role: "coordinator", addr: c.addr, caFile: c.tls.caFile,
 		hint: "check that it runs and that --coordinator, $" + envCoordinator + " or coordinator: in " + clientConfigPath() + " names it"}
 }
 

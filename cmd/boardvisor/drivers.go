@@ -68,7 +68,7 @@ func (l *leaseEnv) dial() (jpb.ExporterServiceClient, func(), error) {
 
 // peer describes the lease's supervisor, for error messages.
 func (l *leaseEnv) peer() peer {
-	return peer{role: "supervisor of board " + l.board, addr: l.exporter,
+	return peer{role: "supervisor of board " + l.board, addr: l.exporter, caFile: l.tls.caFile,
 		hint: "is it running? (the lease's supervisor comes from boardvisor shell or lease create: $" + envExporter + ")"}
 }
 

@@ -61,6 +61,7 @@ func (e exitError) Error() string { return fmt.Sprintf("exit status %d", int(e))
 // how the user sets it.
 type peer struct {
 	role, addr, hint string
+	caFile           string // the CA file its certificate was checked against ("": the system's)
 }
 
 // rpcError words a failed call to p: what was being done, and the gRPC error, as one
@@ -120,7 +121,11 @@ func tlsSentence(p peer, msg string) string {
 	low := strings.ToLower(msg)
 	switch {
 	case strings.Contains(low, "x509: certificate signed by unknown authority"), strings.Contains(low, "certificate is not trusted"):
-		return fmt.Sprintf("the %s's certificate (at %s) is not signed by a CA you trust: give --ca-file FILE (or $%s, or caFile: in %s) with the CA that signed it",
+		if p.caFile != "" {
+			return fmt.Sprintf("the %s's certificate (at %s) is not signed by the CA in %s: give --ca-file FILE (or $%s, or caFile: in %s) with the CA that signed it",
+				who, p.addr, p.caFile, envCAFile, clientConfigPath())
+		}
+		return fmt.Sprintf("the %s's certificate (at %s) is not signed by a CA you trust (no CA file given: the system's CAs were used): give --ca-file FILE (or $%s, or caFile: in %s) with the CA that signed it",
 			who, p.addr, envCAFile, clientConfigPath())
 	case strings.Contains(low, "x509: certificate is valid for"), strings.Contains(low, "x509: cannot validate certificate for"):
 		return fmt.Sprintf("the %s's certificate does not name the address it is reached at (%s): %s; its operator must give it a certificate for that address",

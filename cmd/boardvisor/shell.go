@@ -119,7 +119,7 @@ afterLease hook runs (Ctrl+C then leaves at once, the hook goes on).`,
 				if acquireCtx.Err() != nil {
 					return withdraw(lease, "interrupted while the board was prepared ("+signalName(interrupted)+")", exitInterrupted, nil)
 				}
-				ep := peer{role: "supervisor of board " + lease.GetBoard(), addr: lease.GetExporterEndpoint(),
+				ep := peer{role: "supervisor of board " + lease.GetBoard(), addr: lease.GetExporterEndpoint(), caFile: cf.tls.caFile,
 					hint: "is the supervisor running, and reachable from here?"}
 				werr := rpcError(ep, "connect to board "+lease.GetBoard(), err)
 				return withdraw(lease, "client could not connect", exitCodeOf(werr), werr)
@@ -144,7 +144,7 @@ afterLease hook runs (Ctrl+C then leaves at once, the hook goes on).`,
 			err = s.Release(relCtx)
 			relCancel()
 			if err != nil {
-				return rpcError(peer{role: "supervisor of board " + lease.GetBoard(), addr: lease.GetExporterEndpoint(),
+				return rpcError(peer{role: "supervisor of board " + lease.GetBoard(), addr: lease.GetExporterEndpoint(), caFile: cf.tls.caFile,
 					hint: "the lease ends at its time anyway"}, "release lease "+lease.GetId(), err)
 			}
 			if code != 0 {
