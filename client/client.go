@@ -60,7 +60,8 @@ func (c *Client) say(format string, args ...any) {
 	c.scr.mu.Lock()
 	defer c.scr.mu.Unlock()
 	c.clearProgress()
-	fmt.Fprintf(c.Out, format+"\n", args...)
+	// The arguments are the peers' words (board names, messages): made visible.
+	fmt.Fprintf(c.Out, "%s\n", Visible(fmt.Sprintf(format, args...)))
 }
 
 // started reports whether a supervisor took the lease on (it then knows its token).

@@ -134,7 +134,7 @@ func newConsole() *cobra.Command {
 					return err
 				})
 				if err != nil && ctx.Err() == nil {
-					fmt.Fprintf(os.Stderr, "\r\nboardvisor: console write: %s\r\n", status.Convert(err).Message())
+					fmt.Fprintf(os.Stderr, "\r\nboardvisor: console write: %s\r\n", client.Visible(status.Convert(err).Message()))
 				}
 				if escaped || err != nil {
 					stop() // the escape key leaves; the end of input does not

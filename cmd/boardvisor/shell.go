@@ -77,7 +77,7 @@ afterLease hook runs (Ctrl+C then leaves at once, the hook goes on).`,
 				if err != nil {
 					return failf(code, "%s. %s", strings.TrimSuffix(err.Error(), "."), msg)
 				}
-				fmt.Fprintln(os.Stderr, "boardvisor: "+msg)
+				fmt.Fprintln(os.Stderr, "boardvisor: "+client.Visible(msg))
 				return exitError(code)
 			}
 			req := client.Request{Selector: selector, Board: board, Duration: duration, Client: first(clientName, userName()), Image: img}
@@ -215,10 +215,13 @@ func upstreamEnv(ctx context.Context, c *client.Client, up *client.UpstreamSocke
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	if err := up.Describe(dctx); err != nil {
-		fmt.Fprintf(os.Stderr, "boardvisor: %v\n", err)
+		fmt.Fprintf(os.Stderr, "boardvisor: %s\n", client.Visible(err.Error()))
 	}
 	if up.Motd != "" {
-		fmt.Println(up.Motd)
+		// A hook's message of the day: its lines, made visible.
+		for _, l := range strings.Split(strings.TrimRight(up.Motd, "\n"), "\n") {
+			fmt.Println(client.Visible(l))
+		}
 	}
 	return up, up.Env(lease.GetBoard(), lease.GetId())
 }

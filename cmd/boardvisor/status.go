@@ -150,7 +150,7 @@ func createAttached(leases pb.LeaseServiceClient, cf *coordFlags, req client.Req
 		return failf(exitFailed, "lease %s ended: its beforeLease hook failed", lease.GetId())
 	}
 	if ctx.Err() != nil {
-		fmt.Fprintln(os.Stderr, "boardvisor: "+c.Withdraw(lease, "interrupted while waiting"))
+		fmt.Fprintln(os.Stderr, "boardvisor: "+client.Visible(c.Withdraw(lease, "interrupted while waiting")))
 		return exitError(exitInterrupted)
 	}
 	werr := rpcError(cf.peer(), "lease "+lease.GetId(), err)
@@ -173,7 +173,8 @@ func printCreated(format string, l *pb.Lease) error {
 		}
 		return nil
 	}
-	fmt.Printf("lease=%s\ntoken=%s\nboard=%s\nexporter=%s\n", l.GetId(), l.GetToken(), l.GetBoard(), l.GetExporterEndpoint())
+	v := client.Visible // the supervisor's words: one line each
+	fmt.Printf("lease=%s\ntoken=%s\nboard=%s\nexporter=%s\n", v(l.GetId()), v(l.GetToken()), v(l.GetBoard()), v(l.GetExporterEndpoint()))
 	return nil
 }
 
@@ -245,7 +246,7 @@ func newLeaseRelease(cf *coordFlags) *cobra.Command {
 				case l.GetBoard() == "":
 					fmt.Printf("lease %s withdrawn from the queue\n", args[0])
 				case l.GetPhase() == pb.LeasePhase_LEASE_PHASE_DONE || l.GetPhase() == pb.LeasePhase_LEASE_PHASE_FAILED:
-					fmt.Printf("lease %s had ended already: %s\n", args[0], l.GetStatusMessage())
+					fmt.Printf("lease %s had ended already: %s\n", args[0], client.Visible(l.GetStatusMessage()))
 				default:
 					fmt.Printf("lease %s released; the afterLease hook runs on board %s\n", args[0], l.GetBoard())
 				}
