@@ -148,7 +148,7 @@ type CoordinatorConfig struct {
 	// in this PEM file.
 	CAFile string `yaml:"caFile"`
 	// CertFile and KeyFile, if set, are the certificate (PEM) this supervisor presents
-	// to the coordinator, and its private key: a coordinator started with --client-ca
+	// to the coordinator, and its private key: a coordinator started with --tls-client-ca
 	// requires one, signed by that CA and naming supervisorId (its common name or a DNS
 	// name). They need caFile (TLS).
 	CertFile string `yaml:"certFile"`
