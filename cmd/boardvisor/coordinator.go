@@ -30,10 +30,10 @@ import (
 
 func newCoordinator(g *globalFlags) *cobra.Command {
 	var listen, stateDir, tokens, clientTokens, cert, key, metricsAddr string
-	var supervisorCA string
 	var grace, attachGrace, maxWait time.Duration
 	var logs leaseLogFlags
 	var dash webServe
+	var supervisorCA string // --tls-client-ca (coordtls.go)
 	cmd := &cobra.Command{
 		Use:   "coordinator --state-dir DIR [--listen ADDR] [--supervisor-tokens FILE]",
 		Short: "run the coordinator: board inventory, lease queue, supervisor links",
@@ -74,6 +74,9 @@ func newCoordinator(g *globalFlags) *cobra.Command {
 			if dash.addr != "" && clientTokens == "" {
 				return usageError{fmt.Errorf("--web needs --client-tokens: users log in to the dashboard with their client tokens")}
 			}
+			if supervisorCA != "" && cert == "" {
+				return usageError{fmt.Errorf("--tls-client-ca needs --tls-cert and --tls-key: supervisors present client certificates over TLS")}
+			}
 			var sopts []grpc.ServerOption
 			if cert != "" || key != "" {
 				pair, err := tls.LoadX509KeyPair(cert, key)
@@ -82,18 +85,15 @@ func newCoordinator(g *globalFlags) *cobra.Command {
 				}
 				sopts = append(sopts, grpc.Creds(credentials.NewTLS(tlsconf.Server(pair, supervisorCA != ""))))
 				dash.tls = &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}
-			}
-			if supervisorCA != "" {
-				if cert == "" {
-					return usageError{fmt.Errorf("--tls-client-ca needs --tls-cert and --tls-key: supervisors present client certificates over TLS")}
+				if supervisorCA != "" {
+					pool, err := tlsconf.LoadPool(supervisorCA)
+					if err != nil {
+						return fmt.Errorf("--tls-client-ca: %w", err)
+					}
+					// Checked per link stream (connector/grpc/certauth.go), refusals audited
+					// in the log serveCoordinator opens (coordtls.go).
+					sopts = append(sopts, supervisorCerts(&opts, pool, logger.Named("link")))
 				}
-				pool, err := tlsconf.LoadPool(supervisorCA)
-				if err != nil {
-					return fmt.Errorf("--tls-client-ca: %w", err)
-				}
-				// Checked per link stream (connector/grpc/certauth.go), refusals audited in
-				// the log serveCoordinator opens (coordtls.go).
-				sopts = append(sopts, supervisorCerts(&opts, pool, logger.Named("link")))
 			}
 			return serveCoordinator(ctx, opts, listen, metricsAddr, dash, sopts, nil)
 		},
