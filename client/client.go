@@ -23,13 +23,13 @@ import (
 	"sync"
 	"time"
 
+	"github.com/boardvisor/boardvisor/connector/tlsconf"
 	"github.com/boardvisor/boardvisor/jobs"
 	pb "github.com/boardvisor/boardvisor/proto/boardvisor/v1"
 	jpb "github.com/boardvisor/boardvisor/proto/jumpstarter/v1"
 	"github.com/boardvisor/boardvisor/supervisor/exporter"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/emptypb"
@@ -40,8 +40,11 @@ type Client struct {
 	Leases pb.LeaseServiceClient
 	// Out receives the dialogue.
 	Out io.Writer
-	// Dial connects to a supervisor's client service (nil: plaintext gRPC).
+	// Dial connects to a supervisor's client service (nil: DialExporter with TLS).
 	Dial func(endpoint string) (*grpc.ClientConn, error)
+	// TLS checks the certificates of supervisors that serve TLS (their endpoint is
+	// tls://host:port), and holds the client certificate given to those that ask.
+	TLS tlsconf.Client
 
 	scr   screen    // progress lines shown in place when Out is a terminal
 	clock hookClock // a running hook's time against its timeout
@@ -57,7 +60,8 @@ func (c *Client) say(format string, args ...any) {
 	c.scr.mu.Lock()
 	defer c.scr.mu.Unlock()
 	c.clearProgress()
-	fmt.Fprintf(c.Out, format+"\n", args...)
+	// The arguments are the peers' words (board names, messages): made visible.
+	fmt.Fprintf(c.Out, "%s\n", Visible(fmt.Sprintf(format, args...)))
 }
 
 // started reports whether a supervisor took the lease on (it then knows its token).
@@ -90,13 +94,7 @@ func (s *Session) Context(ctx context.Context) context.Context {
 // after printing the failure and the hook's last lines.
 func (c *Client) Connect(ctx context.Context, lease *pb.Lease) (*Session, error) {
 	c.say("Connecting to exporter...")
-	dial := c.Dial
-	if dial == nil {
-		dial = func(ep string) (*grpc.ClientConn, error) {
-			return grpc.NewClient(ep, grpc.WithTransportCredentials(insecure.NewCredentials()))
-		}
-	}
-	conn, err := dial(lease.GetExporterEndpoint())
+	conn, err := c.dial(lease.GetExporterEndpoint())
 	if err != nil {
 		return nil, fmt.Errorf("connect to exporter %s: %w", lease.GetExporterEndpoint(), err)
 	}
@@ -107,7 +105,7 @@ func (c *Client) Connect(ctx context.Context, lease *pb.Lease) (*Session, error)
 	stream, err := s.Exporter.LogStream(s.Context(sctx), &emptypb.Empty{})
 	if err != nil {
 		s.Close()
-		return nil, c.endedBefore(lease, fmt.Errorf("log stream: %s", statusText(err)))
+		return nil, c.endedBefore(lease, &callError{"log stream", err})
 	}
 	go s.follow(sctx, stream)
 	waiting := false
@@ -254,7 +252,7 @@ func (s *Session) next(ctx context.Context) (*jpb.LogStreamResponse, error) {
 		if !ok {
 			select {
 			case err := <-s.errc:
-				return nil, fmt.Errorf("log stream: %s", statusText(err))
+				return nil, &callError{"log stream", err}
 			default:
 				return nil, nil
 			}
@@ -406,11 +404,30 @@ func (s *Session) Close() {
 // statusText is the message of a gRPC error, without its code's boilerplate.
 func statusText(err error) string { return status.Convert(err).Message() }
 
+// callError is a failed call of a session and what it was for: its text is the
+// status's message after what, and its gRPC status stays, for the caller to word.
+type callError struct {
+	what string
+	err  error
+}
+
+func (e *callError) Error() string { return e.what + ": " + statusText(e.err) }
+func (e *callError) Unwrap() error { return e.err }
+
+// GRPCStatus is the call's status, with the error's text as its message.
+func (e *callError) GRPCStatus() *status.Status {
+	return status.New(status.Code(e.err), e.Error())
+}
+
 // endedBefore explains a failure to follow a lease that may have ended before the
 // client reached its board (an image that could not be fetched fails a lease in a
 // moment, and its board forgets it at once): the coordinator's account of its end,
-// awaited for a few seconds, else err.
+// awaited for a few seconds, else err. A failure that is no lease's doing (a TLS
+// handshake, a connection refused for its certificate) is err at once.
 func (c *Client) endedBefore(lease *pb.Lease, err error) error {
+	if TLSProblem(err) || status.Code(err) == codes.Unauthenticated {
+		return err
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	w, werr := c.Leases.WatchLease(ctx, &pb.WatchLeaseRequest{Id: lease.GetId()})

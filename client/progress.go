@@ -86,12 +86,15 @@ func terminalWidth(w any) int {
 }
 
 // Visible replaces control characters, which would move the cursor or change the
-// terminal, by a visible form (ESC as ^[, C1 codes as \u0085); a tab becomes a space.
-// Untrusted text (hook lines, status messages) goes through it before a terminal.
+// terminal, by a visible form (ESC as ^[, DEL as ^?, C1 codes as \u0085, a byte that is
+// not UTF-8 as \x9b); a tab becomes a space. Every untrusted text (board names, labels,
+// hook lines, status messages, user names, the peers' error messages) goes through it
+// before a terminal; -o json and -o yaml print the exact text, and `boardvisor console`
+// the board's raw bytes.
 func Visible(s string) string {
 	clean := true
 	for _, r := range s {
-		if r < 0x20 || r >= 0x7f && r < 0xa0 {
+		if r < 0x20 || r >= 0x7f && r < 0xa0 || r == utf8.RuneError {
 			clean = false
 			break
 		}
@@ -100,8 +103,11 @@ func Visible(s string) string {
 		return s
 	}
 	var b strings.Builder
-	for _, r := range s {
+	for i := 0; i < len(s); {
+		r, n := utf8.DecodeRuneInString(s[i:])
 		switch {
+		case r == utf8.RuneError && n == 1:
+			fmt.Fprintf(&b, "\\x%02x", s[i])
 		case r == '\t':
 			b.WriteByte(' ')
 		case r < 0x20 || r == 0x7f:
@@ -110,8 +116,9 @@ func Visible(s string) string {
 		case r >= 0x80 && r < 0xa0:
 			fmt.Fprintf(&b, "\\u%04x", r)
 		default:
-			b.WriteRune(r)
+			b.WriteString(s[i : i+n])
 		}
+		i += n
 	}
 	return b.String()
 }

@@ -17,7 +17,6 @@ import (
 	jpb "github.com/boardvisor/boardvisor/proto/jumpstarter/v1"
 	"github.com/boardvisor/boardvisor/supervisor/exporter"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/types/known/emptypb"
@@ -276,10 +275,11 @@ func (rawCodec) Unmarshal(data []byte, v any) error {
 	return nil
 }
 
-// dial connects to a supervisor's client service (Client.Dial, or plaintext gRPC).
+// dial connects to a supervisor's client service (Client.Dial, or DialExporter with
+// the client's TLS).
 func (c *Client) dial(endpoint string) (*grpc.ClientConn, error) {
 	if c.Dial != nil {
 		return c.Dial(endpoint)
 	}
-	return grpc.NewClient(endpoint, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	return DialExporter(endpoint, c.TLS)
 }

@@ -1,14 +1,13 @@
 package supervisor
 
 import (
-	"crypto/tls"
-	"crypto/x509"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 
 	bvgrpc "github.com/boardvisor/boardvisor/connector/grpc"
+	"github.com/boardvisor/boardvisor/connector/tlsconf"
 	"github.com/boardvisor/boardvisor/internal/diskspace"
 	"github.com/boardvisor/boardvisor/supervisor/config"
 	"github.com/hashicorp/go-hclog"
@@ -51,15 +50,13 @@ func OpenLink(cfg *config.Config, endpoint, version string, logger hclog.Logger,
 	}
 	var creds credentials.TransportCredentials
 	if co.CAFile != "" {
-		pem, err := os.ReadFile(co.CAFile)
+		// The coordinator's certificate is checked against caFile; this supervisor's own
+		// (certFile, keyFile) is presented if the coordinator asks for one.
+		conf, err := tlsconf.Client{CAFile: co.CAFile, CertFile: co.CertFile, KeyFile: co.KeyFile}.Config()
 		if err != nil {
-			return nil, fmt.Errorf("coordinator CA: %w", err)
+			return nil, fmt.Errorf("%s: coordinator TLS: %w", cfg.Path, err)
 		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("coordinator CA file %s holds no PEM certificate", co.CAFile)
-		}
-		creds = credentials.NewTLS(&tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12})
+		creds = credentials.NewTLS(conf)
 	}
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("state directory: %w", err)
@@ -74,7 +71,7 @@ func OpenLink(cfg *config.Config, endpoint, version string, logger hclog.Logger,
 		boards = append(boards, bvgrpc.BoardInfo{Name: b.Name, Labels: b.Labels, Endpoint: endpoint})
 	}
 	c := bvgrpc.NewClient(bvgrpc.ClientOptions{Address: co.Address, Token: token, SupervisorID: id, Boards: boards,
-		Queue: q, Creds: creds, Version: version, Logger: logger.Named("link"),
+		Queue: q, Creds: creds, CAFile: co.CAFile, Version: version, Logger: logger.Named("link"),
 		MaxBackoff: co.ReconnectMaxBackoff.Std(), RefusedBackoff: co.RefusedBackoff.Std()})
 	return &Link{Client: c, Queue: q}, nil
 }

@@ -547,6 +547,11 @@ type labConfig struct {
 	listen             string // the client service's address; 127.0.0.1:0 if empty
 	metrics            string // the metrics endpoint's address, if any
 	tokenFile, caFile  string // coordinator.tokenFile and coordinator.caFile, if any
+
+	// TLS: coordinator.certFile and keyFile (the supervisor's client certificate), and
+	// the client service's tls block (certFile, keyFile, clientCAFile), if any.
+	coordCert, coordKey          string
+	tlsCert, tlsKey, tlsClientCA string
 }
 
 func (c labConfig) write(t *testing.T) string {
@@ -563,12 +568,22 @@ func (c labConfig) write(t *testing.T) string {
 	if c.metrics != "" {
 		fmt.Fprintf(&b, "metrics: %s\n", c.metrics)
 	}
+	if c.tlsCert != "" {
+		fmt.Fprintf(&b, "tls: {certFile: %q, keyFile: %q", c.tlsCert, c.tlsKey)
+		if c.tlsClientCA != "" {
+			fmt.Fprintf(&b, ", clientCAFile: %q", c.tlsClientCA)
+		}
+		b.WriteString("}\n")
+	}
 	fmt.Fprintf(&b, "coordinator: {address: %q", c.coordAddr)
 	if c.tokenFile != "" {
 		fmt.Fprintf(&b, ", tokenFile: %q", c.tokenFile)
 	}
 	if c.caFile != "" {
 		fmt.Fprintf(&b, ", caFile: %q", c.caFile)
+	}
+	if c.coordCert != "" {
+		fmt.Fprintf(&b, ", certFile: %q, keyFile: %q", c.coordCert, c.coordKey)
 	}
 	fmt.Fprintf(&b, ", supervisorId: %s}\n", c.id)
 	// The tests' hooks use files of the test (as root: in directories only root may

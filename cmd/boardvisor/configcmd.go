@@ -77,8 +77,18 @@ Exit status: 0 the config is good (warnings may be printed), 1 it has problems,
 					where += ", TLS"
 				}
 			}
+			clients := cfg.Listen
+			if t := cfg.TLS; t != nil {
+				clients += " over TLS"
+				if t.ClientCAFile != "" {
+					clients += " with client certificates"
+				}
+			}
+			if co := cfg.Coordinator; co != nil && co.CertFile != "" {
+				where += " with a client certificate"
+			}
 			fmt.Printf("%s: good: %d board(s) (%s); state in %s; clients at %s; %s\n", cfg.Path, len(cfg.Boards),
-				strings.Join(names, ", "), cfg.StateDir, cfg.Listen, where)
+				strings.Join(names, ", "), cfg.StateDir, clients, where)
 			return nil
 		},
 	}

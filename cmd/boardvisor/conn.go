@@ -1,8 +1,9 @@
 package main
 
-// How the client commands reach the coordinator: its address, the user's token and the
-// CA that checks its TLS certificate, each from a flag, else the environment, else the
-// user's client config file, else a default.
+// How the client commands reach the coordinator and the supervisors: the coordinator's
+// address, the user's token, the CA that checks the TLS certificates of both, and the
+// client certificate a supervisor may ask for, each from a flag, else the environment,
+// else the user's client config file, else a default.
 
 import (
 	"context"
@@ -17,6 +18,8 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/boardvisor/boardvisor/client"
+	"github.com/boardvisor/boardvisor/connector/tlsconf"
 	pb "github.com/boardvisor/boardvisor/proto/boardvisor/v1"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -31,8 +34,11 @@ const (
 	envCoordinator  = "BOARDVISOR_COORDINATOR"
 	envUserToken    = "BOARDVISOR_USER_TOKEN"
 	envCAFile       = "BOARDVISOR_CA_FILE"
+	envCertFile     = "BOARDVISOR_CERT_FILE"
+	envKeyFile      = "BOARDVISOR_KEY_FILE"
 	envClientConfig = "BOARDVISOR_CLIENT_CONFIG"
 	envExporter     = "BOARDVISOR_EXPORTER"
+	envExporterPin  = "BOARDVISOR_EXPORTER_PIN"
 	envBoard        = "BOARDVISOR_BOARD"
 	envLeaseToken   = "BOARDVISOR_TOKEN"
 	envLease        = "BOARDVISOR_LEASE"
@@ -46,9 +52,12 @@ const (
 var envDocs = map[string]string{
 	envCoordinator:  "the coordinator's address, host:port (else coordinator: in the client config; default 127.0.0.1:7400)",
 	envUserToken:    "your user token for the coordinator (else token: or tokenFile: in the client config)",
-	envCAFile:       "CA certificates (PEM) checking the coordinator's TLS certificate; set, TLS is on (else caFile: in the client config)",
+	envCAFile:       "CA certificates (PEM) checking the TLS certificates of the coordinator (set, TLS is on) and of the supervisors that serve TLS (else caFile: in the client config)",
+	envCertFile:     "your client certificate (PEM), for supervisors that require one (else certFile: in the client config)",
+	envKeyFile:      "its private key (PEM) (else keyFile: in the client config)",
 	envClientConfig: "the client config file (default $XDG_CONFIG_HOME/boardvisor/config.yaml, else ~/.config/boardvisor/config.yaml)",
-	envExporter:     "the leased board's supervisor, host:port (set by boardvisor shell)",
+	envExporter:     "the leased board's supervisor, host:port, or tls://host:port over TLS (set by boardvisor shell)",
+	envExporterPin:  "the SHA-256 of the supervisor's TLS certificate, trusted instead of the CA file (set for hooks)",
 	envBoard:        "the leased board (set by boardvisor shell)",
 	envLeaseToken:   "the lease's token (set by boardvisor shell, and for hooks)",
 	envLease:        "the lease ID (set by boardvisor shell)",
@@ -109,11 +118,15 @@ func envSection(cmd *cobra.Command) string {
 //	coordinator: coord.lab:7400
 //	token: 3f0c...            # or tokenFile: /path/to/file
 //	caFile: /etc/boardvisor/ca.pem
+//	certFile: ~/.config/boardvisor/me.pem   # for supervisors that want a client certificate
+//	keyFile: ~/.config/boardvisor/me.key
 type clientConfig struct {
 	Coordinator string `yaml:"coordinator"`
 	Token       string `yaml:"token"`
 	TokenFile   string `yaml:"tokenFile"`
 	CAFile      string `yaml:"caFile"`
+	CertFile    string `yaml:"certFile"`
+	KeyFile     string `yaml:"keyFile"`
 }
 
 // clientConfigPath is where the client config file is.
@@ -150,7 +163,7 @@ func loadClientConfig() (*clientConfig, error) {
 	dec := yaml.NewDecoder(strings.NewReader(string(data)))
 	dec.KnownFields(true)
 	if err := dec.Decode(cfg); err != nil && !errors.Is(err, io.EOF) {
-		return nil, failf(exitUsage, "client config %s: %s (known keys: coordinator, token, tokenFile, caFile)", path, oneLine(err.Error()))
+		return nil, failf(exitUsage, "client config %s: %s (known keys: coordinator, token, tokenFile, caFile, certFile, keyFile)", path, oneLine(err.Error()))
 	}
 	if cfg.Token != "" {
 		if fi, err := os.Stat(path); err == nil && fi.Mode().Perm()&0o077 != 0 {
@@ -169,7 +182,8 @@ func loadClientConfig() (*clientConfig, error) {
 
 // coordFlags are the flags of a command that talks to the coordinator.
 type coordFlags struct {
-	addr, token, caFile string
+	addr, token string
+	tls         tlsFlags // the coordinator's certificate, and the supervisors' that the command reaches
 }
 
 func (c *coordFlags) add(cmd *cobra.Command) { c.addTo(cmd, cmd.Flags()) }
@@ -185,8 +199,8 @@ func (c *coordFlags) addTo(cmd *cobra.Command, f *pflag.FlagSet) {
 		name = "user-token"
 	}
 	f.StringVar(&c.token, name, "", "your user token for the coordinator (default: $"+envUserToken+", else token: in the client config; a flag shows in ps, prefer those)")
-	f.StringVar(&c.caFile, "ca-file", "", "CA certificates (PEM) that check the coordinator's TLS certificate; set, TLS is on (default: $"+envCAFile+", else caFile: in the client config)")
-	addEnv(cmd, envCoordinator, envUserToken, envCAFile, envClientConfig)
+	c.tls.addTo(cmd, f)
+	addEnv(cmd, envCoordinator, envUserToken, envClientConfig)
 }
 
 // resolve fills in what the flags leave unset, from the environment, then the client
@@ -198,13 +212,13 @@ func (c *coordFlags) resolve() error {
 	}
 	c.addr = first(c.addr, os.Getenv(envCoordinator), cfg.Coordinator, "127.0.0.1:7400")
 	c.token = first(c.token, os.Getenv(envUserToken), cfg.Token)
-	c.caFile = first(c.caFile, os.Getenv(envCAFile), cfg.CAFile)
+	c.tls.resolveWith(cfg)
 	return nil
 }
 
 // peer describes the coordinator, for error messages.
 func (c *coordFlags) peer() peer {
-	return peer{role: "coordinator", addr: c.addr,
+	return peer{role: "coordinator", addr: c.addr, caFile: c.tls.caFile,
 		hint: "check that it runs and that --coordinator, $" + envCoordinator + " or coordinator: in " + clientConfigPath() + " names it"}
 }
 
@@ -222,7 +236,7 @@ func (c *coordFlags) dial() (pb.LeaseServiceClient, func(), error) {
 	if err := c.resolve(); err != nil {
 		return nil, nil, err
 	}
-	creds, err := transportCreds(c.caFile)
+	creds, err := transportCreds(c.tls.caFile)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -261,4 +275,77 @@ func first(vals ...string) string {
 		}
 	}
 	return ""
+}
+
+// tlsFlags say how a command checks the TLS certificates of the coordinator and of the
+// supervisors (one CA file for both), and what client certificate it presents to a
+// supervisor that asks for one.
+type tlsFlags struct {
+	caFile, certFile, keyFile string
+	resolved                  bool
+}
+
+// addTo adds the flags to f, unless another set of the command added them already.
+func (t *tlsFlags) addTo(cmd *cobra.Command, f *pflag.FlagSet) {
+	addEnv(cmd, envCAFile, envCertFile, envKeyFile)
+	if f.Lookup("ca-file") != nil {
+		return
+	}
+	f.StringVar(&t.caFile, "ca-file", "", "CA certificates (PEM) that check the TLS certificates of the coordinator (set, TLS is on) and of the supervisors that serve TLS (default: $"+envCAFile+", else caFile: in the client config, else the system's CAs for supervisors)")
+	f.StringVar(&t.certFile, "cert-file", "", "your client certificate (PEM), for supervisors that require one (default: $"+envCertFile+", else certFile: in the client config)")
+	f.StringVar(&t.keyFile, "key-file", "", "the client certificate's private key (PEM) (default: $"+envKeyFile+", else keyFile: in the client config)")
+}
+
+// resolve fills in what the flags leave unset from the environment and the client
+// config file.
+func (t *tlsFlags) resolve() error {
+	if t.resolved {
+		return nil
+	}
+	cfg, err := loadClientConfig()
+	if err != nil {
+		return err
+	}
+	t.resolveWith(cfg)
+	return nil
+}
+
+func (t *tlsFlags) resolveWith(cfg *clientConfig) {
+	t.caFile = first(t.caFile, os.Getenv(envCAFile), cfg.CAFile)
+	t.certFile = first(t.certFile, os.Getenv(envCertFile), cfg.CertFile)
+	t.keyFile = first(t.keyFile, os.Getenv(envKeyFile), cfg.KeyFile)
+	t.resolved = true
+}
+
+// client is how a supervisor's certificate is checked (resolved first).
+func (t *tlsFlags) client() tlsconf.Client {
+	return tlsconf.Client{CAFile: t.caFile, CertFile: t.certFile, KeyFile: t.keyFile}
+}
+
+// env passes the settings on to the commands run in a lease's shell (power, console,
+// logs -f), as absolute paths: the shell's user may change directory.
+func (t *tlsFlags) env() []string {
+	var env []string
+	for _, kv := range [][2]string{{envCAFile, t.caFile}, {envCertFile, t.certFile}, {envKeyFile, t.keyFile}} {
+		if kv[1] == "" {
+			continue
+		}
+		p, err := filepath.Abs(kv[1])
+		if err != nil {
+			p = kv[1]
+		}
+		env = append(env, kv[0]+"="+p)
+	}
+	return env
+}
+
+// exporterDialer dials the supervisors the coordinator names, with t.
+func (t *tlsFlags) exporterDialer() func(endpoint string) (*grpc.ClientConn, error) {
+	return func(endpoint string) (*grpc.ClientConn, error) {
+		conn, err := client.DialExporter(endpoint, t.client())
+		if err != nil {
+			return nil, failf(exitUsage, "%s", oneLine(err.Error()))
+		}
+		return conn, nil
+	}
 }

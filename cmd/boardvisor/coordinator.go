@@ -20,6 +20,7 @@ import (
 	"github.com/boardvisor/boardvisor/cmd/boardvisor/internal/sdnotify"
 	"github.com/boardvisor/boardvisor/connector/connlimit"
 	link "github.com/boardvisor/boardvisor/connector/grpc"
+	"github.com/boardvisor/boardvisor/connector/tlsconf"
 	"github.com/boardvisor/boardvisor/coordinator"
 	"github.com/boardvisor/boardvisor/supervisor"
 	"github.com/boardvisor/boardvisor/web"
@@ -37,6 +38,7 @@ func newCoordinator(g *globalFlags) *cobra.Command {
 	var dash webServe
 	var profiling bool
 	var maxQueued, maxWatchesPerUser, maxWatches, maxUnauth int
+	var supervisorCA string // --tls-client-ca (coordtls.go)
 	cmd := &cobra.Command{
 		Use:   "coordinator --state-dir DIR [--listen ADDR] [--supervisor-tokens FILE]",
 		Short: "run the coordinator: board inventory, lease queue, supervisor links",
@@ -86,14 +88,26 @@ func newCoordinator(g *globalFlags) *cobra.Command {
 			if dash.addr != "" && clientTokens == "" {
 				return usageError{fmt.Errorf("--web needs --client-tokens: users log in to the dashboard with their client tokens")}
 			}
+			if supervisorCA != "" && cert == "" {
+				return usageError{fmt.Errorf("--tls-client-ca needs --tls-cert and --tls-key: supervisors present client certificates over TLS")}
+			}
 			var sopts []grpc.ServerOption
 			if cert != "" || key != "" {
 				pair, err := tls.LoadX509KeyPair(cert, key)
 				if err != nil {
 					return fmt.Errorf("TLS certificate: %w", err)
 				}
-				sopts = append(sopts, grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12})))
+				sopts = append(sopts, grpc.Creds(credentials.NewTLS(tlsconf.Server(pair, supervisorCA != ""))))
 				dash.tls = &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}
+				if supervisorCA != "" {
+					pool, err := tlsconf.LoadPool(supervisorCA)
+					if err != nil {
+						return fmt.Errorf("--tls-client-ca: %w", err)
+					}
+					// Checked per link stream (connector/grpc/certauth.go), refusals audited
+					// in the log serveCoordinator opens (coordtls.go).
+					sopts = append(sopts, supervisorCerts(&opts, pool, logger.Named("link")))
+				}
 			}
 			if profiling && metricsAddr == "" {
 				return usageError{fmt.Errorf("--pprof serves on the metrics listener: set --metrics ADDR too")}
@@ -109,6 +123,7 @@ func newCoordinator(g *globalFlags) *cobra.Command {
 	f.StringVar(&clientTokens, "client-tokens", "", "file of `user token [admin]` lines; only these clients are accepted (boardvisor tokens manages it; reloaded when it changes and on SIGHUP)")
 	f.StringVar(&cert, "tls-cert", "", "TLS certificate (PEM); with --tls-key turns TLS on")
 	f.StringVar(&key, "tls-key", "", "TLS private key (PEM)")
+	f.StringVar(&supervisorCA, "tls-client-ca", "", "CA certificates (PEM): supervisors must present a client certificate of this CA naming their supervisor ID (mTLS; needs --tls-cert)")
 	f.DurationVar(&grace, "grace", 30*time.Second, "how long a supervisor may be gone before its boards show OFFLINE")
 	f.DurationVar(&attachGrace, "attach-grace", coordinator.DefaultAttachGrace, "how long a lease that is not ready yet may be without its client (boardvisor shell gone) before it is withdrawn")
 	f.DurationVar(&maxWait, "detached-max-wait", coordinator.DefaultDetachedMaxWait, "how long a detached lease (lease create --detach) may stay queued")
@@ -185,7 +200,7 @@ func serveCoordinator(ctx context.Context, opts coordinator.Options, so serveOpt
 		return err
 	}
 	defer al.Close()
-	opts.Audit = al
+	setAudit(&opts, al) // coordtls.go
 	c, err := coordinator.New(opts)
 	if err != nil {
 		return err

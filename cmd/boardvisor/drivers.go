@@ -11,28 +11,38 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/boardvisor/boardvisor/client"
 	jpb "github.com/boardvisor/boardvisor/proto/jumpstarter/v1"
 	"github.com/boardvisor/boardvisor/supervisor/exporter"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/structpb"
 )
 
 // leaseEnv is the lease a driver command acts on, from the environment that
-// `boardvisor shell` sets (or the flags).
-type leaseEnv struct{ exporter, board, token string }
+// `boardvisor shell` sets (or the flags), and how the lease's supervisor is reached
+// over TLS (the CA file of the coordinator's commands; a hook's pin).
+type leaseEnv struct {
+	exporter, board, token string
+	tls                    *tlsFlags
+}
 
-func (l *leaseEnv) add(cmd *cobra.Command) { l.addTo(cmd, cmd.Flags()) }
+func (l *leaseEnv) add(cmd *cobra.Command) { l.addTo(cmd, cmd.Flags(), nil) }
 
-func (l *leaseEnv) addTo(cmd *cobra.Command, f *pflag.FlagSet) {
-	addEnv(cmd, envExporter, envBoard, envLeaseToken, envBoardName)
-	f.StringVar(&l.exporter, "exporter", "", "the board's supervisor, host:port (default $BOARDVISOR_EXPORTER)")
+// addTo adds the flags to f; t, if not nil, are TLS flags the command has already
+// (logs: its coordinator's).
+func (l *leaseEnv) addTo(cmd *cobra.Command, f *pflag.FlagSet, t *tlsFlags) {
+	addEnv(cmd, envExporter, envBoard, envLeaseToken, envBoardName, envExporterPin)
+	f.StringVar(&l.exporter, "exporter", "", "the board's supervisor, host:port or tls://host:port (default $BOARDVISOR_EXPORTER)")
 	f.StringVar(&l.board, "board", "", "the board (default $BOARDVISOR_BOARD, or $BOARD_NAME in a hook)")
 	f.StringVar(&l.token, "token", "", "the lease token (default $BOARDVISOR_TOKEN)")
+	if t == nil {
+		t = &tlsFlags{}
+		t.addTo(cmd, f)
+	}
+	l.tls = t
 }
 
 func (l *leaseEnv) dial() (jpb.ExporterServiceClient, func(), error) {
@@ -42,16 +52,23 @@ func (l *leaseEnv) dial() (jpb.ExporterServiceClient, func(), error) {
 	if l.exporter == "" || l.board == "" || l.token == "" {
 		return nil, nil, usageError{errors.New("no lease: run this inside `boardvisor shell`, after eval \"$(boardvisor lease create ... -o shell)\", or give --exporter, --board and --token")}
 	}
-	conn, err := grpc.NewClient(l.exporter, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err := l.tls.resolve(); err != nil {
+		return nil, nil, err
+	}
+	t := l.tls.client()
+	// A hook trusts its own supervisor's certificate by its fingerprint, whatever the
+	// address it dials.
+	t.Pin = os.Getenv(envExporterPin)
+	conn, err := client.DialExporter(l.exporter, t)
 	if err != nil {
-		return nil, nil, failf(exitUsage, "supervisor address %q: %s", l.exporter, lastPart(err.Error()))
+		return nil, nil, failf(exitUsage, "%s", oneLine(err.Error()))
 	}
 	return jpb.NewExporterServiceClient(conn), func() { conn.Close() }, nil
 }
 
 // peer describes the lease's supervisor, for error messages.
 func (l *leaseEnv) peer() peer {
-	return peer{role: "supervisor of board " + l.board, addr: l.exporter,
+	return peer{role: "supervisor of board " + l.board, addr: l.exporter, caFile: l.tls.caFile,
 		hint: "is it running? (the lease's supervisor comes from boardvisor shell or lease create: $" + envExporter + ")"}
 }
 
@@ -117,7 +134,7 @@ func newConsole() *cobra.Command {
 					return err
 				})
 				if err != nil && ctx.Err() == nil {
-					fmt.Fprintf(os.Stderr, "\r\nboardvisor: console write: %s\r\n", status.Convert(err).Message())
+					fmt.Fprintf(os.Stderr, "\r\nboardvisor: console write: %s\r\n", client.Visible(status.Convert(err).Message()))
 				}
 				if escaped || err != nil {
 					stop() // the escape key leaves; the end of input does not

@@ -61,6 +61,7 @@ func (e exitError) Error() string { return fmt.Sprintf("exit status %d", int(e))
 // how the user sets it.
 type peer struct {
 	role, addr, hint string
+	caFile           string // the CA file its certificate was checked against ("": the system's)
 }
 
 // rpcError words a failed call to p: what was being done, and the gRPC error, as one
@@ -83,6 +84,9 @@ func rpcError(p peer, what string, err error) error {
 	msg := oneLine(st.Message())
 	switch st.Code() {
 	case codes.Unavailable:
+		if s := tlsSentence(p, msg); s != "" {
+			return failf(exitUnreachable, "%s: %s", what, s)
+		}
 		if strings.Contains(msg, "shutting down") {
 			return failf(exitUnreachable, "%s: the %s at %s is shutting down; try again once it is back", what, p.role, p.addr)
 		}
@@ -90,6 +94,9 @@ func rpcError(p peer, what string, err error) error {
 	case codes.DeadlineExceeded:
 		return failf(exitUnreachable, "%s: the %s at %s did not answer in time; %s", what, p.role, p.addr, p.hint)
 	case codes.Unauthenticated:
+		if strings.Contains(msg, "client certificate") { // a supervisor's tls.clientCAFile: its message says what to do
+			return failf(exitRefused, "%s: the %s at %s refused the connection: %s", what, p.role, p.addr, msg)
+		}
 		return failf(exitRefused, "%s: the %s at %s refused the token: %s", what, p.role, p.addr, msg)
 	case codes.PermissionDenied:
 		return failf(exitRefused, "%s: %s", what, msg)
@@ -106,6 +113,38 @@ func rpcError(p peer, what string, err error) error {
 }
 
 var descQuoted = regexp.MustCompile(`desc = "(.*)"`)
+
+// tlsSentence words a TLS handshake that failed on this side ("" if msg is not one):
+// the peer's certificate is not trusted, not for the address dialled, or out of date.
+func tlsSentence(p peer, msg string) string {
+	who, _, _ := strings.Cut(p.role, " ") // "supervisor", "coordinator"
+	low := strings.ToLower(msg)
+	switch {
+	case strings.Contains(low, "x509: certificate signed by unknown authority"), strings.Contains(low, "certificate is not trusted"):
+		if p.caFile != "" {
+			return fmt.Sprintf("the %s's certificate (at %s) is not signed by the CA in %s: give --ca-file FILE (or $%s, or caFile: in %s) with the CA that signed it",
+				who, p.addr, p.caFile, envCAFile, clientConfigPath())
+		}
+		return fmt.Sprintf("the %s's certificate (at %s) is not signed by a CA you trust (no CA file given: the system's CAs were used): give --ca-file FILE (or $%s, or caFile: in %s) with the CA that signed it",
+			who, p.addr, envCAFile, clientConfigPath())
+	case strings.Contains(low, "x509: certificate is valid for"), strings.Contains(low, "x509: cannot validate certificate for"):
+		return fmt.Sprintf("the %s's certificate does not name the address it is reached at (%s): %s; its operator must give it a certificate for that address",
+			who, p.addr, tlsDetail(msg))
+	case strings.Contains(low, "x509: certificate has expired or is not yet valid"):
+		return fmt.Sprintf("the %s's certificate (at %s) has expired or is not valid yet: %s; its operator must renew it", who, p.addr, tlsDetail(msg))
+	case strings.Contains(low, "not the one pinned"):
+		return fmt.Sprintf("the %s at %s presents another certificate than the one it gave its hooks ($%s): has it been restarted with a new one?", who, p.addr, envExporterPin)
+	}
+	return ""
+}
+
+// tlsDetail is the x509 clause of a handshake error.
+func tlsDetail(msg string) string {
+	if i := strings.Index(msg, "x509: "); i >= 0 {
+		msg = msg[i+len("x509: "):]
+	}
+	return strings.TrimSuffix(msg, `"`)
+}
 
 // transportReason reduces gRPC's transport error ("connection error: desc =
 // \"transport: Error while dialing: dial tcp 127.0.0.1:7400: connect: connection

@@ -26,6 +26,7 @@ type upstreamFlags struct {
 	listen     []string
 	logGrace   time.Duration
 	hold       time.Duration
+	peers      peerLimitFlags // the bound of unauthenticated connections (peers.go)
 }
 
 func (f *upstreamFlags) add(cmd *cobra.Command) {
@@ -49,8 +50,12 @@ func (f *upstreamFlags) configure(svc *exporter.Service) {
 	svc.FailedStatusHold = f.hold
 }
 
-// serve starts the per-board endpoints; stop stops them and removes the sockets.
-func (f *upstreamFlags) serve(svc *exporter.Service, boards map[string]bool, logger hclog.Logger) (stop func(), err error) {
+// serve starts the per-board endpoints; stop stops them and removes the sockets. The
+// TCP endpoints are served with netOpts (the client service's TLS and client
+// certificate rule) on listeners wrapped by wrap (the bound of unauthenticated
+// connections); the sockets' permissions are their authentication.
+func (f *upstreamFlags) serve(svc *exporter.Service, boards map[string]bool, logger hclog.Logger,
+	netOpts []grpc.ServerOption, wrap func(net.Listener) net.Listener) (stop func(), err error) {
 	var servers []*grpc.Server
 	var sockets []string
 	stop = func() {
@@ -70,7 +75,12 @@ func (f *upstreamFlags) serve(svc *exporter.Service, boards map[string]bool, log
 		}
 	}()
 	start := func(board string, lis net.Listener, bySocket bool) {
-		g := supervisor.NewGRPCServer(svc.EndpointOptions(board, bySocket)...)
+		opts := svc.EndpointOptions(board, bySocket)
+		if !bySocket {
+			opts = append(opts, netOpts...)
+			lis = wrap(lis)
+		}
+		g := supervisor.NewGRPCServer(opts...)
 		svc.Register(g)
 		servers = append(servers, g)
 		go g.Serve(lis)

@@ -30,7 +30,7 @@ func releaseFollow(cf *coordFlags, id string) error {
 	defer closeConn()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-	c := &client.Client{Leases: leases, Out: os.Stdout}
+	c := &client.Client{Leases: leases, Out: os.Stdout, Dial: cf.tls.exporterDialer()}
 	return c.ReleaseAndFollow(ctx, id, "released by "+userName())
 }
 

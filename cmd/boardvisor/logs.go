@@ -16,7 +16,6 @@ import (
 	"github.com/boardvisor/boardvisor/drivers/recording"
 	pb "github.com/boardvisor/boardvisor/proto/boardvisor/v1"
 	"github.com/spf13/cobra"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/emptypb"
 )
 
@@ -60,7 +59,7 @@ lease's console recording kept there.`,
 	}
 	f := cmd.Flags()
 	f.BoolVarP(&follow, "follow", "f", false, "follow the log until the lease ends")
-	le.addTo(cmd, f)
+	le.addTo(cmd, f, &cf.tls) // one CA file and client certificate for both, added by cf
 	cf.addTo(cmd, f)
 	f.BoolVar(&console, "console", false, "the lease's console bytes (raw) instead of its log")
 	f.StringVar(&lease, "lease", "", "the lease ID")
@@ -161,7 +160,7 @@ func followLog(le leaseEnv) error {
 	defer stop()
 	stream, err := c.LogStream(le.ctx(ctx), &emptypb.Empty{})
 	if err != nil {
-		return fmt.Errorf("log: %s", status.Convert(err).Message())
+		return rpcError(le.peer(), "log of board "+le.board, err)
 	}
 	for {
 		r, err := stream.Recv()
@@ -169,7 +168,7 @@ func followLog(le leaseEnv) error {
 			return nil
 		}
 		if err != nil {
-			return fmt.Errorf("log: %s", status.Convert(err).Message())
+			return rpcError(le.peer(), "log of board "+le.board, err)
 		}
 		if r.GetMissed() > 0 {
 			fmt.Printf("(%d lines missed)\n", r.GetMissed())

@@ -10,6 +10,7 @@ import (
 	"os"
 	"strings"
 
+	"github.com/boardvisor/boardvisor/client"
 	"github.com/hashicorp/go-hclog"
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
@@ -32,7 +33,8 @@ func run(args []string) int {
 	if errors.As(err, &ee) {
 		return int(ee)
 	}
-	fmt.Fprintf(os.Stderr, "boardvisor: %s\n", oneLine(err.Error()))
+	// An error may quote a peer (a board name, a supervisor's message): made visible.
+	fmt.Fprintf(os.Stderr, "boardvisor: %s\n", client.Visible(oneLine(err.Error())))
 	var ce *cliError
 	if errors.As(err, &ce) {
 		return ce.code

@@ -16,6 +16,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/boardvisor/boardvisor/client"
 	"github.com/spf13/cobra"
 	"gopkg.in/yaml.v3"
 )
@@ -109,12 +110,13 @@ func printOne[T any](w io.Writer, format string, row T, cols []Column[T]) error 
 	return tw.Flush()
 }
 
-// cellText keeps a table a table: a cell is one line without tabs.
+// cellText keeps a table a table: a cell is one line without tabs, its other control
+// characters made visible (client.Visible: the cells are the peers' words).
 func cellText(s string) string {
-	if !strings.ContainsAny(s, "\t\r\n") {
-		return s
+	if strings.ContainsAny(s, "\t\r\n") {
+		s = strings.Join(strings.Fields(s), " ")
 	}
-	return strings.Join(strings.Fields(s), " ")
+	return client.Visible(s)
 }
 
 // printData writes v as indented JSON, or as YAML with the same keys in the same

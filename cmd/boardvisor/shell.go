@@ -59,7 +59,7 @@ afterLease hook runs (Ctrl+C then leaves at once, the hook goes on).`,
 			defer signal.Stop(sigs)
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
-			c := &client.Client{Leases: leases, Out: os.Stdout}
+			c := &client.Client{Leases: leases, Out: os.Stdout, Dial: cf.tls.exporterDialer()}
 			acquireCtx, stopAcquire := context.WithCancel(ctx)
 			interrupted := make(chan os.Signal, 1)
 			go func() {
@@ -75,9 +75,9 @@ afterLease hook runs (Ctrl+C then leaves at once, the hook goes on).`,
 				stopAcquire()
 				msg := c.Withdraw(lease, why)
 				if err != nil {
-					return failf(code, "%s %s", strings.TrimSuffix(err.Error(), "."), msg)
+					return failf(code, "%s. %s", strings.TrimSuffix(err.Error(), "."), msg)
 				}
-				fmt.Fprintln(os.Stderr, "boardvisor: "+msg)
+				fmt.Fprintln(os.Stderr, "boardvisor: "+client.Visible(msg))
 				return exitError(code)
 			}
 			req := client.Request{Selector: selector, Board: board, Duration: duration, Client: first(clientName, userName()), Image: img}
@@ -119,7 +119,7 @@ afterLease hook runs (Ctrl+C then leaves at once, the hook goes on).`,
 				if acquireCtx.Err() != nil {
 					return withdraw(lease, "interrupted while the board was prepared ("+signalName(interrupted)+")", exitInterrupted, nil)
 				}
-				ep := peer{role: "supervisor of board " + lease.GetBoard(), addr: lease.GetExporterEndpoint(),
+				ep := peer{role: "supervisor of board " + lease.GetBoard(), addr: lease.GetExporterEndpoint(), caFile: cf.tls.caFile,
 					hint: "is the supervisor running, and reachable from here?"}
 				werr := rpcError(ep, "connect to board "+lease.GetBoard(), err)
 				return withdraw(lease, "client could not connect", exitCodeOf(werr), werr)
@@ -131,7 +131,8 @@ afterLease hook runs (Ctrl+C then leaves at once, the hook goes on).`,
 			if up != nil {
 				defer up.Close()
 			}
-			code := runLeaseShell(lease, cf.addr, args, sigs, env...)
+			// The commands in the shell reach the board with the same CA and certificate.
+			code := runLeaseShell(lease, cf.addr, args, sigs, append(env, cf.tls.env()...)...)
 			relCtx, relCancel := context.WithCancel(ctx)
 			go func() {
 				select {
@@ -143,7 +144,7 @@ afterLease hook runs (Ctrl+C then leaves at once, the hook goes on).`,
 			err = s.Release(relCtx)
 			relCancel()
 			if err != nil {
-				return rpcError(peer{role: "supervisor of board " + lease.GetBoard(), addr: lease.GetExporterEndpoint(),
+				return rpcError(peer{role: "supervisor of board " + lease.GetBoard(), addr: lease.GetExporterEndpoint(), caFile: cf.tls.caFile,
 					hint: "the lease ends at its time anyway"}, "release lease "+lease.GetId(), err)
 			}
 			if code != 0 {
@@ -214,10 +215,13 @@ func upstreamEnv(ctx context.Context, c *client.Client, up *client.UpstreamSocke
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	if err := up.Describe(dctx); err != nil {
-		fmt.Fprintf(os.Stderr, "boardvisor: %v\n", err)
+		fmt.Fprintf(os.Stderr, "boardvisor: %s\n", client.Visible(err.Error()))
 	}
 	if up.Motd != "" {
-		fmt.Println(up.Motd)
+		// A hook's message of the day: its lines, made visible.
+		for _, l := range strings.Split(strings.TrimRight(up.Motd, "\n"), "\n") {
+			fmt.Println(client.Visible(l))
+		}
 	}
 	return up, up.Env(lease.GetBoard(), lease.GetId())
 }

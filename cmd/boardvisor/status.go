@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/boardvisor/boardvisor/client"
@@ -130,7 +131,7 @@ console and logs -f act on the board.`,
 func createAttached(leases pb.LeaseServiceClient, cf *coordFlags, req client.Request, format string) error {
 	ctx, stop := signalContext()
 	defer stop()
-	c := &client.Client{Leases: leases, Out: os.Stderr}
+	c := &client.Client{Leases: leases, Out: os.Stderr, Dial: cf.tls.exporterDialer()}
 	lease, err := c.Acquire(ctx, req)
 	if lease == nil {
 		return rpcError(cf.peer(), "create lease", err)
@@ -149,11 +150,11 @@ func createAttached(leases pb.LeaseServiceClient, cf *coordFlags, req client.Req
 		return failf(exitFailed, "lease %s ended: its beforeLease hook failed", lease.GetId())
 	}
 	if ctx.Err() != nil {
-		fmt.Fprintln(os.Stderr, "boardvisor: "+c.Withdraw(lease, "interrupted while waiting"))
+		fmt.Fprintln(os.Stderr, "boardvisor: "+client.Visible(c.Withdraw(lease, "interrupted while waiting")))
 		return exitError(exitInterrupted)
 	}
 	werr := rpcError(cf.peer(), "lease "+lease.GetId(), err)
-	return failf(exitCodeOf(werr), "%s %s", werr.Error(), c.Withdraw(lease, "the client failed while waiting"))
+	return failf(exitCodeOf(werr), "%s. %s", strings.TrimSuffix(werr.Error(), "."), c.Withdraw(lease, "the client failed while waiting"))
 }
 
 // createdLease is what `lease create` prints: the lease and what reaches its board.
@@ -172,7 +173,8 @@ func printCreated(format string, l *pb.Lease) error {
 		}
 		return nil
 	}
-	fmt.Printf("lease=%s\ntoken=%s\nboard=%s\nexporter=%s\n", l.GetId(), l.GetToken(), l.GetBoard(), l.GetExporterEndpoint())
+	v := client.Visible // the supervisor's words: one line each
+	fmt.Printf("lease=%s\ntoken=%s\nboard=%s\nexporter=%s\n", v(l.GetId()), v(l.GetToken()), v(l.GetBoard()), v(l.GetExporterEndpoint()))
 	return nil
 }
 
@@ -244,7 +246,7 @@ func newLeaseRelease(cf *coordFlags) *cobra.Command {
 				case l.GetBoard() == "":
 					fmt.Printf("lease %s withdrawn from the queue\n", args[0])
 				case l.GetPhase() == pb.LeasePhase_LEASE_PHASE_DONE || l.GetPhase() == pb.LeasePhase_LEASE_PHASE_FAILED:
-					fmt.Printf("lease %s had ended already: %s\n", args[0], l.GetStatusMessage())
+					fmt.Printf("lease %s had ended already: %s\n", args[0], client.Visible(l.GetStatusMessage()))
 				default:
 					fmt.Printf("lease %s released; the afterLease hook runs on board %s\n", args[0], l.GetBoard())
 				}

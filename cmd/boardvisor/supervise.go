@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -16,6 +18,7 @@ import (
 	"github.com/boardvisor/boardvisor/cmd/boardvisor/internal/sdnotify"
 	"github.com/boardvisor/boardvisor/connector"
 	"github.com/boardvisor/boardvisor/connector/local"
+	"github.com/boardvisor/boardvisor/connector/tlsconf"
 	"github.com/boardvisor/boardvisor/internal/diskspace"
 	"github.com/boardvisor/boardvisor/jobs/journal"
 	"github.com/boardvisor/boardvisor/supervisor"
@@ -25,6 +28,8 @@ import (
 	"github.com/boardvisor/boardvisor/supervisor/metrics"
 	"github.com/hashicorp/go-hclog"
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 )
 
 func newSupervise(g *globalFlags) *cobra.Command {
@@ -54,6 +59,7 @@ func newSupervise(g *globalFlags) *cobra.Command {
 	}
 	cmd.Flags().StringVarP(&path, "config", "c", "", "the supervisor's YAML config file (required; boardvisor config check FILE checks it)")
 	up.add(cmd)
+	up.peers.add(cmd)
 	addEnv(cmd, envNotifySocket, envWatchdogUsec)
 	return cmd
 }
@@ -94,18 +100,24 @@ func serveSupervisor(ctx context.Context, cfg *config.Config, logger hclog.Logge
 	}
 	defer dev.Close()
 	boards := supervisor.BoardsFromConfig(cfg, dev)
+	srvTLS, err := loadServiceTLS(cfg)
+	if err != nil {
+		return err
+	}
 	lis, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("client service: listen on %s: %w", cfg.Listen, err)
 	}
 	defer lis.Close()
+	// What the coordinator tells clients, and hooks get: tls://HOST:PORT over TLS.
+	endpoint := tlsconf.Endpoint(lis.Addr().String(), srvTLS != nil)
 	var conn connector.SupervisorConnector = local.New()
 	mopts := metrics.Options{StateDir: disk}
 	for _, b := range boards {
 		mopts.Boards = append(mopts.Boards, b.Name)
 	}
 	if cfg.Coordinator != nil {
-		link, err := supervisor.OpenLink(cfg, lis.Addr().String(), versionString(), logger, disk)
+		link, err := supervisor.OpenLink(cfg, endpoint, versionString(), logger, disk)
 		if err != nil {
 			return err
 		}
@@ -132,6 +144,16 @@ func serveSupervisor(ctx context.Context, cfg *config.Config, logger hclog.Logge
 	}), dev)
 	svc.Audit = al
 	up.configure(svc)
+	// Connections that no call has authenticated yet are counted per peer address, on
+	// every TCP listener of the client service.
+	peers := up.limiter(logger.Named("connections"), al)
+	svc.PeerAuthenticated = peers.Authenticated
+	var netOpts []grpc.ServerOption // of the servers on TCP addresses (not Unix sockets)
+	if srvTLS != nil {
+		netOpts = append(netOpts, grpc.Creds(credentials.NewTLS(srvTLS.conf)))
+		svc.ClientCAs = srvTLS.clientCAs
+	}
+	netOpts = append(netOpts, svc.ServerOptions()...)
 	// Hooks may call the board's drivers while they run, with a token of their own and
 	// the same commands a user has in `boardvisor shell`.
 	if svc.HookKey, err = hookKey(filepath.Join(cfg.StateDir, "hook.key"), logger); err != nil {
@@ -139,8 +161,13 @@ func serveSupervisor(ctx context.Context, cfg *config.Config, logger hclog.Logge
 	}
 	self, _ := os.Executable()
 	hookEnv := func(job string) []string {
-		return append([]string{"BOARDVISOR_EXPORTER=" + lis.Addr().String(), "BOARDVISOR_TOKEN=" + svc.HookToken(job), "BOARDVISOR_CLI=" + self},
-			dev.HookEnv(job)...)
+		env := []string{envExporter + "=" + endpoint, envLeaseToken + "=" + svc.HookToken(job), "BOARDVISOR_CLI=" + self}
+		if srvTLS != nil {
+			// A hook trusts this supervisor's certificate itself: no CA file to read, and
+			// the address it dials need not be a name in the certificate.
+			env = append(env, envExporterPin+"="+srvTLS.pin)
+		}
+		return append(env, dev.HookEnv(job)...)
 	}
 	sup, err = supervisor.Start(supervisor.Options{Boards: boards, StateDir: cfg.StateDir, Conn: conn, Logger: logger,
 		Exporter: svc, Store: jr, Sinks: []outbox.Sink{dev.Sink, met.Sink, al.Sink}, HookEnv: hookEnv, HookCgroup: cfg.HookCgroup, Images: dev})
@@ -161,21 +188,22 @@ func serveSupervisor(ctx context.Context, cfg *config.Config, logger hclog.Logge
 		logger.Info("metrics", "address", mlis.Addr().String())
 	}
 	dev.PowerOn(ctx)
-	g := supervisor.NewGRPCServer()
+	g := supervisor.NewGRPCServer(netOpts...)
 	svc.Register(g)
-	go g.Serve(lis)
+	go g.Serve(peers.Listener(lis))
 	defer g.Stop()
 	names := map[string]bool{}
 	for _, b := range boards {
 		names[b.Name] = true
 	}
-	stopUpstream, err := up.serve(svc, names, logger.Named("jumpstarter"))
+	stopUpstream, err := up.serve(svc, names, logger.Named("jumpstarter"), netOpts, peers.Listener)
 	if err != nil {
 		sup.Stop()
 		return err
 	}
 	defer stopUpstream()
-	logger.Info("supervising", "boards", len(boards), "stateDir", cfg.StateDir, "config", cfg.Path, "listen", lis.Addr().String(), "version", versionString())
+	logger.Info("supervising", "boards", len(boards), "stateDir", cfg.StateDir, "config", cfg.Path, "listen", lis.Addr().String(),
+		"endpoint", endpoint, "tls", srvTLS != nil, "client_certificates", srvTLS != nil && srvTLS.clientCAs != nil, "version", versionString())
 	if ready != nil {
 		ready(lis.Addr().String())
 	}
@@ -253,4 +281,30 @@ func private(path string, perm os.FileMode, logger hclog.Logger) error {
 	logger.Warn("making a file of the daemon's private: hooks and other users must not read it", "path", path,
 		"mode", fi.Mode().Perm().String(), "new_mode", perm.String())
 	return os.Chmod(path, perm)
+}
+
+// serviceTLS is the client service's TLS, from the config's tls block.
+type serviceTLS struct {
+	conf      *tls.Config
+	pin       string         // the certificate's SHA-256, for hooks (tlsconf.Client.Pin)
+	clientCAs *x509.CertPool // nil: no client certificate needed
+}
+
+// loadServiceTLS loads the tls block's files (nil, nil without the block).
+func loadServiceTLS(cfg *config.Config) (*serviceTLS, error) {
+	t := cfg.TLS
+	if t == nil {
+		return nil, nil
+	}
+	pair, err := tlsconf.LoadKeyPair(t.CertFile, t.KeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("%s: tls: %w", cfg.Path, err)
+	}
+	s := &serviceTLS{conf: tlsconf.Server(pair, t.ClientCAFile != ""), pin: tlsconf.Fingerprint(pair)}
+	if t.ClientCAFile != "" {
+		if s.clientCAs, err = tlsconf.LoadPool(t.ClientCAFile); err != nil {
+			return nil, fmt.Errorf("%s: tls.clientCAFile: %w", cfg.Path, err)
+		}
+	}
+	return s, nil
 }

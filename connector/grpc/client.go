@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -47,6 +48,9 @@ type ClientOptions struct {
 	Queue *Queue
 	// Creds secure the connection (nil: plaintext, for loopback and tests).
 	Creds credentials.TransportCredentials
+	// CAFile is the file of the CA that Creds check the coordinator's certificate
+	// against, named when that check fails.
+	CAFile string
 	// MinBackoff and MaxBackoff bound the wait between reconnects (defaults 100ms, 30s).
 	// The wait doubles after each failed attempt and goes back to MinBackoff only after
 	// a session that lived StableAfter (default 10s) or had events acknowledged.
@@ -265,6 +269,9 @@ func (c *Client) Run(ctx context.Context, sup connector.Supervisor) error {
 			backoff = c.opts.MinBackoff
 		}
 		msg := oneLine(err)
+		if why, ok := tlsFailure(err); ok {
+			msg = fmt.Sprintf("the coordinator's TLS certificate at %s does not verify against the CA file %s (coordinator.caFile): %s", c.opts.Address, c.opts.CAFile, why)
+		}
 		refusal, key := refusalOf(err)
 		var wait time.Duration
 		switch status.Code(err) {
@@ -307,6 +314,9 @@ func jitter(d time.Duration) time.Duration { return d/2 + rand.N(d/2+1) }
 // refusalOf says what an error means when the coordinator refused this supervisor for
 // good (its config must change), and the config key to fix; "" otherwise.
 func refusalOf(err error) (msg, key string) {
+	if strings.Contains(status.Convert(err).Message(), CertificateRefusal) {
+		return "the coordinator refused this supervisor's client certificate: set coordinator.certFile and coordinator.keyFile to a certificate signed by the coordinator's supervisors' CA (its --tls-client-ca) that names coordinator.supervisorId; retrying in minutes", "coordinator.certFile"
+	}
 	switch status.Code(err) {
 	case codes.Unauthenticated:
 		return "the coordinator does not accept this supervisor's token: check coordinator.tokenFile (it must hold a token the coordinator knows); retrying in minutes", "coordinator.tokenFile"
@@ -316,6 +326,20 @@ func refusalOf(err error) (msg, key string) {
 		return "the coordinator refused this supervisor: another live supervisor holds this ID; give each supervisor its own coordinator.supervisorId", "coordinator.supervisorId"
 	}
 	return "", ""
+}
+
+// tlsFailure reports whether a session failed in the TLS handshake on this side (the
+// coordinator's certificate did not verify), and why, in x509's words.
+func tlsFailure(err error) (string, bool) {
+	if status.Code(err) != codes.Unavailable {
+		return "", false
+	}
+	msg := status.Convert(err).Message()
+	i := strings.Index(msg, "x509: ")
+	if i < 0 {
+		return "", false
+	}
+	return strings.TrimRight(msg[i+len("x509: "):], `"`), true
 }
 
 func oneLine(err error) string {

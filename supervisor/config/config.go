@@ -23,7 +23,8 @@
 //
 // Besides reading the config file, the package only stats the files the config names
 // (hook executables, serial devices), opens the coordinator token file to check that it
-// is readable, and looks up the users and groups of runAs blocks in the system's
+// is readable, loads the TLS certificates, keys and CA files it names to check that they
+// are what they say, and looks up the users and groups of runAs blocks in the system's
 // databases. testdata/example.yaml documents every field.
 package config
 
@@ -72,6 +73,9 @@ type Config struct {
 	StateDir string `yaml:"stateDir"`
 	// Listen is the client-facing gRPC address, host:port (default DefaultListen).
 	Listen string `yaml:"listen"`
+	// TLS, if set, serves the client service (and the per-board TCP endpoints of
+	// --jumpstarter-listen) over TLS; nil: plaintext.
+	TLS *TLSConfig `yaml:"tls"`
 	// Log configures the daemon's own log.
 	// Metrics, if set, is the host:port of the Prometheus endpoint (/metrics).
 	Metrics string    `yaml:"metrics"`
@@ -109,6 +113,21 @@ type ImagesConfig struct {
 	ProvisionTimeout Duration `yaml:"provisionTimeout"`
 }
 
+// TLSConfig is the client service's TLS: the certificate it presents, and whether
+// clients must present one of their own.
+type TLSConfig struct {
+	// CertFile is the service's certificate (PEM, the leaf first, then any
+	// intermediates); it must name the address the coordinator tells clients (listen's
+	// host, as an IP address or DNS name). Required in this block.
+	CertFile string `yaml:"certFile"`
+	// KeyFile is its private key (PEM), readable by the daemon's user alone. Required
+	// in this block.
+	KeyFile string `yaml:"keyFile"`
+	// ClientCAFile, if set, makes every call need a client certificate signed by a CA
+	// in this PEM file (hooks' driver calls with their hook token excepted).
+	ClientCAFile string `yaml:"clientCAFile"`
+}
+
 // LogConfig configures the daemon's own log.
 type LogConfig struct {
 	// Level is trace, debug, info, warn or error (default info).
@@ -128,6 +147,12 @@ type CoordinatorConfig struct {
 	// CAFile, if set, turns on TLS: the coordinator's certificate must be signed by a CA
 	// in this PEM file.
 	CAFile string `yaml:"caFile"`
+	// CertFile and KeyFile, if set, are the certificate (PEM) this supervisor presents
+	// to the coordinator, and its private key: a coordinator started with --tls-client-ca
+	// requires one, signed by that CA and naming supervisorId (its common name or a DNS
+	// name). They need caFile (TLS).
+	CertFile string `yaml:"certFile"`
+	KeyFile  string `yaml:"keyFile"`
 	// OutboxMaxBytes bounds the events kept on disk while the coordinator is away
 	// (default 256 MiB, at least 64 KiB); past it console bytes are dropped first, and
 	// said so.

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/boardvisor/boardvisor/connector/tlsconf/tlstest"
 	"github.com/boardvisor/boardvisor/jobs"
 	"github.com/boardvisor/boardvisor/supervisor/config/configtest"
 )
@@ -527,6 +528,11 @@ func exampleFull(t *testing.T, e *env, data []byte) (text, tty string) {
 	tty = e.file("ttyUSB0", "", 0o600)
 	token := e.file("token", "secret", 0o600)
 	ca := e.file("ca.pem", "-----BEGIN CERTIFICATE-----\n", 0o600)
+	// The TLS files are real: the config loads them.
+	lab := tlstest.NewCA(t, "lab CA")
+	srvCert, srvKey := lab.WriteLeaf(t, e.dir, "supervisor", tlstest.Localhost("lab-a"))
+	supCert, supKey := lab.WriteLeaf(t, e.dir, "lab-a", tlstest.Leaf{CN: "lab-a", Client: true})
+	clientsCA := lab.WriteCA(t, e.dir, "clients-ca.pem")
 	var lines []string
 	for _, l := range strings.Split(string(data), "\n") {
 		lines = append(lines, strings.TrimPrefix(l, "#~"))
@@ -535,6 +541,13 @@ func exampleFull(t *testing.T, e *env, data []byte) (text, tty string) {
 	full = strings.ReplaceAll(full, "/dev/ttyUSB0", tty)
 	full = strings.ReplaceAll(full, "/etc/boardvisor/token", token)
 	full = strings.ReplaceAll(full, "/etc/boardvisor/ca.pem", ca)
+	for from, to := range map[string]string{"/etc/boardvisor/supervisor.pem": srvCert, "/etc/boardvisor/supervisor.key": srvKey,
+		"/etc/boardvisor/lab-a.pem": supCert, "/etc/boardvisor/lab-a.key": supKey, "/etc/boardvisor/clients-ca.pem": clientsCA} {
+		if !strings.Contains(full, from) {
+			t.Fatalf("example.yaml has no #~ line naming %s", from)
+		}
+		full = strings.ReplaceAll(full, from, to)
+	}
 	if full == string(data) || !strings.Contains(full, tty) || !strings.Contains(full, token) || !strings.Contains(full, ca) {
 		t.Fatal("example.yaml has no #~ lines naming /dev/ttyUSB0, /etc/boardvisor/token and /etc/boardvisor/ca.pem")
 	}
@@ -575,8 +588,11 @@ func TestExample(t *testing.T) {
 		t.Errorf("example runAs %+v, hookCgroup %q", rs[0].RunAs, c.HookCgroup)
 	}
 	if co := c.Coordinator; co == nil || co.Address != "coord.lab:7400" || co.SupervisorID != "lab-a" || co.OutboxMaxBytes != 256<<20 ||
-		co.CAFile == "" || co.TokenFile == "" || c.Metrics != "127.0.0.1:9410" {
+		co.CAFile == "" || co.TokenFile == "" || co.CertFile == "" || co.KeyFile == "" || c.Metrics != "127.0.0.1:9410" {
 		t.Errorf("coordinator %+v, metrics %q", c.Coordinator, c.Metrics)
+	}
+	if c.TLS == nil || c.TLS.CertFile == "" || c.TLS.KeyFile == "" || c.TLS.ClientCAFile == "" {
+		t.Errorf("tls %+v", c.TLS)
 	}
 	rs = c.Resolve()
 	want := &Serial{Device: tty, Baud: 115200, Parity: "none", DataBits: 8, StopBits: 1}

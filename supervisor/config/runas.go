@@ -88,8 +88,8 @@ func checkRunAs(s scope, rel string, r *RunAs) {
 // CheckHookPrivileges checks, for a daemon running with effective uid euid, that no
 // hook runs with privileges it was not given: a root daemon refuses to run hooks of
 // boards without runAs unless runAsRoot is set; a runAs that names another user
-// needs a root daemon; and the coordinator token file must not be readable by the
-// user a hook runs as. The daemon calls it at start-up; the error is one sentence
+// needs a root daemon; and neither the coordinator token file nor a TLS private key
+// may be readable by the user a hook runs as. The daemon calls it at start-up; the error is one sentence
 // naming the key to set.
 func (c *Config) CheckHookPrivileges(euid int) error {
 	var root []string
@@ -105,9 +105,11 @@ func (c *Config) CheckHookPrivileges(euid int) error {
 			return fmt.Errorf("%s: board %q: hooks are to run as user %s (uid %d), but the daemon runs as uid %d and cannot switch users: run it as root, or remove runAs",
 				c.Path, b.Name, b.RunAs.User, b.RunAs.UID, euid)
 		}
-		if co := c.Coordinator; co != nil && co.TokenFile != "" && readableBy(co.TokenFile, b.RunAs) {
-			return fmt.Errorf("%s: coordinator.tokenFile %s is readable by user %s, whom the hooks of board %q run as: make it readable by the daemon's user alone (chmod 600)",
-				c.Path, co.TokenFile, b.RunAs.User, b.Name)
+		for _, sf := range c.secretFiles() {
+			if readableBy(sf.path, b.RunAs) {
+				return fmt.Errorf("%s: %s %s is readable by user %s, whom the hooks of board %q run as: make it readable by the daemon's user alone (chmod 600)",
+					c.Path, sf.key, sf.path, b.RunAs.User, b.Name)
+			}
 		}
 	}
 	if euid == 0 && len(root) > 0 && !c.RunAsRoot {
@@ -115,6 +117,26 @@ func (c *Config) CheckHookPrivileges(euid int) error {
 			c.Path, boardList(root))
 	}
 	return nil
+}
+
+// secretFile is a file of the daemon's that no hook may read, and its config key.
+type secretFile struct{ key, path string }
+
+// secretFiles are the coordinator token file and the TLS private keys the config names.
+func (c *Config) secretFiles() []secretFile {
+	var out []secretFile
+	if co := c.Coordinator; co != nil {
+		if co.TokenFile != "" {
+			out = append(out, secretFile{"coordinator.tokenFile", co.TokenFile})
+		}
+		if co.KeyFile != "" {
+			out = append(out, secretFile{"coordinator.keyFile", co.KeyFile})
+		}
+	}
+	if c.TLS != nil && c.TLS.KeyFile != "" {
+		out = append(out, secretFile{"tls.keyFile", c.TLS.KeyFile})
+	}
+	return out
 }
 
 func boardList(names []string) string {

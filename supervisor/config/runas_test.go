@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/boardvisor/boardvisor/connector/tlsconf/tlstest"
 )
 
 func ids(t *testing.T, name, group string) (uint32, uint32) {
@@ -89,6 +91,8 @@ func TestCheckHookPrivileges(t *testing.T) {
 		t.Fatal(err)
 	}
 	const hooks = "defaults:\n  hooks:\n    beforeLease: {script: \"true\"}\n"
+	cert, key := tlstest.NewCA(t, "lab CA").WriteLeaf(t, open, "server", tlstest.Localhost("lab-a"))
+	tlsBlock := "tls: {certFile: " + cert + ", keyFile: " + key + "}\n"
 	for _, tc := range []struct {
 		name, yaml string
 		euid       int
@@ -108,12 +112,17 @@ func TestCheckHookPrivileges(t *testing.T) {
 		{"token readable by all", "stateDir: /bv\ncoordinator: {address: \"127.0.0.1:1\", tokenFile: " + token + "}\n" + hooks +
 			"  runAs: {user: nobody}\nboards:\n  - name: b1\n", 0, 0o644,
 			`coordinator.tokenFile ` + token + ` is readable by user nobody, whom the hooks of board "b1" run as: make it readable by the daemon's user alone (chmod 600)`},
+		{"TLS key readable by all", "stateDir: /bv\n" + tlsBlock + hooks + "  runAs: {user: nobody}\nboards:\n  - name: b1\n", 0, 0o644,
+			`tls.keyFile ` + key + ` is readable by user nobody, whom the hooks of board "b1" run as: make it readable by the daemon's user alone (chmod 600)`},
+		{"TLS key private", "stateDir: /bv\n" + tlsBlock + hooks + "  runAs: {user: nobody}\nboards:\n  - name: b1\n", 0, 0o600, ""},
 		{"token private", "stateDir: /bv\ncoordinator: {address: \"127.0.0.1:1\", tokenFile: " + token + "}\n" + hooks +
 			"  runAs: {user: nobody}\nboards:\n  - name: b1\n", 0, 0o600, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if err := os.Chmod(token, tc.tokenMode); err != nil {
-				t.Fatal(err)
+			for _, f := range []string{token, key} {
+				if err := os.Chmod(f, tc.tokenMode); err != nil {
+					t.Fatal(err)
+				}
 			}
 			e := newEnv(t)
 			c, err := e.load(tc.yaml)

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/boardvisor/boardvisor/connector/tlsconf"
 	"github.com/boardvisor/boardvisor/jobs"
 )
 
@@ -86,6 +87,23 @@ func (v *validator) host() {
 			s.add("listen", "%s", msg)
 		}
 	}
+	if t := c.TLS; t != nil {
+		switch {
+		case t.CertFile == "":
+			s.add("tls.certFile", "required (the client service's certificate, PEM; leave out the tls block to serve plaintext)")
+		case t.KeyFile == "":
+			s.add("tls.keyFile", "required (the certificate's private key, PEM)")
+		default:
+			checkKeyPair(s, "tls.certFile", "tls.keyFile", t.CertFile, t.KeyFile)
+		}
+		if t.ClientCAFile != "" {
+			if msg := checkReadable(t.ClientCAFile); msg != "" {
+				s.add("tls.clientCAFile", "%s", msg)
+			} else if _, err := tlsconf.LoadPool(t.ClientCAFile); err != nil {
+				s.add("tls.clientCAFile", "%s holds no PEM certificate", t.ClientCAFile)
+			}
+		}
+	}
 	if c.Log.Level != "" && !slices.Contains(logLevels, c.Log.Level) {
 		s.add("log.level", "unknown level %q (want trace, debug, info, warn or error)", c.Log.Level)
 	}
@@ -126,6 +144,17 @@ func (v *validator) host() {
 			if msg := checkReadable(co.CAFile); msg != "" {
 				s.add("coordinator.caFile", "%s", msg)
 			}
+		}
+		switch {
+		case co.CertFile == "" && co.KeyFile == "":
+		case co.CertFile == "":
+			s.add("coordinator.certFile", "required with coordinator.keyFile (the certificate this supervisor presents)")
+		case co.KeyFile == "":
+			s.add("coordinator.keyFile", "required with coordinator.certFile (the certificate's private key)")
+		case co.CAFile == "":
+			s.add("coordinator.certFile", "a client certificate needs TLS: set coordinator.caFile too")
+		default:
+			checkKeyPair(s, "coordinator.certFile", "coordinator.keyFile", co.CertFile, co.KeyFile)
 		}
 		if co.OutboxMaxBytes < 0 {
 			s.add("coordinator.outboxMaxBytes", "must not be negative")
@@ -389,6 +418,22 @@ func checkExecutable(path string) string {
 
 // checkReadable checks that path is a regular file that can be opened for reading; it
 // returns "" if so, else a message. It stats before opening, so a FIFO never blocks.
+// checkKeyPair checks that a certificate and its key are readable files that belong
+// together; a problem is reported at the field of the file it concerns.
+func checkKeyPair(s scope, certField, keyField, certFile, keyFile string) {
+	if msg := checkReadable(certFile); msg != "" {
+		s.add(certField, "%s", msg)
+		return
+	}
+	if msg := checkReadable(keyFile); msg != "" {
+		s.add(keyField, "%s", msg)
+		return
+	}
+	if _, err := tlsconf.LoadKeyPair(certFile, keyFile); err != nil {
+		s.add(certField, "%v", err)
+	}
+}
+
 func checkReadable(path string) string {
 	fi, err := os.Stat(path)
 	if err != nil {

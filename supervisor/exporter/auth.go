@@ -185,6 +185,7 @@ func (s *Service) lease(ctx context.Context, readOnly bool) (*leaseState, error)
 		s.refused(ctx, board, current, why)
 		return nil, status.Errorf(codes.PermissionDenied, "this token holds no live lease on board %s", board)
 	}
+	s.authenticated(ctx)
 	return l, nil
 }
 
@@ -239,5 +240,6 @@ func (s *Service) optionalLease(ctx context.Context, b *boardState) *leaseState 
 	if l == nil || l.board != b.name {
 		return nil
 	}
+	s.authenticated(ctx)
 	return l
 }

@@ -13,6 +13,7 @@ import (
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/hex"
 	"fmt"
 	"sync"
@@ -127,6 +128,13 @@ type Service struct {
 	LogGrace time.Duration
 	// MotdFile, if set, names the file a lease's hooks get as $JMP_MOTD_FILE (motd.go).
 	MotdFile func(job string) string
+	// ClientCAs, if set, are the CAs whose client certificates the servers built with
+	// ServerOptions require (peers.go).
+	ClientCAs *x509.CertPool
+	// PeerAuthenticated, if set, is called with a call's peer address once the call has
+	// proved itself: a lease's or a hook's token, or a client certificate of ClientCAs.
+	// It must not block.
+	PeerAuthenticated func(addr string)
 
 	mu         sync.Mutex
 	boards     map[string]*boardState
@@ -495,6 +503,7 @@ func (s *Service) authorizeDriver(ctx context.Context) (l *leaseState, hook bool
 					s.refused(ctx, board, c.job, "hook token used outside the lease's hooks")
 					return nil, true, status.Errorf(codes.PermissionDenied, "a hook may call drivers only while it runs (the lease is %s)", phase)
 				}
+				s.authenticated(ctx)
 				return c, true, nil
 			}
 		}

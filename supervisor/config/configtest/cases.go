@@ -6,6 +6,8 @@ package configtest
 import (
 	"os"
 	"strings"
+
+	"github.com/boardvisor/boardvisor/connector/tlsconf/tlstest"
 )
 
 // Case is one mistaken config: its text ({{DIR}} stands for a directory holding Files)
@@ -21,10 +23,21 @@ type File struct {
 	Mode    os.FileMode
 }
 
-// Files are the files every case's directory holds.
+// Files are the files every case's directory holds: server.pem and server.key are a
+// certificate and its key, other.key the key of another (made when the package is
+// loaded: no key is committed).
 var Files = map[string]File{
 	"plain.sh": {"#!/bin/sh\n", 0o644},
 	"tty":      {"", 0o600},
+}
+
+func init() {
+	ca := tlstest.NewCA(tlstest.NoTest, "configtest CA")
+	cert, key := ca.Issue(tlstest.NoTest, tlstest.Localhost("b1"))
+	_, other := ca.Issue(tlstest.NoTest, tlstest.Localhost("b2"))
+	Files["server.pem"] = File{string(cert), 0o644}
+	Files["server.key"] = File{string(key), 0o600}
+	Files["other.key"] = File{string(other), 0o600}
 }
 
 const board = "boards:\n  - name: b1\n"
@@ -54,6 +67,24 @@ var Invalid = []Case{
 		`config.yaml:4: coordinator.tokenFile: {{DIR}}/nope does not exist`},
 	{"token file a directory", "stateDir: /bv\ncoordinator:\n  address: coord:7400\n  tokenFile: {{DIR}}\n" + board,
 		`config.yaml:4: coordinator.tokenFile: {{DIR}} is not a regular file`},
+	{"tls without certFile", "stateDir: /bv\ntls:\n  keyFile: {{DIR}}/server.key\n" + board,
+		`config.yaml:2: tls.certFile: required (the client service's certificate, PEM; leave out the tls block to serve plaintext)`},
+	{"tls without keyFile", "stateDir: /bv\ntls: {certFile: {{DIR}}/server.pem}\n" + board,
+		`config.yaml:2: tls.keyFile: required (the certificate's private key, PEM)`},
+	{"tls certificate missing", "stateDir: /bv\ntls:\n  certFile: {{DIR}}/nope.pem\n  keyFile: {{DIR}}/server.key\n" + board,
+		`config.yaml:3: tls.certFile: {{DIR}}/nope.pem does not exist`},
+	{"tls key of another certificate", "stateDir: /bv\ntls:\n  certFile: {{DIR}}/server.pem\n  keyFile: {{DIR}}/other.key\n" + board,
+		`config.yaml:3: tls.certFile: certificate {{DIR}}/server.pem with key {{DIR}}/other.key: private key does not match public key`},
+	{"tls key not a key", "stateDir: /bv\ntls:\n  certFile: {{DIR}}/server.pem\n  keyFile: {{DIR}}/plain.sh\n" + board,
+		`config.yaml:3: tls.certFile: certificate {{DIR}}/server.pem with key {{DIR}}/plain.sh: failed to find any PEM data in key input`},
+	{"tls client CA not PEM", "stateDir: /bv\ntls:\n  certFile: {{DIR}}/server.pem\n  keyFile: {{DIR}}/server.key\n  clientCAFile: {{DIR}}/plain.sh\n" + board,
+		`config.yaml:5: tls.clientCAFile: {{DIR}}/plain.sh holds no PEM certificate`},
+	{"coordinator certificate without key", "stateDir: /bv\ncoordinator:\n  address: coord:7400\n  caFile: {{DIR}}/server.pem\n  certFile: {{DIR}}/server.pem\n" + board,
+		`config.yaml:2: coordinator.keyFile: required with coordinator.certFile (the certificate's private key)`},
+	{"coordinator certificate without TLS", "stateDir: /bv\ncoordinator:\n  address: coord:7400\n  certFile: {{DIR}}/server.pem\n  keyFile: {{DIR}}/server.key\n" + board,
+		`config.yaml:4: coordinator.certFile: a client certificate needs TLS: set coordinator.caFile too`},
+	{"coordinator key of another certificate", "stateDir: /bv\ncoordinator:\n  address: coord:7400\n  caFile: {{DIR}}/server.pem\n  certFile: {{DIR}}/server.pem\n  keyFile: {{DIR}}/other.key\n" + board,
+		`config.yaml:5: coordinator.certFile: certificate {{DIR}}/server.pem with key {{DIR}}/other.key: private key does not match public key`},
 	{"no boards", "stateDir: /bv\nboards: []\n",
 		`config.yaml:2: boards: at least one board is required`},
 	{"boards missing", "stateDir: /bv\n",
@@ -137,7 +168,7 @@ var Invalid = []Case{
 	{"unknown field", "stateDir: /bv\nboards:\n  - name: rpi4-01\n    hoooks: {}\n",
 		`config.yaml:4: board "rpi4-01": hoooks: unknown field (did you mean "hooks"?)`},
 	{"unknown top-level field", "stateDir: /bv\nplugins: [a]\n" + board,
-		`config.yaml:2: plugins: unknown field (known fields: stateDir, listen, metrics, log, coordinator, defaults, runAsRoot, hookCgroup, images, boards)`},
+		`config.yaml:2: plugins: unknown field (known fields: stateDir, listen, tls, metrics, log, coordinator, defaults, runAsRoot, hookCgroup, images, boards)`},
 	{"unknown nested field", "stateDir: /bv\nboards:\n  - name: b1\n    drivers:\n      serial: {device: {{DIR}}/tty, baudrate: 9600}\n",
 		`config.yaml:5: board "b1": drivers.serial.baudrate: unknown field (did you mean "baud"?)`},
 	{"duplicate key", "stateDir: /bv\nboards:\n  - name: b1\n    queue: 1\n    queue: 2\n",
@@ -145,7 +176,7 @@ var Invalid = []Case{
 	{"wrong type", "stateDir: /bv\nboards:\n  - name: b1\n    labels: [a, b]\n",
 		`config.yaml:4: board "b1": labels: want a mapping, got a list`},
 	{"path is not a key", "stateDir: /bv\npath: /x\n" + board,
-		`config.yaml:2: path: unknown field (known fields: stateDir, listen, metrics, log, coordinator, defaults, runAsRoot, hookCgroup, images, boards)`},
+		`config.yaml:2: path: unknown field (known fields: stateDir, listen, tls, metrics, log, coordinator, defaults, runAsRoot, hookCgroup, images, boards)`},
 	{"default power on a simulated board", "stateDir: /bv\ndefaults:\n  drivers:\n    power: {on: pdu-on}\nboards:\n  - name: virt-01\n    drivers: {virtual: {}}\n",
 		`config.yaml:7: board "virt-01": drivers.power: inherited from defaults.drivers.power (line 4), which would replace this simulated board's own power and it would never boot: set power on the boards that need it, not in defaults`},
 	{"default power on a board simulated by default", "stateDir: /bv\ndefaults:\n  drivers:\n    power: {on: pdu-on}\n    virtual: {}\nboards:\n  - name: b1\n",
