@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/boardvisor/boardvisor/drivers/internal/ptypair"
 	"github.com/boardvisor/boardvisor/drivers/internal/tty"
@@ -162,5 +163,35 @@ func mustSymlink(t *testing.T, target, link string) {
 	t.Helper()
 	if err := os.Symlink(target, link); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// The pause after a cycle fits the console's rate into the budget: a slow console gets
+// the whole pause, a faster one shorter pauses each cycle, a flood none.
+func TestNextPause(t *testing.T) {
+	const max = 250 * time.Millisecond
+	for _, tc := range []struct {
+		bytes   int
+		elapsed time.Duration
+		want    time.Duration
+	}{
+		{0, time.Second, max},
+		{1, 10 * time.Second, max},
+		{2880, 250 * time.Millisecond, max}, // 115200 baud
+		{4095 + 600, 250 * time.Millisecond, 250 * time.Millisecond * 3072 / 4695}, // the line discipline filled up
+		{64 << 10, 10 * time.Millisecond, 0},                                       // a flood: read on
+		{PendingBudget, 2 * time.Millisecond, 2 * time.Millisecond},                // exactly the budget
+	} {
+		if got := nextPause(max, tc.bytes, tc.elapsed); got != tc.want {
+			t.Errorf("nextPause(%s, %d bytes, %s) = %s, want %s", max, tc.bytes, tc.elapsed, got, tc.want)
+		}
+	}
+	// Cycle after cycle at a rate the pause cannot hold, the pause shrinks to nothing.
+	p, cycles := max, 0
+	for ; p > 0 && cycles < 100; cycles++ {
+		p = nextPause(max, 4095+600, p) // each cycle: a full line discipline and a little more
+	}
+	if p != 0 || cycles > 30 {
+		t.Errorf("a flood still pauses %s after %d cycles", p, cycles)
 	}
 }

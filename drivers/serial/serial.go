@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -25,8 +26,14 @@ const ReadBufferSize = 32 * 1024
 // overlap. Write, ModemStatus, SetDTR, SetRTS and SendBreak are safe for concurrent use
 // with Run and with each other.
 type Driver struct {
-	cfg  Config
-	mode bugst.Mode
+	cfg   Config
+	mode  bugst.Mode
+	pause time.Duration // between reads of an unattended console (Config.Pause)
+
+	// attended is set while someone interacts with the console (SetAttended): it is
+	// read without pause. wake (capacity 1) ends a pause when it is set.
+	attended atomic.Bool
+	wake     chan struct{}
 
 	running sync.Mutex // held by Run: one Run at a time
 	mu      sync.Mutex // guards file
@@ -41,8 +48,29 @@ func New(cfg Config) (*Driver, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Driver{cfg: cfg, mode: m}, nil
+	return &Driver{cfg: cfg, mode: m, pause: cfg.Pause(), wake: make(chan struct{}, 1)}, nil
 }
+
+// SetAttended says whether someone interacts with the console now (a client follows it,
+// or typed into it lately): an attended console is read and handed on at once, each
+// chunk as it comes; an unattended one is read in bursts, Config.Pause apart, so that
+// its bytes gather in the kernel meanwhile. Switching to attended ends a pause at once.
+// Safe for concurrent use; the order and integrity of the bytes never depend on it.
+func (d *Driver) SetAttended(on bool) {
+	if d.attended.Swap(on) != on && on {
+		select {
+		case d.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// Attended reports what SetAttended last set.
+func (d *Driver) Attended() bool { return d.attended.Load() }
+
+// Pause returns how long Run waits between two reads while the console is unattended
+// (Config.Pause of the driver's configuration).
+func (d *Driver) Pause() time.Duration { return d.pause }
 
 // Name returns the driver's name within its board (Config.Name, default "serial").
 func (d *Driver) Name() string { return d.cfg.Name }
@@ -88,6 +116,12 @@ func (d *Driver) Run(ctx context.Context, out func([]byte)) error {
 	defer stop()
 
 	buf := make([]byte, ReadBufferSize)
+	pause := time.NewTimer(time.Hour)
+	pause.Stop()
+	defer pause.Stop()
+	// A cycle is a pause and the reads after it: its bytes over its length are the
+	// console's rate, which sizes the next pause.
+	cycleStart, cycleBytes := time.Now(), 0
 	for {
 		// Set the deadline before checking ctx: a cancel after the check moves the
 		// deadline to the past after this line, so it cannot be lost.
@@ -101,15 +135,28 @@ func (d *Driver) Run(ctx context.Context, out func([]byte)) error {
 		if n > 0 {
 			out(append([]byte(nil), buf[:n]...))
 		}
-		if err == nil && n < CoalesceBelow && d.cfg.Coalesce > 0 {
-			// A slow console: let its bytes gather (the kernel buffers them) rather than
-			// waking for every few of them.
-			t := time.NewTimer(d.cfg.Coalesce)
+		cycleBytes += n
+		// Unattended and drained (a read of PendingBudget bytes or more says more is
+		// waiting: read on at once): let the next bytes gather in the kernel rather
+		// than waking for every few of them.
+		if err == nil && d.pause > 0 && n < PendingBudget && !d.attended.Load() {
+			now := time.Now()
+			wait := nextPause(d.pause, cycleBytes, now.Sub(cycleStart))
+			cycleStart, cycleBytes = now, 0
+			// A stale wake-up (attended, then not again) must not cut this pause short.
 			select {
-			case <-t.C:
-			case <-ctx.Done():
-				t.Stop()
-				return nil
+			case <-d.wake:
+			default:
+			}
+			if wait > 0 && !d.attended.Load() {
+				pause.Reset(wait)
+				select {
+				case <-pause.C:
+				case <-d.wake:
+					pause.Stop()
+				case <-ctx.Done():
+					return nil
+				}
 			}
 		}
 		switch {
@@ -128,6 +175,26 @@ func (d *Driver) Run(ctx context.Context, out func([]byte)) error {
 			return d.errorf("read: %w", unwrapPath(err))
 		}
 	}
+}
+
+// minPause is the shortest pause worth a timer: below it the console is read on at once.
+const minPause = time.Millisecond
+
+// nextPause sizes the pause after a cycle that brought bytes in elapsed: at most max, and
+// short enough that the console's rate brings at most PendingBudget bytes meanwhile. A
+// console faster than the line rate assumed (a burst, an emulator without pacing) thus
+// gets shorter pauses each cycle, down to none; a slow one gets max.
+func nextPause(max time.Duration, bytes int, elapsed time.Duration) time.Duration {
+	if bytes <= 0 || elapsed <= 0 {
+		return max
+	}
+	// PendingBudget / (bytes / elapsed), in integer arithmetic without overflow for
+	// any elapsed below a few years.
+	fit := time.Duration(float64(elapsed) * PendingBudget / float64(bytes))
+	if fit < minPause {
+		return 0
+	}
+	return min(max, fit)
 }
 
 // Write writes p to the device. It fails with an error wrapping drivers.ErrNotOpen when
