@@ -346,6 +346,8 @@ func TestInvalid(t *testing.T) {
 			`config.yaml:7: board "b1": drivers.serial.dataBits: 9 is out of range (want 5 to 8)`},
 		{"serial stop bits", "stateDir: /bv\nboards:\n  - name: b1\n    drivers:\n      serial:\n        device: {{DIR}}/tty\n        stopBits: 3\n",
 			`config.yaml:7: board "b1": drivers.serial.stopBits: 3 is not 1 or 2`},
+		{"serial coalesce", "stateDir: /bv\nboards:\n  - name: b1\n    drivers:\n      serial:\n        device: {{DIR}}/tty\n        coalesce: 2m\n",
+			`config.yaml:7: board "b1": drivers.serial.coalesce: 2m0s is out of range (want 0s to 1m; 0s means the default, 250ms)`},
 		{"serial device shared", "stateDir: /bv\nboards:\n  - name: b1\n    drivers: {serial: {device: {{DIR}}/tty}}\n  - name: b2\n    drivers: {serial: {device: {{DIR}}/tty}}\n",
 			`config.yaml:6: board "b2": drivers.serial.device: {{DIR}}/tty is also the serial device of board "b1" (at line 4)`},
 		{"serial in defaults", "stateDir: /bv\ndefaults:\n  drivers:\n    serial: {device: {{DIR}}/tty}\n" + board,
@@ -676,7 +678,7 @@ func TestExample(t *testing.T) {
 		t.Errorf("coordinator %+v", c.Coordinator)
 	}
 	rs = c.Resolve()
-	want := &Serial{Device: tty, Baud: 115200, Parity: "none", DataBits: 8, StopBits: 1}
+	want := &Serial{Device: tty, Baud: 115200, Parity: "none", DataBits: 8, StopBits: 1, Coalesce: Duration(250 * time.Millisecond)}
 	if len(rs) != 3 || !reflect.DeepEqual(rs[2].Serial, want) {
 		t.Errorf("serial board: %+v", rs)
 	}

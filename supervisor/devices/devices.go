@@ -19,6 +19,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/boardvisor/boardvisor/actors/driver"
 	"github.com/boardvisor/boardvisor/connector"
@@ -58,6 +59,61 @@ type Board struct {
 
 	mu   sync.Mutex
 	subs map[chan []byte]bool
+	// attend is how the console learns whether someone interacts with it (nil: no
+	// console, or one that does not care).
+	attend attendable
+	// lastWrite is when a client or hook last typed into the console; attendTimer
+	// re-decides once AttendAfterWrite has passed since then (guarded by mu).
+	lastWrite   time.Time
+	attendTimer *time.Timer
+	closed      bool
+}
+
+// attendable is a console that reads differently when someone interacts with it
+// (*serial.Driver).
+type attendable interface{ SetAttended(bool) }
+
+// AttendAfterWrite is how long a console stays attended after a client or hook typed
+// into it: long enough to see the answer to what was typed at once, the next prompt,
+// the next keystroke.
+const AttendAfterWrite = 5 * time.Second
+
+// decideAttended tells the console whether it is attended now: while a client follows
+// it (console.stream), and for AttendAfterWrite after each write. Call with b.mu held.
+func (b *Board) decideAttended(now time.Time) {
+	if b.attend == nil {
+		return
+	}
+	recent := !b.lastWrite.IsZero() && now.Sub(b.lastWrite) < AttendAfterWrite
+	b.attend.SetAttended(!b.closed && (len(b.subs) > 0 || recent))
+	if recent && !b.closed {
+		left := AttendAfterWrite - now.Sub(b.lastWrite)
+		if b.attendTimer == nil {
+			b.attendTimer = time.AfterFunc(left, func() {
+				b.mu.Lock()
+				defer b.mu.Unlock()
+				b.decideAttended(time.Now())
+			})
+		} else {
+			b.attendTimer.Reset(left)
+		}
+	}
+}
+
+// typed notes a write into the console: it is attended for AttendAfterWrite from now.
+func (b *Board) typed() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.lastWrite = time.Now()
+	b.decideAttended(b.lastWrite)
+}
+
+// Attended reports whether someone interacts with the board's console now (a client
+// follows it, or typed into it within AttendAfterWrite).
+func (b *Board) Attended() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return !b.closed && (len(b.subs) > 0 || (!b.lastWrite.IsZero() && time.Since(b.lastWrite) < AttendAfterWrite))
 }
 
 type recItem struct {
@@ -132,6 +188,7 @@ func (m *Manager) build(stateDir string, rb config.ResolvedBoard) (*Board, error
 	case rb.Serial != nil:
 		consolePath = rb.Serial.Device
 		sc.Baud, sc.Parity, sc.DataBits, sc.StopBits = rb.Serial.Baud, rb.Serial.Parity, rb.Serial.DataBits, rb.Serial.StopBits
+		sc.Coalesce = rb.Serial.Coalesce.Std()
 	}
 	if rb.Power != nil {
 		pc, err := power.New(power.Config{Board: rb.Name, On: rb.Power.On, Off: rb.Power.Off, Cycle: rb.Power.Cycle, Timeout: rb.Power.Timeout.Std()})
@@ -146,7 +203,7 @@ func (m *Manager) build(stateDir string, rb config.ResolvedBoard) (*Board, error
 		if err != nil {
 			return nil, err
 		}
-		b.console = d
+		b.console, b.attend = d, d
 		b.Drivers = append(b.Drivers, d)
 		rec, err := recording.New(recording.Options{StateDir: stateDir, Board: rb.Name})
 		if err != nil {
@@ -283,6 +340,8 @@ func (m *Manager) Call(ctx context.Context, board, drv, method string, args []*s
 		if len(args) != 1 || args[0].GetStringValue() == "" {
 			return nil, status.Error(codes.InvalidArgument, "console.write takes one argument: the text to write")
 		}
+		// Typing makes the console attended first, so that the echo is read at once.
+		b.typed()
 		n, err := b.console.Write([]byte(args[0].GetStringValue()))
 		if err != nil {
 			code := codes.Unavailable
@@ -309,10 +368,12 @@ func (m *Manager) Stream(ctx context.Context, board, drv, method string, _ []*st
 	ch := make(chan []byte, 256)
 	b.mu.Lock()
 	b.subs[ch] = true
+	b.decideAttended(time.Now())
 	b.mu.Unlock()
 	defer func() {
 		b.mu.Lock()
 		delete(b.subs, ch)
+		b.decideAttended(time.Now())
 		b.mu.Unlock()
 	}()
 	for {
@@ -338,6 +399,12 @@ func (m *Manager) Close() error {
 	m.wg.Wait()
 	var errs []error
 	for _, b := range m.boards {
+		b.mu.Lock()
+		b.closed = true
+		if b.attendTimer != nil {
+			b.attendTimer.Stop()
+		}
+		b.mu.Unlock()
 		for _, c := range b.closers {
 			errs = append(errs, c.Close())
 		}

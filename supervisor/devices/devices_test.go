@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/boardvisor/boardvisor/connector"
 	"github.com/boardvisor/boardvisor/drivers/recording"
@@ -112,4 +113,55 @@ func TestQEMURunDirectoriesLiveUnderTheStateDir(t *testing.T) {
 	if entries, _ := os.ReadDir(filepath.Join(dir, QEMURunDir)); len(entries) != 0 {
 		t.Errorf("run directories left after Close: %v", entries)
 	}
+}
+
+// fakeConsole records what a board tells its console about being attended.
+type fakeConsole struct{ attended []bool }
+
+func (f *fakeConsole) SetAttended(on bool) { f.attended = append(f.attended, on) }
+
+// A console is attended while a client follows it, and for AttendAfterWrite after each
+// write; then it is not.
+func TestAttendedRules(t *testing.T) {
+	f := &fakeConsole{}
+	b := &Board{Name: "b1", subs: map[chan []byte]bool{}, attend: f}
+	t.Cleanup(func() {
+		b.mu.Lock()
+		b.closed = true
+		if b.attendTimer != nil {
+			b.attendTimer.Stop()
+		}
+		b.mu.Unlock()
+	})
+	last := func() bool { return f.attended[len(f.attended)-1] }
+	t0 := time.Now()
+	b.mu.Lock()
+	b.decideAttended(t0)
+	if last() {
+		t.Error("attended with nobody following or typing")
+	}
+	ch := make(chan []byte)
+	b.subs[ch] = true
+	b.decideAttended(t0)
+	if !last() {
+		t.Error("not attended while followed")
+	}
+	delete(b.subs, ch)
+	b.decideAttended(t0)
+	if last() {
+		t.Error("attended after the follower left")
+	}
+	b.lastWrite = t0
+	b.decideAttended(t0.Add(AttendAfterWrite - time.Millisecond))
+	if !last() {
+		t.Error("not attended just after a write")
+	}
+	b.decideAttended(t0.Add(AttendAfterWrite))
+	if last() {
+		t.Errorf("still attended %s after the last write", AttendAfterWrite)
+	}
+	if b.attendTimer == nil {
+		t.Error("no timer to end the attended time after a write")
+	}
+	b.mu.Unlock()
 }
