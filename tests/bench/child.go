@@ -43,6 +43,7 @@ var children = map[string]func(e *env) error{
 	"link":        runLink,
 	// Helpers run by scenarios, not scenarios themselves.
 	"farm":      runFarm,
+	"forwarder": runForwarder,
 	"hookprint": runHookPrint,
 }
 
@@ -63,6 +64,13 @@ func childMain(args []string) int {
 	fs.Int64("bytes", 0, "")
 	fs.Duration("every", 0, "")
 	fs.Duration("delay", 0, "")
+	fs.String("ptys", "", "")
+	fs.String("addr", "", "")
+	// Console scenario.
+	fs.Int("boards", ConsoleBoards, "")
+	fs.Int("seconds", ConsoleSeconds, "")
+	fs.String("baselines", ConsoleBaselines, "")
+	fs.String("sweep", "", "")
 	if err := fs.Parse(args[1:]); err != nil {
 		return 2
 	}

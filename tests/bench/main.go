@@ -9,6 +9,7 @@
 // row's note.
 //
 //	bench [-bin bin/boardvisor] [-out bin/bench-results.json] [-only idle,lease,...] [-profile DIR]
+//	      [-console-boards 1000] [-console-seconds 10] [-console-baselines forwarder,ser2net,ser2net-4k] [-console-sweep 50ms,...]
 package main
 
 import (
@@ -56,7 +57,7 @@ var scenarios = []scenario{
 	{name: "lease-hooks", timeout: 90 * time.Second},
 	{name: "hooklog", timeout: 60 * time.Second},
 	{name: "status", timeout: 60 * time.Second},
-	{name: "console", timeout: 120 * time.Second},
+	{name: "console", timeout: 300 * time.Second},
 	{name: "restart", timeout: 180 * time.Second},
 	{name: "link", timeout: 60 * time.Second},
 }
@@ -69,7 +70,16 @@ func main() {
 	out := flag.String("out", "bin/bench-results.json", "where to write the table as JSON")
 	only := flag.String("only", "", "comma-separated scenarios to run (default all): "+names())
 	profile := flag.String("profile", "", "directory for a CPU profile of each in-process scenario")
+	conBoards := flag.Int("console-boards", ConsoleBoards, "console scenario: pseudo-terminals, one of them the shell typed into")
+	conSeconds := flag.Int("console-seconds", ConsoleSeconds, "console scenario: how long each run streams")
+	conBaselines := flag.String("console-baselines", ConsoleBaselines, "console scenario: baseline runs (forwarder, ser2net, ser2net-4k; empty: none)")
+	conSweep := flag.String("console-sweep", "", "console scenario: coalescing pauses to measure bare reads with, e.g. 50ms,100ms,200ms,500ms")
 	flag.Parse()
+	for i := range scenarios {
+		if scenarios[i].name == "console" {
+			scenarios[i].args = []string{"-boards", fmt.Sprint(*conBoards), "-seconds", fmt.Sprint(*conSeconds), "-baselines", *conBaselines, "-sweep", *conSweep}
+		}
+	}
 	absBin, err := filepath.Abs(*bin)
 	if err == nil {
 		_, err = os.Stat(absBin)
