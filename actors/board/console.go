@@ -47,10 +47,14 @@ type ConsoleBatch struct {
 
 	mu      sync.Mutex
 	pending []connector.Event
-	last    map[string]int // board -> index in pending of its latest event
-	count   map[string]int // board -> how many of its events are pending
-	bytes   int
-	closed  bool
+	// parts are the chunks merged into each pending event after its first (joined, in
+	// one allocation of the exact size, when the event is sent); size is its bytes.
+	parts  [][][]byte
+	size   []int
+	last   map[string]int // board -> index in pending of its latest event
+	count  map[string]int // board -> how many of its events are pending
+	bytes  int
+	closed bool
 
 	stop chan struct{}
 	done chan struct{}
@@ -97,14 +101,17 @@ func (c *ConsoleBatch) Add(ev connector.Event) {
 	if i, ok := c.last[ev.Board]; ok {
 		p := &c.pending[i]
 		if p.JobID == ev.JobID && p.Console.Source == ev.Console.Source &&
-			p.Console.Offset+uint64(len(p.Console.Data)) == ev.Console.Offset &&
-			len(p.Console.Data)+len(ev.Console.Data) <= MaxConsoleEvent {
-			p.Console.Data = append(p.Console.Data, ev.Console.Data...)
+			p.Console.Offset+uint64(c.size[i]) == ev.Console.Offset &&
+			c.size[i]+len(ev.Console.Data) <= MaxConsoleEvent {
+			c.parts[i] = append(c.parts[i], ev.Console.Data)
+			c.size[i] += len(ev.Console.Data)
 			c.grownLocked(len(ev.Console.Data))
 			return
 		}
 	}
 	c.pending = append(c.pending, ev)
+	c.parts = append(c.parts, nil)
+	c.size = append(c.size, len(ev.Console.Data))
 	c.last[ev.Board] = len(c.pending) - 1
 	c.count[ev.Board]++
 	c.grownLocked(len(ev.Console.Data))
@@ -146,17 +153,18 @@ func (c *ConsoleBatch) takeLocked(board string) []connector.Event {
 		return nil
 	}
 	out := make([]connector.Event, 0, n)
-	kept := c.pending[:0]
-	for _, ev := range c.pending {
+	kept, keptParts, keptSize := c.pending[:0], c.parts[:0], c.size[:0]
+	for i, ev := range c.pending {
 		if ev.Board == board {
-			out = append(out, ev)
-			c.bytes -= len(ev.Console.Data)
+			out = append(out, c.joined(i))
+			c.bytes -= c.size[i]
 			continue
 		}
-		kept = append(kept, ev)
+		kept, keptParts, keptSize = append(kept, ev), append(keptParts, c.parts[i]), append(keptSize, c.size[i])
 	}
 	clear(c.pending[len(kept):])
-	c.pending = kept
+	clear(c.parts[len(kept):])
+	c.pending, c.parts, c.size = kept, keptParts, keptSize
 	delete(c.count, board)
 	delete(c.last, board)
 	// The indexes of the events after the ones taken moved.
@@ -164,6 +172,23 @@ func (c *ConsoleBatch) takeLocked(board string) []connector.Event {
 		c.last[ev.Board] = i
 	}
 	return out
+}
+
+// joined returns pending event i with its merged chunks joined to its data.
+func (c *ConsoleBatch) joined(i int) connector.Event {
+	ev := c.pending[i]
+	if len(c.parts[i]) == 0 {
+		return ev
+	}
+	data := make([]byte, 0, c.size[i])
+	data = append(data, ev.Console.Data...)
+	for _, p := range c.parts[i] {
+		data = append(data, p...)
+	}
+	con := *ev.Console
+	con.Data = data
+	ev.Console = &con
+	return ev
 }
 
 // sendAllLocked hands every pending event to the outbox in one EmitBatch (with durable,
@@ -175,8 +200,11 @@ func (c *ConsoleBatch) sendAllLocked(durable chan struct{}) {
 		}
 		return
 	}
+	for i := range c.pending {
+		c.pending[i] = c.joined(i)
+	}
 	c.root.Send(c.outbox, &actors.EmitBatch{Events: c.pending, Durable: durable})
-	c.pending = nil
+	c.pending, c.parts, c.size = nil, nil, nil
 	clear(c.last)
 	clear(c.count)
 	c.bytes = 0

@@ -12,7 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// termiosOf reads the line settings of the terminal at path.
+// termiosOf reads the line settings of the terminal f.
 func termiosOf(t *testing.T, f *os.File) *unix.Termios {
 	t.Helper()
 	var got *unix.Termios
@@ -20,6 +20,16 @@ func termiosOf(t *testing.T, f *os.File) *unix.Termios {
 		got, err = unix.IoctlGetTermios(fd, unix.TCGETS)
 		return err
 	}); err != nil {
+		t.Fatal(err)
+	}
+	return got
+}
+
+// termiosOfFD reads the line settings of the terminal descriptor fd.
+func termiosOfFD(t *testing.T, fd int) *unix.Termios {
+	t.Helper()
+	got, err := unix.IoctlGetTermios(fd, unix.TCGETS)
+	if err != nil {
 		t.Fatal(err)
 	}
 	return got
@@ -57,8 +67,8 @@ func TestLineSettingsMatchGoBugStSerial(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		got := termiosOf(t, f)
-		f.Close()
+		got := termiosOfFD(t, f)
+		unix.Close(f)
 		want := termiosOf(t, theirs.Slave)
 		if got.Cflag&cflagMask != want.Cflag&cflagMask || got.Iflag&iflagMask != want.Iflag&iflagMask ||
 			got.Lflag&lflagMask != want.Lflag&lflagMask || got.Oflag&unix.OPOST != want.Oflag&unix.OPOST {
@@ -83,12 +93,9 @@ func TestNonStandardBaud(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	var t2 *unix.Termios
-	if err := tty.Control(f, func(fd int) (err error) {
-		t2, err = unix.IoctlGetTermios(fd, unix.TCGETS2)
-		return err
-	}); err != nil {
+	defer unix.Close(f)
+	t2, err := unix.IoctlGetTermios(f, unix.TCGETS2)
+	if err != nil {
 		t.Fatal(err)
 	}
 	if t2.Cflag&unix.CBAUD != unix.BOTHER || t2.Ospeed != 250000 {

@@ -51,7 +51,7 @@ type Board struct {
 	console drivers.Console
 	power   drivers.Power
 	rec     *recording.Recorder
-	recCh   chan recItem
+	recW    *recWriter // the writer that owns rec's I/O
 	// recJob is the lease the recording is cut for now, as the console events say
 	// (touched only by Sink, which the outbox calls from one goroutine).
 	recJob  string
@@ -116,11 +116,6 @@ func (b *Board) Attended() bool {
 	return !b.closed && (len(b.subs) > 0 || (!b.lastWrite.IsZero() && time.Since(b.lastWrite) < AttendAfterWrite))
 }
 
-type recItem struct {
-	data       []byte
-	start, end string // lease to start or end recording
-}
-
 // QEMURunDir is the directory under the state directory that holds the run directories
 // of emulated boards.
 const QEMURunDir = "qemu"
@@ -137,9 +132,10 @@ func runDirName(board string) string {
 
 // Manager holds the devices of every board of a supervisor.
 type Manager struct {
-	log    hclog.Logger
-	boards map[string]*Board
-	wg     sync.WaitGroup
+	log     hclog.Logger
+	boards  map[string]*Board
+	writers []*recWriter
+	wg      sync.WaitGroup
 }
 
 // Build creates the devices of every board in cfg. Simulated and emulated boards are
@@ -150,6 +146,7 @@ type Manager struct {
 // The caller must hold the state directory (the journal's lock) first.
 func Build(cfg *config.Config, logger hclog.Logger) (*Manager, error) {
 	m := &Manager{log: logger, boards: map[string]*Board{}}
+	m.startWriters()
 	if err := os.RemoveAll(filepath.Join(cfg.StateDir, QEMURunDir)); err != nil {
 		logger.Warn("remove stale qemu run directories", "error", err)
 	}
@@ -209,35 +206,9 @@ func (m *Manager) build(stateDir string, rb config.ResolvedBoard) (*Board, error
 		if err != nil {
 			return nil, err
 		}
-		b.rec = rec
-		b.recCh = make(chan recItem, 1024)
-		m.wg.Add(1)
-		go m.record(b, b.recCh)
+		b.rec, b.recW = rec, m.writers[len(m.boards)%len(m.writers)]
 	}
 	return b, nil
-}
-
-// record writes a board's console to its recording; it owns the recorder's I/O, so the
-// event path never waits for the disk.
-func (m *Manager) record(b *Board, items <-chan recItem) {
-	defer m.wg.Done()
-	for it := range items {
-		var err error
-		switch {
-		case it.start != "":
-			err = b.rec.StartLease(it.start)
-		case it.end != "":
-			err = b.rec.EndLease(it.end)
-		default:
-			_, err = b.rec.Write(it.data)
-		}
-		if err != nil {
-			m.log.Warn("console recording", "board", b.Name, "error", err)
-		}
-	}
-	if err := b.rec.Close(); err != nil {
-		m.log.Warn("close console recording", "board", b.Name, "error", err)
-	}
 }
 
 // Board returns a board's devices (nil if it has none).
@@ -261,10 +232,11 @@ func (m *Manager) PowerOn(ctx context.Context) {
 // that a lease's recording and its console events are the same bytes. A lease's file is
 // also started at its BEFORE_LEASE transition (so that a lease that printed nothing has
 // one) and closed when it leaves AFTER_LEASE. Sink never blocks: a slow watcher loses
-// bytes, the recording does only if its queue of 1024 chunks is full (both are logged).
+// bytes, the recording does only while its writer has RecordQueueBytes queued (both
+// are logged).
 func (m *Manager) Sink(ev connector.Event) {
 	b := m.boards[ev.Board]
-	if b == nil || b.recCh == nil {
+	if b == nil || b.rec == nil {
 		return
 	}
 	switch {
@@ -278,7 +250,7 @@ func (m *Manager) Sink(ev connector.Event) {
 		}
 		b.mu.Unlock()
 		m.recordFor(b, ev.JobID)
-		m.queue(b, recItem{data: ev.Console.Data})
+		b.recW.add(recItem{b: b, data: ev.Console.Data})
 	case ev.Transition != nil && ev.Transition.To == jobs.PhaseBeforeLease:
 		m.recordFor(b, ev.JobID)
 	case ev.Transition != nil && ev.Transition.From == jobs.PhaseAfterLease && b.recJob == ev.JobID:
@@ -293,20 +265,12 @@ func (m *Manager) recordFor(b *Board, job string) {
 		return
 	}
 	if b.recJob != "" {
-		m.queue(b, recItem{end: b.recJob})
+		b.recW.add(recItem{b: b, end: b.recJob})
 	}
 	if job != "" {
-		m.queue(b, recItem{start: job})
+		b.recW.add(recItem{b: b, start: job})
 	}
 	b.recJob = job
-}
-
-func (m *Manager) queue(b *Board, it recItem) {
-	select {
-	case b.recCh <- it:
-	default:
-		m.log.Warn("console recording falls behind; bytes dropped", "board", b.Name, "bytes", len(it.data))
-	}
 }
 
 // Call runs a driver method for a client or a hook.
@@ -390,15 +354,14 @@ func (m *Manager) Stream(ctx context.Context, board, drv, method string, _ []*st
 
 // Close stops the recordings and closes simulated and emulated boards.
 func (m *Manager) Close() error {
-	for _, b := range m.boards {
-		if b.recCh != nil {
-			close(b.recCh)
-			b.recCh = nil
-		}
-	}
-	m.wg.Wait()
+	m.stopWriters()
 	var errs []error
 	for _, b := range m.boards {
+		if b.rec != nil {
+			if err := b.rec.Close(); err != nil {
+				m.log.Warn("close console recording", "board", b.Name, "error", err)
+			}
+		}
 		b.mu.Lock()
 		b.closed = true
 		if b.attendTimer != nil {

@@ -65,6 +65,7 @@ func childMain(args []string) int {
 	fs.Duration("every", 0, "")
 	fs.Duration("delay", 0, "")
 	fs.String("ptys", "", "")
+	fs.Bool("shell", false, "")
 	fs.String("addr", "", "")
 	// Console scenario.
 	fs.Int("boards", ConsoleBoards, "")

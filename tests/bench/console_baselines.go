@@ -80,7 +80,7 @@ func (r *receivers) mark() int {
 	return len(r.shellOut)
 }
 
-func (r *receivers) waitFor(from int, want string, timeout time.Duration) (time.Time, bool) {
+func (r *receivers) waitFor(from int, want string, timeout time.Duration, stop <-chan struct{}) (time.Time, bool) {
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
 	for {
@@ -95,6 +95,8 @@ func (r *receivers) waitFor(from int, want string, timeout time.Duration) (time.
 		case <-deadline.C:
 			return time.Time{}, false
 		case <-r.closed:
+			return time.Time{}, false
+		case <-stop:
 			return time.Time{}, false
 		}
 	}
@@ -206,7 +208,7 @@ func runBaseline(e *env, f *farm, size consoleSize, name string) (*baseline, err
 	}
 	// Over TCP a serial console's Enter is a carriage return.
 	w, on, err := measure(f, size, map[string]int{name: pid}, func(stop <-chan struct{}) {
-		b.keys.typeKeys(r, boardName(size.boards-1), "\r", stop)
+		b.keys.typeKeys(r, shellName, "\r", stop)
 	})
 	if err != nil {
 		return b, err
@@ -479,7 +481,7 @@ func startSer2net(e *env, f *farm, size consoleSize, r *receivers, bigBuffers bo
 	for openPTYs(cmd.Process.Pid) < size.boards {
 		if time.Now().After(deadline) {
 			stop()
-			return 0, nil, fmt.Errorf("ser2net opened %d of %d ptys within 30s", openPTYs(cmd.Process.Pid), size.boards)
+			return 0, nil, fmt.Errorf("ser2net opened %d of %d ptys within 30s: %s", openPTYs(cmd.Process.Pid), size.boards, oneLine(tail(errOut.String(), 300)))
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

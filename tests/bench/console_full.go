@@ -40,6 +40,9 @@ type fullPath struct {
 	keys     keystrokes
 	stalls   int64
 	coordCPU float64
+	// feederLate is how long after the stream's planned end the feeder wrote its last
+	// byte (held back, or short of CPU); drain counts from then.
+	feederLate time.Duration
 }
 
 // keyTimeout bounds the wait for one keystroke's echo.
@@ -120,20 +123,37 @@ func runFullPath(e *env, f *farm, size consoleSize) (*fullPath, error) {
 	time.Sleep(2 * time.Second)
 	r.idleCPU = float64(cpuTime(sup.cmd.Process.Pid)-idle0) / float64(time.Since(idleAt))
 
+	// A timeline on stderr, once a second: what the feeder wrote, what the coordinator
+	// stored (to tell who falls behind).
+	db, err := openCoordinatorDB(coordState)
+	if err != nil {
+		return nil, err
+	}
+	defer db.Close()
+	tlStop, tlDone := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(tlDone)
+		timeline(ctx, db, f, tlStop)
+	}()
+	stopTimeline := sync.OnceFunc(func() {
+		close(tlStop)
+		<-tlDone
+	})
+	defer stopTimeline()
 	pids := map[string]int{"supervisor": sup.cmd.Process.Pid, "coordinator": coord.cmd.Process.Pid, "farm": f.pid}
-	w, on, err := measure(f, size, pids, func(stop <-chan struct{}) { r.keys.typeKeys(con, shell, "\n", stop) })
+	w, on, err := measure(f, size, pids, func(stop <-chan struct{}) { r.keys.typeKeys(con, shellName, "\n", stop) })
 	if err != nil {
 		return nil, err
 	}
 	r.win, r.coordCPU, r.stalls = w, w.cpu["coordinator"], w.stalls
 	end := on.Add(time.Duration(size.seconds) * time.Second)
 
-	// Wait until the coordinator has stored everything: its events stop growing.
-	db, err := openCoordinatorDB(coordState)
-	if err != nil {
-		return nil, err
+	// Wait until the feeder has sent everything (a reader that falls behind holds it
+	// back), then until the coordinator has stored everything: its events stop growing.
+	if sentAll := waitSent(f, size, end.Add(60*time.Second)); sentAll.After(end) {
+		r.feederLate = sentAll.Sub(end)
+		end = sentAll
 	}
-	defer db.Close()
 	last, lastChange, settled := int64(-1), time.Now(), 0
 	for deadline := end.Add(90 * time.Second); time.Now().Before(deadline); time.Sleep(500 * time.Millisecond) {
 		var n int64
@@ -149,6 +169,7 @@ func runFullPath(e *env, f *farm, size consoleSize) (*fullPath, error) {
 		}
 	}
 	r.drain = max(lastChange.Sub(end), 0)
+	stopTimeline()
 	if err := f.power(false); err != nil {
 		return nil, err
 	}
@@ -160,12 +181,51 @@ func runFullPath(e *env, f *farm, size consoleSize) (*fullPath, error) {
 	if err != nil {
 		return nil, err
 	}
+	if dbg := os.Getenv("BENCH_SUPLOG"); dbg != "" {
+		_ = os.WriteFile(dbg, []byte(sup.output()), 0o600)
+	}
 	r.lost, r.bad = compare(func(i int) consoleCount { return counts[boardName(i)] }, size)
+	if r.lost > 0 {
+		logf("console full path: bytes missing at the coordinator; the supervisor's log ends:\n%s", tail(sup.output(), 3000))
+	}
 	r.recLost, r.recBad = compare(func(i int) consoleCount { return recorded(supState, boardName(i)) }, size)
 	logf("console full path: supervisor %.1f%% of a core (idle %.1f%%), coordinator %.1f%%, farm %.1f%%; %s; %d console events stored, %d gaps; coordinator: %d bytes lost or extra, %d boards wrong; recordings: %d lost or extra, %d boards wrong; last event stored %s after the stream's end; keystrokes: %d, p50 %s p99 %s, %d without echo",
 		w.cpu["supervisor"]*100, r.idleCPU*100, r.coordCPU*100, w.cpu["farm"]*100, w.paceNote(size), r.events, r.gaps, r.lost, r.bad, r.recLost, r.recBad,
 		r.drain.Round(time.Millisecond), r.keys.lat.n(), ms(r.keys.lat.pct(50)), ms(r.keys.lat.pct(99)), r.keys.lost)
 	return r, nil
+}
+
+// timeline logs, once a second until stop: the bytes the feeder wrote and the last event
+// the coordinator stored. (The supervisor is not asked: scraping its metrics would cost
+// it CPU in the window.)
+func timeline(ctx context.Context, db *sql.DB, f *farm, stop <-chan struct{}) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	began := time.Now()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
+		sent, stalls, _ := f.stat()
+		var stored int64
+		_ = db.QueryRowContext(ctx, `SELECT coalesce(max(seq), 0) FROM events WHERE supervisor_id = 'bench'`).Scan(&stored)
+		logf("   t+%2.0fs feeder %6.1f MB (%d stalled writes) | coordinator stored event %7d", time.Since(began).Seconds(), float64(sent)/1e6, stalls, stored)
+	}
+}
+
+// waitSent waits until the streaming boards have written all their bytes (or the
+// deadline) and returns when they had.
+func waitSent(f *farm, size consoleSize, deadline time.Time) time.Time {
+	want := size.perBoard * int64(size.streaming)
+	for {
+		sent, _, err := f.stat()
+		if err != nil || sent >= want || time.Now().After(deadline) {
+			return time.Now()
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // waitLeaseReady polls the supervisor's client service until the board reports
@@ -248,8 +308,7 @@ func (c *consoleClient) mark() int {
 	return len(c.out)
 }
 
-// waitFor waits until the output after from holds want, and returns when it saw it.
-func (c *consoleClient) waitFor(from int, want string, timeout time.Duration) (time.Time, bool) {
+func (c *consoleClient) waitFor(from int, want string, timeout time.Duration, stop <-chan struct{}) (time.Time, bool) {
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
 	for {
@@ -264,6 +323,8 @@ func (c *consoleClient) waitFor(from int, want string, timeout time.Duration) (t
 		case <-deadline.C:
 			return time.Time{}, false
 		case <-c.done:
+			return time.Time{}, false
+		case <-stop:
 			return time.Time{}, false
 		}
 	}
@@ -289,7 +350,9 @@ func (c *consoleClient) stop() {
 type keyTarget interface {
 	write(s string) error
 	mark() int
-	waitFor(from int, want string, timeout time.Duration) (time.Time, bool)
+	// waitFor waits until the output after from holds want, at most timeout or until
+	// stop is closed, and returns when it saw it.
+	waitFor(from int, want string, timeout time.Duration, stop <-chan struct{}) (time.Time, bool)
 }
 
 func (c *consoleClient) write(s string) error {
@@ -315,19 +378,27 @@ func (k *keystrokes) typeKeys(c keyTarget, board string, newline string, stop <-
 		if err := c.write(in); err != nil {
 			return 0, false
 		}
-		at, ok := c.waitFor(from, want, timeout)
+		at, ok := c.waitFor(from, want, timeout, stop)
 		return at.Sub(t0), ok
 	}
-	if _, ok := c.waitFor(0, board+" login: ", 30*time.Second); !ok {
-		k.note = "the shell board printed no login prompt"
+	stopped := func() bool {
+		select {
+		case <-stop:
+			return true
+		default:
+			return false
+		}
+	}
+	if _, ok := c.waitFor(0, board+" login: ", 30*time.Second, stop); !ok {
+		k.note = "the shell board printed no login prompt during the run"
 		return
 	}
 	if _, ok := step("root"+newline, "Password: ", 10*time.Second); !ok {
-		k.note = "no password prompt after the login name"
+		k.note = "no password prompt after the login name during the run"
 		return
 	}
 	if _, ok := step("pw"+newline, "root@"+board+":~# ", 10*time.Second); !ok {
-		k.note = "no shell prompt after the password"
+		k.note = "no shell prompt after the password during the run"
 		return
 	}
 	tick := time.NewTicker(20 * time.Millisecond)
@@ -335,6 +406,9 @@ func (k *keystrokes) typeKeys(c keyTarget, board string, newline string, stop <-
 	for i := 0; ; i++ {
 		select {
 		case <-stop:
+			if k.lat.n() == 0 && k.lost == 0 {
+				k.note = "logged in on the shell board only as the run ended: no keystroke timed"
+			}
 			return
 		case <-tick.C:
 		}
@@ -344,7 +418,9 @@ func (k *keystrokes) typeKeys(c keyTarget, board string, newline string, stop <-
 		}
 		d, ok := step(in, want, keyTimeout)
 		if !ok {
-			k.lost++
+			if !stopped() {
+				k.lost++
+			}
 			continue
 		}
 		k.lat.add(d)
@@ -472,6 +548,9 @@ func (r *fullPath) rows(e *env, size consoleSize, scaled string, base []*baselin
 
 	keptUp := r.drain < 5*time.Second
 	coordNote := fmt.Sprintf("stored the last event %s after the stream's end", r.drain.Round(100*time.Millisecond))
+	if r.feederLate > 0 {
+		coordNote += fmt.Sprintf(" (its last byte, which the feeder wrote %s late)", r.feederLate.Round(100*time.Millisecond))
+	}
 	if !keptUp {
 		coordNote = "FALLS BEHIND: " + coordNote
 	}
