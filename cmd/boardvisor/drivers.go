@@ -1,10 +1,14 @@
 package main
 
 import (
+	"bufio"
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
+	"io"
 	"os"
+	"os/signal"
 	"time"
 
 	jpb "github.com/boardvisor/boardvisor/proto/jumpstarter/v1"
@@ -15,6 +19,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/structpb"
 )
 
 // leaseEnv is the lease a driver command acts on, from the environment that
@@ -73,6 +78,54 @@ func newPower() *cobra.Command {
 			}
 			fmt.Printf("board %s: power %s\n", le.board, args[0])
 			return nil
+		},
+	}
+	le.add(cmd)
+	return cmd
+}
+
+func newConsole() *cobra.Command {
+	var le leaseEnv
+	cmd := &cobra.Command{
+		Use:   "console",
+		Short: "follow the leased board's console; lines typed are sent to it (Ctrl+C leaves)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, closeConn, err := le.dial()
+			if err != nil {
+				return err
+			}
+			defer closeConn()
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+			defer stop()
+			stream, err := c.StreamingDriverCall(le.ctx(ctx), &jpb.StreamingDriverCallRequest{Uuid: "console", Method: "stream"})
+			if err != nil {
+				return fmt.Errorf("console: %s", status.Convert(err).Message())
+			}
+			go func() {
+				sc := bufio.NewScanner(os.Stdin)
+				for sc.Scan() {
+					arg := structpb.NewStringValue(sc.Text() + "\r")
+					if _, err := c.DriverCall(le.ctx(ctx), &jpb.DriverCallRequest{Uuid: "console", Method: "write", Args: []*structpb.Value{arg}}); err != nil {
+						fmt.Fprintf(os.Stderr, "boardvisor: console write: %s\n", status.Convert(err).Message())
+						return
+					}
+				}
+			}()
+			for {
+				r, err := stream.Recv()
+				if errors.Is(err, io.EOF) || ctx.Err() != nil {
+					return nil
+				}
+				if err != nil {
+					return fmt.Errorf("console: %s", status.Convert(err).Message())
+				}
+				data, err := base64.StdEncoding.DecodeString(r.GetResult().GetStringValue())
+				if err != nil {
+					return fmt.Errorf("console: bad chunk from the supervisor: %w", err)
+				}
+				os.Stdout.Write(data)
+			}
 		},
 	}
 	le.add(cmd)

@@ -18,6 +18,7 @@ import (
 	"github.com/boardvisor/boardvisor/drivers/recording"
 	pb "github.com/boardvisor/boardvisor/proto/boardvisor/v1"
 	jpb "github.com/boardvisor/boardvisor/proto/jumpstarter/v1"
+	"github.com/creack/pty"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -141,7 +142,7 @@ func runFullPath(e *env, f *farm, size consoleSize) (*fullPath, error) {
 	})
 	defer stopTimeline()
 	pids := map[string]int{"supervisor": sup.cmd.Process.Pid, "coordinator": coord.cmd.Process.Pid, "farm": f.pid}
-	w, on, err := measure(f, size, pids, func(stop <-chan struct{}) { r.keys.typeKeys(con, shellName, "\n", stop) })
+	w, on, err := measure(f, size, pids, func(stop <-chan struct{}) { r.keys.typeKeys(con, shellName, "\r", stop) })
 	if err != nil {
 		return nil, err
 	}
@@ -252,10 +253,13 @@ func waitLeaseReady(ctx context.Context, addr, board, token string, timeout time
 	}
 }
 
-// consoleClient is a `boardvisor console` process: its input a pipe, its output kept.
+// consoleClient is a `boardvisor console` process typed into as a user does, on a
+// terminal (a pseudo-terminal: the command sends keys as typed when it can, lines
+// otherwise), its output kept.
 type consoleClient struct {
 	cmd  *exec.Cmd
-	in   io.WriteCloser
+	in   *os.File // the terminal's master side
+	tty  *os.File
 	mu   sync.Mutex
 	out  []byte
 	more chan struct{}
@@ -266,19 +270,24 @@ type consoleClient struct {
 func startConsole(bin, addr, board, token string) (*consoleClient, error) {
 	cmd := exec.Command(bin, "console", "--exporter", addr, "--board", board, "--token", token)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	in, err := cmd.StdinPipe()
+	master, tty, err := pty.Open()
 	if err != nil {
 		return nil, err
 	}
+	cmd.Stdin = tty
 	out, err := cmd.StdoutPipe()
 	if err != nil {
+		master.Close()
+		tty.Close()
 		return nil, err
 	}
-	cmd.Stderr = os.Stderr
+	cmd.Stderr = io.Discard // its banner
 	if err := cmd.Start(); err != nil {
+		master.Close()
+		tty.Close()
 		return nil, err
 	}
-	c := &consoleClient{cmd: cmd, in: in, more: make(chan struct{}, 1), done: make(chan struct{})}
+	c := &consoleClient{cmd: cmd, in: master, tty: tty, more: make(chan struct{}, 1), done: make(chan struct{})}
 	go func() {
 		defer close(c.done)
 		buf := make([]byte, 64<<10)
@@ -332,7 +341,6 @@ func (c *consoleClient) waitFor(from int, want string, timeout time.Duration, st
 
 func (c *consoleClient) stop() {
 	c.once.Do(func() {
-		c.in.Close()
 		_ = syscall.Kill(-c.cmd.Process.Pid, syscall.SIGTERM)
 		done := make(chan struct{})
 		go func() { _ = c.cmd.Wait(); close(done) }()
@@ -342,6 +350,8 @@ func (c *consoleClient) stop() {
 			_ = syscall.Kill(-c.cmd.Process.Pid, syscall.SIGKILL)
 			<-done
 		}
+		c.in.Close()
+		c.tty.Close()
 	})
 }
 
@@ -356,7 +366,7 @@ type keyTarget interface {
 }
 
 func (c *consoleClient) write(s string) error {
-	_, err := io.WriteString(c.in, s)
+	_, err := c.in.WriteString(s)
 	return err
 }
 
@@ -367,10 +377,9 @@ type keystrokes struct {
 	note string // why none could be typed
 }
 
-// typeKeys logs in on the shell board once it prompts, then types a key, waits for its
-// echo, erases it (Backspace, echoed as "\b \b"), and so on until stop, timing each
-// round trip (for boardvisor: client -> supervisor -> pty -> the board's echo ->
-// supervisor -> client).
+// typeKeys logs in on the shell board once it prompts, then types a key and Enter, waits
+// for the key's echo, and so on until stop, timing each round trip (for boardvisor:
+// client -> supervisor -> pty -> the board's echo -> supervisor -> client).
 func (k *keystrokes) typeKeys(c keyTarget, board string, newline string, stop <-chan struct{}) {
 	step := func(in, want string, timeout time.Duration) (time.Duration, bool) {
 		from := c.mark()
@@ -401,7 +410,8 @@ func (k *keystrokes) typeKeys(c keyTarget, board string, newline string, stop <-
 		k.note = "no shell prompt after the password during the run"
 		return
 	}
-	tick := time.NewTicker(20 * time.Millisecond)
+	// A fast typist's pace: ten keys a second.
+	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
 	for i := 0; ; i++ {
 		select {
@@ -412,11 +422,10 @@ func (k *keystrokes) typeKeys(c keyTarget, board string, newline string, stop <-
 			return
 		case <-tick.C:
 		}
-		in, want := "k", "k"
-		if i%2 == 1 {
-			in, want = "\x7f", "\b \b"
-		}
-		d, ok := step(in, want, keyTimeout)
+		// A key and Enter (an unknown command), timed to the key's echo: the same with a
+		// client that sends keys as typed and with one that sends lines.
+		key := string(rune('a' + i%26))
+		d, ok := step(key+newline, key, keyTimeout)
 		if !ok {
 			if !stopped() {
 				k.lost++
