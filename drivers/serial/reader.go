@@ -3,6 +3,8 @@ package serial
 import (
 	"container/heap"
 	"errors"
+	"runtime"
+	"slices"
 	"sync"
 	"time"
 
@@ -10,7 +12,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The console reader: one goroutine reads every console of the process.
+// The console readers: a few goroutines (one per CPU, up to 4) read every console of the
+// process.
 //
 // Why not Go's poller: it registers each descriptor for input and output, edge
 // triggered, and a tty reports itself writable on every wake-up of its wait queue, which
@@ -71,22 +74,40 @@ type conn struct {
 
 var (
 	sharedMu sync.Mutex
-	shared   *reader
+	// shared are the process's readers (readerShards of them at most, each its own
+	// goroutine and epoll set): a console goes to the one with the fewest, so that on a
+	// host with more cores the reads spread, and on a busy one a reader starved of CPU
+	// for a while holds back only its share.
+	shared []*reader
 )
 
-// acquireReader returns the process's console reader, starting it for its first user.
+// readerShards is how many readers the process has at most: one per CPU the Go
+// runtime uses, up to 4.
+func readerShards() int { return min(max(runtime.GOMAXPROCS(0), 1), 4) }
+
+// acquireReader returns the reader with the fewest consoles, starting another while
+// there are fewer than readerShards and none is idle.
 func acquireReader() (*reader, error) {
 	sharedMu.Lock()
 	defer sharedMu.Unlock()
-	if shared == nil {
+	var best *reader
+	for _, r := range shared {
+		if best == nil || r.users < best.users {
+			best = r
+		}
+	}
+	if best == nil || (best.users > 0 && len(shared) < readerShards()) {
 		r, err := newReader()
-		if err != nil {
+		switch {
+		case err == nil:
+			shared = append(shared, r)
+			best = r
+		case best == nil:
 			return nil, err
 		}
-		shared = r
 	}
-	shared.users++
-	return shared, nil
+	best.users++
+	return best, nil
 }
 
 // releaseReader stops a reader when its last user leaves.
@@ -96,9 +117,7 @@ func releaseReader(r *reader) {
 	if r.users--; r.users > 0 {
 		return
 	}
-	if shared == r {
-		shared = nil
-	}
+	shared = slices.DeleteFunc(shared, func(x *reader) bool { return x == r })
 	r.mu.Lock()
 	r.stop = true
 	r.mu.Unlock()
@@ -266,9 +285,8 @@ func (r *reader) check(c *conn) {
 // broken fails every console and makes the next Run start another reader.
 func (r *reader) broken(err error) {
 	sharedMu.Lock()
-	if shared == r {
-		shared = nil // its users still release it; the last one closes it
-	}
+	// No new console goes to it; its users still release it, the last one closes it.
+	shared = slices.DeleteFunc(shared, func(x *reader) bool { return x == r })
 	sharedMu.Unlock()
 	r.mu.Lock()
 	conns := make([]*conn, 0, len(r.conns))

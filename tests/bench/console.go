@@ -104,11 +104,6 @@ func consoleSizeOf(e *env) (consoleSize, error) {
 
 func runConsole(e *env) error {
 	raiseNoFile()
-	// The machine is shared: every process this scenario starts (the forwarders measured,
-	// boardvisor's daemons, the console client) inherits a raised priority from it, the
-	// same for all, so that other work on the host disturbs the runs less. Priority does
-	// not change what a forwarder's work costs, only when it runs.
-	renice(os.Getpid(), -5)
 	size, err := consoleSizeOf(e)
 	if err != nil {
 		return err
@@ -146,8 +141,8 @@ func runConsole(e *env) error {
 	}
 	full.rows(e, size, scaled, base)
 	for _, p := range size.sweep {
-		for _, mode := range []int{0, 1, 2, 3} {
-			if err := runSweep(e, f, size, p, mode == 1, mode == 2, mode == 3); err != nil {
+		for _, driver := range []bool{false, true} {
+			if err := runSweep(e, f, size, p, driver); err != nil {
 				logf("console sweep %s: %v", p, err)
 			}
 		}
@@ -267,7 +262,7 @@ func (f *farm) power(on bool) error {
 }
 
 // stat returns the bytes the streaming boards have written so far and how many of their
-// writes the ptys did not take in time.
+// times a pty was full (its reader behind).
 func (f *farm) stat() (sent, stalls int64, err error) {
 	l, err := f.do("stat")
 	if err != nil {
@@ -294,9 +289,9 @@ func (f *farm) close() {
 	}
 }
 
-// runFarm is the console scenario's other process: -n simulated boards emitting -bytes
-// random bytes each when powered on (seeded by their index + 1), or with -shell one shell
-// board with a login prompt (named as the scenario's last board). It prints "PTY <path>"
+// runFarm is the console scenario's other process: -n consoles streaming -bytes random
+// bytes each at 115200 baud when powered on (seeded by their index + 1; see feeder), or
+// with -shell one simulated board (drivers/virtual) with a login prompt and a shell. It prints "PTY <path>"
 // per board and READY, then answers on/off (powers every board on or off; ON, OFF) and
 // stat (SENT <bytes> STALLS <n> of its streaming boards), and closes the boards at the
 // end of its input.
@@ -304,25 +299,31 @@ func runFarm(e *env) error {
 	raiseNoFile()
 	n, bytes := e.intFlag("n"), e.int64Flag("bytes")
 	shell := e.flags.Lookup("shell").Value.String() == "true"
-	var boards []*virtual.Board
-	defer func() {
-		for _, b := range boards {
-			b.Close()
-		}
-	}()
 	out := bufio.NewWriter(os.Stdout)
-	for i := 0; i < n; i++ {
-		opts, name := virtual.Options{Baud: ConsoleBaud, RandomBytes: bytes, Seed: uint64(i + 1)}, boardName(i)
-		if shell {
-			opts, name = virtual.Options{Baud: ConsoleBaud}, shellName
-		}
-		b, err := virtual.New(name, opts)
+	var sb *virtual.Board
+	var fd *feeder
+	if shell {
+		b, err := virtual.New(shellName, virtual.Options{Baud: ConsoleBaud})
 		if err != nil {
-			fmt.Fprintf(out, "SCALED %v\n", err)
-			break
+			return err
 		}
-		boards = append(boards, b)
+		defer b.Close()
+		sb = b
 		fmt.Fprintf(out, "PTY %s\n", b.Path())
+	} else {
+		// Scaled down if the host cannot open n ptys.
+		var err error
+		for fd, err = newFeeder(n, bytes); err != nil && n > 1; fd, err = newFeeder(n, bytes) {
+			fmt.Fprintf(out, "SCALED %v\n", err)
+			n = n * 9 / 10
+		}
+		if err != nil {
+			return err
+		}
+		defer fd.close()
+		for _, b := range fd.boards {
+			fmt.Fprintf(out, "PTY %s\n", b.path)
+		}
 	}
 	fmt.Fprintln(out, "READY")
 	out.Flush()
@@ -335,27 +336,19 @@ func runFarm(e *env) error {
 		switch strings.TrimSpace(line) {
 		case "on", "off":
 			on := strings.TrimSpace(line) == "on"
-			var wg sync.WaitGroup
-			for _, b := range boards {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					if on {
-						_ = b.On(context.Background())
-					} else {
-						_ = b.Off(context.Background())
-					}
-				}()
+			switch {
+			case sb != nil && on:
+				_ = sb.On(context.Background())
+			case sb != nil:
+				_ = sb.Off(context.Background())
+			default:
+				fd.power(on)
 			}
-			wg.Wait()
 			fmt.Println(map[bool]string{true: "ON", false: "OFF"}[on])
 		case "stat":
 			var sent, stalls int64
-			for _, b := range boards {
-				if !shell {
-					sent += b.Sent()
-					stalls += b.Stalls()
-				}
+			if fd != nil {
+				sent, stalls = fd.sent()
 			}
 			fmt.Printf("SENT %d STALLS %d\n", sent, stalls)
 		default:
@@ -427,7 +420,7 @@ func (w window) paceNote(size consoleSize) string {
 	}
 	why := "the feeder itself fell behind (CPU)"
 	if w.stalls > 0 {
-		why = fmt.Sprintf("the reader held it back: %d writes the ptys did not take within 50 ms", w.stalls)
+		why = fmt.Sprintf("the reader held it back: %d times a pty was full", w.stalls)
 	}
 	return fmt.Sprintf("NOT at the line rate: the feeder reached %.0f%% of %.2f MB/s (%s)", p*100, size.nominal()/1e6, why)
 }
