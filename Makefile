@@ -6,19 +6,23 @@ STATICCHECK := $(BIN)/staticcheck
 # Pinned tool versions. staticcheck 0.8.x is the first line that understands Go 1.26.
 STATICCHECK_VERSION := v0.8.2
 # Short fuzz runs in `make test`: package:target pairs, and how long each runs.
-FUZZ_TARGETS := ./jobs:FuzzHookLines ./supervisor/config:FuzzParse ./jobs/journal:FuzzDecodeRecord ./connector/grpc:FuzzServerStream ./connector/grpc:FuzzClientRecv ./supervisor/exporter:FuzzAuthorize ./coordinator:FuzzParseSelector
+FUZZ_TARGETS := ./images:FuzzParse ./jobs:FuzzHookLines ./supervisor/config:FuzzParse ./jobs/journal:FuzzDecodeRecord ./connector/grpc:FuzzServerStream ./connector/grpc:FuzzClientRecv ./connector/grpc:FuzzDecodeRun ./supervisor/exporter:FuzzAuthorize ./coordinator:FuzzParseSelector ./coordinator:FuzzDecodeLogPos ./web:FuzzSessionCookie
 FUZZTIME     ?= 6s
+
+# The commit the binary reports (boardvisor version), for builds where Go stamps none.
+LDFLAGS := -X main.commit=$(shell git rev-parse HEAD 2>/dev/null)
+GOBUILD  = $(GO) build -buildvcs=auto -ldflags "$(LDFLAGS)"
 
 GOFILES = $(shell git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './.bin/*')
 
-.PHONY: all build test fmt-check vet staticcheck unit fuzz proto proto-check bench demo clean
+.PHONY: all build test fmt-check vet staticcheck unit fuzz proto proto-check bench demo man clean
 
 all: build
 
 ## build: compile every package and the boardvisor binary into ./bin
 build:
 	$(GO) build ./...
-	@if [ -d cmd/boardvisor ]; then $(GO) build -o bin/boardvisor ./cmd/boardvisor && echo "built bin/boardvisor"; fi
+	@if [ -d cmd/boardvisor ]; then $(GOBUILD) -o bin/boardvisor ./cmd/boardvisor && echo "built bin/boardvisor"; fi
 
 ## test: everything CI checks: formatting, vet, staticcheck, generated code, race tests, fuzz
 test: fmt-check vet staticcheck proto-check unit fuzz
@@ -68,10 +72,16 @@ bench:
 	./bin/bench -bin bin/boardvisor -out bin/bench-results.json
 
 ## demo: the main job on the embedded default: a coordinator, a supervisor with simulated
-## boards, and one scripted lease showing the hook dialogue
+## boards, and one scripted lease showing the hook dialogue (KEEP=1 keeps its log)
 demo:
-	$(GO) build -o bin/boardvisor ./cmd/boardvisor
-	./bin/boardvisor demo
+	$(GOBUILD) -o bin/boardvisor ./cmd/boardvisor
+	./bin/boardvisor demo $(if $(KEEP),--keep)
+
+## man: regenerate the man pages of every command (docs/man; committed, a test checks
+## they are current)
+man:
+	rm -rf docs/man
+	$(GO) run ./cmd/boardvisor gen-man docs/man
 
 clean:
 	rm -rf bin

@@ -104,3 +104,7 @@ type JobEnded struct{ JobID string }
 // ExtendJob asks the host (and then the board and the lease) to move a job's end. The
 // answer is a *JobReply.
 type ExtendJob struct{ Req connector.ExtendJobRequest }
+
+// ClearQuarantine is an operator clearing a board's quarantine (health bad after a hook
+// failed with onFailure: exit). The board answers with a *JobReply.
+type ClearQuarantine struct{ Reason, By string }

@@ -81,6 +81,7 @@ type Log struct {
 	who      string
 	err      error // the last write error, for Err
 	closed   bool
+	torn     bool // the file ends in a torn line: the next entry starts with a newline
 }
 
 // Option configures Open.
@@ -103,15 +104,14 @@ func Open(path string, opts ...Option) (*Log, error) {
 	for _, o := range opts {
 		o(l)
 	}
-	if torn, err := endsTorn(path); err != nil {
+	torn, err := endsTorn(path)
+	if err != nil {
 		f.Close()
 		return nil, fmt.Errorf("audit log: %w", err)
-	} else if torn {
-		if _, err := f.Write([]byte{'\n'}); err != nil {
-			f.Close()
-			return nil, fmt.Errorf("audit log: %w", err)
-		}
 	}
+	// The next entry starts with the newline (not written now: Open must work on a full
+	// disk, where the torn line came from).
+	l.torn = torn
 	return l, nil
 }
 
@@ -153,9 +153,18 @@ func (l *Log) Record(e Entry) error {
 	if l.closed {
 		return ErrClosed
 	}
+	if l.torn {
+		b = append([]byte{'\n'}, b...)
+	}
 	// One write call: os.File.Write retries only after a short write, which a local
 	// file gives only when the disk is full.
-	_, err = l.f.Write(b)
+	n, err := l.f.Write(b)
+	switch {
+	case err == nil:
+		l.torn = false
+	case n > 0:
+		l.torn = b[n-1] != '\n' // a torn line: the next entry starts on a new line
+	}
 	if err == nil && l.syncEach {
 		err = l.f.Sync()
 	}

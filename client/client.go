@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/boardvisor/boardvisor/jobs"
@@ -31,17 +32,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/emptypb"
 )
-
-// Request says which lease to ask for.
-type Request struct {
-	Selector string // label selector, e.g. "device=rpi4"
-	Board    string // or an exact board name
-	Duration time.Duration
-	Client   string
-}
 
 // Client talks to a coordinator on behalf of a user.
 type Client struct {
@@ -50,55 +42,22 @@ type Client struct {
 	Out io.Writer
 	// Dial connects to a supervisor's client service (nil: plaintext gRPC).
 	Dial func(endpoint string) (*grpc.ClientConn, error)
+
+	scr   screen    // progress lines shown in place when Out is a terminal
+	clock hookClock // a running hook's time against its timeout
+
+	mu  sync.Mutex
+	att *attachment // holds the lease Acquire created, until Detach
 }
 
 // ErrHookFailed is returned when the beforeLease hook failed the lease.
 var ErrHookFailed = errors.New("beforeLease hook failed")
 
-func (c *Client) say(format string, args ...any) { fmt.Fprintf(c.Out, format+"\n", args...) }
-
-// Acquire creates a lease and waits until a supervisor has taken it on. While it is
-// queued it says so.
-func (c *Client) Acquire(ctx context.Context, req Request) (*pb.Lease, error) {
-	resp, err := c.Leases.CreateLease(ctx, &pb.CreateLeaseRequest{Selector: req.Selector, Board: req.Board,
-		Duration: durationpb.New(req.Duration), ClientName: req.Client})
-	if err != nil {
-		return nil, fmt.Errorf("create lease: %s", statusText(err))
-	}
-	lease := resp.GetLease()
-	token := lease.GetToken()
-	if started(lease) {
-		return lease, nil
-	}
-	stream, err := c.Leases.WatchLease(ctx, &pb.WatchLeaseRequest{Id: lease.GetId()})
-	if err != nil {
-		return nil, fmt.Errorf("watch lease %s: %s", lease.GetId(), statusText(err))
-	}
-	saidQueued := false
-	for {
-		l, err := stream.Recv()
-		if err != nil {
-			return nil, fmt.Errorf("lease %s: %s", lease.GetId(), statusText(err))
-		}
-		if l.GetQueued() && !saidQueued {
-			c.say("Waiting for a free board (%s)...", describe(req))
-			saidQueued = true
-		}
-		if started(l) {
-			l.Token = token
-			return l, nil
-		}
-		if p := l.GetPhase(); p == pb.LeasePhase_LEASE_PHASE_DONE || p == pb.LeasePhase_LEASE_PHASE_FAILED {
-			return nil, fmt.Errorf("lease %s ended before it started: %s", l.GetId(), l.GetStatusMessage())
-		}
-	}
-}
-
-func describe(r Request) string {
-	if r.Board != "" {
-		return "board " + r.Board
-	}
-	return r.Selector
+func (c *Client) say(format string, args ...any) {
+	c.scr.mu.Lock()
+	defer c.scr.mu.Unlock()
+	c.clearProgress()
+	fmt.Fprintf(c.Out, format+"\n", args...)
 }
 
 // started reports whether a supervisor took the lease on (it then knows its token).
@@ -116,7 +75,9 @@ type Session struct {
 	errc     chan error
 	cancel   context.CancelFunc
 	phase    jobs.Phase
-	last     []string // the last hook lines, for a failure report
+	// failure is the lease's SYSTEM line saying how its beforeLease hook failed: the
+	// failure report says it once.
+	failure string
 }
 
 // Context returns ctx with the metadata a call to the lease's board needs.
@@ -146,47 +107,79 @@ func (c *Client) Connect(ctx context.Context, lease *pb.Lease) (*Session, error)
 	stream, err := s.Exporter.LogStream(s.Context(sctx), &emptypb.Empty{})
 	if err != nil {
 		s.Close()
-		return nil, fmt.Errorf("log stream: %s", statusText(err))
+		return nil, c.endedBefore(lease, fmt.Errorf("log stream: %s", statusText(err)))
 	}
 	go s.follow(sctx, stream)
 	waiting := false
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	defer c.stopHookClock()
 	for {
-		r, err := s.next(ctx)
+		r, err := s.nextOrTick(ctx, tick.C)
 		if err != nil {
 			s.Close()
-			return nil, err
+			return nil, c.endedBefore(lease, err)
 		}
 		if r == nil {
 			s.Close()
 			return nil, fmt.Errorf("lease %s ended before it was ready", lease.GetId())
 		}
+		if r == ticked {
+			c.tickHookClock()
+			continue
+		}
 		phase, status := s.marker(r)
 		switch {
 		case phase == jobs.PhaseBeforeLease && status == jobs.StatusBeforeLeaseHook:
 			c.say("Waiting for beforeLease hooks to complete...")
+			c.startHookClock("beforeLease", r.GetMessage())
 			waiting = true
 		case phase == jobs.PhaseReady:
+			c.stopHookClock()
 			if waiting {
 				c.say("beforeLease hooks completed successfully!")
 			}
 			c.say("Connected to device.")
 			return s, nil
 		case phase >= jobs.PhaseEnding && status == jobs.StatusBeforeLeaseHookFailed:
-			c.say("beforeLease hook failed: %s", strings.TrimPrefix(r.GetMessage(), "lease ENDING: lease ending: "))
-			if len(s.last) > 0 {
-				c.say("Last lines of the hook:")
-				for _, l := range s.last {
-					c.say("  %s", l)
-				}
+			// One line says the failure (the hook's lines were shown as they came).
+			c.stopHookClock()
+			why := s.failure
+			if why == "" {
+				why = strings.TrimPrefix(r.GetMessage(), "lease ENDING: lease ending: ")
 			}
+			c.say("beforeLease hook failed: %s", strings.TrimPrefix(why, "beforeLease hook failed: "))
 			s.Close()
 			return nil, ErrHookFailed
 		case phase >= jobs.PhaseEnding:
 			s.Close()
-			return nil, fmt.Errorf("lease %s ended before it was ready: %s", lease.GetId(), r.GetMessage())
-		case phase == 0:
+			return nil, fmt.Errorf("lease %s ended before it was ready: %s", lease.GetId(), strings.TrimPrefix(r.GetMessage(), "lease ENDING: lease ending: "))
+		case phase == 0 && r.GetSource() != jpb.LogSource_LOG_SOURCE_MESSAGE: // the motd is GetReport's (upstream.go)
 			s.print(r)
 		}
+	}
+}
+
+// ticked is what nextOrTick returns when the tick came first.
+var ticked = &jpb.LogStreamResponse{}
+
+// nextOrTick is next, or ticked when tick fires first.
+func (s *Session) nextOrTick(ctx context.Context, tick <-chan time.Time) (*jpb.LogStreamResponse, error) {
+	select {
+	case <-tick:
+		return ticked, nil
+	default:
+	}
+	select {
+	case r, ok := <-s.lines:
+		if !ok {
+			return s.next(ctx)
+		}
+		return r, nil
+	case <-tick:
+		return ticked, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
 	}
 }
 
@@ -294,26 +287,75 @@ func (s *Session) print(r *jpb.LogStreamResponse) {
 	if r.GetMissed() > 0 {
 		s.c.say("[boardvisor] (%d lines missed: this client fell behind)", r.GetMissed())
 	}
-	msg, sev := r.GetMessage(), r.GetSeverity()
-	switch r.GetSource() {
-	case jpb.LogSource_LOG_SOURCE_BEFORE_LEASE_HOOK:
-		s.c.say("[Hook %s] %s", sev, msg)
-		s.last = append(s.last, msg)
-		if len(s.last) > 5 {
-			s.last = s.last[1:]
-		}
-	case jpb.LogSource_LOG_SOURCE_AFTER_LEASE_HOOK:
-		if sev == "INFO" {
-			sev = "Output"
-		}
-		s.c.say("[Hook %s] %s", sev, msg)
+	sev := DisplaySeverity(r.GetSeverity())
+	if r.GetSource() == jpb.LogSource_LOG_SOURCE_SYSTEM && sev == "ERROR" && strings.HasPrefix(r.GetMessage(), "beforeLease hook failed: ") {
+		s.failure = Visible(r.GetMessage()) // said once, by the failure report
+		return
+	}
+	s.c.hookLine(r.GetSource(), sev, r.GetMessage(), r.GetProgress())
+}
+
+// hookLine shows one line of a lease's log the way the proposal does: a hook's lines as
+// "[Hook INFO] ..." (the afterLease hook's INFO lines as "[Hook Output] ..."), progress
+// lines in place, the message of the day as it is, boardvisor's own lines only when
+// they are warnings or errors. The text is untrusted: control characters in it are made
+// visible, so a hook cannot move the cursor or retitle the terminal.
+func (c *Client) hookLine(src jpb.LogSource, sev, msg string, progress bool) {
+	if src == jpb.LogSource_LOG_SOURCE_AFTER_LEASE_HOOK && sev == "INFO" {
+		sev = "Output"
+	}
+	if progress && (src == jpb.LogSource_LOG_SOURCE_BEFORE_LEASE_HOOK || src == jpb.LogSource_LOG_SOURCE_AFTER_LEASE_HOOK) {
+		c.progress(fmt.Sprintf("[Hook %s] %s", sev, msg))
+		return
+	}
+	msg = Visible(msg)
+	switch src {
+	case jpb.LogSource_LOG_SOURCE_BEFORE_LEASE_HOOK, jpb.LogSource_LOG_SOURCE_AFTER_LEASE_HOOK:
+		c.say("[Hook %s] %s", sev, msg)
 	case jpb.LogSource_LOG_SOURCE_MESSAGE:
-		s.c.say("%s", msg)
+		c.say("%s", msg)
 	default:
 		if sev != "INFO" {
-			s.c.say("[boardvisor %s] %s", sev, msg)
+			c.say("[boardvisor %s] %s", sev, msg)
 		}
 	}
+}
+
+// afterLease prints the afterLease part of the dialogue as the lease's phases change.
+type afterLease struct {
+	c       *Client
+	running bool
+}
+
+// phase takes a phase change with the board's status from then on, and the phase's
+// message (which names the hook's timeout, for the hook's clock).
+func (a *afterLease) phase(p jobs.Phase, st jobs.ExporterStatus, msg string) {
+	if p == jobs.PhaseReleasing {
+		a.c.stopHookClock()
+	}
+	switch {
+	case p == jobs.PhaseAfterLease && st == jobs.StatusAfterLeaseHook:
+		a.c.say("afterLease hooks running (press Ctrl+C to disconnect):")
+		a.c.startHookClock("afterLease", msg)
+		a.running = true
+	case p == jobs.PhaseReleasing && st == jobs.StatusAfterLeaseHookFailed:
+		a.c.say("afterLease hook failed.")
+		a.running = false
+	}
+}
+
+// ended is the end of the lease's log.
+func (a *afterLease) ended() {
+	a.c.stopHookClock()
+	if a.running {
+		a.c.say("afterLease hooks completed.")
+	}
+}
+
+// disconnected is the user leaving (Ctrl+C) before the end.
+func (a *afterLease) disconnected() {
+	a.c.stopHookClock()
+	a.c.say("Disconnected; the afterLease hook goes on.")
 }
 
 // Release ends the lease and follows the afterLease hook until the lease is over. If
@@ -326,31 +368,30 @@ func (s *Session) Release(ctx context.Context) error {
 	if _, err := s.Exporter.EndSession(s.Context(rctx), &jpb.EndSessionRequest{}); err != nil {
 		return fmt.Errorf("end session: %s", statusText(err))
 	}
-	running := false
+	al := &afterLease{c: s.c}
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	defer s.c.stopHookClock()
 	for {
-		r, err := s.next(ctx)
+		r, err := s.nextOrTick(ctx, tick.C)
 		if errors.Is(err, context.Canceled) {
-			s.c.say("Disconnected; the afterLease hook goes on.")
+			al.disconnected()
 			return nil
 		}
 		if err != nil {
 			return err
 		}
+		if r == ticked {
+			s.c.tickHookClock()
+			continue
+		}
 		if r == nil {
-			if running {
-				s.c.say("afterLease hooks completed.")
-			}
+			al.ended()
 			return nil
 		}
-		phase, status := s.marker(r)
-		switch {
-		case phase == jobs.PhaseAfterLease && status == jobs.StatusAfterLeaseHook:
-			s.c.say("afterLease hooks running (press Ctrl+C to disconnect):")
-			running = true
-		case phase == jobs.PhaseReleasing && status == jobs.StatusAfterLeaseHookFailed:
-			s.c.say("afterLease hook failed.")
-			running = false
-		case phase == 0:
+		if phase, status := s.marker(r); phase != 0 {
+			al.phase(phase, status, r.GetMessage())
+		} else {
 			s.print(r)
 		}
 	}
@@ -364,3 +405,25 @@ func (s *Session) Close() {
 
 // statusText is the message of a gRPC error, without its code's boilerplate.
 func statusText(err error) string { return status.Convert(err).Message() }
+
+// endedBefore explains a failure to follow a lease that may have ended before the
+// client reached its board (an image that could not be fetched fails a lease in a
+// moment, and its board forgets it at once): the coordinator's account of its end,
+// awaited for a few seconds, else err.
+func (c *Client) endedBefore(lease *pb.Lease, err error) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	w, werr := c.Leases.WatchLease(ctx, &pb.WatchLeaseRequest{Id: lease.GetId()})
+	if werr != nil {
+		return err
+	}
+	for {
+		l, rerr := w.Recv()
+		if rerr != nil {
+			return err
+		}
+		if p := l.GetPhase(); p == pb.LeasePhase_LEASE_PHASE_DONE || p == pb.LeasePhase_LEASE_PHASE_FAILED {
+			return fmt.Errorf("lease %s ended before it was ready: %s", lease.GetId(), l.GetStatusMessage())
+		}
+	}
+}

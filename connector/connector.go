@@ -27,6 +27,9 @@ type StartJobRequest struct {
 	Duration time.Duration
 	// Parameters are free-form key/value pairs passed to the hooks' environment.
 	Parameters map[string]string
+	// Image is the image to provision the board with before its beforeLease hook (nil:
+	// none).
+	Image *jobs.Image
 }
 
 // StopJobRequest asks a supervisor to end a job.
@@ -50,6 +53,20 @@ type Supervisor interface {
 	StartJob(ctx context.Context, req StartJobRequest) error
 	StopJob(ctx context.Context, req StopJobRequest) error
 	ExtendJob(ctx context.Context, req ExtendJobRequest) error
+}
+
+// ClearQuarantineRequest is an operator clearing a board's quarantine.
+type ClearQuarantineRequest struct {
+	Board, Reason string
+	// By names the operator.
+	By string
+}
+
+// QuarantineClearer is a Supervisor whose boards' quarantine an operator may clear
+// through the coordinator (the board takes leases again; its new health is reported as
+// a BoardStatus event).
+type QuarantineClearer interface {
+	ClearQuarantine(ctx context.Context, req ClearQuarantineRequest) error
 }
 
 // SupervisorConnector carries a supervisor's events to its coordinator and the
@@ -117,7 +134,11 @@ type HookLine struct {
 	Severity jobs.Severity
 	Text     string
 	Cut      bool
-	// Offset is the byte offset in the hook's spool just past this line.
+	// Progress marks a progress line: the state so far of a line the hook redraws
+	// with carriage returns, superseded by the next line of the same source.
+	Progress bool
+	// Offset is the byte offset in the hook's spool just past this line (for a
+	// progress line, the start of the line it shows).
 	Offset int64
 }
 

@@ -23,6 +23,7 @@ func (c *Coordinator) assignable(b *boardRow, busy map[string]string, now int64)
 type matcher struct {
 	board string
 	sel   Selector
+	image *pb.ImageSpecification // nil: none (images.go)
 }
 
 func leaseMatcher(l *leaseRow) (matcher, error) {
@@ -34,6 +35,9 @@ func leaseMatcher(l *leaseRow) (matcher, error) {
 }
 
 func (m matcher) matches(b *boardRow) bool {
+	if !imageFits(m.image, b.Labels) {
+		return false
+	}
 	if m.board != "" {
 		return b.Name == m.board
 	}
@@ -73,6 +77,9 @@ func (c *Coordinator) assignQueued(ctx context.Context, tx *sql.Tx, fx *effects)
 		if err != nil {
 			c.log.Error("queued lease has a bad selector", "job", l.ID, "error", err)
 			continue
+		}
+		if m.image, err = leaseImage(ctx, tx, l.ID); err != nil {
+			return err
 		}
 		for i, b := range free {
 			if !m.matches(b) {
@@ -126,6 +133,7 @@ func (c *Coordinator) expire(ctx context.Context, tx *sql.Tx, fx *effects) error
 // queued leases to boards whose refusal hold is over.
 func (c *Coordinator) tick(ctx context.Context) error {
 	return c.update(ctx, func(tx *sql.Tx, fx *effects) error {
+		fx.quiet = true
 		if err := c.expire(ctx, tx, fx); err != nil {
 			return err
 		}

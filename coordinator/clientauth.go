@@ -58,7 +58,7 @@ func mayChange(ctx context.Context, client string) error {
 // authenticate checks a LeaseService call's token; the link's calls authenticate
 // themselves (supervisor tokens).
 func (c *Coordinator) authenticate(ctx context.Context, method string) (context.Context, error) {
-	if c.opts.ClientTokens == nil || !strings.HasPrefix(method, "/"+pb.LeaseService_ServiceDesc.ServiceName+"/") {
+	if c.clientTokens() == nil || !strings.HasPrefix(method, "/"+pb.LeaseService_ServiceDesc.ServiceName+"/") {
 		return ctx, nil
 	}
 	md, _ := metadata.FromIncomingContext(ctx)
@@ -72,7 +72,7 @@ func (c *Coordinator) authenticate(ctx context.Context, method string) (context.
 		c.refused(ctx, "no client token", method)
 		return nil, status.Error(codes.Unauthenticated, "no client token: send authorization: Bearer <your token> (boardvisor: BOARDVISOR_USER_TOKEN)")
 	}
-	u, ok := c.opts.ClientTokens.lookup(token)
+	u, ok := c.clientTokens().lookup(token)
 	if !ok {
 		c.refused(ctx, "unknown client token", method)
 		return nil, status.Error(codes.Unauthenticated, "client token not accepted by the coordinator")

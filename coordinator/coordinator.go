@@ -70,6 +70,17 @@ type Options struct {
 	// holder or an admin may release or extend it, and only an admin may change
 	// maintenance. Register's server must be built with ServerOptions.
 	ClientTokens ClientTokens
+	// LeaseLogs configure the LeaseLog streams and the retention of ended leases' logs.
+	LeaseLogs LeaseLogOptions
+	// ClientTokensFile, if set, is the file ClientTokens came from: the token RPCs write
+	// it, and the coordinator reloads it when it changes (operator.go).
+	ClientTokensFile string
+	// AttachGrace is how long an attached lease not READY yet may be without its
+	// client's AttachLease stream before it is withdrawn (default DefaultAttachGrace).
+	AttachGrace time.Duration
+	// DetachedMaxWait bounds how long a detached lease may stay queued (default
+	// DefaultDetachedMaxWait).
+	DetachedMaxWait time.Duration
 }
 
 // Coordinator is the coordinator: a link.Handler for supervisors and a LeaseService for
@@ -82,6 +93,9 @@ type Coordinator struct {
 	log  hclog.Logger
 	now  func() time.Time
 	link *link.Server
+	logs *logHub  // LeaseLog streams, woken from the event path (leaselog.go)
+	ops  *ops     // operators' and clients' holds, tokens (operator.go, attach.go)
+	farm farmFeed // wakes in-process farm watchers after each change (farmwatch.go)
 
 	// mu serializes every state change (one writer at a time) and guards the fields below.
 	mu       sync.Mutex
@@ -183,8 +197,14 @@ func New(opts Options) (*Coordinator, error) {
 		sessions:   map[string]*link.Session{},
 		watchers:   map[string]map[*watcher]struct{}{},
 		goneLogged: map[string]bool{},
+		logs:       newLogHub(opts.LeaseLogs),
 		wake:       make(chan struct{}, 1),
 		done:       make(chan struct{}),
+	}
+	c.ops = newOps(c)
+	if err := c.openHolds(ctx); err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("coordinator: database: lease holds: %w", err)
 	}
 	c.link = &link.Server{Handler: c, Auth: opts.SupervisorAuth, Logger: opts.Logger.Named("link"), Audit: opts.Audit}
 	// No supervisor is connected to a process that just started: their grace starts now.
@@ -240,9 +260,11 @@ func (c *Coordinator) Run(ctx context.Context) error {
 		return nil
 	default:
 	}
-	c.runWG.Add(1) // under c.mu, so never concurrent with Close's Wait
+	c.runWG.Add(2) // under c.mu, so never concurrent with Close's Wait
 	c.mu.Unlock()
 	defer c.runWG.Done()
+	defer c.startRetention(ctx)() // retention.go: stopped (and waited for) before Run returns
+	go func() { defer c.runWG.Done(); c.runHolds(ctx) }()
 	lastReconcile := c.now()
 	timer := time.NewTimer(0)
 	defer timer.Stop()
@@ -309,6 +331,9 @@ type effects struct {
 	msgs    []outMsg
 	changed map[string]bool
 	wake    bool
+	// quiet marks a timer's transaction (tick, reconcileAll): it wakes the farm's
+	// watchers only if it changed a lease (farmwatch.go).
+	quiet bool
 }
 
 type outMsg struct {
@@ -374,6 +399,7 @@ func (c *Coordinator) apply(ctx context.Context, fx *effects) {
 		var err error
 		switch {
 		case m.start != nil:
+			c.attachImage(ctx, m.start)
 			err = s.StartJob(m.start)
 		case m.extend != nil:
 			err = s.ExtendJob(m.extend)
@@ -389,6 +415,9 @@ func (c *Coordinator) apply(ctx context.Context, fx *effects) {
 	}
 	if fx.wake {
 		c.poke()
+	}
+	if !fx.quiet || len(fx.changed) > 0 {
+		c.farm.notify() // farmwatch.go: nothing while nobody watches
 	}
 }
 

@@ -45,10 +45,16 @@ func (c *Coordinator) CreateLease(ctx context.Context, req *pb.CreateLeaseReques
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "generate a lease token: %v", err)
 	}
-	m := matcher{board: board, sel: sel}
+	if err := checkImage(req.GetImage()); err != nil {
+		return nil, err
+	}
+	m := matcher{board: board, sel: sel, image: req.GetImage()}
 	want := "a free board matching " + sel.String()
 	if board != "" {
 		want = "board " + board + " to be free"
+	}
+	if m.image != nil {
+		want += " that runs image " + m.image.GetManifestDigest() + " (" + imageNeeds(m.image) + ")"
 	}
 	client := req.GetClientName()
 	if u, ok := userOf(ctx); ok {
@@ -70,6 +76,12 @@ func (c *Coordinator) CreateLease(ctx context.Context, req *pb.CreateLeaseReques
 		if err := insertLease(ctx, tx, l); err != nil {
 			return err
 		}
+		if err := insertLeaseImage(ctx, tx, l.ID, req.GetImage()); err != nil {
+			return err
+		}
+		if err := c.holdLease(ctx, tx, l.ID, req); err != nil {
+			return err
+		}
 		return c.assignQueued(ctx, tx, fx)
 	})
 	if err != nil {
@@ -80,7 +92,9 @@ func (c *Coordinator) CreateLease(ctx context.Context, req *pb.CreateLeaseReques
 	if err != nil || got == nil {
 		return nil, rpcError(errors.Join(err, errors.New("lease vanished after creation")))
 	}
-	return &pb.CreateLeaseResponse{Lease: leaseProto(got, true)}, nil
+	resp := leaseProto(got, true)
+	c.createdHold(ctx, resp, req)
+	return &pb.CreateLeaseResponse{Lease: resp}, nil
 }
 
 // satisfiable fails with FailedPrecondition when no known board matches m, connected or
@@ -94,6 +108,11 @@ func satisfiable(m matcher, boards []*boardRow) error {
 	what := "no board matches " + m.sel.String()
 	if m.board != "" {
 		what = "no board named " + m.board
+	}
+	if m.image != nil {
+		if plain := (matcher{board: m.board, sel: m.sel}); satisfiable(plain, boards) == nil {
+			what = "no board that matches can run image " + m.image.GetManifestDigest() + ": it needs a board labelled " + imageNeeds(m.image)
+		}
 	}
 	if len(boards) == 0 {
 		return status.Errorf(codes.FailedPrecondition, "%s: the coordinator knows no boards yet (no supervisor has connected)", what)
@@ -189,6 +208,9 @@ func (c *Coordinator) ReleaseLease(ctx context.Context, req *pb.ReleaseLeaseRequ
 			}
 			l.StatusMessage = "ending: " + reason
 			fx.stopJob(l.SupervisorID, l.ID, reason)
+		}
+		if err := noteRelease(ctx, tx, l.ID); err != nil { // who released it, for LeaseLog (leaselog.go)
+			return err
 		}
 		fx.leaseChanged(l.ID)
 		return saveLease(ctx, tx, l)

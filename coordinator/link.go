@@ -294,8 +294,13 @@ func startJobOf(l *leaseRow) *pb.StartJob {
 // Events stores a batch of a supervisor's events and applies them, in one transaction:
 // lease phases, board status, job errors. Then queued leases are assigned to boards that
 // became free.
-func (c *Coordinator) Events(ctx context.Context, s *link.Session, evs []*pb.Event) error {
+func (c *Coordinator) Events(ctx context.Context, s *link.Session, evs []*pb.Event) (err error) {
 	sup := s.ID
+	defer func() {
+		if err == nil {
+			c.logs.stored(evs) // wake the LeaseLog streams of these leases (leaselog.go)
+		}
+	}()
 	return c.update(ctx, func(tx *sql.Tx, fx *effects) error {
 		var top int64
 		reassign := false // only lease and board changes can free a board
@@ -553,6 +558,7 @@ func (c *Coordinator) Disconnected(s *link.Session, err error) {
 		false, c.now().UnixNano(), s.ID); dbErr != nil {
 		c.log.Error("record supervisor disconnect", "supervisor", s.ID, "error", dbErr)
 	}
+	c.farm.notify() // farmwatch.go
 	c.log.Info("supervisor gone; its leases stay", "supervisor", s.ID, "reason", errString(err))
 }
 
@@ -568,6 +574,7 @@ func errString(err error) string {
 // should end, StartJob again for assigned jobs that never reported a phase.
 func (c *Coordinator) reconcileAll(ctx context.Context) error {
 	return c.update(ctx, func(tx *sql.Tx, fx *effects) error {
+		fx.quiet = true
 		now := c.now()
 		leases, err := queryLeases(ctx, tx, `WHERE l.state IN ($1, $2)`, stateAssigned, stateActive)
 		if err != nil {
@@ -610,6 +617,7 @@ func (c *Coordinator) checkGrace(ctx context.Context) {
 	for _, id := range gone {
 		if !c.goneLogged[id] && c.sessions[id] == nil {
 			c.goneLogged[id] = true
+			c.farm.notify() // its boards show OFFLINE from now on (farmwatch.go)
 			c.log.Warn("supervisor gone longer than the grace period: its boards show OFFLINE; its leases stay", "supervisor", id, "grace", c.opts.Grace)
 		}
 	}

@@ -78,6 +78,7 @@ var schema = []string{
 		PRIMARY KEY (supervisor_id, seq)
 	)`,
 	`CREATE INDEX IF NOT EXISTS events_job ON events (job_id, supervisor_id, seq)`,
+	leaseImagesTable,
 }
 
 // Lease states in the leases table.

@@ -45,6 +45,7 @@ func (w *watcher) drain() []*pb.Lease {
 // publish sends a lease's committed state to its watchers; c.mu is held, so snapshots
 // reach every watcher in commit order.
 func (c *Coordinator) publish(ctx context.Context, id string) {
+	c.logs.changed(id) // and to its LeaseLog streams (leaselog.go)
 	ws := c.watchers[id]
 	if len(ws) == 0 {
 		return

@@ -19,6 +19,10 @@ func summary(d Decision) string {
 	for _, e := range d.Effects {
 		switch e.Kind {
 		case EffReport:
+			if e.Stage != StageNone {
+				parts = append(parts, fmt.Sprintf("%s>%s{%s}[%s]", e.From, e.To, e.Stage, e.Status))
+				continue
+			}
 			parts = append(parts, fmt.Sprintf("%s>%s[%s]", e.From, e.To, e.Status))
 		case EffRunHook:
 			parts = append(parts, "run "+e.Hook.String())
@@ -38,6 +42,14 @@ func summary(d Decision) string {
 			parts = append(parts, "error "+e.Err.Kind.String())
 		case EffQuarantine:
 			parts = append(parts, "quarantine")
+		case EffFetchImage:
+			parts = append(parts, "fetch")
+		case EffProvision:
+			parts = append(parts, "provision")
+		case EffStopImage:
+			parts = append(parts, "stop image")
+		case EffReleaseImage:
+			parts = append(parts, "release image")
 		}
 	}
 	return strings.Join(parts, "; ")
@@ -84,4 +96,54 @@ var tableInputs = []struct {
 	{"abort", Abort("boom")},
 	{"before-shim-exited", HookShimExited(HookBefore)},
 	{"after-shim-exited", HookShimExited(HookAfter)},
+	{"image-ok", ImageFetched(nil)},
+	{"image-notfound", ImageFetched(NewJobError(KindImageNotFound, "no location has it"))},
+	{"image-progress", ImageProgress(1<<20, 4<<20)},
+	{"prov-ok", Provisioned(nil)},
+	{"prov-fail", Provisioned(NewJobError(KindImageNotCompatible, "built for arm64"))},
+	{"t-fetch", TimerFired(TimerFetch)},
+	{"t-provision", TimerFired(TimerProvision)},
+}
+
+// imageSpec is the spec of the image table test: tableSpec with an image.
+func imageSpec() Spec {
+	s := tableSpec()
+	s.Image = &Image{Digest: "sha256:" + strings.Repeat("ab", 32),
+		Locations: []ImageLocation{{Registry: "127.0.0.1:5000", Repository: "boards/kernel"}}}
+	return s
+}
+
+// imageStates is a representative state of a lease with an image at each point of its
+// life: the phases, with STARTING split into its image stages.
+var imageStates = []struct {
+	name string
+	st   State
+}{
+	{"CREATED", State{Phase: PhaseCreated}},
+	{"FETCHING", State{Phase: PhaseStarting, Stage: StageFetchingImage}},
+	{"ALLOCATING", State{Phase: PhaseStarting, Stage: StageAllocating, ImageFetched: true}},
+	{"PROVISIONING", State{Phase: PhaseStarting, Stage: StageProvisioning, ImageFetched: true, Acquired: true, Provisioned: true}},
+	{"BEFORE_LEASE", State{Phase: PhaseBeforeLease, ImageFetched: true, Acquired: true, Provisioned: true, HookRunning: HookBefore}},
+	{"READY", State{Phase: PhaseReady, ImageFetched: true, Acquired: true, Provisioned: true}},
+	{"ENDING", State{Phase: PhaseEnding, ImageFetched: true, Acquired: true, Provisioned: true, EndRequested: true, EndReason: EndClient}},
+	{"AFTER_LEASE", State{Phase: PhaseAfterLease, ImageFetched: true, Acquired: true, Provisioned: true, EndRequested: true, EndReason: EndClient, HookRunning: HookAfter, AfterStarted: true}},
+	{"RELEASING", State{Phase: PhaseReleasing, ImageFetched: true, Acquired: true, Provisioned: true, EndRequested: true, EndReason: EndClient, AfterStarted: true}},
+	{"DONE", State{Phase: PhaseDone, ImageFetched: true, Acquired: true, Provisioned: true, AfterStarted: true}},
+	{"FAILED", State{Phase: PhaseFailed, ImageFailed: true, Failure: "x"}},
+}
+
+// stateName names a state as imageStates does: its phase, or its image stage in
+// STARTING.
+func stateName(s State) string {
+	if s.Phase == PhaseStarting {
+		switch s.Stage {
+		case StageFetchingImage:
+			return "FETCHING"
+		case StageAllocating:
+			return "ALLOCATING"
+		case StageProvisioning:
+			return "PROVISIONING"
+		}
+	}
+	return s.Phase.String()
 }

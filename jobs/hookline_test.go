@@ -46,8 +46,8 @@ func collect(s *LineSplitter, chunks ...string) []HookLine {
 func TestLineSplitterSplitsAcrossWrites(t *testing.T) {
 	var s LineSplitter
 	got := collect(&s, "JMP_IN", "FO: a\nJMP_WARN: b\npl", "ain\n", "", "\n", "tail without newline")
-	want := []HookLine{{SeverityInfo, "a", false}, {SeverityWarn, "b", false}, {SeverityInfo, "plain", false},
-		{SeverityInfo, "", false}, {SeverityInfo, "tail without newline", false}}
+	want := []HookLine{{Text: "a"}, {Severity: SeverityWarn, Text: "b"}, {Text: "plain"},
+		{Text: ""}, {Text: "tail without newline"}}
 	if len(got) != len(want) {
 		t.Fatalf("got %d lines %+v, want %+v", len(got), got, want)
 	}
@@ -109,17 +109,34 @@ func TestLineSplitterCutKeepsRunesWhole(t *testing.T) {
 // the tails of cut lines, and how the input is split into writes does not matter.
 func FuzzHookLines(f *testing.F) {
 	for _, s := range []string{"JMP_INFO: a\nJMP_WARN: b\nJMP_ERROR: c\nplain\n", "no newline", "\xff\xfe\n\r\n",
-		"JMP_WARN:\n"} {
+		"JMP_WARN:\n", "10%\r20%\r\n", "\rJMP_WARN: a\r  \rb\n"} {
 		f.Add([]byte(s), uint8(3))
 	}
 	f.Fuzz(func(t *testing.T, data []byte, split uint8) {
 		var whole, pieces LineSplitter
-		a := collect(&whole, string(data))
 		n := int(split)%7 + 1
 		var chunks []string
 		for i := 0; i < len(data); i += n {
 			chunks = append(chunks, string(data[i:min(i+n, len(data))]))
 		}
+		// The state of an unfinished line does not depend on the writes either.
+		var pw, pp LineSplitter
+		pw.Write(data, func(HookLine) {})
+		for _, c := range chunks {
+			pp.Write([]byte(c), func(HookLine) {})
+		}
+		wl, wok := pw.Progress()
+		pl, pok := pp.Progress()
+		if wl != pl || wok != pok {
+			t.Fatalf("progress differs: %+v %v vs %+v %v", wl, wok, pl, pok)
+		}
+		if wok && (!wl.Progress || !utf8.ValidString(wl.Text) || !bytes.Contains(data, []byte("\r"))) {
+			t.Fatalf("bad progress line %+v", wl)
+		}
+		if pw.Pending() > 2*MaxLineBytes {
+			t.Fatalf("splitter holds %d bytes", pw.Pending())
+		}
+		a := collect(&whole, string(data))
 		b := collect(&pieces, chunks...)
 		if len(a) != len(b) {
 			t.Fatalf("whole gave %d lines, pieces of %d gave %d", len(a), n, len(b))
@@ -127,6 +144,9 @@ func FuzzHookLines(f *testing.F) {
 		for i := range a {
 			if a[i] != b[i] {
 				t.Fatalf("line %d differs: %+v vs %+v", i, a[i], b[i])
+			}
+			if a[i].Progress {
+				t.Fatalf("line %d is a progress line", i)
 			}
 			if !utf8.ValidString(a[i].Text) {
 				t.Fatalf("line %d is not valid UTF-8", i)
@@ -139,4 +159,84 @@ func FuzzHookLines(f *testing.F) {
 			t.Fatalf("input without newline gave %d lines", len(a))
 		}
 	})
+}
+
+// A carriage return redraws the line: the line is its last non-blank segment; CRLF is
+// a plain line end.
+func TestLineSplitterCarriageReturns(t *testing.T) {
+	cases := []struct {
+		in   string
+		want []HookLine
+	}{
+		{"step 1\rstep 2\rdone\n", []HookLine{{Text: "done"}}},
+		{"\r10%\r20%\r100%\n", []HookLine{{Text: "100%"}}},
+		{"10%\r20%\r100%\r\n", []HookLine{{Text: "100%"}}},
+		{"windows\r\nline\r\n", []HookLine{{Text: "windows"}, {Text: "line"}}},
+		{"50%\r     \r\n", []HookLine{{Text: "50%"}}},
+		{"   \n", []HookLine{{Text: "   "}}},
+		{"\r\n", []HookLine{{Text: ""}}},
+		{"JMP_INFO: a\rJMP_ERROR: b\n", []HookLine{{Severity: SeverityError, Text: "b"}}},
+		{"JMP_WARN: flashing 10%\r20%\n", []HookLine{{Text: "20%"}}},
+		{"a\rb", []HookLine{{Text: "b"}}},
+		{"\r", []HookLine{{Text: ""}}},
+	}
+	for _, c := range cases {
+		var s LineSplitter
+		got := collect(&s, c.in)
+		if len(got) != len(c.want) {
+			t.Errorf("%q: got %+v, want %+v", c.in, got, c.want)
+			continue
+		}
+		for i := range got {
+			if got[i] != c.want[i] {
+				t.Errorf("%q: line %d = %+v, want %+v", c.in, i, got[i], c.want[i])
+			}
+		}
+	}
+}
+
+// Progress gives the state of a line being redrawn, as far as it has been written.
+func TestLineSplitterProgress(t *testing.T) {
+	var s LineSplitter
+	emitted := 0
+	emit := func(HookLine) { emitted++ }
+	if _, ok := s.Progress(); ok {
+		t.Fatal("progress before any output")
+	}
+	s.Write([]byte("plain line without newline yet"), emit)
+	if _, ok := s.Progress(); ok {
+		t.Fatal("a line without carriage return is not progress")
+	}
+	s.Write([]byte("\rJMP_WARN: 10%"), emit)
+	if l, ok := s.Progress(); !ok || l != (HookLine{Severity: SeverityWarn, Text: "10%", Progress: true}) {
+		t.Fatalf("progress = %+v, %v", l, ok)
+	}
+	s.Write([]byte("\r    "), emit) // a segment being cleared keeps the state
+	if l, ok := s.Progress(); !ok || l.Text != "10%" {
+		t.Fatalf("progress = %+v, %v", l, ok)
+	}
+	s.Write([]byte("\r20% \xc3"), emit) // half of a two-byte character
+	if l, ok := s.Progress(); !ok || l.Text != "20% " || l.Severity != SeverityInfo {
+		t.Fatalf("progress = %+v, %v", l, ok)
+	}
+	s.Write([]byte("\xa9\r"), emit)
+	if l, ok := s.Progress(); !ok || l.Text != "20% \u00e9" {
+		t.Fatalf("progress = %+v, %v", l, ok)
+	}
+	if emitted != 0 {
+		t.Fatalf("%d lines emitted before the newline", emitted)
+	}
+	var last HookLine
+	s.Write([]byte("\n"), func(l HookLine) { last = l; emitted++ })
+	if emitted != 1 || last != (HookLine{Text: "20% \u00e9"}) {
+		t.Fatalf("line = %+v (%d emitted)", last, emitted)
+	}
+	if _, ok := s.Progress(); ok {
+		t.Fatal("progress after the newline")
+	}
+	// A redrawn segment over 64 KiB is cut, and its state is bounded.
+	s.Write([]byte("\r"+strings.Repeat("z", 3*MaxLineBytes)), emit)
+	if l, ok := s.Progress(); !ok || !l.Cut || len(l.Text) != MaxLineBytes+len(CutMark) || s.Pending() > 2*MaxLineBytes {
+		t.Fatalf("long progress: cut %v, %d bytes, pending %d", l.Cut, len(l.Text), s.Pending())
+	}
 }

@@ -1,6 +1,7 @@
 package jobs
 
 import (
+	"errors"
 	"fmt"
 	"time"
 )
@@ -34,11 +35,21 @@ const (
 	// for the outbox, e.g. while the state dir is full); every DrainCheck without
 	// InHookExited logs a warning and re-arms it.
 	InHookShimExited
+	// InImageFetched says the image fetch ended: OK, or failed with ErrKind (ImageNotFound,
+	// ImageInvalid, ImageNotCompatible, ...) and Message. The image is in the store,
+	// verified and kept for the lease when OK.
+	InImageFetched
+	// InImageProgress says how much of the image is fetched: Done of Total bytes.
+	InImageProgress
+	// InProvisioned says the board's provisioning with the image ended: OK, or failed
+	// with ErrKind and Message.
+	InProvisioned
 )
 
 var inputNames = map[InputKind]string{InStart: "Start", InBoardAcquired: "BoardAcquired",
 	InHookExited: "HookExited", InEndRequested: "EndRequested", InTimerFired: "TimerFired",
-	InReleased: "Released", InExtend: "Extend", InAbort: "Abort", InHookShimExited: "HookShimExited"}
+	InReleased: "Released", InExtend: "Extend", InAbort: "Abort", InHookShimExited: "HookShimExited",
+	InImageFetched: "ImageFetched", InImageProgress: "ImageProgress", InProvisioned: "Provisioned"}
 
 // String returns the input's name, e.g. "HookExited".
 func (k InputKind) String() string {
@@ -83,6 +94,8 @@ const (
 	TimerBeforeHook                  // backstop for the beforeLease hook's exit report
 	TimerAfterHook                   // backstop for the afterLease hook's exit report
 	TimerRelease                     // the board's release confirmation
+	TimerFetch                       // the image fetch
+	TimerProvision                   // the board's provisioning with the image
 )
 
 // String returns the timer's name, e.g. "lease".
@@ -96,6 +109,10 @@ func (t Timer) String() string {
 		return "afterLease hook"
 	case TimerRelease:
 		return "release"
+	case TimerFetch:
+		return "image fetch"
+	case TimerProvision:
+		return "provisioning"
 	}
 	return fmt.Sprintf("Timer(%d)", int(t))
 }
@@ -112,11 +129,14 @@ func hookTimer(k HookKind) Timer {
 type Input struct {
 	Kind     InputKind
 	Hook     HookKind      // InHookExited: which hook
-	OK       bool          // InHookExited: whether it succeeded
-	Message  string        // InHookExited: how it failed; InAbort: what went wrong; InEndRequested: detail
+	OK       bool          // InHookExited, InImageFetched, InProvisioned: whether it succeeded
+	Message  string        // InHookExited, InImageFetched, InProvisioned: how it failed; InAbort: what went wrong
 	Reason   EndReason     // InEndRequested
 	Timer    Timer         // InTimerFired
 	Duration time.Duration // InExtend
+	ErrKind  JobErrorKind  // InImageFetched, InProvisioned: the kind of the failure
+	Done     int64         // InImageProgress: bytes fetched so far
+	Total    int64         // InImageProgress: bytes to fetch in all
 }
 
 // Start is the input that starts a lease.
@@ -149,6 +169,40 @@ func Extend(d time.Duration) Input { return Input{Kind: InExtend, Duration: d} }
 // Abort is the input that fails the lease after an internal fault.
 func Abort(message string) Input { return Input{Kind: InAbort, Message: message} }
 
+// ImageFetched is the input that reports the end of the image fetch. A nil err means
+// the image is in the store, verified; else err says why not (its kind, when it is a
+// *JobError, is reported; any other error is an InternalError).
+func ImageFetched(err error) Input {
+	in := Input{Kind: InImageFetched, OK: err == nil}
+	if err != nil {
+		in.ErrKind, in.Message = kindAndMessage(err)
+	}
+	return in
+}
+
+// ImageProgress is the input that reports how much of the image is fetched.
+func ImageProgress(done, total int64) Input {
+	return Input{Kind: InImageProgress, Done: done, Total: total}
+}
+
+// Provisioned is the input that reports the end of the board's provisioning with the
+// image; err as for ImageFetched.
+func Provisioned(err error) Input {
+	in := Input{Kind: InProvisioned, OK: err == nil}
+	if err != nil {
+		in.ErrKind, in.Message = kindAndMessage(err)
+	}
+	return in
+}
+
+func kindAndMessage(err error) (JobErrorKind, string) {
+	var je *JobError
+	if errors.As(err, &je) {
+		return je.Kind, je.Description
+	}
+	return KindInternalError, err.Error()
+}
+
 // String describes the input for logs.
 func (in Input) String() string {
 	switch in.Kind {
@@ -167,6 +221,13 @@ func (in Input) String() string {
 		return fmt.Sprintf("HookShimExited(%s)", in.Hook)
 	case InAbort:
 		return fmt.Sprintf("Abort(%s)", in.Message)
+	case InImageFetched, InProvisioned:
+		if in.OK {
+			return in.Kind.String() + "(ok)"
+		}
+		return fmt.Sprintf("%s(%s: %s)", in.Kind, in.ErrKind, in.Message)
+	case InImageProgress:
+		return fmt.Sprintf("ImageProgress(%d/%d)", in.Done, in.Total)
 	}
 	return in.Kind.String()
 }
@@ -199,12 +260,27 @@ const (
 	// EffQuarantine: take the board OFFLINE with health bad; no further leases until an
 	// operator clears it. Message says why.
 	EffQuarantine
+	// EffFetchImage: fetch the spec's image into the store, verify every blob and keep
+	// it for this lease (never evicted while the lease lives); report ImageProgress along
+	// the way and answer with ImageFetched. A fetch already done is a no-op that answers
+	// at once.
+	EffFetchImage
+	// EffProvision: put the image on the board (an emulated board boots it; a physical
+	// board gets its files for the beforeLease hook); answer with Provisioned.
+	EffProvision
+	// EffStopImage: stop the fetch or provisioning in flight at once (a partly fetched
+	// blob is discarded); its answer is no longer awaited.
+	EffStopImage
+	// EffReleaseImage: undo the provisioning and let the store forget that this lease
+	// keeps the image. Idempotent.
+	EffReleaseImage
 )
 
 var effectNames = map[EffectKind]string{EffReport: "Report", EffAcquire: "Acquire",
 	EffRunHook: "RunHook", EffStopHook: "StopHook", EffArmTimer: "ArmTimer",
 	EffCancelTimer: "CancelTimer", EffRelease: "Release", EffLog: "Log", EffError: "Error",
-	EffQuarantine: "Quarantine"}
+	EffQuarantine: "Quarantine", EffFetchImage: "FetchImage", EffProvision: "Provision",
+	EffStopImage: "StopImage", EffReleaseImage: "ReleaseImage"}
 
 // String returns the effect kind's name, e.g. "RunHook".
 func (k EffectKind) String() string {
@@ -218,6 +294,7 @@ func (k EffectKind) String() string {
 type Effect struct {
 	Kind     EffectKind
 	From, To Phase          // EffReport
+	Stage    InitStage      // EffReport: the image stage entered (StageNone: none)
 	Status   ExporterStatus // EffReport: the board's status after the transition
 	Hook     HookKind       // EffRunHook, EffStopHook
 	Timeout  time.Duration  // EffRunHook
@@ -232,6 +309,9 @@ type Effect struct {
 func (e Effect) String() string {
 	switch e.Kind {
 	case EffReport:
+		if e.Stage != StageNone {
+			return fmt.Sprintf("Report(%s->%s{%s} %s %q)", e.From, e.To, e.Stage, e.Status, e.Message)
+		}
 		return fmt.Sprintf("Report(%s->%s %s %q)", e.From, e.To, e.Status, e.Message)
 	case EffRunHook:
 		return fmt.Sprintf("RunHook(%s, %s)", e.Hook, e.Timeout)
@@ -294,6 +374,15 @@ type State struct {
 	Quarantined bool
 	// Failure says why the lease failed (empty unless it will end FAILED).
 	Failure string
+	// Stage is the image stage within STARTING of a lease with an image (StageNone
+	// before and after).
+	Stage InitStage
+	// ImageFetched: the image is in the store for this lease. Provisioned: the board
+	// was (being) provisioned with it; it is undone when the lease ends.
+	ImageFetched, Provisioned bool
+	// ImageFailed: fetching or provisioning the image failed; the lease ends FAILED
+	// without its hooks.
+	ImageFailed bool
 }
 
 // Lease is one lease's lifecycle: its spec and its state. Step is the only way its
@@ -341,13 +430,26 @@ func (l *Lease) step(in Input) (ignored string, err error) {
 		if s.Phase != PhaseCreated {
 			return "already started", nil
 		}
-		if err := l.to(PhaseStarting, "waiting for the board"); err != nil {
+		msg := "waiting for the board"
+		fetch := l.Spec.Image != nil && !s.EndRequested
+		if fetch {
+			// The image is fetched before the board is asked for: a lease waiting for
+			// a busy board has its image ready when the board is free.
+			s.Stage = StageFetchingImage
+			msg = "fetching image " + l.Spec.Image.String()
+		}
+		if err := l.to(PhaseStarting, msg); err != nil {
 			return "", err
 		}
 		if s.EndRequested {
 			return "", l.beginEnding()
 		}
 		l.emit(Effect{Kind: EffArmTimer, Timer: TimerLease, After: l.Spec.Duration})
+		if fetch {
+			l.emit(Effect{Kind: EffFetchImage})
+			l.emit(Effect{Kind: EffArmTimer, Timer: TimerFetch, After: l.Spec.fetchTimeout()})
+			return "", nil
+		}
 		l.emit(Effect{Kind: EffAcquire})
 		return "", nil
 
@@ -355,8 +457,18 @@ func (l *Lease) step(in Input) (ignored string, err error) {
 		if s.Phase != PhaseStarting || s.Acquired {
 			return fmt.Sprintf("board acquired in phase %s", s.Phase), nil
 		}
+		if l.Spec.Image != nil {
+			if s.Stage != StageAllocating {
+				return fmt.Sprintf("board acquired in stage %s, before it was asked for", s.Stage), nil
+			}
+			s.Acquired = true
+			return "", l.startProvision()
+		}
 		s.Acquired = true
 		return "", l.enterBefore()
+
+	case InImageFetched, InImageProgress, InProvisioned:
+		return l.imageInput(in)
 
 	case InHookExited:
 		if s.HookRunning == HookNone || s.HookRunning != in.Hook {
@@ -408,6 +520,18 @@ func (l *Lease) step(in Input) (ignored string, err error) {
 				return "release timer is stale", nil
 			}
 			return "", l.fail(fmt.Sprintf("the board did not confirm its release within %s", ReleaseTimeout))
+		case TimerFetch:
+			if s.Phase != PhaseStarting || s.Stage != StageFetchingImage {
+				return "image fetch timer is stale", nil
+			}
+			l.emit(Effect{Kind: EffStopImage})
+			return "", l.imageFailed(KindImageNotFound, fmt.Sprintf("image %s could not be fetched within %s", l.Spec.Image, l.Spec.fetchTimeout()))
+		case TimerProvision:
+			if s.Phase != PhaseStarting || s.Stage != StageProvisioning {
+				return "provisioning timer is stale", nil
+			}
+			l.emit(Effect{Kind: EffStopImage})
+			return "", l.imageFailed(KindInternalError, fmt.Sprintf("the board was not provisioned with image %s within %s", l.Spec.Image.Digest, l.Spec.provisionTimeout()))
 		}
 		return fmt.Sprintf("unknown timer %d", in.Timer), nil
 
@@ -416,7 +540,7 @@ func (l *Lease) step(in Input) (ignored string, err error) {
 			return fmt.Sprintf("released in phase %s", s.Phase), nil
 		}
 		l.emit(Effect{Kind: EffCancelTimer, Timer: TimerRelease})
-		if s.BeforeFailed || s.AfterFailed {
+		if s.BeforeFailed || s.AfterFailed || s.ImageFailed {
 			return "", l.to(PhaseFailed, s.Failure)
 		}
 		return "", l.to(PhaseDone, "lease ended")
@@ -453,12 +577,31 @@ func (l *Lease) requestEnd(r EndReason) (string, error) {
 		l.emit(Effect{Kind: EffLog, Severity: SeverityInfo,
 			Message: fmt.Sprintf("end %s; the lease ends when the beforeLease hook finishes", r)})
 		return "", nil
+	case PhaseStarting:
+		switch s.Stage {
+		case StageFetchingImage:
+			// A fetch is interrupted at once: the lease does not wait for it.
+			l.emit(Effect{Kind: EffCancelTimer, Timer: TimerFetch})
+			l.emit(Effect{Kind: EffStopImage})
+		case StageProvisioning:
+			// Like a beforeLease hook, provisioning is not cut short (a board half
+			// written is worse than one written); the end waits for it, bounded by
+			// its timer.
+			l.emit(Effect{Kind: EffLog, Severity: SeverityInfo,
+				Message: fmt.Sprintf("end %s; the lease ends when the board's provisioning finishes", r)})
+			return "", nil
+		}
 	}
 	return "", l.beginEnding()
 }
 
 func (l *Lease) enterBefore() error {
-	if err := l.to(PhaseBeforeLease, "running the beforeLease hook"); err != nil {
+	msg := "no beforeLease hook to run"
+	if p := l.Spec.Before; p != nil {
+		// The client shows the hook's time against its timeout from this line.
+		msg = fmt.Sprintf("running the beforeLease hook (timeout %s)", p.Timeout)
+	}
+	if err := l.to(PhaseBeforeLease, msg); err != nil {
 		return err
 	}
 	if l.Spec.Before == nil {
@@ -536,9 +679,9 @@ func (l *Lease) beginEnding() error {
 		return err
 	}
 	runAfter := l.runsAfter()
-	afterMsg := "running the afterLease hook"
-	if !runAfter {
-		afterMsg = "no afterLease hook to run"
+	afterMsg := "no afterLease hook to run"
+	if runAfter {
+		afterMsg = fmt.Sprintf("running the afterLease hook (timeout %s)", l.Spec.After.Timeout)
 	}
 	if err := l.to(PhaseAfterLease, afterMsg); err != nil {
 		return err
@@ -552,12 +695,15 @@ func (l *Lease) beginEnding() error {
 
 func (l *Lease) runsAfter() bool {
 	s := l.State
-	return s.Acquired && !s.BeforeFailed && l.Spec.After != nil && !s.AfterStarted
+	return s.Acquired && !s.BeforeFailed && !s.ImageFailed && l.Spec.After != nil && !s.AfterStarted
 }
 
 func (l *Lease) release() error {
 	if err := l.to(PhaseReleasing, "releasing the board"); err != nil {
 		return err
+	}
+	if l.Spec.Image != nil {
+		l.emit(Effect{Kind: EffReleaseImage})
 	}
 	l.emit(Effect{Kind: EffRelease})
 	l.emit(Effect{Kind: EffArmTimer, Timer: TimerRelease, After: ReleaseTimeout})
@@ -575,6 +721,14 @@ func (l *Lease) fail(message string) error {
 	for _, t := range []Timer{TimerLease, TimerBeforeHook, TimerAfterHook, TimerRelease} {
 		l.emit(Effect{Kind: EffCancelTimer, Timer: t})
 	}
+	if l.Spec.Image != nil {
+		if s.Phase == PhaseStarting && (s.Stage == StageFetchingImage || s.Stage == StageProvisioning) {
+			l.emit(Effect{Kind: EffStopImage})
+		}
+		l.emit(Effect{Kind: EffCancelTimer, Timer: TimerFetch})
+		l.emit(Effect{Kind: EffCancelTimer, Timer: TimerProvision})
+		l.emit(Effect{Kind: EffReleaseImage})
+	}
 	if s.Phase != PhaseReleasing {
 		l.emit(Effect{Kind: EffRelease})
 	}
@@ -583,14 +737,30 @@ func (l *Lease) fail(message string) error {
 	return l.to(PhaseFailed, message)
 }
 
-// to moves the lease to phase p, checked against the table, and reports it.
+// to moves the lease to phase p, checked against the table, and reports it. Leaving
+// STARTING ends its image stages.
 func (l *Lease) to(p Phase, message string) error {
 	from := l.State.Phase
 	if !CanTransition(from, p) {
 		return &InvalidTransitionError{From: from, To: p}
 	}
 	l.State.Phase = p
-	l.emit(Effect{Kind: EffReport, From: from, To: p, Status: l.Status(), Message: message})
+	if p != PhaseStarting {
+		l.State.Stage = StageNone
+	}
+	l.emit(Effect{Kind: EffReport, From: from, To: p, Stage: l.State.Stage, Status: l.Status(), Message: message})
+	return nil
+}
+
+// toStage moves a lease in STARTING to an image stage, checked against the stage order,
+// and reports it as a transition STARTING -> STARTING naming the stage.
+func (l *Lease) toStage(st InitStage, message string) error {
+	s := &l.State
+	if s.Phase != PhaseStarting || !CanStage(s.Stage, st) {
+		return &InvalidStageError{From: s.Stage, To: st}
+	}
+	s.Stage = st
+	l.emit(Effect{Kind: EffReport, From: PhaseStarting, To: PhaseStarting, Stage: st, Status: l.Status(), Message: message})
 	return nil
 }
 

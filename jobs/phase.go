@@ -126,24 +126,53 @@ func (s RunningState) String() string {
 // InitStage is the stage of an Initializing job (Treadmill's JobInitializingStage).
 type InitStage int
 
-// Stages of an initializing job. A hook may report a finer stage as text.
+// Stages of an initializing job. A hook may report a finer stage as text. A lease with
+// an image passes through FetchingImage, Allocating and Provisioning within the phase
+// STARTING (State.Stage); each stage change is reported as a transition STARTING ->
+// STARTING that names the new stage.
 const (
-	StageNone         InitStage = 0
-	StageStarting     InitStage = 1
-	StageProvisioning InitStage = 2
+	StageNone          InitStage = 0
+	StageStarting      InitStage = 1
+	StageProvisioning  InitStage = 2 // the board is provisioned with the image (and, for BEFORE_LEASE, the hook runs)
+	StageFetchingImage InitStage = 3 // the image is fetched and verified
+	StageAllocating    InitStage = 4 // the image is ready; waiting for the board
 )
 
-// String returns "Starting", "Provisioning" or "" for StageNone.
+// String returns Treadmill's name, e.g. "FetchingImage", or "" for StageNone.
 func (s InitStage) String() string {
 	switch s {
 	case StageStarting:
 		return "Starting"
 	case StageProvisioning:
 		return "Provisioning"
+	case StageFetchingImage:
+		return "FetchingImage"
+	case StageAllocating:
+		return "Allocating"
 	case StageNone:
 		return ""
 	}
 	return "InitStage(" + strconv.Itoa(int(s)) + ")"
+}
+
+// stageOrder is the order of the image stages within STARTING: a lease only moves
+// forward through it (see Lease.toStage).
+var stageOrder = map[InitStage]int{StageNone: 0, StageStarting: 0, StageFetchingImage: 1, StageAllocating: 2, StageProvisioning: 3}
+
+// CanStage reports whether a lease in STARTING may move from one stage to another.
+func CanStage(from, to InitStage) bool {
+	f, ok1 := stageOrder[from]
+	t, ok2 := stageOrder[to]
+	return ok1 && ok2 && to != StageNone && to != StageStarting && t > f
+}
+
+// InvalidStageError is returned when a stage change is not allowed.
+type InvalidStageError struct {
+	From, To InitStage
+}
+
+func (e *InvalidStageError) Error() string {
+	return fmt.Sprintf("invalid stage change %q -> %q within STARTING", e.From, e.To)
 }
 
 // RunningStateOf maps a phase to Treadmill's running job state (DESIGN.md §8):
@@ -164,4 +193,14 @@ func RunningStateOf(p Phase) (RunningState, InitStage) {
 		return RunningTerminated, StageNone
 	}
 	return 0, StageNone
+}
+
+// RunningState maps a transition to Treadmill's running job state: as RunningStateOf
+// its phase, with the stage it names when it names one (the image stages of STARTING).
+func (t Transition) RunningState() (RunningState, InitStage) {
+	rs, st := RunningStateOf(t.To)
+	if rs == RunningInitializing && t.Stage != StageNone {
+		st = t.Stage
+	}
+	return rs, st
 }

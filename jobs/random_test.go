@@ -1,6 +1,7 @@
 package jobs
 
 import (
+	"errors"
 	"fmt"
 	"math/rand"
 	"strings"
@@ -24,6 +25,14 @@ type world struct {
 	quarantines           int
 	lastStatus            ExporterStatus
 	log                   []string
+
+	// The image stages (a lease with an image).
+	fetching, provisioning bool // a fetch / provisioning is in flight (asked for, not answered or stopped)
+	imageOK, provisionedOK bool // ImageFetched(ok) / Provisioned(ok) was accepted
+	imageFailed            JobErrorKind
+	imageReleases          int
+	endInProvisioning      bool // an end was accepted while the board was provisioned: beforeLease is skipped
+	errors                 []JobErrorKind
 }
 
 func (w *world) apply(t *testing.T, l *Lease, in Input, seed int64) Decision {
@@ -67,17 +76,45 @@ func (w *world) apply(t *testing.T, l *Lease, in Input, seed int64) Decision {
 			if in.Timer == TimerBeforeHook && !before.HookDraining && l.Spec.Before.OnFailure != PolicyWarn {
 				w.beforeFailedHard = true
 			}
+			if w.imageFailed == 0 && in.Timer == TimerFetch {
+				w.imageFailed = KindImageNotFound
+			}
+			if w.imageFailed == 0 && in.Timer == TimerProvision {
+				w.imageFailed = KindInternalError
+			}
+		case InImageFetched:
+			w.fetching = false
+			if in.OK {
+				w.imageOK = true
+			} else if w.imageFailed == 0 {
+				w.imageFailed = in.ErrKind
+			}
+		case InProvisioned:
+			if before.Stage == StageProvisioning {
+				w.provisioning = false
+				if in.OK {
+					w.provisionedOK = true
+				} else if w.imageFailed == 0 {
+					w.imageFailed = in.ErrKind
+				}
+			}
 		}
 	}
-	cur := before.Phase
+	stopped := false
+	if d.Ignored == "" && before.Stage == StageProvisioning && (in.Kind == InEndRequested || in.Kind == InTimerFired && in.Timer == TimerLease) {
+		w.endInProvisioning = true
+	}
+	cur, curStage := before.Phase, before.Stage
 	for _, e := range d.Effects {
 		switch e.Kind {
 		case EffReport:
 			// Rule 1: every reported change is in the table and continues from the last.
-			if e.From != cur || !CanTransition(e.From, e.To) {
-				fail("bad transition %s -> %s (current %s)", e.From, e.To, cur)
+			// A stage change within STARTING is checked against the stage order.
+			stage := e.From == PhaseStarting && e.To == PhaseStarting
+			if e.From != cur || !stage && !CanTransition(e.From, e.To) || stage && !CanStage(curStage, e.Stage) {
+				fail("bad transition %s -> %s{%s} (current %s{%s})", e.From, e.To, e.Stage, cur, curStage)
 			}
-			cur = e.To
+			cur, curStage = e.To, e.Stage
 			// Rule 2: no READY after an end was requested.
 			if e.To == PhaseReady && w.endSent {
 				fail("READY reported after an end was requested")
@@ -92,6 +129,10 @@ func (w *world) apply(t *testing.T, l *Lease, in Input, seed int64) Decision {
 		case EffRunHook:
 			if w.hook != HookNone {
 				fail("hook %s started while %s runs", e.Hook, w.hook)
+			}
+			// A lease with an image runs its hooks only on a provisioned board.
+			if l.Spec.Image != nil && !w.provisionedOK {
+				fail("%s hook started before the board was provisioned with the image", e.Hook)
 			}
 			w.hook = e.Hook
 			if e.Hook == HookBefore {
@@ -109,7 +150,30 @@ func (w *world) apply(t *testing.T, l *Lease, in Input, seed int64) Decision {
 		case EffStopHook:
 			w.hook = HookNone
 		case EffAcquire:
+			// The board is asked for only once the image is in the store.
+			if l.Spec.Image != nil && !w.imageOK {
+				fail("board asked for before the image was fetched")
+			}
 			w.acquire = true
+		case EffFetchImage:
+			if w.fetching || w.imageOK {
+				fail("image fetched twice")
+			}
+			w.fetching = true
+		case EffProvision:
+			if !w.acquired || !w.imageOK || w.provisioning {
+				fail("provisioning without the board (%v) or the image (%v), or twice", w.acquired, w.imageOK)
+			}
+			w.provisioning = true
+		case EffStopImage:
+			if !w.fetching && !w.provisioning {
+				fail("image work stopped when none was in flight")
+			}
+			w.fetching, w.provisioning, stopped = false, false, true
+		case EffReleaseImage:
+			w.imageReleases++
+		case EffError:
+			w.errors = append(w.errors, e.Err.Kind)
 		case EffRelease:
 			w.release, w.acquire = true, false
 		case EffArmTimer:
@@ -122,6 +186,14 @@ func (w *world) apply(t *testing.T, l *Lease, in Input, seed int64) Decision {
 	}
 	if cur != l.Phase() {
 		fail("reported phase %s but lease is in %s", cur, l.Phase())
+	}
+	// A stop during a fetch interrupts it at once: the lease never waits for a fetch
+	// once an end was accepted.
+	if d.Ignored == "" && in.Kind == InEndRequested && before.Stage == StageFetchingImage && !stopped {
+		fail("end accepted during a fetch without stopping it")
+	}
+	if w.fetching && (l.State.EndRequested || l.Phase() != PhaseStarting) {
+		fail("a fetch is still in flight in phase %s (end requested: %v)", l.Phase(), l.State.EndRequested)
 	}
 	if l.Phase() < before.Phase {
 		fail("phase went backwards %s -> %s", before.Phase, l.Phase())
@@ -156,7 +228,11 @@ func TestRandomSequences(t *testing.T) {
 		if rng.Intn(4) > 0 {
 			after = &HookPolicy{Timeout: time.Second, OnFailure: policies[rng.Intn(3)]}
 		}
-		l := NewLease(spec(before, after))
+		sp := spec(before, after)
+		if rng.Intn(2) == 0 {
+			sp.Image = &Image{Digest: "sha256:" + strings.Repeat("0f", 32), Locations: []ImageLocation{{Registry: "r:5000", Repository: "x"}}}
+		}
+		l := NewLease(sp)
 		w := &world{armed: map[Timer]bool{}}
 		if rng.Intn(10) == 0 {
 			w.apply(t, l, EndRequested(EndCoordinator), seed)
@@ -173,6 +249,12 @@ func TestRandomSequences(t *testing.T) {
 			switch {
 			case noise:
 				in = randomNoise(rng)
+			case w.fetching && rng.Intn(4) == 0:
+				in = ImageProgress(rng.Int63n(100), 100)
+			case w.fetching && rng.Intn(2) == 0:
+				in = ImageFetched(randomImageError(rng))
+			case w.provisioning && rng.Intn(2) == 0:
+				in = Provisioned(randomImageError(rng))
 			case w.hook != HookNone && rng.Intn(5) == 0:
 				in = HookShimExited(w.hook)
 			case w.hook != HookNone && rng.Intn(3) > 0:
@@ -205,9 +287,23 @@ func checkOutcome(t *testing.T, seed int64, l *Lease, w *world, before, after *H
 		t.Helper()
 		t.Fatalf("seed %d: "+format+"\n%s", append([]any{seed}, append(args, strings.Join(w.log, "\n"))...)...)
 	}
+	if l.Spec.Image != nil && w.imageReleases == 0 {
+		fail("a lease with an image ended without releasing it")
+	}
 	if w.aborted {
 		if l.Phase() != PhaseFailed {
 			fail("aborted lease ended %s", l.Phase())
+		}
+		return
+	}
+	// An image that could not be fetched or provisioned fails the lease with its kind,
+	// and no hook runs.
+	if w.imageFailed != 0 {
+		if l.Phase() != PhaseFailed || w.beforeRuns+w.afterRuns > 0 {
+			fail("image failure %s: lease ended %s, hooks ran before=%d after=%d", w.imageFailed, l.Phase(), w.beforeRuns, w.afterRuns)
+		}
+		if len(w.errors) == 0 || w.errors[0] != imageErrorKind(w.imageFailed) {
+			fail("image failure %s reported as %v", w.imageFailed, w.errors)
 		}
 		return
 	}
@@ -220,11 +316,11 @@ func checkOutcome(t *testing.T, seed int64, l *Lease, w *world, before, after *H
 	if w.afterRuns != wantAfter {
 		fail("afterLease ran %d times, want %d", w.afterRuns, wantAfter)
 	}
-	if before != nil && w.acquired && w.beforeRuns != 1 {
+	if before != nil && w.acquired && !w.endInProvisioning && w.beforeRuns != 1 {
 		fail("beforeLease ran %d times on an acquired board", w.beforeRuns)
 	}
 	// Rule 6: the outcome follows the policies.
-	failed := l.State.BeforeFailed || l.State.AfterFailed
+	failed := l.State.BeforeFailed || l.State.AfterFailed || l.State.ImageFailed
 	if failed != (l.Phase() == PhaseFailed) && !strings.Contains(l.State.Failure, "release") {
 		fail("phase %s with hook failure %v", l.Phase(), failed)
 	}
@@ -239,8 +335,28 @@ func checkOutcome(t *testing.T, seed int64, l *Lease, w *world, before, after *H
 	}
 }
 
+func randomImageError(rng *rand.Rand) error {
+	switch rng.Intn(6) {
+	case 0:
+		return NewJobError(KindImageNotFound, "no location has it")
+	case 1:
+		return NewJobError(KindImageInvalid, "digest mismatch")
+	case 2:
+		return NewJobError(KindImageNotCompatible, "built for arm64")
+	case 3:
+		return errors.New("disk full")
+	}
+	return nil
+}
+
 func randomNoise(rng *rand.Rand) Input {
-	switch rng.Intn(10) {
+	switch rng.Intn(13) {
+	case 10:
+		return ImageFetched(randomImageError(rng))
+	case 11:
+		return Provisioned(randomImageError(rng))
+	case 12:
+		return ImageProgress(1, 2)
 	case 9:
 		return HookShimExited(HookKind(1 + rng.Intn(2)))
 	case 0:
@@ -250,7 +366,7 @@ func randomNoise(rng *rand.Rand) Input {
 	case 2:
 		return HookExited(HookKind(1+rng.Intn(2)), rng.Intn(2) == 0, "stale")
 	case 3:
-		return TimerFired(Timer(1 + rng.Intn(4)))
+		return TimerFired(Timer(1 + rng.Intn(6)))
 	case 4:
 		return Released()
 	case 5:
@@ -267,7 +383,7 @@ func randomNoise(rng *rand.Rand) Input {
 
 func pickTimer(rng *rand.Rand, armed map[Timer]bool) Timer {
 	var ts []Timer
-	for _, t := range []Timer{TimerLease, TimerBeforeHook, TimerAfterHook, TimerRelease} {
+	for _, t := range []Timer{TimerLease, TimerBeforeHook, TimerAfterHook, TimerRelease, TimerFetch, TimerProvision} {
 		if armed[t] {
 			ts = append(ts, t)
 		}

@@ -11,6 +11,9 @@ type Transition struct {
 	// Step numbers the lease's transitions from 1; a transition sent again after a
 	// restart keeps its number.
 	Step int
+	// Stage is the image stage entered, for a lease with an image in STARTING
+	// (StageNone otherwise).
+	Stage InitStage
 }
 
 // Record is what is kept of one live lease so that its actor can be rebuilt in the same

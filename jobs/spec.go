@@ -122,6 +122,11 @@ type Spec struct {
 	TokenHash string
 	// Params are the job's parameters, passed to the hooks' environment.
 	Params map[string]string
+	// Image is the image the board is provisioned with before its beforeLease hook (nil:
+	// none; the lease passes straight from waiting for the board to beforeLease).
+	Image *Image
+	// FetchTimeout and ProvisionTimeout bound the image stages (zero: the defaults).
+	FetchTimeout, ProvisionTimeout time.Duration
 }
 
 // TokenHash is how a lease token is kept: the hex SHA-256 of it.
@@ -140,6 +145,17 @@ func (s Spec) Validate() error {
 	}
 	if s.Duration <= 0 {
 		return fmt.Errorf("job %s: duration %s must be positive", s.JobID, s.Duration)
+	}
+	if err := s.checkInput(); err != nil {
+		return fmt.Errorf("job %s: %w", s.JobID, err)
+	}
+	if s.Image != nil {
+		if err := s.Image.Validate(); err != nil {
+			return fmt.Errorf("job %s: %w", s.JobID, err)
+		}
+	}
+	if s.FetchTimeout < 0 || s.ProvisionTimeout < 0 {
+		return fmt.Errorf("job %s: image timeouts must not be negative", s.JobID)
 	}
 	for _, h := range []struct {
 		kind HookKind

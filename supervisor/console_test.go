@@ -235,7 +235,7 @@ func TestStreamWatcherGetsEachEchoBeforeTheNextKeystroke(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dev, err := devices.Build(cfg, hclog.NewNullLogger())
+	dev, err := devices.Build(cfg, hclog.NewNullLogger(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,10 +14,14 @@ func BoardsFromConfig(cfg *config.Config, dev *devices.Manager) []board.Config {
 	var boards []board.Config
 	for _, rb := range cfg.Resolve() {
 		bc := board.Config{Name: rb.Name, Labels: rb.Labels, Queue: rb.Queue, LeaseDuration: rb.LeaseDuration,
-			Before: leaseHook(rb.Before), After: leaseHook(rb.After)}
+			Before: leaseHook(rb.Before, rb.RunAs), After: leaseHook(rb.After, rb.RunAs),
+			FetchTimeout: cfg.Images.FetchTimeout.Std(), ProvisionTimeout: cfg.Images.ProvisionTimeout.Std()}
 		if dev != nil {
 			if d := dev.Board(rb.Name); d != nil {
 				bc.Drivers = d.Drivers
+			}
+			if dev.Images() != nil {
+				bc.Images = dev
 			}
 		}
 		boards = append(boards, bc)
@@ -25,9 +29,13 @@ func BoardsFromConfig(cfg *config.Config, dev *devices.Manager) []board.Config {
 	return boards
 }
 
-func leaseHook(h *config.ResolvedHook) *lease.HookConfig {
+func leaseHook(h *config.ResolvedHook, runAs *config.Credential) *lease.HookConfig {
 	if h == nil {
 		return nil
 	}
-	return &lease.HookConfig{Spec: jhook.Spec{Script: h.Script, Exec: h.Exec, Timeout: h.Policy.Timeout}, Policy: h.Policy}
+	spec := jhook.Spec{Script: h.Script, Exec: h.Exec, Timeout: h.Policy.Timeout, Pipe: h.Pipe}
+	if runAs != nil {
+		spec.Credential = &jhook.Credential{UID: runAs.UID, GID: runAs.GID, Groups: runAs.Groups}
+	}
+	return &lease.HookConfig{Spec: spec, Policy: h.Policy}
 }

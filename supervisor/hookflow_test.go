@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/boardvisor/boardvisor/actors/board"
-	"github.com/boardvisor/boardvisor/connector"
+	hookactor "github.com/boardvisor/boardvisor/actors/hook"
 	"github.com/boardvisor/boardvisor/connector/local"
 	"github.com/boardvisor/boardvisor/jobs"
 )
@@ -65,31 +65,23 @@ func (g *gatedConn) waiting() int {
 // before the next phase. Nothing is lost: once the outbox catches up, every line arrives
 // once, in order.
 func TestHookLinesAreDurableBeforeTheLeaseMovesOn(t *testing.T) {
-	const n = 20000
+	const n = 60000
 	g := &gatedConn{Connector: local.New()}
 	h := startConn(t, g.Connector, g, nil, board.Config{Name: "rpi",
 		Before: hookCfg(fmt.Sprintf("i=1; while [ $i -le %d ]; do echo line-$i; i=$((i+1)); done", n), jobs.PolicyEndLease, wait)})
 	job := h.startJob("rpi")
-	// The first chunk is in flight and not durable: the hook runs on into its spool (it
-	// does not block: the shim drains its output), and exits.
-	h.waitFor("a first chunk of hook lines", func(evs []connector.Event) bool {
-		return len(hookLines(evs, job, jobs.SourceBeforeLeaseHook)) > 0
-	})
-	// The outbox asks for durability once it has handed over the whole chunk.
+	// The first chunks are in flight and not durable: the hook runs on into its spool
+	// (it does not block: the shim drains its output), and exits, but the tail hands
+	// over no more than hookactor.ChunksInFlight chunks beyond the oldest not durable.
 	poll(t, "the outbox to ask for durability", func() bool { return g.waiting() > 0 })
-	first := len(hookLines(h.conn.Events(), job, jobs.SourceBeforeLeaseHook))
-	if first >= n {
-		t.Fatalf("all %d lines went out while none was durable", first)
-	}
-	// The hook has written everything and exited (its shim wrote the status)...
 	status := filepath.Join(h.dir, "hooks", job, "beforeLease", "status")
 	poll(t, "the hook's shim to write its status", func() bool {
 		_, err := os.Stat(status)
 		return err == nil
 	})
-	// ...and still, for as long as the outbox stalls (watched here for a while: a
-	// negative can only be checked over a window), no further line goes out and the
-	// lease stays in BEFORE_LEASE.
+	// For as long as the outbox stalls (watched here for a while: a negative can only
+	// be checked over a window), the lease stays in BEFORE_LEASE and no more than
+	// ChunksInFlight+1 chunks have gone out.
 	deadline := time.Now().Add(time.Second)
 	for time.Now().Before(deadline) {
 		evs := h.conn.Events()
@@ -98,8 +90,11 @@ func TestHookLinesAreDurableBeforeTheLeaseMovesOn(t *testing.T) {
 				t.Fatal("READY while the hook's lines were not durable")
 			}
 		}
-		if got := len(hookLines(evs, job, jobs.SourceBeforeLeaseHook)); got != first {
-			t.Fatalf("%d lines went out while the first chunk (%d lines) was not durable", got, first)
+		if got := len(hookLines(evs, job, jobs.SourceBeforeLeaseHook)); got >= n {
+			t.Fatalf("all %d lines went out while none was durable", got)
+		}
+		if c := g.waiting(); c > hookactor.ChunksInFlight+1 {
+			t.Fatalf("%d chunks handed over while none was durable, want at most %d", c, hookactor.ChunksInFlight+1)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	bvgrpc "github.com/boardvisor/boardvisor/connector/grpc"
+	"github.com/boardvisor/boardvisor/internal/diskspace"
 	"github.com/boardvisor/boardvisor/supervisor/config"
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc/credentials"
@@ -25,8 +26,9 @@ func (l *Link) Close() error { return l.Queue.Close() }
 
 // OpenLink prepares the coordinator link a config describes: the outbox queue in the
 // state directory, the token, TLS. endpoint is the address of the client service that
-// clients are told to use; version is reported to the coordinator.
-func OpenLink(cfg *config.Config, endpoint, version string, logger hclog.Logger) (*Link, error) {
+// clients are told to use; version is reported to the coordinator; disk (may be nil)
+// watches the state directory's space.
+func OpenLink(cfg *config.Config, endpoint, version string, logger hclog.Logger, disk *diskspace.Monitor) (*Link, error) {
 	co := cfg.Coordinator
 	id := co.SupervisorID
 	if id == "" {
@@ -62,7 +64,8 @@ func OpenLink(cfg *config.Config, endpoint, version string, logger hclog.Logger)
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("state directory: %w", err)
 	}
-	q, err := bvgrpc.OpenQueue(filepath.Join(cfg.StateDir, "outbox.db"), bvgrpc.QueueOptions{MaxBytes: co.OutboxMaxBytes})
+	q, err := bvgrpc.OpenQueue(filepath.Join(cfg.StateDir, "outbox.db"), bvgrpc.QueueOptions{MaxBytes: co.OutboxMaxBytes,
+		Disk: disk, Logger: logger.Named("outbox")})
 	if err != nil {
 		return nil, err
 	}
@@ -71,6 +74,7 @@ func OpenLink(cfg *config.Config, endpoint, version string, logger hclog.Logger)
 		boards = append(boards, bvgrpc.BoardInfo{Name: b.Name, Labels: b.Labels, Endpoint: endpoint})
 	}
 	c := bvgrpc.NewClient(bvgrpc.ClientOptions{Address: co.Address, Token: token, SupervisorID: id, Boards: boards,
-		Queue: q, Creds: creds, Version: version, Logger: logger.Named("link")})
+		Queue: q, Creds: creds, Version: version, Logger: logger.Named("link"),
+		MaxBackoff: co.ReconnectMaxBackoff.Std(), RefusedBackoff: co.RefusedBackoff.Std()})
 	return &Link{Client: c, Queue: q}, nil
 }

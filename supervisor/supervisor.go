@@ -49,6 +49,13 @@ type Options struct {
 	// ConsoleTick is how long unattended console output may wait to be handed to the
 	// outbox (zero: board.ConsoleTick).
 	ConsoleTick time.Duration
+	// HookCgroup is the cgroup v2 directory for the hook runs' cgroups (config
+	// hookCgroup); empty: found at start (jhook.FindCgroupBase), and without a writable
+	// one hooks run without (one warning says what is lost).
+	HookCgroup string
+	// Images, if set, keeps the images of the leases resumed at start-up from
+	// eviction before any lease fetches (supervisor/devices).
+	Images interface{ Pin(job, digest string) }
 }
 
 // Supervisor is a running supervisor. It implements connector.Supervisor.
@@ -93,8 +100,23 @@ func Start(opts Options) (*Supervisor, error) {
 	}
 	if opts.Exporter != nil {
 		opts.Sinks = append(opts.Sinks, opts.Exporter.Sink)
+		if opts.Exporter.MotdFile == nil {
+			// Where a lease's hooks find $JMP_MOTD_FILE (actors/lease: <spool>/<job>/motd).
+			spool := filepath.Join(opts.StateDir, "hooks")
+			opts.Exporter.MotdFile = func(job string) string { return filepath.Join(spool, job, "motd") }
+		}
 	}
 	runner := &jhook.Runner{ShimCommand: opts.ShimCommand, Logger: opts.Logger.Named("hook")}
+	switch base, err := jhook.FindCgroupBase(opts.HookCgroup); {
+	case err != nil && opts.HookCgroup != "":
+		return nil, fmt.Errorf("supervisor: hookCgroup %s cannot hold the hooks' cgroups: %w", opts.HookCgroup, err)
+	case err != nil:
+		opts.Logger.Warn("hooks run without a cgroup of their own: a process a hook starts in a new session outlives the hook if the hook kills its own shim (its shim's subreaper still collects the rest)",
+			"reason", err.Error())
+	default:
+		runner.CgroupBase = base
+		opts.Logger.Debug("each hook run gets a cgroup of its own", "under", base)
+	}
 	restore, lost, reemit, err := resume(opts, runner)
 	if err != nil {
 		return nil, err
@@ -201,6 +223,9 @@ func resume(opts Options, runner *jhook.Runner) (live []jobs.Record, lost []host
 		if opts.Exporter != nil {
 			opts.Exporter.Restore(job, r.Spec.Board, r.Spec.TokenHash, r.State.Phase)
 		}
+		if opts.Images != nil && r.Spec.Image != nil {
+			opts.Images.Pin(job, r.Spec.Image.Digest)
+		}
 		opts.Logger.Info("resuming lease", "job", job, "board", r.Spec.Board, "phase", r.State.Phase.String())
 		live = append(live, r)
 	}
@@ -240,6 +265,12 @@ func (s *Supervisor) ExtendJob(ctx context.Context, req connector.ExtendJobReque
 	return s.request(ctx, &actors.ExtendJob{Req: req})
 }
 
+// ClearQuarantine clears a board's quarantine (an operator's request through the
+// coordinator). A board that is not quarantined is left as it is.
+func (s *Supervisor) ClearQuarantine(ctx context.Context, req connector.ClearQuarantineRequest) error {
+	return s.request(ctx, &host.BoardRequest{Board: req.Board, Msg: &actors.ClearQuarantine{Reason: req.Reason, By: req.By}})
+}
+
 // EndSession is a client ending its lease.
 func (s *Supervisor) EndSession(ctx context.Context, board, jobID string) error {
 	return s.request(ctx, &actors.EndSession{Board: board, JobID: jobID})
@@ -264,7 +295,9 @@ func (s *Supervisor) Board(name string) (actors.BoardState, error) {
 func (s *Supervisor) Run(ctx context.Context) error {
 	var sup connector.Supervisor = s
 	if s.opts.Exporter != nil {
-		sup = s.opts.Exporter.Wrap(s)
+		// The client service sees every job request; an operator's clearing of a
+		// quarantine goes straight to the boards.
+		sup = clearsQuarantine{Supervisor: s.opts.Exporter.Wrap(s), s: s}
 	}
 	err := s.opts.Conn.Run(ctx, sup)
 	s.Stop()
@@ -272,6 +305,17 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		return nil
 	}
 	return err
+}
+
+// clearsQuarantine is a wrapped Supervisor that still clears quarantines
+// (connector.QuarantineClearer).
+type clearsQuarantine struct {
+	connector.Supervisor
+	s *Supervisor
+}
+
+func (c clearsQuarantine) ClearQuarantine(ctx context.Context, req connector.ClearQuarantineRequest) error {
+	return c.s.ClearQuarantine(ctx, req)
 }
 
 // StopTimeout bounds Stop.
@@ -301,7 +345,7 @@ func finishedHookLines(opts Options, runner *jhook.Runner, r jobs.Record, offset
 	run, err := runner.Adopt(r.Hook.Dir, 0, 0, off, func(ls []jhook.Line) {
 		for _, l := range ls {
 			evs = append(evs, connector.Event{Board: r.Spec.Board, JobID: job, Hook: &connector.HookLine{
-				Source: k.Source(), Severity: l.Severity, Text: l.Text, Cut: l.Cut, Offset: l.Offset}})
+				Source: k.Source(), Severity: l.Severity, Text: l.Text, Cut: l.Cut, Progress: l.Progress, Offset: l.Offset}})
 		}
 	})
 	if err != nil {

@@ -5,23 +5,10 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 )
-
-func bv(t *testing.T, coordAddr string, args ...string) string {
-	t.Helper()
-	cmd := exec.Command(binary, args...)
-	cmd.Env = append(os.Environ(), "BOARDVISOR_COORDINATOR="+coordAddr)
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("boardvisor %v: %v\n%s", args, err, out)
-	}
-	return string(out)
-}
 
 // The scripting commands: status (table and JSON) and lease create/list/extend/release.
 func TestStatusAndLeaseCommands(t *testing.T) {
@@ -41,10 +28,11 @@ func TestStatusAndLeaseCommands(t *testing.T) {
 		t.Fatalf("status -o json: %v", rows)
 	}
 	out := bv(t, coordAddr, "lease", "create", "--board", "qemu-01", "--duration", "10m")
-	if !strings.HasPrefix(out, "lease=") || !strings.Contains(out, "\ntoken=") {
+	created := createdLease(out)
+	if created["lease"] == "" || created["token"] == "" || created["board"] != "qemu-01" || created["exporter"] == "" {
 		t.Fatalf("lease create: %q", out)
 	}
-	id := strings.TrimPrefix(strings.SplitN(out, "\n", 2)[0], "lease=")
+	id := created["lease"]
 	if list := bv(t, coordAddr, "lease", "list"); !strings.Contains(list, id) || !strings.Contains(list, "qemu-01") {
 		t.Fatalf("lease list does not show %s:\n%s", id, list)
 	}
@@ -55,31 +43,23 @@ func TestStatusAndLeaseCommands(t *testing.T) {
 		t.Fatalf("lease release: %q", rel)
 	}
 	// The supervisor's audit log holds the lease's transitions, one JSON object a line.
-	deadline := time.Now().Add(wait)
-	for {
-		b, _ := os.ReadFile(filepath.Join(dir, "state", "audit.jsonl"))
-		if strings.Contains(string(b), id) && strings.Contains(string(b), `"DONE"`) {
-			for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
-				if !json.Valid([]byte(line)) {
-					t.Fatalf("audit line is not JSON: %q", line)
-				}
-			}
-			break
+	audit := filepath.Join(dir, "state", "audit.jsonl")
+	eventually(t, "the lease's end in the audit log", func() bool {
+		b, _ := os.ReadFile(audit)
+		return strings.Contains(string(b), id) && strings.Contains(string(b), `"DONE"`)
+	})
+	for _, line := range readLines(t, audit) {
+		if !json.Valid([]byte(line)) {
+			t.Fatalf("audit line is not JSON: %q", line)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("audit log lacks the lease's end:\n%s", b)
-		}
-		time.Sleep(20 * time.Millisecond)
 	}
 	table := bv(t, coordAddr, "status")
 	if !strings.HasPrefix(table, "BOARD") || !strings.Contains(table, "rpi4-01") {
 		t.Fatalf("status table:\n%s", table)
 	}
 	// A bad selector is one clear line and a failure.
-	cmd := exec.Command(binary, "lease", "create", "-l", "device=rpi9")
-	cmd.Env = append(os.Environ(), "BOARDVISOR_COORDINATOR="+coordAddr)
-	bad, err := cmd.CombinedOutput()
-	if err == nil || !strings.Contains(string(bad), "no board matches device=rpi9") || strings.Count(strings.TrimSpace(string(bad)), "\n") != 0 {
+	bad, err := bvAs(coordAddr, "", "lease", "create", "-l", "device=rpi9")
+	if err == nil || !strings.Contains(bad, "no board matches device=rpi9") || strings.Count(strings.TrimSpace(bad), "\n") != 0 {
 		t.Fatalf("unsatisfiable lease: %v %q", err, bad)
 	}
 }
@@ -103,9 +83,8 @@ func TestMetricsEndpoints(t *testing.T) {
 	dir := t.TempDir()
 	coordAddr, coordMetrics, supMetrics := freeAddr(t), freeAddr(t), freeAddr(t)
 	startCoordinator(t, coordAddr, filepath.Join(dir, "coord"), "--metrics", coordMetrics)
-	cfg := supervisorConfig(t, dir, "lab-1", coordAddr, "echo 'JMP_INFO: hi'", "", boardSpec{"rpi4-01", "device: rpi4"})
-	body, _ := os.ReadFile(cfg)
-	os.WriteFile(cfg, append([]byte("metrics: "+supMetrics+"\n"), body...), 0o600)
+	cfg := labConfig{dir: dir, id: "lab-1", coordAddr: coordAddr, before: "echo 'JMP_INFO: hi'", metrics: supMetrics,
+		boards: []boardSpec{{"rpi4-01", "device: rpi4"}}}.write(t)
 	startSupervisor(t, "supervisor", cfg)
 	leases := leaseClient(t, coordAddr)
 	waitBoards(t, leases, 1)
@@ -116,19 +95,13 @@ func TestMetricsEndpoints(t *testing.T) {
 		}
 	}
 	bv(t, coordAddr, "lease", "create", "--board", "rpi4-01")
-	deadline := time.Now().Add(wait)
-	for {
-		m := scrape(t, supMetrics)
-		if strings.Contains(m, `boardvisor_board_status{board="rpi4-01",status="lease_ready"} 1`) {
-			if !strings.Contains(m, `boardvisor_hook_runs_total{board="rpi4-01",hook="beforeLease",outcome="ok"} 1`) {
-				t.Fatalf("no successful hook run counted:\n%s", m)
-			}
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("board never LEASE_READY in the metrics:\n%s", m)
-		}
-		time.Sleep(50 * time.Millisecond)
+	var m string
+	eventually(t, "the board LEASE_READY in the metrics", func() bool {
+		m = scrape(t, supMetrics)
+		return strings.Contains(m, `boardvisor_board_status{board="rpi4-01",status="lease_ready"} 1`)
+	})
+	if !strings.Contains(m, `boardvisor_hook_runs_total{board="rpi4-01",hook="beforeLease",outcome="ok"} 1`) {
+		t.Fatalf("no successful hook run counted:\n%s", m)
 	}
 	coord := scrape(t, coordMetrics)
 	if !strings.Contains(coord, `boardvisor_coordinator_supervisor_connected{supervisor="lab-1"} 1`) {

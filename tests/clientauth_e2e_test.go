@@ -3,7 +3,6 @@ package tests
 import (
 	"context"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -13,14 +12,6 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 )
-
-// bvAs runs boardvisor as a user holding token; it returns the output and the error.
-func bvAs(coordAddr, token string, args ...string) (string, error) {
-	cmd := exec.Command(binary, args...)
-	cmd.Env = append(os.Environ(), "BOARDVISOR_COORDINATOR="+coordAddr, "BOARDVISOR_USER_TOKEN="+token)
-	out, err := cmd.CombinedOutput()
-	return string(out), err
-}
 
 // Clients authenticate to the coordinator: leases are recorded under the user's name,
 // only their holder or an admin changes them, and maintenance is admin-only.
@@ -43,7 +34,7 @@ func TestClientTokensAtTheCoordinator(t *testing.T) {
 	if err != nil {
 		t.Fatalf("alice creates a lease: %v %s", err, out)
 	}
-	id := strings.TrimPrefix(strings.SplitN(out, "\n", 2)[0], "lease=")
+	id := createdLease(out)["lease"]
 	if list, _ := bvAs(coordAddr, "tok-bob-456", "lease", "list"); !strings.Contains(list, id) || !strings.Contains(list, "alice") || strings.Contains(list, "mallory") {
 		t.Fatalf("the lease is not recorded under alice's name:\n%s", list)
 	}

@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"sort"
@@ -30,11 +29,11 @@ func TestCoordinatorFiftyLeasesOnMatchingBoards(t *testing.T) {
 	coordState := filepath.Join(dir, "coord")
 	coord := startCoordinator(t, coordAddr, coordState)
 	before, after := "echo before $LEASE_NAME on $BOARD_NAME", "echo after $LEASE_NAME"
-	startSupervisor(t, "supervisor lab-a", ceLabConfig(t, dir, "lab-a", coordAddr, before, after,
+	startSupervisor(t, "supervisor lab-a", supervisorConfigIn(t, dir, "lab-a", coordAddr, before, after,
 		boardSpec{"a-rpi4-1", "device: rpi4, arch: arm64"},
 		boardSpec{"a-rpi4-2", "device: rpi4, arch: arm64"},
 		boardSpec{"a-qemu-1", "device: qemu, arch: x86_64"}))
-	startSupervisor(t, "supervisor lab-b", ceLabConfig(t, dir, "lab-b", coordAddr, before, after,
+	startSupervisor(t, "supervisor lab-b", supervisorConfigIn(t, dir, "lab-b", coordAddr, before, after,
 		boardSpec{"b-rpi4-1", "device: rpi4, arch: armv7"},
 		boardSpec{"b-qemu-1", "device: qemu, arch: arm64"},
 		boardSpec{"b-qemu-2", "device: qemu, arch: x86_64"}))
@@ -171,8 +170,8 @@ func TestCoordinatorFiftyLeasesOnMatchingBoards(t *testing.T) {
 
 	// By the supervisors' clocks (the events' times), each board's leases ran one after
 	// the other: a lease's first transition comes after the previous one's DONE.
-	coord.ceTerminate()
-	ivs, boardOf := ceBoardIntervals(t, ceStoredEvents(t, ceOpenCoordinatorDB(t, coordState)))
+	coord.terminate()
+	ivs, boardOf := ceBoardIntervals(t, storedEvents(t, openCoordinatorDB(t, coordState)))
 	for _, r := range results {
 		if boardOf[r.id] != r.board {
 			t.Errorf("lease %s: the coordinator said board %s, its supervisor's events say %q", r.id, r.board, boardOf[r.id])
@@ -201,11 +200,11 @@ func ceServeOneLease(c pb.LeaseServiceClient, sel, client string) (*pb.Lease, er
 	if strings.HasPrefix(sel, "@") {
 		selector, board = "", sel[1:]
 	}
-	l, err := ceCreateLease(ctx, c, selector, board, time.Minute, client)
+	l, err := createLease(ctx, c, selector, board, time.Minute, client)
 	if err != nil {
 		return nil, fmt.Errorf("CreateLease: %w", err)
 	}
-	w, err := ceWatchLease(ctx, c, l.GetId())
+	w, err := watchLease(ctx, c, l.GetId())
 	if err != nil {
 		return nil, fmt.Errorf("WatchLease: %w", err)
 	}
@@ -240,27 +239,26 @@ func TestCoordinatorKilledWhileHooksPrint(t *testing.T) {
 			lines, kind, printed)
 	}
 	before, after := hook("before", 30), hook("after", 50)
-	supA := startSupervisor(t, "supervisor lab-a", ceLabConfig(t, dir, "lab-a", coordAddr, before, after,
+	supA := startSupervisor(t, "supervisor lab-a", supervisorConfigIn(t, dir, "lab-a", coordAddr, before, after,
 		boardSpec{"a-1", "device: rpi4"}, boardSpec{"a-2", "device: rpi4"}))
 	// Lab-b's boards are simulated ones: power-cycled, they print a boot log on their
 	// consoles, which reaches the coordinator as console bytes of the lease.
-	cfgB := ceLabConfig(t, dir, "lab-b", coordAddr, before, after,
-		boardSpec{"b-1", "device: qemu"}, boardSpec{"b-2", "device: qemu"})
-	ceVirtualBoards(t, cfgB)
+	cfgB := labConfig{dir: filepath.Join(dir, "lab-b"), id: "lab-b", coordAddr: coordAddr, before: before, after: after, virtual: true,
+		boards: []boardSpec{{"b-1", "device: qemu"}, {"b-2", "device: qemu"}}}.write(t)
 	supB := startSupervisor(t, "supervisor lab-b", cfgB)
 	c := leaseClient(t, coordAddr)
 	waitBoards(t, c, 4)
 
 	ctx := ctxT(t)
 	tokens := map[string]string{}
-	lease := func(board string) *ceLeaseWatch {
+	lease := func(board string) *leaseWatch {
 		t.Helper()
-		l, err := ceCreateLease(ctx, c, "", board, 10*time.Minute, "kill-test")
+		l, err := createLease(ctx, c, "", board, 10*time.Minute, "kill-test")
 		if err != nil {
 			t.Fatal(err)
 		}
 		tokens[l.GetId()] = l.GetToken()
-		w, err := ceWatchLease(ctx, c, l.GetId())
+		w, err := watchLease(ctx, c, l.GetId())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -287,31 +285,31 @@ func TestCoordinatorKilledWhileHooksPrint(t *testing.T) {
 	l3, l4 := lease("a-2"), lease("b-2")
 	count := func(prefix string) int {
 		n := 0
-		for _, l := range ceReadLines(t, printed) {
+		for _, l := range readLines(t, printed) {
 			if strings.HasPrefix(l, prefix) {
 				n++
 			}
 		}
 		return n
 	}
-	ceEventually(t, "hooks printing", func() bool {
+	eventually(t, "hooks printing", func() bool {
 		return count("after "+l1.id) >= 5 && count("before "+l3.id) >= 5 && count("before "+l4.id) >= 5
 	})
 	coord.kill()
-	atKill, cyclesAtKill := len(ceReadLines(t, printed)), cycler.count()
+	atKill, cyclesAtKill := len(readLines(t, printed)), cycler.count()
 	time.Sleep(300 * time.Millisecond) // the hooks print on, into the outboxes
-	if n := len(ceReadLines(t, printed)); n <= atKill {
+	if n := len(readLines(t, printed)); n <= atKill {
 		t.Fatalf("the hooks stopped printing while the coordinator was down (%d lines at the kill, %d after): the test proves nothing", atKill, n)
 	}
 	cycler.waitCycles(cyclesAtKill + 1) // console bytes while the coordinator is down
 	coord = startCoordinator(t, coordAddr, coordState)
-	coord.ceWaitLine("supervisor connected", "supervisor=lab-a")
-	coord.ceWaitLine("supervisor connected", "supervisor=lab-b")
+	coord.waitLine("supervisor connected", "supervisor=lab-a")
+	coord.waitLine("supervisor connected", "supervisor=lab-b")
 	for _, s := range []*proc{supA, supB} {
-		ceEventually(t, s.name+" reconnected", func() bool { return s.ceCountLines("connected to coordinator") >= 2 })
+		eventually(t, s.name+" reconnected", func() bool { return s.countLines("connected to coordinator") >= 2 })
 	}
-	t.Logf("after the restart: %s", coord.ceFindLine("supervisor connected", "supervisor=lab-a"))
-	t.Logf("after the restart: %s", coord.ceFindLine("supervisor connected", "supervisor=lab-b"))
+	t.Logf("after the restart: %s", coord.findLine("supervisor connected", "supervisor=lab-a"))
+	t.Logf("after the restart: %s", coord.findLine("supervisor connected", "supervisor=lab-b"))
 	cycler.waitCycles(cycler.count() + 1)
 	cycles := cycler.stop()
 
@@ -326,9 +324,9 @@ func TestCoordinatorKilledWhileHooksPrint(t *testing.T) {
 	if g := got.GetLease(); g.GetPhase() != pb.LeasePhase_LEASE_PHASE_READY || g.GetBoard() != "b-1" {
 		t.Errorf("lease live at the kill is now %s on %q (%q), want READY on b-1", g.GetPhase(), g.GetBoard(), g.GetStatusMessage())
 	}
-	rewatch := func(w *ceLeaseWatch) *ceLeaseWatch {
+	rewatch := func(w *leaseWatch) *leaseWatch {
 		t.Helper()
-		nw, err := ceWatchLease(ctx, c, w.id)
+		nw, err := watchLease(ctx, c, w.id)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -336,8 +334,8 @@ func TestCoordinatorKilledWhileHooksPrint(t *testing.T) {
 	}
 	l1, l2, l3, l4 = rewatch(l1), rewatch(l2), rewatch(l3), rewatch(l4)
 	must(l1.done())
-	for _, w := range []*ceLeaseWatch{l2, l3, l4} {
-		if l := must(w.ready()); w != l2 && l.GetBoard() != map[*ceLeaseWatch]string{l3: "a-2", l4: "b-2"}[w] {
+	for _, w := range []*leaseWatch{l2, l3, l4} {
+		if l := must(w.ready()); w != l2 && l.GetBoard() != map[*leaseWatch]string{l3: "a-2", l4: "b-2"}[w] {
 			t.Errorf("lease %s moved to board %s", w.id, l.GetBoard())
 		}
 	}
@@ -355,41 +353,41 @@ func TestCoordinatorKilledWhileHooksPrint(t *testing.T) {
 	if fmt.Sprint(liveIDs) != fmt.Sprint(want) {
 		t.Errorf("live leases after the restart: %v, want %v", liveIDs, want)
 	}
-	for _, w := range []*ceLeaseWatch{l2, l3, l4} {
+	for _, w := range []*leaseWatch{l2, l3, l4} {
 		if _, err := c.ReleaseLease(ctx, &pb.ReleaseLeaseRequest{Id: w.id}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	for _, w := range []*ceLeaseWatch{l2, l3, l4} {
+	for _, w := range []*leaseWatch{l2, l3, l4} {
 		must(w.done())
 	}
 	waitBoards(t, c, 4)
 
 	// Every line the hooks printed is stored once: wait until all are in (the last
 	// events may still be on their way), then stop the coordinator and check.
-	want2 := ceReadLines(t, printed)
+	want2 := readLines(t, printed)
 	if len(want2) != 4*30+4*50 {
 		t.Fatalf("the hooks printed %d lines, want %d", len(want2), 4*30+4*50)
 	}
-	ceEventually(t, "every hook line stored", func() bool {
-		db := ceOpenCoordinatorDB(t, coordState)
+	eventually(t, "every hook line stored", func() bool {
+		db := openCoordinatorDB(t, coordState)
 		var n int
 		err := db.QueryRowContext(ctx, `SELECT COUNT(*) FROM events WHERE kind = 'hook_log'`).Scan(&n)
 		db.Close()
 		return err == nil && n >= len(want2)
 	})
-	coord.ceTerminate()
-	events := ceStoredEvents(t, ceOpenCoordinatorDB(t, coordState))
+	coord.terminate()
+	events := storedEvents(t, openCoordinatorDB(t, coordState))
 	if len(events) != 2 {
 		t.Fatalf("events stored from %d supervisors, want 2", len(events))
 	}
 	stored := map[string]int{}
 	lineRE := regexp.MustCompile(`^(before|after) (\S+) (\d+)$`)
 	for sup, evs := range events {
-		ceCheckContiguous(t, sup, evs)
+		checkContiguous(t, sup, evs)
 		// Each hook's lines are stored in the order it printed them.
 		next := map[string]int{}
-		for _, l := range ceHookLines(t, evs) {
+		for _, l := range hookLines(t, evs) {
 			stored[l]++
 			m := lineRE.FindStringSubmatch(l)
 			if m == nil {
@@ -408,8 +406,8 @@ func TestCoordinatorKilledWhileHooksPrint(t *testing.T) {
 	}
 	// l2's console bytes: contiguous, each once, and the same bytes as the recording on
 	// its lab host.
-	data := ceConsoleBytes(t, events["lab-b"], l2.id)
-	rec, err := exec.Command(binary, "logs", "--console", "--lease", l2.id, "--state-dir", filepath.Join(dir, "lab-b", "state")).Output()
+	data := consoleBytes(t, events["lab-b"], l2.id)
+	rec, err := cliStdout(nil, "logs", "--console", "--lease", l2.id, "--state-dir", filepath.Join(dir, "lab-b", "state"))
 	if err != nil {
 		t.Fatalf("boardvisor logs: %v", err)
 	}
@@ -439,19 +437,19 @@ func TestCoordinatorSupervisorGoneAndBack(t *testing.T) {
 	dir := t.TempDir()
 	coordAddr := freeAddr(t)
 	startCoordinator(t, coordAddr, filepath.Join(dir, "coord")) // --grace 2s
-	cfg := ceLabConfig(t, dir, "lab-a", coordAddr, "", "",
+	cfg := supervisorConfigIn(t, dir, "lab-a", coordAddr, "", "",
 		boardSpec{"gone-1", "device: rpi4"}, boardSpec{"gone-2", "device: rpi4"})
 	sup := startSupervisor(t, "supervisor lab-a", cfg)
-	startSupervisor(t, "supervisor lab-b", ceLabConfig(t, dir, "lab-b", coordAddr, "", "",
+	startSupervisor(t, "supervisor lab-b", supervisorConfigIn(t, dir, "lab-b", coordAddr, "", "",
 		boardSpec{"stays-1", "device: rpi4"}))
 	c := leaseClient(t, coordAddr)
 	waitBoards(t, c, 3)
 	ctx := ctxT(t)
-	l, err := ceCreateLease(ctx, c, "", "gone-1", 10*time.Minute, "gone-test")
+	l, err := createLease(ctx, c, "", "gone-1", 10*time.Minute, "gone-test")
 	if err != nil {
 		t.Fatal(err)
 	}
-	w, err := ceWatchLease(ctx, c, l.GetId())
+	w, err := watchLease(ctx, c, l.GetId())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -461,14 +459,14 @@ func TestCoordinatorSupervisorGoneAndBack(t *testing.T) {
 
 	killed := time.Now()
 	sup.kill()
-	ceEventually(t, "the killed supervisor's boards OFFLINE", func() bool {
-		st := ceBoardStatuses(t, c)
+	eventually(t, "the killed supervisor's boards OFFLINE", func() bool {
+		st := boardStatuses(t, c)
 		return st["gone-1"] == "OFFLINE" && st["gone-2"] == "OFFLINE"
 	})
 	if d := time.Since(killed); d < 1900*time.Millisecond {
 		t.Errorf("boards OFFLINE %s after the kill, before the 2s grace period", d)
 	}
-	if st := ceBoardStatuses(t, c); st["stays-1"] != "AVAILABLE" {
+	if st := boardStatuses(t, c); st["stays-1"] != "AVAILABLE" {
 		t.Errorf("board of the other supervisor is %s, want AVAILABLE", st["stays-1"])
 	}
 	g, err := c.GetLease(ctx, &pb.GetLeaseRequest{Id: l.GetId()})
@@ -479,7 +477,7 @@ func TestCoordinatorSupervisorGoneAndBack(t *testing.T) {
 		t.Errorf("lease of the gone supervisor is %s on %q (%q), want READY on gone-1", g.GetLease().GetPhase(), g.GetLease().GetBoard(), g.GetLease().GetStatusMessage())
 	}
 	// A lease for its boards waits: they are not assignable while it is gone.
-	queued, err := ceCreateLease(ctx, c, "", "gone-2", time.Minute, "gone-test")
+	queued, err := createLease(ctx, c, "", "gone-2", time.Minute, "gone-test")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -488,7 +486,7 @@ func TestCoordinatorSupervisorGoneAndBack(t *testing.T) {
 	}
 
 	startSupervisor(t, "supervisor lab-a again", cfg)
-	qw, err := ceWatchLease(ctx, c, queued.GetId())
+	qw, err := watchLease(ctx, c, queued.GetId())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -515,8 +513,8 @@ func TestCoordinatorSupervisorGoneAndBack(t *testing.T) {
 	if _, err := qw.done(); err != nil {
 		t.Fatal(err)
 	}
-	ceEventually(t, "the boards AVAILABLE again", func() bool {
-		st := ceBoardStatuses(t, c)
+	eventually(t, "the boards AVAILABLE again", func() bool {
+		st := boardStatuses(t, c)
 		return st["gone-1"] == "AVAILABLE" && st["gone-2"] == "AVAILABLE" && st["stays-1"] == "AVAILABLE"
 	})
 }
@@ -532,19 +530,19 @@ func TestCoordinatorStopsExpiredLease(t *testing.T) {
 	coordState := filepath.Join(dir, "coord")
 	coord := startCoordinator(t, coordAddr, coordState)
 	before, after := "sleep 0.5; echo prepared", fmt.Sprintf("echo after $LEASE_NAME >> %q", ran)
-	supA := startSupervisor(t, "supervisor lab-a", ceLabConfig(t, dir, "lab-a", coordAddr, before, after, boardSpec{"exp-a", "device: rpi4"}))
-	startSupervisor(t, "supervisor lab-b", ceLabConfig(t, dir, "lab-b", coordAddr, before, after, boardSpec{"exp-b", "device: rpi4"}))
+	supA := startSupervisor(t, "supervisor lab-a", supervisorConfigIn(t, dir, "lab-a", coordAddr, before, after, boardSpec{"exp-a", "device: rpi4"}))
+	startSupervisor(t, "supervisor lab-b", supervisorConfigIn(t, dir, "lab-b", coordAddr, before, after, boardSpec{"exp-b", "device: rpi4"}))
 	c := leaseClient(t, coordAddr)
 	waitBoards(t, c, 2)
 	ctx := ctxT(t)
-	var ws []*ceLeaseWatch
+	var ws []*leaseWatch
 	var readies []*pb.Lease
 	for _, b := range []string{"exp-a", "exp-b"} {
-		l, err := ceCreateLease(ctx, c, "", b, 2*time.Second, "expiry-test")
+		l, err := createLease(ctx, c, "", b, 2*time.Second, "expiry-test")
 		if err != nil {
 			t.Fatal(err)
 		}
-		w, err := ceWatchLease(ctx, c, l.GetId())
+		w, err := watchLease(ctx, c, l.GetId())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -560,7 +558,7 @@ func TestCoordinatorStopsExpiredLease(t *testing.T) {
 		}
 		readies = append(readies, r)
 	}
-	if lines := ceReadLines(t, ran); len(lines) != 0 {
+	if lines := readLines(t, ran); len(lines) != 0 {
 		t.Fatalf("afterLease ran before the leases expired: %q", lines)
 	}
 
@@ -577,7 +575,7 @@ func TestCoordinatorStopsExpiredLease(t *testing.T) {
 		t.Fatalf("lease %s is %s (%q) %s before its end: its READY time was cut short",
 			a.GetId(), g.GetLease().GetPhase(), g.GetLease().GetStatusMessage(), time.Until(a.GetEndsAt().AsTime()).Round(time.Millisecond))
 	}
-	coord.ceWaitLine("lease expired: stopping it", "job="+a.GetId())
+	coord.waitLine("lease expired: stopping it", "job="+a.GetId())
 	if err := syscall.Kill(supA.cmd.Process.Pid, syscall.SIGCONT); err != nil {
 		t.Fatal(err)
 	}
@@ -587,12 +585,12 @@ func TestCoordinatorStopsExpiredLease(t *testing.T) {
 		}
 	}
 	by := "its supervisor's own bound (it fired first)"
-	if coord.ceFindLine("lease expired: stopping it", "job="+readies[1].GetId()) != "" {
+	if coord.findLine("lease expired: stopping it", "job="+readies[1].GetId()) != "" {
 		by = "the coordinator"
 	}
 	t.Logf("lab-b's lease was stopped by %s", by)
 	got := map[string]int{}
-	for _, l := range ceReadLines(t, ran) {
+	for _, l := range readLines(t, ran) {
 		got[l]++
 	}
 	for _, r := range readies {
@@ -609,8 +607,8 @@ func TestCoordinatorStopsExpiredLease(t *testing.T) {
 	}
 	// By the supervisors' clocks, each lease was READY for its full 2s.
 	waitBoards(t, c, 2)
-	coord.ceTerminate()
-	periods := ceReadyPeriods(t, ceStoredEvents(t, ceOpenCoordinatorDB(t, coordState)))
+	coord.terminate()
+	periods := ceReadyPeriods(t, storedEvents(t, openCoordinatorDB(t, coordState)))
 	for _, r := range readies {
 		d, ok := periods[r.GetId()]
 		switch {
@@ -642,27 +640,29 @@ func TestCoordinatorRefusesWrongSupervisorToken(t *testing.T) {
 		}
 		return p
 	}
-	badCfg := ceLabConfig(t, dir, "lab-bad", coordAddr, "", "", boardSpec{"bad-1", "device: rpi4"})
-	ceWithTokenFile(t, badCfg, tokenFile("bad.token", bad))
+	badCfg := labConfig{dir: filepath.Join(dir, "lab-bad"), id: "lab-bad", coordAddr: coordAddr, tokenFile: tokenFile("bad.token", bad),
+		boards: []boardSpec{{"bad-1", "device: rpi4"}}}.write(t)
+	// A refused token is retried minutes apart by default; a second attempt is wanted here.
+	editConfig(t, badCfg, "supervisorId:", "refusedBackoff: 1s, supervisorId:")
 	sup := startSupervisor(t, "supervisor lab-bad", badCfg)
 	sup.waitOutput("supervisor token not accepted by the coordinator")
 	coord.waitOutput("supervisor refused: bad token")
 
 	// The right token is accepted: the refusal was about the token.
-	goodCfg := ceLabConfig(t, dir, "lab-good", coordAddr, "", "", boardSpec{"good-1", "device: rpi4"})
-	ceWithTokenFile(t, goodCfg, tokenFile("good.token", good))
+	goodCfg := labConfig{dir: filepath.Join(dir, "lab-good"), id: "lab-good", coordAddr: coordAddr, tokenFile: tokenFile("good.token", good),
+		boards: []boardSpec{{"good-1", "device: rpi4"}}}.write(t)
 	goodSup := startSupervisor(t, "supervisor lab-good", goodCfg)
 	c := leaseClient(t, coordAddr)
 	waitBoards(t, c, 1)
 	goodSup.waitOutput("connected to coordinator")
-	if st := ceBoardStatuses(t, c); len(st) != 1 || st["good-1"] != "AVAILABLE" {
+	if st := boardStatuses(t, c); len(st) != 1 || st["good-1"] != "AVAILABLE" {
 		t.Errorf("boards: %v, want only good-1 (the refused supervisor's board must not be listed)", st)
 	}
-	if sup.ceFindLine("connected to coordinator") != "" {
+	if sup.findLine("connected to coordinator") != "" {
 		t.Error("the supervisor with a wrong token says it connected")
 	}
 	// It keeps trying (and is refused each time); one refusal logged per attempt.
-	ceEventually(t, "a second refusal", func() bool { return coord.ceCountLines("supervisor refused: bad token") >= 2 })
+	eventually(t, "a second refusal", func() bool { return coord.countLines("supervisor refused: bad token") >= 2 })
 	for _, p := range []*proc{coord, sup, goodSup} {
 		for _, tok := range []string{good, bad} {
 			if strings.Contains(p.output(), tok) {
@@ -670,4 +670,160 @@ func TestCoordinatorRefusesWrongSupervisorToken(t *testing.T) {
 			}
 		}
 	}
+}
+
+// ---- the coordinator tests' own helpers ----
+
+// ceSelectorMatches evaluates a "k=v,k!=v" selector against labels.
+func ceSelectorMatches(sel string, labels map[string]string) bool {
+	for _, term := range strings.Split(sel, ",") {
+		if k, v, ok := strings.Cut(term, "!="); ok {
+			if got, has := labels[strings.TrimSpace(k)]; has && got == strings.TrimSpace(v) {
+				return false
+			}
+			continue
+		}
+		k, v, _ := strings.Cut(term, "=")
+		if labels[strings.TrimSpace(k)] != strings.TrimSpace(v) {
+			return false
+		}
+	}
+	return true
+}
+
+// ceReadyPeriods tells, per job, how long it was READY by its supervisor's clock: from
+// its transition to READY to the next one.
+func ceReadyPeriods(t *testing.T, events map[string][]storedEvent) map[string]time.Duration {
+	t.Helper()
+	readyAt := map[string]time.Time{}
+	out := map[string]time.Duration{}
+	eachTransition(t, events, func(e storedEvent, st *pb.StateTransition) {
+		job := st.GetJobId()
+		if st.GetTo() == pb.LeasePhase_LEASE_PHASE_READY {
+			readyAt[job] = e.at
+		} else if at, ok := readyAt[job]; ok {
+			if _, done := out[job]; !done {
+				out[job] = e.at.Sub(at)
+			}
+		}
+	})
+	return out
+}
+
+// ceInterval is when a job held its board, by its supervisor's clock: from its first state
+// transition to its terminal one.
+type ceInterval struct {
+	job        string
+	start, end time.Time
+}
+
+// ceBoardIntervals derives each job's interval per board from the stored transitions.
+func ceBoardIntervals(t *testing.T, events map[string][]storedEvent) (map[string][]ceInterval, map[string]string) {
+	t.Helper()
+	type span struct {
+		board      string
+		start, end time.Time
+	}
+	spans := map[string]*span{}
+	eachTransition(t, events, func(e storedEvent, st *pb.StateTransition) {
+		s := spans[st.GetJobId()]
+		if s == nil {
+			s = &span{board: st.GetBoard(), start: e.at}
+			spans[st.GetJobId()] = s
+		}
+		if s.board != st.GetBoard() {
+			t.Errorf("job %s reported on boards %s and %s", st.GetJobId(), s.board, st.GetBoard())
+		}
+		if e.at.Before(s.start) {
+			s.start = e.at
+		}
+		if to := st.GetTo(); to == pb.LeasePhase_LEASE_PHASE_DONE || to == pb.LeasePhase_LEASE_PHASE_FAILED {
+			s.end = e.at
+		}
+	})
+	out := map[string][]ceInterval{}
+	boardOf := map[string]string{}
+	for job, s := range spans {
+		boardOf[job] = s.board
+		out[s.board] = append(out[s.board], ceInterval{job: job, start: s.start, end: s.end})
+	}
+	for _, ivs := range out {
+		sort.Slice(ivs, func(i, j int) bool { return ivs[i].start.Before(ivs[j].start) })
+	}
+	return out, boardOf
+}
+
+// cePowerCycler power-cycles a leased board with `boardvisor power cycle`, over and over.
+type cePowerCycler struct {
+	t      *testing.T
+	quit   chan struct{}
+	done   chan struct{}
+	mu     sync.Mutex
+	cycles int
+	err    error
+}
+
+func ceStartPowerCycling(t *testing.T, exporter, board, token string) *cePowerCycler {
+	t.Helper()
+	if exporter == "" || token == "" {
+		t.Fatalf("lease of %s has no exporter endpoint or token", board)
+	}
+	p := &cePowerCycler{t: t, quit: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(p.done)
+		for {
+			select {
+			case <-p.quit:
+				return
+			default:
+			}
+			out, err := runCLI(nil, "power", "cycle", "--exporter", exporter, "--board", board, "--token", token)
+			p.mu.Lock()
+			if err != nil {
+				p.err = fmt.Errorf("power cycle: %v: %s", err, out)
+				p.mu.Unlock()
+				return
+			}
+			p.cycles++
+			p.mu.Unlock()
+			time.Sleep(300 * time.Millisecond) // the boot log takes ~0.15s: let it finish
+		}
+	}()
+	t.Cleanup(func() { p.stop() })
+	return p
+}
+
+func (p *cePowerCycler) count() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.cycles
+}
+
+// waitCycles waits until n power cycles are done.
+func (p *cePowerCycler) waitCycles(n int) {
+	p.t.Helper()
+	eventually(p.t, fmt.Sprintf("%d power cycles", n), func() bool {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		if p.err != nil {
+			p.t.Fatal(p.err)
+		}
+		return p.cycles >= n
+	})
+}
+
+// stop ends the cycling and returns how many cycles were done.
+func (p *cePowerCycler) stop() int {
+	select {
+	case <-p.quit:
+	default:
+		close(p.quit)
+	}
+	<-p.done
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.err != nil {
+		p.t.Error(p.err)
+	}
+	return p.cycles
 }

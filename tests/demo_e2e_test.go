@@ -1,17 +1,13 @@
 package tests
 
 import (
-	"context"
-	"os/exec"
 	"strings"
 	"testing"
 )
 
 // `boardvisor demo` (what `make demo` runs) completes and shows the whole dialogue.
 func TestDemoRunsToCompletion(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), wait)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, binary, "demo").CombinedOutput()
+	out, err := runCLI(nil, "demo")
 	if err != nil {
 		t.Fatalf("demo: %v\n%s", err, out)
 	}
@@ -19,7 +15,7 @@ func TestDemoRunsToCompletion(t *testing.T) {
 		"[Hook WARN] USB hub is slow today", "beforeLease hooks completed successfully!", "Connected to device.",
 		"Releasing lease...", "afterLease hooks running (press Ctrl+C to disconnect):", "[Hook Output] Saving logs to archive...",
 		"afterLease hooks completed.", "is AVAILABLE again."}
-	rest := string(out)
+	rest := out
 	for _, w := range want {
 		i := strings.Index(rest, w)
 		if i < 0 {

@@ -8,6 +8,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -16,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/boardvisor/boardvisor/jobs"
+	"github.com/boardvisor/boardvisor/jobs/journal"
 	pb "github.com/boardvisor/boardvisor/proto/boardvisor/v1"
 	jpb "github.com/boardvisor/boardvisor/proto/jumpstarter/v1"
 	"github.com/boardvisor/boardvisor/supervisor/exporter"
@@ -876,4 +879,107 @@ func (c *logClient) waitEnd(timeout time.Duration) error {
 		return fmt.Errorf("the log stream failed: %v", c.err)
 	}
 	return nil
+}
+
+// ---- the restart test's own helpers ----
+
+// hookMarker names the restart test's hooks in their command line (`sh -c SCRIPT`), for
+// a person reading ps; the test itself finds them by their record file's path.
+const hookMarker = "restart-e2e-hook"
+
+// hookScript returns a hook that records its run in rec ("<kind> $LEASE_NAME" when it
+// starts, "<kind>-done $LEASE_NAME" when it ends) and prints n numbered lines
+// "<kind> line <i>" with a small sleep before each, so that a kill lands while it prints.
+func hookScript(kind, rec string, n int, sleep string) string {
+	return fmt.Sprintf(": %s; echo \"%s $LEASE_NAME\" >> %s; i=1; while [ $i -le %d ]; do sleep %s; echo \"%s line $i\"; i=$((i+1)); done; echo \"%s-done $LEASE_NAME\" >> %s",
+		hookMarker, kind, rec, n, sleep, kind, kind, rec)
+}
+
+var phaseField = regexp.MustCompile(`\bphase=([A-Z_]+)`)
+
+// lastPhase returns the last phase the process logged for a job ("" if none): what the
+// lease actor had reached when the process was killed.
+func (p *proc) lastPhase(job string) string {
+	last := ""
+	for _, l := range strings.Split(p.output(), "\n") {
+		if !strings.Contains(l, "job="+job) {
+			continue
+		}
+		if m := phaseField.FindStringSubmatch(l); m != nil {
+			last = m[1]
+		}
+	}
+	return last
+}
+
+// recordCounts counts the lines of the hooks' record file.
+func recordCounts(path string) (map[string]int, error) {
+	b, err := os.ReadFile(path)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	n := map[string]int{}
+	for _, l := range strings.Split(string(b), "\n") {
+		if l != "" {
+			n[l]++
+		}
+	}
+	return n, nil
+}
+
+// durations is a set of measured durations.
+type durations struct {
+	mu sync.Mutex
+	ds []time.Duration
+}
+
+func (d *durations) add(v time.Duration) {
+	d.mu.Lock()
+	d.ds = append(d.ds, v)
+	d.mu.Unlock()
+}
+
+func (d *durations) String() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if len(d.ds) == 0 {
+		return "none"
+	}
+	lo, hi, sum := d.ds[0], d.ds[0], time.Duration(0)
+	for _, v := range d.ds {
+		lo, hi, sum = min(lo, v), max(hi, v), sum+v
+	}
+	return fmt.Sprintf("n=%d min=%s mean=%s max=%s", len(d.ds), lo.Round(time.Millisecond), (sum / time.Duration(len(d.ds))).Round(time.Millisecond), hi.Round(time.Millisecond))
+}
+
+// journalView describes what the journal in stateDir holds for each live lease (its
+// phase and the hook run it records): what a restart will resume from. The supervisor
+// must not run.
+func journalView(stateDir string) map[string]string {
+	j, err := journal.Open(filepath.Join(stateDir, "journal.db"), journal.Options{LockTimeout: time.Second})
+	if err != nil {
+		return map[string]string{"": err.Error()}
+	}
+	defer j.Close()
+	recs, _, err := j.LoadAll()
+	if err != nil {
+		return map[string]string{"": err.Error()}
+	}
+	out := map[string]string{}
+	for _, rec := range recs {
+		s := rec.State.Phase.String()
+		if rec.State.EndRequested {
+			s += " end-requested"
+		}
+		if k := rec.State.HookRunning; k != jobs.HookNone {
+			s += " running " + k.String()
+			if rec.Hook == nil || rec.Hook.Pid == 0 {
+				s += " (no shim pid)"
+			} else {
+				s += fmt.Sprintf(" (shim %d, offset %d)", rec.Hook.Pid, rec.Hook.Offset)
+			}
+		}
+		out[rec.Spec.JobID] = s
+	}
+	return out
 }

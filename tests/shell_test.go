@@ -124,15 +124,8 @@ func TestShellDialogueThroughATerminal(t *testing.T) {
 	}
 	g.WriteString("go\n")
 	g.Close()
-	deadline := time.Now().Add(wait)
-	for {
-		if _, err := os.Stat(marker); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the afterLease hook did not complete after the client left")
-		}
-		time.Sleep(10 * time.Millisecond)
+	if err := waitExists(marker, wait); err != nil {
+		t.Fatalf("the afterLease hook did not complete after the client left: %v", err)
 	}
 	waitBoards(t, leases, 1) // the board is AVAILABLE again
 }
@@ -143,10 +136,9 @@ func TestShellReconnectsAfterSupervisorRestart(t *testing.T) {
 	dir := t.TempDir()
 	coordAddr := freeAddr(t)
 	startCoordinator(t, coordAddr, filepath.Join(dir, "coord"))
-	cfg := supervisorConfig(t, dir, "lab-1", coordAddr, "echo 'JMP_INFO: up'", "echo 'Saving logs to archive...'", boardSpec{"rpi4-01", "device: rpi4"})
 	// A lab host keeps its client service on its configured address across restarts.
-	body, _ := os.ReadFile(cfg)
-	os.WriteFile(cfg, []byte(strings.Replace(string(body), "listen: 127.0.0.1:0", "listen: "+freeAddr(t), 1)), 0o600)
+	cfg := labConfig{dir: dir, id: "lab-1", coordAddr: coordAddr, before: "echo 'JMP_INFO: up'", after: "echo 'Saving logs to archive...'",
+		listen: freeAddr(t), boards: []boardSpec{{"rpi4-01", "device: rpi4"}}}.write(t)
 	sup := startSupervisor(t, "supervisor", cfg)
 	leases := leaseClient(t, coordAddr)
 	waitBoards(t, leases, 1)

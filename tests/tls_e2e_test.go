@@ -63,11 +63,8 @@ func TestCoordinatorLinkOverTLS(t *testing.T) {
 	coordAddr := freeAddr(t)
 	coord := startCoordinator(t, coordAddr, filepath.Join(dir, "coord"), "--tls-cert", cert, "--tls-key", key)
 
-	os.MkdirAll(filepath.Join(dir, "good"), 0o700)
-	os.MkdirAll(filepath.Join(dir, "plain"), 0o700)
-	good := supervisorConfig(t, filepath.Join(dir, "good"), "lab-tls", coordAddr, "", "", boardSpec{"rpi4-01", "device: rpi4"})
-	body, _ := os.ReadFile(good)
-	os.WriteFile(good, []byte(strings.Replace(string(body), "supervisorId: lab-tls}", "supervisorId: lab-tls, caFile: "+ca+"}", 1)), 0o600)
+	good := labConfig{dir: filepath.Join(dir, "good"), id: "lab-tls", coordAddr: coordAddr, caFile: ca,
+		boards: []boardSpec{{"rpi4-01", "device: rpi4"}}}.write(t)
 	sup := startSupervisor(t, "supervisor-tls", good)
 	sup.waitOutput("connected to coordinator")
 	coord.waitOutput("supervisor connected: supervisor=lab-tls")

@@ -52,6 +52,11 @@ type Config struct {
 	// KeepEnded and HookEnv are passed to the board's leases (see lease.Config).
 	KeepEnded bool
 	HookEnv   func(job string) []string
+	// Images performs the image stages of the board's leases (nil: the board boots no
+	// images, and a job with one is refused as ImageNotCompatible). FetchTimeout and
+	// ProvisionTimeout bound them (zero: the jobs defaults).
+	Images                         lease.Images
+	FetchTimeout, ProvisionTimeout time.Duration
 }
 
 // Props returns the props of a board actor.
@@ -126,6 +131,8 @@ func (b *boardActor) Receive(ctx actor.Context) {
 		b.leaseChanged(ctx, m)
 	case *actors.Quarantine:
 		b.setHealth(ctx, jobs.HealthBad, "a hook failed with onFailure: exit: "+m.Reason)
+	case *actors.ClearQuarantine:
+		ctx.Respond(&actors.JobReply{Err: b.clearQuarantine(ctx, m)})
 	case *driverFault:
 		b.driverFault(ctx, m)
 	case *actors.DriverUp:
@@ -189,7 +196,16 @@ func (b *boardActor) startJob(ctx actor.Context, req connector.StartJobRequest) 
 	if d == 0 {
 		d = b.cfg.LeaseDuration
 	}
-	spec := jobs.Spec{JobID: req.JobID, Board: b.cfg.Name, Client: req.Client, Duration: d, Params: req.Parameters}
+	spec := jobs.Spec{JobID: req.JobID, Board: b.cfg.Name, Client: req.Client, Duration: d, Params: req.Parameters, Image: req.Image,
+		FetchTimeout: b.cfg.FetchTimeout, ProvisionTimeout: b.cfg.ProvisionTimeout}
+	if req.Image != nil {
+		if b.cfg.Images == nil {
+			return jobs.NewJobError(jobs.KindImageNotCompatible, fmt.Sprintf("board %s cannot boot images: it is not set up for them", b.cfg.Name))
+		}
+		if err := req.Image.Validate(); err != nil {
+			return jobs.NewJobError(jobs.KindImageInvalid, err.Error())
+		}
+	}
 	if req.Token != "" {
 		spec.TokenHash = jobs.TokenHash(req.Token)
 	}
@@ -217,7 +233,8 @@ func (b *boardActor) spawnLease(ctx actor.Context, spec jobs.Spec) (*actor.PID, 
 	return ctx.SpawnNamed(lease.Props(lease.Config{Spec: spec, Labels: b.cfg.Labels,
 		Before: b.cfg.Before, After: b.cfg.After, Outbox: b.cfg.Outbox, Store: b.cfg.Store, Runner: b.cfg.Runner,
 		SpoolDir: filepath.Join(b.cfg.StateDir, "hooks"), Logger: b.log.Named("lease").With("job", spec.JobID),
-		Middleware: b.cfg.LeaseMiddleware, HookMiddleware: b.cfg.HookMiddleware, KeepEnded: b.cfg.KeepEnded, HookEnv: b.cfg.HookEnv}), "lease/"+spec.JobID)
+		Middleware: b.cfg.LeaseMiddleware, HookMiddleware: b.cfg.HookMiddleware, KeepEnded: b.cfg.KeepEnded, HookEnv: b.cfg.HookEnv,
+		Images: b.cfg.Images}), "lease/"+spec.JobID)
 }
 
 // restore brings back the leases the journal holds for this board, after a restart of
@@ -421,10 +438,36 @@ func (b *boardActor) attended(name string) bool {
 
 // consoleJob is the lease console bytes belong to: the holder while it uses the board.
 func (b *boardActor) consoleJob() string {
-	if li, ok := b.leases[b.holder]; ok && li.phase >= jobs.PhaseBeforeLease && li.phase <= jobs.PhaseAfterLease {
+	// A lease holds the board from STARTING on (a board provisioned with an image boots
+	// in STARTING: its console is the lease's).
+	if li, ok := b.leases[b.holder]; ok && li.phase >= jobs.PhaseStarting && li.phase <= jobs.PhaseAfterLease {
 		return b.holder
 	}
 	return ""
+}
+
+// clearQuarantine is an operator clearing the board's quarantine after a hook failed
+// with onFailure: exit: health good again (unknown while a driver is down), AVAILABLE
+// if no lease holds it. A board quarantined because a driver kept failing has lost that
+// driver: only a restart of the supervisor brings it back.
+func (b *boardActor) clearQuarantine(ctx actor.Context, m *actors.ClearQuarantine) error {
+	if b.health != jobs.HealthBad {
+		return nil
+	}
+	if strings.HasPrefix(b.why, "driver ") {
+		return fmt.Errorf("board %s was quarantined because %s: restart the supervisor once the device is fixed", b.cfg.Name, b.why)
+	}
+	h := jobs.HealthGood
+	if len(b.down) > 0 {
+		h = jobs.HealthUnknown
+	}
+	b.log.Info("quarantine cleared", "by", m.By, "reason", m.Reason, "was", b.why)
+	b.health, b.why = h, ""
+	if b.holder == "" {
+		b.status = jobs.StatusAvailable
+	}
+	b.publish(ctx, "quarantine cleared by "+m.By)
+	return nil
 }
 
 func (b *boardActor) setHealth(ctx actor.Context, h jobs.Health, why string) {

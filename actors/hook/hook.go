@@ -4,9 +4,10 @@
 //
 // Output flows in chunks (one read of the spool, up to 64 KiB): the run's tail hands a
 // chunk to the watcher, which sends it to the outbox as one EmitBatch and records the
-// offset past it; the tail reads the next chunk only once the outbox says this one is
-// durable. A hook printing faster than the outbox can write therefore waits in its spool
-// (and, past the shim's pipe, in its own write), never in memory. When the shim has
+// offset past it; the tail goes on reading while at most ChunksInFlight chunks are not
+// yet durable, and waits for the oldest beyond that. A hook printing faster than the
+// outbox can write therefore waits in its spool (and, past the shim's terminal, in its
+// own write), never in memory. When the shim has
 // written the hook's status the lease hears HookShimExited at once (its backstop no
 // longer applies); HookExited follows once the last chunk is durable, so that every line
 // of a hook is in the outbox before the lease's next transition.
@@ -22,6 +23,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 
 	"github.com/asynkron/protoactor-go/actor"
 	"github.com/boardvisor/boardvisor/actors"
@@ -52,6 +54,12 @@ func Props(cfg Config) *actor.Props {
 		return &watcher{cfg: cfg}
 	}, actor.WithReceiverMiddleware(append([]actor.ReceiverMiddleware{actors.LogPanics(cfg.Logger)}, cfg.Middleware...)...))
 }
+
+// ChunksInFlight is how many chunks of a hook's output (one read of its spool, up to
+// 64 KiB each) may be on their way to the outbox's disk at once, beyond which the tail
+// waits: enough that the tail reads while the outbox commits, few enough that a hook
+// printing faster than the disk takes it waits in its spool, not in memory.
+const ChunksInFlight = 4
 
 // Messages from a run's goroutines carry the token of the watcher instance that started
 // it: after a restart, lines still queued for the old instance are dropped (the new one
@@ -117,13 +125,36 @@ func (w *watcher) start(ctx actor.Context) {
 	tok, quit := &token{}, make(chan struct{})
 	w.tok, w.quit = tok, quit
 	// The tail waits until the outbox has the chunk on disk (or this watcher stops).
+	// The tail may have up to ChunksInFlight chunks on their way to the disk: it reads
+	// the next chunk while the outbox commits the last ones (group commit), and waits
+	// for the oldest before it goes further. The outbox makes chunks durable in order,
+	// so the newest one's durability says all are.
+	var mu sync.Mutex
+	var inflight []chan struct{}
 	onLine := func(ls []jhook.Line) {
 		durable := make(chan struct{})
 		root.Send(self, &linesMsg{tok: tok, lines: ls, durable: durable})
-		select {
-		case <-durable:
-		case <-quit:
+		mu.Lock()
+		inflight = append(inflight, durable)
+		var oldest chan struct{}
+		if len(inflight) > ChunksInFlight {
+			oldest, inflight = inflight[0], inflight[1:]
 		}
+		mu.Unlock()
+		if oldest != nil {
+			select {
+			case <-oldest:
+			case <-quit:
+			}
+		}
+	}
+	newest := func() chan struct{} {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(inflight) == 0 {
+			return nil
+		}
+		return inflight[len(inflight)-1]
 	}
 
 	rec, ok, err := w.cfg.Store.Load(w.cfg.JobID)
@@ -163,9 +194,18 @@ func (w *watcher) start(ctx actor.Context) {
 		}
 		select {
 		case <-run.Done():
-			root.Send(self, &doneMsg{tok: tok, run: run})
 		case <-quit:
+			return
 		}
+		// Every line was handed over; the hook ends once the last chunk is durable.
+		if d := newest(); d != nil {
+			select {
+			case <-d:
+			case <-quit:
+				return
+			}
+		}
+		root.Send(self, &doneMsg{tok: tok, run: run})
 	}()
 }
 
@@ -177,7 +217,7 @@ func (w *watcher) lines(ctx actor.Context, m *linesMsg) {
 	evs := make([]connector.Event, len(m.lines))
 	hls := make([]connector.HookLine, len(m.lines))
 	for i, l := range m.lines {
-		hls[i] = connector.HookLine{Source: src, Severity: l.Severity, Text: l.Text, Cut: l.Cut, Offset: l.Offset}
+		hls[i] = connector.HookLine{Source: src, Severity: l.Severity, Text: l.Text, Cut: l.Cut, Progress: l.Progress, Offset: l.Offset}
 		evs[i] = connector.Event{Board: w.cfg.Board, JobID: w.cfg.JobID, Hook: &hls[i]}
 	}
 	ctx.Send(w.cfg.Outbox, &actors.EmitBatch{Events: evs, Durable: m.durable})

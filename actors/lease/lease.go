@@ -59,6 +59,9 @@ type Config struct {
 	// the durable outbox deletes it once those are on disk. Without it the record goes
 	// when the lease ends.
 	KeepEnded bool
+	// Images performs the image effects of a lease with an image (see image.go); nil:
+	// the board cannot boot images.
+	Images Images
 }
 
 // Props returns the props of a lease actor.
@@ -98,6 +101,9 @@ type leaseActor struct {
 	// stopping is set once the actor is stopping (the daemon shuts down): from then on
 	// it acts on nothing, and the journal holds where the lease is for the next start.
 	stopping bool
+	// work is the image fetch or provisioning in flight (image.go).
+	work     *imageWork
+	imageGen uint64
 }
 
 func (a *leaseActor) Receive(ctx actor.Context) {
@@ -119,6 +125,8 @@ func (a *leaseActor) Receive(ctx actor.Context) {
 		a.step(ctx, jobs.HookShimExited(m.Kind))
 	case *actors.HookExited:
 		a.hookExited(ctx, m)
+	case *imageProgress, *imageResult:
+		a.imageMessage(ctx, m)
 	case *timerFired:
 		if s, ok := a.timers[m.timer]; ok && s.gen == m.gen {
 			delete(a.timers, m.timer)
@@ -138,6 +146,7 @@ func (a *leaseActor) Receive(ctx actor.Context) {
 			s.t.Stop()
 		}
 		clear(a.timers)
+		a.stopImage()
 	}
 }
 
@@ -168,6 +177,9 @@ func (a *leaseActor) started(ctx actor.Context) {
 		ctx.Send(ctx.Parent(), &actors.Acquire{JobID: a.cfg.Spec.JobID})
 	case st.Phase == jobs.PhaseReleasing:
 		ctx.Send(ctx.Parent(), &actors.Release{JobID: a.cfg.Spec.JobID})
+	}
+	for _, e := range a.l.Resume() {
+		a.perform(ctx, e) // the image work in flight, or the board's image, again
 	}
 }
 
@@ -223,7 +235,7 @@ func (a *leaseActor) step(ctx actor.Context, in jobs.Input) {
 		case jobs.EffCancelTimer:
 			delete(a.deadlines, e.Timer)
 		case jobs.EffReport:
-			t := connector.Transition{From: e.From, To: e.To, Status: e.Status, Message: e.Message, Step: len(a.reported) + 1}
+			t := connector.Transition{From: e.From, To: e.To, Status: e.Status, Message: e.Message, Step: len(a.reported) + 1, Stage: e.Stage}
 			a.reported = append(a.reported, t)
 			steps = append(steps, t.Step)
 		}
@@ -281,6 +293,8 @@ func (a *leaseActor) perform(ctx actor.Context, e jobs.Effect) {
 		a.emit(ctx, connector.Event{Error: e.Err})
 	case jobs.EffQuarantine:
 		ctx.Send(ctx.Parent(), &actors.Quarantine{JobID: job, Reason: e.Message})
+	case jobs.EffFetchImage, jobs.EffProvision, jobs.EffStopImage, jobs.EffReleaseImage:
+		a.image(ctx, e)
 	}
 }
 

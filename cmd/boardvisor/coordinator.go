@@ -15,21 +15,27 @@ import (
 	"time"
 
 	"github.com/boardvisor/boardvisor/audit"
+	"github.com/boardvisor/boardvisor/cmd/boardvisor/internal/sdnotify"
 	link "github.com/boardvisor/boardvisor/connector/grpc"
 	"github.com/boardvisor/boardvisor/coordinator"
 	"github.com/boardvisor/boardvisor/supervisor"
+	"github.com/boardvisor/boardvisor/web"
+	"github.com/hashicorp/go-hclog"
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
 )
 
 func newCoordinator(g *globalFlags) *cobra.Command {
 	var listen, stateDir, tokens, clientTokens, cert, key, metricsAddr string
-	var grace time.Duration
+	var grace, attachGrace, maxWait time.Duration
+	var logs leaseLogFlags
+	var dash webServe
 	cmd := &cobra.Command{
 		Use:   "coordinator --state-dir DIR [--listen ADDR] [--supervisor-tokens FILE]",
 		Short: "run the coordinator: board inventory, lease queue, supervisor links",
-		Args:  cobra.NoArgs,
+		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
@@ -40,7 +46,11 @@ func newCoordinator(g *globalFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			opts := coordinator.Options{StateDir: stateDir, Logger: logger.Named("coordinator"), Grace: grace}
+			opts := coordinator.Options{StateDir: stateDir, Logger: logger.Named("coordinator"), Grace: grace,
+				AttachGrace: attachGrace, DetachedMaxWait: maxWait}
+			if opts.LeaseLogs, err = logs.options(); err != nil {
+				return err
+			}
 			if tokens != "" {
 				table, err := readTokens(tokens)
 				if err != nil {
@@ -51,13 +61,16 @@ func newCoordinator(g *globalFlags) *cobra.Command {
 				logger.Warn("no --supervisor-tokens file: every supervisor is accepted (use only on a trusted network)")
 			}
 			if clientTokens != "" {
-				users, err := readClientTokens(clientTokens)
+				users, err := coordinator.ReadClientTokens(clientTokens)
 				if err != nil {
 					return err
 				}
-				opts.ClientTokens = users
+				opts.ClientTokens, opts.ClientTokensFile = users, clientTokens
 			} else {
 				logger.Warn("no --client-tokens file: every client is accepted and may change any lease (use only on a trusted network)")
+			}
+			if dash.addr != "" && clientTokens == "" {
+				return usageError{fmt.Errorf("--web needs --client-tokens: users log in to the dashboard with their client tokens")}
 			}
 			var sopts []grpc.ServerOption
 			if cert != "" || key != "" {
@@ -66,19 +79,26 @@ func newCoordinator(g *globalFlags) *cobra.Command {
 					return fmt.Errorf("TLS certificate: %w", err)
 				}
 				sopts = append(sopts, grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12})))
+				dash.tls = &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}
 			}
-			return serveCoordinator(ctx, opts, listen, metricsAddr, sopts, nil)
+			return serveCoordinator(ctx, opts, listen, metricsAddr, dash, sopts, nil)
 		},
 	}
 	f := cmd.Flags()
 	f.StringVar(&listen, "listen", "127.0.0.1:7400", "address for supervisors and clients")
 	f.StringVar(&stateDir, "state-dir", "", "directory for the coordinator's database (required)")
 	f.StringVar(&tokens, "supervisor-tokens", "", "file of `supervisor-id token` lines; only these supervisors are accepted")
-	f.StringVar(&clientTokens, "client-tokens", "", "file of `user token [admin]` lines; only these clients are accepted")
+	f.StringVar(&clientTokens, "client-tokens", "", "file of `user token [admin]` lines; only these clients are accepted (boardvisor tokens manages it; reloaded when it changes and on SIGHUP)")
 	f.StringVar(&cert, "tls-cert", "", "TLS certificate (PEM); with --tls-key turns TLS on")
 	f.StringVar(&key, "tls-key", "", "TLS private key (PEM)")
 	f.DurationVar(&grace, "grace", 30*time.Second, "how long a supervisor may be gone before its boards show OFFLINE")
+	f.DurationVar(&attachGrace, "attach-grace", coordinator.DefaultAttachGrace, "how long a lease that is not ready yet may be without its client (boardvisor shell gone) before it is withdrawn")
+	f.DurationVar(&maxWait, "detached-max-wait", coordinator.DefaultDetachedMaxWait, "how long a detached lease (lease create --detach) may stay queued")
+	addEnv(cmd, envNotifySocket, envWatchdogUsec)
 	f.StringVar(&metricsAddr, "metrics", "", "address of the Prometheus endpoint (/metrics); empty: none")
+	logs.addTo(f) // leaselogflags.go
+	f.StringVar(&dash.addr, "web", "", "address of the web dashboard (e.g. 127.0.0.1:7480; HTTPS with --tls-cert); empty: none. Needs --client-tokens")
+	f.DurationVar(&dash.session, "web-session", 12*time.Hour, "how long a dashboard login lasts")
 	return cmd
 }
 
@@ -111,9 +131,16 @@ func readTokens(path string) (map[string]string, error) {
 	return table, nil
 }
 
+// webServe says where and how the coordinator serves its web dashboard (package web).
+type webServe struct {
+	addr    string        // "" for no dashboard
+	tls     *tls.Config   // HTTPS (and so HTTP/2) when set
+	session time.Duration // how long a login lasts
+}
+
 // serveCoordinator runs a coordinator until ctx is done. ready, if not nil, is called
 // with its address once it listens.
-func serveCoordinator(ctx context.Context, opts coordinator.Options, listen, metricsAddr string, sopts []grpc.ServerOption, ready func(addr string)) error {
+func serveCoordinator(ctx context.Context, opts coordinator.Options, listen, metricsAddr string, dash webServe, sopts []grpc.ServerOption, ready func(addr string)) error {
 	if err := os.MkdirAll(opts.StateDir, 0o700); err != nil {
 		return fmt.Errorf("state directory: %w", err)
 	}
@@ -132,6 +159,9 @@ func serveCoordinator(ctx context.Context, opts coordinator.Options, listen, met
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", listen, err)
 	}
+	// Pings find a client whose network is gone: its AttachLease stream ends, and a
+	// lease it waited for is withdrawn.
+	sopts = append(sopts, grpc.KeepaliveParams(keepalive.ServerParameters{Time: 10 * time.Second, Timeout: 5 * time.Second}))
 	srv := supervisor.NewGRPCServer(append(sopts, c.ServerOptions()...)...)
 	c.Register(srv)
 	go srv.Serve(lis)
@@ -148,11 +178,39 @@ func serveCoordinator(ctx context.Context, opts coordinator.Options, listen, met
 		defer hs.Close()
 		opts.Logger.Info("metrics", "address", mlis.Addr().String())
 	}
-	opts.Logger.Info("coordinator listening", "address", lis.Addr().String(), "stateDir", opts.StateDir)
+	if dash.addr != "" {
+		stop, err := serveDashboard(c, al, opts, dash)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
+	opts.Logger.Info("coordinator listening", "address", lis.Addr().String(), "stateDir", opts.StateDir, "version", versionString())
 	if ready != nil {
 		ready(lis.Addr().String())
 	}
+	// SIGHUP reloads the client tokens file (systemctl reload).
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for {
+			select {
+			case <-hup:
+				if err := c.ReloadClientTokens(); err != nil {
+					opts.Logger.Error("SIGHUP: client tokens not reloaded; the tokens in force stay", "error", err)
+				} else {
+					opts.Logger.Info("SIGHUP: client tokens reloaded")
+				}
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	notifyReady(opts.Logger)
+	go sdnotify.Watchdog(ctx, c.Healthy)
 	err = c.Run(ctx)
+	notifyStopping(opts.Logger)
 	opts.Logger.Info("stopped")
 	if err != nil && ctx.Err() == nil {
 		return err
@@ -160,31 +218,43 @@ func serveCoordinator(ctx context.Context, opts coordinator.Options, listen, met
 	return nil
 }
 
-// readClientTokens reads "user token [admin]" lines ('#' starts a comment).
-func readClientTokens(path string) (coordinator.ClientTokens, error) {
-	f, err := os.Open(path)
+// notifyReady tells systemd the daemon serves (Type=notify); without systemd, nothing.
+func notifyReady(logger hclog.Logger) {
+	if err := sdnotify.Ready(); err != nil {
+		logger.Warn("could not tell systemd the daemon is ready", "error", err)
+	}
+}
+
+func notifyStopping(logger hclog.Logger) {
+	if err := sdnotify.Stopping(); err != nil {
+		logger.Warn("could not tell systemd the daemon stops", "error", err)
+	}
+}
+
+// serveDashboard serves the web dashboard of c on dash.addr; stop ends it (the HTTP
+// server first, then the dashboard's streams and watchers).
+func serveDashboard(c *coordinator.Coordinator, al *audit.Log, opts coordinator.Options, dash webServe) (stop func(), err error) {
+	d, err := web.New(web.Options{Coordinator: c, StateDir: opts.StateDir, Logger: opts.Logger.Named("web"), Audit: al, SessionTTL: dash.session})
 	if err != nil {
-		return nil, fmt.Errorf("client tokens: %w", err)
+		return nil, err
 	}
-	defer f.Close()
-	users := coordinator.ClientTokens{}
-	sc := bufio.NewScanner(f)
-	for n := 1; sc.Scan(); n++ {
-		line := strings.TrimSpace(sc.Text())
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		fields := strings.Fields(line)
-		if len(fields) < 2 || len(fields) > 3 || (len(fields) == 3 && fields[2] != "admin") {
-			return nil, fmt.Errorf("%s:%d: want `user token` or `user token admin`", path, n)
-		}
-		users[fields[1]] = coordinator.User{Name: fields[0], Admin: len(fields) == 3}
+	lis, err := net.Listen("tcp", dash.addr)
+	if err != nil {
+		d.Close()
+		return nil, fmt.Errorf("web dashboard: listen on %s: %w", dash.addr, err)
 	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("client tokens %s: %w", path, err)
+	hs := &http.Server{Handler: d.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
+		MaxHeaderBytes: 64 << 10, TLSConfig: dash.tls, ErrorLog: opts.Logger.Named("web").StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true})}
+	scheme := "http"
+	if dash.tls != nil {
+		scheme = "https"
+		go hs.ServeTLS(lis, "", "")
+	} else {
+		go hs.Serve(lis)
 	}
-	if len(users) == 0 {
-		return nil, fmt.Errorf("client tokens %s: no tokens", path)
-	}
-	return users, nil
+	opts.Logger.Info("web dashboard", "address", scheme+"://"+lis.Addr().String())
+	return func() {
+		_ = hs.Close()
+		_ = d.Close()
+	}, nil
 }

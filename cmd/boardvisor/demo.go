@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/user"
 	"path/filepath"
 	"time"
 
@@ -20,26 +21,39 @@ import (
 )
 
 // demoConfig is the supervisor of the demo: three simulated boards whose hooks print
-// JMP_ lines with small pauses, as an operator's scripts would.
+// JMP_ lines with small pauses, as an operator's scripts would. The flashing step is a
+// Python program that prints without flushing: into a pipe its lines would all arrive at
+// its end, on the hook's terminal each arrives as it is printed. The progress bar is
+// redrawn with carriage returns and shows in place in the shell.
 const demoConfig = `stateDir: %[1]s/supervisor
 listen: 127.0.0.1:0
 log: {level: info, format: text}
 coordinator:
   address: %[2]s
   supervisorId: demo-lab
-defaults:
+%[3]sdefaults:
   leaseDuration: 10m
-  hooks:
+%[4]s  hooks:
     beforeLease:
       timeout: 30s
       onFailure: endLease
       script: |
         echo "JMP_INFO: Powering on device..."
         sleep 0.3
-        echo "JMP_INFO: Flashing image to $BOARD_NAME (device=$BOARD_LABEL_DEVICE)..."
-        sleep 0.4
-        echo "JMP_WARN: USB hub is slow today; flashing took longer than usual"
-        sleep 0.2
+        flash='import os, sys, time
+        print("JMP_INFO: Flashing image to " + os.environ["BOARD_NAME"] + " (device=" + os.environ.get("BOARD_LABEL_DEVICE", "?") + ")...")
+        for block in range(1, 5):
+            time.sleep(0.15)
+            print("JMP_INFO: wrote block " + str(block) + " of 4")
+        time.sleep(0.2)
+        print("JMP_WARN: USB hub is slow today; flashing took longer than usual")'
+        if command -v python3 >/dev/null; then python3 -c "$flash"; else
+          echo "JMP_INFO: Flashing image to $BOARD_NAME (device=$BOARD_LABEL_DEVICE)..."
+          echo "JMP_WARN: USB hub is slow today; flashing took longer than usual"
+        fi
+        i=0
+        while [ $i -le 100 ]; do printf '\rJMP_INFO: Verifying image: %%3d%%%%' $i; i=$((i+5)); sleep 0.05; done
+        printf '\n'
         echo "JMP_INFO: Board booted, console ready"
     afterLease:
       timeout: 30s
@@ -62,13 +76,15 @@ func newDemo(g *globalFlags) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "demo",
 		Short: "run a coordinator, a supervisor with simulated boards, and one scripted lease",
-		Args:  cobra.NoArgs,
+		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			dir, err := os.MkdirTemp("", "boardvisor-demo-")
 			if err != nil {
 				return err
 			}
-			if !keep {
+			if keep {
+				defer fmt.Printf("boardvisor demo: kept in %s (the daemons' log is %s)\n", dir, filepath.Join(dir, "daemons.log"))
+			} else {
 				defer os.RemoveAll(dir)
 			}
 			logPath := filepath.Join(dir, "daemons.log")
@@ -79,14 +95,14 @@ func newDemo(g *globalFlags) *cobra.Command {
 			defer logFile.Close()
 			// The daemons log to a file: the terminal shows what a board user sees.
 			logger := hclog.New(&hclog.LoggerOptions{Name: "boardvisor", Level: hclog.Info, Output: logFile})
-			return runDemo(cmd.Context(), dir, logger, logPath)
+			return runDemo(cmd.Context(), dir, logger, keep)
 		},
 	}
-	cmd.Flags().BoolVar(&keep, "keep", false, "keep the demo's state directory (logs, databases, hook spools)")
+	cmd.Flags().BoolVar(&keep, "keep", false, "keep the demo's state directory (the daemons' log, databases, hook spools) and say where it is")
 	return cmd
 }
 
-func runDemo(parent context.Context, dir string, logger hclog.Logger, logPath string) error {
+func runDemo(parent context.Context, dir string, logger hclog.Logger, keep bool) error {
 	if parent == nil {
 		parent = context.Background()
 	}
@@ -97,7 +113,7 @@ func runDemo(parent context.Context, dir string, logger hclog.Logger, logPath st
 	coordAddr := make(chan string, 1)
 	go func() {
 		errs <- serveCoordinator(daemons, coordinator.Options{StateDir: filepath.Join(dir, "coordinator"), Logger: logger.Named("coordinator")},
-			"127.0.0.1:0", "", nil, func(a string) { coordAddr <- a })
+			"127.0.0.1:0", "", webServe{}, nil, func(a string) { coordAddr <- a })
 	}()
 	var addr string
 	select {
@@ -106,12 +122,21 @@ func runDemo(parent context.Context, dir string, logger hclog.Logger, logPath st
 		stopDaemons()
 		return fmt.Errorf("demo coordinator: %w", err)
 	}
-	cfg, err := config.Parse("demo.yaml", fmt.Appendf(nil, demoConfig, dir, addr))
+	// As root, the demo's hooks run as nobody, as a lab's should (runAs); as another
+	// user, they run as that user.
+	runAsRoot, runAs := "", ""
+	if os.Geteuid() == 0 {
+		runAs = "  runAs: {user: nobody}\n"
+		if _, err := user.Lookup("nobody"); err != nil {
+			runAsRoot, runAs = "runAsRoot: true\n", "" // a host without nobody
+		}
+	}
+	cfg, err := config.Parse("demo.yaml", fmt.Appendf(nil, demoConfig, dir, addr, runAsRoot, runAs))
 	if err != nil {
 		stopDaemons()
 		return err
 	}
-	go func() { errs <- serveSupervisor(daemons, cfg, logger.Named("supervisor"), nil) }()
+	go func() { errs <- serveSupervisor(daemons, cfg, logger.Named("supervisor"), nil, nil) }()
 	defer func() {
 		stopDaemons()
 		for i := 0; i < 2; i++ {
@@ -127,7 +152,11 @@ func runDemo(parent context.Context, dir string, logger hclog.Logger, logPath st
 	}
 	defer conn.Close()
 	leases := pb.NewLeaseServiceClient(conn)
-	fmt.Printf("boardvisor demo: a coordinator and a supervisor with 3 simulated boards are running (logs: %s)\n", logPath)
+	where := "their log is removed at the end: keep it with --keep, or make demo KEEP=1"
+	if keep {
+		where = "their log: " + filepath.Join(dir, "daemons.log")
+	}
+	fmt.Printf("boardvisor demo: a coordinator and a supervisor with 3 simulated boards are running (%s)\n", where)
 	if err := waitBoards(ctx, leases, 3); err != nil {
 		return err
 	}
@@ -138,12 +167,13 @@ func runDemo(parent context.Context, dir string, logger hclog.Logger, logPath st
 		return err
 	}
 	s, err := c.Connect(ctx, lease)
+	c.Detach()
 	if err != nil {
 		return err
 	}
-	fmt.Printf("%s:~$ echo \"hello from $BOARDVISOR_BOARD\"   # the shell runs with the lease\n", lease.GetBoard())
+	fmt.Printf("[%s] $ echo \"hello from $BOARDVISOR_BOARD\"   # the shell runs with the lease; its prompt names the board\n", lease.GetBoard())
 	fmt.Printf("hello from %s\n", lease.GetBoard())
-	fmt.Printf("%s:~$ exit\n", lease.GetBoard())
+	fmt.Printf("[%s] $ exit\n", lease.GetBoard())
 	if err := s.Release(ctx); err != nil {
 		return err
 	}

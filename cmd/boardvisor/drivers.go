@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/base64"
 	"errors"
@@ -9,6 +8,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"syscall"
 	"time"
 
 	jpb "github.com/boardvisor/boardvisor/proto/jumpstarter/v1"
@@ -26,27 +26,33 @@ import (
 // `boardvisor shell` sets (or the flags).
 type leaseEnv struct{ exporter, board, token string }
 
-func (l *leaseEnv) add(cmd *cobra.Command) { l.addTo(cmd.Flags()) }
+func (l *leaseEnv) add(cmd *cobra.Command) { l.addTo(cmd, cmd.Flags()) }
 
-func (l *leaseEnv) addTo(f *pflag.FlagSet) {
-	f.StringVar(&l.exporter, "exporter", os.Getenv("BOARDVISOR_EXPORTER"), "the board's supervisor (env BOARDVISOR_EXPORTER)")
-	board := os.Getenv("BOARDVISOR_BOARD")
-	if board == "" {
-		board = os.Getenv("BOARD_NAME") // in a hook
-	}
-	f.StringVar(&l.board, "board", board, "the board (env BOARDVISOR_BOARD, or BOARD_NAME in a hook)")
-	f.StringVar(&l.token, "token", os.Getenv("BOARDVISOR_TOKEN"), "the lease token (env BOARDVISOR_TOKEN)")
+func (l *leaseEnv) addTo(cmd *cobra.Command, f *pflag.FlagSet) {
+	addEnv(cmd, envExporter, envBoard, envLeaseToken, envBoardName)
+	f.StringVar(&l.exporter, "exporter", "", "the board's supervisor, host:port (default $BOARDVISOR_EXPORTER)")
+	f.StringVar(&l.board, "board", "", "the board (default $BOARDVISOR_BOARD, or $BOARD_NAME in a hook)")
+	f.StringVar(&l.token, "token", "", "the lease token (default $BOARDVISOR_TOKEN)")
 }
 
 func (l *leaseEnv) dial() (jpb.ExporterServiceClient, func(), error) {
+	l.exporter = first(l.exporter, os.Getenv(envExporter))
+	l.board = first(l.board, os.Getenv(envBoard), os.Getenv(envBoardName))
+	l.token = first(l.token, os.Getenv(envLeaseToken))
 	if l.exporter == "" || l.board == "" || l.token == "" {
-		return nil, nil, usageError{errors.New("no lease: run this inside `boardvisor shell`, or give --exporter, --board and --token")}
+		return nil, nil, usageError{errors.New("no lease: run this inside `boardvisor shell`, after eval \"$(boardvisor lease create ... -o shell)\", or give --exporter, --board and --token")}
 	}
 	conn, err := grpc.NewClient(l.exporter, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, failf(exitUsage, "supervisor address %q: %s", l.exporter, lastPart(err.Error()))
 	}
 	return jpb.NewExporterServiceClient(conn), func() { conn.Close() }, nil
+}
+
+// peer describes the lease's supervisor, for error messages.
+func (l *leaseEnv) peer() peer {
+	return peer{role: "supervisor of board " + l.board, addr: l.exporter,
+		hint: "is it running? (the lease's supervisor comes from boardvisor shell or lease create: $" + envExporter + ")"}
 }
 
 func (l *leaseEnv) ctx(ctx context.Context) context.Context {
@@ -58,7 +64,7 @@ func newPower() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:       "power on|off|cycle",
 		Short:     "switch the leased board's power",
-		Args:      cobra.ExactArgs(1),
+		Args:      exactArgs(1, "on, off or cycle", ""),
 		ValidArgs: []string{"on", "off", "cycle"},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			switch args[0] {
@@ -74,7 +80,7 @@ func newPower() *cobra.Command {
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 			defer cancel()
 			if _, err := c.DriverCall(le.ctx(ctx), &jpb.DriverCallRequest{Uuid: "power", Method: args[0]}); err != nil {
-				return fmt.Errorf("power %s: %s", args[0], status.Convert(err).Message())
+				return rpcError(le.peer(), "power "+args[0]+" of board "+le.board, err)
 			}
 			fmt.Printf("board %s: power %s\n", le.board, args[0])
 			return nil
@@ -88,28 +94,33 @@ func newConsole() *cobra.Command {
 	var le leaseEnv
 	cmd := &cobra.Command{
 		Use:   "console",
-		Short: "follow the leased board's console; lines typed are sent to it (Ctrl+C leaves)",
-		Args:  cobra.NoArgs,
+		Short: "the leased board's console: what it prints, and what you type goes to it (Ctrl+] leaves)",
+		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, closeConn, err := le.dial()
 			if err != nil {
 				return err
 			}
 			defer closeConn()
-			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			stream, err := c.StreamingDriverCall(le.ctx(ctx), &jpb.StreamingDriverCallRequest{Uuid: "console", Method: "stream"})
 			if err != nil {
-				return fmt.Errorf("console: %s", status.Convert(err).Message())
+				return rpcError(le.peer(), "console of board "+le.board, err)
 			}
+			raw, restore := consoleTerminal(le.board)
+			defer restore()
 			go func() {
-				sc := bufio.NewScanner(os.Stdin)
-				for sc.Scan() {
-					arg := structpb.NewStringValue(sc.Text() + "\r")
-					if _, err := c.DriverCall(le.ctx(ctx), &jpb.DriverCallRequest{Uuid: "console", Method: "write", Args: []*structpb.Value{arg}}); err != nil {
-						fmt.Fprintf(os.Stderr, "boardvisor: console write: %s\n", status.Convert(err).Message())
-						return
-					}
+				escaped, err := consoleInput(os.Stdin, raw, func(text string) error {
+					arg := structpb.NewStringValue(text)
+					_, err := c.DriverCall(le.ctx(ctx), &jpb.DriverCallRequest{Uuid: "console", Method: "write", Args: []*structpb.Value{arg}})
+					return err
+				})
+				if err != nil && ctx.Err() == nil {
+					fmt.Fprintf(os.Stderr, "\r\nboardvisor: console write: %s\r\n", status.Convert(err).Message())
+				}
+				if escaped || err != nil {
+					stop() // the escape key leaves; the end of input does not
 				}
 			}()
 			for {
@@ -118,7 +129,7 @@ func newConsole() *cobra.Command {
 					return nil
 				}
 				if err != nil {
-					return fmt.Errorf("console: %s", status.Convert(err).Message())
+					return rpcError(le.peer(), "console of board "+le.board, err)
 				}
 				data, err := base64.StdEncoding.DecodeString(r.GetResult().GetStringValue())
 				if err != nil {

@@ -13,8 +13,10 @@ import (
 
 	"github.com/boardvisor/boardvisor/actors/outbox"
 	"github.com/boardvisor/boardvisor/audit"
+	"github.com/boardvisor/boardvisor/cmd/boardvisor/internal/sdnotify"
 	"github.com/boardvisor/boardvisor/connector"
 	"github.com/boardvisor/boardvisor/connector/local"
+	"github.com/boardvisor/boardvisor/internal/diskspace"
 	"github.com/boardvisor/boardvisor/jobs/journal"
 	"github.com/boardvisor/boardvisor/supervisor"
 	"github.com/boardvisor/boardvisor/supervisor/config"
@@ -27,10 +29,11 @@ import (
 
 func newSupervise(g *globalFlags) *cobra.Command {
 	var path string
+	var up upstreamFlags
 	cmd := &cobra.Command{
 		Use:   "supervise --config FILE",
 		Short: "run the supervisor daemon for the boards in FILE",
-		Args:  cobra.NoArgs,
+		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if path == "" {
 				return usageError{errMissingConfig}
@@ -46,29 +49,46 @@ func newSupervise(g *globalFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return serveSupervisor(ctx, cfg, logger, nil)
+			return serveSupervisor(ctx, cfg, logger, nil, &up)
 		},
 	}
-	cmd.Flags().StringVarP(&path, "config", "c", "", "the supervisor's YAML config file (required)")
+	cmd.Flags().StringVarP(&path, "config", "c", "", "the supervisor's YAML config file (required; boardvisor config check FILE checks it)")
+	up.add(cmd)
+	addEnv(cmd, envNotifySocket, envWatchdogUsec)
 	return cmd
 }
 
 // serveSupervisor runs a supervisor for cfg until ctx is done. ready, if not nil, is
 // called with the client service's address once everything is up.
-func serveSupervisor(ctx context.Context, cfg *config.Config, logger hclog.Logger, ready func(addr string)) error {
+func serveSupervisor(ctx context.Context, cfg *config.Config, logger hclog.Logger, ready func(addr string), up *upstreamFlags) error {
+	if err := cfg.CheckHookPrivileges(os.Geteuid()); err != nil {
+		return err
+	}
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return fmt.Errorf("state directory: %w", err)
 	}
-	// The journal's lock is the state directory's: taken before anything in it is
+	// The state directory holds the journal, the hook spools and hook.key: the daemon's
+	// user's alone, never a hook's.
+	if err := private(cfg.StateDir, 0o700, logger); err != nil {
+		return fmt.Errorf("state directory: %w", err)
+	}
+	// The state directory's space: a reserve released on the first full-disk failure, and
+	// the state (low, full) the journal, the outbox and the recordings shed by.
+	disk, err := diskspace.Open(diskspace.Options{Dir: cfg.StateDir, Logger: logger.Named("statedir")})
+	if err != nil {
+		return err
+	}
+	defer disk.Close()
+	// The journal's lock is the state directory's: taken before anything else in it is
 	// touched (devices remove stale run directories).
-	jr, err := openJournal(filepath.Join(cfg.StateDir, "journal.db"), logger)
+	jr, err := openJournal(filepath.Join(cfg.StateDir, "journal.db"), logger, disk)
 	if err != nil {
 		return err
 	}
 	defer jr.Close()
 	// Devices are closed after every actor has stopped (deferred after the journal, so
 	// closed before it).
-	dev, err := devices.Build(cfg, logger.Named("devices"))
+	dev, err := devices.Build(cfg, logger.Named("devices"), disk)
 	if err != nil {
 		return err
 	}
@@ -80,12 +100,12 @@ func serveSupervisor(ctx context.Context, cfg *config.Config, logger hclog.Logge
 	}
 	defer lis.Close()
 	var conn connector.SupervisorConnector = local.New()
-	var mopts metrics.Options
+	mopts := metrics.Options{StateDir: disk}
 	for _, b := range boards {
 		mopts.Boards = append(mopts.Boards, b.Name)
 	}
 	if cfg.Coordinator != nil {
-		link, err := supervisor.OpenLink(cfg, lis.Addr().String(), version, logger)
+		link, err := supervisor.OpenLink(cfg, lis.Addr().String(), versionString(), logger, disk)
 		if err != nil {
 			return err
 		}
@@ -111,17 +131,19 @@ func serveSupervisor(ctx context.Context, cfg *config.Config, logger hclog.Logge
 		return sup.EndSession(ctx, board, job)
 	}), dev)
 	svc.Audit = al
+	up.configure(svc)
 	// Hooks may call the board's drivers while they run, with a token of their own and
 	// the same commands a user has in `boardvisor shell`.
-	if svc.HookKey, err = hookKey(filepath.Join(cfg.StateDir, "hook.key")); err != nil {
+	if svc.HookKey, err = hookKey(filepath.Join(cfg.StateDir, "hook.key"), logger); err != nil {
 		return err
 	}
 	self, _ := os.Executable()
 	hookEnv := func(job string) []string {
-		return []string{"BOARDVISOR_EXPORTER=" + lis.Addr().String(), "BOARDVISOR_TOKEN=" + svc.HookToken(job), "BOARDVISOR_CLI=" + self}
+		return append([]string{"BOARDVISOR_EXPORTER=" + lis.Addr().String(), "BOARDVISOR_TOKEN=" + svc.HookToken(job), "BOARDVISOR_CLI=" + self},
+			dev.HookEnv(job)...)
 	}
 	sup, err = supervisor.Start(supervisor.Options{Boards: boards, StateDir: cfg.StateDir, Conn: conn, Logger: logger,
-		Exporter: svc, Store: jr, Sinks: []outbox.Sink{dev.Sink, met.Sink, al.Sink}, HookEnv: hookEnv})
+		Exporter: svc, Store: jr, Sinks: []outbox.Sink{dev.Sink, met.Sink, al.Sink}, HookEnv: hookEnv, HookCgroup: cfg.HookCgroup, Images: dev})
 	if err != nil {
 		return err
 	}
@@ -143,11 +165,28 @@ func serveSupervisor(ctx context.Context, cfg *config.Config, logger hclog.Logge
 	svc.Register(g)
 	go g.Serve(lis)
 	defer g.Stop()
-	logger.Info("supervising", "boards", len(boards), "stateDir", cfg.StateDir, "config", cfg.Path, "listen", lis.Addr().String())
+	names := map[string]bool{}
+	for _, b := range boards {
+		names[b.Name] = true
+	}
+	stopUpstream, err := up.serve(svc, names, logger.Named("jumpstarter"))
+	if err != nil {
+		sup.Stop()
+		return err
+	}
+	defer stopUpstream()
+	logger.Info("supervising", "boards", len(boards), "stateDir", cfg.StateDir, "config", cfg.Path, "listen", lis.Addr().String(), "version", versionString())
 	if ready != nil {
 		ready(lis.Addr().String())
 	}
+	notifyReady(logger)
+	// The watchdog is pinged while the actor tree answers.
+	go sdnotify.Watchdog(ctx, func(context.Context) error {
+		_, err := sup.Board(boards[0].Name)
+		return err
+	})
 	err = sup.Run(ctx)
+	notifyStopping(logger)
 	logger.Info("stopped")
 	return err
 }
@@ -161,8 +200,9 @@ func (e usageErrorText) Error() string { return string(e) }
 // openJournal opens the lease journal. A damaged one is reported, moved aside, and
 // replaced by an empty one: the daemon still serves its boards, and the coordinator
 // learns that the leases it held are gone because they are missing from the Hello.
-func openJournal(path string, logger hclog.Logger) (*journal.Journal, error) {
-	j, err := journal.Open(path, journal.Options{})
+func openJournal(path string, logger hclog.Logger, disk *diskspace.Monitor) (*journal.Journal, error) {
+	opts := journal.Options{Disk: disk, Logger: logger.Named("journal")}
+	j, err := journal.Open(path, opts)
 	var de *journal.DamagedError
 	if !errors.As(err, &de) {
 		return j, err
@@ -173,14 +213,18 @@ func openJournal(path string, logger hclog.Logger) (*journal.Journal, error) {
 	}
 	logger.Error("lease journal damaged: moved aside, starting with an empty journal; its leases cannot be resumed",
 		"file", path, "problem", de.Reason, "moved_to", moved)
-	return journal.Open(path, journal.Options{})
+	return journal.Open(path, opts)
 }
 
 // hookKey reads the key of hook tokens from path, creating it (32 random bytes, 0600) the
-// first time: it outlives restarts, so re-adopted hooks keep their tokens.
-func hookKey(path string) ([]byte, error) {
+// first time: it outlives restarts, so re-adopted hooks keep their tokens. A key left
+// readable by others (an older install) is made the daemon's user's alone.
+func hookKey(path string, logger hclog.Logger) ([]byte, error) {
 	key, err := os.ReadFile(path)
 	if err == nil && len(key) >= 32 {
+		if err := private(path, 0o600, logger); err != nil {
+			return nil, fmt.Errorf("hook key: %w", err)
+		}
 		return key, nil
 	}
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -194,4 +238,19 @@ func hookKey(path string) ([]byte, error) {
 		return nil, fmt.Errorf("hook key: %w", err)
 	}
 	return key, nil
+}
+
+// private makes path (a directory or file of the daemon's) accessible to its owner
+// alone: mode perm, if its mode gives anything to the group or others.
+func private(path string, perm os.FileMode, logger hclog.Logger) error {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	if fi.Mode().Perm()&0o077 == 0 {
+		return nil
+	}
+	logger.Warn("making a file of the daemon's private: hooks and other users must not read it", "path", path,
+		"mode", fi.Mode().Perm().String(), "new_mode", perm.String())
+	return os.Chmod(path, perm)
 }

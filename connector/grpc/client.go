@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
@@ -14,10 +15,15 @@ import (
 	pb "github.com/boardvisor/boardvisor/proto/boardvisor/v1"
 	"github.com/hashicorp/go-hclog"
 	ggrpc "google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/encoding"
+	gproto "google.golang.org/grpc/encoding/proto"
+	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protowire"
 )
 
 // BoardInfo is what a supervisor says of a board in its Hello besides its status.
@@ -42,7 +48,15 @@ type ClientOptions struct {
 	// Creds secure the connection (nil: plaintext, for loopback and tests).
 	Creds credentials.TransportCredentials
 	// MinBackoff and MaxBackoff bound the wait between reconnects (defaults 100ms, 30s).
+	// The wait doubles after each failed attempt and goes back to MinBackoff only after
+	// a session that lived StableAfter (default 10s) or had events acknowledged.
 	MinBackoff, MaxBackoff time.Duration
+	// StableAfter is how long a session must live for the back-off to start over.
+	StableAfter time.Duration
+	// RefusedBackoff is the wait after a permanent refusal (the coordinator does not
+	// accept the token, or it is another supervisor's): default 5 minutes. A refusal
+	// because another live supervisor holds the ID waits MaxBackoff.
+	RefusedBackoff time.Duration
 	// Version is reported in Hello.
 	Version string
 	Logger  hclog.Logger
@@ -68,7 +82,11 @@ type liveJob struct {
 	endedSeq uint64 // the sequence number of its terminal transition, 0 while live
 }
 
-var _ connector.SupervisorConnector = (*Client)(nil)
+var (
+	_ connector.SupervisorConnector = (*Client)(nil)
+	_ connector.Batcher             = (*Client)(nil)
+	_ connector.Syncer              = (*Client)(nil)
+)
 
 // NewClient returns a client. Run connects it.
 func NewClient(opts ClientOptions) *Client {
@@ -77,6 +95,13 @@ func NewClient(opts ClientOptions) *Client {
 	}
 	if opts.MaxBackoff <= 0 {
 		opts.MaxBackoff = 30 * time.Second
+	}
+	opts.MaxBackoff = max(opts.MaxBackoff, opts.MinBackoff)
+	if opts.StableAfter <= 0 {
+		opts.StableAfter = 10 * time.Second
+	}
+	if opts.RefusedBackoff <= 0 {
+		opts.RefusedBackoff = 5 * time.Minute
 	}
 	if opts.Logger == nil {
 		opts.Logger = hclog.NewNullLogger()
@@ -109,7 +134,37 @@ func (c *Client) SendJobConsoleLog(ev connector.Event) { c.append(ev) }
 func (c *Client) UpdateEvent(ev connector.Event) { c.append(ev) }
 
 func (c *Client) append(ev connector.Event) {
+	c.track(ev)
+	c.opts.Queue.AppendBatch([]*pb.Event{ToProto(ev)})
+}
+
+// DeliverBatch queues events (numbered by the outbox, in order) in one step: no channel
+// and no wake-up per event (connector.Batcher).
+func (c *Client) DeliverBatch(evs []connector.Event) {
+	pbs := make([]*pb.Event, len(evs))
+	for i := range evs {
+		c.track(evs[i])
+		pbs[i] = ToProto(evs[i])
+	}
+	c.opts.Queue.AppendBatch(pbs)
+}
+
+// Synced returns a channel closed once every event delivered before the call is on the
+// outbox's disk (connector.Syncer). A failed write is retried and never reported
+// durable. When the client's Queue is closed, every channel still open is closed after
+// the queue's last write attempt: then it means durable only if Queue.Durable says so
+// (Close with a healthy disk writes everything; on a full disk, what is not written is
+// lost with the process, as in a crash, and restored from the journal and the hook
+// spools at the next start).
+func (c *Client) Synced() <-chan struct{} { return c.opts.Queue.Synced() }
+
+// track keeps what the Hello reports: each job's phase, each board's status.
+func (c *Client) track(ev connector.Event) {
+	if ev.Transition == nil && ev.BoardStatus == nil {
+		return
+	}
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	switch {
 	case ev.Transition != nil:
 		j := c.jobs[ev.JobID]
@@ -126,8 +181,6 @@ func (c *Client) append(ev connector.Event) {
 			b.Status, b.Health = Status(ev.BoardStatus.Status), Health(ev.BoardStatus.Health)
 		}
 	}
-	c.mu.Unlock()
-	c.opts.Queue.Append(ToProto(ev))
 }
 
 // hello describes this supervisor now.
@@ -190,18 +243,54 @@ func (c *Client) HookOffset(job string, source jobs.LogSource) (int64, bool) {
 
 // Run connects to the coordinator and keeps reconnecting, with jittered exponential
 // back-off, until ctx is done. Requests are handed to sup.
+//
+// The back-off starts over only after a session that lived StableAfter or had events
+// acknowledged: a coordinator that drops the link right after its Welcome is not
+// hammered. Permanent refusals wait RefusedBackoff (the token is unknown, or is another
+// supervisor's) or MaxBackoff (another live supervisor holds the ID), and their log line
+// names the config key to fix. A failure that repeats the previous one is logged at
+// most once a minute, with how many times it happened.
 func (c *Client) Run(ctx context.Context, sup connector.Supervisor) error {
 	backoff := c.opts.MinBackoff
+	var lastErr string
+	var lastLogged time.Time
+	repeats := 0
 	for {
-		connected, err := c.session(ctx, sup)
+		began := time.Now()
+		res, err := c.session(ctx, sup)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		if connected {
+		if res.connected && (res.progressed || time.Since(began) >= c.opts.StableAfter) {
 			backoff = c.opts.MinBackoff
 		}
-		wait := backoff/2 + rand.N(backoff/2+1)
-		c.log.Warn("coordinator link down; reconnecting", "coordinator", c.opts.Address, "error", oneLine(err), "retry_in", wait.String())
+		msg := oneLine(err)
+		refusal, key := refusalOf(err)
+		var wait time.Duration
+		switch status.Code(err) {
+		case codes.Unauthenticated, codes.PermissionDenied:
+			wait = jitter(c.opts.RefusedBackoff)
+		case codes.AlreadyExists:
+			wait = jitter(c.opts.MaxBackoff)
+		default:
+			wait = jitter(backoff)
+			backoff = min(backoff*2, c.opts.MaxBackoff)
+		}
+		switch {
+		case refusal != "":
+			// Once per attempt: attempts are minutes apart.
+			c.log.Error(refusal, "coordinator", c.opts.Address, "config_key", key, "error", msg, "retry_in", wait.String())
+		case msg != lastErr || time.Since(lastLogged) >= time.Minute:
+			args := []any{"coordinator", c.opts.Address, "error", msg, "retry_in", wait.String()}
+			if repeats > 0 {
+				args = append(args, "repeated", repeats)
+			}
+			c.log.Warn("coordinator link down; reconnecting", args...)
+			lastErr, lastLogged, repeats = msg, time.Now(), 0
+		default:
+			repeats++
+			c.log.Debug("coordinator link down; reconnecting", "coordinator", c.opts.Address, "error", msg, "retry_in", wait.String())
+		}
 		t := time.NewTimer(wait)
 		select {
 		case <-t.C:
@@ -209,8 +298,24 @@ func (c *Client) Run(ctx context.Context, sup connector.Supervisor) error {
 			t.Stop()
 			return ctx.Err()
 		}
-		backoff = min(backoff*2, c.opts.MaxBackoff)
 	}
+}
+
+// jitter returns a wait between d/2 and d.
+func jitter(d time.Duration) time.Duration { return d/2 + rand.N(d/2+1) }
+
+// refusalOf says what an error means when the coordinator refused this supervisor for
+// good (its config must change), and the config key to fix; "" otherwise.
+func refusalOf(err error) (msg, key string) {
+	switch status.Code(err) {
+	case codes.Unauthenticated:
+		return "the coordinator does not accept this supervisor's token: check coordinator.tokenFile (it must hold a token the coordinator knows); retrying in minutes", "coordinator.tokenFile"
+	case codes.PermissionDenied:
+		return "the coordinator refused this supervisor: its token belongs to another supervisor ID; set coordinator.supervisorId to the token's ID (or coordinator.tokenFile to this supervisor's token); retrying in minutes", "coordinator.supervisorId"
+	case codes.AlreadyExists:
+		return "the coordinator refused this supervisor: another live supervisor holds this ID; give each supervisor its own coordinator.supervisorId", "coordinator.supervisorId"
+	}
+	return "", ""
 }
 
 func oneLine(err error) string {
@@ -223,15 +328,45 @@ func oneLine(err error) string {
 	return err.Error()
 }
 
-// session runs one connection. connected reports whether the coordinator welcomed us.
-func (c *Client) session(ctx context.Context, sup connector.Supervisor) (connected bool, err error) {
+// sessionResult says how a session went.
+type sessionResult struct {
+	connected  bool // the coordinator welcomed us
+	progressed bool // the coordinator acknowledged events sent on this session
+}
+
+// linkCodec is the protobuf codec, except that a *rawFrame (an event as the outbox
+// stores it, with the SupervisorMessage framing around it) is sent as it is: an event is
+// encoded once, when it is queued, never again per send.
+type linkCodec struct{ proto encoding.CodecV2 }
+
+func (l linkCodec) Marshal(v any) (mem.BufferSlice, error) {
+	if f, ok := v.(*rawFrame); ok {
+		return mem.BufferSlice{mem.SliceBuffer(f.head), mem.SliceBuffer(f.body)}, nil
+	}
+	return l.proto.Marshal(v)
+}
+
+func (l linkCodec) Unmarshal(data mem.BufferSlice, v any) error { return l.proto.Unmarshal(data, v) }
+
+func (linkCodec) Name() string { return "proto" }
+
+// rawFrame is a SupervisorMessage holding an encoded event: head is the tag and length
+// of field 2 (event), body the event's encoding.
+type rawFrame struct {
+	head, body []byte
+}
+
+var codec = linkCodec{proto: encoding.GetCodecV2(gproto.Name)}
+
+// session runs one connection.
+func (c *Client) session(ctx context.Context, sup connector.Supervisor) (res sessionResult, err error) {
 	creds := c.opts.Creds
 	if creds == nil {
 		creds = insecure.NewCredentials()
 	}
 	conn, err := ggrpc.NewClient(c.opts.Address, ggrpc.WithTransportCredentials(creds))
 	if err != nil {
-		return false, fmt.Errorf("dial %s: %w", c.opts.Address, err)
+		return res, fmt.Errorf("dial %s: %w", c.opts.Address, err)
 	}
 	defer conn.Close()
 	ctx, cancel := context.WithCancel(ctx)
@@ -239,21 +374,26 @@ func (c *Client) session(ctx context.Context, sup connector.Supervisor) (connect
 	if c.opts.Token != "" {
 		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+c.opts.Token)
 	}
-	stream, err := pb.NewSupervisorLinkClient(conn).Connect(ctx)
+	stream, err := pb.NewSupervisorLinkClient(conn).Connect(ctx, ggrpc.ForceCodecV2(codec))
 	if err != nil {
-		return false, err
+		return res, err
 	}
 	if err := stream.Send(&pb.SupervisorMessage{Msg: &pb.SupervisorMessage_Hello{Hello: c.hello()}}); err != nil {
-		return false, err
+		if errors.Is(err, io.EOF) {
+			// The coordinator ended the stream (refused us): its status comes with Recv.
+			_, err = stream.Recv()
+		}
+		return res, err
 	}
 	first, err := stream.Recv()
 	if err != nil {
-		return false, err
+		return res, err
 	}
 	w := first.GetWelcome()
 	if w == nil {
-		return false, errors.New("coordinator did not answer Hello with Welcome")
+		return res, errors.New("coordinator did not answer Hello with Welcome")
 	}
+	res.connected = true
 	seen := w.GetLastSeqSeen()
 	if last := c.opts.Queue.LastSeq(); seen > last {
 		// The coordinator claims events this supervisor never numbered (its database is
@@ -263,7 +403,7 @@ func (c *Client) session(ctx context.Context, sup connector.Supervisor) (connect
 		seen = last
 	}
 	if err := c.ack(seen); err != nil {
-		return true, err
+		return res, err
 	}
 	c.connects.Add(1)
 	cursor := max(seen, c.opts.Queue.Acked())
@@ -271,12 +411,21 @@ func (c *Client) session(ctx context.Context, sup connector.Supervisor) (connect
 
 	var sent atomic.Uint64 // the highest sequence number sent on this stream
 	sent.Store(cursor)
+	var progressed atomic.Bool
 	sendErr := make(chan error, 1)
 	go func() { sendErr <- c.sendLoop(ctx, stream, cursor, &sent) }()
 	recvErr := make(chan error, 1)
-	go func() { recvErr <- c.recvLoop(ctx, stream, sup, &sent) }()
+	go func() { recvErr <- c.recvLoop(ctx, stream, sup, &sent, cursor, &progressed) }()
 	select {
 	case err = <-sendErr:
+		if errors.Is(err, io.EOF) {
+			// The coordinator ended the stream: why comes with Recv.
+			select {
+			case err = <-recvErr:
+				recvErr <- err
+			case <-time.After(5 * time.Second):
+			}
+		}
 	case err = <-recvErr:
 	}
 	cancel()
@@ -285,7 +434,8 @@ func (c *Client) session(ctx context.Context, sup connector.Supervisor) (connect
 	case <-sendErr:
 	case <-recvErr:
 	}
-	return true, err
+	res.progressed = progressed.Load()
+	return res, err
 }
 
 func (c *Client) ack(seq uint64) error {
@@ -299,19 +449,28 @@ func (c *Client) ack(seq uint64) error {
 	return nil
 }
 
+// sendLoop sends committed events in order, in batches read from the outbox as stored.
 func (c *Client) sendLoop(ctx context.Context, stream pb.SupervisorLink_ConnectClient, cursor uint64, sent *atomic.Uint64) error {
+	var buf []rawEvent
+	var frame rawFrame
 	for {
-		evs, changed, err := c.opts.Queue.After(cursor, 256)
+		evs, changed, err := c.opts.Queue.afterRaw(cursor, 1024, buf, true)
 		if err != nil {
 			return err
 		}
+		var heads []byte
 		for _, ev := range evs {
-			if err := stream.Send(&pb.SupervisorMessage{Msg: &pb.SupervisorMessage_Event{Event: ev}}); err != nil {
+			start := len(heads)
+			heads = protowire.AppendTag(heads, 2, protowire.BytesType)
+			heads = protowire.AppendVarint(heads, uint64(len(ev.data)))
+			frame.head, frame.body = heads[start:len(heads):len(heads)], ev.data
+			if err := stream.SendMsg(&frame); err != nil {
 				return err
 			}
-			cursor = ev.GetSeq()
+			cursor = ev.seq
 			sent.Store(cursor)
 		}
+		buf = evs
 		if len(evs) > 0 {
 			continue
 		}
@@ -323,7 +482,7 @@ func (c *Client) sendLoop(ctx context.Context, stream pb.SupervisorLink_ConnectC
 	}
 }
 
-func (c *Client) recvLoop(ctx context.Context, stream pb.SupervisorLink_ConnectClient, sup connector.Supervisor, sent *atomic.Uint64) error {
+func (c *Client) recvLoop(ctx context.Context, stream pb.SupervisorLink_ConnectClient, sup connector.Supervisor, sent *atomic.Uint64, start uint64, progressed *atomic.Bool) error {
 	for {
 		m, err := stream.Recv()
 		if err != nil {
@@ -339,10 +498,12 @@ func (c *Client) recvLoop(ctx context.Context, stream pb.SupervisorLink_ConnectC
 			if err := c.ack(m.GetAck().GetUpToSeq()); err != nil {
 				return err
 			}
+			if m.GetAck().GetUpToSeq() > start {
+				progressed.Store(true)
+			}
 		case m.GetStartJob() != nil:
 			s := m.GetStartJob()
-			req := connector.StartJobRequest{JobID: s.GetJobId(), Board: s.GetBoard(), Client: s.GetClientName(),
-				Token: s.GetToken(), Duration: s.GetDuration().AsDuration(), Parameters: s.GetParameters()}
+			req := StartJobFromProto(s)
 			if err := sup.StartJob(ctx, req); err != nil {
 				// The refusal reaches the coordinator as an Error event (the supervisor emits it).
 				c.log.Info("StartJob refused", "job", req.JobID, "board", req.Board, "error", err)
@@ -351,6 +512,17 @@ func (c *Client) recvLoop(ctx context.Context, stream pb.SupervisorLink_ConnectC
 			e := m.GetExtendJob()
 			if err := sup.ExtendJob(ctx, connector.ExtendJobRequest{JobID: e.GetJobId(), Remaining: e.GetRemaining().AsDuration()}); err != nil {
 				c.log.Info("ExtendJob refused", "job", e.GetJobId(), "error", err)
+			}
+		case m.GetClearQuarantine() != nil:
+			q := m.GetClearQuarantine()
+			qc, ok := sup.(connector.QuarantineClearer)
+			if !ok {
+				c.log.Warn("ClearQuarantine ignored: this supervisor cannot clear quarantines", "board", q.GetBoard())
+				break
+			}
+			req := connector.ClearQuarantineRequest{Board: q.GetBoard(), Reason: q.GetReason(), By: q.GetBy()}
+			if err := qc.ClearQuarantine(ctx, req); err != nil {
+				c.log.Warn("ClearQuarantine refused", "board", req.Board, "by", req.By, "error", err)
 			}
 		case m.GetStopJob() != nil:
 			if err := sup.StopJob(ctx, connector.StopJobRequest{JobID: m.GetStopJob().GetJobId(), Reason: m.GetStopJob().GetReason()}); err != nil {

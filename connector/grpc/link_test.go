@@ -175,6 +175,12 @@ func (f *fakeSupervisor) ExtendJob(_ context.Context, r connector.ExtendJobReque
 	return nil
 }
 
+// ClearQuarantine makes fakeSupervisor a connector.QuarantineClearer.
+func (f *fakeSupervisor) ClearQuarantine(_ context.Context, r connector.ClearQuarantineRequest) error {
+	f.record(fmt.Sprintf("clear %s by %s (%s)", r.Board, r.By, r.Reason))
+	return nil
+}
+
 type supervisorSide struct {
 	client *Client
 	queue  *Queue
@@ -241,7 +247,7 @@ func TestEventsDeliveredInOrderAndAcked(t *testing.T) {
 		}
 	}
 	deadline := time.Now().Add(wait)
-	for s.queue.Acked() != 100 && time.Now().Before(deadline) {
+	for stored, _, acked := s.queue.Stats(); (acked != 100 || stored != 0) && time.Now().Before(deadline); stored, _, acked = s.queue.Stats() {
 		time.Sleep(5 * time.Millisecond)
 	}
 	if stored, last, acked := s.queue.Stats(); acked != 100 || last != 100 || stored != 0 {
@@ -337,12 +343,15 @@ func TestRequestsReachTheSupervisor(t *testing.T) {
 	if err := sess.StopJob(&pb.StopJob{JobId: "j1"}); err != nil {
 		t.Fatal(err)
 	}
+	if err := sess.ClearQuarantine(&pb.ClearQuarantine{Board: "rpi4-01", By: "root", Reason: "fixed"}); err != nil {
+		t.Fatal(err)
+	}
 	deadline := time.After(wait)
 	for {
 		s.sup.mu.Lock()
 		calls := strings.Join(s.sup.calls, "|")
 		s.sup.mu.Unlock()
-		if calls == "start j1 rpi4-01 alice tok 1m0s|extend j1 1h0m0s|stop j1" {
+		if calls == "start j1 rpi4-01 alice tok 1m0s|extend j1 1h0m0s|stop j1|clear rpi4-01 by root (fixed)" {
 			break
 		}
 		select {
@@ -390,10 +399,10 @@ func TestWrongTokenRefusedClearlyOnBothSides(t *testing.T) {
 
 func TestDiskBoundDropsConsoleFirstAndSaysSo(t *testing.T) {
 	coord := newCoordinator(t)
-	s := newSupervisorSide(t, "127.0.0.1:1", "", QueueOptions{NoSync: true, MaxBytes: 8 << 10}, hclog.NewNullLogger())
+	s := newSupervisorSide(t, "127.0.0.1:1", "", QueueOptions{NoSync: true, MaxBytes: 64 << 10}, hclog.NewNullLogger())
 	// The link is down: console floods the outbox past its bound.
 	chunk := bytes.Repeat([]byte("x"), 1000)
-	for i := 0; i < 40; i++ {
+	for i := 0; i < 400; i++ {
 		s.emit(connector.Event{Board: "rpi4-01", JobID: "job-1", Console: &connector.Console{Source: jobs.SourceDriver, Data: chunk}})
 		if i == 20 {
 			s.emit(connector.Event{Board: "rpi4-01", JobID: "job-1", Transition: &connector.Transition{From: jobs.PhaseReady, To: jobs.PhaseEnding}})
@@ -402,7 +411,7 @@ func TestDiskBoundDropsConsoleFirstAndSaysSo(t *testing.T) {
 	addr, _ := serve(t, "127.0.0.1:0", &Server{Handler: coord})
 	s.client.opts.Address = addr
 	s.start()
-	coord.waitFor(t, "41 events", func() bool { return len(coord.events["lab-1"]) == 41 })
+	coord.waitFor(t, "401 events", func() bool { return len(coord.events["lab-1"]) == 401 })
 	var consoleBytes, gapBytes uint64
 	var transitions int
 	for _, ev := range coord.events["lab-1"] {
@@ -415,8 +424,8 @@ func TestDiskBoundDropsConsoleFirstAndSaysSo(t *testing.T) {
 	if transitions != 1 {
 		t.Fatalf("%d transitions delivered, want the one (never dropped)", transitions)
 	}
-	if gapBytes == 0 || consoleBytes+gapBytes != 40*1000 {
-		t.Fatalf("console %d + gaps %d bytes, want some dropped and all 40000 accounted for", consoleBytes, gapBytes)
+	if gapBytes == 0 || consoleBytes+gapBytes != 400*1000 {
+		t.Fatalf("console %d + gaps %d bytes, want some dropped and all 400000 accounted for", consoleBytes, gapBytes)
 	}
 }
 

@@ -184,7 +184,8 @@ func (s *Server) Connect(stream pb.SupervisorLink_ConnectServer) error {
 	if allowedID != "" && hello.GetSupervisorId() != allowedID {
 		log.Warn("supervisor refused: token belongs to another supervisor", "peer", peerOf(ctx), "claimed", hello.GetSupervisorId())
 		s.refused(peerOf(ctx), fmt.Sprintf("claimed to be supervisor %q with the token of supervisor %q", hello.GetSupervisorId(), allowedID))
-		return status.Errorf(codes.PermissionDenied, "this token is for supervisor %q, not %q", allowedID, hello.GetSupervisorId())
+		return status.Errorf(codes.PermissionDenied, "this token is for supervisor %q, not %q: set coordinator.supervisorId: %s in the supervisor's config, or give %s a token of its own (a `%s TOKEN` line in the coordinator's --supervisor-tokens file)",
+			allowedID, hello.GetSupervisorId(), allowedID, hello.GetSupervisorId(), hello.GetSupervisorId())
 	}
 	sess := &Session{ID: hello.GetSupervisorId(), Peer: peerOf(ctx), out: make(chan *pb.CoordinatorMessage, SendQueue), closed: make(chan struct{})}
 	defer sess.close()

@@ -90,6 +90,8 @@ type Board struct {
 	connMu sync.Mutex // guards conn, for the console-to-QEMU relay
 	conn   net.Conn
 
+	boot *Boot // what the board boots instead of its own config (a leased image); guarded by mu
+
 	inputDone chan struct{}
 }
 
@@ -226,6 +228,7 @@ func (b *Board) Close() error {
 	}
 	b.closed = true
 	b.stopLocked()
+	b.dropBootLocked()
 	err := b.pair.Close() // ends relayInput
 	<-b.inputDone
 	os.RemoveAll(b.runDir)
@@ -249,6 +252,7 @@ func (b *Board) startLocked(ctx context.Context) error {
 		"-serial", "unix:" + sock,
 	}
 	args = append(args, b.cfg.Args...)
+	args = append(args, b.boot.args()...)
 	r := &run{
 		cmd:     exec.Command(b.cfg.Binary, args...),
 		exited:  make(chan struct{}),

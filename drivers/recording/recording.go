@@ -26,6 +26,18 @@
 // when it starts a new file, and on Prune. Deletion takes the oldest bytes first, so a
 // long lease may lose its beginning; ReadLease returns what is left.
 //
+// # Full disk
+//
+// The recording is the first thing given up when the state directory runs out of space
+// (docs/full-disk.md): while Options.Disk says the directory is low or full, and after a
+// write fails with ENOSPC or EDQUOT, Write drops the bytes and counts them instead (the
+// call succeeds: the loss is the written policy, not an error to log per chunk). Each
+// stretch of dropped bytes is a Gap: the file and offset where they belong, the lease,
+// how many bytes and when. When space returns the gaps are appended to the board's
+// gaps.jsonl (GapsFile, one JSON object per line, fsynced) before anything else is
+// written, and recording goes on where it stopped. Without a Monitor a write is tried
+// again every ProbeEvery.
+//
 // # Durability
 //
 // Files are append-only. Write hands the bytes to the kernel at once (no buffering in
@@ -36,7 +48,9 @@
 package recording
 
 import (
+	"bytes"
 	"cmp"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -48,12 +62,19 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/boardvisor/boardvisor/internal/diskspace"
 )
 
 // Defaults of the Options' zero fields.
 const (
 	DefaultMaxBytes  = 256 << 20 // 256 MiB per board
 	DefaultRetention = 30 * 24 * time.Hour
+	// ProbeEvery is how often a Recorder without a Monitor tries writing again after the
+	// disk was full.
+	ProbeEvery = 5 * time.Second
+	// GapsFile is the name of a board's record of dropped bytes, in its directory.
+	GapsFile = "gaps.jsonl"
 )
 
 // Options configure a Recorder.
@@ -68,6 +89,28 @@ type Options struct {
 	Retention time.Duration
 	// Now is the clock (default time.Now); the date in file names is Now().UTC()'s.
 	Now func() time.Time
+	// Disk watches the state directory's space: while it is low or full, nothing is
+	// written and the bytes are counted as gaps. Nil: only failed writes stop the
+	// recording.
+	Disk *diskspace.Monitor
+	// Probe is how often writing is tried again after a full disk, without Disk
+	// (default ProbeEvery).
+	Probe time.Duration
+}
+
+// Gap is a stretch of console bytes the recording dropped because the disk was full.
+type Gap struct {
+	// File is the recording file the bytes belong in ("" if none was open, e.g. a lease
+	// that started while the disk was full); Offset is where in it.
+	File   string `json:"file"`
+	Offset int64  `json:"offset"`
+	// Lease is the lease that was current, "" outside leases.
+	Lease string `json:"lease,omitempty"`
+	// Bytes is how many bytes were dropped.
+	Bytes int64 `json:"bytes"`
+	// From and To are when the first and the last of them arrived.
+	From time.Time `json:"from"`
+	To   time.Time `json:"to"`
 }
 
 // Recorder records one board's console. Its methods are safe for concurrent use.
@@ -83,6 +126,12 @@ type Recorder struct {
 	cur   *os.File
 	curI  int // index in files of cur, when cur != nil
 	err   error
+
+	gapping   bool  // bytes are being dropped: gap is the current stretch
+	gap       Gap   //
+	pending   []Gap // finished stretches not yet in GapsFile
+	lastProbe time.Time
+	dropped   int64
 }
 
 // File is one file of a board's recording.
@@ -128,6 +177,9 @@ func New(opts Options) (*Recorder, error) {
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
+	}
+	if opts.Probe <= 0 {
+		opts.Probe = ProbeEvery
 	}
 	r := &Recorder{opts: opts, dir: Dir(opts.StateDir, opts.Board)}
 	if err := os.MkdirAll(r.dir, 0o750); err != nil {
@@ -175,7 +227,9 @@ func Files(stateDir, board string) ([]File, error) {
 
 // Write records p in the current file: the current lease's, or else the board's. A new
 // file is started first if the date changed or the file is full, and old files are
-// deleted to keep under the size cap.
+// deleted to keep under the size cap. While the disk is full the bytes are dropped and
+// counted (see Gap); Write then returns len(p) and no error, except for the write that
+// found the disk full when there is no Monitor to say so.
 func (r *Recorder) Write(p []byte) (int, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -185,7 +239,18 @@ func (r *Recorder) Write(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
+	if r.pausedLocked() {
+		r.dropLocked(int64(len(p)))
+		return len(p), nil
+	}
+	if err := r.flushGapsLocked(); err != nil {
+		r.dropLocked(int64(len(p)))
+		return len(p), nil
+	}
 	if err := r.ensureFileLocked(int64(len(p))); err != nil {
+		if diskspace.IsFull(err) {
+			return len(p), r.fullLocked(err, int64(len(p)))
+		}
 		return 0, err
 	}
 	r.makeRoomLocked(int64(len(p)))
@@ -193,9 +258,128 @@ func (r *Recorder) Write(p []byte) (int, error) {
 	r.files[r.curI].Size += int64(n)
 	r.total += int64(n)
 	if err != nil {
+		if diskspace.IsFull(err) {
+			return len(p), r.fullLocked(err, int64(len(p)-n))
+		}
 		return n, fmt.Errorf("console recording for board %s: %w", r.opts.Board, err)
 	}
 	return n, nil
+}
+
+// Dropped returns how many bytes the recording dropped for lack of space since New.
+func (r *Recorder) Dropped() int64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.dropped
+}
+
+// pausedLocked tells whether writing is given up for now: the disk is low or full.
+func (r *Recorder) pausedLocked() bool {
+	if r.opts.Disk != nil {
+		return r.opts.Disk.Low()
+	}
+	return r.gapping && time.Since(r.lastProbe) < r.opts.Probe
+}
+
+// fullLocked starts dropping bytes after err (the disk is full), n of them already. It
+// returns the error to report: none when a Monitor reports it.
+func (r *Recorder) fullLocked(err error, n int64) error {
+	first := !r.gapping
+	r.dropLocked(n)
+	r.lastProbe = time.Now()
+	if r.opts.Disk != nil {
+		r.opts.Disk.Failed(err)
+		return nil
+	}
+	if first {
+		return fmt.Errorf("console recording for board %s stopped, the disk is full (bytes dropped are counted in %s): %w", r.opts.Board, GapsFile, err)
+	}
+	return nil
+}
+
+// dropLocked counts n dropped bytes in the current gap, starting one if needed.
+func (r *Recorder) dropLocked(n int64) {
+	now := r.opts.Now()
+	if !r.gapping {
+		r.gapping = true
+		r.gap = Gap{Lease: r.lease, From: now}
+		if r.cur != nil {
+			r.gap.File, r.gap.Offset = r.files[r.curI].Name, r.files[r.curI].Size
+		}
+	}
+	r.gap.Bytes += n
+	r.gap.To = now
+	r.dropped += n
+}
+
+// endGapLocked finishes the current gap (it goes to GapsFile when space allows).
+func (r *Recorder) endGapLocked() {
+	if r.gapping {
+		r.pending = append(r.pending, r.gap)
+		r.gapping = false
+	}
+}
+
+// flushGapsLocked ends the current gap and appends the finished ones to GapsFile.
+func (r *Recorder) flushGapsLocked() error {
+	r.endGapLocked()
+	if len(r.pending) == 0 {
+		return nil
+	}
+	var b []byte
+	for _, g := range r.pending {
+		line, _ := json.Marshal(g)
+		b = append(append(b, line...), '\n')
+	}
+	f, err := os.OpenFile(filepath.Join(r.dir, GapsFile), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640)
+	if err == nil {
+		var st os.FileInfo
+		if st, err = f.Stat(); err == nil {
+			if _, err = f.Write(b); err == nil {
+				err = f.Sync()
+			} else {
+				_ = f.Truncate(st.Size()) // no half line
+			}
+		}
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if err != nil {
+		r.lastProbe = time.Now()
+		if r.opts.Disk != nil {
+			r.opts.Disk.Failed(err)
+		}
+		return err
+	}
+	r.pending = nil
+	return nil
+}
+
+// Gaps returns the gaps recorded for board under stateDir (in GapsFile), oldest first.
+func Gaps(stateDir, board string) ([]Gap, error) {
+	if !namePattern.MatchString(board) {
+		return nil, fmt.Errorf("console recording: invalid board name %q", board)
+	}
+	b, err := os.ReadFile(filepath.Join(Dir(stateDir, board), GapsFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("console recording gaps of board %s: %w", board, err)
+	}
+	var gaps []Gap
+	for _, line := range bytes.Split(b, []byte("\n")) {
+		if len(bytes.TrimSpace(line)) == 0 {
+			continue
+		}
+		var g Gap
+		if err := json.Unmarshal(line, &g); err != nil {
+			return gaps, fmt.Errorf("console recording gaps of board %s: %w", board, err)
+		}
+		gaps = append(gaps, g)
+	}
+	return gaps, nil
 }
 
 // StartLease makes lease id current: what is written from now on goes to its files,
@@ -218,7 +402,22 @@ func (r *Recorder) StartLease(id string) error {
 		return err
 	}
 	r.lease = id
-	return r.ensureFileLocked(0)
+	if r.gapping || r.pausedLocked() {
+		return nil // the lease's first file is made when there is space again
+	}
+	if err := r.ensureFileLocked(0); err != nil {
+		if diskspace.IsFull(err) {
+			r.lastProbe = time.Now()
+			r.gapping = true
+			r.gap = Gap{Lease: id, From: r.opts.Now(), To: r.opts.Now()}
+			if r.opts.Disk != nil {
+				r.opts.Disk.Failed(err)
+				return nil
+			}
+		}
+		return err
+	}
+	return nil
 }
 
 // EndLease ends lease id: what is written from now on goes to the board's files. Ending
@@ -253,7 +452,8 @@ func (r *Recorder) Prune() {
 	r.pruneLocked()
 }
 
-// Close closes the current file (fsynced). Later calls fail.
+// Close closes the current file (fsynced) and records the gaps not yet recorded. Later
+// calls fail.
 func (r *Recorder) Close() error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -261,6 +461,13 @@ func (r *Recorder) Close() error {
 		return nil
 	}
 	err := r.cutLocked()
+	if gerr := r.flushGapsLocked(); gerr != nil && err == nil {
+		var n int64
+		for _, g := range r.pending {
+			n += g.Bytes
+		}
+		err = fmt.Errorf("console recording for board %s: %d dropped bytes could not be recorded in %s: %w", r.opts.Board, n, GapsFile, gerr)
+	}
 	r.err = fmt.Errorf("console recording for board %s: closed", r.opts.Board)
 	return err
 }
@@ -297,8 +504,10 @@ func (r *Recorder) ensureFileLocked(n int64) error {
 // partSize is the size at which a file is cut, so that old parts can be deleted.
 func (r *Recorder) partSize() int64 { return max(r.opts.MaxBytes/4, 1) }
 
-// cutLocked closes the current file, if any.
+// cutLocked closes the current file, if any, and ends the current gap (it belongs to
+// that file).
 func (r *Recorder) cutLocked() error {
+	r.endGapLocked()
 	if r.cur == nil {
 		return nil
 	}

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -37,6 +38,11 @@ const (
 	// defaultPath is the hook's PATH when the daemon has none.
 	defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 )
+
+// ProgressInterval is the least time between two progress lines of one run (so at
+// most two a second): the state of a redrawn line is passed on when it changes, at
+// most this often; the final state arrives as the ordinary line at its newline.
+const ProgressInterval = 500 * time.Millisecond
 
 // ErrShimVanished is the Result.Err (wrapped) of a run whose shim is gone without having
 // written a status file: it was killed, or it crashed, or the pid and start time given
@@ -70,10 +76,21 @@ type Spec struct {
 	// WorkDir is the hook's working directory; empty means the daemon's.
 	WorkDir string
 	// MaxOutput bounds the bytes of the hook's output kept in the spool
-	// (DefaultMaxOutput if zero or negative). Past it the shim adds one line
-	// "JMP_WARN: boardvisor: output truncated after N bytes" and discards the rest; the
-	// hook runs on undisturbed.
+	// (DefaultMaxOutput if zero or negative). Past it the shim discards the rest (the
+	// hook runs on undisturbed) and adds, at the end, one line "JMP_WARN: boardvisor:
+	// output truncated after N bytes (...): B more bytes in L lines dropped".
 	MaxOutput int64
+	// Pipe gives the hook a plain pipe as stdout and stderr. By default they are a
+	// pseudo-terminal (its controlling terminal, TERM=dumb, TerminalColumns ×
+	// TerminalRows, no echo, no output processing), so that programs that block-buffer
+	// into a pipe (C stdio, Python) write each line as they print it.
+	Pipe bool
+	// Credential, if set, is the user the hook runs as (the shim keeps the daemon's
+	// privileges). The hook then works in a directory of its own (mode 0700, outside
+	// the state directory, removed when the run ends), which is its HOME and working
+	// directory (WorkDir is then only the shim's); its JMP_MOTD_FILE is a file there,
+	// copied to the lease's JMP_MOTD_FILE when the hook is over.
+	Credential *Credential
 }
 
 // Runner starts hook shims and re-adopts them after a restart. Its zero value is ready
@@ -85,6 +102,11 @@ type Runner struct {
 	ShimCommand []string
 	// Logger receives the runner's own diagnostics; nil means none.
 	Logger hclog.Logger
+	// CgroupBase, if set, is a cgroup v2 directory (see FindCgroupBase) under which each
+	// run gets a cgroup of its own, killed when the run ends. Empty: runs have none, and
+	// the shim's subreaper alone collects what a hook leaves (which a process in a new
+	// session escapes if the shim itself is killed).
+	CgroupBase string
 
 	// noInotify and noPidfd make runs use the fallbacks (for their tests).
 	noInotify, noPidfd bool
@@ -96,9 +118,12 @@ type Runner struct {
 // Line is one line of a hook's output.
 type Line struct {
 	jobs.HookLine
-	// Offset is the byte offset in the spool output just past this line: where a tail
-	// resumed with Adopt must start so that this line is not repeated and the next one
-	// is not lost.
+	// Offset is where a tail resumed with Adopt must start so that no ordinary line is
+	// lost or repeated: for an ordinary line the byte offset in the spool output just
+	// past it, for a progress line (Progress set) the offset of the start of the line
+	// it shows the state of (the Offset of the ordinary line before it). A tail resumed
+	// from a progress line's Offset reads the unfinished line again: its ordinary line
+	// comes once, and some of its progress states may be shown again.
 	Offset int64
 }
 
@@ -159,12 +184,18 @@ type Run struct {
 	result     Result
 
 	// Owned by the loop goroutine.
-	out     *os.File
-	offset  int64
-	buf     []byte
-	split   jobs.LineSplitter
-	pending []jobs.HookLine // lines of the current, unfinished output line
-	batch   []Line          // lines completed by the current read, passed on at its end
+	out       *os.File
+	offset    int64
+	lineStart int64 // offset of the start of the current, unfinished line
+	buf       []byte
+	split     jobs.LineSplitter
+	pending   []jobs.HookLine // lines of the current, unfinished output line
+	batch     []Line          // lines completed by the current read, passed on at its end
+	progSent  bool            // a progress line of the current line was passed on: lastProg
+	lastProg  jobs.HookLine
+	progAt    time.Time   // when the last progress line was passed on
+	progT     *time.Timer // armed while a newer progress state waits for its turn
+	progC     <-chan time.Time
 }
 
 // Pid returns the process id of the shim.
@@ -247,11 +278,13 @@ func (run *Run) Detach() {
 // nil, is called with the lines of output, in order, from one goroutine: once per read
 // of the spool (up to 64 KiB), with every line that read completed (so a hook printing
 // flat out is passed on in chunks, a slow one line by line as each is complete); the
-// last line is passed at the end even without a newline. The slice is the callee's to
-// keep. onLines may block: the tail waits for it (that is how a consumer holds the
-// hook's output back in the spool while it cannot keep up). All calls happen before
-// Done is closed; Detach does not interrupt a call, so a blocking onLines must be
-// released by its owner before Detach.
+// last line is passed at the end even without a newline. A line the hook redraws with
+// carriage returns is passed on, while it is redrawn, as progress lines (its state when
+// a read ends, when it changed, at most one per ProgressInterval), then as the ordinary
+// line at its newline. The slice is the callee's to keep. onLines may block: the tail
+// waits for it (that is how a consumer holds the hook's output back in the spool while
+// it cannot keep up). All calls happen before Done is closed; Detach does not interrupt
+// a call, so a blocking onLines must be released by its owner before Detach.
 func (r *Runner) Start(spec Spec, onLines func([]Line)) (*Run, error) {
 	name := spec.Name
 	if name == "" {
@@ -313,7 +346,17 @@ func (r *Runner) Start(spec Spec, onLines func([]Line)) (*Run, error) {
 		maxOutput = DefaultMaxOutput
 	}
 	argv = append(argv, "--dir", dir, "--timeout", timeout.String(), "--grace", grace.String(),
-		"--max-output", strconv.FormatInt(maxOutput, 10), "--ready-fd", "3", "--")
+		"--max-output", strconv.FormatInt(maxOutput, 10), "--ready-fd", "3")
+	if spec.Pipe {
+		argv = append(argv, "--pipe")
+	}
+	if r.CgroupBase != "" {
+		argv = append(argv, "--cgroup", r.CgroupBase)
+	}
+	if spec.Credential != nil {
+		argv = append(argv, spec.Credential.args()...)
+	}
+	argv = append(argv, "--")
 	argv = append(argv, command...)
 
 	logf, err := os.OpenFile(filepath.Join(dir, shimLogFile), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
@@ -326,7 +369,7 @@ func (r *Runner) Start(spec Spec, onLines func([]Line)) (*Run, error) {
 		return nil, fail("start shim: %w", err)
 	}
 	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Env = hookEnv(spec.Env)
+	cmd.Env = hookEnv(!spec.Pipe, spec.Env)
 	cmd.Dir = spec.WorkDir
 	cmd.Stdout, cmd.Stderr = logf, logf // stdin: /dev/null
 	cmd.ExtraFiles = []*os.File{readyW} // fd 3
@@ -440,6 +483,7 @@ func (r *Runner) newRun(label, dir string, pid int, startTime uint64, offset int
 		detach:    make(chan struct{}),
 		done:      make(chan struct{}),
 		offset:    offset,
+		lineStart: offset,
 	}
 }
 
@@ -534,11 +578,16 @@ func (run *Run) loop() {
 		wake, broken = sub.wake, sub.w.broken
 	}
 	run.buf = make([]byte, 64<<10)
+	defer run.stopProgress()
 	for {
 		run.read()
 		select {
 		case <-wake:
 		case <-tick:
+		case <-run.progC:
+			run.progC = nil
+			run.progress(time.Now())
+			run.pass()
 		case <-broken:
 			run.log.Warn("inotify failed, polling the hook output every " + pollInterval.String())
 			wake, broken = nil, nil
@@ -574,8 +623,12 @@ func (run *Run) endWaiter() {
 }
 
 // read reads the output from run.offset to its end, passing on the lines each read
-// of up to 64 KiB completed.
+// of up to 64 KiB completed, and, at the end, the state of a line being redrawn.
 func (run *Run) read() {
+	defer func() {
+		run.progress(time.Now())
+		run.pass()
+	}()
 	if run.out == nil {
 		f, err := os.Open(filepath.Join(run.dir, outputFile))
 		if err != nil {
@@ -635,6 +688,44 @@ func (run *Run) emitPending() {
 	}
 	clear(run.pending)
 	run.pending = run.pending[:0]
+	run.lineStart = run.offset
+	run.progSent = false
+	run.stopProgress()
+}
+
+// progress adds the state of the line being redrawn to the batch if it changed since
+// the last one passed on and ProgressInterval has passed since then; if it must wait,
+// a timer brings the loop back in time.
+func (run *Run) progress(now time.Time) {
+	l, ok := run.split.Progress()
+	if !ok || run.progSent && l == run.lastProg {
+		run.stopProgress()
+		return
+	}
+	if wait := run.progAt.Add(ProgressInterval).Sub(now); wait > 0 {
+		if run.progC == nil {
+			if run.progT == nil {
+				run.progT = time.NewTimer(wait)
+			} else {
+				run.progT.Reset(wait)
+			}
+			run.progC = run.progT.C
+		}
+		return
+	}
+	run.stopProgress()
+	run.lastProg, run.progSent, run.progAt = l, true, now
+	if run.onLines != nil {
+		run.batch = append(run.batch, Line{HookLine: l, Offset: run.lineStart})
+	}
+}
+
+// stopProgress disarms the progress timer.
+func (run *Run) stopProgress() {
+	if run.progT != nil {
+		run.progT.Stop()
+	}
+	run.progC = nil
 }
 
 // pass hands the batch to onLines.
@@ -656,8 +747,8 @@ func (run *Run) collect() Result {
 			if run.waitState != nil {
 				how = " (" + run.waitState.String() + ")"
 			}
-			return Result{ExitCode: -1, Err: fmt.Errorf("hook %s: shim (pid %d) exited%s: %w",
-				run.label, run.pid, how, ErrShimVanished)}
+			return Result{ExitCode: -1, Err: fmt.Errorf("hook %s: shim (pid %d) exited%s%s: %w",
+				run.label, run.pid, how, run.cleanUpVanished(), ErrShimVanished)}
 		}
 		return Result{ExitCode: -1, Err: fmt.Errorf("hook %s: read status: %w", run.label, err)}
 	}
@@ -676,9 +767,33 @@ func (run *Run) collect() Result {
 	return res
 }
 
+// cleanUpVanished does what the shim of a run could not do, having vanished: it kills
+// the run's cgroup (nothing the hook started survives) and removes the hook's own
+// directory. It returns what it did, for the run's error.
+func (run *Run) cleanUpVanished() string {
+	said := ""
+	switch cg, err := endRunCgroup(run.dir); {
+	case err != nil:
+		run.log.Error("kill the cgroup of a hook whose shim vanished", "error", err)
+		said = "; killing its cgroup failed: " + err.Error()
+	case cg != "":
+		run.log.Warn("killed the cgroup of a hook whose shim vanished", "cgroup", cg)
+		said = "; every process it left was killed with its cgroup"
+	}
+	if b, err := os.ReadFile(filepath.Join(run.dir, runDirFile)); err == nil {
+		if d := strings.TrimSpace(string(b)); filepath.IsAbs(d) {
+			if err := os.RemoveAll(d); err != nil {
+				run.log.Warn("remove the directory of a hook whose shim vanished", "error", err)
+			}
+		}
+		os.Remove(filepath.Join(run.dir, runDirFile))
+	}
+	return said
+}
+
 // hookEnv is the environment of the shim and of the hook: the daemon's PATH and HOME,
-// then extra.
-func hookEnv(extra []string) []string {
+// TERM=dumb on a terminal (a terminal that draws nothing but text), then extra.
+func hookEnv(terminal bool, extra []string) []string {
 	path := os.Getenv("PATH")
 	if path == "" {
 		path = defaultPath
@@ -686,6 +801,9 @@ func hookEnv(extra []string) []string {
 	env := []string{"PATH=" + path}
 	if home, ok := os.LookupEnv("HOME"); ok {
 		env = append(env, "HOME="+home)
+	}
+	if terminal {
+		env = append(env, "TERM=dumb")
 	}
 	return append(env, extra...)
 }

@@ -30,8 +30,8 @@ const (
 const maxCleanupGrace = time.Second
 
 // pipeCloseWait bounds how long the shim waits, once every process of the hook is gone,
-// for the end of the output pipe (only a process outside the hook's tree, handed the
-// pipe's descriptor, can still hold it open).
+// for the end of the output (only a process outside the hook's tree, handed a
+// descriptor of the terminal or pipe, can still hold it open).
 const pipeCloseWait = time.Second
 
 // shimStatus is the JSON document the shim writes to DIR/status.
@@ -48,7 +48,8 @@ type shimStatus struct {
 	// Error says why the hook could not be run, or is empty.
 	Error string `json:"error"`
 	// Truncated reports that the hook wrote more than the spool keeps (--max-output)
-	// or that the spool could not be written; Discarded counts the bytes not kept.
+	// or that output could not be written to the spool in time; Discarded counts the
+	// bytes not kept.
 	Truncated bool  `json:"truncated,omitempty"`
 	Discarded int64 `json:"discarded,omitempty"`
 }
@@ -56,21 +57,28 @@ type shimStatus struct {
 // ShimMain is the body of the hidden "boardvisor hook-shim" subcommand; args are the
 // arguments after the subcommand's name:
 //
-//	--dir SPOOLDIR --timeout DURATION --grace DURATION [--max-output BYTES] [--ready-fd N] -- COMMAND [ARG...]
+//	--dir SPOOLDIR --timeout DURATION --grace DURATION [--max-output BYTES] [--pipe] [--ready-fd N] -- COMMAND [ARG...]
 //
-// It runs COMMAND (looked up as a path, not in $PATH) in a new process group, with
-// stdin /dev/null and stdout and stderr a pipe that the shim copies to SPOOLDIR/output,
-// and with the shim's own environment and working directory. At most --max-output bytes
-// (default DefaultMaxOutput) of the hook's output are kept: past them, or when the
-// spool cannot be written (a full disk), the shim appends one line
-// "JMP_WARN: boardvisor: output truncated after N bytes", then reads on and discards the
-// rest, so the hook never blocks on its output. At --timeout (0: none) it sends
-// SIGTERM to the process group, after --grace SIGKILL. A SIGTERM to the shim does the
-// same at once and marks the run stopped. Once the command's main process has exited,
-// every descendant still alive (the shim is their child subreaper) gets SIGTERM and,
-// after min(--grace, 1s), SIGKILL; when all are reaped the shim writes SPOOLDIR/status
-// and exits. If --ready-fd is given, the shim closes that descriptor once it handles
-// SIGTERM and the command has been started (or failed to start).
+// It runs COMMAND (looked up as a path, not in $PATH) in a new session, with stdin
+// /dev/null and stdout and stderr a pseudo-terminal (its controlling terminal; with
+// --pipe a pipe instead) that the shim copies to SPOOLDIR/output, and with the shim's
+// own environment and working directory. At most --max-output bytes (default
+// DefaultMaxOutput) of the hook's output are kept: past them the shim reads on and
+// discards, so the hook never blocks on its output, and once the output has ended it
+// appends one line "JMP_WARN: boardvisor: output truncated after N bytes (...): B more
+// bytes in L lines dropped". When the spool cannot be written (a full disk) the shim
+// stops reading and retries with back-off, so the hook waits on its own output and
+// nothing is lost; once the hook's processes are gone it retries for at most
+// --drain-timeout (default DefaultDrainTimeout) before dropping what it holds, with the
+// same marker. At --timeout (0: none) it sends SIGTERM to the hook's process group,
+// after --grace SIGKILL. A SIGTERM to the shim does the same at once and marks the run
+// stopped. Once the command's main process has exited, every descendant still alive
+// (the shim is their child subreaper) gets SIGTERM and, after min(--grace, 1s),
+// SIGKILL; when all are reaped the shim writes SPOOLDIR/status and exits. If --ready-fd
+// is given, the shim closes that descriptor once it handles SIGTERM and the command has
+// been started (or failed to start). With --cgroup BASE the command starts in a new
+// cgroup under BASE, killed and removed at the end of the run; with --uid, --gid and
+// --groups it runs as that user, in a directory of its own (see the package doc).
 //
 // ShimMain returns the shim's exit status: 0 when the status file was written,
 // whatever the hook's outcome, 1 if it could not be, 2 for a usage error. The caller is
@@ -83,6 +91,12 @@ func ShimMain(args []string) int {
 	grace := fset.Duration("grace", 5*time.Second, "time between SIGTERM and SIGKILL")
 	readyFD := fset.Int("ready-fd", -1, "file descriptor to close once the hook has been started")
 	maxOutput := fset.Int64("max-output", DefaultMaxOutput, "most `bytes` of hook output kept in the spool")
+	pipe := fset.Bool("pipe", false, "give the hook a pipe as stdout and stderr instead of a pseudo-terminal")
+	drain := fset.Duration("drain-timeout", DefaultDrainTimeout, "how long to retry writing held output to a full spool once the hook has ended")
+	cgroup := fset.String("cgroup", "", "cgroup v2 `directory` under which the hook's run gets a cgroup of its own")
+	uid := fset.Int("uid", -1, "user id the hook runs as (default: the shim's)")
+	gid := fset.Int("gid", -1, "group id the hook runs as (with --uid)")
+	groups := fset.String("groups", "", "comma-separated supplementary group ids of the hook (with --uid)")
 	if err := fset.Parse(args); err != nil {
 		return 2
 	}
@@ -98,13 +112,22 @@ func ShimMain(args []string) int {
 	}()
 	argv := fset.Args()
 	if *dir == "" || len(argv) == 0 {
-		fmt.Fprintln(os.Stderr, "usage: hook-shim --dir SPOOLDIR [--timeout D] [--grace D] -- COMMAND [ARG...]")
+		fmt.Fprintln(os.Stderr, "usage: hook-shim --dir SPOOLDIR [--timeout D] [--grace D] [--pipe] -- COMMAND [ARG...]")
 		return 2
 	}
 	if *grace < 0 {
 		*grace = 0
 	}
-	s := &shim{dir: *dir, timeout: *timeout, grace: *grace, maxOutput: *maxOutput, argv: argv}
+	s := &shim{dir: *dir, timeout: *timeout, grace: *grace, maxOutput: *maxOutput, pipe: *pipe, drain: *drain,
+		cgroupBase: *cgroup, argv: argv}
+	if *uid >= 0 {
+		cred, err := parseCredential(*uid, *gid, *groups)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "hook-shim:", err)
+			return 2
+		}
+		s.cred = cred
+	}
 	return s.run(func() {
 		if ready != nil {
 			ready.Close()
@@ -118,9 +141,16 @@ type shim struct {
 	dir            string
 	timeout, grace time.Duration
 	maxOutput      int64
+	pipe           bool          // a pipe instead of a terminal
+	drain          time.Duration // --drain-timeout
+	cgroupBase     string        // --cgroup; "" for none
+	cgroup         string        // the run's cgroup, while it exists
+	cred           *syscall.Credential
+	runDir         string // the hook's own directory (with cred), its working directory and HOME
+	motd           string // the lease's JMP_MOTD_FILE, where the hook's motd is copied (with cred)
 	argv           []string
 	out            *os.File // DIR/output, append-only
-	spool          *spool   // the hook's output pipe, copied to out
+	spool          *spool   // the hook's terminal or pipe, copied to out
 	st             shimStatus
 }
 
@@ -159,7 +189,7 @@ func (s *shim) run(ready func()) int {
 	}
 	s.out = out
 	defer out.Close()
-	s.spool = newSpool(out, s.maxOutput, s.logf)
+	s.spool = newSpool(out, s.maxOutput, s.drain, s.logf)
 
 	devnull, err := os.Open(os.DevNull)
 	if err != nil {
@@ -167,32 +197,65 @@ func (s *shim) run(ready func()) int {
 		s.st = shimStatus{ExitCode: 126, StartedAt: time.Now(), EndedAt: time.Now(), Error: err.Error()}
 		return s.finish()
 	}
-	w, err := s.spool.pipe()
+	// The hook is the leader of a new session (so also of a new process group, which
+	// the timeout ladder signals), with the terminal as its controlling terminal; with a
+	// pipe, only of a new process group.
+	var w *os.File
+	sys := &syscall.SysProcAttr{Setpgid: true}
+	what := "terminal"
+	if s.pipe {
+		what = "pipe"
+		w, err = s.spool.pipe()
+	} else {
+		w, err = s.spool.terminal()
+		sys = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 1}
+		// When the hook's main process (the session leader) exits, the kernel sends
+		// SIGHUP to the terminal's foreground group. The hook starts with SIGHUP
+		// ignored (the shim's disposition is inherited), so what it left behind is
+		// found, named and killed by the shim, as on a pipe, rather than racing it.
+		signal.Ignore(unix.SIGHUP)
+	}
 	if err != nil {
 		devnull.Close()
-		s.logf("create the output pipe: %v", err)
-		s.st = shimStatus{ExitCode: 126, StartedAt: time.Now(), EndedAt: time.Now(), Error: "create the hook's output pipe: " + err.Error()}
+		s.logf("create the output %s: %v", what, err)
+		s.st = shimStatus{ExitCode: 126, StartedAt: time.Now(), EndedAt: time.Now(), Error: "create the hook's output " + what + ": " + err.Error()}
 		return s.finish()
 	}
+	attr := &os.ProcAttr{Env: os.Environ(), Files: []*os.File{devnull, w, w}, Sys: sys}
+	if s.cred != nil {
+		if err := s.asUser(attr, w); err != nil {
+			devnull.Close()
+			w.Close()
+			go s.spool.copy()
+			return s.cannotRun(ready, "cannot run hook as uid "+strconv.Itoa(int(s.cred.Uid))+": "+err.Error(), 126)
+		}
+	}
+	cgfd := s.newCgroup()
+	if cgfd >= 0 {
+		sys.UseCgroupFD, sys.CgroupFD = true, cgfd
+	}
 	s.st.StartedAt = time.Now()
-	proc, err := os.StartProcess(s.argv[0], s.argv, &os.ProcAttr{
-		Env:   os.Environ(),
-		Files: []*os.File{devnull, w, w},
-		Sys:   &syscall.SysProcAttr{Setpgid: true},
-	})
+	proc, err := os.StartProcess(s.argv[0], s.argv, attr)
+	if err != nil && cgfd >= 0 && !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, unix.ENOTDIR) && !errors.Is(err, unix.EACCES) {
+		// Not the hook's fault: perhaps the cgroup. Without it, the subreaper still
+		// collects what the hook leaves.
+		s.logf("start the hook in cgroup %s: %v; starting it without a cgroup of its own", s.cgroup, err)
+		s.dropCgroup()
+		sys.UseCgroupFD, sys.CgroupFD = false, 0
+		proc, err = os.StartProcess(s.argv[0], s.argv, attr)
+	}
+	if cgfd >= 0 {
+		unix.Close(cgfd)
+	}
 	devnull.Close()
-	w.Close() // the hook and its descendants hold the only write ends
+	w.Close() // the hook and its descendants hold the only write ends (or slave descriptors)
 	go s.spool.copy()
 	if err != nil {
-		s.st.ExitCode = 126
+		code := 126
 		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ENOTDIR) {
-			s.st.ExitCode = 127
+			code = 127
 		}
-		s.st.Error = "cannot run hook: " + err.Error()
-		s.note("ERROR", "%s", s.st.Error)
-		s.st.EndedAt = time.Now()
-		ready()
-		return s.finish()
+		return s.cannotRun(ready, "cannot run hook: "+err.Error(), code)
 	}
 	pid := proc.Pid
 	proc.Release() // we reap it ourselves, with wait4(-1)
@@ -220,21 +283,22 @@ func (s *shim) run(ready func()) int {
 	s.waitMain(pid, sigs, reapc)
 	s.st.EndedAt = time.Now()
 	s.killLeftovers(reapc)
-	s.endOutput()
+	s.endCgroup()
+	s.spool.end()
+	s.endRunDir()
 	return s.finish()
 }
 
-// endOutput waits for the output pipe to be closed by its last writer, for at most
-// pipeCloseWait, then stops reading it.
-func (s *shim) endOutput() {
-	t := time.NewTimer(pipeCloseWait)
-	defer t.Stop()
-	select {
-	case <-s.spool.done:
-	case <-t.C:
-		s.logf("the hook's output pipe is still open although none of its processes is left; closing it")
-	}
-	s.spool.closeRead()
+// cannotRun ends a run whose hook could not be started.
+func (s *shim) cannotRun(ready func(), msg string, code int) int {
+	s.st.ExitCode, s.st.Error = code, msg
+	s.note("ERROR", "%s", msg)
+	s.st.EndedAt = time.Now()
+	ready()
+	s.endCgroup()
+	s.spool.end()
+	s.endRunDir()
+	return s.finish()
 }
 
 // waitMain runs the timeout ladder until the hook's main process (pid, also its process
@@ -329,6 +393,11 @@ func (s *shim) killLeftovers(reapc <-chan reaped) {
 			defer t.Stop()
 			tick = t.C
 			s.killAll()
+			if s.cgroup != "" {
+				if err := writeFile(filepath.Join(s.cgroup, "cgroup.kill"), "1"); err != nil {
+					s.logf("kill cgroup %s: %v", s.cgroup, err)
+				}
+			}
 		case <-tick:
 			s.killAll()
 		}
@@ -356,12 +425,14 @@ func (s *shim) killAll() {
 	}
 }
 
-// finish writes the status file and returns the shim's exit status.
+// finish writes the status file and returns the shim's exit status. A status that
+// cannot be written for a full disk (ENOSPC, EDQUOT) is retried with back-off for at
+// most the drain timeout; any other error ends the shim at once.
 func (s *shim) finish() int {
 	if s.spool != nil {
-		s.spool.closeRead() // usually done already by endOutput
-		kept, discarded, truncated, werr := s.spool.counts()
-		s.st.Truncated, s.st.Discarded = truncated || werr != nil, discarded
+		s.spool.abandon() // usually done already by end
+		kept, discarded, truncated := s.spool.counts()
+		s.st.Truncated, s.st.Discarded = truncated, discarded
 		if discarded > 0 {
 			s.logf("kept %d bytes of output, discarded %d", kept, discarded)
 		}
@@ -371,11 +442,23 @@ func (s *shim) finish() int {
 			s.logf("sync output: %v", err)
 		}
 	}
-	if err := writeStatus(s.dir, s.st); err != nil {
-		s.logf("write status: %v", err)
-		return 1
+	deadline := time.Now().Add(max(s.drain, retryMax))
+	wait := retryFirst
+	for {
+		err := writeStatus(s.dir, s.st)
+		if err == nil {
+			return 0
+		}
+		if time.Now().After(deadline) || !errors.Is(err, unix.ENOSPC) && !errors.Is(err, unix.EDQUOT) {
+			s.logf("write status: %v", err)
+			return 1
+		}
+		if wait == retryFirst {
+			s.logf("write status: %v; retrying", err)
+		}
+		time.Sleep(wait) // nothing to wait on: the disk may get space back
+		wait = min(2*wait, retryMax)
 	}
-	return 0
 }
 
 // writeStatus writes DIR/status atomically: DIR/status.tmp, fsync, rename, fsync DIR.

@@ -29,6 +29,16 @@ const recordVersion = 1
 //	        "deadlines":{"lease":<unix ns>,"beforeHook":…,"afterHook":…,"release":…}}
 //	hook:  {"v":1,"kind":"beforeLease|afterLease","dir":"…","pid":123,"start_time":456,"offset":789}
 //
+// Added within version 1 for image jobs (optional, so that older records decode and an
+// older reader is never given them for a lease without an image):
+//
+//	spec:  "image":{"digest":"sha256:…","locations":[{"registry":"host:5000","repository":"…"}]},
+//	       "fetch_timeout_ns":…,"provision_timeout_ns":…
+//	state: "stage":"FetchingImage|Allocating|Provisioning","image_fetched":true,
+//	       "provisioned":true,"image_failed":true
+//	deadlines: "imageFetch":…,"provision":…
+//	reported[]: "stage":"…"
+//
 // False booleans, empty strings and empty maps are left out. The decoder is strict: an
 // unknown field, an unknown name or trailing data makes the record damaged, so that a
 // record this version does not fully understand is reported rather than half restored.
@@ -48,6 +58,7 @@ type transitionV1 struct {
 	To      string `json:"to"`
 	Status  int    `json:"status"`
 	Message string `json:"message,omitempty"`
+	Stage   string `json:"stage,omitempty"`
 }
 
 type specV1 struct {
@@ -60,6 +71,20 @@ type specV1 struct {
 	// Added within version 1 (optional, so older records still decode).
 	TokenHash string            `json:"token_hash,omitempty"`
 	Params    map[string]string `json:"params,omitempty"`
+	// Added within version 1 for image jobs (optional).
+	Image              *imageV1 `json:"image,omitempty"`
+	FetchTimeoutNS     int64    `json:"fetch_timeout_ns,omitempty"`
+	ProvisionTimeoutNS int64    `json:"provision_timeout_ns,omitempty"`
+}
+
+type imageV1 struct {
+	Digest    string       `json:"digest"`
+	Locations []locationV1 `json:"locations"`
+}
+
+type locationV1 struct {
+	Registry   string `json:"registry"`
+	Repository string `json:"repository"`
 }
 
 type hookPolicyV1 struct {
@@ -79,6 +104,11 @@ type stateV1 struct {
 	AfterFailed  bool   `json:"after_failed,omitempty"`
 	Quarantined  bool   `json:"quarantined,omitempty"`
 	Failure      string `json:"failure,omitempty"`
+	// Added within version 1 for image jobs (optional).
+	Stage        string `json:"stage,omitempty"`
+	ImageFetched bool   `json:"image_fetched,omitempty"`
+	Provisioned  bool   `json:"provisioned,omitempty"`
+	ImageFailed  bool   `json:"image_failed,omitempty"`
 }
 
 type hookV1 struct {
@@ -142,6 +172,12 @@ var (
 	timerNames = newNames("timer", map[jobs.Timer]string{
 		jobs.TimerLease: "lease", jobs.TimerBeforeHook: "beforeHook",
 		jobs.TimerAfterHook: "afterHook", jobs.TimerRelease: "release",
+		jobs.TimerFetch: "imageFetch", jobs.TimerProvision: "provision",
+	})
+	// StageNone is the empty string (and so left out).
+	stageNames = newNames("stage", map[jobs.InitStage]string{
+		jobs.StageNone: "", jobs.StageStarting: "Starting", jobs.StageFetchingImage: "FetchingImage",
+		jobs.StageAllocating: "Allocating", jobs.StageProvisioning: "Provisioning",
 	})
 )
 
@@ -192,7 +228,17 @@ func encodeLease(spec jobs.Spec, st jobs.State, deadlines map[jobs.Timer]time.Ti
 	rec := leaseV1{V: recordVersion, Spec: specV1{
 		Job: spec.JobID, Board: spec.Board, Client: spec.Client, DurationNS: int64(spec.Duration),
 		TokenHash: spec.TokenHash, Params: spec.Params,
+		FetchTimeoutNS: int64(spec.FetchTimeout), ProvisionTimeoutNS: int64(spec.ProvisionTimeout),
 	}}
+	if im := spec.Image; im != nil {
+		if err := im.Validate(); err != nil {
+			return nil, err
+		}
+		rec.Spec.Image = &imageV1{Digest: im.Digest}
+		for _, l := range im.Locations {
+			rec.Spec.Image.Locations = append(rec.Spec.Image.Locations, locationV1{Registry: l.Registry, Repository: l.Repository})
+		}
+	}
 	var err error
 	if rec.Spec.Before, err = encodePolicy("beforeLease", spec.Before); err != nil {
 		return nil, err
@@ -203,7 +249,10 @@ func encodeLease(spec jobs.Spec, st jobs.State, deadlines map[jobs.Timer]time.Ti
 	s := stateV1{
 		EndRequested: st.EndRequested, Acquired: st.Acquired, AfterStarted: st.AfterStarted,
 		HookDraining: st.HookDraining, BeforeFailed: st.BeforeFailed, AfterFailed: st.AfterFailed, Quarantined: st.Quarantined,
-		Failure: st.Failure,
+		Failure: st.Failure, ImageFetched: st.ImageFetched, Provisioned: st.Provisioned, ImageFailed: st.ImageFailed,
+	}
+	if s.Stage, err = stageNames.name(st.Stage); err != nil {
+		return nil, err
 	}
 	if s.Phase, err = phaseNames.name(st.Phase); err != nil {
 		return nil, err
@@ -240,7 +289,11 @@ func encodeLease(spec jobs.Spec, st jobs.State, deadlines map[jobs.Timer]time.Ti
 		if err := checkUTF8("transition message", t.Message); err != nil {
 			return nil, err
 		}
-		rec.Reported = append(rec.Reported, transitionV1{Step: t.Step, From: from, To: to, Status: int(t.Status), Message: t.Message})
+		stage, err := stageNames.name(t.Stage)
+		if err != nil {
+			return nil, err
+		}
+		rec.Reported = append(rec.Reported, transitionV1{Step: t.Step, From: from, To: to, Status: int(t.Status), Message: t.Message, Stage: stage})
 	}
 	return json.Marshal(rec)
 }
@@ -326,7 +379,17 @@ func fromLeaseV1(rec leaseV1) (jobs.Record, error) {
 		return out, errors.New("no job ID")
 	}
 	out.Spec = jobs.Spec{JobID: rec.Spec.Job, Board: rec.Spec.Board, Client: rec.Spec.Client,
-		Duration: time.Duration(rec.Spec.DurationNS), TokenHash: rec.Spec.TokenHash, Params: rec.Spec.Params}
+		Duration: time.Duration(rec.Spec.DurationNS), TokenHash: rec.Spec.TokenHash, Params: rec.Spec.Params,
+		FetchTimeout: time.Duration(rec.Spec.FetchTimeoutNS), ProvisionTimeout: time.Duration(rec.Spec.ProvisionTimeoutNS)}
+	if im := rec.Spec.Image; im != nil {
+		out.Spec.Image = &jobs.Image{Digest: im.Digest}
+		for _, l := range im.Locations {
+			out.Spec.Image.Locations = append(out.Spec.Image.Locations, jobs.ImageLocation{Registry: l.Registry, Repository: l.Repository})
+		}
+		if err := out.Spec.Image.Validate(); err != nil {
+			return out, err
+		}
+	}
 	var err error
 	if out.Spec.Before, err = decodePolicy("beforeLease", rec.Spec.Before); err != nil {
 		return out, err
@@ -337,7 +400,11 @@ func fromLeaseV1(rec leaseV1) (jobs.Record, error) {
 	s := rec.State
 	out.State = jobs.State{EndRequested: s.EndRequested, Acquired: s.Acquired,
 		AfterStarted: s.AfterStarted, HookDraining: s.HookDraining, BeforeFailed: s.BeforeFailed, AfterFailed: s.AfterFailed,
-		Quarantined: s.Quarantined, Failure: s.Failure}
+		Quarantined: s.Quarantined, Failure: s.Failure, ImageFetched: s.ImageFetched, Provisioned: s.Provisioned,
+		ImageFailed: s.ImageFailed}
+	if out.State.Stage, err = stageNames.value(s.Stage); err != nil {
+		return out, err
+	}
 	if out.State.Phase, err = phaseNames.value(s.Phase); err != nil {
 		return out, err
 	}
@@ -364,8 +431,12 @@ func fromLeaseV1(rec leaseV1) (jobs.Record, error) {
 		if err != nil {
 			return out, err
 		}
+		stage, err := stageNames.value(t.Stage)
+		if err != nil {
+			return out, err
+		}
 		out.Reported = append(out.Reported, jobs.Transition{Step: t.Step, From: from, To: to,
-			Status: jobs.ExporterStatus(t.Status), Message: t.Message})
+			Status: jobs.ExporterStatus(t.Status), Message: t.Message, Stage: stage})
 	}
 	return out, nil
 }

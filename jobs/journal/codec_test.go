@@ -24,6 +24,8 @@ func TestEncodeRejects(t *testing.T) {
 		{"timer", func(r *jobs.Record) { r.Deadlines[99] = time.Now() }, "unknown timer"},
 		{"deadline", func(r *jobs.Record) { r.Deadlines[jobs.TimerLease] = time.Time{} }, "out of range"},
 		{"utf8", func(r *jobs.Record) { r.Spec.Board = "\xff" }, "not valid UTF-8"},
+		{"image", func(r *jobs.Record) { r.Spec.Image.Digest = "latest" }, "image digest"},
+		{"stage", func(r *jobs.Record) { r.State.Stage = 42 }, "unknown stage"},
 	} {
 		r := fullRecord(jobID(1))
 		tc.edit(&r)
@@ -48,7 +50,9 @@ func TestEncodingIsReadable(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, want := range []string{`{"v":1,`, `"phase":"AFTER_LEASE"`, `"end_reason":"coordinator"`,
-		`"on_failure":"exit"`, `"hook_running":"afterLease"`, `"release":`} {
+		`"on_failure":"exit"`, `"hook_running":"afterLease"`, `"release":`,
+		`"image":{"digest":"sha256:5e5e`, `"registry":"127.0.0.1:5000","repository":"boards/rpi4"`,
+		`"stage":"Provisioning"`, `"image_fetched":true`, `"provisioned":true`, `"imageFetch":`, `"stage":"Allocating"`} {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("lease record %s lacks %s", b, want)
 		}
@@ -75,6 +79,9 @@ func TestDecodeRejects(t *testing.T) {
 		strings.Replace(good, `"phase"`, `"colour":"red","phase"`, 1),
 		strings.Replace(good, `}}`, `},"deadlines":{"lunch":1}}`, 1),
 		strings.Replace(good, `"duration_ns":1`, `"duration_ns":1.5`, 1),
+		strings.Replace(good, `"READY"`, `"READY","stage":"Booting"`, 1),
+		strings.Replace(good, `"duration_ns":1`, `"duration_ns":1,"image":{"digest":"md5:00","locations":[{"registry":"r","repository":"x"}]}`, 1),
+		strings.Replace(good, `"duration_ns":1`, `"duration_ns":1,"image":{"digest":"sha256:`+strings.Repeat("00", 32)+`","locations":[]}`, 1),
 	} {
 		if _, err := decodeRecord([]byte(bad), nil); err == nil {
 			t.Errorf("decodeRecord(%q): no error", bad)

@@ -24,6 +24,18 @@
 // SetHookOffset included, returns only after its transaction committed, so what a lease
 // actor wrote is durable before it performs the effect.
 //
+// # Failed commits
+//
+// A commit that fails (a full disk, an I/O error) is retried with back-off (RetryMin to
+// RetryMax, sooner when Options.Disk says space returned) until it succeeds: the writers
+// of its batch keep waiting, so a lease actor never acts on a write that is not durable
+// ("journal before acting"), and later writes queue behind it. The first failure is
+// logged, then once per RetryLogEvery while it lasts, and the recovery once; a full disk
+// is also reported to Options.Disk, which releases the state directory's reserve. Only
+// Close ends the retries, after CloseFlush: the waiting writers then get the error. An
+// existing journal opens without writing, so a restart on a full disk works; a new one
+// is created once the reserve is released.
+//
 // # Damage
 //
 // A file that cannot be read as a whole (not a bbolt file, truncated, inconsistent pages,

@@ -20,7 +20,9 @@ import (
 	bbolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
 
+	"github.com/boardvisor/boardvisor/internal/diskspace"
 	"github.com/boardvisor/boardvisor/jobs"
+	"github.com/hashicorp/go-hclog"
 )
 
 // FormatVersion is the version of the file layout (buckets and keys) this package reads
@@ -53,7 +55,26 @@ type Options struct {
 	// MaxBatch bounds how many queued writes go into one transaction. Zero or less means
 	// DefaultMaxBatch.
 	MaxBatch int
+	// Disk watches the state directory's space (shared with the outbox): a commit that
+	// fails because the disk is full is reported to it (it releases its reserve and logs
+	// that the state directory is full), and a retry waits no longer once space returns.
+	// Nil: none.
+	Disk *diskspace.Monitor
+	// Logger gets failed commits (the first, then once per RetryLogEvery while they go on)
+	// and the recovery. Nil: none.
+	Logger hclog.Logger
 }
+
+// Retry of failed commits.
+const (
+	// RetryMin and RetryMax bound the wait before a failed commit is tried again.
+	RetryMin = 20 * time.Millisecond
+	RetryMax = 2 * time.Second
+	// RetryLogEvery bounds how often a commit that keeps failing is logged.
+	RetryLogEvery = time.Minute
+	// CloseFlush bounds how long Close keeps retrying a failing commit.
+	CloseFlush = 2 * time.Second
+)
 
 // Stats counts the journal's work since Open.
 type Stats struct {
@@ -62,6 +83,8 @@ type Stats struct {
 	// Writes is the number of write calls (SaveLease, SaveHook, SetHookOffset, Delete)
 	// that were committed.
 	Writes uint64
+	// Retries is the number of commits that failed and were tried again.
+	Retries uint64
 }
 
 // Journal is a durable lease store (the actors.Store of the supervisor) in a bbolt file. It is safe for concurrent use.
@@ -70,6 +93,9 @@ type Journal struct {
 	path     string
 	db       *bbolt.DB
 	maxBatch int
+	disk     *diskspace.Monitor
+	log      hclog.Logger
+	stop     chan struct{} // closed by Close: a retrying writer gives up after CloseFlush
 
 	mu      sync.Mutex
 	cond    sync.Cond // signalled when pending grows or closed is set; L is &mu
@@ -78,7 +104,12 @@ type Journal struct {
 	closed  bool
 	stopped chan struct{} // closed when the writer goroutine has returned
 
-	commits, writes atomic.Uint64
+	commits, writes, retries atomic.Uint64
+
+	// failCommit, in tests, makes commits fail (called in each write transaction; a
+	// non-nil result aborts it): a test hook for failures a real disk cannot produce on
+	// demand. The full-disk tests use a real tmpfs.
+	failCommit func() error
 }
 
 type opKind uint8
@@ -143,16 +174,41 @@ func Open(path string, opts Options) (*Journal, error) {
 			return nil, err
 		}
 	}
-	db, err := openBolt(path, opts, false)
-	if err != nil {
-		return nil, err
+	if opts.Logger == nil {
+		opts.Logger = hclog.NewNullLogger()
 	}
-	j := &Journal{path: path, db: db, maxBatch: opts.MaxBatch, stopped: make(chan struct{})}
+	j := &Journal{path: path, maxBatch: opts.MaxBatch, disk: opts.Disk, log: opts.Logger, stopped: make(chan struct{}), stop: make(chan struct{})}
 	j.cond.L = &j.mu
-	if err := j.init(); err != nil {
-		_ = db.Close()
-		return nil, err
+	// A new file needs a few KiB: on a full disk, the monitor's reserve is released and
+	// the creation tried again (an existing journal opens without writing).
+	delay := RetryMin
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		fi, statErr := os.Stat(path)
+		fresh := statErr != nil || fi.Size() == 0
+		db, err := openBolt(path, opts, false)
+		if err == nil {
+			j.db = db
+			if err = j.init(); err != nil {
+				_ = db.Close()
+			}
+		}
+		if err == nil {
+			break
+		}
+		if !diskspace.IsFull(err) || !fresh {
+			return nil, err
+		}
+		j.disk.Failed(err)
+		_ = os.Remove(path) // not a database yet: start it again
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("journal %s cannot be created: the state directory is full; free some space there", path)
+		}
+		j.log.Warn("journal cannot be created while the state directory is full; retrying", "file", path, "retry_in", delay.String())
+		time.Sleep(delay)
+		delay = min(delay*2, RetryMax)
 	}
+	db := j.db
 	if created && !opts.NoSync {
 		if err := syncDir(filepath.Dir(path)); err != nil {
 			_ = db.Close()
@@ -376,7 +432,7 @@ func (j *Journal) Path() string { return j.path }
 
 // Stats returns how many transactions and writes were committed since Open.
 func (j *Journal) Stats() Stats {
-	return Stats{Commits: j.commits.Load(), Writes: j.writes.Load()}
+	return Stats{Commits: j.commits.Load(), Writes: j.writes.Load(), Retries: j.retries.Load()}
 }
 
 func (j *Journal) wrap(what string, err error) error {
@@ -429,17 +485,62 @@ func (j *Journal) run() {
 }
 
 // commit applies a batch in one transaction. A write that fails on its own (a damaged hook
-// record under SetHookOffset) fails alone; a failed commit fails them all.
+// record under SetHookOffset) fails alone. A failed commit (a full disk, an I/O error) is
+// retried with back-off until it succeeds: the writers of the batch wait, since what a
+// lease actor writes must be durable before it acts. Only Close ends the retries (after
+// CloseFlush): the batch's writers then get the error.
 func (j *Journal) commit(batch []*op) {
-	err := guard(func() error {
-		return j.db.Update(func(tx *bbolt.Tx) error {
-			leases, hooks := tx.Bucket(bucketLeases), tx.Bucket(bucketHooks)
-			for _, o := range batch {
-				o.err = apply(leases, hooks, o)
-			}
-			return nil
+	var err error
+	delay := time.Duration(0)
+	var lastLog, giveUp time.Time
+	for attempt := 0; ; attempt++ {
+		err = guard(func() error {
+			return j.db.Update(func(tx *bbolt.Tx) error {
+				if j.failCommit != nil {
+					if err := j.failCommit(); err != nil {
+						return err
+					}
+				}
+				leases, hooks := tx.Bucket(bucketLeases), tx.Bucket(bucketHooks)
+				for _, o := range batch {
+					o.err = apply(leases, hooks, o)
+				}
+				return nil
+			})
 		})
-	})
+		if err == nil {
+			if attempt > 0 && !lastLog.IsZero() {
+				j.log.Info("journal writes again", "file", j.path, "failed_commits", attempt)
+			}
+			break
+		}
+		j.retries.Add(1)
+		full := j.disk.Failed(err)
+		if lastLog.IsZero() || time.Since(lastLog) >= RetryLogEvery {
+			msg := "journal write failed; lease actors wait until it is on disk, retrying"
+			if full {
+				msg = "journal write failed: the state directory is full; lease actors wait until it is on disk, retrying"
+			}
+			j.log.Warn(msg, "file", j.path, "writes", len(batch), "attempts", attempt+1, "error", err.Error())
+			lastLog = time.Now()
+		}
+		delay = min(max(delay*2, RetryMin), RetryMax)
+		t := time.NewTimer(delay)
+		select {
+		case <-t.C:
+		case <-j.disk.Changed():
+		case <-j.stop:
+			if giveUp.IsZero() {
+				giveUp = time.Now().Add(CloseFlush)
+			}
+			<-t.C
+		}
+		t.Stop()
+		if !giveUp.IsZero() && time.Now().After(giveUp) {
+			j.log.Error("journal closed with writes not on disk", "file", j.path, "writes", len(batch), "error", err.Error())
+			break
+		}
+	}
 	if err == nil {
 		// Count before waking anyone, so that Stats after a write returned includes it.
 		var n uint64
@@ -641,6 +742,7 @@ func (j *Journal) Close() error {
 	}
 	j.closed = true
 	j.mu.Unlock()
+	close(j.stop)
 	j.cond.Signal()
 	<-j.stopped
 	if err := j.db.Close(); err != nil {

@@ -48,24 +48,31 @@ func fullRecord(id string) jobs.Record {
 			After:     &jobs.HookPolicy{Timeout: 45 * time.Second, OnFailure: jobs.PolicyEndLease},
 			TokenHash: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
 			Params:    map[string]string{"image": "rpi-os-2031.img", "kernel args": "console=ttyS0"},
+			Image: &jobs.Image{Digest: "sha256:" + strings.Repeat("5e", 32), Locations: []jobs.ImageLocation{
+				{Registry: "127.0.0.1:5000", Repository: "boards/rpi4"}, {Registry: "mirror.lab", Repository: "rpi4"}}},
+			FetchTimeout: 3 * time.Minute, ProvisionTimeout: time.Minute,
 		},
 		State: jobs.State{
 			Phase: jobs.PhaseAfterLease, EndRequested: true, EndReason: jobs.EndCoordinator,
 			Acquired: true, HookRunning: jobs.HookAfter, AfterStarted: true, HookDraining: true,
 			BeforeFailed: true, AfterFailed: true, Quarantined: true,
 			Failure: "beforeLease hook exited with status 3",
+			Stage:   jobs.StageProvisioning, ImageFetched: true, Provisioned: true, ImageFailed: true,
 		},
 		Deadlines: map[jobs.Timer]time.Time{
 			jobs.TimerLease:      base,
 			jobs.TimerBeforeHook: base.Add(time.Second),
 			jobs.TimerAfterHook:  base.Add(-time.Hour).In(time.FixedZone("X", 3600)),
 			jobs.TimerRelease:    base.Add(time.Nanosecond),
+			jobs.TimerFetch:      base.Add(time.Minute),
+			jobs.TimerProvision:  base.Add(2 * time.Minute),
 		},
 		Hook: &jobs.HookRun{Kind: jobs.HookAfter, Dir: "/var/lib/boardvisor/spool/" + id,
 			Pid: 4242, StartTime: 1<<63 + 12345, Offset: 1 << 40},
 		Reported: []jobs.Transition{
 			{Step: 1, From: jobs.PhaseCreated, To: jobs.PhaseStarting, Status: jobs.StatusAvailable, Message: "waiting for the board"},
-			{Step: 2, From: jobs.PhaseStarting, To: jobs.PhaseBeforeLease, Status: jobs.StatusBeforeLeaseHook},
+			{Step: 2, From: jobs.PhaseStarting, To: jobs.PhaseStarting, Status: jobs.StatusAvailable, Stage: jobs.StageAllocating},
+			{Step: 3, From: jobs.PhaseStarting, To: jobs.PhaseBeforeLease, Status: jobs.StatusBeforeLeaseHook},
 		},
 	}
 }

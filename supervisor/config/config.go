@@ -22,8 +22,9 @@
 // the same way: a board's power block replaces the default power block.
 //
 // Besides reading the config file, the package only stats the files the config names
-// (hook executables, serial devices) and opens the coordinator token file to check that it
-// is readable. testdata/example.yaml documents every field.
+// (hook executables, serial devices), opens the coordinator token file to check that it
+// is readable, and looks up the users and groups of runAs blocks in the system's
+// databases. testdata/example.yaml documents every field.
 package config
 
 import (
@@ -38,8 +39,9 @@ const (
 	DefaultListen = "127.0.0.1:7410"
 	// DefaultLogLevel is the log level when log.level is not set.
 	DefaultLogLevel = "info"
-	// DefaultLogFormat is the log format when log.format is not set.
-	DefaultLogFormat = "json"
+	// DefaultLogFormat is the log format when log.format is not set: text on a
+	// terminal, JSON otherwise (journald, log shippers).
+	DefaultLogFormat = "auto"
 	// DefaultLeaseDuration bounds a lease whose StartJob carries no duration, when
 	// defaults.leaseDuration is not set.
 	DefaultLeaseDuration = time.Hour
@@ -78,6 +80,14 @@ type Config struct {
 	Coordinator *CoordinatorConfig `yaml:"coordinator"`
 	// Defaults are host-wide settings each board may override.
 	Defaults Defaults `yaml:"defaults"`
+	// RunAsRoot lets the hooks of boards without a runAs run as root when the daemon
+	// runs as root; without it such a daemon refuses to start (see CheckHookPrivileges).
+	RunAsRoot bool `yaml:"runAsRoot"`
+	// HookCgroup is the cgroup v2 directory under which each hook run gets a cgroup of
+	// its own; empty: boardvisor-hooks in the daemon's own cgroup, found at start-up.
+	HookCgroup string `yaml:"hookCgroup"`
+	// Images configures the image store of image jobs (docs/images.md).
+	Images ImagesConfig `yaml:"images"`
 	// Boards are the boards this supervisor serves; at least one.
 	Boards []Board `yaml:"boards"`
 
@@ -85,11 +95,25 @@ type Config struct {
 	pos *positions
 }
 
+// ImagesConfig configures the image store (StateDir/images) of jobs that boot an image.
+type ImagesConfig struct {
+	// MaxBytes bounds the blobs the store keeps (default 20 GiB); images no live lease
+	// uses are evicted, least recently used first.
+	MaxBytes int64 `yaml:"maxBytes"`
+	// PlainHTTP names registries (host:port) reached over plain HTTP; loopback
+	// registries always are, all others over HTTPS.
+	PlainHTTP []string `yaml:"plainHTTP"`
+	// FetchTimeout bounds an image fetch (default 30m); ProvisionTimeout a board's
+	// provisioning with it (default 5m).
+	FetchTimeout     Duration `yaml:"fetchTimeout"`
+	ProvisionTimeout Duration `yaml:"provisionTimeout"`
+}
+
 // LogConfig configures the daemon's own log.
 type LogConfig struct {
 	// Level is trace, debug, info, warn or error (default info).
 	Level string `yaml:"level"`
-	// Format is json or text (default json).
+	// Format is json, text or auto (default auto: text on a terminal, else json).
 	Format string `yaml:"format"`
 }
 
@@ -105,8 +129,15 @@ type CoordinatorConfig struct {
 	// in this PEM file.
 	CAFile string `yaml:"caFile"`
 	// OutboxMaxBytes bounds the events kept on disk while the coordinator is away
-	// (default 256 MiB); past it console bytes are dropped first, and said so.
+	// (default 256 MiB, at least 64 KiB); past it console bytes are dropped first, and
+	// said so.
 	OutboxMaxBytes int64 `yaml:"outboxMaxBytes"`
+	// ReconnectMaxBackoff bounds the wait between reconnects (default 30s), and is the
+	// wait after "another live supervisor holds this ID".
+	ReconnectMaxBackoff Duration `yaml:"reconnectMaxBackoff"`
+	// RefusedBackoff is the wait after the coordinator refused this supervisor's token
+	// (default 5m): fixing the config is needed, retrying fast is not.
+	RefusedBackoff Duration `yaml:"refusedBackoff"`
 }
 
 // Defaults are host-wide settings; each board may override each of them.
@@ -121,6 +152,19 @@ type Defaults struct {
 	// Drivers are the drivers of every board that does not set its own of that kind.
 	// A serial console belongs to one board and may not be set here.
 	Drivers Drivers `yaml:"drivers"`
+	// RunAs is who the hooks of every board that sets none run as; nil: the daemon's
+	// user.
+	RunAs *RunAs `yaml:"runAs"`
+}
+
+// RunAs is the user, group and supplementary groups a board's hooks run as.
+type RunAs struct {
+	// User is a user name or a numeric uid. Required.
+	User string `yaml:"user"`
+	// Group is a group name or a numeric gid; default: the user's primary group.
+	Group string `yaml:"group"`
+	// Groups are supplementary groups (names or gids), e.g. dialout for serial ports.
+	Groups []string `yaml:"groups"`
 }
 
 // Board is one board as configured.
@@ -137,6 +181,8 @@ type Board struct {
 	LeaseDuration Duration `yaml:"leaseDuration"`
 	// Queue overrides defaults.queue; nil means not set.
 	Queue *int `yaml:"queue"`
+	// RunAs overrides defaults.runAs wholesale; nil means not set.
+	RunAs *RunAs `yaml:"runAs"`
 }
 
 // Hooks are a board's two lease hooks; nil means not set (a board inherits the default).
@@ -157,6 +203,10 @@ type Hook struct {
 	Timeout Duration `yaml:"timeout"`
 	// OnFailure is warn, endLease or exit (default warn); see jobs.Policy.
 	OnFailure string `yaml:"onFailure"`
+	// Terminal false gives the hook a plain pipe as stdout and stderr instead of a
+	// pseudo-terminal (the default), for a hook that must not see a terminal; nil
+	// means not set (true).
+	Terminal *bool `yaml:"terminal"`
 	// Disabled, on a board, turns off the default hook of the same name for that board.
 	// It excludes every other field.
 	Disabled bool `yaml:"disabled"`

@@ -7,11 +7,13 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/boardvisor/boardvisor/jobs"
+	"github.com/boardvisor/boardvisor/supervisor/config/configtest"
 )
 
 // env is a temporary directory holding a config file and the files it names.
@@ -241,7 +243,7 @@ func TestDefaultsApplied(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Listen != DefaultListen || c.Log.Level != "info" || c.Log.Format != "json" || c.Coordinator != nil {
+	if c.Listen != DefaultListen || c.Log.Level != "info" || c.Log.Format != "auto" || c.Coordinator != nil {
 		t.Errorf("host defaults: listen %q log %+v coordinator %v", c.Listen, c.Log, c.Coordinator)
 	}
 	if c.Defaults.LeaseDuration.Std() != time.Hour || c.Defaults.Queue == nil || *c.Defaults.Queue != 1 {
@@ -256,132 +258,14 @@ func TestDefaultsApplied(t *testing.T) {
 // TestInvalid checks that each kind of mistake gives exactly one problem, worded as
 // <file>:<line>: [board "<name>": ]<field>: <problem>.
 func TestInvalid(t *testing.T) {
-	const board = "boards:\n  - name: b1\n"
-	cases := []struct {
-		name   string
-		config string
-		want   string
-	}{
-		{"stateDir missing", board,
-			`config.yaml: stateDir: required (an absolute directory path; created if missing)`},
-		{"stateDir relative", "stateDir: var/bv\n" + board,
-			`config.yaml:1: stateDir: "var/bv" is not an absolute path`},
-		{"listen not host:port", "stateDir: /bv\nlisten: localhost\n" + board,
-			`config.yaml:2: listen: "localhost" is not a host:port address`},
-		{"listen bad port", "stateDir: /bv\nlisten: localhost:http\n" + board,
-			`config.yaml:2: listen: "localhost:http" has an invalid port "http" (want a number from 0 to 65535)`},
-		{"log level", "stateDir: /bv\nlog:\n  level: verbose\n" + board,
-			`config.yaml:3: log.level: unknown level "verbose" (want trace, debug, info, warn or error)`},
-		{"log format", "stateDir: /bv\nlog: {format: xml}\n" + board,
-			`config.yaml:2: log.format: unknown format "xml" (want json or text)`},
-		{"coordinator without address", "stateDir: /bv\ncoordinator: {tokenFile: \"\"}\n" + board,
-			`config.yaml:2: coordinator.address: required (host:port of the coordinator; leave out the coordinator block to run without one)`},
-		{"coordinator address without host", "stateDir: /bv\ncoordinator:\n  address: \":7400\"\n" + board,
-			`config.yaml:3: coordinator.address: ":7400" has no host`},
-		{"coordinator port 0", "stateDir: /bv\ncoordinator:\n  address: coord:0\n" + board,
-			`config.yaml:3: coordinator.address: "coord:0" has an invalid port "0" (want a number from 1 to 65535)`},
-		{"token file missing", "stateDir: /bv\ncoordinator:\n  address: coord:7400\n  tokenFile: {{DIR}}/nope\n" + board,
-			`config.yaml:4: coordinator.tokenFile: {{DIR}}/nope does not exist`},
-		{"token file a directory", "stateDir: /bv\ncoordinator:\n  address: coord:7400\n  tokenFile: {{DIR}}\n" + board,
-			`config.yaml:4: coordinator.tokenFile: {{DIR}} is not a regular file`},
-		{"no boards", "stateDir: /bv\nboards: []\n",
-			`config.yaml:2: boards: at least one board is required`},
-		{"boards missing", "stateDir: /bv\n",
-			`config.yaml: boards: at least one board is required`},
-		{"board without name", "stateDir: /bv\nboards:\n  - labels: {a: b}\n",
-			`config.yaml:3: boards[0].name: required`},
-		{"board name invalid", "stateDir: /bv\nboards:\n  - name: rpi 4\n",
-			`config.yaml:3: board "rpi 4": name: "rpi 4" is not a valid board name (want 1 to 64 of A-Z a-z 0-9 . _ -)`},
-		{"board name too long", "stateDir: /bv\nboards:\n  - name: " + strings.Repeat("x", 65) + "\n",
-			`config.yaml:3: board "` + strings.Repeat("x", 65) + `": name: "` + strings.Repeat("x", 65) + `" is not a valid board name (want 1 to 64 of A-Z a-z 0-9 . _ -)`},
-		{"board name dot-dot", "stateDir: /bv\nboards:\n  - name: ..\n",
-			`config.yaml:3: board "..": name: ".." is reserved (board names are used as directory names)`},
-		{"label key", "stateDir: /bv\nboards:\n  - name: b1\n    labels:\n      \"a=b\": c\n",
-			`config.yaml:5: board "b1": labels.a=b: invalid label key "a=b" (want 1 to 63 of A-Z a-z 0-9 . _ / -)`},
-		{"hook script and exec", "stateDir: /bv\nboards:\n  - name: b1\n    hooks:\n      beforeLease: {script: x, exec: /bin/true}\n",
-			`config.yaml:5: board "b1": hooks.beforeLease: set either script or exec, not both`},
-		{"hook neither", "stateDir: /bv\nboards:\n  - name: b1\n    hooks:\n      afterLease: {timeout: 5s}\n",
-			`config.yaml:5: board "b1": hooks.afterLease: one of script or exec is required (or disabled: true, to turn off a default hook)`},
-		{"hook blank script", "stateDir: /bv\nboards:\n  - name: b1\n    hooks:\n      afterLease:\n        script: \"  \"\n",
-			`config.yaml:5: board "b1": hooks.afterLease: one of script or exec is required (or disabled: true, to turn off a default hook)`},
-		{"exec relative", "stateDir: /bv\nboards:\n  - name: b1\n    hooks:\n      afterLease:\n        exec: after.sh\n",
-			`config.yaml:6: board "b1": hooks.afterLease.exec: "after.sh" is not an absolute path`},
-		{"exec missing", "stateDir: /bv\nboards:\n  - name: b1\n    hooks:\n      afterLease:\n        exec: {{DIR}}/nope.sh\n",
-			`config.yaml:6: board "b1": hooks.afterLease.exec: {{DIR}}/nope.sh does not exist`},
-		{"exec a directory", "stateDir: /bv\nboards:\n  - name: b1\n    hooks:\n      afterLease:\n        exec: {{DIR}}\n",
-			`config.yaml:6: board "b1": hooks.afterLease.exec: {{DIR}} is not a regular file`},
-		{"exec not executable", "stateDir: /bv\nboards:\n  - name: b1\n    hooks:\n      afterLease:\n        exec: {{DIR}}/plain.sh\n",
-			`config.yaml:6: board "b1": hooks.afterLease.exec: {{DIR}}/plain.sh is not executable (mode 0644)`},
-		{"default exec not executable", "stateDir: /bv\ndefaults:\n  hooks:\n    beforeLease: {exec: {{DIR}}/plain.sh}\n" + board,
-			`config.yaml:4: defaults.hooks.beforeLease.exec: {{DIR}}/plain.sh is not executable (mode 0644)`},
-		{"hook timeout negative", "stateDir: /bv\nboards:\n  - name: b1\n    hooks:\n      beforeLease:\n        script: x\n        timeout: -5s\n",
-			`config.yaml:7: board "b1": hooks.beforeLease.timeout: -5s must be positive`},
-		{"hook timeout without unit", "stateDir: /bv\nboards:\n  - name: b1\n    hooks:\n      beforeLease:\n        script: x\n        timeout: 90\n",
-			`config.yaml:7: board "b1": hooks.beforeLease.timeout: duration 90 has no unit (write e.g. "90s" or "90m")`},
-		{"hook timeout garbage", "stateDir: /bv\nboards:\n  - name: b1\n    hooks:\n      beforeLease: {script: x, timeout: soon, onFailure: warn}\n",
-			`config.yaml:5: board "b1": hooks.beforeLease.timeout: invalid duration "soon" (want e.g. "90s", "2m" or "1h30m")`},
-		{"onFailure unknown", "stateDir: /bv\nboards:\n  - name: rpi4-01\n    hooks:\n      beforeLease:\n        script: x\n        onFailure: retry\n",
-			`config.yaml:7: board "rpi4-01": hooks.beforeLease.onFailure: unknown policy "retry" (want warn, endLease or exit)`},
-		{"disabled with script", "stateDir: /bv\nboards:\n  - name: b1\n    hooks:\n      beforeLease:\n        disabled: true\n        script: x\n",
-			`config.yaml:6: board "b1": hooks.beforeLease.disabled: a disabled hook takes no script, exec, timeout or onFailure`},
-		{"default queue too big", "stateDir: /bv\ndefaults:\n  queue: 17\n" + board,
-			`config.yaml:3: defaults.queue: 17 is out of range (want 0 to 16)`},
-		{"board queue negative", "stateDir: /bv\nboards:\n  - name: b1\n    queue: -1\n",
-			`config.yaml:4: board "b1": queue: -1 is out of range (want 0 to 16)`},
-		{"lease duration negative", "stateDir: /bv\nboards:\n  - name: b1\n    leaseDuration: -1m\n",
-			`config.yaml:4: board "b1": leaseDuration: -1m0s must be positive`},
-		{"serial device empty", "stateDir: /bv\nboards:\n  - name: b1\n    drivers:\n      serial: {baud: 9600}\n",
-			`config.yaml:5: board "b1": drivers.serial.device: required (e.g. /dev/ttyUSB0)`},
-		{"serial device missing", "stateDir: /bv\nboards:\n  - name: rpi4-01\n    drivers:\n      serial:\n        device: {{DIR}}/ttyUSB9\n",
-			`config.yaml:6: board "rpi4-01": drivers.serial.device: {{DIR}}/ttyUSB9 does not exist`},
-		{"serial device relative", "stateDir: /bv\nboards:\n  - name: b1\n    drivers:\n      serial:\n        device: ttyUSB0\n",
-			`config.yaml:6: board "b1": drivers.serial.device: "ttyUSB0" is not an absolute path`},
-		{"serial baud", "stateDir: /bv\nboards:\n  - name: b1\n    drivers:\n      serial:\n        device: {{DIR}}/tty\n        baud: 115201\n",
-			`config.yaml:7: board "b1": drivers.serial.baud: 115201 is not a standard rate (e.g. 9600, 115200, 921600; 50 to 4000000)`},
-		{"serial baud not a number", "stateDir: /bv\nboards:\n  - name: b1\n    drivers:\n      serial:\n        device: {{DIR}}/tty\n        baud: fast\n",
-			`config.yaml:7: board "b1": drivers.serial.baud: want an integer, got a string "fast"`},
-		{"serial parity", "stateDir: /bv\nboards:\n  - name: b1\n    drivers:\n      serial:\n        device: {{DIR}}/tty\n        parity: n\n",
-			`config.yaml:7: board "b1": drivers.serial.parity: unknown parity "n" (want none, odd, even, mark or space)`},
-		{"serial data bits", "stateDir: /bv\nboards:\n  - name: b1\n    drivers:\n      serial:\n        device: {{DIR}}/tty\n        dataBits: 9\n",
-			`config.yaml:7: board "b1": drivers.serial.dataBits: 9 is out of range (want 5 to 8)`},
-		{"serial stop bits", "stateDir: /bv\nboards:\n  - name: b1\n    drivers:\n      serial:\n        device: {{DIR}}/tty\n        stopBits: 3\n",
-			`config.yaml:7: board "b1": drivers.serial.stopBits: 3 is not 1 or 2`},
-		{"serial coalesce", "stateDir: /bv\nboards:\n  - name: b1\n    drivers:\n      serial:\n        device: {{DIR}}/tty\n        coalesce: 2m\n",
-			`config.yaml:7: board "b1": drivers.serial.coalesce: 2m0s is out of range (want 0s to 1m; 0s means the default, 250ms)`},
-		{"serial device shared", "stateDir: /bv\nboards:\n  - name: b1\n    drivers: {serial: {device: {{DIR}}/tty}}\n  - name: b2\n    drivers: {serial: {device: {{DIR}}/tty}}\n",
-			`config.yaml:6: board "b2": drivers.serial.device: {{DIR}}/tty is also the serial device of board "b1" (at line 4)`},
-		{"serial in defaults", "stateDir: /bv\ndefaults:\n  drivers:\n    serial: {device: {{DIR}}/tty}\n" + board,
-			`config.yaml:4: defaults.drivers.serial: a serial console belongs to one board: set it under boards[].drivers.serial`},
-		{"power without commands", "stateDir: /bv\nboards:\n  - name: b1\n    drivers:\n      power: {on: \"\", timeout: 5s}\n",
-			`config.yaml:5: board "b1": drivers.power: at least one of on, off or cycle is required`},
-		{"power timeout negative", "stateDir: /bv\nboards:\n  - name: b1\n    drivers:\n      power: {on: x, timeout: -5s}\n",
-			`config.yaml:5: board "b1": drivers.power.timeout: -5s must be positive`},
-		{"virtual boot delay negative", "stateDir: /bv\nboards:\n  - name: b1\n    drivers:\n      virtual: {bootDelay: -1s}\n",
-			`config.yaml:5: board "b1": drivers.virtual.bootDelay: -1s must not be negative`},
-		{"serial and virtual", "stateDir: /bv\nboards:\n  - name: b1\n    drivers:\n      serial: {device: {{DIR}}/tty}\n      virtual: {}\n",
-			`config.yaml:4: board "b1": drivers: serial and virtual exclude each other (a virtual board has a simulated console)`},
-		{"serial and default virtual", "stateDir: /bv\ndefaults:\n  drivers: {virtual: {}}\nboards:\n  - name: b1\n    drivers:\n      serial: {device: {{DIR}}/tty}\n",
-			`config.yaml:6: board "b1": drivers: serial and virtual exclude each other (virtual is inherited from defaults.drivers.virtual)`},
-		{"unknown field", "stateDir: /bv\nboards:\n  - name: rpi4-01\n    hoooks: {}\n",
-			`config.yaml:4: board "rpi4-01": hoooks: unknown field (did you mean "hooks"?)`},
-		{"unknown top-level field", "stateDir: /bv\nplugins: [a]\n" + board,
-			`config.yaml:2: plugins: unknown field (known fields: stateDir, listen, metrics, log, coordinator, defaults, boards)`},
-		{"unknown nested field", "stateDir: /bv\nboards:\n  - name: b1\n    drivers:\n      serial: {device: {{DIR}}/tty, baudrate: 9600}\n",
-			`config.yaml:5: board "b1": drivers.serial.baudrate: unknown field (did you mean "baud"?)`},
-		{"duplicate key", "stateDir: /bv\nboards:\n  - name: b1\n    queue: 1\n    queue: 2\n",
-			`config.yaml:5: board "b1": queue: key given twice (first at line 4)`},
-		{"wrong type", "stateDir: /bv\nboards:\n  - name: b1\n    labels: [a, b]\n",
-			`config.yaml:4: board "b1": labels: want a mapping, got a list`},
-		{"path is not a key", "stateDir: /bv\npath: /x\n" + board,
-			`config.yaml:2: path: unknown field (known fields: stateDir, listen, metrics, log, coordinator, defaults, boards)`},
-	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
+	for _, tc := range configtest.Invalid {
+		t.Run(tc.Name, func(t *testing.T) {
 			e := newEnv(t)
-			e.file("plain.sh", "#!/bin/sh\n", 0o644)
-			e.file("tty", "", 0o600)
-			_, err := e.load(tc.config)
-			e.wantOnly(err, strings.ReplaceAll(tc.want, "{{DIR}}", e.dir))
+			for name, f := range configtest.Files {
+				e.file(name, f.Content, f.Mode)
+			}
+			_, err := e.load(tc.Config)
+			e.wantOnly(err, strings.ReplaceAll(tc.Want, "{{DIR}}", e.dir))
 		})
 	}
 }
@@ -636,9 +520,29 @@ func TestDurationYAML(t *testing.T) {
 	}
 }
 
+// exampleFull is testdata/example.yaml with its commented-out settings (lines starting
+// with "#~") switched on, the paths they name pointed at files of e.
+func exampleFull(t *testing.T, e *env, data []byte) (text, tty string) {
+	t.Helper()
+	tty = e.file("ttyUSB0", "", 0o600)
+	token := e.file("token", "secret", 0o600)
+	ca := e.file("ca.pem", "-----BEGIN CERTIFICATE-----\n", 0o600)
+	var lines []string
+	for _, l := range strings.Split(string(data), "\n") {
+		lines = append(lines, strings.TrimPrefix(l, "#~"))
+	}
+	full := strings.Join(lines, "\n")
+	full = strings.ReplaceAll(full, "/dev/ttyUSB0", tty)
+	full = strings.ReplaceAll(full, "/etc/boardvisor/token", token)
+	full = strings.ReplaceAll(full, "/etc/boardvisor/ca.pem", ca)
+	if full == string(data) || !strings.Contains(full, tty) || !strings.Contains(full, token) || !strings.Contains(full, ca) {
+		t.Fatal("example.yaml has no #~ lines naming /dev/ttyUSB0, /etc/boardvisor/token and /etc/boardvisor/ca.pem")
+	}
+	return full, tty
+}
+
 // TestExample loads testdata/example.yaml as it is, and again with its commented-out
-// settings (lines starting with "#~") switched on, the paths they name pointed at
-// temporary files.
+// settings switched on.
 func TestExample(t *testing.T) {
 	data, err := os.ReadFile("testdata/example.yaml")
 	if err != nil {
@@ -653,33 +557,97 @@ func TestExample(t *testing.T) {
 		rs[0].Before == nil || rs[0].Before.Policy.OnFailure != jobs.PolicyEndLease || rs[0].After.Exec != "/bin/true" {
 		t.Errorf("example boards: %+v", rs)
 	}
-	if rs[1].Before != nil || rs[1].After.Policy.OnFailure != jobs.PolicyExit || rs[1].Power.Cycle != "echo cycle virt-02" {
+	if rs[1].Before != nil || rs[1].After.Policy.OnFailure != jobs.PolicyExit || !rs[1].After.Pipe || rs[0].Before.Pipe ||
+		rs[0].Power != nil || rs[1].Power != nil || rs[0].Virtual == nil || rs[1].Virtual == nil {
 		t.Errorf("example virt-02: %+v", rs[1])
+	}
+	if c.Coordinator != nil || c.Log.Format != "auto" {
+		t.Errorf("example as it is: coordinator %+v, log %+v", c.Coordinator, c.Log)
 	}
 
 	e := newEnv(t)
-	tty := e.file("ttyUSB0", "", 0o600)
-	token := e.file("token", "secret", 0o600)
-	var lines []string
-	for _, l := range strings.Split(string(data), "\n") {
-		lines = append(lines, strings.TrimPrefix(l, "#~"))
-	}
-	full := strings.Join(lines, "\n")
-	full = strings.ReplaceAll(full, "/dev/ttyUSB0", tty)
-	full = strings.ReplaceAll(full, "/etc/boardvisor/token", token)
-	if full == string(data) || !strings.Contains(full, tty) || !strings.Contains(full, token) {
-		t.Fatal("example.yaml has no #~ lines naming /dev/ttyUSB0 and /etc/boardvisor/token")
-	}
+	full, tty := exampleFull(t, e, data)
 	c, err = Parse("example-full.yaml", []byte(full))
 	if err != nil {
 		t.Fatalf("example.yaml with #~ lines: %v", err)
 	}
-	if c.Coordinator == nil || c.Coordinator.Address != "coord.lab:7400" {
-		t.Errorf("coordinator %+v", c.Coordinator)
+	if rs := c.Resolve(); rs[0].RunAs == nil || rs[0].RunAs.User != "nobody" || len(rs[0].RunAs.Groups) != 1 || c.HookCgroup == "" {
+		t.Errorf("example runAs %+v, hookCgroup %q", rs[0].RunAs, c.HookCgroup)
+	}
+	if co := c.Coordinator; co == nil || co.Address != "coord.lab:7400" || co.SupervisorID != "lab-a" || co.OutboxMaxBytes != 256<<20 ||
+		co.CAFile == "" || co.TokenFile == "" || c.Metrics != "127.0.0.1:9410" {
+		t.Errorf("coordinator %+v, metrics %q", c.Coordinator, c.Metrics)
 	}
 	rs = c.Resolve()
 	want := &Serial{Device: tty, Baud: 115200, Parity: "none", DataBits: 8, StopBits: 1, Coalesce: Duration(250 * time.Millisecond)}
-	if len(rs) != 3 || !reflect.DeepEqual(rs[2].Serial, want) {
-		t.Errorf("serial board: %+v", rs)
+	if len(rs) != 4 || !reflect.DeepEqual(rs[2].Serial, want) || rs[2].Power == nil || rs[2].Power.Cycle != "echo cycle" {
+		t.Fatalf("serial board: %+v", rs)
+	}
+	if q := rs[3].QEMU; q == nil || q.Machine != "pc" || q.MemoryMiB != 64 || len(q.Args) != 2 {
+		t.Errorf("qemu board: %+v", rs[3])
+	}
+}
+
+// TestExampleDocumentsEveryField: every key of the config (every yaml tag of every
+// struct reachable from Config) appears in testdata/example.yaml as a key, set or shown
+// in a comment. A field added without documenting it fails here.
+func TestExampleDocumentsEveryField(t *testing.T) {
+	data, err := os.ReadFile("testdata/example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := map[string]string{} // key -> the struct field it is, for the message
+	seen := map[reflect.Type]bool{}
+	var walk func(reflect.Type)
+	walk = func(rt reflect.Type) {
+		for rt.Kind() == reflect.Pointer || rt.Kind() == reflect.Slice {
+			rt = rt.Elem()
+		}
+		if rt.Kind() != reflect.Struct || seen[rt] || rt == reflect.TypeOf(Duration(0)) {
+			return
+		}
+		seen[rt] = true
+		for i := 0; i < rt.NumField(); i++ {
+			f := rt.Field(i)
+			tag := strings.Split(f.Tag.Get("yaml"), ",")[0]
+			if !f.IsExported() || tag == "-" || tag == "" {
+				continue
+			}
+			keys[tag] = rt.Name() + "." + f.Name
+			walk(f.Type)
+		}
+	}
+	walk(reflect.TypeOf(Config{}))
+	if len(keys) < 30 {
+		t.Fatalf("only %d keys found: the walk is broken", len(keys))
+	}
+	for key, field := range keys {
+		re := regexp.MustCompile(`(?m)(^|[\s{,#~-])` + regexp.QuoteMeta(key) + `:`)
+		if !re.Match(data) {
+			t.Errorf("example.yaml does not document %s (key %q)", field, key)
+		}
+	}
+}
+
+// terminal: false keeps a plain pipe for a hook; the default is a terminal.
+func TestHookTerminalSetting(t *testing.T) {
+	e := newEnv(t)
+	c, err := e.load(`stateDir: /bv
+defaults:
+  hooks:
+    beforeLease: {script: "echo a"}
+    afterLease: {script: "echo b", terminal: false}
+boards:
+  - name: b1
+  - name: b2
+    hooks:
+      beforeLease: {script: "echo c", terminal: true}
+`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs := c.Resolve()
+	if rs[0].Before.Pipe || !rs[0].After.Pipe || rs[1].Before.Pipe || !rs[1].After.Pipe {
+		t.Errorf("pipes: %v %v %v %v, want false true false true", rs[0].Before.Pipe, rs[0].After.Pipe, rs[1].Before.Pipe, rs[1].After.Pipe)
 	}
 }

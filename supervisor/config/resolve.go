@@ -4,6 +4,7 @@ import (
 	"maps"
 	"time"
 
+	"github.com/boardvisor/boardvisor/drivers/qemu"
 	"github.com/boardvisor/boardvisor/jobs"
 )
 
@@ -26,6 +27,8 @@ type ResolvedBoard struct {
 	LeaseDuration time.Duration
 	// Queue is how many leases may wait for the board while it is busy.
 	Queue int
+	// RunAs is who the board's hooks run as; nil: the daemon's user.
+	RunAs *Credential
 }
 
 // ResolvedHook is one hook to run: its command and its lifecycle policy.
@@ -36,6 +39,8 @@ type ResolvedHook struct {
 	Exec string
 	// Policy is the hook's timeout and failure policy, as the lease lifecycle takes them.
 	Policy jobs.HookPolicy
+	// Pipe gives the hook a plain pipe instead of a pseudo-terminal (terminal: false).
+	Pipe bool
 }
 
 // Resolve returns each board, in config order, with the defaults merged in (see
@@ -85,6 +90,18 @@ func (b Board) Effective(d Defaults) ResolvedBoard {
 	if q := b.Drivers.QEMU; q != nil {
 		cp := *q
 		r.QEMU = &cp
+		// An emulated board says which images it runs (docs/images.md): its
+		// emulator's architecture, unless its labels say otherwise.
+		bin := q.Binary
+		if bin == "" {
+			bin = qemu.DefaultBinary
+		}
+		if a := qemu.Arch(bin); a != "" && r.Labels["arch"] == "" {
+			if r.Labels == nil {
+				r.Labels = map[string]string{}
+			}
+			r.Labels["arch"] = a
+		}
 	}
 	switch {
 	case b.LeaseDuration > 0:
@@ -93,6 +110,9 @@ func (b Board) Effective(d Defaults) ResolvedBoard {
 		r.LeaseDuration = d.LeaseDuration.Std()
 	default:
 		r.LeaseDuration = DefaultLeaseDuration
+	}
+	if ra := pick(b.RunAs, d.RunAs); ra != nil {
+		r.RunAs, _, _ = ra.resolve() // a validated config resolves
 	}
 	switch {
 	case b.Queue != nil:
@@ -117,7 +137,7 @@ func resolveHook(h *Hook) *ResolvedHook {
 	if h == nil || h.Disabled {
 		return nil
 	}
-	r := &ResolvedHook{Script: h.Script, Exec: h.Exec}
+	r := &ResolvedHook{Script: h.Script, Exec: h.Exec, Pipe: h.Terminal != nil && !*h.Terminal}
 	r.Policy.Timeout = h.Timeout.Std()
 	if r.Policy.Timeout <= 0 {
 		r.Policy.Timeout = jobs.DefaultHookTimeout

@@ -66,7 +66,7 @@ func (s scope) add(rel, format string, args ...any) {
 
 var (
 	logLevels  = []string{"trace", "debug", "info", "warn", "error"}
-	logFormats = []string{"json", "text"}
+	logFormats = []string{"json", "text", "auto"}
 	parities   = []string{"none", "odd", "even", "mark", "space"}
 	// standardBauds are the rates termios names (B50 to B4000000).
 	standardBauds = []int{50, 75, 110, 134, 150, 200, 300, 600, 1200, 1800, 2400, 4800,
@@ -94,12 +94,26 @@ func (v *validator) host() {
 		s.add("log.level", "unknown level %q (want trace, debug, info, warn or error)", c.Log.Level)
 	}
 	if c.Log.Format != "" && !slices.Contains(logFormats, c.Log.Format) {
-		s.add("log.format", "unknown format %q (want json or text)", c.Log.Format)
+		s.add("log.format", "unknown format %q (want json, text or auto)", c.Log.Format)
+	}
+	if c.HookCgroup != "" && !filepath.IsAbs(c.HookCgroup) {
+		s.add("hookCgroup", "%q is not an absolute path (want a directory in a cgroup v2 hierarchy)", c.HookCgroup)
 	}
 	if c.Metrics != "" {
 		if msg := checkHostPort(c.Metrics, false); msg != "" {
 			s.add("metrics", "%s", msg)
 		}
+	}
+	if c.Images.MaxBytes < 0 {
+		s.add("images.maxBytes", "%d must not be negative", c.Images.MaxBytes)
+	}
+	for i, r := range c.Images.PlainHTTP {
+		if msg := checkHostPort(r, true); msg != "" {
+			s.add(fmt.Sprintf("images.plainHTTP[%d]", i), "%s", msg)
+		}
+	}
+	if c.Images.FetchTimeout < 0 || c.Images.ProvisionTimeout < 0 {
+		s.add("images", "timeouts must not be negative")
 	}
 	if co := c.Coordinator; co != nil {
 		if co.Address == "" {
@@ -120,6 +134,12 @@ func (v *validator) host() {
 		if co.OutboxMaxBytes < 0 {
 			s.add("coordinator.outboxMaxBytes", "must not be negative")
 		}
+		if co.ReconnectMaxBackoff < 0 {
+			s.add("coordinator.reconnectMaxBackoff", "%s must not be negative", co.ReconnectMaxBackoff)
+		}
+		if co.RefusedBackoff < 0 {
+			s.add("coordinator.refusedBackoff", "%s must not be negative", co.RefusedBackoff)
+		}
 		if co.SupervisorID != "" && !boardNameRe.MatchString(co.SupervisorID) {
 			s.add("coordinator.supervisorId", "%q is not a valid name ([A-Za-z0-9._-], 1 to 64 characters)", co.SupervisorID)
 		}
@@ -131,6 +151,7 @@ func (v *validator) defaults() {
 	d := v.c.Defaults
 	checkLease(s, d.LeaseDuration, d.Queue)
 	checkHooks(s, d.Hooks)
+	checkRunAs(s, "runAs", d.RunAs)
 	if d.Drivers.Serial != nil {
 		s.add("drivers.serial", "a serial console belongs to one board: set it under boards[].drivers.serial")
 	}
@@ -173,6 +194,7 @@ func (v *validator) boards() {
 		}
 		checkLease(s, b.LeaseDuration, b.Queue)
 		checkHooks(s, b.Hooks)
+		checkRunAs(s, "runAs", b.RunAs)
 		if ser := b.Drivers.Serial; ser != nil {
 			checkSerial(s, ser)
 			if ser.Device != "" {
@@ -193,6 +215,21 @@ func (v *validator) boards() {
 			if b.Drivers.Serial != nil || b.Drivers.Virtual != nil {
 				s.add("drivers", "qemu excludes serial and virtual (an emulated board has its own console; a default virtual is not inherited)")
 			}
+		}
+		// A simulated or emulated board has power of its own: a power block inherited
+		// from the defaults would replace it without a word, and the board would never
+		// boot. A board's own power block says so on the board's line.
+		if b.Drivers.Power == nil && c.Defaults.Drivers.Power != nil &&
+			(b.Drivers.QEMU != nil || b.Drivers.Virtual != nil || b.Drivers.Serial == nil && c.Defaults.Drivers.Virtual != nil) {
+			kind := "simulated"
+			if b.Drivers.QEMU != nil {
+				kind = "emulated (qemu)"
+			}
+			line := ""
+			if l := c.pos.line("defaults.drivers.power"); l > 0 {
+				line = fmt.Sprintf(" (line %d)", l)
+			}
+			s.add("drivers.power", "inherited from defaults.drivers.power%s, which would replace this %s board's own power and it would never boot: set power on the boards that need it, not in defaults", line, kind)
 		}
 		if b.Drivers.Serial != nil {
 			switch {
@@ -234,8 +271,8 @@ func checkHook(s scope, rel string, h *Hook) {
 		return
 	}
 	if h.Disabled {
-		if h.Script != "" || h.Exec != "" || h.Timeout != 0 || h.OnFailure != "" {
-			s.add(rel+".disabled", "a disabled hook takes no script, exec, timeout or onFailure")
+		if h.Script != "" || h.Exec != "" || h.Timeout != 0 || h.OnFailure != "" || h.Terminal != nil {
+			s.add(rel+".disabled", "a disabled hook takes no script, exec, timeout, onFailure or terminal")
 		}
 		return
 	}
@@ -306,8 +343,8 @@ func checkVirtual(s scope, vb *Virtual) {
 	if vb.BootDelay < 0 {
 		s.add("drivers.virtual.bootDelay", "%s must not be negative", vb.BootDelay)
 	}
-	if vb.Baud < 0 {
-		s.add("drivers.virtual.baud", "%d must not be negative", vb.Baud)
+	if vb.Baud < 0 || vb.Baud > 100_000_000 {
+		s.add("drivers.virtual.baud", "%d is out of range (0 to 100000000; 0 means 115200)", vb.Baud)
 	}
 	if vb.RandomBytes < 0 {
 		s.add("drivers.virtual.randomBytes", "%d must not be negative", vb.RandomBytes)

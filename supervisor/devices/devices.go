@@ -29,8 +29,11 @@ import (
 	"github.com/boardvisor/boardvisor/drivers/recording"
 	"github.com/boardvisor/boardvisor/drivers/serial"
 	"github.com/boardvisor/boardvisor/drivers/virtual"
+	"github.com/boardvisor/boardvisor/images"
+	"github.com/boardvisor/boardvisor/internal/diskspace"
 	"github.com/boardvisor/boardvisor/jobs"
 	"github.com/boardvisor/boardvisor/supervisor/config"
+	"github.com/boardvisor/boardvisor/supervisor/exporter"
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -56,6 +59,11 @@ type Board struct {
 	// (touched only by Sink, which the outbox calls from one goroutine).
 	recJob  string
 	closers []io.Closer
+	// labels and arch say which images the board runs (its arch label, or the
+	// emulator's); qemu boots them (nil for other boards).
+	labels map[string]string
+	arch   string
+	qemu   *qemu.Board
 
 	mu   sync.Mutex
 	subs map[chan []byte]bool
@@ -133,23 +141,32 @@ func runDirName(board string) string {
 // Manager holds the devices of every board of a supervisor.
 type Manager struct {
 	log     hclog.Logger
+	disk    *diskspace.Monitor
 	boards  map[string]*Board
 	writers []*recWriter
-	wg      sync.WaitGroup
+	wg      sync.WaitGroup // the recording writers
+	// images is the image store of image jobs (images.go).
+	images   *images.Store
+	leaseDir string
+	imgWG    sync.WaitGroup
 }
 
 // Build creates the devices of every board in cfg. Simulated and emulated boards are
-// created (their pseudo-terminals opened) but not powered on.
+// created (their pseudo-terminals opened) but not powered on. disk (may be nil) watches
+// the state directory's space: the console recordings stop while it is low.
 //
 // Emulated boards keep their run directories under StateDir/qemu; what is there when
 // Build starts is left from an earlier process (its QEMUs died with it) and removed.
 // The caller must hold the state directory (the journal's lock) first.
-func Build(cfg *config.Config, logger hclog.Logger) (*Manager, error) {
-	m := &Manager{log: logger, boards: map[string]*Board{}}
-	m.startWriters()
+func Build(cfg *config.Config, logger hclog.Logger, disk *diskspace.Monitor) (*Manager, error) {
+	m := &Manager{log: logger, boards: map[string]*Board{}, disk: disk}
 	if err := os.RemoveAll(filepath.Join(cfg.StateDir, QEMURunDir)); err != nil {
 		logger.Warn("remove stale qemu run directories", "error", err)
 	}
+	if err := m.openImages(cfg); err != nil {
+		return nil, err
+	}
+	m.startWriters()
 	for _, rb := range cfg.Resolve() {
 		b, err := m.build(cfg.StateDir, rb)
 		if err != nil {
@@ -162,13 +179,17 @@ func Build(cfg *config.Config, logger hclog.Logger) (*Manager, error) {
 }
 
 func (m *Manager) build(stateDir string, rb config.ResolvedBoard) (*Board, error) {
-	b := &Board{Name: rb.Name, subs: map[chan []byte]bool{}}
+	b := &Board{Name: rb.Name, subs: map[chan []byte]bool{}, labels: rb.Labels, arch: rb.Labels["arch"]}
 	var consolePath string
 	sc := serial.Config{Name: Console}
 	switch {
 	case rb.Virtual != nil:
 		v := rb.Virtual
-		vb, err := virtual.New(rb.Name, virtual.Options{BootDelay: v.BootDelay.Std(), Baud: v.Baud, RandomBytes: v.RandomBytes, Seed: v.Seed})
+		seed := v.Seed
+		if seed == 0 {
+			seed = seedOf(rb.Name)
+		}
+		vb, err := virtual.New(rb.Name, virtual.Options{BootDelay: v.BootDelay.Std(), Baud: v.Baud, RandomBytes: v.RandomBytes, Seed: seed})
 		if err != nil {
 			return nil, err
 		}
@@ -181,7 +202,8 @@ func (m *Manager) build(stateDir string, rb config.ResolvedBoard) (*Board, error
 			return nil, err
 		}
 		b.closers = append(b.closers, q)
-		consolePath, b.power = q.Path(), q
+		consolePath, b.power, b.qemu = q.Path(), q, q
+		// (config.Resolve gave it the emulator's arch label unless it had one.)
 	case rb.Serial != nil:
 		consolePath = rb.Serial.Device
 		sc.Baud, sc.Parity, sc.DataBits, sc.StopBits = rb.Serial.Baud, rb.Serial.Parity, rb.Serial.DataBits, rb.Serial.StopBits
@@ -202,13 +224,22 @@ func (m *Manager) build(stateDir string, rb config.ResolvedBoard) (*Board, error
 		}
 		b.console, b.attend = d, d
 		b.Drivers = append(b.Drivers, d)
-		rec, err := recording.New(recording.Options{StateDir: stateDir, Board: rb.Name})
+		rec, err := recording.New(recording.Options{StateDir: stateDir, Board: rb.Name, Disk: m.disk})
 		if err != nil {
 			return nil, err
 		}
 		b.rec, b.recW = rec, m.writers[len(m.boards)%len(m.writers)]
 	}
 	return b, nil
+}
+
+// seedOf gives each simulated board its own random stream.
+func seedOf(name string) uint64 {
+	var h uint64 = 14695981039346656037
+	for i := 0; i < len(name); i++ {
+		h = (h ^ uint64(name[i])) * 1099511628211
+	}
+	return h
 }
 
 // Board returns a board's devices (nil if it has none).
@@ -316,7 +347,7 @@ func (m *Manager) Call(ctx context.Context, board, drv, method string, args []*s
 		}
 		return structpb.NewNumberValue(float64(n)), nil
 	}
-	return nil, status.Errorf(codes.Unimplemented, "no method %s.%s (have power.on, power.off, power.cycle, console.write, console.stream)", drv, method)
+	return nil, status.Errorf(codes.NotFound, "no method %s.%s (have power.on, power.off, power.cycle, console.write, console.stream)", drv, method)
 }
 
 // Stream runs console.stream: it sends the console's output, as base64 strings, until
@@ -324,12 +355,20 @@ func (m *Manager) Call(ctx context.Context, board, drv, method string, args []*s
 func (m *Manager) Stream(ctx context.Context, board, drv, method string, _ []*structpb.Value, send func(*structpb.Value) error) error {
 	b := m.boards[board]
 	if drv+"."+method != "console.stream" {
-		return status.Errorf(codes.Unimplemented, "no streaming method %s.%s (have console.stream)", drv, method)
+		return status.Errorf(codes.NotFound, "no streaming method %s.%s (have console.stream)", drv, method)
 	}
 	if b == nil || b.console == nil {
 		return status.Errorf(codes.Unimplemented, "board %s has no console", board)
 	}
-	ch := make(chan []byte, 256)
+	return m.attach(ctx, b, func(data []byte) error {
+		return send(structpb.NewStringValue(base64.StdEncoding.EncodeToString(data)))
+	})
+}
+
+// attach calls out with the board's console output until ctx is done. A watcher that
+// does not keep up (ConsoleBuffer chunks behind) misses bytes: the board never waits.
+func (m *Manager) attach(ctx context.Context, b *Board, out func([]byte) error) error {
+	ch := make(chan []byte, ConsoleBuffer)
 	b.mu.Lock()
 	b.subs[ch] = true
 	b.decideAttended(time.Now())
@@ -343,7 +382,7 @@ func (m *Manager) Stream(ctx context.Context, board, drv, method string, _ []*st
 	for {
 		select {
 		case data := <-ch:
-			if err := send(structpb.NewStringValue(base64.StdEncoding.EncodeToString(data))); err != nil {
+			if err := out(data); err != nil {
 				return err
 			}
 		case <-ctx.Done():
@@ -352,8 +391,45 @@ func (m *Manager) Stream(ctx context.Context, board, drv, method string, _ []*st
 	}
 }
 
+// ConsoleBuffer is how many console chunks wait for one watcher.
+const ConsoleBuffer = 256
+
+// Inventory says which drivers a board has (exporter.Inventories).
+func (m *Manager) Inventory(board string) exporter.Inventory {
+	b := m.boards[board]
+	if b == nil {
+		return exporter.Inventory{}
+	}
+	return exporter.Inventory{Power: b.power != nil, Console: b.console != nil}
+}
+
+// AttachConsole calls out with the board's console output until ctx is done
+// (exporter.Consoles).
+func (m *Manager) AttachConsole(ctx context.Context, board string, out func([]byte) error) error {
+	b := m.boards[board]
+	if b == nil || b.console == nil {
+		return status.Errorf(codes.NotFound, "board %s has no console", board)
+	}
+	return m.attach(ctx, b, out)
+}
+
+// WriteConsole types p into the board's console (exporter.Consoles).
+func (m *Manager) WriteConsole(board string, p []byte) (int, error) {
+	b := m.boards[board]
+	if b == nil || b.console == nil {
+		return 0, status.Errorf(codes.NotFound, "board %s has no console", board)
+	}
+	// Typing makes the console attended first, so that the echo is read at once.
+	b.typed()
+	return b.console.Write(p)
+}
+
 // Close stops the recordings and closes simulated and emulated boards.
 func (m *Manager) Close() error {
+	m.imgWG.Wait()
+	if m.images != nil {
+		m.images.Close()
+	}
 	m.stopWriters()
 	var errs []error
 	for _, b := range m.boards {

@@ -31,7 +31,7 @@ func TestRecordingFollowsTheConsoleEventsLease(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := Build(cfg, hclog.NewNullLogger())
+	m, err := Build(cfg, hclog.NewNullLogger(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -93,7 +93,7 @@ func TestQEMURunDirectoriesLiveUnderTheStateDir(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := Build(cfg, hclog.NewNullLogger())
+	m, err := Build(cfg, hclog.NewNullLogger(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

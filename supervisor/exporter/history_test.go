@@ -32,7 +32,7 @@ func TestHistoryBoundedInBytes(t *testing.T) {
 	s.mu.Unlock()
 	// Short lines are bounded by count.
 	for i := 0; i < MaxHistory+5; i++ {
-		s.apply(connector.Event{Board: "rpi", JobID: "j", Hook: &connector.HookLine{Text: "short"}})
+		s.apply(connector.Event{Board: "rpi", JobID: "j", Hook: &connector.HookLine{Text: "short"}}, "", nil)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()

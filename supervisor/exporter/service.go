@@ -13,11 +13,10 @@ import (
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
-	"crypto/subtle"
 	"encoding/hex"
 	"fmt"
-	"strings"
 	"sync"
+	"time"
 
 	"github.com/boardvisor/boardvisor/connector"
 	"github.com/boardvisor/boardvisor/jobs"
@@ -26,8 +25,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/emptypb"
@@ -89,12 +86,20 @@ type Limits struct {
 	// MaxLogStreamsPerLease bounds the LogStream streams open at once for one lease.
 	// Default DefaultMaxLogStreamsPerLease.
 	MaxLogStreamsPerLease int
+	// MaxEndedLeases and MaxEndedBytes bound the ended leases kept for their grace
+	// period (grace.go). Defaults DefaultMaxEndedLeases, DefaultMaxEndedBytes.
+	MaxEndedLeases, MaxEndedBytes int
+	// MaxConsoleStreamsPerLease bounds the console streams (RouterService.Stream) open
+	// at once for one lease. Default DefaultMaxConsoleStreamsPerLease.
+	MaxConsoleStreamsPerLease int
 }
 
 // Defaults of Limits.
 const (
 	DefaultMaxWatchStreams       = 4096
 	DefaultMaxLogStreamsPerLease = 64
+	// DefaultMaxConsoleStreamsPerLease bounds a lease's open console streams.
+	DefaultMaxConsoleStreamsPerLease = 16
 )
 
 // Service implements jumpstarter.v1.ExporterService. Its zero value is not usable; use New.
@@ -114,29 +119,47 @@ type Service struct {
 	// registered.
 	Limits Limits
 
-	mu       sync.Mutex
-	boards   map[string]*boardState
-	leases   map[string]*leaseState
-	tokens   map[string]*leaseState // by token hash
-	watchers int                    // WatchStatus streams open
+	// FailedStatusHold is how long a failed hook's status is shown at least (view.go);
+	// zero: DefaultFailedStatusHold.
+	FailedStatusHold time.Duration
+	// LogGrace is how long an ended lease's log and status stay readable with its
+	// token (grace.go); zero: DefaultLogGrace, negative: not at all.
+	LogGrace time.Duration
+	// MotdFile, if set, names the file a lease's hooks get as $JMP_MOTD_FILE (motd.go).
+	MotdFile func(job string) string
+
+	mu         sync.Mutex
+	boards     map[string]*boardState
+	leases     map[string]*leaseState
+	tokens     map[string]*leaseState // by token hash
+	watchers   int                    // WatchStatus streams open
+	ended      map[string]*leaseState // ended leases in their grace period, by token hash
+	endedQ     []*leaseState          // the same, in the order they ended
+	endedBytes int                    // of their logs
 }
 
 // New returns a service for the named boards (name -> labels).
 func New(boards map[string]map[string]string, ender Ender, drivers Drivers) *Service {
 	s := &Service{ender: ender, drivers: drivers, boards: map[string]*boardState{},
-		leases: map[string]*leaseState{}, tokens: map[string]*leaseState{}}
+		leases: map[string]*leaseState{}, tokens: map[string]*leaseState{}, ended: map[string]*leaseState{}}
 	for name, labels := range boards {
 		s.board(name).labels = labels
 	}
 	return s
 }
 
-// Sink is the outbox sink that feeds the service. It never blocks.
-func (s *Service) Sink(ev connector.Event) { s.apply(ev) }
+// Sink is the outbox sink that feeds the service. It waits for nothing but, once per
+// lease, the read of the small file a beforeLease hook may leave (motd.go).
+func (s *Service) Sink(ev connector.Event) {
+	motd, err := s.motdFor(ev)
+	s.apply(ev, motd, err)
+}
 
-// Register registers the service, gRPC health and server reflection on g.
+// Register registers the service (ExporterService and RouterService), gRPC health and
+// server reflection on g.
 func (s *Service) Register(g *grpc.Server) {
 	jpb.RegisterExporterServiceServer(g, s)
+	jpb.RegisterRouterServiceServer(g, router{s: s})
 	hs := health.NewServer()
 	hs.SetServingStatus(jpb.ExporterService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	healthpb.RegisterHealthServer(g, hs)
@@ -163,7 +186,7 @@ func (w wrapped) StartJob(ctx context.Context, req connector.StartJobRequest) er
 	if err != nil && l != nil {
 		if k, _ := jobs.KindOf(err); k != jobs.KindJobAlreadyExists {
 			w.s.mu.Lock()
-			w.s.endLease(l)
+			w.s.endLease(l, false)
 			w.s.mu.Unlock()
 		}
 	}
@@ -215,104 +238,39 @@ func (s *Service) add(job, board, tokenHash string, phase jobs.Phase) *leaseStat
 
 // Restore makes a lease resumed after a restart known again, so that its client can
 // reconnect with its token. (Its earlier log lines are not kept across the restart.)
+//
+// A lease past its beforeLease hook gets its message of the day again from the hook's
+// file (it lives until the lease ends).
 func (s *Service) Restore(job, board, tokenHash string, phase jobs.Phase) {
+	motd := ""
+	if s.MotdFile != nil && phase >= jobs.PhaseReady && !phase.Terminal() {
+		motd, _ = readMotd(s.MotdFile(job))
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.leases[job] == nil && !phase.Terminal() {
-		s.add(job, board, tokenHash, phase)
+		s.add(job, board, tokenHash, phase).motd = motd
 	}
 }
 
-func md(ctx context.Context, key string) string {
-	m, _ := metadata.FromIncomingContext(ctx)
-	if v := m.Get(key); len(v) > 0 {
-		return v[0]
-	}
-	return ""
-}
-
-// authorize returns the lease the call's token holds on the call's board. Every refusal
-// with UNAUTHENTICATED or PERMISSION_DENIED is audited. Neither the token nor anything
-// derived from it appears in the error or the audit record.
-//
-// Tokens are compared in constant time where it matters: the service keeps no token,
-// only its SHA-256 (jobs.TokenHash), and looks the hash of the presented token up in a
-// map. Hashing takes time that depends on the token's length only, and the map compares
-// hashes, not tokens: how long a comparison takes can tell an attacker at most how many
-// leading bytes of SHA-256(guess) match a stored hash, which, SHA-256 being preimage
-// resistant, says nothing about the token itself (the same argument as for comparing
-// HMACs). A final subtle.ConstantTimeCompare of the two hashes makes the accepting path
-// constant-time as well.
-func (s *Service) authorize(ctx context.Context) (*leaseState, error) {
-	board := md(ctx, MDBoard)
-	if board == "" {
-		return nil, status.Error(codes.InvalidArgument, "no board named: set the "+MDBoard+" metadata key")
-	}
-	s.mu.Lock()
-	b, known := s.boards[board]
-	current := "" // the board's live lease, for the audit
-	if known && s.leases[b.current] != nil {
-		current = b.current
-	}
-	s.mu.Unlock()
-	if !known {
-		return nil, status.Errorf(codes.NotFound, "no board named %q on this supervisor", board)
-	}
-	token, ok := strings.CutPrefix(md(ctx, "authorization"), "Bearer ")
-	if !ok || token == "" {
-		s.refused(ctx, board, current, "no lease token")
-		return nil, status.Error(codes.Unauthenticated, "no lease token: send authorization: Bearer <lease token>")
-	}
-	hash := jobs.TokenHash(token)
-	s.mu.Lock()
-	l := s.tokens[hash]
-	s.mu.Unlock()
-	if l == nil || l.board != board || subtle.ConstantTimeCompare([]byte(hash), []byte(l.tokenHash)) != 1 {
-		why := "the token holds no live lease"
-		if l != nil && l.board != board {
-			why = fmt.Sprintf("the token is for lease %s on board %s", l.job, l.board)
-		}
-		s.refused(ctx, board, current, why)
-		return nil, status.Errorf(codes.PermissionDenied, "this token holds no live lease on board %s", board)
-	}
-	return l, nil
-}
-
-// refused audits a refused access.
-func (s *Service) refused(ctx context.Context, board, job, reason string) {
-	if s.Audit != nil {
-		s.Audit.Refused(peerOf(ctx), board, job, reason)
-	}
-}
-
-// peerOf returns the caller's network address.
-func peerOf(ctx context.Context) string {
-	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
-		return p.Addr.String()
-	}
-	return "unknown"
-}
-
-func (s *Service) boardFor(ctx context.Context) (*boardState, error) {
-	name := md(ctx, MDBoard)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	b, ok := s.boards[name]
-	if !ok {
-		return nil, status.Errorf(codes.NotFound, "no board named %q on this supervisor", name)
-	}
-	return b, nil
-}
-
-// GetStatus returns the board's status, its version and the previous status. Reading
-// a status needs no token (as upstream).
+// GetStatus returns the status clients are shown (view.go), its version and the
+// previous status. Reading a status needs no token (as upstream); with the token of a
+// lease that ended (in its grace period) it is that lease's final status: the failed
+// hook's, if one failed it, so that a client that comes late learns what happened.
 func (s *Service) GetStatus(ctx context.Context, _ *jpb.GetStatusRequest) (*jpb.GetStatusResponse, error) {
 	b, err := s.boardFor(ctx)
 	if err != nil {
 		return nil, err
 	}
+	l := s.optionalLease(ctx, b)
 	s.mu.Lock()
 	st := b.st
+	if l != nil && s.leases[l.job] != l {
+		st = l.final
+		if st.version == 0 {
+			st.version = b.st.version
+		}
+	}
 	s.mu.Unlock()
 	return statusResponse(st), nil
 }
@@ -367,20 +325,29 @@ func (s *Service) WatchStatus(_ *jpb.WatchStatusRequest, stream grpc.ServerStrea
 	}
 }
 
-// GetReport describes the board: its name as uuid, and its labels.
+// GetReport describes the board as upstream's client expects (report.go): a stable
+// UUID, its labels, its drivers as a tree, and, for the holder of its lease, the
+// message of the day the lease's beforeLease hook wrote.
 func (s *Service) GetReport(ctx context.Context, _ *emptypb.Empty) (*jpb.GetReportResponse, error) {
 	b, err := s.boardFor(ctx)
 	if err != nil {
 		return nil, err
 	}
-	return &jpb.GetReportResponse{Uuid: b.name, Labels: b.labels}, nil
+	motd := ""
+	if l := s.optionalLease(ctx, b); l != nil {
+		s.mu.Lock()
+		motd = l.motd
+		s.mu.Unlock()
+	}
+	return s.report(b, motd), nil
 }
 
 // LogStream sends the lease's log: first the lines so far, then live ones as they come,
-// none missing and none twice; it ends when the lease ends. A reader that falls behind
+// none missing and none twice; it ends when the lease ends — for an upstream client
+// (upstreamCaller), only when the client leaves or the lease's grace period is over. A reader that falls behind
 // by more than SubscriberBuffer lines is told how many it missed.
 func (s *Service) LogStream(_ *emptypb.Empty, stream grpc.ServerStreamingServer[jpb.LogStreamResponse]) error {
-	l, err := s.authorize(stream.Context())
+	l, err := s.lease(stream.Context(), true)
 	if err != nil {
 		return err
 	}
@@ -405,7 +372,7 @@ func (s *Service) LogStream(_ *emptypb.Empty, stream grpc.ServerStreamingServer[
 	}()
 	send := func(line logLine, missed uint64) error {
 		src := jpb.LogSource(line.Source)
-		r := &jpb.LogStreamResponse{Uuid: l.board, Severity: line.Severity.String(), Message: line.Text, Source: &src, Missed: missed}
+		r := &jpb.LogStreamResponse{Uuid: l.board, Severity: UpstreamSeverity(line.Severity), Message: line.Text, Source: &src, Missed: missed, Progress: line.Progress}
 		if line.Phase != 0 {
 			r.StructuredFields = map[string]string{FieldPhase: line.Phase.String(), FieldStatus: line.Status.String()}
 		}
@@ -432,6 +399,7 @@ func (s *Service) LogStream(_ *emptypb.Empty, stream grpc.ServerStreamingServer[
 			}
 		}
 		if closed {
+			s.holdOpen(stream.Context(), l)
 			return nil
 		}
 		select {
@@ -444,10 +412,20 @@ func (s *Service) LogStream(_ *emptypb.Empty, stream grpc.ServerStreamingServer[
 
 // EndSession ends the caller's lease. The afterLease hook then runs; its lines go on
 // arriving on LogStream until the lease is over.
+//
+// Ending a lease that has already ended (its token in the grace period) changes nothing
+// and says so: upstream's shell, like boardvisor's, calls EndSession when its command
+// is over, also when an upstream client in it ended the session already.
 func (s *Service) EndSession(ctx context.Context, _ *jpb.EndSessionRequest) (*jpb.EndSessionResponse, error) {
-	l, err := s.authorize(ctx)
+	l, err := s.lease(ctx, true)
 	if err != nil {
 		return nil, err
+	}
+	select {
+	case <-l.ended:
+		msg := "the lease has already ended"
+		return &jpb.EndSessionResponse{Success: true, Message: &msg}, nil
+	default:
 	}
 	s.request(peerOf(ctx), l.board, l.job, "EndSession", "the client ended its session")
 	if err := s.ender.EndSession(ctx, l.board, l.job); err != nil {
@@ -457,7 +435,27 @@ func (s *Service) EndSession(ctx context.Context, _ *jpb.EndSessionRequest) (*jp
 		}
 		return nil, status.Errorf(codes.Internal, "end session: %v", err)
 	}
-	return &jpb.EndSessionResponse{Success: true}, nil
+	msg := "Session end triggered, afterLease hook running asynchronously"
+	return &jpb.EndSessionResponse{Success: true, Message: &msg}, nil
+}
+
+// Reset is answered for the holder of the lease and does nothing: upstream resets a
+// session's drivers when it starts, and boardvisor's drivers hold no per-session state
+// to reset.
+func (s *Service) Reset(ctx context.Context, _ *jpb.ResetRequest) (*jpb.ResetResponse, error) {
+	if _, err := s.authorize(ctx); err != nil {
+		return nil, err
+	}
+	return &jpb.ResetResponse{}, nil
+}
+
+// UpstreamSeverity names a severity as upstream's exporter does (Python's level
+// names): INFO, WARNING, ERROR.
+func UpstreamSeverity(sev jobs.Severity) string {
+	if sev == jobs.SeverityWarn {
+		return "WARNING"
+	}
+	return sev.String()
 }
 
 // HookToken is the token a lease's hooks get for driver calls: an HMAC of the job ID
@@ -473,8 +471,8 @@ func (s *Service) HookToken(job string) string {
 // waits for READY), or a hook with its hook token while its hook runs (BEFORE_LEASE or
 // AFTER_LEASE: hooks may call drivers; clients may not then).
 func (s *Service) authorizeDriver(ctx context.Context) (l *leaseState, hook bool, err error) {
-	board := md(ctx, MDBoard)
-	token, _ := strings.CutPrefix(md(ctx, "authorization"), "Bearer ")
+	board := boardName(ctx)
+	token := token(ctx)
 	s.mu.Lock()
 	client := token != "" && s.tokens[jobs.TokenHash(token)] != nil
 	s.mu.Unlock()
@@ -533,20 +531,40 @@ func (s *Service) waitReady(ctx context.Context, l *leaseState) error {
 	return nil
 }
 
-// DriverCall runs a driver method once the lease is READY.
+// DriverCall runs a driver method once the lease is READY. The driver is named by its
+// UUID from GetReport, with upstream's method names and values (upstream.go), or by
+// boardvisor's own names ("power", "console").
 func (s *Service) DriverCall(ctx context.Context, req *jpb.DriverCallRequest) (*jpb.DriverCallResponse, error) {
 	l, _, err := s.authorizeDriver(ctx)
 	if err != nil {
 		return nil, err
 	}
-	if s.drivers == nil {
-		return nil, status.Errorf(codes.Unimplemented, "no driver %q on board %s", req.GetUuid(), l.board)
+	drv, byUUID, err := s.resolve(l.board, req.GetUuid())
+	if err != nil {
+		return nil, err
 	}
-	v, err := s.drivers.Call(ctx, l.board, req.GetUuid(), req.GetMethod(), req.GetArgs())
+	var v *structpb.Value
+	if byUUID {
+		v, err = s.upstreamCall(ctx, l, drv, req.GetMethod(), req.GetArgs())
+	} else {
+		v, err = s.drivers.Call(ctx, l.board, drv, req.GetMethod(), req.GetArgs())
+	}
 	if err != nil {
 		return nil, toStatus(err)
 	}
 	return &jpb.DriverCallResponse{Uuid: req.GetUuid(), Result: v}, nil
+}
+
+// resolve returns the board's driver id names (see driverOf).
+func (s *Service) resolve(board, id string) (drv string, byUUID bool, err error) {
+	if s.drivers == nil {
+		return "", false, status.Errorf(codes.Unimplemented, "no driver %q on board %s", id, board)
+	}
+	drv, byUUID, ok := driverOf(board, id, s.inventory(board))
+	if !ok {
+		return "", false, status.Errorf(codes.NotFound, "no driver %q on board %s (GetReport lists its drivers)", id, board)
+	}
+	return drv, byUUID, nil
 }
 
 // StreamingDriverCall runs a streaming driver method once the lease is READY.
@@ -556,8 +574,12 @@ func (s *Service) StreamingDriverCall(req *jpb.StreamingDriverCallRequest, strea
 	if err != nil {
 		return err
 	}
-	if s.drivers == nil {
-		return status.Errorf(codes.Unimplemented, "no driver %q on board %s", req.GetUuid(), l.board)
+	drv, byUUID, err := s.resolve(l.board, req.GetUuid())
+	if err != nil {
+		return err
+	}
+	if byUUID {
+		return s.upstreamStream(l, drv, req.GetMethod())
 	}
 	// The stream ends when the lease ends.
 	ctx, cancel := context.WithCancel(ctx)
@@ -569,7 +591,7 @@ func (s *Service) StreamingDriverCall(req *jpb.StreamingDriverCallRequest, strea
 		case <-ctx.Done():
 		}
 	}()
-	err = s.drivers.Stream(ctx, l.board, req.GetUuid(), req.GetMethod(), req.GetArgs(), func(v *structpb.Value) error {
+	err = s.drivers.Stream(ctx, l.board, drv, req.GetMethod(), req.GetArgs(), func(v *structpb.Value) error {
 		return stream.Send(&jpb.StreamingDriverCallResponse{Uuid: req.GetUuid(), Result: v})
 	})
 	if err != nil {

@@ -3,6 +3,7 @@ package exporter
 import (
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/boardvisor/boardvisor/connector"
 	"github.com/boardvisor/boardvisor/jobs"
@@ -25,6 +26,7 @@ type logLine struct {
 	Source   jobs.LogSource
 	Severity jobs.Severity
 	Text     string
+	Progress bool // superseded by the next line of its source
 	Seq      uint64
 	// Phase is set on the SYSTEM line that marks a phase change, with the board's Status.
 	Phase  jobs.Phase
@@ -93,9 +95,18 @@ type statusMsg struct {
 type boardState struct {
 	name    string
 	labels  map[string]string
-	st      statusMsg
-	current string // job holding the board
+	st      statusMsg // what clients are shown (see view.go)
+	current string    // job holding the board
 	watch   map[*queue[statusMsg]]bool
+
+	// A failed hook's status is shown until holdUntil; the changes that come meanwhile
+	// wait in pending, and holdTimer shows them when the hold ends.
+	holdUntil time.Time
+	pending   []statusMsg
+	holdTimer *time.Timer
+	// last is the lease the board's last status was about; lastEnded its last ended
+	// lease while that lease's log is kept (see grace.go).
+	last, lastEnded *leaseState
 }
 
 type leaseState struct {
@@ -109,24 +120,44 @@ type leaseState struct {
 	ready      chan struct{} // closed when READY is reached, or the lease can never be READY
 	ended      chan struct{} // closed when the lease is DONE or FAILED
 	readyOnce  sync.Once
+
+	// What upstream clients are told (view.go): the hooks' warnings and a failed hook's
+	// verdict, from the lease's SYSTEM log; the lease's own status; its first failed
+	// status; the status a late reader is shown once it ended (final); and the
+	// message of the day its beforeLease hook wrote.
+	warnings map[jobs.HookKind]string
+	verdict  *hookVerdict
+	status   jobs.ExporterStatus
+	failed   *statusMsg
+	final    statusMsg
+	endedAt  time.Time
+	motd     string
+	// consoles are the lease's open console streams (RouterService.Stream), closed by
+	// the serial driver's close.
+	consoles map[chan struct{}]bool
 }
 
 func (l *leaseState) markReadyOrNever() { l.readyOnce.Do(func() { close(l.ready) }) }
 
-// apply updates the state with one event. It never blocks.
-func (s *Service) apply(ev connector.Event) {
+// apply updates the state with one event (and the message of the day its lease's
+// beforeLease hook left, see motd.go). It never blocks.
+func (s *Service) apply(ev connector.Event, motd string, motdErr error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	switch {
 	case ev.BoardStatus != nil:
 		b := s.board(ev.Board)
 		b.current = ev.JobID
-		if b.st.status != ev.BoardStatus.Status || b.st.version == 0 {
-			b.st = statusMsg{status: ev.BoardStatus.Status, prev: b.st.status, version: b.st.version + 1, message: ev.BoardStatus.Message}
-			for q := range b.watch {
-				q.push(b.st)
-			}
+		// A status with no lease follows the end of the last one (AVAILABLE after its
+		// release): its afterLease warning is worded in it, once.
+		l := s.leases[ev.JobID]
+		if ev.JobID == "" {
+			l, b.last = b.last, nil
+		} else {
+			b.last = l
 		}
+		st := ev.BoardStatus.Status
+		s.showStatus(b, statusMsg{status: st, message: statusMessage(st, l, ev.BoardStatus.Message)})
 	case ev.Transition != nil:
 		l := s.leases[ev.JobID]
 		if l == nil {
@@ -134,6 +165,24 @@ func (s *Service) apply(ev connector.Event) {
 		}
 		t := ev.Transition
 		l.phase = t.To
+		if failedStatus(t.Status) && l.failed == nil {
+			l.failed = &statusMsg{status: t.Status, message: statusMessage(t.Status, l, "")}
+		}
+		if t.To.Terminal() {
+			l.final = statusMsg{status: t.Status, prev: l.status, message: statusMessage(t.Status, l, "")}
+			if l.failed != nil {
+				l.final = *l.failed
+				l.final.prev = l.status
+			}
+		} else {
+			l.status = t.Status
+		}
+		if t.From == jobs.PhaseBeforeLease {
+			if motdErr != nil {
+				l.log(logLine{Source: jobs.SourceSystem, Severity: jobs.SeverityWarn, Seq: ev.Seq, Text: "boardvisor: " + motdErr.Error()})
+			}
+			l.setMotd(motd, ev.Seq)
+		}
 		// A marker in the log itself: a reader sees every hook line of a phase before the
 		// next phase, because the events are in sequence order.
 		l.log(logLine{Source: jobs.SourceSystem, Severity: jobs.SeverityInfo, Seq: ev.Seq, Phase: t.To, Status: t.Status,
@@ -142,14 +191,18 @@ func (s *Service) apply(ev connector.Event) {
 			l.markReadyOrNever()
 		}
 		if t.To.Terminal() {
-			s.endLease(l)
+			s.endLease(l, true)
 		}
 	case ev.Hook != nil:
 		l := s.leases[ev.JobID]
 		if l == nil {
 			return
 		}
-		l.log(logLine{Source: ev.Hook.Source, Severity: ev.Hook.Severity, Text: ev.Hook.Text, Seq: ev.Seq})
+		line := logLine{Source: ev.Hook.Source, Severity: ev.Hook.Severity, Text: ev.Hook.Text, Progress: ev.Hook.Progress, Seq: ev.Seq}
+		if line.Source == jobs.SourceSystem {
+			l.noteSystemLine(line)
+		}
+		l.log(line)
 	}
 }
 
@@ -172,9 +225,10 @@ func (l *leaseState) log(line logLine) {
 	}
 }
 
-// endLease closes a lease's streams and forgets its token: the token stops working the
-// moment the lease ends.
-func (s *Service) endLease(l *leaseState) {
+// endLease closes a lease's streams and forgets its token as a live lease's: it stops
+// working for driver calls the moment the lease ends. A lease that ran (keep) stays
+// readable with its token for the grace period (grace.go).
+func (s *Service) endLease(l *leaseState, keep bool) {
 	l.markReadyOrNever()
 	select {
 	case <-l.ended:
@@ -185,8 +239,15 @@ func (s *Service) endLease(l *leaseState) {
 	for q := range l.subs {
 		q.close()
 	}
+	for c := range l.consoles {
+		close(c)
+	}
+	l.consoles = nil
 	delete(s.tokens, l.tokenHash)
 	delete(s.leases, l.job)
+	if keep {
+		s.retain(l)
+	}
 }
 
 func (s *Service) board(name string) *boardState {

@@ -53,6 +53,12 @@ type eventsAfter interface {
 	After(seq uint64, n int) ([]*pb.Event, <-chan struct{}, error)
 }
 
+// StateDir is the state directory's space monitor (internal/diskspace.Monitor).
+type StateDir interface {
+	Full() bool
+	Low() bool
+}
+
 // Link is the coordinator link client: how many times it has connected (welcomed by the
 // coordinator) since the process started.
 type Link interface {
@@ -69,6 +75,9 @@ type Options struct {
 	// Link, if set, is read at scrape time for the reconnect count. Without it the count
 	// comes from LinkConnected calls (or the LogSink).
 	Link Link
+	// StateDir, if set, is read at scrape time: whether the state directory is full (a
+	// write failed for lack of space) or low (the console recordings stop).
+	StateDir StateDir
 	// PhaseBuckets are the buckets (seconds) of the phase and hook duration histograms
 	// (default DefaultBuckets).
 	PhaseBuckets []float64
@@ -194,7 +203,7 @@ func New(opts Options) *Metrics {
 			Help: "Sequence number of the last event numbered by the outbox."}),
 	}
 	m.reg.MustRegister(m.status, m.health, m.phaseDur, m.hookDur, m.hookRuns, m.hookLines, m.leases, m.leaseErrors,
-		m.console, m.dropped, m.restarts, m.events, m.lastSeq, &linkCollector{m: m, outbox: opts.Outbox, link: opts.Link})
+		m.console, m.dropped, m.restarts, m.events, m.lastSeq, &linkCollector{m: m, outbox: opts.Outbox, link: opts.Link, dir: opts.StateDir})
 	if !opts.NoProcessMetrics {
 		m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	}
@@ -424,6 +433,12 @@ type linkCollector struct {
 	m      *Metrics
 	outbox Outbox
 	link   Link
+	dir    StateDir
+}
+
+// shedBytes is connector/grpc.Queue's count of console bytes it replaced by gaps.
+type shedBytes interface {
+	ShedBytes() uint64
 }
 
 var (
@@ -441,11 +456,24 @@ var (
 		"Highest sequence number the coordinator acknowledged.", nil, nil)
 	descOutboxAge = prometheus.NewDesc(Namespace+"_outbox_oldest_unacked_age_seconds",
 		"Age of the oldest event not yet acknowledged by the coordinator (0 when all are).", nil, nil)
+	descOutboxShed = prometheus.NewDesc(Namespace+"_outbox_shed_console_bytes_total",
+		"Console bytes the outbox replaced by ConsoleGap events (its bound, or a full state directory).", nil, nil)
+	descStateDirFull = prometheus.NewDesc(Namespace+"_state_dir_full",
+		"1 while the state directory is full (a write failed for lack of space and space has not come back): console output is shed, transitions, errors and hook lines wait.", nil, nil)
+	descStateDirLow = prometheus.NewDesc(Namespace+"_state_dir_low",
+		"1 while the state directory is low on space or full: the console recordings stop.", nil, nil)
 )
 
 func (c *linkCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descReconnects
 	ch <- descConnects
+	if c.dir != nil {
+		ch <- descStateDirFull
+		ch <- descStateDirLow
+	}
+	if _, ok := c.outbox.(shedBytes); ok {
+		ch <- descOutboxShed
+	}
 	if c.outbox != nil {
 		ch <- descOutboxEvents
 		ch <- descOutboxBytes
@@ -484,8 +512,15 @@ func (c *linkCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(descConnects, prometheus.CounterValue, float64(connects))
 	ch <- prometheus.MustNewConstMetric(descReconnects, prometheus.CounterValue, float64(max(connects, 1)-1))
+	if c.dir != nil {
+		ch <- prometheus.MustNewConstMetric(descStateDirFull, prometheus.GaugeValue, boolf(c.dir.Full()))
+		ch <- prometheus.MustNewConstMetric(descStateDirLow, prometheus.GaugeValue, boolf(c.dir.Low()))
+	}
 	if c.outbox == nil {
 		return
+	}
+	if s, ok := c.outbox.(shedBytes); ok {
+		ch <- prometheus.MustNewConstMetric(descOutboxShed, prometheus.CounterValue, float64(s.ShedBytes()))
 	}
 	stored, last, acked := c.outbox.Stats()
 	ch <- prometheus.MustNewConstMetric(descOutboxEvents, prometheus.GaugeValue, float64(last-min(acked, last)))

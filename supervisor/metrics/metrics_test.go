@@ -268,7 +268,13 @@ func TestFailedHookIsCountedAsFailed(t *testing.T) {
 	}
 	srv := httptest.NewServer(m.Handler())
 	defer srv.Close()
+	// The sinks see an event just after the connector does: wait (bounded) for the
+	// lease's end to be counted.
 	s := scrape(t, srv.URL)
+	for deadline := time.Now().Add(wait); s[`boardvisor_leases_total{board="b",outcome="failed"}`] == 0 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+		s = scrape(t, srv.URL)
+	}
 	if v := s[`boardvisor_hook_runs_total{board="b",hook="beforeLease",outcome="failed"}`]; v != 1 {
 		t.Fatalf("failed runs %v, want 1", v)
 	}
@@ -389,5 +395,38 @@ func TestServeUsesItsOwnMux(t *testing.T) {
 		}
 	case <-time.After(wait):
 		t.Fatal("Serve did not return after its context ended")
+	}
+}
+
+type stateDir struct{ full, low atomic.Bool }
+
+func (d *stateDir) Full() bool { return d.full.Load() }
+func (d *stateDir) Low() bool  { return d.low.Load() || d.full.Load() }
+
+func TestStateDirFullAndShedBytes(t *testing.T) {
+	q, err := grpc.OpenQueue(filepath.Join(t.TempDir(), "outbox.db"), grpc.QueueOptions{NoSync: true, MaxBytes: grpc.MinQueueBytes})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	dir := &stateDir{}
+	m := metrics.New(metrics.Options{Outbox: q, StateDir: dir, NoProcessMetrics: true})
+	srv := httptest.NewServer(m.Handler())
+	defer srv.Close()
+	if s := scrape(t, srv.URL); s["boardvisor_state_dir_full"] != 0 || s["boardvisor_state_dir_low"] != 0 {
+		t.Fatalf("fresh: %v", s)
+	}
+	dir.full.Store(true)
+	if s := scrape(t, srv.URL); s["boardvisor_state_dir_full"] != 1 || s["boardvisor_state_dir_low"] != 1 {
+		t.Fatalf("full: %v", s)
+	}
+	var durable <-chan struct{}
+	for i := 1; i <= 100; i++ {
+		ev := connector.Event{Seq: uint64(i), Time: time.Now(), Board: "b", Console: &connector.Console{Data: make([]byte, 1000)}}
+		durable = q.Append(grpc.ToProto(ev))
+	}
+	<-durable
+	if s := scrape(t, srv.URL); s["boardvisor_outbox_shed_console_bytes_total"] < 100000-float64(grpc.MinQueueBytes) {
+		t.Fatalf("shed bytes %v after 100 KB of console into a 64 KiB outbox", s["boardvisor_outbox_shed_console_bytes_total"])
 	}
 }

@@ -41,6 +41,10 @@ var children = map[string]func(e *env) error{
 	"console":     runConsole,
 	"restart":     runRestart,
 	"link":        runLink,
+	"hookflood":   runHookFlood,
+	"image":       runImage,
+	"retention":   runRetention,
+	"web":         runWeb,
 	// Helpers run by scenarios, not scenarios themselves.
 	"farm":      runFarm,
 	"forwarder": runForwarder,

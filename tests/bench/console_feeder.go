@@ -32,13 +32,13 @@ type feedBoard struct {
 	path   string
 	seed   uint64
 	// Owned by its writer goroutine.
-	rnd              *virtual.Random
-	pending          []byte // made, not yet taken by the pty
-	left             int64  // bytes still to make
-	tokens           float64
-	lastFill         time.Time
-	sent, stalls     atomic.Int64
-	started, running bool
+	rnd          *virtual.Random
+	pending      []byte // made, not yet taken by the pty
+	left         int64  // bytes still to make
+	tokens       float64
+	lastFill     time.Time
+	sent, stalls atomic.Int64
+	running      bool
 }
 
 // feedTick is how often the feeder writes each console.

@@ -56,10 +56,14 @@ var scenarios = []scenario{
 	{name: "lease", timeout: 90 * time.Second},
 	{name: "lease-hooks", timeout: 90 * time.Second},
 	{name: "hooklog", timeout: 60 * time.Second},
+	{name: "hookflood", timeout: 180 * time.Second},
 	{name: "status", timeout: 60 * time.Second},
 	{name: "console", timeout: 300 * time.Second},
 	{name: "restart", timeout: 180 * time.Second},
 	{name: "link", timeout: 60 * time.Second},
+	{name: "image", timeout: 180 * time.Second},
+	{name: "retention", timeout: 180 * time.Second},
+	{name: "web", timeout: 240 * time.Second},
 }
 
 func main() {

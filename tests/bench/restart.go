@@ -56,7 +56,7 @@ func runRestart(e *env) error {
 		return fmt.Errorf("coordinator: %w\n%s", err, tail(coord.output(), 2000))
 	}
 	record := filepath.Join(e.dir, "before.log")
-	extra := fmt.Sprintf("coordinator: {address: %q, supervisorId: bench}\ndefaults:\n  leaseDuration: 1h\n  hooks:\n    beforeLease: {timeout: 60s, onFailure: endLease, script: %q}\n",
+	extra := fmt.Sprintf("coordinator: {address: %q, supervisorId: bench}\nrunAsRoot: true\ndefaults:\n  leaseDuration: 1h\n  hooks:\n    beforeLease: {timeout: 60s, onFailure: endLease, script: %q}\n",
 		coordAddr, "echo x >> "+record)
 	cfg := filepath.Join(e.dir, "restart.yaml")
 	if err := writeConfig(cfg, filepath.Join(e.dir, "state"), supAddr, extra, n); err != nil {

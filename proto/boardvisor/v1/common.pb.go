@@ -155,11 +155,152 @@ func (BoardHealth) EnumDescriptor() ([]byte, []int) {
 	return file_boardvisor_v1_common_proto_rawDescGZIP(), []int{1}
 }
 
+// An image to boot, named by content, in the spirit of Treadmill's
+// ImageSpecification: the digest of its OCI manifest, and the registry
+// repositories that serve it, tried in order (each serves the same bytes).
+// The layout of such an image is docs/images.md.
+type ImageSpecification struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	ManifestDigest string                 `protobuf:"bytes,1,opt,name=manifest_digest,json=manifestDigest,proto3" json:"manifest_digest,omitempty"` // "sha256:" and 64 lower-case hex digits.
+	Locations      []*ImageLocation       `protobuf:"bytes,2,rep,name=locations,proto3" json:"locations,omitempty"`                                 // Where to fetch it from, in order (at most 8).
+	// What the image declares it needs, copied from its config by the client so that a
+	// coordinator can choose a board that runs it; the supervisor checks the image
+	// itself (ImageNotCompatible).
+	Architecture  string            `protobuf:"bytes,3,opt,name=architecture,proto3" json:"architecture,omitempty"`                                                               // e.g. amd64, arm64.
+	Labels        map[string]string `protobuf:"bytes,4,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"` // Board labels the image needs, e.g. device=rpi4.
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImageSpecification) Reset() {
+	*x = ImageSpecification{}
+	mi := &file_boardvisor_v1_common_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImageSpecification) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImageSpecification) ProtoMessage() {}
+
+func (x *ImageSpecification) ProtoReflect() protoreflect.Message {
+	mi := &file_boardvisor_v1_common_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImageSpecification.ProtoReflect.Descriptor instead.
+func (*ImageSpecification) Descriptor() ([]byte, []int) {
+	return file_boardvisor_v1_common_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *ImageSpecification) GetManifestDigest() string {
+	if x != nil {
+		return x.ManifestDigest
+	}
+	return ""
+}
+
+func (x *ImageSpecification) GetLocations() []*ImageLocation {
+	if x != nil {
+		return x.Locations
+	}
+	return nil
+}
+
+func (x *ImageSpecification) GetArchitecture() string {
+	if x != nil {
+		return x.Architecture
+	}
+	return ""
+}
+
+func (x *ImageSpecification) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+// One registry repository that serves an image.
+type ImageLocation struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Registry      string                 `protobuf:"bytes,1,opt,name=registry,proto3" json:"registry,omitempty"`     // Host and optional port, e.g. "registry.lab:5000".
+	Repository    string                 `protobuf:"bytes,2,opt,name=repository,proto3" json:"repository,omitempty"` // Repository path, e.g. "boards/rpi4-kernel".
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImageLocation) Reset() {
+	*x = ImageLocation{}
+	mi := &file_boardvisor_v1_common_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImageLocation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImageLocation) ProtoMessage() {}
+
+func (x *ImageLocation) ProtoReflect() protoreflect.Message {
+	mi := &file_boardvisor_v1_common_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImageLocation.ProtoReflect.Descriptor instead.
+func (*ImageLocation) Descriptor() ([]byte, []int) {
+	return file_boardvisor_v1_common_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *ImageLocation) GetRegistry() string {
+	if x != nil {
+		return x.Registry
+	}
+	return ""
+}
+
+func (x *ImageLocation) GetRepository() string {
+	if x != nil {
+		return x.Repository
+	}
+	return ""
+}
+
 var File_boardvisor_v1_common_proto protoreflect.FileDescriptor
 
 const file_boardvisor_v1_common_proto_rawDesc = "" +
 	"\n" +
-	"\x1aboardvisor/v1/common.proto\x12\rboardvisor.v1*\x8f\x02\n" +
+	"\x1aboardvisor/v1/common.proto\x12\rboardvisor.v1\"\x9f\x02\n" +
+	"\x12ImageSpecification\x12'\n" +
+	"\x0fmanifest_digest\x18\x01 \x01(\tR\x0emanifestDigest\x12:\n" +
+	"\tlocations\x18\x02 \x03(\v2\x1c.boardvisor.v1.ImageLocationR\tlocations\x12\"\n" +
+	"\farchitecture\x18\x03 \x01(\tR\farchitecture\x12E\n" +
+	"\x06labels\x18\x04 \x03(\v2-.boardvisor.v1.ImageSpecification.LabelsEntryR\x06labels\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"K\n" +
+	"\rImageLocation\x12\x1a\n" +
+	"\bregistry\x18\x01 \x01(\tR\bregistry\x12\x1e\n" +
+	"\n" +
+	"repository\x18\x02 \x01(\tR\n" +
+	"repository*\x8f\x02\n" +
 	"\n" +
 	"LeasePhase\x12\x1b\n" +
 	"\x17LEASE_PHASE_UNSPECIFIED\x10\x00\x12\x17\n" +
@@ -192,16 +333,22 @@ func file_boardvisor_v1_common_proto_rawDescGZIP() []byte {
 }
 
 var file_boardvisor_v1_common_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_boardvisor_v1_common_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
 var file_boardvisor_v1_common_proto_goTypes = []any{
-	(LeasePhase)(0),  // 0: boardvisor.v1.LeasePhase
-	(BoardHealth)(0), // 1: boardvisor.v1.BoardHealth
+	(LeasePhase)(0),            // 0: boardvisor.v1.LeasePhase
+	(BoardHealth)(0),           // 1: boardvisor.v1.BoardHealth
+	(*ImageSpecification)(nil), // 2: boardvisor.v1.ImageSpecification
+	(*ImageLocation)(nil),      // 3: boardvisor.v1.ImageLocation
+	nil,                        // 4: boardvisor.v1.ImageSpecification.LabelsEntry
 }
 var file_boardvisor_v1_common_proto_depIdxs = []int32{
-	0, // [0:0] is the sub-list for method output_type
-	0, // [0:0] is the sub-list for method input_type
-	0, // [0:0] is the sub-list for extension type_name
-	0, // [0:0] is the sub-list for extension extendee
-	0, // [0:0] is the sub-list for field type_name
+	3, // 0: boardvisor.v1.ImageSpecification.locations:type_name -> boardvisor.v1.ImageLocation
+	4, // 1: boardvisor.v1.ImageSpecification.labels:type_name -> boardvisor.v1.ImageSpecification.LabelsEntry
+	2, // [2:2] is the sub-list for method output_type
+	2, // [2:2] is the sub-list for method input_type
+	2, // [2:2] is the sub-list for extension type_name
+	2, // [2:2] is the sub-list for extension extendee
+	0, // [0:2] is the sub-list for field type_name
 }
 
 func init() { file_boardvisor_v1_common_proto_init() }
@@ -215,13 +362,14 @@ func file_boardvisor_v1_common_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_boardvisor_v1_common_proto_rawDesc), len(file_boardvisor_v1_common_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   0,
+			NumMessages:   3,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
 		GoTypes:           file_boardvisor_v1_common_proto_goTypes,
 		DependencyIndexes: file_boardvisor_v1_common_proto_depIdxs,
 		EnumInfos:         file_boardvisor_v1_common_proto_enumTypes,
+		MessageInfos:      file_boardvisor_v1_common_proto_msgTypes,
 	}.Build()
 	File_boardvisor_v1_common_proto = out.File
 	file_boardvisor_v1_common_proto_goTypes = nil

@@ -265,11 +265,21 @@ func (x *Board) GetEndpoint() string {
 
 // Request to create a lease. Exactly one of selector and board is set.
 type CreateLeaseRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Selector      string                 `protobuf:"bytes,1,opt,name=selector,proto3" json:"selector,omitempty"`                       // Label selector, e.g. "device=rpi4,arch=arm64".
-	Board         string                 `protobuf:"bytes,2,opt,name=board,proto3" json:"board,omitempty"`                             // Exact board name, alternative to selector.
-	Duration      *durationpb.Duration   `protobuf:"bytes,3,opt,name=duration,proto3" json:"duration,omitempty"`                       // How long the lease lasts once READY.
-	ClientName    string                 `protobuf:"bytes,4,opt,name=client_name,json=clientName,proto3" json:"client_name,omitempty"` // Who the lease is for.
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Selector   string                 `protobuf:"bytes,1,opt,name=selector,proto3" json:"selector,omitempty"`                       // Label selector, e.g. "device=rpi4,arch=arm64".
+	Board      string                 `protobuf:"bytes,2,opt,name=board,proto3" json:"board,omitempty"`                             // Exact board name, alternative to selector.
+	Duration   *durationpb.Duration   `protobuf:"bytes,3,opt,name=duration,proto3" json:"duration,omitempty"`                       // How long the lease lasts once READY.
+	ClientName string                 `protobuf:"bytes,4,opt,name=client_name,json=clientName,proto3" json:"client_name,omitempty"` // Who the lease is for.
+	// The image to boot on the board; unset: none. Only boards whose labels include
+	// the image's architecture (arch=...) and labels are chosen; a lease no known board
+	// can run is refused at once.
+	Image *ImageSpecification `protobuf:"bytes,5,opt,name=image,proto3" json:"image,omitempty"`
+	// The lease belongs to the caller's AttachLease stream until it is READY: without
+	// one for longer than a short grace it is withdrawn from the queue, or released.
+	Attached bool `protobuf:"varint,6,opt,name=attached,proto3" json:"attached,omitempty"`
+	// For a lease that is not attached: withdrawn if it is still queued after this long
+	// (unset: the coordinator's bound for detached leases).
+	MaxWait       *durationpb.Duration `protobuf:"bytes,7,opt,name=max_wait,json=maxWait,proto3" json:"max_wait,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -330,6 +340,27 @@ func (x *CreateLeaseRequest) GetClientName() string {
 		return x.ClientName
 	}
 	return ""
+}
+
+func (x *CreateLeaseRequest) GetImage() *ImageSpecification {
+	if x != nil {
+		return x.Image
+	}
+	return nil
+}
+
+func (x *CreateLeaseRequest) GetAttached() bool {
+	if x != nil {
+		return x.Attached
+	}
+	return false
+}
+
+func (x *CreateLeaseRequest) GetMaxWait() *durationpb.Duration {
+	if x != nil {
+		return x.MaxWait
+	}
+	return nil
 }
 
 // Response to CreateLease.
@@ -1010,11 +1041,1483 @@ func (x *SetBoardMaintenanceResponse) GetBoard() *Board {
 	return nil
 }
 
+// Request to read a lease's log.
+type LeaseLogRequest struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	LeaseId string                 `protobuf:"bytes,1,opt,name=lease_id,json=leaseId,proto3" json:"lease_id,omitempty"` // Lease ID.
+	// Position of the last entry already read (LeaseLogEntry.position); the log
+	// goes on after it. Empty: from the start. A reader that resumes with the
+	// last position it got misses and repeats nothing.
+	After         string `protobuf:"bytes,2,opt,name=after,proto3" json:"after,omitempty"`
+	Console       bool   `protobuf:"varint,3,opt,name=console,proto3" json:"console,omitempty"` // Also send the lease's console bytes (and console gaps).
+	Follow        bool   `protobuf:"varint,4,opt,name=follow,proto3" json:"follow,omitempty"`   // Stay until the lease ends; else end after what is stored now.
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseLogRequest) Reset() {
+	*x = LeaseLogRequest{}
+	mi := &file_boardvisor_v1_coordinator_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseLogRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseLogRequest) ProtoMessage() {}
+
+func (x *LeaseLogRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_boardvisor_v1_coordinator_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseLogRequest.ProtoReflect.Descriptor instead.
+func (*LeaseLogRequest) Descriptor() ([]byte, []int) {
+	return file_boardvisor_v1_coordinator_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *LeaseLogRequest) GetLeaseId() string {
+	if x != nil {
+		return x.LeaseId
+	}
+	return ""
+}
+
+func (x *LeaseLogRequest) GetAfter() string {
+	if x != nil {
+		return x.After
+	}
+	return ""
+}
+
+func (x *LeaseLogRequest) GetConsole() bool {
+	if x != nil {
+		return x.Console
+	}
+	return false
+}
+
+func (x *LeaseLogRequest) GetFollow() bool {
+	if x != nil {
+		return x.Follow
+	}
+	return false
+}
+
+// One entry of a lease's log.
+type LeaseLogEntry struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Where the entry is in the log: pass it as LeaseLogRequest.after to go on
+	// after it. Opaque; stable for as long as the log is kept.
+	Position string                 `protobuf:"bytes,1,opt,name=position,proto3" json:"position,omitempty"`
+	Time     *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=time,proto3" json:"time,omitempty"` // When it happened, by the supervisor's clock.
+	// What happened.
+	//
+	// Types that are valid to be assigned to Body:
+	//
+	//	*LeaseLogEntry_Phase
+	//	*LeaseLogEntry_HookLine
+	//	*LeaseLogEntry_Error
+	//	*LeaseLogEntry_Console
+	//	*LeaseLogEntry_ConsoleGap
+	//	*LeaseLogEntry_End
+	Body          isLeaseLogEntry_Body `protobuf_oneof:"body"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseLogEntry) Reset() {
+	*x = LeaseLogEntry{}
+	mi := &file_boardvisor_v1_coordinator_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseLogEntry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseLogEntry) ProtoMessage() {}
+
+func (x *LeaseLogEntry) ProtoReflect() protoreflect.Message {
+	mi := &file_boardvisor_v1_coordinator_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseLogEntry.ProtoReflect.Descriptor instead.
+func (*LeaseLogEntry) Descriptor() ([]byte, []int) {
+	return file_boardvisor_v1_coordinator_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *LeaseLogEntry) GetPosition() string {
+	if x != nil {
+		return x.Position
+	}
+	return ""
+}
+
+func (x *LeaseLogEntry) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+func (x *LeaseLogEntry) GetBody() isLeaseLogEntry_Body {
+	if x != nil {
+		return x.Body
+	}
+	return nil
+}
+
+func (x *LeaseLogEntry) GetPhase() *LeaseLogPhase {
+	if x != nil {
+		if x, ok := x.Body.(*LeaseLogEntry_Phase); ok {
+			return x.Phase
+		}
+	}
+	return nil
+}
+
+func (x *LeaseLogEntry) GetHookLine() *LeaseLogHookLine {
+	if x != nil {
+		if x, ok := x.Body.(*LeaseLogEntry_HookLine); ok {
+			return x.HookLine
+		}
+	}
+	return nil
+}
+
+func (x *LeaseLogEntry) GetError() *JobError {
+	if x != nil {
+		if x, ok := x.Body.(*LeaseLogEntry_Error); ok {
+			return x.Error
+		}
+	}
+	return nil
+}
+
+func (x *LeaseLogEntry) GetConsole() []byte {
+	if x != nil {
+		if x, ok := x.Body.(*LeaseLogEntry_Console); ok {
+			return x.Console
+		}
+	}
+	return nil
+}
+
+func (x *LeaseLogEntry) GetConsoleGap() uint64 {
+	if x != nil {
+		if x, ok := x.Body.(*LeaseLogEntry_ConsoleGap); ok {
+			return x.ConsoleGap
+		}
+	}
+	return 0
+}
+
+func (x *LeaseLogEntry) GetEnd() *LeaseLogEnd {
+	if x != nil {
+		if x, ok := x.Body.(*LeaseLogEntry_End); ok {
+			return x.End
+		}
+	}
+	return nil
+}
+
+type isLeaseLogEntry_Body interface {
+	isLeaseLogEntry_Body()
+}
+
+type LeaseLogEntry_Phase struct {
+	Phase *LeaseLogPhase `protobuf:"bytes,3,opt,name=phase,proto3,oneof"` // The lease changed phase.
+}
+
+type LeaseLogEntry_HookLine struct {
+	HookLine *LeaseLogHookLine `protobuf:"bytes,4,opt,name=hook_line,json=hookLine,proto3,oneof"` // One line of a hook's output.
+}
+
+type LeaseLogEntry_Error struct {
+	Error *JobError `protobuf:"bytes,5,opt,name=error,proto3,oneof"` // The lease's job failed or was refused.
+}
+
+type LeaseLogEntry_Console struct {
+	Console []byte `protobuf:"bytes,6,opt,name=console,proto3,oneof"` // Console bytes (only when asked for).
+}
+
+type LeaseLogEntry_ConsoleGap struct {
+	ConsoleGap uint64 `protobuf:"varint,7,opt,name=console_gap,json=consoleGap,proto3,oneof"` // This many console bytes were dropped here (only with console).
+}
+
+type LeaseLogEntry_End struct {
+	End *LeaseLogEnd `protobuf:"bytes,8,opt,name=end,proto3,oneof"` // The lease has ended: the last entry of a followed log.
+}
+
+func (*LeaseLogEntry_Phase) isLeaseLogEntry_Body() {}
+
+func (*LeaseLogEntry_HookLine) isLeaseLogEntry_Body() {}
+
+func (*LeaseLogEntry_Error) isLeaseLogEntry_Body() {}
+
+func (*LeaseLogEntry_Console) isLeaseLogEntry_Body() {}
+
+func (*LeaseLogEntry_ConsoleGap) isLeaseLogEntry_Body() {}
+
+func (*LeaseLogEntry_End) isLeaseLogEntry_Body() {}
+
+// A phase change of a lease.
+type LeaseLogPhase struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	From           LeasePhase             `protobuf:"varint,1,opt,name=from,proto3,enum=boardvisor.v1.LeasePhase" json:"from,omitempty"`                                                // Phase before.
+	To             LeasePhase             `protobuf:"varint,2,opt,name=to,proto3,enum=boardvisor.v1.LeasePhase" json:"to,omitempty"`                                                    // Phase after.
+	StatusMessage  string                 `protobuf:"bytes,3,opt,name=status_message,json=statusMessage,proto3" json:"status_message,omitempty"`                                        // Human-readable note on the change.
+	ExporterStatus v1.ExporterStatus      `protobuf:"varint,4,opt,name=exporter_status,json=exporterStatus,proto3,enum=jumpstarter.v1.ExporterStatus" json:"exporter_status,omitempty"` // The board's status from then on.
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *LeaseLogPhase) Reset() {
+	*x = LeaseLogPhase{}
+	mi := &file_boardvisor_v1_coordinator_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseLogPhase) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseLogPhase) ProtoMessage() {}
+
+func (x *LeaseLogPhase) ProtoReflect() protoreflect.Message {
+	mi := &file_boardvisor_v1_coordinator_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseLogPhase.ProtoReflect.Descriptor instead.
+func (*LeaseLogPhase) Descriptor() ([]byte, []int) {
+	return file_boardvisor_v1_coordinator_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *LeaseLogPhase) GetFrom() LeasePhase {
+	if x != nil {
+		return x.From
+	}
+	return LeasePhase_LEASE_PHASE_UNSPECIFIED
+}
+
+func (x *LeaseLogPhase) GetTo() LeasePhase {
+	if x != nil {
+		return x.To
+	}
+	return LeasePhase_LEASE_PHASE_UNSPECIFIED
+}
+
+func (x *LeaseLogPhase) GetStatusMessage() string {
+	if x != nil {
+		return x.StatusMessage
+	}
+	return ""
+}
+
+func (x *LeaseLogPhase) GetExporterStatus() v1.ExporterStatus {
+	if x != nil {
+		return x.ExporterStatus
+	}
+	return v1.ExporterStatus(0)
+}
+
+// One line of hook output.
+type LeaseLogHookLine struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Source        v1.LogSource           `protobuf:"varint,1,opt,name=source,proto3,enum=jumpstarter.v1.LogSource" json:"source,omitempty"`   // BEFORE_LEASE_HOOK, AFTER_LEASE_HOOK or MESSAGE.
+	Severity      Severity               `protobuf:"varint,2,opt,name=severity,proto3,enum=boardvisor.v1.Severity" json:"severity,omitempty"` // From the line's JMP_* prefix.
+	Text          string                 `protobuf:"bytes,3,opt,name=text,proto3" json:"text,omitempty"`                                      // The line: untrusted text, valid UTF-8, no newline.
+	Progress      bool                   `protobuf:"varint,4,opt,name=progress,proto3" json:"progress,omitempty"`                             // A progress line, superseded by the next line of its source.
+	Cut           bool                   `protobuf:"varint,5,opt,name=cut,proto3" json:"cut,omitempty"`                                       // The line was longer than the limit and was cut.
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseLogHookLine) Reset() {
+	*x = LeaseLogHookLine{}
+	mi := &file_boardvisor_v1_coordinator_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseLogHookLine) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseLogHookLine) ProtoMessage() {}
+
+func (x *LeaseLogHookLine) ProtoReflect() protoreflect.Message {
+	mi := &file_boardvisor_v1_coordinator_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseLogHookLine.ProtoReflect.Descriptor instead.
+func (*LeaseLogHookLine) Descriptor() ([]byte, []int) {
+	return file_boardvisor_v1_coordinator_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *LeaseLogHookLine) GetSource() v1.LogSource {
+	if x != nil {
+		return x.Source
+	}
+	return v1.LogSource(0)
+}
+
+func (x *LeaseLogHookLine) GetSeverity() Severity {
+	if x != nil {
+		return x.Severity
+	}
+	return Severity_SEVERITY_UNSPECIFIED
+}
+
+func (x *LeaseLogHookLine) GetText() string {
+	if x != nil {
+		return x.Text
+	}
+	return ""
+}
+
+func (x *LeaseLogHookLine) GetProgress() bool {
+	if x != nil {
+		return x.Progress
+	}
+	return false
+}
+
+func (x *LeaseLogHookLine) GetCut() bool {
+	if x != nil {
+		return x.Cut
+	}
+	return false
+}
+
+// How a lease ended.
+type LeaseLogEnd struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Phase         LeasePhase             `protobuf:"varint,1,opt,name=phase,proto3,enum=boardvisor.v1.LeasePhase" json:"phase,omitempty"`       // DONE or FAILED.
+	EndedAt       *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=ended_at,json=endedAt,proto3" json:"ended_at,omitempty"`                   // When it ended.
+	StatusMessage string                 `protobuf:"bytes,3,opt,name=status_message,json=statusMessage,proto3" json:"status_message,omitempty"` // The lease's last status message.
+	EndedBy       string                 `protobuf:"bytes,4,opt,name=ended_by,json=endedBy,proto3" json:"ended_by,omitempty"`                   // Who ended it: a user, "coordinator", "client" or "supervisor".
+	Reason        string                 `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`                                    // Why.
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseLogEnd) Reset() {
+	*x = LeaseLogEnd{}
+	mi := &file_boardvisor_v1_coordinator_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseLogEnd) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseLogEnd) ProtoMessage() {}
+
+func (x *LeaseLogEnd) ProtoReflect() protoreflect.Message {
+	mi := &file_boardvisor_v1_coordinator_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseLogEnd.ProtoReflect.Descriptor instead.
+func (*LeaseLogEnd) Descriptor() ([]byte, []int) {
+	return file_boardvisor_v1_coordinator_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *LeaseLogEnd) GetPhase() LeasePhase {
+	if x != nil {
+		return x.Phase
+	}
+	return LeasePhase_LEASE_PHASE_UNSPECIFIED
+}
+
+func (x *LeaseLogEnd) GetEndedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EndedAt
+	}
+	return nil
+}
+
+func (x *LeaseLogEnd) GetStatusMessage() string {
+	if x != nil {
+		return x.StatusMessage
+	}
+	return ""
+}
+
+func (x *LeaseLogEnd) GetEndedBy() string {
+	if x != nil {
+		return x.EndedBy
+	}
+	return ""
+}
+
+func (x *LeaseLogEnd) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// Request to attach to a lease.
+type AttachLeaseRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"` // Lease ID.
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AttachLeaseRequest) Reset() {
+	*x = AttachLeaseRequest{}
+	mi := &file_boardvisor_v1_coordinator_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AttachLeaseRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AttachLeaseRequest) ProtoMessage() {}
+
+func (x *AttachLeaseRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_boardvisor_v1_coordinator_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AttachLeaseRequest.ProtoReflect.Descriptor instead.
+func (*AttachLeaseRequest) Descriptor() ([]byte, []int) {
+	return file_boardvisor_v1_coordinator_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *AttachLeaseRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+// Request to explain why a lease waits.
+type ExplainWaitRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"` // Lease ID.
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExplainWaitRequest) Reset() {
+	*x = ExplainWaitRequest{}
+	mi := &file_boardvisor_v1_coordinator_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExplainWaitRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExplainWaitRequest) ProtoMessage() {}
+
+func (x *ExplainWaitRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_boardvisor_v1_coordinator_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExplainWaitRequest.ProtoReflect.Descriptor instead.
+func (*ExplainWaitRequest) Descriptor() ([]byte, []int) {
+	return file_boardvisor_v1_coordinator_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *ExplainWaitRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+// A board a waiting lease may have, and why it does not have it yet.
+type BoardWait struct {
+	state                 protoimpl.MessageState `protogen:"open.v1"`
+	Name                  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`                                                                   // Board name.
+	SupervisorId          string                 `protobuf:"bytes,2,opt,name=supervisor_id,json=supervisorId,proto3" json:"supervisor_id,omitempty"`                               // Supervisor serving it.
+	Status                v1.ExporterStatus      `protobuf:"varint,3,opt,name=status,proto3,enum=jumpstarter.v1.ExporterStatus" json:"status,omitempty"`                           // Status (OFFLINE once its supervisor is gone beyond grace).
+	Health                BoardHealth            `protobuf:"varint,4,opt,name=health,proto3,enum=boardvisor.v1.BoardHealth" json:"health,omitempty"`                               // Health (MAINTENANCE when in maintenance).
+	Reason                string                 `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`                                                               // Why it is not leasable, in words; empty when free or merely busy.
+	HolderLeaseId         string                 `protobuf:"bytes,6,opt,name=holder_lease_id,json=holderLeaseId,proto3" json:"holder_lease_id,omitempty"`                          // The lease holding it, if any.
+	HolderClient          string                 `protobuf:"bytes,7,opt,name=holder_client,json=holderClient,proto3" json:"holder_client,omitempty"`                               // Who holds it.
+	HolderEndsAt          *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=holder_ends_at,json=holderEndsAt,proto3" json:"holder_ends_at,omitempty"`                             // When the holder's lease ends unless extended.
+	SupervisorConnected   bool                   `protobuf:"varint,9,opt,name=supervisor_connected,json=supervisorConnected,proto3" json:"supervisor_connected,omitempty"`         // Its supervisor is connected now.
+	SupervisorLastContact *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=supervisor_last_contact,json=supervisorLastContact,proto3" json:"supervisor_last_contact,omitempty"` // When the supervisor was last heard of.
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
+}
+
+func (x *BoardWait) Reset() {
+	*x = BoardWait{}
+	mi := &file_boardvisor_v1_coordinator_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BoardWait) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BoardWait) ProtoMessage() {}
+
+func (x *BoardWait) ProtoReflect() protoreflect.Message {
+	mi := &file_boardvisor_v1_coordinator_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BoardWait.ProtoReflect.Descriptor instead.
+func (*BoardWait) Descriptor() ([]byte, []int) {
+	return file_boardvisor_v1_coordinator_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *BoardWait) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *BoardWait) GetSupervisorId() string {
+	if x != nil {
+		return x.SupervisorId
+	}
+	return ""
+}
+
+func (x *BoardWait) GetStatus() v1.ExporterStatus {
+	if x != nil {
+		return x.Status
+	}
+	return v1.ExporterStatus(0)
+}
+
+func (x *BoardWait) GetHealth() BoardHealth {
+	if x != nil {
+		return x.Health
+	}
+	return BoardHealth_BOARD_HEALTH_UNSPECIFIED
+}
+
+func (x *BoardWait) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *BoardWait) GetHolderLeaseId() string {
+	if x != nil {
+		return x.HolderLeaseId
+	}
+	return ""
+}
+
+func (x *BoardWait) GetHolderClient() string {
+	if x != nil {
+		return x.HolderClient
+	}
+	return ""
+}
+
+func (x *BoardWait) GetHolderEndsAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.HolderEndsAt
+	}
+	return nil
+}
+
+func (x *BoardWait) GetSupervisorConnected() bool {
+	if x != nil {
+		return x.SupervisorConnected
+	}
+	return false
+}
+
+func (x *BoardWait) GetSupervisorLastContact() *timestamppb.Timestamp {
+	if x != nil {
+		return x.SupervisorLastContact
+	}
+	return nil
+}
+
+// Why a lease waits.
+type ExplainWaitResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Lease         *Lease                 `protobuf:"bytes,1,opt,name=lease,proto3" json:"lease,omitempty"`        // The lease (token not set).
+	Position      uint32                 `protobuf:"varint,2,opt,name=position,proto3" json:"position,omitempty"` // Its place among the queued leases that want a board it wants (1: next); 0 when not queued.
+	Queued        uint32                 `protobuf:"varint,3,opt,name=queued,proto3" json:"queued,omitempty"`     // How many leases are queued for those boards, it included.
+	Boards        []*BoardWait           `protobuf:"bytes,4,rep,name=boards,proto3" json:"boards,omitempty"`      // Every board matching the lease, by name.
+	Summary       string                 `protobuf:"bytes,5,opt,name=summary,proto3" json:"summary,omitempty"`    // One sentence: why it waits.
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExplainWaitResponse) Reset() {
+	*x = ExplainWaitResponse{}
+	mi := &file_boardvisor_v1_coordinator_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExplainWaitResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExplainWaitResponse) ProtoMessage() {}
+
+func (x *ExplainWaitResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_boardvisor_v1_coordinator_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExplainWaitResponse.ProtoReflect.Descriptor instead.
+func (*ExplainWaitResponse) Descriptor() ([]byte, []int) {
+	return file_boardvisor_v1_coordinator_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *ExplainWaitResponse) GetLease() *Lease {
+	if x != nil {
+		return x.Lease
+	}
+	return nil
+}
+
+func (x *ExplainWaitResponse) GetPosition() uint32 {
+	if x != nil {
+		return x.Position
+	}
+	return 0
+}
+
+func (x *ExplainWaitResponse) GetQueued() uint32 {
+	if x != nil {
+		return x.Queued
+	}
+	return 0
+}
+
+func (x *ExplainWaitResponse) GetBoards() []*BoardWait {
+	if x != nil {
+		return x.Boards
+	}
+	return nil
+}
+
+func (x *ExplainWaitResponse) GetSummary() string {
+	if x != nil {
+		return x.Summary
+	}
+	return ""
+}
+
+// Request to clear a board's quarantine.
+type ClearQuarantineRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Board         string                 `protobuf:"bytes,1,opt,name=board,proto3" json:"board,omitempty"`   // Board name.
+	Reason        string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"` // Why (audited).
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClearQuarantineRequest) Reset() {
+	*x = ClearQuarantineRequest{}
+	mi := &file_boardvisor_v1_coordinator_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClearQuarantineRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClearQuarantineRequest) ProtoMessage() {}
+
+func (x *ClearQuarantineRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_boardvisor_v1_coordinator_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClearQuarantineRequest.ProtoReflect.Descriptor instead.
+func (*ClearQuarantineRequest) Descriptor() ([]byte, []int) {
+	return file_boardvisor_v1_coordinator_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *ClearQuarantineRequest) GetBoard() string {
+	if x != nil {
+		return x.Board
+	}
+	return ""
+}
+
+func (x *ClearQuarantineRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// Response to ClearQuarantine: the request reached the board's supervisor.
+type ClearQuarantineResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Board         *Board                 `protobuf:"bytes,1,opt,name=board,proto3" json:"board,omitempty"` // The board as the coordinator knows it (its health follows the supervisor's event).
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClearQuarantineResponse) Reset() {
+	*x = ClearQuarantineResponse{}
+	mi := &file_boardvisor_v1_coordinator_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClearQuarantineResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClearQuarantineResponse) ProtoMessage() {}
+
+func (x *ClearQuarantineResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_boardvisor_v1_coordinator_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClearQuarantineResponse.ProtoReflect.Descriptor instead.
+func (*ClearQuarantineResponse) Descriptor() ([]byte, []int) {
+	return file_boardvisor_v1_coordinator_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *ClearQuarantineResponse) GetBoard() *Board {
+	if x != nil {
+		return x.Board
+	}
+	return nil
+}
+
+// Request to drain or undrain a supervisor.
+type DrainSupervisorRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SupervisorId  string                 `protobuf:"bytes,1,opt,name=supervisor_id,json=supervisorId,proto3" json:"supervisor_id,omitempty"` // Supervisor.
+	On            bool                   `protobuf:"varint,2,opt,name=on,proto3" json:"on,omitempty"`                                        // true: drain; false: undrain.
+	Reason        string                 `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`                                 // Why (shown as the boards' maintenance reason).
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrainSupervisorRequest) Reset() {
+	*x = DrainSupervisorRequest{}
+	mi := &file_boardvisor_v1_coordinator_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrainSupervisorRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrainSupervisorRequest) ProtoMessage() {}
+
+func (x *DrainSupervisorRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_boardvisor_v1_coordinator_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrainSupervisorRequest.ProtoReflect.Descriptor instead.
+func (*DrainSupervisorRequest) Descriptor() ([]byte, []int) {
+	return file_boardvisor_v1_coordinator_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *DrainSupervisorRequest) GetSupervisorId() string {
+	if x != nil {
+		return x.SupervisorId
+	}
+	return ""
+}
+
+func (x *DrainSupervisorRequest) GetOn() bool {
+	if x != nil {
+		return x.On
+	}
+	return false
+}
+
+func (x *DrainSupervisorRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// Response to DrainSupervisor.
+type DrainSupervisorResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Supervisor    *SupervisorInfo        `protobuf:"bytes,1,opt,name=supervisor,proto3" json:"supervisor,omitempty"` // The supervisor after the change.
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrainSupervisorResponse) Reset() {
+	*x = DrainSupervisorResponse{}
+	mi := &file_boardvisor_v1_coordinator_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrainSupervisorResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrainSupervisorResponse) ProtoMessage() {}
+
+func (x *DrainSupervisorResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_boardvisor_v1_coordinator_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrainSupervisorResponse.ProtoReflect.Descriptor instead.
+func (*DrainSupervisorResponse) Descriptor() ([]byte, []int) {
+	return file_boardvisor_v1_coordinator_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *DrainSupervisorResponse) GetSupervisor() *SupervisorInfo {
+	if x != nil {
+		return x.Supervisor
+	}
+	return nil
+}
+
+// A supervisor known to the coordinator.
+type SupervisorInfo struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`                                      // Supervisor ID.
+	Connected     bool                   `protobuf:"varint,2,opt,name=connected,proto3" json:"connected,omitempty"`                       // Connected now.
+	LastContact   *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=last_contact,json=lastContact,proto3" json:"last_contact,omitempty"` // When it was last heard of.
+	Version       string                 `protobuf:"bytes,4,opt,name=version,proto3" json:"version,omitempty"`                            // The boardvisor version it runs.
+	Boards        uint32                 `protobuf:"varint,5,opt,name=boards,proto3" json:"boards,omitempty"`                             // Boards it serves.
+	LiveLeases    uint32                 `protobuf:"varint,6,opt,name=live_leases,json=liveLeases,proto3" json:"live_leases,omitempty"`   // Leases not ended on its boards.
+	Drained       bool                   `protobuf:"varint,7,opt,name=drained,proto3" json:"drained,omitempty"`                           // Every board of it is drained.
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SupervisorInfo) Reset() {
+	*x = SupervisorInfo{}
+	mi := &file_boardvisor_v1_coordinator_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SupervisorInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SupervisorInfo) ProtoMessage() {}
+
+func (x *SupervisorInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_boardvisor_v1_coordinator_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SupervisorInfo.ProtoReflect.Descriptor instead.
+func (*SupervisorInfo) Descriptor() ([]byte, []int) {
+	return file_boardvisor_v1_coordinator_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *SupervisorInfo) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *SupervisorInfo) GetConnected() bool {
+	if x != nil {
+		return x.Connected
+	}
+	return false
+}
+
+func (x *SupervisorInfo) GetLastContact() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastContact
+	}
+	return nil
+}
+
+func (x *SupervisorInfo) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *SupervisorInfo) GetBoards() uint32 {
+	if x != nil {
+		return x.Boards
+	}
+	return 0
+}
+
+func (x *SupervisorInfo) GetLiveLeases() uint32 {
+	if x != nil {
+		return x.LiveLeases
+	}
+	return 0
+}
+
+func (x *SupervisorInfo) GetDrained() bool {
+	if x != nil {
+		return x.Drained
+	}
+	return false
+}
+
+// Request to list supervisors.
+type ListSupervisorsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSupervisorsRequest) Reset() {
+	*x = ListSupervisorsRequest{}
+	mi := &file_boardvisor_v1_coordinator_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSupervisorsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSupervisorsRequest) ProtoMessage() {}
+
+func (x *ListSupervisorsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_boardvisor_v1_coordinator_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSupervisorsRequest.ProtoReflect.Descriptor instead.
+func (*ListSupervisorsRequest) Descriptor() ([]byte, []int) {
+	return file_boardvisor_v1_coordinator_proto_rawDescGZIP(), []int{31}
+}
+
+// Response to ListSupervisors.
+type ListSupervisorsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Supervisors   []*SupervisorInfo      `protobuf:"bytes,1,rep,name=supervisors,proto3" json:"supervisors,omitempty"` // By ID.
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSupervisorsResponse) Reset() {
+	*x = ListSupervisorsResponse{}
+	mi := &file_boardvisor_v1_coordinator_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSupervisorsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSupervisorsResponse) ProtoMessage() {}
+
+func (x *ListSupervisorsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_boardvisor_v1_coordinator_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSupervisorsResponse.ProtoReflect.Descriptor instead.
+func (*ListSupervisorsResponse) Descriptor() ([]byte, []int) {
+	return file_boardvisor_v1_coordinator_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *ListSupervisorsResponse) GetSupervisors() []*SupervisorInfo {
+	if x != nil {
+		return x.Supervisors
+	}
+	return nil
+}
+
+// A user token, as listed (the token itself only when just added).
+type ClientTokenInfo struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	User          string                 `protobuf:"bytes,1,opt,name=user,proto3" json:"user,omitempty"`               // User name.
+	Admin         bool                   `protobuf:"varint,2,opt,name=admin,proto3" json:"admin,omitempty"`            // May administer the farm.
+	Fingerprint   string                 `protobuf:"bytes,3,opt,name=fingerprint,proto3" json:"fingerprint,omitempty"` // First 12 hex digits of the token's SHA-256.
+	Token         string                 `protobuf:"bytes,4,opt,name=token,proto3" json:"token,omitempty"`             // The token: only in AddClientTokenResponse.
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClientTokenInfo) Reset() {
+	*x = ClientTokenInfo{}
+	mi := &file_boardvisor_v1_coordinator_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClientTokenInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClientTokenInfo) ProtoMessage() {}
+
+func (x *ClientTokenInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_boardvisor_v1_coordinator_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClientTokenInfo.ProtoReflect.Descriptor instead.
+func (*ClientTokenInfo) Descriptor() ([]byte, []int) {
+	return file_boardvisor_v1_coordinator_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *ClientTokenInfo) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *ClientTokenInfo) GetAdmin() bool {
+	if x != nil {
+		return x.Admin
+	}
+	return false
+}
+
+func (x *ClientTokenInfo) GetFingerprint() string {
+	if x != nil {
+		return x.Fingerprint
+	}
+	return ""
+}
+
+func (x *ClientTokenInfo) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+// Request to add a user token.
+type AddClientTokenRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	User          string                 `protobuf:"bytes,1,opt,name=user,proto3" json:"user,omitempty"`    // User name.
+	Admin         bool                   `protobuf:"varint,2,opt,name=admin,proto3" json:"admin,omitempty"` // An admin's token.
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AddClientTokenRequest) Reset() {
+	*x = AddClientTokenRequest{}
+	mi := &file_boardvisor_v1_coordinator_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AddClientTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AddClientTokenRequest) ProtoMessage() {}
+
+func (x *AddClientTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_boardvisor_v1_coordinator_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AddClientTokenRequest.ProtoReflect.Descriptor instead.
+func (*AddClientTokenRequest) Descriptor() ([]byte, []int) {
+	return file_boardvisor_v1_coordinator_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *AddClientTokenRequest) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *AddClientTokenRequest) GetAdmin() bool {
+	if x != nil {
+		return x.Admin
+	}
+	return false
+}
+
+// Response to AddClientToken.
+type AddClientTokenResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Token         *ClientTokenInfo       `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"` // The new token, with the token itself (shown once).
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AddClientTokenResponse) Reset() {
+	*x = AddClientTokenResponse{}
+	mi := &file_boardvisor_v1_coordinator_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AddClientTokenResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AddClientTokenResponse) ProtoMessage() {}
+
+func (x *AddClientTokenResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_boardvisor_v1_coordinator_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AddClientTokenResponse.ProtoReflect.Descriptor instead.
+func (*AddClientTokenResponse) Descriptor() ([]byte, []int) {
+	return file_boardvisor_v1_coordinator_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *AddClientTokenResponse) GetToken() *ClientTokenInfo {
+	if x != nil {
+		return x.Token
+	}
+	return nil
+}
+
+// Request to list user tokens.
+type ListClientTokensRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListClientTokensRequest) Reset() {
+	*x = ListClientTokensRequest{}
+	mi := &file_boardvisor_v1_coordinator_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListClientTokensRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListClientTokensRequest) ProtoMessage() {}
+
+func (x *ListClientTokensRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_boardvisor_v1_coordinator_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListClientTokensRequest.ProtoReflect.Descriptor instead.
+func (*ListClientTokensRequest) Descriptor() ([]byte, []int) {
+	return file_boardvisor_v1_coordinator_proto_rawDescGZIP(), []int{36}
+}
+
+// Response to ListClientTokens.
+type ListClientTokensResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tokens        []*ClientTokenInfo     `protobuf:"bytes,1,rep,name=tokens,proto3" json:"tokens,omitempty"` // By user, without the tokens.
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListClientTokensResponse) Reset() {
+	*x = ListClientTokensResponse{}
+	mi := &file_boardvisor_v1_coordinator_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListClientTokensResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListClientTokensResponse) ProtoMessage() {}
+
+func (x *ListClientTokensResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_boardvisor_v1_coordinator_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListClientTokensResponse.ProtoReflect.Descriptor instead.
+func (*ListClientTokensResponse) Descriptor() ([]byte, []int) {
+	return file_boardvisor_v1_coordinator_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *ListClientTokensResponse) GetTokens() []*ClientTokenInfo {
+	if x != nil {
+		return x.Tokens
+	}
+	return nil
+}
+
+// Request to revoke user tokens.
+type RevokeClientTokenRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	User          string                 `protobuf:"bytes,1,opt,name=user,proto3" json:"user,omitempty"`               // User name.
+	Fingerprint   string                 `protobuf:"bytes,2,opt,name=fingerprint,proto3" json:"fingerprint,omitempty"` // Only this token of the user; empty: all of them.
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeClientTokenRequest) Reset() {
+	*x = RevokeClientTokenRequest{}
+	mi := &file_boardvisor_v1_coordinator_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeClientTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeClientTokenRequest) ProtoMessage() {}
+
+func (x *RevokeClientTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_boardvisor_v1_coordinator_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeClientTokenRequest.ProtoReflect.Descriptor instead.
+func (*RevokeClientTokenRequest) Descriptor() ([]byte, []int) {
+	return file_boardvisor_v1_coordinator_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *RevokeClientTokenRequest) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *RevokeClientTokenRequest) GetFingerprint() string {
+	if x != nil {
+		return x.Fingerprint
+	}
+	return ""
+}
+
+// Response to RevokeClientToken.
+type RevokeClientTokenResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Revoked       uint32                 `protobuf:"varint,1,opt,name=revoked,proto3" json:"revoked,omitempty"` // How many tokens were revoked.
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeClientTokenResponse) Reset() {
+	*x = RevokeClientTokenResponse{}
+	mi := &file_boardvisor_v1_coordinator_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeClientTokenResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeClientTokenResponse) ProtoMessage() {}
+
+func (x *RevokeClientTokenResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_boardvisor_v1_coordinator_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeClientTokenResponse.ProtoReflect.Descriptor instead.
+func (*RevokeClientTokenResponse) Descriptor() ([]byte, []int) {
+	return file_boardvisor_v1_coordinator_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *RevokeClientTokenResponse) GetRevoked() uint32 {
+	if x != nil {
+		return x.Revoked
+	}
+	return 0
+}
+
 var File_boardvisor_v1_coordinator_proto protoreflect.FileDescriptor
 
 const file_boardvisor_v1_coordinator_proto_rawDesc = "" +
 	"\n" +
-	"\x1fboardvisor/v1/coordinator.proto\x12\rboardvisor.v1\x1a\x1aboardvisor/v1/common.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bjumpstarter/v1/common.proto\"\x8f\x04\n" +
+	"\x1fboardvisor/v1/coordinator.proto\x12\rboardvisor.v1\x1a\x1aboardvisor/v1/common.proto\x1a\x1eboardvisor/v1/supervisor.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bjumpstarter/v1/common.proto\"\x8f\x04\n" +
 	"\x05Lease\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05board\x18\x02 \x01(\tR\x05board\x12\x1a\n" +
@@ -1042,13 +2545,16 @@ const file_boardvisor_v1_coordinator_proto_rawDesc = "" +
 	"\bendpoint\x18\a \x01(\tR\bendpoint\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x9e\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa9\x02\n" +
 	"\x12CreateLeaseRequest\x12\x1a\n" +
 	"\bselector\x18\x01 \x01(\tR\bselector\x12\x14\n" +
 	"\x05board\x18\x02 \x01(\tR\x05board\x125\n" +
 	"\bduration\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\bduration\x12\x1f\n" +
 	"\vclient_name\x18\x04 \x01(\tR\n" +
-	"clientName\"A\n" +
+	"clientName\x127\n" +
+	"\x05image\x18\x05 \x01(\v2!.boardvisor.v1.ImageSpecificationR\x05image\x12\x1a\n" +
+	"\battached\x18\x06 \x01(\bR\battached\x124\n" +
+	"\bmax_wait\x18\a \x01(\v2\x19.google.protobuf.DurationR\amaxWait\"A\n" +
 	"\x13CreateLeaseResponse\x12*\n" +
 	"\x05lease\x18\x01 \x01(\v2\x14.boardvisor.v1.LeaseR\x05lease\"!\n" +
 	"\x0fGetLeaseRequest\x12\x0e\n" +
@@ -1083,7 +2589,105 @@ const file_boardvisor_v1_coordinator_proto_rawDesc = "" +
 	"\x02on\x18\x02 \x01(\bR\x02on\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\"I\n" +
 	"\x1bSetBoardMaintenanceResponse\x12*\n" +
-	"\x05board\x18\x01 \x01(\v2\x14.boardvisor.v1.BoardR\x05board2\xbc\x05\n" +
+	"\x05board\x18\x01 \x01(\v2\x14.boardvisor.v1.BoardR\x05board\"t\n" +
+	"\x0fLeaseLogRequest\x12\x19\n" +
+	"\blease_id\x18\x01 \x01(\tR\aleaseId\x12\x14\n" +
+	"\x05after\x18\x02 \x01(\tR\x05after\x12\x18\n" +
+	"\aconsole\x18\x03 \x01(\bR\aconsole\x12\x16\n" +
+	"\x06follow\x18\x04 \x01(\bR\x06follow\"\xf9\x02\n" +
+	"\rLeaseLogEntry\x12\x1a\n" +
+	"\bposition\x18\x01 \x01(\tR\bposition\x12.\n" +
+	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x124\n" +
+	"\x05phase\x18\x03 \x01(\v2\x1c.boardvisor.v1.LeaseLogPhaseH\x00R\x05phase\x12>\n" +
+	"\thook_line\x18\x04 \x01(\v2\x1f.boardvisor.v1.LeaseLogHookLineH\x00R\bhookLine\x12/\n" +
+	"\x05error\x18\x05 \x01(\v2\x17.boardvisor.v1.JobErrorH\x00R\x05error\x12\x1a\n" +
+	"\aconsole\x18\x06 \x01(\fH\x00R\aconsole\x12!\n" +
+	"\vconsole_gap\x18\a \x01(\x04H\x00R\n" +
+	"consoleGap\x12.\n" +
+	"\x03end\x18\b \x01(\v2\x1a.boardvisor.v1.LeaseLogEndH\x00R\x03endB\x06\n" +
+	"\x04body\"\xd9\x01\n" +
+	"\rLeaseLogPhase\x12-\n" +
+	"\x04from\x18\x01 \x01(\x0e2\x19.boardvisor.v1.LeasePhaseR\x04from\x12)\n" +
+	"\x02to\x18\x02 \x01(\x0e2\x19.boardvisor.v1.LeasePhaseR\x02to\x12%\n" +
+	"\x0estatus_message\x18\x03 \x01(\tR\rstatusMessage\x12G\n" +
+	"\x0fexporter_status\x18\x04 \x01(\x0e2\x1e.jumpstarter.v1.ExporterStatusR\x0eexporterStatus\"\xbc\x01\n" +
+	"\x10LeaseLogHookLine\x121\n" +
+	"\x06source\x18\x01 \x01(\x0e2\x19.jumpstarter.v1.LogSourceR\x06source\x123\n" +
+	"\bseverity\x18\x02 \x01(\x0e2\x17.boardvisor.v1.SeverityR\bseverity\x12\x12\n" +
+	"\x04text\x18\x03 \x01(\tR\x04text\x12\x1a\n" +
+	"\bprogress\x18\x04 \x01(\bR\bprogress\x12\x10\n" +
+	"\x03cut\x18\x05 \x01(\bR\x03cut\"\xcf\x01\n" +
+	"\vLeaseLogEnd\x12/\n" +
+	"\x05phase\x18\x01 \x01(\x0e2\x19.boardvisor.v1.LeasePhaseR\x05phase\x125\n" +
+	"\bended_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\aendedAt\x12%\n" +
+	"\x0estatus_message\x18\x03 \x01(\tR\rstatusMessage\x12\x19\n" +
+	"\bended_by\x18\x04 \x01(\tR\aendedBy\x12\x16\n" +
+	"\x06reason\x18\x05 \x01(\tR\x06reason\"$\n" +
+	"\x12AttachLeaseRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"$\n" +
+	"\x12ExplainWaitRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\xde\x03\n" +
+	"\tBoardWait\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12#\n" +
+	"\rsupervisor_id\x18\x02 \x01(\tR\fsupervisorId\x126\n" +
+	"\x06status\x18\x03 \x01(\x0e2\x1e.jumpstarter.v1.ExporterStatusR\x06status\x122\n" +
+	"\x06health\x18\x04 \x01(\x0e2\x1a.boardvisor.v1.BoardHealthR\x06health\x12\x16\n" +
+	"\x06reason\x18\x05 \x01(\tR\x06reason\x12&\n" +
+	"\x0fholder_lease_id\x18\x06 \x01(\tR\rholderLeaseId\x12#\n" +
+	"\rholder_client\x18\a \x01(\tR\fholderClient\x12@\n" +
+	"\x0eholder_ends_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\fholderEndsAt\x121\n" +
+	"\x14supervisor_connected\x18\t \x01(\bR\x13supervisorConnected\x12R\n" +
+	"\x17supervisor_last_contact\x18\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\x15supervisorLastContact\"\xc1\x01\n" +
+	"\x13ExplainWaitResponse\x12*\n" +
+	"\x05lease\x18\x01 \x01(\v2\x14.boardvisor.v1.LeaseR\x05lease\x12\x1a\n" +
+	"\bposition\x18\x02 \x01(\rR\bposition\x12\x16\n" +
+	"\x06queued\x18\x03 \x01(\rR\x06queued\x120\n" +
+	"\x06boards\x18\x04 \x03(\v2\x18.boardvisor.v1.BoardWaitR\x06boards\x12\x18\n" +
+	"\asummary\x18\x05 \x01(\tR\asummary\"F\n" +
+	"\x16ClearQuarantineRequest\x12\x14\n" +
+	"\x05board\x18\x01 \x01(\tR\x05board\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"E\n" +
+	"\x17ClearQuarantineResponse\x12*\n" +
+	"\x05board\x18\x01 \x01(\v2\x14.boardvisor.v1.BoardR\x05board\"e\n" +
+	"\x16DrainSupervisorRequest\x12#\n" +
+	"\rsupervisor_id\x18\x01 \x01(\tR\fsupervisorId\x12\x0e\n" +
+	"\x02on\x18\x02 \x01(\bR\x02on\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"X\n" +
+	"\x17DrainSupervisorResponse\x12=\n" +
+	"\n" +
+	"supervisor\x18\x01 \x01(\v2\x1d.boardvisor.v1.SupervisorInfoR\n" +
+	"supervisor\"\xea\x01\n" +
+	"\x0eSupervisorInfo\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1c\n" +
+	"\tconnected\x18\x02 \x01(\bR\tconnected\x12=\n" +
+	"\flast_contact\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\vlastContact\x12\x18\n" +
+	"\aversion\x18\x04 \x01(\tR\aversion\x12\x16\n" +
+	"\x06boards\x18\x05 \x01(\rR\x06boards\x12\x1f\n" +
+	"\vlive_leases\x18\x06 \x01(\rR\n" +
+	"liveLeases\x12\x18\n" +
+	"\adrained\x18\a \x01(\bR\adrained\"\x18\n" +
+	"\x16ListSupervisorsRequest\"Z\n" +
+	"\x17ListSupervisorsResponse\x12?\n" +
+	"\vsupervisors\x18\x01 \x03(\v2\x1d.boardvisor.v1.SupervisorInfoR\vsupervisors\"s\n" +
+	"\x0fClientTokenInfo\x12\x12\n" +
+	"\x04user\x18\x01 \x01(\tR\x04user\x12\x14\n" +
+	"\x05admin\x18\x02 \x01(\bR\x05admin\x12 \n" +
+	"\vfingerprint\x18\x03 \x01(\tR\vfingerprint\x12\x14\n" +
+	"\x05token\x18\x04 \x01(\tR\x05token\"A\n" +
+	"\x15AddClientTokenRequest\x12\x12\n" +
+	"\x04user\x18\x01 \x01(\tR\x04user\x12\x14\n" +
+	"\x05admin\x18\x02 \x01(\bR\x05admin\"N\n" +
+	"\x16AddClientTokenResponse\x124\n" +
+	"\x05token\x18\x01 \x01(\v2\x1e.boardvisor.v1.ClientTokenInfoR\x05token\"\x19\n" +
+	"\x17ListClientTokensRequest\"R\n" +
+	"\x18ListClientTokensResponse\x126\n" +
+	"\x06tokens\x18\x01 \x03(\v2\x1e.boardvisor.v1.ClientTokenInfoR\x06tokens\"P\n" +
+	"\x18RevokeClientTokenRequest\x12\x12\n" +
+	"\x04user\x18\x01 \x01(\tR\x04user\x12 \n" +
+	"\vfingerprint\x18\x02 \x01(\tR\vfingerprint\"5\n" +
+	"\x19RevokeClientTokenResponse\x12\x18\n" +
+	"\arevoked\x18\x01 \x01(\rR\arevoked2\xfa\v\n" +
 	"\fLeaseService\x12T\n" +
 	"\vCreateLease\x12!.boardvisor.v1.CreateLeaseRequest\x1a\".boardvisor.v1.CreateLeaseResponse\x12K\n" +
 	"\bGetLease\x12\x1e.boardvisor.v1.GetLeaseRequest\x1a\x1f.boardvisor.v1.GetLeaseResponse\x12F\n" +
@@ -1095,7 +2699,16 @@ const file_boardvisor_v1_coordinator_proto_rawDesc = "" +
 	"ListBoards\x12 .boardvisor.v1.ListBoardsRequest\x1a!.boardvisor.v1.ListBoardsResponse\x12Q\n" +
 	"\n" +
 	"ListLeases\x12 .boardvisor.v1.ListLeasesRequest\x1a!.boardvisor.v1.ListLeasesResponse\x12l\n" +
-	"\x13SetBoardMaintenance\x12).boardvisor.v1.SetBoardMaintenanceRequest\x1a*.boardvisor.v1.SetBoardMaintenanceResponseBCZAgithub.com/boardvisor/boardvisor/proto/boardvisor/v1;boardvisorv1b\x06proto3"
+	"\x13SetBoardMaintenance\x12).boardvisor.v1.SetBoardMaintenanceRequest\x1a*.boardvisor.v1.SetBoardMaintenanceResponse\x12J\n" +
+	"\bLeaseLog\x12\x1e.boardvisor.v1.LeaseLogRequest\x1a\x1c.boardvisor.v1.LeaseLogEntry0\x01\x12H\n" +
+	"\vAttachLease\x12!.boardvisor.v1.AttachLeaseRequest\x1a\x14.boardvisor.v1.Lease0\x01\x12T\n" +
+	"\vExplainWait\x12!.boardvisor.v1.ExplainWaitRequest\x1a\".boardvisor.v1.ExplainWaitResponse\x12`\n" +
+	"\x0fClearQuarantine\x12%.boardvisor.v1.ClearQuarantineRequest\x1a&.boardvisor.v1.ClearQuarantineResponse\x12`\n" +
+	"\x0fDrainSupervisor\x12%.boardvisor.v1.DrainSupervisorRequest\x1a&.boardvisor.v1.DrainSupervisorResponse\x12`\n" +
+	"\x0fListSupervisors\x12%.boardvisor.v1.ListSupervisorsRequest\x1a&.boardvisor.v1.ListSupervisorsResponse\x12]\n" +
+	"\x0eAddClientToken\x12$.boardvisor.v1.AddClientTokenRequest\x1a%.boardvisor.v1.AddClientTokenResponse\x12c\n" +
+	"\x10ListClientTokens\x12&.boardvisor.v1.ListClientTokensRequest\x1a'.boardvisor.v1.ListClientTokensResponse\x12f\n" +
+	"\x11RevokeClientToken\x12'.boardvisor.v1.RevokeClientTokenRequest\x1a(.boardvisor.v1.RevokeClientTokenResponseBCZAgithub.com/boardvisor/boardvisor/proto/boardvisor/v1;boardvisorv1b\x06proto3"
 
 var (
 	file_boardvisor_v1_coordinator_proto_rawDescOnce sync.Once
@@ -1109,7 +2722,7 @@ func file_boardvisor_v1_coordinator_proto_rawDescGZIP() []byte {
 	return file_boardvisor_v1_coordinator_proto_rawDescData
 }
 
-var file_boardvisor_v1_coordinator_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_boardvisor_v1_coordinator_proto_msgTypes = make([]protoimpl.MessageInfo, 41)
 var file_boardvisor_v1_coordinator_proto_goTypes = []any{
 	(*Lease)(nil),                       // 0: boardvisor.v1.Lease
 	(*Board)(nil),                       // 1: boardvisor.v1.Board
@@ -1128,52 +2741,123 @@ var file_boardvisor_v1_coordinator_proto_goTypes = []any{
 	(*ListLeasesResponse)(nil),          // 14: boardvisor.v1.ListLeasesResponse
 	(*SetBoardMaintenanceRequest)(nil),  // 15: boardvisor.v1.SetBoardMaintenanceRequest
 	(*SetBoardMaintenanceResponse)(nil), // 16: boardvisor.v1.SetBoardMaintenanceResponse
-	nil,                                 // 17: boardvisor.v1.Board.LabelsEntry
-	(LeasePhase)(0),                     // 18: boardvisor.v1.LeasePhase
-	(v1.ExporterStatus)(0),              // 19: jumpstarter.v1.ExporterStatus
-	(*timestamppb.Timestamp)(nil),       // 20: google.protobuf.Timestamp
-	(BoardHealth)(0),                    // 21: boardvisor.v1.BoardHealth
-	(*durationpb.Duration)(nil),         // 22: google.protobuf.Duration
+	(*LeaseLogRequest)(nil),             // 17: boardvisor.v1.LeaseLogRequest
+	(*LeaseLogEntry)(nil),               // 18: boardvisor.v1.LeaseLogEntry
+	(*LeaseLogPhase)(nil),               // 19: boardvisor.v1.LeaseLogPhase
+	(*LeaseLogHookLine)(nil),            // 20: boardvisor.v1.LeaseLogHookLine
+	(*LeaseLogEnd)(nil),                 // 21: boardvisor.v1.LeaseLogEnd
+	(*AttachLeaseRequest)(nil),          // 22: boardvisor.v1.AttachLeaseRequest
+	(*ExplainWaitRequest)(nil),          // 23: boardvisor.v1.ExplainWaitRequest
+	(*BoardWait)(nil),                   // 24: boardvisor.v1.BoardWait
+	(*ExplainWaitResponse)(nil),         // 25: boardvisor.v1.ExplainWaitResponse
+	(*ClearQuarantineRequest)(nil),      // 26: boardvisor.v1.ClearQuarantineRequest
+	(*ClearQuarantineResponse)(nil),     // 27: boardvisor.v1.ClearQuarantineResponse
+	(*DrainSupervisorRequest)(nil),      // 28: boardvisor.v1.DrainSupervisorRequest
+	(*DrainSupervisorResponse)(nil),     // 29: boardvisor.v1.DrainSupervisorResponse
+	(*SupervisorInfo)(nil),              // 30: boardvisor.v1.SupervisorInfo
+	(*ListSupervisorsRequest)(nil),      // 31: boardvisor.v1.ListSupervisorsRequest
+	(*ListSupervisorsResponse)(nil),     // 32: boardvisor.v1.ListSupervisorsResponse
+	(*ClientTokenInfo)(nil),             // 33: boardvisor.v1.ClientTokenInfo
+	(*AddClientTokenRequest)(nil),       // 34: boardvisor.v1.AddClientTokenRequest
+	(*AddClientTokenResponse)(nil),      // 35: boardvisor.v1.AddClientTokenResponse
+	(*ListClientTokensRequest)(nil),     // 36: boardvisor.v1.ListClientTokensRequest
+	(*ListClientTokensResponse)(nil),    // 37: boardvisor.v1.ListClientTokensResponse
+	(*RevokeClientTokenRequest)(nil),    // 38: boardvisor.v1.RevokeClientTokenRequest
+	(*RevokeClientTokenResponse)(nil),   // 39: boardvisor.v1.RevokeClientTokenResponse
+	nil,                                 // 40: boardvisor.v1.Board.LabelsEntry
+	(LeasePhase)(0),                     // 41: boardvisor.v1.LeasePhase
+	(v1.ExporterStatus)(0),              // 42: jumpstarter.v1.ExporterStatus
+	(*timestamppb.Timestamp)(nil),       // 43: google.protobuf.Timestamp
+	(BoardHealth)(0),                    // 44: boardvisor.v1.BoardHealth
+	(*durationpb.Duration)(nil),         // 45: google.protobuf.Duration
+	(*ImageSpecification)(nil),          // 46: boardvisor.v1.ImageSpecification
+	(*JobError)(nil),                    // 47: boardvisor.v1.JobError
+	(v1.LogSource)(0),                   // 48: jumpstarter.v1.LogSource
+	(Severity)(0),                       // 49: boardvisor.v1.Severity
 }
 var file_boardvisor_v1_coordinator_proto_depIdxs = []int32{
-	18, // 0: boardvisor.v1.Lease.phase:type_name -> boardvisor.v1.LeasePhase
-	19, // 1: boardvisor.v1.Lease.exporter_status:type_name -> jumpstarter.v1.ExporterStatus
-	20, // 2: boardvisor.v1.Lease.created_at:type_name -> google.protobuf.Timestamp
-	20, // 3: boardvisor.v1.Lease.begins_at:type_name -> google.protobuf.Timestamp
-	20, // 4: boardvisor.v1.Lease.ends_at:type_name -> google.protobuf.Timestamp
-	17, // 5: boardvisor.v1.Board.labels:type_name -> boardvisor.v1.Board.LabelsEntry
-	19, // 6: boardvisor.v1.Board.status:type_name -> jumpstarter.v1.ExporterStatus
-	21, // 7: boardvisor.v1.Board.health:type_name -> boardvisor.v1.BoardHealth
-	22, // 8: boardvisor.v1.CreateLeaseRequest.duration:type_name -> google.protobuf.Duration
-	0,  // 9: boardvisor.v1.CreateLeaseResponse.lease:type_name -> boardvisor.v1.Lease
-	0,  // 10: boardvisor.v1.GetLeaseResponse.lease:type_name -> boardvisor.v1.Lease
-	0,  // 11: boardvisor.v1.ReleaseLeaseResponse.lease:type_name -> boardvisor.v1.Lease
-	22, // 12: boardvisor.v1.ExtendLeaseRequest.by:type_name -> google.protobuf.Duration
-	0,  // 13: boardvisor.v1.ExtendLeaseResponse.lease:type_name -> boardvisor.v1.Lease
-	1,  // 14: boardvisor.v1.ListBoardsResponse.boards:type_name -> boardvisor.v1.Board
-	0,  // 15: boardvisor.v1.ListLeasesResponse.leases:type_name -> boardvisor.v1.Lease
-	1,  // 16: boardvisor.v1.SetBoardMaintenanceResponse.board:type_name -> boardvisor.v1.Board
-	2,  // 17: boardvisor.v1.LeaseService.CreateLease:input_type -> boardvisor.v1.CreateLeaseRequest
-	4,  // 18: boardvisor.v1.LeaseService.GetLease:input_type -> boardvisor.v1.GetLeaseRequest
-	6,  // 19: boardvisor.v1.LeaseService.WatchLease:input_type -> boardvisor.v1.WatchLeaseRequest
-	7,  // 20: boardvisor.v1.LeaseService.ReleaseLease:input_type -> boardvisor.v1.ReleaseLeaseRequest
-	9,  // 21: boardvisor.v1.LeaseService.ExtendLease:input_type -> boardvisor.v1.ExtendLeaseRequest
-	11, // 22: boardvisor.v1.LeaseService.ListBoards:input_type -> boardvisor.v1.ListBoardsRequest
-	13, // 23: boardvisor.v1.LeaseService.ListLeases:input_type -> boardvisor.v1.ListLeasesRequest
-	15, // 24: boardvisor.v1.LeaseService.SetBoardMaintenance:input_type -> boardvisor.v1.SetBoardMaintenanceRequest
-	3,  // 25: boardvisor.v1.LeaseService.CreateLease:output_type -> boardvisor.v1.CreateLeaseResponse
-	5,  // 26: boardvisor.v1.LeaseService.GetLease:output_type -> boardvisor.v1.GetLeaseResponse
-	0,  // 27: boardvisor.v1.LeaseService.WatchLease:output_type -> boardvisor.v1.Lease
-	8,  // 28: boardvisor.v1.LeaseService.ReleaseLease:output_type -> boardvisor.v1.ReleaseLeaseResponse
-	10, // 29: boardvisor.v1.LeaseService.ExtendLease:output_type -> boardvisor.v1.ExtendLeaseResponse
-	12, // 30: boardvisor.v1.LeaseService.ListBoards:output_type -> boardvisor.v1.ListBoardsResponse
-	14, // 31: boardvisor.v1.LeaseService.ListLeases:output_type -> boardvisor.v1.ListLeasesResponse
-	16, // 32: boardvisor.v1.LeaseService.SetBoardMaintenance:output_type -> boardvisor.v1.SetBoardMaintenanceResponse
-	25, // [25:33] is the sub-list for method output_type
-	17, // [17:25] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	41, // 0: boardvisor.v1.Lease.phase:type_name -> boardvisor.v1.LeasePhase
+	42, // 1: boardvisor.v1.Lease.exporter_status:type_name -> jumpstarter.v1.ExporterStatus
+	43, // 2: boardvisor.v1.Lease.created_at:type_name -> google.protobuf.Timestamp
+	43, // 3: boardvisor.v1.Lease.begins_at:type_name -> google.protobuf.Timestamp
+	43, // 4: boardvisor.v1.Lease.ends_at:type_name -> google.protobuf.Timestamp
+	40, // 5: boardvisor.v1.Board.labels:type_name -> boardvisor.v1.Board.LabelsEntry
+	42, // 6: boardvisor.v1.Board.status:type_name -> jumpstarter.v1.ExporterStatus
+	44, // 7: boardvisor.v1.Board.health:type_name -> boardvisor.v1.BoardHealth
+	45, // 8: boardvisor.v1.CreateLeaseRequest.duration:type_name -> google.protobuf.Duration
+	46, // 9: boardvisor.v1.CreateLeaseRequest.image:type_name -> boardvisor.v1.ImageSpecification
+	45, // 10: boardvisor.v1.CreateLeaseRequest.max_wait:type_name -> google.protobuf.Duration
+	0,  // 11: boardvisor.v1.CreateLeaseResponse.lease:type_name -> boardvisor.v1.Lease
+	0,  // 12: boardvisor.v1.GetLeaseResponse.lease:type_name -> boardvisor.v1.Lease
+	0,  // 13: boardvisor.v1.ReleaseLeaseResponse.lease:type_name -> boardvisor.v1.Lease
+	45, // 14: boardvisor.v1.ExtendLeaseRequest.by:type_name -> google.protobuf.Duration
+	0,  // 15: boardvisor.v1.ExtendLeaseResponse.lease:type_name -> boardvisor.v1.Lease
+	1,  // 16: boardvisor.v1.ListBoardsResponse.boards:type_name -> boardvisor.v1.Board
+	0,  // 17: boardvisor.v1.ListLeasesResponse.leases:type_name -> boardvisor.v1.Lease
+	1,  // 18: boardvisor.v1.SetBoardMaintenanceResponse.board:type_name -> boardvisor.v1.Board
+	43, // 19: boardvisor.v1.LeaseLogEntry.time:type_name -> google.protobuf.Timestamp
+	19, // 20: boardvisor.v1.LeaseLogEntry.phase:type_name -> boardvisor.v1.LeaseLogPhase
+	20, // 21: boardvisor.v1.LeaseLogEntry.hook_line:type_name -> boardvisor.v1.LeaseLogHookLine
+	47, // 22: boardvisor.v1.LeaseLogEntry.error:type_name -> boardvisor.v1.JobError
+	21, // 23: boardvisor.v1.LeaseLogEntry.end:type_name -> boardvisor.v1.LeaseLogEnd
+	41, // 24: boardvisor.v1.LeaseLogPhase.from:type_name -> boardvisor.v1.LeasePhase
+	41, // 25: boardvisor.v1.LeaseLogPhase.to:type_name -> boardvisor.v1.LeasePhase
+	42, // 26: boardvisor.v1.LeaseLogPhase.exporter_status:type_name -> jumpstarter.v1.ExporterStatus
+	48, // 27: boardvisor.v1.LeaseLogHookLine.source:type_name -> jumpstarter.v1.LogSource
+	49, // 28: boardvisor.v1.LeaseLogHookLine.severity:type_name -> boardvisor.v1.Severity
+	41, // 29: boardvisor.v1.LeaseLogEnd.phase:type_name -> boardvisor.v1.LeasePhase
+	43, // 30: boardvisor.v1.LeaseLogEnd.ended_at:type_name -> google.protobuf.Timestamp
+	42, // 31: boardvisor.v1.BoardWait.status:type_name -> jumpstarter.v1.ExporterStatus
+	44, // 32: boardvisor.v1.BoardWait.health:type_name -> boardvisor.v1.BoardHealth
+	43, // 33: boardvisor.v1.BoardWait.holder_ends_at:type_name -> google.protobuf.Timestamp
+	43, // 34: boardvisor.v1.BoardWait.supervisor_last_contact:type_name -> google.protobuf.Timestamp
+	0,  // 35: boardvisor.v1.ExplainWaitResponse.lease:type_name -> boardvisor.v1.Lease
+	24, // 36: boardvisor.v1.ExplainWaitResponse.boards:type_name -> boardvisor.v1.BoardWait
+	1,  // 37: boardvisor.v1.ClearQuarantineResponse.board:type_name -> boardvisor.v1.Board
+	30, // 38: boardvisor.v1.DrainSupervisorResponse.supervisor:type_name -> boardvisor.v1.SupervisorInfo
+	43, // 39: boardvisor.v1.SupervisorInfo.last_contact:type_name -> google.protobuf.Timestamp
+	30, // 40: boardvisor.v1.ListSupervisorsResponse.supervisors:type_name -> boardvisor.v1.SupervisorInfo
+	33, // 41: boardvisor.v1.AddClientTokenResponse.token:type_name -> boardvisor.v1.ClientTokenInfo
+	33, // 42: boardvisor.v1.ListClientTokensResponse.tokens:type_name -> boardvisor.v1.ClientTokenInfo
+	2,  // 43: boardvisor.v1.LeaseService.CreateLease:input_type -> boardvisor.v1.CreateLeaseRequest
+	4,  // 44: boardvisor.v1.LeaseService.GetLease:input_type -> boardvisor.v1.GetLeaseRequest
+	6,  // 45: boardvisor.v1.LeaseService.WatchLease:input_type -> boardvisor.v1.WatchLeaseRequest
+	7,  // 46: boardvisor.v1.LeaseService.ReleaseLease:input_type -> boardvisor.v1.ReleaseLeaseRequest
+	9,  // 47: boardvisor.v1.LeaseService.ExtendLease:input_type -> boardvisor.v1.ExtendLeaseRequest
+	11, // 48: boardvisor.v1.LeaseService.ListBoards:input_type -> boardvisor.v1.ListBoardsRequest
+	13, // 49: boardvisor.v1.LeaseService.ListLeases:input_type -> boardvisor.v1.ListLeasesRequest
+	15, // 50: boardvisor.v1.LeaseService.SetBoardMaintenance:input_type -> boardvisor.v1.SetBoardMaintenanceRequest
+	17, // 51: boardvisor.v1.LeaseService.LeaseLog:input_type -> boardvisor.v1.LeaseLogRequest
+	22, // 52: boardvisor.v1.LeaseService.AttachLease:input_type -> boardvisor.v1.AttachLeaseRequest
+	23, // 53: boardvisor.v1.LeaseService.ExplainWait:input_type -> boardvisor.v1.ExplainWaitRequest
+	26, // 54: boardvisor.v1.LeaseService.ClearQuarantine:input_type -> boardvisor.v1.ClearQuarantineRequest
+	28, // 55: boardvisor.v1.LeaseService.DrainSupervisor:input_type -> boardvisor.v1.DrainSupervisorRequest
+	31, // 56: boardvisor.v1.LeaseService.ListSupervisors:input_type -> boardvisor.v1.ListSupervisorsRequest
+	34, // 57: boardvisor.v1.LeaseService.AddClientToken:input_type -> boardvisor.v1.AddClientTokenRequest
+	36, // 58: boardvisor.v1.LeaseService.ListClientTokens:input_type -> boardvisor.v1.ListClientTokensRequest
+	38, // 59: boardvisor.v1.LeaseService.RevokeClientToken:input_type -> boardvisor.v1.RevokeClientTokenRequest
+	3,  // 60: boardvisor.v1.LeaseService.CreateLease:output_type -> boardvisor.v1.CreateLeaseResponse
+	5,  // 61: boardvisor.v1.LeaseService.GetLease:output_type -> boardvisor.v1.GetLeaseResponse
+	0,  // 62: boardvisor.v1.LeaseService.WatchLease:output_type -> boardvisor.v1.Lease
+	8,  // 63: boardvisor.v1.LeaseService.ReleaseLease:output_type -> boardvisor.v1.ReleaseLeaseResponse
+	10, // 64: boardvisor.v1.LeaseService.ExtendLease:output_type -> boardvisor.v1.ExtendLeaseResponse
+	12, // 65: boardvisor.v1.LeaseService.ListBoards:output_type -> boardvisor.v1.ListBoardsResponse
+	14, // 66: boardvisor.v1.LeaseService.ListLeases:output_type -> boardvisor.v1.ListLeasesResponse
+	16, // 67: boardvisor.v1.LeaseService.SetBoardMaintenance:output_type -> boardvisor.v1.SetBoardMaintenanceResponse
+	18, // 68: boardvisor.v1.LeaseService.LeaseLog:output_type -> boardvisor.v1.LeaseLogEntry
+	0,  // 69: boardvisor.v1.LeaseService.AttachLease:output_type -> boardvisor.v1.Lease
+	25, // 70: boardvisor.v1.LeaseService.ExplainWait:output_type -> boardvisor.v1.ExplainWaitResponse
+	27, // 71: boardvisor.v1.LeaseService.ClearQuarantine:output_type -> boardvisor.v1.ClearQuarantineResponse
+	29, // 72: boardvisor.v1.LeaseService.DrainSupervisor:output_type -> boardvisor.v1.DrainSupervisorResponse
+	32, // 73: boardvisor.v1.LeaseService.ListSupervisors:output_type -> boardvisor.v1.ListSupervisorsResponse
+	35, // 74: boardvisor.v1.LeaseService.AddClientToken:output_type -> boardvisor.v1.AddClientTokenResponse
+	37, // 75: boardvisor.v1.LeaseService.ListClientTokens:output_type -> boardvisor.v1.ListClientTokensResponse
+	39, // 76: boardvisor.v1.LeaseService.RevokeClientToken:output_type -> boardvisor.v1.RevokeClientTokenResponse
+	60, // [60:77] is the sub-list for method output_type
+	43, // [43:60] is the sub-list for method input_type
+	43, // [43:43] is the sub-list for extension type_name
+	43, // [43:43] is the sub-list for extension extendee
+	0,  // [0:43] is the sub-list for field type_name
 }
 
 func init() { file_boardvisor_v1_coordinator_proto_init() }
@@ -1182,13 +2866,22 @@ func file_boardvisor_v1_coordinator_proto_init() {
 		return
 	}
 	file_boardvisor_v1_common_proto_init()
+	file_boardvisor_v1_supervisor_proto_init()
+	file_boardvisor_v1_coordinator_proto_msgTypes[18].OneofWrappers = []any{
+		(*LeaseLogEntry_Phase)(nil),
+		(*LeaseLogEntry_HookLine)(nil),
+		(*LeaseLogEntry_Error)(nil),
+		(*LeaseLogEntry_Console)(nil),
+		(*LeaseLogEntry_ConsoleGap)(nil),
+		(*LeaseLogEntry_End)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_boardvisor_v1_coordinator_proto_rawDesc), len(file_boardvisor_v1_coordinator_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   18,
+			NumMessages:   41,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

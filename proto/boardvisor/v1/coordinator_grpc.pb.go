@@ -32,6 +32,15 @@ const (
 	LeaseService_ListBoards_FullMethodName          = "/boardvisor.v1.LeaseService/ListBoards"
 	LeaseService_ListLeases_FullMethodName          = "/boardvisor.v1.LeaseService/ListLeases"
 	LeaseService_SetBoardMaintenance_FullMethodName = "/boardvisor.v1.LeaseService/SetBoardMaintenance"
+	LeaseService_LeaseLog_FullMethodName            = "/boardvisor.v1.LeaseService/LeaseLog"
+	LeaseService_AttachLease_FullMethodName         = "/boardvisor.v1.LeaseService/AttachLease"
+	LeaseService_ExplainWait_FullMethodName         = "/boardvisor.v1.LeaseService/ExplainWait"
+	LeaseService_ClearQuarantine_FullMethodName     = "/boardvisor.v1.LeaseService/ClearQuarantine"
+	LeaseService_DrainSupervisor_FullMethodName     = "/boardvisor.v1.LeaseService/DrainSupervisor"
+	LeaseService_ListSupervisors_FullMethodName     = "/boardvisor.v1.LeaseService/ListSupervisors"
+	LeaseService_AddClientToken_FullMethodName      = "/boardvisor.v1.LeaseService/AddClientToken"
+	LeaseService_ListClientTokens_FullMethodName    = "/boardvisor.v1.LeaseService/ListClientTokens"
+	LeaseService_RevokeClientToken_FullMethodName   = "/boardvisor.v1.LeaseService/RevokeClientToken"
 )
 
 // LeaseServiceClient is the client API for LeaseService service.
@@ -59,6 +68,33 @@ type LeaseServiceClient interface {
 	ListLeases(ctx context.Context, in *ListLeasesRequest, opts ...grpc.CallOption) (*ListLeasesResponse, error)
 	// Operators: put a board into maintenance (no new leases) or take it out.
 	SetBoardMaintenance(ctx context.Context, in *SetBoardMaintenanceRequest, opts ...grpc.CallOption) (*SetBoardMaintenanceResponse, error)
+	// Stream a lease's log as the coordinator stored it (phase changes, hook
+	// lines, errors and, when asked, console bytes), in order, from a position
+	// on. With follow it stays until the lease has ended, then sends a last entry
+	// (end) and ends; without, it ends after what is stored now. Only the lease's
+	// holder and admins may read it.
+	LeaseLog(ctx context.Context, in *LeaseLogRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[LeaseLogEntry], error)
+	// Hold an attached lease (CreateLeaseRequest.attached): while no AttachLease stream
+	// of it is open, for longer than a short grace, a lease not READY yet is withdrawn
+	// (queued) or released (starting). The stream is WatchLease's otherwise.
+	AttachLease(ctx context.Context, in *AttachLeaseRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[Lease], error)
+	// Why a lease waits: its place in the queue, the boards it may have, who holds them
+	// and until when, and which are offline, quarantined or in maintenance.
+	ExplainWait(ctx context.Context, in *ExplainWaitRequest, opts ...grpc.CallOption) (*ExplainWaitResponse, error)
+	// Operators: clear the quarantine of a board whose hook failed with onFailure: exit
+	// (or whose drivers kept failing): its supervisor makes it leasable again.
+	ClearQuarantine(ctx context.Context, in *ClearQuarantineRequest, opts ...grpc.CallOption) (*ClearQuarantineResponse, error)
+	// Operators: drain a supervisor (its boards take no new lease, live ones finish) or
+	// undrain it.
+	DrainSupervisor(ctx context.Context, in *DrainSupervisorRequest, opts ...grpc.CallOption) (*DrainSupervisorResponse, error)
+	// List the supervisors the coordinator knows.
+	ListSupervisors(ctx context.Context, in *ListSupervisorsRequest, opts ...grpc.CallOption) (*ListSupervisorsResponse, error)
+	// Operators: add a user token (written to the client tokens file; in force at once).
+	AddClientToken(ctx context.Context, in *AddClientTokenRequest, opts ...grpc.CallOption) (*AddClientTokenResponse, error)
+	// Operators: list the users and their tokens' fingerprints (never the tokens).
+	ListClientTokens(ctx context.Context, in *ListClientTokensRequest, opts ...grpc.CallOption) (*ListClientTokensResponse, error)
+	// Operators: revoke a user's tokens (all of them, or the one with a fingerprint).
+	RevokeClientToken(ctx context.Context, in *RevokeClientTokenRequest, opts ...grpc.CallOption) (*RevokeClientTokenResponse, error)
 }
 
 type leaseServiceClient struct {
@@ -158,6 +194,114 @@ func (c *leaseServiceClient) SetBoardMaintenance(ctx context.Context, in *SetBoa
 	return out, nil
 }
 
+func (c *leaseServiceClient) LeaseLog(ctx context.Context, in *LeaseLogRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[LeaseLogEntry], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &LeaseService_ServiceDesc.Streams[1], LeaseService_LeaseLog_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[LeaseLogRequest, LeaseLogEntry]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type LeaseService_LeaseLogClient = grpc.ServerStreamingClient[LeaseLogEntry]
+
+func (c *leaseServiceClient) AttachLease(ctx context.Context, in *AttachLeaseRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[Lease], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &LeaseService_ServiceDesc.Streams[2], LeaseService_AttachLease_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[AttachLeaseRequest, Lease]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type LeaseService_AttachLeaseClient = grpc.ServerStreamingClient[Lease]
+
+func (c *leaseServiceClient) ExplainWait(ctx context.Context, in *ExplainWaitRequest, opts ...grpc.CallOption) (*ExplainWaitResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ExplainWaitResponse)
+	err := c.cc.Invoke(ctx, LeaseService_ExplainWait_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *leaseServiceClient) ClearQuarantine(ctx context.Context, in *ClearQuarantineRequest, opts ...grpc.CallOption) (*ClearQuarantineResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ClearQuarantineResponse)
+	err := c.cc.Invoke(ctx, LeaseService_ClearQuarantine_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *leaseServiceClient) DrainSupervisor(ctx context.Context, in *DrainSupervisorRequest, opts ...grpc.CallOption) (*DrainSupervisorResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DrainSupervisorResponse)
+	err := c.cc.Invoke(ctx, LeaseService_DrainSupervisor_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *leaseServiceClient) ListSupervisors(ctx context.Context, in *ListSupervisorsRequest, opts ...grpc.CallOption) (*ListSupervisorsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListSupervisorsResponse)
+	err := c.cc.Invoke(ctx, LeaseService_ListSupervisors_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *leaseServiceClient) AddClientToken(ctx context.Context, in *AddClientTokenRequest, opts ...grpc.CallOption) (*AddClientTokenResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AddClientTokenResponse)
+	err := c.cc.Invoke(ctx, LeaseService_AddClientToken_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *leaseServiceClient) ListClientTokens(ctx context.Context, in *ListClientTokensRequest, opts ...grpc.CallOption) (*ListClientTokensResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListClientTokensResponse)
+	err := c.cc.Invoke(ctx, LeaseService_ListClientTokens_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *leaseServiceClient) RevokeClientToken(ctx context.Context, in *RevokeClientTokenRequest, opts ...grpc.CallOption) (*RevokeClientTokenResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RevokeClientTokenResponse)
+	err := c.cc.Invoke(ctx, LeaseService_RevokeClientToken_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // LeaseServiceServer is the server API for LeaseService service.
 // All implementations must embed UnimplementedLeaseServiceServer
 // for forward compatibility.
@@ -183,6 +327,33 @@ type LeaseServiceServer interface {
 	ListLeases(context.Context, *ListLeasesRequest) (*ListLeasesResponse, error)
 	// Operators: put a board into maintenance (no new leases) or take it out.
 	SetBoardMaintenance(context.Context, *SetBoardMaintenanceRequest) (*SetBoardMaintenanceResponse, error)
+	// Stream a lease's log as the coordinator stored it (phase changes, hook
+	// lines, errors and, when asked, console bytes), in order, from a position
+	// on. With follow it stays until the lease has ended, then sends a last entry
+	// (end) and ends; without, it ends after what is stored now. Only the lease's
+	// holder and admins may read it.
+	LeaseLog(*LeaseLogRequest, grpc.ServerStreamingServer[LeaseLogEntry]) error
+	// Hold an attached lease (CreateLeaseRequest.attached): while no AttachLease stream
+	// of it is open, for longer than a short grace, a lease not READY yet is withdrawn
+	// (queued) or released (starting). The stream is WatchLease's otherwise.
+	AttachLease(*AttachLeaseRequest, grpc.ServerStreamingServer[Lease]) error
+	// Why a lease waits: its place in the queue, the boards it may have, who holds them
+	// and until when, and which are offline, quarantined or in maintenance.
+	ExplainWait(context.Context, *ExplainWaitRequest) (*ExplainWaitResponse, error)
+	// Operators: clear the quarantine of a board whose hook failed with onFailure: exit
+	// (or whose drivers kept failing): its supervisor makes it leasable again.
+	ClearQuarantine(context.Context, *ClearQuarantineRequest) (*ClearQuarantineResponse, error)
+	// Operators: drain a supervisor (its boards take no new lease, live ones finish) or
+	// undrain it.
+	DrainSupervisor(context.Context, *DrainSupervisorRequest) (*DrainSupervisorResponse, error)
+	// List the supervisors the coordinator knows.
+	ListSupervisors(context.Context, *ListSupervisorsRequest) (*ListSupervisorsResponse, error)
+	// Operators: add a user token (written to the client tokens file; in force at once).
+	AddClientToken(context.Context, *AddClientTokenRequest) (*AddClientTokenResponse, error)
+	// Operators: list the users and their tokens' fingerprints (never the tokens).
+	ListClientTokens(context.Context, *ListClientTokensRequest) (*ListClientTokensResponse, error)
+	// Operators: revoke a user's tokens (all of them, or the one with a fingerprint).
+	RevokeClientToken(context.Context, *RevokeClientTokenRequest) (*RevokeClientTokenResponse, error)
 	mustEmbedUnimplementedLeaseServiceServer()
 }
 
@@ -216,6 +387,33 @@ func (UnimplementedLeaseServiceServer) ListLeases(context.Context, *ListLeasesRe
 }
 func (UnimplementedLeaseServiceServer) SetBoardMaintenance(context.Context, *SetBoardMaintenanceRequest) (*SetBoardMaintenanceResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method SetBoardMaintenance not implemented")
+}
+func (UnimplementedLeaseServiceServer) LeaseLog(*LeaseLogRequest, grpc.ServerStreamingServer[LeaseLogEntry]) error {
+	return status.Error(codes.Unimplemented, "method LeaseLog not implemented")
+}
+func (UnimplementedLeaseServiceServer) AttachLease(*AttachLeaseRequest, grpc.ServerStreamingServer[Lease]) error {
+	return status.Error(codes.Unimplemented, "method AttachLease not implemented")
+}
+func (UnimplementedLeaseServiceServer) ExplainWait(context.Context, *ExplainWaitRequest) (*ExplainWaitResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ExplainWait not implemented")
+}
+func (UnimplementedLeaseServiceServer) ClearQuarantine(context.Context, *ClearQuarantineRequest) (*ClearQuarantineResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ClearQuarantine not implemented")
+}
+func (UnimplementedLeaseServiceServer) DrainSupervisor(context.Context, *DrainSupervisorRequest) (*DrainSupervisorResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DrainSupervisor not implemented")
+}
+func (UnimplementedLeaseServiceServer) ListSupervisors(context.Context, *ListSupervisorsRequest) (*ListSupervisorsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListSupervisors not implemented")
+}
+func (UnimplementedLeaseServiceServer) AddClientToken(context.Context, *AddClientTokenRequest) (*AddClientTokenResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method AddClientToken not implemented")
+}
+func (UnimplementedLeaseServiceServer) ListClientTokens(context.Context, *ListClientTokensRequest) (*ListClientTokensResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListClientTokens not implemented")
+}
+func (UnimplementedLeaseServiceServer) RevokeClientToken(context.Context, *RevokeClientTokenRequest) (*RevokeClientTokenResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RevokeClientToken not implemented")
 }
 func (UnimplementedLeaseServiceServer) mustEmbedUnimplementedLeaseServiceServer() {}
 func (UnimplementedLeaseServiceServer) testEmbeddedByValue()                      {}
@@ -375,6 +573,154 @@ func _LeaseService_SetBoardMaintenance_Handler(srv interface{}, ctx context.Cont
 	return interceptor(ctx, in, info, handler)
 }
 
+func _LeaseService_LeaseLog_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(LeaseLogRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(LeaseServiceServer).LeaseLog(m, &grpc.GenericServerStream[LeaseLogRequest, LeaseLogEntry]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type LeaseService_LeaseLogServer = grpc.ServerStreamingServer[LeaseLogEntry]
+
+func _LeaseService_AttachLease_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(AttachLeaseRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(LeaseServiceServer).AttachLease(m, &grpc.GenericServerStream[AttachLeaseRequest, Lease]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type LeaseService_AttachLeaseServer = grpc.ServerStreamingServer[Lease]
+
+func _LeaseService_ExplainWait_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ExplainWaitRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(LeaseServiceServer).ExplainWait(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: LeaseService_ExplainWait_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(LeaseServiceServer).ExplainWait(ctx, req.(*ExplainWaitRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _LeaseService_ClearQuarantine_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ClearQuarantineRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(LeaseServiceServer).ClearQuarantine(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: LeaseService_ClearQuarantine_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(LeaseServiceServer).ClearQuarantine(ctx, req.(*ClearQuarantineRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _LeaseService_DrainSupervisor_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DrainSupervisorRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(LeaseServiceServer).DrainSupervisor(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: LeaseService_DrainSupervisor_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(LeaseServiceServer).DrainSupervisor(ctx, req.(*DrainSupervisorRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _LeaseService_ListSupervisors_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListSupervisorsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(LeaseServiceServer).ListSupervisors(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: LeaseService_ListSupervisors_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(LeaseServiceServer).ListSupervisors(ctx, req.(*ListSupervisorsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _LeaseService_AddClientToken_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AddClientTokenRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(LeaseServiceServer).AddClientToken(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: LeaseService_AddClientToken_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(LeaseServiceServer).AddClientToken(ctx, req.(*AddClientTokenRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _LeaseService_ListClientTokens_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListClientTokensRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(LeaseServiceServer).ListClientTokens(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: LeaseService_ListClientTokens_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(LeaseServiceServer).ListClientTokens(ctx, req.(*ListClientTokensRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _LeaseService_RevokeClientToken_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RevokeClientTokenRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(LeaseServiceServer).RevokeClientToken(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: LeaseService_RevokeClientToken_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(LeaseServiceServer).RevokeClientToken(ctx, req.(*RevokeClientTokenRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // LeaseService_ServiceDesc is the grpc.ServiceDesc for LeaseService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -410,11 +756,49 @@ var LeaseService_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "SetBoardMaintenance",
 			Handler:    _LeaseService_SetBoardMaintenance_Handler,
 		},
+		{
+			MethodName: "ExplainWait",
+			Handler:    _LeaseService_ExplainWait_Handler,
+		},
+		{
+			MethodName: "ClearQuarantine",
+			Handler:    _LeaseService_ClearQuarantine_Handler,
+		},
+		{
+			MethodName: "DrainSupervisor",
+			Handler:    _LeaseService_DrainSupervisor_Handler,
+		},
+		{
+			MethodName: "ListSupervisors",
+			Handler:    _LeaseService_ListSupervisors_Handler,
+		},
+		{
+			MethodName: "AddClientToken",
+			Handler:    _LeaseService_AddClientToken_Handler,
+		},
+		{
+			MethodName: "ListClientTokens",
+			Handler:    _LeaseService_ListClientTokens_Handler,
+		},
+		{
+			MethodName: "RevokeClientToken",
+			Handler:    _LeaseService_RevokeClientToken_Handler,
+		},
 	},
 	Streams: []grpc.StreamDesc{
 		{
 			StreamName:    "WatchLease",
 			Handler:       _LeaseService_WatchLease_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "LeaseLog",
+			Handler:       _LeaseService_LeaseLog_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "AttachLease",
+			Handler:       _LeaseService_AttachLease_Handler,
 			ServerStreams: true,
 		},
 	},

@@ -849,7 +849,8 @@ func (x *StateTransition) GetStep() uint32 {
 }
 
 // Treadmill's RunningJobState: Initializing{stage} | Ready | Terminating |
-// Terminated. Mapping from LeasePhase: CREATED/STARTING → Initializing{Starting},
+// Terminated. Mapping from LeasePhase: CREATED/STARTING → Initializing{Starting}
+// (or, for a job with an image, the image stage the transition names),
 // BEFORE_LEASE → Initializing{Provisioning}, READY → Ready,
 // ENDING/AFTER_LEASE/RELEASING → Terminating, DONE/FAILED → Terminated.
 type RunningJobState struct {
@@ -1097,14 +1098,18 @@ func (x *ConsoleLog) GetOffset() uint64 {
 
 // One line of hook output.
 type HookLog struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	JobId         string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`                       // Job the hook runs for.
-	Board         string                 `protobuf:"bytes,2,opt,name=board,proto3" json:"board,omitempty"`                                    // Board the hook runs for.
-	Source        v1.LogSource           `protobuf:"varint,3,opt,name=source,proto3,enum=jumpstarter.v1.LogSource" json:"source,omitempty"`   // BEFORE_LEASE_HOOK, AFTER_LEASE_HOOK or MESSAGE.
-	Severity      Severity               `protobuf:"varint,4,opt,name=severity,proto3,enum=boardvisor.v1.Severity" json:"severity,omitempty"` // Severity from the line's prefix.
-	Text          string                 `protobuf:"bytes,5,opt,name=text,proto3" json:"text,omitempty"`                                      // The line, prefix stripped, valid UTF-8, no newline.
-	Offset        uint64                 `protobuf:"varint,6,opt,name=offset,proto3" json:"offset,omitempty"`                                 // Byte offset of the line in the hook's output.
-	Cut           bool                   `protobuf:"varint,7,opt,name=cut,proto3" json:"cut,omitempty"`                                       // The line was longer than the limit and was cut.
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	JobId    string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`                       // Job the hook runs for.
+	Board    string                 `protobuf:"bytes,2,opt,name=board,proto3" json:"board,omitempty"`                                    // Board the hook runs for.
+	Source   v1.LogSource           `protobuf:"varint,3,opt,name=source,proto3,enum=jumpstarter.v1.LogSource" json:"source,omitempty"`   // BEFORE_LEASE_HOOK, AFTER_LEASE_HOOK or MESSAGE.
+	Severity Severity               `protobuf:"varint,4,opt,name=severity,proto3,enum=boardvisor.v1.Severity" json:"severity,omitempty"` // Severity from the line's prefix.
+	Text     string                 `protobuf:"bytes,5,opt,name=text,proto3" json:"text,omitempty"`                                      // The line, prefix stripped, valid UTF-8, no newline.
+	Offset   uint64                 `protobuf:"varint,6,opt,name=offset,proto3" json:"offset,omitempty"`                                 // Byte offset of the line in the hook's output.
+	Cut      bool                   `protobuf:"varint,7,opt,name=cut,proto3" json:"cut,omitempty"`                                       // The line was longer than the limit and was cut.
+	// A progress line: the state so far of a line the hook redraws with carriage
+	// returns; superseded by the next line of the same source. Its offset is the start
+	// of that line.
+	Progress      bool `protobuf:"varint,8,opt,name=progress,proto3" json:"progress,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1184,6 +1189,13 @@ func (x *HookLog) GetOffset() uint64 {
 func (x *HookLog) GetCut() bool {
 	if x != nil {
 		return x.Cut
+	}
+	return false
+}
+
+func (x *HookLog) GetProgress() bool {
+	if x != nil {
+		return x.Progress
 	}
 	return false
 }
@@ -1338,6 +1350,7 @@ type CoordinatorMessage struct {
 	//	*CoordinatorMessage_Ack
 	//	*CoordinatorMessage_Welcome
 	//	*CoordinatorMessage_ExtendJob
+	//	*CoordinatorMessage_ClearQuarantine
 	Msg           isCoordinatorMessage_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1425,6 +1438,15 @@ func (x *CoordinatorMessage) GetExtendJob() *ExtendJob {
 	return nil
 }
 
+func (x *CoordinatorMessage) GetClearQuarantine() *ClearQuarantine {
+	if x != nil {
+		if x, ok := x.Msg.(*CoordinatorMessage_ClearQuarantine); ok {
+			return x.ClearQuarantine
+		}
+	}
+	return nil
+}
+
 type isCoordinatorMessage_Msg interface {
 	isCoordinatorMessage_Msg()
 }
@@ -1449,6 +1471,10 @@ type CoordinatorMessage_ExtendJob struct {
 	ExtendJob *ExtendJob `protobuf:"bytes,5,opt,name=extend_job,json=extendJob,proto3,oneof"` // A lease was extended (no-op for a job that is gone or ending).
 }
 
+type CoordinatorMessage_ClearQuarantine struct {
+	ClearQuarantine *ClearQuarantine `protobuf:"bytes,6,opt,name=clear_quarantine,json=clearQuarantine,proto3,oneof"` // An operator cleared a board's quarantine.
+}
+
 func (*CoordinatorMessage_StartJob) isCoordinatorMessage_Msg() {}
 
 func (*CoordinatorMessage_StopJob) isCoordinatorMessage_Msg() {}
@@ -1459,23 +1485,92 @@ func (*CoordinatorMessage_Welcome) isCoordinatorMessage_Msg() {}
 
 func (*CoordinatorMessage_ExtendJob) isCoordinatorMessage_Msg() {}
 
+func (*CoordinatorMessage_ClearQuarantine) isCoordinatorMessage_Msg() {}
+
+// An operator cleared a board's quarantine (health bad after a hook failed with
+// onFailure: exit, or its drivers kept failing): the board takes leases again. A
+// board that is not quarantined is left as it is; the outcome is a BoardStatus event.
+type ClearQuarantine struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Board         string                 `protobuf:"bytes,1,opt,name=board,proto3" json:"board,omitempty"`   // Board whose quarantine is cleared.
+	Reason        string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"` // Why, for the supervisor's log and audit.
+	By            string                 `protobuf:"bytes,3,opt,name=by,proto3" json:"by,omitempty"`         // Who cleared it (the operator's user name).
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClearQuarantine) Reset() {
+	*x = ClearQuarantine{}
+	mi := &file_boardvisor_v1_supervisor_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClearQuarantine) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClearQuarantine) ProtoMessage() {}
+
+func (x *ClearQuarantine) ProtoReflect() protoreflect.Message {
+	mi := &file_boardvisor_v1_supervisor_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClearQuarantine.ProtoReflect.Descriptor instead.
+func (*ClearQuarantine) Descriptor() ([]byte, []int) {
+	return file_boardvisor_v1_supervisor_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *ClearQuarantine) GetBoard() string {
+	if x != nil {
+		return x.Board
+	}
+	return ""
+}
+
+func (x *ClearQuarantine) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *ClearQuarantine) GetBy() string {
+	if x != nil {
+		return x.By
+	}
+	return ""
+}
+
 // Start a job: one lease of one board. Accepting it says nothing about the
 // outcome, which arrives as events (a JobErrorEvent when refused).
 type StartJob struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	JobId         string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`                                                                        // Job ID (= lease ID, a UUID).
-	Board         string                 `protobuf:"bytes,2,opt,name=board,proto3" json:"board,omitempty"`                                                                                     // Board to lease.
-	ClientName    string                 `protobuf:"bytes,3,opt,name=client_name,json=clientName,proto3" json:"client_name,omitempty"`                                                         // Who the lease is for (CLIENT_NAME for hooks).
-	Token         string                 `protobuf:"bytes,4,opt,name=token,proto3" json:"token,omitempty"`                                                                                     // Lease token the supervisor checks on client calls.
-	Duration      *durationpb.Duration   `protobuf:"bytes,5,opt,name=duration,proto3" json:"duration,omitempty"`                                                                               // Bounds the lease from its start on the supervisor.
-	Parameters    map[string]string      `protobuf:"bytes,6,rep,name=parameters,proto3" json:"parameters,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"` // Free-form job parameters, passed to hooks.
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	JobId      string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`                                                                        // Job ID (= lease ID, a UUID).
+	Board      string                 `protobuf:"bytes,2,opt,name=board,proto3" json:"board,omitempty"`                                                                                     // Board to lease.
+	ClientName string                 `protobuf:"bytes,3,opt,name=client_name,json=clientName,proto3" json:"client_name,omitempty"`                                                         // Who the lease is for (CLIENT_NAME for hooks).
+	Token      string                 `protobuf:"bytes,4,opt,name=token,proto3" json:"token,omitempty"`                                                                                     // Lease token the supervisor checks on client calls.
+	Duration   *durationpb.Duration   `protobuf:"bytes,5,opt,name=duration,proto3" json:"duration,omitempty"`                                                                               // Bounds the lease from its start on the supervisor.
+	Parameters map[string]string      `protobuf:"bytes,6,rep,name=parameters,proto3" json:"parameters,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"` // Free-form job parameters, passed to hooks.
+	// The image to provision the board with before its beforeLease hook; unset: none.
+	// Its stages are reported as STARTING -> STARTING transitions naming the stage
+	// (FETCHING_IMAGE, ALLOCATING, PROVISIONING) in running_state.
+	Image         *ImageSpecification `protobuf:"bytes,7,opt,name=image,proto3" json:"image,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StartJob) Reset() {
 	*x = StartJob{}
-	mi := &file_boardvisor_v1_supervisor_proto_msgTypes[14]
+	mi := &file_boardvisor_v1_supervisor_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1487,7 +1582,7 @@ func (x *StartJob) String() string {
 func (*StartJob) ProtoMessage() {}
 
 func (x *StartJob) ProtoReflect() protoreflect.Message {
-	mi := &file_boardvisor_v1_supervisor_proto_msgTypes[14]
+	mi := &file_boardvisor_v1_supervisor_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1500,7 +1595,7 @@ func (x *StartJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartJob.ProtoReflect.Descriptor instead.
 func (*StartJob) Descriptor() ([]byte, []int) {
-	return file_boardvisor_v1_supervisor_proto_rawDescGZIP(), []int{14}
+	return file_boardvisor_v1_supervisor_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *StartJob) GetJobId() string {
@@ -1545,6 +1640,13 @@ func (x *StartJob) GetParameters() map[string]string {
 	return nil
 }
 
+func (x *StartJob) GetImage() *ImageSpecification {
+	if x != nil {
+		return x.Image
+	}
+	return nil
+}
+
 // Stop a job; the after-lease hook still runs.
 type StopJob struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1556,7 +1658,7 @@ type StopJob struct {
 
 func (x *StopJob) Reset() {
 	*x = StopJob{}
-	mi := &file_boardvisor_v1_supervisor_proto_msgTypes[15]
+	mi := &file_boardvisor_v1_supervisor_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1568,7 +1670,7 @@ func (x *StopJob) String() string {
 func (*StopJob) ProtoMessage() {}
 
 func (x *StopJob) ProtoReflect() protoreflect.Message {
-	mi := &file_boardvisor_v1_supervisor_proto_msgTypes[15]
+	mi := &file_boardvisor_v1_supervisor_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1581,7 +1683,7 @@ func (x *StopJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopJob.ProtoReflect.Descriptor instead.
 func (*StopJob) Descriptor() ([]byte, []int) {
-	return file_boardvisor_v1_supervisor_proto_rawDescGZIP(), []int{15}
+	return file_boardvisor_v1_supervisor_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *StopJob) GetJobId() string {
@@ -1610,7 +1712,7 @@ type ExtendJob struct {
 
 func (x *ExtendJob) Reset() {
 	*x = ExtendJob{}
-	mi := &file_boardvisor_v1_supervisor_proto_msgTypes[16]
+	mi := &file_boardvisor_v1_supervisor_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1622,7 +1724,7 @@ func (x *ExtendJob) String() string {
 func (*ExtendJob) ProtoMessage() {}
 
 func (x *ExtendJob) ProtoReflect() protoreflect.Message {
-	mi := &file_boardvisor_v1_supervisor_proto_msgTypes[16]
+	mi := &file_boardvisor_v1_supervisor_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1635,7 +1737,7 @@ func (x *ExtendJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExtendJob.ProtoReflect.Descriptor instead.
 func (*ExtendJob) Descriptor() ([]byte, []int) {
-	return file_boardvisor_v1_supervisor_proto_rawDescGZIP(), []int{16}
+	return file_boardvisor_v1_supervisor_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ExtendJob) GetJobId() string {
@@ -1662,7 +1764,7 @@ type Ack struct {
 
 func (x *Ack) Reset() {
 	*x = Ack{}
-	mi := &file_boardvisor_v1_supervisor_proto_msgTypes[17]
+	mi := &file_boardvisor_v1_supervisor_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1674,7 +1776,7 @@ func (x *Ack) String() string {
 func (*Ack) ProtoMessage() {}
 
 func (x *Ack) ProtoReflect() protoreflect.Message {
-	mi := &file_boardvisor_v1_supervisor_proto_msgTypes[17]
+	mi := &file_boardvisor_v1_supervisor_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1687,7 +1789,7 @@ func (x *Ack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ack.ProtoReflect.Descriptor instead.
 func (*Ack) Descriptor() ([]byte, []int) {
-	return file_boardvisor_v1_supervisor_proto_rawDescGZIP(), []int{17}
+	return file_boardvisor_v1_supervisor_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Ack) GetUpToSeq() uint64 {
@@ -1708,7 +1810,7 @@ type Welcome struct {
 
 func (x *Welcome) Reset() {
 	*x = Welcome{}
-	mi := &file_boardvisor_v1_supervisor_proto_msgTypes[18]
+	mi := &file_boardvisor_v1_supervisor_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1720,7 +1822,7 @@ func (x *Welcome) String() string {
 func (*Welcome) ProtoMessage() {}
 
 func (x *Welcome) ProtoReflect() protoreflect.Message {
-	mi := &file_boardvisor_v1_supervisor_proto_msgTypes[18]
+	mi := &file_boardvisor_v1_supervisor_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1733,7 +1835,7 @@ func (x *Welcome) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Welcome.ProtoReflect.Descriptor instead.
 func (*Welcome) Descriptor() ([]byte, []int) {
-	return file_boardvisor_v1_supervisor_proto_rawDescGZIP(), []int{18}
+	return file_boardvisor_v1_supervisor_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Welcome) GetCoordinatorId() string {
@@ -1816,7 +1918,7 @@ const file_boardvisor_v1_supervisor_proto_rawDesc = "" +
 	"\x05board\x18\x02 \x01(\tR\x05board\x121\n" +
 	"\x06source\x18\x03 \x01(\x0e2\x19.jumpstarter.v1.LogSourceR\x06source\x12\x12\n" +
 	"\x04data\x18\x04 \x01(\fR\x04data\x12\x16\n" +
-	"\x06offset\x18\x05 \x01(\x04R\x06offset\"\xdc\x01\n" +
+	"\x06offset\x18\x05 \x01(\x04R\x06offset\"\xf8\x01\n" +
 	"\aHookLog\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x14\n" +
 	"\x05board\x18\x02 \x01(\tR\x05board\x121\n" +
@@ -1824,7 +1926,8 @@ const file_boardvisor_v1_supervisor_proto_rawDesc = "" +
 	"\bseverity\x18\x04 \x01(\x0e2\x17.boardvisor.v1.SeverityR\bseverity\x12\x12\n" +
 	"\x04text\x18\x05 \x01(\tR\x04text\x12\x16\n" +
 	"\x06offset\x18\x06 \x01(\x04R\x06offset\x12\x10\n" +
-	"\x03cut\x18\a \x01(\bR\x03cut\"O\n" +
+	"\x03cut\x18\a \x01(\bR\x03cut\x12\x1a\n" +
+	"\bprogress\x18\b \x01(\bR\bprogress\"O\n" +
 	"\n" +
 	"ConsoleGap\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x14\n" +
@@ -1835,15 +1938,20 @@ const file_boardvisor_v1_supervisor_proto_rawDesc = "" +
 	"\x06status\x18\x02 \x01(\x0e2\x1e.jumpstarter.v1.ExporterStatusR\x06status\x122\n" +
 	"\x06health\x18\x03 \x01(\x0e2\x1a.boardvisor.v1.BoardHealthR\x06health\x12$\n" +
 	"\x0ecurrent_job_id\x18\x04 \x01(\tR\fcurrentJobId\x12\x18\n" +
-	"\amessage\x18\x05 \x01(\tR\amessage\"\x9f\x02\n" +
+	"\amessage\x18\x05 \x01(\tR\amessage\"\xec\x02\n" +
 	"\x12CoordinatorMessage\x126\n" +
 	"\tstart_job\x18\x01 \x01(\v2\x17.boardvisor.v1.StartJobH\x00R\bstartJob\x123\n" +
 	"\bstop_job\x18\x02 \x01(\v2\x16.boardvisor.v1.StopJobH\x00R\astopJob\x12&\n" +
 	"\x03ack\x18\x03 \x01(\v2\x12.boardvisor.v1.AckH\x00R\x03ack\x122\n" +
 	"\awelcome\x18\x04 \x01(\v2\x16.boardvisor.v1.WelcomeH\x00R\awelcome\x129\n" +
 	"\n" +
-	"extend_job\x18\x05 \x01(\v2\x18.boardvisor.v1.ExtendJobH\x00R\textendJobB\x05\n" +
-	"\x03msg\"\xad\x02\n" +
+	"extend_job\x18\x05 \x01(\v2\x18.boardvisor.v1.ExtendJobH\x00R\textendJob\x12K\n" +
+	"\x10clear_quarantine\x18\x06 \x01(\v2\x1e.boardvisor.v1.ClearQuarantineH\x00R\x0fclearQuarantineB\x05\n" +
+	"\x03msg\"O\n" +
+	"\x0fClearQuarantine\x12\x14\n" +
+	"\x05board\x18\x01 \x01(\tR\x05board\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x0e\n" +
+	"\x02by\x18\x03 \x01(\tR\x02by\"\xe6\x02\n" +
 	"\bStartJob\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x14\n" +
 	"\x05board\x18\x02 \x01(\tR\x05board\x12\x1f\n" +
@@ -1853,7 +1961,8 @@ const file_boardvisor_v1_supervisor_proto_rawDesc = "" +
 	"\bduration\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\bduration\x12G\n" +
 	"\n" +
 	"parameters\x18\x06 \x03(\v2'.boardvisor.v1.StartJob.ParametersEntryR\n" +
-	"parameters\x1a=\n" +
+	"parameters\x127\n" +
+	"\x05image\x18\a \x01(\v2!.boardvisor.v1.ImageSpecificationR\x05image\x1a=\n" +
 	"\x0fParametersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"8\n" +
@@ -1915,7 +2024,7 @@ func file_boardvisor_v1_supervisor_proto_rawDescGZIP() []byte {
 }
 
 var file_boardvisor_v1_supervisor_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_boardvisor_v1_supervisor_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_boardvisor_v1_supervisor_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_boardvisor_v1_supervisor_proto_goTypes = []any{
 	(RunningJobStateKind)(0),      // 0: boardvisor.v1.RunningJobStateKind
 	(JobInitializingStage)(0),     // 1: boardvisor.v1.JobInitializingStage
@@ -1935,64 +2044,68 @@ var file_boardvisor_v1_supervisor_proto_goTypes = []any{
 	(*ConsoleGap)(nil),            // 15: boardvisor.v1.ConsoleGap
 	(*BoardStatus)(nil),           // 16: boardvisor.v1.BoardStatus
 	(*CoordinatorMessage)(nil),    // 17: boardvisor.v1.CoordinatorMessage
-	(*StartJob)(nil),              // 18: boardvisor.v1.StartJob
-	(*StopJob)(nil),               // 19: boardvisor.v1.StopJob
-	(*ExtendJob)(nil),             // 20: boardvisor.v1.ExtendJob
-	(*Ack)(nil),                   // 21: boardvisor.v1.Ack
-	(*Welcome)(nil),               // 22: boardvisor.v1.Welcome
-	nil,                           // 23: boardvisor.v1.BoardInfo.LabelsEntry
-	nil,                           // 24: boardvisor.v1.StartJob.ParametersEntry
-	(v1.ExporterStatus)(0),        // 25: jumpstarter.v1.ExporterStatus
-	(BoardHealth)(0),              // 26: boardvisor.v1.BoardHealth
-	(LeasePhase)(0),               // 27: boardvisor.v1.LeasePhase
-	(*timestamppb.Timestamp)(nil), // 28: google.protobuf.Timestamp
-	(v1.LogSource)(0),             // 29: jumpstarter.v1.LogSource
-	(*durationpb.Duration)(nil),   // 30: google.protobuf.Duration
+	(*ClearQuarantine)(nil),       // 18: boardvisor.v1.ClearQuarantine
+	(*StartJob)(nil),              // 19: boardvisor.v1.StartJob
+	(*StopJob)(nil),               // 20: boardvisor.v1.StopJob
+	(*ExtendJob)(nil),             // 21: boardvisor.v1.ExtendJob
+	(*Ack)(nil),                   // 22: boardvisor.v1.Ack
+	(*Welcome)(nil),               // 23: boardvisor.v1.Welcome
+	nil,                           // 24: boardvisor.v1.BoardInfo.LabelsEntry
+	nil,                           // 25: boardvisor.v1.StartJob.ParametersEntry
+	(v1.ExporterStatus)(0),        // 26: jumpstarter.v1.ExporterStatus
+	(BoardHealth)(0),              // 27: boardvisor.v1.BoardHealth
+	(LeasePhase)(0),               // 28: boardvisor.v1.LeasePhase
+	(*timestamppb.Timestamp)(nil), // 29: google.protobuf.Timestamp
+	(v1.LogSource)(0),             // 30: jumpstarter.v1.LogSource
+	(*durationpb.Duration)(nil),   // 31: google.protobuf.Duration
+	(*ImageSpecification)(nil),    // 32: boardvisor.v1.ImageSpecification
 }
 var file_boardvisor_v1_supervisor_proto_depIdxs = []int32{
 	5,  // 0: boardvisor.v1.SupervisorMessage.hello:type_name -> boardvisor.v1.Hello
 	8,  // 1: boardvisor.v1.SupervisorMessage.event:type_name -> boardvisor.v1.Event
 	6,  // 2: boardvisor.v1.Hello.boards:type_name -> boardvisor.v1.BoardInfo
 	7,  // 3: boardvisor.v1.Hello.live_jobs:type_name -> boardvisor.v1.LiveJob
-	23, // 4: boardvisor.v1.BoardInfo.labels:type_name -> boardvisor.v1.BoardInfo.LabelsEntry
-	25, // 5: boardvisor.v1.BoardInfo.status:type_name -> jumpstarter.v1.ExporterStatus
-	26, // 6: boardvisor.v1.BoardInfo.health:type_name -> boardvisor.v1.BoardHealth
-	27, // 7: boardvisor.v1.LiveJob.phase:type_name -> boardvisor.v1.LeasePhase
-	28, // 8: boardvisor.v1.Event.time:type_name -> google.protobuf.Timestamp
+	24, // 4: boardvisor.v1.BoardInfo.labels:type_name -> boardvisor.v1.BoardInfo.LabelsEntry
+	26, // 5: boardvisor.v1.BoardInfo.status:type_name -> jumpstarter.v1.ExporterStatus
+	27, // 6: boardvisor.v1.BoardInfo.health:type_name -> boardvisor.v1.BoardHealth
+	28, // 7: boardvisor.v1.LiveJob.phase:type_name -> boardvisor.v1.LeasePhase
+	29, // 8: boardvisor.v1.Event.time:type_name -> google.protobuf.Timestamp
 	9,  // 9: boardvisor.v1.Event.state_transition:type_name -> boardvisor.v1.StateTransition
 	11, // 10: boardvisor.v1.Event.error:type_name -> boardvisor.v1.JobErrorEvent
 	13, // 11: boardvisor.v1.Event.console_log:type_name -> boardvisor.v1.ConsoleLog
 	15, // 12: boardvisor.v1.Event.console_gap:type_name -> boardvisor.v1.ConsoleGap
 	16, // 13: boardvisor.v1.Event.board_status:type_name -> boardvisor.v1.BoardStatus
 	14, // 14: boardvisor.v1.Event.hook_log:type_name -> boardvisor.v1.HookLog
-	27, // 15: boardvisor.v1.StateTransition.from:type_name -> boardvisor.v1.LeasePhase
-	27, // 16: boardvisor.v1.StateTransition.to:type_name -> boardvisor.v1.LeasePhase
+	28, // 15: boardvisor.v1.StateTransition.from:type_name -> boardvisor.v1.LeasePhase
+	28, // 16: boardvisor.v1.StateTransition.to:type_name -> boardvisor.v1.LeasePhase
 	10, // 17: boardvisor.v1.StateTransition.running_state:type_name -> boardvisor.v1.RunningJobState
-	25, // 18: boardvisor.v1.StateTransition.exporter_status:type_name -> jumpstarter.v1.ExporterStatus
+	26, // 18: boardvisor.v1.StateTransition.exporter_status:type_name -> jumpstarter.v1.ExporterStatus
 	0,  // 19: boardvisor.v1.RunningJobState.state:type_name -> boardvisor.v1.RunningJobStateKind
 	1,  // 20: boardvisor.v1.RunningJobState.stage:type_name -> boardvisor.v1.JobInitializingStage
 	12, // 21: boardvisor.v1.JobErrorEvent.error:type_name -> boardvisor.v1.JobError
 	2,  // 22: boardvisor.v1.JobError.kind:type_name -> boardvisor.v1.JobErrorKind
-	29, // 23: boardvisor.v1.ConsoleLog.source:type_name -> jumpstarter.v1.LogSource
-	29, // 24: boardvisor.v1.HookLog.source:type_name -> jumpstarter.v1.LogSource
+	30, // 23: boardvisor.v1.ConsoleLog.source:type_name -> jumpstarter.v1.LogSource
+	30, // 24: boardvisor.v1.HookLog.source:type_name -> jumpstarter.v1.LogSource
 	3,  // 25: boardvisor.v1.HookLog.severity:type_name -> boardvisor.v1.Severity
-	25, // 26: boardvisor.v1.BoardStatus.status:type_name -> jumpstarter.v1.ExporterStatus
-	26, // 27: boardvisor.v1.BoardStatus.health:type_name -> boardvisor.v1.BoardHealth
-	18, // 28: boardvisor.v1.CoordinatorMessage.start_job:type_name -> boardvisor.v1.StartJob
-	19, // 29: boardvisor.v1.CoordinatorMessage.stop_job:type_name -> boardvisor.v1.StopJob
-	21, // 30: boardvisor.v1.CoordinatorMessage.ack:type_name -> boardvisor.v1.Ack
-	22, // 31: boardvisor.v1.CoordinatorMessage.welcome:type_name -> boardvisor.v1.Welcome
-	20, // 32: boardvisor.v1.CoordinatorMessage.extend_job:type_name -> boardvisor.v1.ExtendJob
-	30, // 33: boardvisor.v1.StartJob.duration:type_name -> google.protobuf.Duration
-	24, // 34: boardvisor.v1.StartJob.parameters:type_name -> boardvisor.v1.StartJob.ParametersEntry
-	30, // 35: boardvisor.v1.ExtendJob.remaining:type_name -> google.protobuf.Duration
-	4,  // 36: boardvisor.v1.SupervisorLink.Connect:input_type -> boardvisor.v1.SupervisorMessage
-	17, // 37: boardvisor.v1.SupervisorLink.Connect:output_type -> boardvisor.v1.CoordinatorMessage
-	37, // [37:38] is the sub-list for method output_type
-	36, // [36:37] is the sub-list for method input_type
-	36, // [36:36] is the sub-list for extension type_name
-	36, // [36:36] is the sub-list for extension extendee
-	0,  // [0:36] is the sub-list for field type_name
+	26, // 26: boardvisor.v1.BoardStatus.status:type_name -> jumpstarter.v1.ExporterStatus
+	27, // 27: boardvisor.v1.BoardStatus.health:type_name -> boardvisor.v1.BoardHealth
+	19, // 28: boardvisor.v1.CoordinatorMessage.start_job:type_name -> boardvisor.v1.StartJob
+	20, // 29: boardvisor.v1.CoordinatorMessage.stop_job:type_name -> boardvisor.v1.StopJob
+	22, // 30: boardvisor.v1.CoordinatorMessage.ack:type_name -> boardvisor.v1.Ack
+	23, // 31: boardvisor.v1.CoordinatorMessage.welcome:type_name -> boardvisor.v1.Welcome
+	21, // 32: boardvisor.v1.CoordinatorMessage.extend_job:type_name -> boardvisor.v1.ExtendJob
+	18, // 33: boardvisor.v1.CoordinatorMessage.clear_quarantine:type_name -> boardvisor.v1.ClearQuarantine
+	31, // 34: boardvisor.v1.StartJob.duration:type_name -> google.protobuf.Duration
+	25, // 35: boardvisor.v1.StartJob.parameters:type_name -> boardvisor.v1.StartJob.ParametersEntry
+	32, // 36: boardvisor.v1.StartJob.image:type_name -> boardvisor.v1.ImageSpecification
+	31, // 37: boardvisor.v1.ExtendJob.remaining:type_name -> google.protobuf.Duration
+	4,  // 38: boardvisor.v1.SupervisorLink.Connect:input_type -> boardvisor.v1.SupervisorMessage
+	17, // 39: boardvisor.v1.SupervisorLink.Connect:output_type -> boardvisor.v1.CoordinatorMessage
+	39, // [39:40] is the sub-list for method output_type
+	38, // [38:39] is the sub-list for method input_type
+	38, // [38:38] is the sub-list for extension type_name
+	38, // [38:38] is the sub-list for extension extendee
+	0,  // [0:38] is the sub-list for field type_name
 }
 
 func init() { file_boardvisor_v1_supervisor_proto_init() }
@@ -2019,6 +2132,7 @@ func file_boardvisor_v1_supervisor_proto_init() {
 		(*CoordinatorMessage_Ack)(nil),
 		(*CoordinatorMessage_Welcome)(nil),
 		(*CoordinatorMessage_ExtendJob)(nil),
+		(*CoordinatorMessage_ClearQuarantine)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -2026,7 +2140,7 @@ func file_boardvisor_v1_supervisor_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_boardvisor_v1_supervisor_proto_rawDesc), len(file_boardvisor_v1_supervisor_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   21,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -84,7 +84,7 @@ func TestFieldNumbers(t *testing.T) {
 		{&jumpstarterv1.LogStreamResponse{}, map[protoreflect.Name]protoreflect.FieldNumber{
 			"uuid": 1, "severity": 2, "message": 3, "source": 4, "driver_type": 5,
 			"operation": 6, "timestamp": 7, "structured_fields": 8,
-			"missed": 100, // boardvisor addition
+			"missed": 100, "progress": 101, // boardvisor additions
 		}},
 		{&jumpstarterv1.DriverCallRequest{}, map[protoreflect.Name]protoreflect.FieldNumber{
 			"uuid": 1, "method": 2, "args": 3,
@@ -107,5 +107,24 @@ func TestFieldNumbers(t *testing.T) {
 				t.Errorf("%s.%s is field %d, want %d", md.FullName(), name, fd.Number(), num)
 			}
 		}
+	}
+}
+
+// FrameType is upstream's router.proto frame type; upstream's RouterStream treats DATA
+// as payload, GOAWAY as the end of the stream and ignores PING.
+func TestFrameTypeValues(t *testing.T) {
+	want := map[jumpstarterv1.FrameType]int32{
+		jumpstarterv1.FrameType_FRAME_TYPE_DATA:       0,
+		jumpstarterv1.FrameType_FRAME_TYPE_RST_STREAM: 3,
+		jumpstarterv1.FrameType_FRAME_TYPE_PING:       6,
+		jumpstarterv1.FrameType_FRAME_TYPE_GOAWAY:     7,
+	}
+	for v, n := range want {
+		if int32(v) != n {
+			t.Errorf("%s = %d, want %d", v, int32(v), n)
+		}
+	}
+	if got := len(jumpstarterv1.FrameType_name); got != len(want) {
+		t.Errorf("FrameType has %d values, want %d", got, len(want))
 	}
 }

@@ -4,8 +4,9 @@
 // Wire-compatible subset of upstream Jumpstarter's
 // protocol/proto/jumpstarter/v1/jumpstarter.proto
 // (github.com/jumpstarter-dev/jumpstarter). Only the client-facing
-// ExporterService and the messages it uses are kept; ControllerService (and
-// with it kubernetes.proto, router.proto and telemetry.proto) is left out.
+// ExporterService and the messages it uses are kept (router.proto beside it
+// carries RouterService); ControllerService (and with it kubernetes.proto and
+// telemetry.proto) is left out.
 // Names and field numbers of everything kept are exactly upstream's; never
 // renumber. boardvisor additions use field numbers from 100 up so that fields
 // upstream adds later (9, 10, ...) cannot collide with ours.
@@ -500,7 +501,11 @@ type LogStreamResponse struct {
 	StructuredFields map[string]string      `protobuf:"bytes,8,rep,name=structured_fields,json=structuredFields,proto3" json:"structured_fields,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"` // Additional structured key-value fields.
 	// boardvisor addition: number of log messages dropped for this reader
 	// (it fell behind) just before this one; 0 when nothing was lost.
-	Missed        uint64 `protobuf:"varint,100,opt,name=missed,proto3" json:"missed,omitempty"`
+	Missed uint64 `protobuf:"varint,100,opt,name=missed,proto3" json:"missed,omitempty"`
+	// boardvisor addition: a progress line, the state so far of a line the hook redraws
+	// with carriage returns (a progress bar); the next message of the same source
+	// supersedes it, so a client may show it in place. Upstream readers ignore it.
+	Progress      bool `protobuf:"varint,101,opt,name=progress,proto3" json:"progress,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -596,6 +601,13 @@ func (x *LogStreamResponse) GetMissed() uint64 {
 		return x.Missed
 	}
 	return 0
+}
+
+func (x *LogStreamResponse) GetProgress() bool {
+	if x != nil {
+		return x.Progress
+	}
+	return false
 }
 
 // Request to reset the exporter connection.
@@ -952,7 +964,7 @@ const file_jumpstarter_v1_jumpstarter_proto_rawDesc = "" +
 	"\x04args\x18\x03 \x03(\v2\x16.google.protobuf.ValueR\x04args\"a\n" +
 	"\x1bStreamingDriverCallResponse\x12\x12\n" +
 	"\x04uuid\x18\x01 \x01(\tR\x04uuid\x12.\n" +
-	"\x06result\x18\x02 \x01(\v2\x16.google.protobuf.ValueR\x06result\"\x97\x04\n" +
+	"\x06result\x18\x02 \x01(\v2\x16.google.protobuf.ValueR\x06result\"\xb3\x04\n" +
 	"\x11LogStreamResponse\x12\x12\n" +
 	"\x04uuid\x18\x01 \x01(\tR\x04uuid\x12\x1a\n" +
 	"\bseverity\x18\x02 \x01(\tR\bseverity\x12\x18\n" +
@@ -963,7 +975,8 @@ const file_jumpstarter_v1_jumpstarter_proto_rawDesc = "" +
 	"\toperation\x18\x06 \x01(\tH\x02R\toperation\x88\x01\x01\x12=\n" +
 	"\ttimestamp\x18\a \x01(\v2\x1a.google.protobuf.TimestampH\x03R\ttimestamp\x88\x01\x01\x12d\n" +
 	"\x11structured_fields\x18\b \x03(\v27.jumpstarter.v1.LogStreamResponse.StructuredFieldsEntryR\x10structuredFields\x12\x16\n" +
-	"\x06missed\x18d \x01(\x04R\x06missed\x1aC\n" +
+	"\x06missed\x18d \x01(\x04R\x06missed\x12\x1a\n" +
+	"\bprogress\x18e \x01(\bR\bprogress\x1aC\n" +
 	"\x15StructuredFieldsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\t\n" +

@@ -4,8 +4,9 @@
 // Wire-compatible subset of upstream Jumpstarter's
 // protocol/proto/jumpstarter/v1/jumpstarter.proto
 // (github.com/jumpstarter-dev/jumpstarter). Only the client-facing
-// ExporterService and the messages it uses are kept; ControllerService (and
-// with it kubernetes.proto, router.proto and telemetry.proto) is left out.
+// ExporterService and the messages it uses are kept (router.proto beside it
+// carries RouterService); ControllerService (and with it kubernetes.proto and
+// telemetry.proto) is left out.
 // Names and field numbers of everything kept are exactly upstream's; never
 // renumber. boardvisor additions use field numbers from 100 up so that fields
 // upstream adds later (9, 10, ...) cannot collide with ours.
@@ -58,7 +59,11 @@ const (
 //
 // A call without a known board fails with NOT_FOUND, one without a valid token
 // for that board's current lease with UNAUTHENTICATED / PERMISSION_DENIED. The
-// token stops working the moment its lease ends.
+// token stops working for driver calls the moment its lease ends; LogStream and
+// GetStatus accept it for a grace period after (read-only). Upstream clients,
+// which send neither key, reach a board through `boardvisor shell`'s socket
+// (JUMPSTARTER_HOST), which adds both, or through a per-board endpoint of the
+// supervisor (docs/jumpstarter.md).
 type ExporterServiceClient interface {
 	// Retrieve the exporter driver report.
 	GetReport(ctx context.Context, in *emptypb.Empty, opts ...grpc.CallOption) (*GetReportResponse, error)
@@ -214,7 +219,11 @@ type ExporterService_WatchStatusClient = grpc.ServerStreamingClient[GetStatusRes
 //
 // A call without a known board fails with NOT_FOUND, one without a valid token
 // for that board's current lease with UNAUTHENTICATED / PERMISSION_DENIED. The
-// token stops working the moment its lease ends.
+// token stops working for driver calls the moment its lease ends; LogStream and
+// GetStatus accept it for a grace period after (read-only). Upstream clients,
+// which send neither key, reach a board through `boardvisor shell`'s socket
+// (JUMPSTARTER_HOST), which adds both, or through a per-board endpoint of the
+// supervisor (docs/jumpstarter.md).
 type ExporterServiceServer interface {
 	// Retrieve the exporter driver report.
 	GetReport(context.Context, *emptypb.Empty) (*GetReportResponse, error)

@@ -1,0 +1,264 @@
+package main
+
+// How the client commands reach the coordinator: its address, the user's token and the
+// CA that checks its TLS certificate, each from a flag, else the environment, else the
+// user's client config file, else a default.
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	pb "github.com/boardvisor/boardvisor/proto/boardvisor/v1"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"gopkg.in/yaml.v3"
+)
+
+// Environment variables the client commands read.
+const (
+	envCoordinator  = "BOARDVISOR_COORDINATOR"
+	envUserToken    = "BOARDVISOR_USER_TOKEN"
+	envCAFile       = "BOARDVISOR_CA_FILE"
+	envClientConfig = "BOARDVISOR_CLIENT_CONFIG"
+	envExporter     = "BOARDVISOR_EXPORTER"
+	envBoard        = "BOARDVISOR_BOARD"
+	envLeaseToken   = "BOARDVISOR_TOKEN"
+	envLease        = "BOARDVISOR_LEASE"
+	envBoardName    = "BOARD_NAME"
+	envShell        = "SHELL"
+	envNotifySocket = "NOTIFY_SOCKET"
+	envWatchdogUsec = "WATCHDOG_USEC"
+)
+
+// envDocs says what each variable is, for --help.
+var envDocs = map[string]string{
+	envCoordinator:  "the coordinator's address, host:port (else coordinator: in the client config; default 127.0.0.1:7400)",
+	envUserToken:    "your user token for the coordinator (else token: or tokenFile: in the client config)",
+	envCAFile:       "CA certificates (PEM) checking the coordinator's TLS certificate; set, TLS is on (else caFile: in the client config)",
+	envClientConfig: "the client config file (default $XDG_CONFIG_HOME/boardvisor/config.yaml, else ~/.config/boardvisor/config.yaml)",
+	envExporter:     "the leased board's supervisor, host:port (set by boardvisor shell)",
+	envBoard:        "the leased board (set by boardvisor shell)",
+	envLeaseToken:   "the lease's token (set by boardvisor shell, and for hooks)",
+	envLease:        "the lease ID (set by boardvisor shell)",
+	envBoardName:    "the board, in a hook (when BOARDVISOR_BOARD is not set)",
+	envShell:        "the shell to run with the lease (default /bin/sh)",
+	envNotifySocket: "systemd's notification socket: readiness, watchdog and stopping are reported there (Type=notify)",
+	envWatchdogUsec: "systemd's watchdog interval: the daemon pings at half of it",
+}
+
+// addEnv records the environment variables cmd reads, for its --help.
+func addEnv(cmd *cobra.Command, names ...string) {
+	if cmd.Annotations == nil {
+		cmd.Annotations = map[string]string{}
+	}
+	have := strings.Fields(cmd.Annotations["env"])
+	for _, n := range names {
+		if !slices.Contains(have, n) {
+			have = append(have, n)
+		}
+	}
+	cmd.Annotations["env"] = strings.Join(have, " ")
+}
+
+// envOf lists the variables cmd reads: its own and those of the persistent flags of its
+// parents.
+func envOf(cmd *cobra.Command) []string {
+	var out []string
+	for c := cmd; c != nil; c = c.Parent() {
+		for _, n := range strings.Fields(c.Annotations["env"]) {
+			if !slices.Contains(out, n) {
+				out = append(out, n)
+			}
+		}
+	}
+	return out
+}
+
+// envSection is the "Environment:" part of cmd's --help.
+func envSection(cmd *cobra.Command) string {
+	names := envOf(cmd)
+	if len(names) == 0 {
+		return "Environment:\n  none read\n"
+	}
+	w := 0
+	for _, n := range names {
+		w = max(w, len(n))
+	}
+	var b strings.Builder
+	b.WriteString("Environment:\n")
+	for _, n := range names {
+		fmt.Fprintf(&b, "  %-*s  %s\n", w, n, envDocs[n])
+	}
+	return b.String()
+}
+
+// clientConfig is the user's client config file (YAML):
+//
+//	coordinator: coord.lab:7400
+//	token: 3f0c...            # or tokenFile: /path/to/file
+//	caFile: /etc/boardvisor/ca.pem
+type clientConfig struct {
+	Coordinator string `yaml:"coordinator"`
+	Token       string `yaml:"token"`
+	TokenFile   string `yaml:"tokenFile"`
+	CAFile      string `yaml:"caFile"`
+}
+
+// clientConfigPath is where the client config file is.
+func clientConfigPath() string {
+	if p := os.Getenv(envClientConfig); p != "" {
+		return p
+	}
+	dir := os.Getenv("XDG_CONFIG_HOME")
+	if dir == "" {
+		home, err := os.UserHomeDir()
+		if err != nil {
+			return ""
+		}
+		dir = filepath.Join(home, ".config")
+	}
+	return filepath.Join(dir, "boardvisor", "config.yaml")
+}
+
+// loadClientConfig reads the client config file; a missing one is an empty config. A
+// file that holds a token must be the user's alone.
+func loadClientConfig() (*clientConfig, error) {
+	path := clientConfigPath()
+	cfg := &clientConfig{}
+	if path == "" {
+		return cfg, nil
+	}
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return cfg, nil
+	}
+	if err != nil {
+		return nil, failf(exitUsage, "client config %s: %v", path, err)
+	}
+	dec := yaml.NewDecoder(strings.NewReader(string(data)))
+	dec.KnownFields(true)
+	if err := dec.Decode(cfg); err != nil && !errors.Is(err, io.EOF) {
+		return nil, failf(exitUsage, "client config %s: %s (known keys: coordinator, token, tokenFile, caFile)", path, oneLine(err.Error()))
+	}
+	if cfg.Token != "" {
+		if fi, err := os.Stat(path); err == nil && fi.Mode().Perm()&0o077 != 0 {
+			return nil, failf(exitUsage, "client config %s holds your token but others may read it (mode %04o): chmod 600 %s", path, fi.Mode().Perm(), path)
+		}
+	}
+	if cfg.TokenFile != "" && cfg.Token == "" {
+		b, err := os.ReadFile(cfg.TokenFile)
+		if err != nil {
+			return nil, failf(exitUsage, "client config %s: tokenFile: %v", path, err)
+		}
+		cfg.Token = strings.TrimSpace(string(b))
+	}
+	return cfg, nil
+}
+
+// coordFlags are the flags of a command that talks to the coordinator.
+type coordFlags struct {
+	addr, token, caFile string
+}
+
+func (c *coordFlags) add(cmd *cobra.Command) { c.addTo(cmd, cmd.Flags()) }
+
+func (c *coordFlags) addPersistent(cmd *cobra.Command) { c.addTo(cmd, cmd.PersistentFlags()) }
+
+func (c *coordFlags) addTo(cmd *cobra.Command, f *pflag.FlagSet) {
+	f.StringVar(&c.addr, "coordinator", "", "the coordinator's address, host:port (default: $"+envCoordinator+", else coordinator: in the client config, else 127.0.0.1:7400)")
+	// A command that also takes a lease's token (logs: --token) names the user's token
+	// --user-token.
+	name := "token"
+	if f.Lookup(name) != nil {
+		name = "user-token"
+	}
+	f.StringVar(&c.token, name, "", "your user token for the coordinator (default: $"+envUserToken+", else token: in the client config; a flag shows in ps, prefer those)")
+	f.StringVar(&c.caFile, "ca-file", "", "CA certificates (PEM) that check the coordinator's TLS certificate; set, TLS is on (default: $"+envCAFile+", else caFile: in the client config)")
+	addEnv(cmd, envCoordinator, envUserToken, envCAFile, envClientConfig)
+}
+
+// resolve fills in what the flags leave unset, from the environment, then the client
+// config file, then the defaults.
+func (c *coordFlags) resolve() error {
+	cfg, err := loadClientConfig()
+	if err != nil {
+		return err
+	}
+	c.addr = first(c.addr, os.Getenv(envCoordinator), cfg.Coordinator, "127.0.0.1:7400")
+	c.token = first(c.token, os.Getenv(envUserToken), cfg.Token)
+	c.caFile = first(c.caFile, os.Getenv(envCAFile), cfg.CAFile)
+	return nil
+}
+
+// peer describes the coordinator, for error messages.
+func (c *coordFlags) peer() peer {
+	return peer{role: "coordinator", addr: c.addr,
+		hint: "check that it runs and that --coordinator, $" + envCoordinator + " or coordinator: in " + clientConfigPath() + " names it"}
+}
+
+// userToken sends the user's coordinator token with every call.
+type userToken string
+
+func (t userToken) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": "Bearer " + string(t)}, nil
+}
+
+func (userToken) RequireTransportSecurity() bool { return false }
+
+// dial returns a client of the coordinator's LeaseService (no call is made yet).
+func (c *coordFlags) dial() (pb.LeaseServiceClient, func(), error) {
+	if err := c.resolve(); err != nil {
+		return nil, nil, err
+	}
+	creds, err := transportCreds(c.caFile)
+	if err != nil {
+		return nil, nil, err
+	}
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(creds)}
+	if c.token != "" {
+		opts = append(opts, grpc.WithPerRPCCredentials(userToken(c.token)))
+	}
+	conn, err := grpc.NewClient(c.addr, opts...)
+	if err != nil {
+		return nil, nil, failf(exitUsage, "coordinator address %q: %s", c.addr, lastPart(err.Error()))
+	}
+	return pb.NewLeaseServiceClient(conn), func() { conn.Close() }, nil
+}
+
+// transportCreds is plaintext without a CA file, TLS checked against the CA file with one.
+func transportCreds(caFile string) (credentials.TransportCredentials, error) {
+	if caFile == "" {
+		return insecure.NewCredentials(), nil
+	}
+	pem, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, failf(exitUsage, "CA file: %v", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, failf(exitUsage, "CA file %s holds no PEM certificate", caFile)
+	}
+	return credentials.NewTLS(&tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}), nil
+}
+
+// first returns the first non-empty string.
+func first(vals ...string) string {
+	for _, v := range vals {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}
