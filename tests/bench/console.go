@@ -127,6 +127,9 @@ func runConsole(e *env) error {
 	}
 	var base []*baseline
 	for _, name := range size.baselines {
+		if err := f.flush(); err != nil {
+			return err
+		}
 		b, err := runBaseline(e, f, size, name)
 		if err != nil {
 			logf("console baseline %s: %v", name, err)
@@ -135,6 +138,9 @@ func runConsole(e *env) error {
 		}
 		base = append(base, b)
 	}
+	if err := f.flush(); err != nil {
+		return err
+	}
 	full, err := runFullPath(e, f, size)
 	if err != nil {
 		return err
@@ -142,6 +148,9 @@ func runConsole(e *env) error {
 	full.rows(e, size, scaled, base)
 	for _, p := range size.sweep {
 		for _, driver := range []bool{false, true} {
+			if err := f.flush(); err != nil {
+				return err
+			}
 			if err := runSweep(e, f, size, p, driver); err != nil {
 				logf("console sweep %s: %v", p, err)
 			}
@@ -261,6 +270,18 @@ func (f *farm) power(on bool) error {
 	return err
 }
 
+// flush drops what the previous run left unread in the streaming boards' ptys (a pty
+// holds about 12 KiB: a reader that fell behind leaves up to that much, which the next
+// run's reader would otherwise get first, as bytes extra and out of place). Call it with
+// the farm off and no reader running.
+func (f *farm) flush() error {
+	l, err := f.do("flush")
+	if err == nil && l != "FLUSHED" {
+		err = fmt.Errorf("farm flush: answered %q", l)
+	}
+	return err
+}
+
 // stat returns the bytes the streaming boards have written so far and how many of their
 // times a pty was full (its reader behind).
 func (f *farm) stat() (sent, stalls int64, err error) {
@@ -345,6 +366,11 @@ func runFarm(e *env) error {
 				fd.power(on)
 			}
 			fmt.Println(map[bool]string{true: "ON", false: "OFF"}[on])
+		case "flush":
+			if fd != nil {
+				fd.flush()
+			}
+			fmt.Println("FLUSHED")
 		case "stat":
 			var sent, stalls int64
 			if fd != nil {

@@ -207,8 +207,9 @@ func runBaseline(e *env, f *farm, size consoleSize, name string) (*baseline, err
 		return b, fmt.Errorf("unknown baseline %q (have %s)", name, ConsoleBaselines)
 	}
 	// Over TCP a serial console's Enter is a carriage return.
+	loggedIn := b.keys.login(f, r, shellName, "\r")
 	w, on, err := measure(f, size, map[string]int{name: pid}, func(stop <-chan struct{}) {
-		b.keys.typeKeys(r, shellName, "\r", stop)
+		b.keys.typeKeys(r, "\r", loggedIn, stop)
 	})
 	if err != nil {
 		return b, err

@@ -132,6 +132,14 @@ func (f *feeder) write(boards []*feedBoard, perBoard int64) {
 	}
 }
 
+// flush drops the bytes waiting in every pty for a reader (TCIFLUSH on its slave side).
+// Call it while off, so that no writer refills them meanwhile.
+func (f *feeder) flush() {
+	for _, b := range f.boards {
+		_ = unix.IoctlSetInt(int(b.slave.Fd()), unix.TCFLSH, unix.TCIFLUSH)
+	}
+}
+
 func (f *feeder) sent() (sent, stalls int64) {
 	for _, b := range f.boards {
 		sent += b.sent.Load()

@@ -142,7 +142,12 @@ func runFullPath(e *env, f *farm, size consoleSize) (*fullPath, error) {
 	})
 	defer stopTimeline()
 	pids := map[string]int{"supervisor": sup.cmd.Process.Pid, "coordinator": coord.cmd.Process.Pid, "farm": f.pid}
-	w, on, err := measure(f, size, pids, func(stop <-chan struct{}) { r.keys.typeKeys(con, shellName, "\r", stop) })
+	loggedIn := r.keys.login(f, con, shellName, "\r")
+	sent0, _, err := f.stat()
+	if err != nil {
+		return nil, err
+	}
+	w, on, err := measure(f, size, pids, func(stop <-chan struct{}) { r.keys.typeKeys(con, "\r", loggedIn, stop) })
 	if err != nil {
 		return nil, err
 	}
@@ -151,7 +156,7 @@ func runFullPath(e *env, f *farm, size consoleSize) (*fullPath, error) {
 
 	// Wait until the feeder has sent everything (a reader that falls behind holds it
 	// back), then until the coordinator has stored everything: its events stop growing.
-	if sentAll := waitSent(f, size, end.Add(60*time.Second)); sentAll.After(end) {
+	if sentAll := waitSent(f, size, sent0, end.Add(60*time.Second)); sentAll.After(end) {
 		r.feederLate = sentAll.Sub(end)
 		end = sentAll
 	}
@@ -216,13 +221,14 @@ func timeline(ctx context.Context, db *sql.DB, f *farm, stop <-chan struct{}) {
 	}
 }
 
-// waitSent waits until the streaming boards have written all their bytes (or the
-// deadline) and returns when they had.
-func waitSent(f *farm, size consoleSize, deadline time.Time) time.Time {
+// waitSent waits until the streaming boards have written all their bytes of this run
+// (sent0: the feeder's count when it was powered on) or the deadline, and returns when
+// they had.
+func waitSent(f *farm, size consoleSize, sent0 int64, deadline time.Time) time.Time {
 	want := size.perBoard * int64(size.streaming)
 	for {
 		sent, _, err := f.stat()
-		if err != nil || sent >= want || time.Now().After(deadline) {
+		if err != nil || sent-sent0 >= want || time.Now().After(deadline) {
 			return time.Now()
 		}
 		time.Sleep(100 * time.Millisecond)
@@ -377,18 +383,46 @@ type keystrokes struct {
 	note string // why none could be typed
 }
 
-// typeKeys logs in on the shell board once it prompts, then types a key and Enter, waits
-// for the key's echo, and so on until stop, timing each round trip (for boardvisor:
-// client -> supervisor -> pty -> the board's echo -> supervisor -> client).
-func (k *keystrokes) typeKeys(c keyTarget, board string, newline string, stop <-chan struct{}) {
-	step := func(in, want string, timeout time.Duration) (time.Duration, bool) {
-		from := c.mark()
-		t0 := time.Now()
-		if err := c.write(in); err != nil {
-			return 0, false
+// login powers the shell board on and logs in once it prompts, before the streaming
+// starts: on a loaded machine the login's own round trips would otherwise eat into
+// the measured window. It says what went wrong in k.note.
+func (k *keystrokes) login(f *farm, c keyTarget, board, newline string) bool {
+	if f.shell != nil {
+		if err := f.shell.power(true); err != nil {
+			k.note = "could not power the shell board on: " + err.Error()
+			return false
 		}
-		at, ok := c.waitFor(from, want, timeout, stop)
-		return at.Sub(t0), ok
+	}
+	step := func(in, want string, timeout time.Duration) bool {
+		from := c.mark()
+		if err := c.write(in); err != nil {
+			return false
+		}
+		_, ok := c.waitFor(from, want, timeout, nil)
+		return ok
+	}
+	if _, ok := c.waitFor(0, board+" login: ", 60*time.Second, nil); !ok {
+		k.note = "the shell board printed no login prompt within 60s"
+		return false
+	}
+	if !step("root"+newline, "Password: ", 30*time.Second) {
+		k.note = "no password prompt after the login name within 30s"
+		return false
+	}
+	if !step("pw"+newline, "root@"+board+":~# ", 30*time.Second) {
+		k.note = "no shell prompt after the password within 30s"
+		return false
+	}
+	return true
+}
+
+// typeKeys types a key and Enter, waits for the key's echo, and so on until stop,
+// timing each round trip (for boardvisor: client -> supervisor -> pty -> the board's
+// echo -> supervisor -> client). The shell must be logged in (login); if it is not,
+// typeKeys does nothing.
+func (k *keystrokes) typeKeys(c keyTarget, newline string, loggedIn bool, stop <-chan struct{}) {
+	if !loggedIn {
+		return
 	}
 	stopped := func() bool {
 		select {
@@ -398,41 +432,32 @@ func (k *keystrokes) typeKeys(c keyTarget, board string, newline string, stop <-
 			return false
 		}
 	}
-	if _, ok := c.waitFor(0, board+" login: ", 30*time.Second, stop); !ok {
-		k.note = "the shell board printed no login prompt during the run"
-		return
-	}
-	if _, ok := step("root"+newline, "Password: ", 10*time.Second); !ok {
-		k.note = "no password prompt after the login name during the run"
-		return
-	}
-	if _, ok := step("pw"+newline, "root@"+board+":~# ", 10*time.Second); !ok {
-		k.note = "no shell prompt after the password during the run"
-		return
-	}
 	// A fast typist's pace: ten keys a second.
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
 	for i := 0; ; i++ {
 		select {
 		case <-stop:
-			if k.lat.n() == 0 && k.lost == 0 {
-				k.note = "logged in on the shell board only as the run ended: no keystroke timed"
-			}
 			return
 		case <-tick.C:
 		}
 		// A key and Enter (an unknown command), timed to the key's echo: the same with a
 		// client that sends keys as typed and with one that sends lines.
 		key := string(rune('a' + i%26))
-		d, ok := step(key+newline, key, keyTimeout)
+		from := c.mark()
+		t0 := time.Now()
+		if err := c.write(key + newline); err != nil {
+			k.lost++
+			continue
+		}
+		at, ok := c.waitFor(from, key, keyTimeout, stop)
 		if !ok {
 			if !stopped() {
 				k.lost++
 			}
 			continue
 		}
-		k.lat.add(d)
+		k.lat.add(at.Sub(t0))
 	}
 }
 
