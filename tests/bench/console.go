@@ -386,9 +386,12 @@ func runFarm(e *env) error {
 // window measures one run: CPU of the given processes and the feeder's pace, from two
 // seconds after power-on to a second before the stream's end.
 type window struct {
-	wall         time.Duration
-	cpu          map[string]float64 // share of one core, by process name
-	sent, stalls int64              // bytes the feeder wrote in the window; its stalled writes
+	wall time.Duration
+	cpu  map[string]float64 // share of one core, by process name
+	// sysr, sysw are the read and write system calls per second, by process name
+	// (/proc/PID/io: every thread's): what the cost follows, and not the machine's load.
+	sysr, sysw   map[string]float64
+	sent, stalls int64 // bytes the feeder wrote in the window; its stalled writes
 }
 
 // measure powers the farm on and measures the window; during it, during() runs (if not
@@ -408,8 +411,10 @@ func measure(f *farm, size consoleSize, pids map[string]int, during func(stop <-
 	// its first bytes come) and the feeder's start.
 	time.Sleep(2 * time.Second)
 	cpu0 := map[string]time.Duration{}
+	io0 := map[string][2]int64{}
 	for name, pid := range pids {
 		cpu0[name] = cpuTime(pid)
+		io0[name] = sysCalls(pid)
 	}
 	sent0, stalls0, err := f.stat()
 	if err != nil {
@@ -419,9 +424,12 @@ func measure(f *farm, size consoleSize, pids map[string]int, during func(stop <-
 	}
 	w0 := time.Now()
 	time.Sleep(time.Duration(size.seconds-3) * time.Second)
-	w := window{wall: time.Since(w0), cpu: map[string]float64{}}
+	w := window{wall: time.Since(w0), cpu: map[string]float64{}, sysr: map[string]float64{}, sysw: map[string]float64{}}
 	for name, pid := range pids {
 		w.cpu[name] = float64(cpuTime(pid)-cpu0[name]) / float64(w.wall)
+		io1 := sysCalls(pid)
+		w.sysr[name] = float64(io1[0]-io0[name][0]) / w.wall.Seconds()
+		w.sysw[name] = float64(io1[1]-io0[name][1]) / w.wall.Seconds()
 	}
 	sent1, stalls1, err := f.stat()
 	close(stop)
@@ -431,6 +439,34 @@ func measure(f *farm, size consoleSize, pids map[string]int, during func(stop <-
 	}
 	w.sent, w.stalls = sent1-sent0, stalls1-stalls0
 	return w, on, nil
+}
+
+// sysCalls returns a process's read and write system calls so far (syscr and syscw of
+// /proc/PID/io, all its threads; zero if unreadable).
+func sysCalls(pid int) [2]int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", pid))
+	if err != nil {
+		return [2]int64{}
+	}
+	var out [2]int64
+	for _, l := range strings.Split(string(b), "\n") {
+		k, v, _ := strings.Cut(l, ": ")
+		n, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+		switch k {
+		case "syscr":
+			out[0] = n
+		case "syscw":
+			out[1] = n
+		}
+	}
+	return out
+}
+
+// sysNote says a process's read and write system calls per second in the window, and
+// per board.
+func (w window) sysNote(name string, boards int) string {
+	return fmt.Sprintf("%.0f reads/s and %.0f writes/s (system calls; %.2f and %.2f a board)",
+		w.sysr[name], w.sysw[name], w.sysr[name]/float64(max(boards, 1)), w.sysw[name]/float64(max(boards, 1)))
 }
 
 // pace is the share of the line rate the feeder reached in the window.

@@ -226,8 +226,8 @@ func runBaseline(e *env, f *farm, size consoleSize, name string) (*baseline, err
 		defer r.mu.Unlock()
 		return r.counts[i]
 	}, size)
-	logf("console %s: %.1f%% of a core; %s; %d bytes lost or extra, %d boards with wrong bytes; last byte %s after the stream's end; %s",
-		name, b.cpu*100, w.paceNote(size), b.lost, b.bad, b.drain.Round(time.Millisecond), b.keys.summary())
+	logf("console %s: %.1f%% of a core; %s; %s; %d bytes lost or extra, %d boards with wrong bytes; last byte %s after the stream's end; %s",
+		name, b.cpu*100, w.paceNote(size), w.sysNote(name, size.boards), b.lost, b.bad, b.drain.Round(time.Millisecond), b.keys.summary())
 	return b, nil
 }
 

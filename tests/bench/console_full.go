@@ -195,8 +195,8 @@ func runFullPath(e *env, f *farm, size consoleSize) (*fullPath, error) {
 		logf("console full path: bytes missing at the coordinator; the supervisor's log ends:\n%s", tail(sup.output(), 3000))
 	}
 	r.recLost, r.recBad = compare(func(i int) consoleCount { return recorded(supState, boardName(i)) }, size)
-	logf("console full path: supervisor %.1f%% of a core (idle %.1f%%), coordinator %.1f%%, farm %.1f%%; %s; %d console events stored, %d gaps; coordinator: %d bytes lost or extra, %d boards wrong; recordings: %d lost or extra, %d boards wrong; last event stored %s after the stream's end; keystrokes: %d, p50 %s p99 %s, %d without echo",
-		w.cpu["supervisor"]*100, r.idleCPU*100, r.coordCPU*100, w.cpu["farm"]*100, w.paceNote(size), r.events, r.gaps, r.lost, r.bad, r.recLost, r.recBad,
+	logf("console full path: supervisor %.1f%% of a core (idle %.1f%%; %s), coordinator %.1f%%, farm %.1f%%; %s; %d console events stored, %d gaps; coordinator: %d bytes lost or extra, %d boards wrong; recordings: %d lost or extra, %d boards wrong; last event stored %s after the stream's end; keystrokes: %d, p50 %s p99 %s, %d without echo",
+		w.cpu["supervisor"]*100, r.idleCPU*100, w.sysNote("supervisor", size.boards), r.coordCPU*100, w.cpu["farm"]*100, w.paceNote(size), r.events, r.gaps, r.lost, r.bad, r.recLost, r.recBad,
 		r.drain.Round(time.Millisecond), r.keys.lat.n(), ms(r.keys.lat.pct(50)), ms(r.keys.lat.pct(99)), r.keys.lost)
 	return r, nil
 }
@@ -577,8 +577,8 @@ func (r *fullPath) rows(e *env, size consoleSize, scaled string, base []*baselin
 	e.add(Row{Figure: fmt.Sprintf("console, full path: supervisor CPU, %d boards at %d baud", size.streaming, ConsoleBaud),
 		Value: fmt.Sprintf("%.1f%% of a core", supCPU*100), Num: supCPU * 100, Unit: "%", Target: "< 25% of one core",
 		Baseline: floor, Ratio: ratioTo, Met: met(supCPU < 0.25 && w.pace(size) >= paceOK),
-		Note: fmt.Sprintf("%sat %.2f MB/s (%s); idle with every console open %.1f%%; farm %.1f%%; %.1fs window; ratio = the forwarder's CPU / the supervisor's",
-			scaled, mbps, pace, r.idleCPU*100, w.cpu["farm"]*100, w.wall.Seconds())})
+		Note: fmt.Sprintf("%sat %.2f MB/s (%s); %s; idle with every console open %.1f%%; farm %.1f%%; %.1fs window; ratio = the forwarder's CPU / the supervisor's",
+			scaled, mbps, pace, w.sysNote("supervisor", size.boards), r.idleCPU*100, w.cpu["farm"]*100, w.wall.Seconds())})
 
 	keptUp := r.drain < 5*time.Second
 	coordNote := fmt.Sprintf("stored the last event %s after the stream's end", r.drain.Round(100*time.Millisecond))
@@ -614,8 +614,8 @@ func (r *fullPath) rows(e *env, size consoleSize, scaled string, base []*baselin
 		Note: keyNote + "; client -> supervisor -> pty -> the board's echo -> supervisor -> client; the baseline types over its TCP connection in its own run"})
 
 	for _, b := range base {
-		note := fmt.Sprintf("%s; %d bytes lost or extra, %d boards with wrong bytes; last byte %s after the stream's end; %s",
-			b.win.paceNote(size), b.lost, b.bad, b.drain.Round(100*time.Millisecond), b.keys.summary())
+		note := fmt.Sprintf("%s; %s; %d bytes lost or extra, %d boards with wrong bytes; last byte %s after the stream's end; %s",
+			b.win.paceNote(size), b.win.sysNote(b.name, size.boards), b.lost, b.bad, b.drain.Round(100*time.Millisecond), b.keys.summary())
 		e.add(Row{Figure: "console baseline: " + baselineTitle(b.name), Value: fmt.Sprintf("%.1f%% of a core", b.cpu*100), Num: b.cpu * 100, Unit: "%",
 			Target: "-", Baseline: fmt.Sprintf("boardvisor %.1f%%", supCPU*100), Ratio: ratio(b.cpu, supCPU), Note: note + "; ratio = its CPU / the boardvisor supervisor's"})
 	}
