@@ -13,13 +13,10 @@ type Emit struct{ Event connector.Event }
 
 // EmitBatch asks the outbox to number events and deliver them together, in order. If
 // Durable is not nil, the outbox closes it once every event of the batch is durable
-// (at once when the connector keeps nothing on disk). If Delivered is not nil, the
-// outbox closes it once it has handed the batch to the connector and the sinks (durable
-// or not): a sender pacing its batches waits for it.
+// (at once when the connector keeps nothing on disk).
 type EmitBatch struct {
-	Events    []connector.Event
-	Durable   chan struct{}
-	Delivered chan struct{}
+	Events  []connector.Event
+	Durable chan struct{}
 }
 
 // StartJob asks the host (and then the board) to start a job. The answer is a *JobReply.

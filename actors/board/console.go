@@ -18,31 +18,15 @@ import (
 // event per lease, whatever its rate (up to MaxConsoleEvent bytes an event). An
 // attended console (someone follows it or types into it) skips the wait: its chunk goes
 // at once, after what its board had pending.
-//
-// The outbox handles its messages one after the other, and a tick of a thousand boards
-// at 115200 baud is ~11 MB to encode and append (5 to 70 ms on a loaded two-core host):
-// an attended chunk sent meanwhile would wait behind all of it. So while a console is
-// attended (a chunk went through Now within the last Interactive), a tick is handed
-// over in pieces of at most MaxConsolePiece bytes (whole events: still one event per
-// board and lease per tick), each once the outbox has delivered the one before: an
-// attended chunk waits behind one piece at most. Unattended, a tick is one delivery.
 const (
 	// ConsoleTick is how long unattended console output may wait before it is handed
 	// to the outbox.
 	ConsoleTick = time.Second
 	// MaxConsoleEvent bounds the bytes of one merged console event.
 	MaxConsoleEvent = 64 << 10
-	// MaxConsoleBatch bounds the bytes held between ticks (pending, and the pieces of
-	// a tick not yet handed over): past it they all go at once.
+	// MaxConsoleBatch bounds the bytes held between ticks: past it the batch goes at
+	// once.
 	MaxConsoleBatch = 16 << 20
-	// MaxConsolePiece bounds the bytes of one piece of a tick while a console is
-	// attended.
-	MaxConsolePiece = 256 << 10
-	// Interactive is how long after an attended chunk the ticks go in pieces.
-	Interactive = 5 * time.Second
-	// pieceTimeout bounds the wait for the outbox to deliver one piece: past it the
-	// rest of the tick goes at once.
-	pieceTimeout = 5 * time.Second
 	// closeTimeout bounds how long Close waits for the outbox to take the last batch.
 	closeTimeout = 5 * time.Second
 )
@@ -71,12 +55,6 @@ type ConsoleBatch struct {
 	count  map[string]int // board -> how many of its events are pending
 	bytes  int
 	closed bool
-	// sending is what is left of a tick being handed over in pieces (joined events,
-	// older than any of pending), sendingBytes its bytes; lastNow is when a chunk last
-	// went through Now.
-	sending      []connector.Event
-	sendingBytes int
-	lastNow      time.Time
 
 	stop chan struct{}
 	done chan struct{}
@@ -101,64 +79,11 @@ func (c *ConsoleBatch) run() {
 	for {
 		select {
 		case <-t.C:
-		case <-c.stop:
-			return
-		}
-		c.mu.Lock()
-		if time.Since(c.lastNow) >= Interactive {
-			c.sendAllLocked(nil)
-			c.mu.Unlock()
-			continue
-		}
-		for i := range c.pending {
-			c.pending[i] = c.joined(i)
-		}
-		c.sending = append(c.sending, c.pending...)
-		c.sendingBytes += c.bytes
-		c.resetPendingLocked()
-		c.mu.Unlock()
-		if !c.sendPieces() {
-			return
-		}
-	}
-}
-
-// sendPieces hands c.sending to the outbox a piece at a time, each once the one before
-// was delivered. It returns false if the batch is being closed.
-func (c *ConsoleBatch) sendPieces() bool {
-	timer := time.NewTimer(pieceTimeout)
-	defer timer.Stop()
-	for {
-		c.mu.Lock()
-		n, size := 0, 0
-		for n < len(c.sending) && (n == 0 || size+len(c.sending[n].Console.Data) <= MaxConsolePiece) {
-			size += len(c.sending[n].Console.Data)
-			n++
-		}
-		if n == 0 {
-			c.mu.Unlock()
-			return true
-		}
-		piece := c.sending[:n:n]
-		c.sending = c.sending[n:]
-		c.sendingBytes -= size
-		if len(c.sending) == 0 {
-			c.sending = nil
-		}
-		delivered := make(chan struct{})
-		c.root.Send(c.outbox, &actors.EmitBatch{Events: piece, Delivered: delivered})
-		c.mu.Unlock()
-		timer.Reset(pieceTimeout)
-		select {
-		case <-delivered:
-		case <-timer.C:
-			// The outbox is stuck or gone: no more pacing for this tick.
 			c.mu.Lock()
 			c.sendAllLocked(nil)
 			c.mu.Unlock()
-			return true
 		case <-c.stop:
-			return false
+			return
 		}
 	}
 }
@@ -194,7 +119,7 @@ func (c *ConsoleBatch) Add(ev connector.Event) {
 
 func (c *ConsoleBatch) grownLocked(n int) {
 	c.bytes += n
-	if c.bytes+c.sendingBytes >= MaxConsoleBatch {
+	if c.bytes >= MaxConsoleBatch {
 		c.sendAllLocked(nil)
 	}
 }
@@ -204,7 +129,6 @@ func (c *ConsoleBatch) grownLocked(n int) {
 func (c *ConsoleBatch) Now(ev connector.Event) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.lastNow = time.Now()
 	evs := c.takeLocked(ev.Board)
 	if len(evs) == 0 {
 		c.root.Send(c.outbox, &actors.Emit{Event: ev})
@@ -222,27 +146,13 @@ func (c *ConsoleBatch) Flush(board string) {
 	}
 }
 
-// takeLocked removes the board's pending events (those of a tick being handed over
-// first) and returns them, in order.
+// takeLocked removes the board's pending events and returns them, in order.
 func (c *ConsoleBatch) takeLocked(board string) []connector.Event {
-	var out []connector.Event
-	if len(c.sending) > 0 {
-		kept := c.sending[:0]
-		for _, ev := range c.sending {
-			if ev.Board == board {
-				out = append(out, ev)
-				c.sendingBytes -= len(ev.Console.Data)
-				continue
-			}
-			kept = append(kept, ev)
-		}
-		clear(c.sending[len(kept):])
-		c.sending = kept
-	}
 	n := c.count[board]
 	if n == 0 {
-		return out
+		return nil
 	}
+	out := make([]connector.Event, 0, n)
 	kept, keptParts, keptSize := c.pending[:0], c.parts[:0], c.size[:0]
 	for i, ev := range c.pending {
 		if ev.Board == board {
@@ -281,11 +191,10 @@ func (c *ConsoleBatch) joined(i int) connector.Event {
 	return ev
 }
 
-// sendAllLocked hands every held event (what is left of a tick being handed over in
-// pieces, then pending) to the outbox in one EmitBatch (with durable, if not nil, as its
-// Durable channel; closed at once when nothing is held).
+// sendAllLocked hands every pending event to the outbox in one EmitBatch (with durable,
+// if not nil, as its Durable channel; closed at once when nothing is pending).
 func (c *ConsoleBatch) sendAllLocked(durable chan struct{}) {
-	if len(c.pending) == 0 && len(c.sending) == 0 {
+	if len(c.pending) == 0 {
 		if durable != nil {
 			close(durable)
 		}
@@ -294,17 +203,7 @@ func (c *ConsoleBatch) sendAllLocked(durable chan struct{}) {
 	for i := range c.pending {
 		c.pending[i] = c.joined(i)
 	}
-	evs := c.pending
-	if len(c.sending) > 0 {
-		evs = append(c.sending, c.pending...)
-	}
-	c.root.Send(c.outbox, &actors.EmitBatch{Events: evs, Durable: durable})
-	c.sending, c.sendingBytes = nil, 0
-	c.resetPendingLocked()
-}
-
-// resetPendingLocked empties pending (its events were handed on).
-func (c *ConsoleBatch) resetPendingLocked() {
+	c.root.Send(c.outbox, &actors.EmitBatch{Events: c.pending, Durable: durable})
 	c.pending, c.parts, c.size = nil, nil, nil
 	clear(c.last)
 	clear(c.count)

@@ -53,9 +53,6 @@ func (o *outbox) Receive(ctx actor.Context) {
 		o.deliver([]connector.Event{m.Event}, nil)
 	case *actors.EmitBatch:
 		o.deliver(m.Events, m.Durable)
-		if m.Delivered != nil {
-			close(m.Delivered)
-		}
 	case *actor.Stopping:
 		if !o.stopped {
 			o.stopped = true
