@@ -71,6 +71,10 @@ bench:
 		sudo=""; [ "$$(id -u)" = 0 ] || sudo="sudo"; \
 		$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq python3-grpcio >/dev/null; } \
 		|| echo "python3-grpcio could not be installed: the idle baseline is skipped"
+	@command -v ser2net >/dev/null 2>&1 || [ -x /usr/sbin/ser2net ] || { echo "installing ser2net (the console scenario's baseline)"; \
+		sudo=""; [ "$$(id -u)" = 0 ] || sudo="sudo"; \
+		$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq ser2net >/dev/null; } \
+		|| echo "ser2net could not be installed: the console scenario's ser2net baselines are skipped"
 	$(GO) build -o bin/boardvisor ./cmd/boardvisor
 	$(GO) build -o bin/bench ./tests/bench
 	./bin/bench -bin bin/boardvisor -out bin/bench-results.json -fleet-duration $(FLEET_DURATION)

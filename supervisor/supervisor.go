@@ -46,6 +46,9 @@ type Options struct {
 	Exporter *exporter.Service
 	// HookEnv, if set, adds to every hook's environment (see lease.Config).
 	HookEnv func(job string) []string
+	// ConsoleTick is how long unattended console output may wait to be handed to the
+	// outbox (zero: board.ConsoleTick).
+	ConsoleTick time.Duration
 	// HookCgroup is the cgroup v2 directory for the hook runs' cgroups (config
 	// hookCgroup); empty: found at start (jhook.FindCgroupBase), and without a writable
 	// one hooks run without (one warning says what is lost).
@@ -134,7 +137,8 @@ func Start(opts Options) (*Supervisor, error) {
 	s := &Supervisor{opts: opts, log: opts.Logger, sys: actors.NewSystem(opts.Logger)}
 	s.host = s.sys.Root.SpawnPrefix(host.Props(host.Config{Boards: opts.Boards, Conn: opts.Conn, Sinks: opts.Sinks,
 		Store: opts.Store, Runner: runner, StateDir: opts.StateDir, Logger: opts.Logger.Named("host"),
-		Restore: restore, CannotResume: lost, Reemit: reemit, KeepEnded: keepEnded, HookEnv: opts.HookEnv}), "host")
+		Restore: restore, CannotResume: lost, Reemit: reemit, KeepEnded: keepEnded, HookEnv: opts.HookEnv,
+		ConsoleTick: opts.ConsoleTick}), "host")
 	return s, nil
 }
 

@@ -34,7 +34,10 @@ type Config struct {
 	Before, After *lease.HookConfig
 	Drivers       []driver.Driver
 
-	Outbox   *actor.PID
+	Outbox *actor.PID
+	// Console, if set, gathers the board's console output for the outbox per tick
+	// (shared by the boards of a host); nil sends each chunk as an event at once.
+	Console  *ConsoleBatch
 	Store    actors.Store
 	Runner   *jhook.Runner
 	StateDir string
@@ -138,16 +141,7 @@ func (b *boardActor) Receive(ctx actor.Context) {
 			b.setHealth(ctx, jobs.HealthGood, "")
 		}
 	case *actors.DriverOutput:
-		job := b.consoleJob()
-		off := &b.boardConsole
-		if job != "" {
-			if b.leaseConsoleJob != job {
-				b.leaseConsoleJob, b.leaseConsole = job, 0
-			}
-			off = &b.leaseConsole
-		}
-		b.emit(ctx, job, connector.Event{Console: &connector.Console{Source: jobs.SourceDriver, Data: m.Data, Offset: *off}})
-		*off += uint64(len(m.Data))
+		b.driverOutput(ctx, m)
 	case *actors.GetBoard:
 		ctx.Respond(&actors.BoardState{Name: b.cfg.Name, Status: b.status, Health: b.health, Holder: b.holder,
 			Waiting: append([]string(nil), b.waiting...)})
@@ -318,6 +312,10 @@ func (b *boardActor) acquire(ctx actor.Context, jobID string) {
 }
 
 func (b *boardActor) release(ctx actor.Context, jobID string) {
+	// The lease's console output is numbered before its end, which follows Released.
+	if b.cfg.Console != nil {
+		b.cfg.Console.Flush(b.cfg.Name)
+	}
 	if li, ok := b.leases[jobID]; ok {
 		ctx.Send(li.pid, &actors.Released{})
 	}
@@ -402,6 +400,42 @@ func (b *boardActor) driverFault(ctx actor.Context, m *driverFault) {
 	if b.health == jobs.HealthGood {
 		b.setHealth(ctx, jobs.HealthUnknown, fmt.Sprintf("driver %s failed: %v", name, m.reason))
 	}
+}
+
+// driverOutput makes a console event of a chunk a driver read, tagged with the lease
+// that holds the board now (or none) and its offset there. An attended console's chunk
+// goes to the outbox at once; an unattended one's waits for the console batch's tick.
+func (b *boardActor) driverOutput(ctx actor.Context, m *actors.DriverOutput) {
+	job := b.consoleJob()
+	off := &b.boardConsole
+	if job != "" {
+		if b.leaseConsoleJob != job {
+			b.leaseConsoleJob, b.leaseConsole = job, 0
+		}
+		off = &b.leaseConsole
+	}
+	ev := connector.Event{Board: b.cfg.Name, JobID: job, Console: &connector.Console{Source: jobs.SourceDriver, Data: m.Data, Offset: *off}}
+	*off += uint64(len(m.Data))
+	switch {
+	case b.cfg.Console == nil:
+		ctx.Send(b.cfg.Outbox, &actors.Emit{Event: ev})
+	case b.attended(m.Driver):
+		b.cfg.Console.Now(ev)
+	default:
+		b.cfg.Console.Add(ev)
+	}
+}
+
+// attended reports whether someone interacts with the driver's console now (see
+// serial.Driver.SetAttended); a driver that cannot tell is not.
+func (b *boardActor) attended(name string) bool {
+	for _, d := range b.cfg.Drivers {
+		if d.Name() == name {
+			a, ok := d.(interface{ Attended() bool })
+			return ok && a.Attended()
+		}
+	}
+	return false
 }
 
 // consoleJob is the lease console bytes belong to: the holder while it uses the board.

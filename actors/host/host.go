@@ -45,6 +45,9 @@ type Config struct {
 	// KeepEnded and HookEnv are passed to every board (see lease.Config).
 	KeepEnded bool
 	HookEnv   func(job string) []string
+	// ConsoleTick is how long unattended console output may wait to be handed to the
+	// outbox (zero: board.ConsoleTick).
+	ConsoleTick time.Duration
 }
 
 // Unresumable is a lease that cannot be resumed after a restart, and why.
@@ -67,14 +70,21 @@ type hostActor struct {
 	cfg    Config
 	log    hclog.Logger
 	outbox *actor.PID
-	boards map[string]*actor.PID
-	jobs   map[string]string // job ID -> board name
+	// console gathers the boards' unattended console output per tick.
+	console *board.ConsoleBatch
+	boards  map[string]*actor.PID
+	jobs    map[string]string // job ID -> board name
 }
 
 func (h *hostActor) Receive(ctx actor.Context) {
 	switch m := ctx.Message().(type) {
 	case *actor.Started:
 		h.started(ctx)
+	case *actor.Stopping, *actor.Restarting:
+		// Before the outbox stops: the console output held for the next tick goes now.
+		if h.console != nil {
+			h.console.Close()
+		}
 	case *actors.StartJob:
 		h.startJob(ctx, m)
 	case *actors.StopJob:
@@ -121,6 +131,7 @@ func (h *hostActor) started(ctx actor.Context) {
 	if err != nil {
 		panic(fmt.Errorf("start outbox: %w", err))
 	}
+	h.console = board.NewConsoleBatch(ctx.ActorSystem().Root, h.outbox, h.cfg.ConsoleTick)
 	known := map[string]bool{}
 	for _, bc := range h.cfg.Boards {
 		known[bc.Name] = true
@@ -154,7 +165,7 @@ func (h *hostActor) started(ctx actor.Context) {
 		if bc.HookEnv == nil {
 			bc.HookEnv = h.cfg.HookEnv
 		}
-		bc.Outbox = h.outbox
+		bc.Outbox, bc.Console = h.outbox, h.console
 		if bc.Store == nil {
 			bc.Store = h.cfg.Store
 		}

@@ -44,20 +44,43 @@ type Config struct {
 	// WriteTimeout bounds one Write (default 10s): a device that does not drain its
 	// output (flow control, a wedged adapter) fails the Write instead of blocking it.
 	WriteTimeout time.Duration
-	// Coalesce is how long Run lets a slow console's bytes gather after a small read
-	// (under CoalesceBelow bytes) before reading again: at 115200 baud bytes trickle in,
-	// and every read costs CPU, so a thousand consoles read in bursts cost a fraction of
-	// reading every few bytes. It delays console output by at most Coalesce. A fast
-	// source (large reads) is read without pause. Zero means DefaultCoalesce; negative
-	// turns it off.
+	// Coalesce is how long Run lets an unattended console's bytes gather in the kernel
+	// between two reads (see SetAttended): at 115200 baud bytes trickle in, every read
+	// costs CPU, and a thousand consoles read in bursts cost a fraction of reading every
+	// few bytes. It is capped so that the line rate cannot bring more than PendingBudget
+	// bytes meanwhile (the tty layer's line discipline buffers 4 KiB; past it a pty
+	// stalls its writer and a UART leans on the driver's flip buffers), so that no byte
+	// is ever lost to coalescing: 250 ms stays 250 ms at 115200 baud, becomes 33 ms at
+	// 921600. A read that brings PendingBudget bytes or more is followed by another at
+	// once (the console is faster than the pause assumed). An attended console is read
+	// without pause. Zero means DefaultCoalesce; negative turns it off.
 	Coalesce time.Duration
 }
 
-// DefaultCoalesce is Config.Coalesce's default.
-const DefaultCoalesce = 50 * time.Millisecond
+// DefaultCoalesce is Config.Coalesce's default (chosen by measurement: see the console
+// rows of make bench).
+const DefaultCoalesce = 250 * time.Millisecond
 
-// CoalesceBelow is the read size under which Run pauses for Config.Coalesce.
-const CoalesceBelow = 1024
+// PendingBudget is how many bytes the line rate may bring during one coalescing pause:
+// three quarters of the 4 KiB buffer of the kernel's line discipline (N_TTY_BUF_SIZE).
+const PendingBudget = 3 * 1024
+
+// Pause returns how long Run waits between two reads of an unattended console: Coalesce
+// (with its default), capped so that the line rate brings at most PendingBudget bytes
+// meanwhile; zero when coalescing is off.
+func (c Config) Pause() time.Duration {
+	c = c.withDefaults()
+	if c.Coalesce <= 0 {
+		return 0
+	}
+	bits := 1 + c.DataBits + c.StopBits // a start bit, the data bits, the stop bits
+	if c.Parity != "none" {
+		bits++
+	}
+	bytesPerSecond := float64(c.Baud) / float64(bits)
+	capped := time.Duration(float64(PendingBudget) / bytesPerSecond * float64(time.Second))
+	return min(c.Coalesce, capped)
+}
 
 // withDefaults returns c with its zero fields set to their defaults.
 func (c Config) withDefaults() Config {

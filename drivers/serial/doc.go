@@ -25,16 +25,37 @@
 //     select(2) on a fixed-size fd_set. A host supervising hundreds of boards gets there.
 //   - Modem-line calls fail with ENOTTY on a pseudo-terminal, and setting
 //     Mode.InitialStatusBits makes Open itself fail on one.
-//   - A Port hides its descriptor, so it cannot be put under Go's poller.
+//   - A Port hides its descriptor, so it cannot be waited for with the others.
 //
-// The documented fallback: Run opens the device with os.OpenFile(path,
-// O_RDWR|O_NOCTTY|O_NONBLOCK), so the *os.File is under Go's poller (reads at any
-// descriptor number, read and write deadlines, Close unblocking a pending Read), and
-// sets raw mode and the line settings of the Mode with TCGETS/TCSETS ioctls through
-// SyscallConn().Control, which keeps the descriptor non-blocking (os.File.Fd would not).
-// Rates outside the standard Bnnn table are set with TCSETS2/BOTHER where the
-// architecture has it, and refused where it does not. Modem-line calls that fail with
-// ENOTTY or EINVAL (a pty) report drivers.ErrNotSupported.
+// Run opens the device with open(2) (O_RDWR|O_NOCTTY|O_NONBLOCK) and sets raw mode and
+// the line settings of the Mode with TCGETS/TCSETS ioctls. Rates outside the standard
+// Bnnn table are set with TCSETS2/BOTHER where the architecture has it, and refused where
+// it does not. Modem-line calls that fail with ENOTTY or EINVAL (a pty) report
+// drivers.ErrNotSupported.
+//
+// # Reading: one reader for every console, adaptive
+//
+// The descriptor is not put under Go's poller either (STACK.md's first fallback): the
+// poller registers it for input and output, edge triggered, and a tty reports itself
+// writable at every wake-up of its wait queue, which comes with every chunk of input, so
+// a thousand consoles woke the runtime's poller with every few bytes they received, even
+// while nobody wanted to read them (make bench's console sweep measures the difference:
+// about four times the CPU of reading the same consoles in rounds). Instead one reader
+// goroutine per process (reader.go) owns an epoll set of its own: a console that is quiet
+// or attended is armed for one EPOLLIN at a time (EPOLLONESHOT); one that streams while
+// unattended is not armed at all during its pause, and is read when the pause ends, with
+// the others due in the same 20 ms round. Descriptor numbers above 1024 are no concern
+// (epoll, and poll(2) for a Write waiting for room). Cancelling Run removes the console
+// from the reader (no read and no out call after that) and closes it; a Write waiting for
+// room is woken then.
+//
+// An attended console (SetAttended: a client follows it, or typed into it lately) is read
+// as soon as bytes come, and each chunk is handed on at once. An unattended one is read
+// in bursts, Config.Pause apart (250 ms by default), so that its bytes gather in the
+// kernel meanwhile: the pause is capped so that the line rate brings at most
+// PendingBudget (3 KiB) of the line discipline's 4 KiB buffer, and shortened from cycle
+// to cycle by the console's measured rate, so that no byte is lost or held back by it (on
+// a pty a full buffer would stall the writer; on a UART the flip buffers would fill).
 //
 // Device identity (Identify) reads the device's USB attributes from sysfs, the way
 // go.bug.st/serial/enumerator does, but for the one device asked about. The enumerator

@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/boardvisor/boardvisor/drivers/internal/ptypair"
 	"github.com/boardvisor/boardvisor/drivers/internal/tty"
@@ -11,7 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// termiosOf reads the line settings of the terminal at path.
+// termiosOf reads the line settings of the terminal f.
 func termiosOf(t *testing.T, f *os.File) *unix.Termios {
 	t.Helper()
 	var got *unix.Termios
@@ -19,6 +20,16 @@ func termiosOf(t *testing.T, f *os.File) *unix.Termios {
 		got, err = unix.IoctlGetTermios(fd, unix.TCGETS)
 		return err
 	}); err != nil {
+		t.Fatal(err)
+	}
+	return got
+}
+
+// termiosOfFD reads the line settings of the terminal descriptor fd.
+func termiosOfFD(t *testing.T, fd int) *unix.Termios {
+	t.Helper()
+	got, err := unix.IoctlGetTermios(fd, unix.TCGETS)
+	if err != nil {
 		t.Fatal(err)
 	}
 	return got
@@ -56,8 +67,8 @@ func TestLineSettingsMatchGoBugStSerial(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		got := termiosOf(t, f)
-		f.Close()
+		got := termiosOfFD(t, f)
+		unix.Close(f)
 		want := termiosOf(t, theirs.Slave)
 		if got.Cflag&cflagMask != want.Cflag&cflagMask || got.Iflag&iflagMask != want.Iflag&iflagMask ||
 			got.Lflag&lflagMask != want.Lflag&lflagMask || got.Oflag&unix.OPOST != want.Oflag&unix.OPOST {
@@ -82,12 +93,9 @@ func TestNonStandardBaud(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	var t2 *unix.Termios
-	if err := tty.Control(f, func(fd int) (err error) {
-		t2, err = unix.IoctlGetTermios(fd, unix.TCGETS2)
-		return err
-	}); err != nil {
+	defer unix.Close(f)
+	t2, err := unix.IoctlGetTermios(f, unix.TCGETS2)
+	if err != nil {
 		t.Fatal(err)
 	}
 	if t2.Cflag&unix.CBAUD != unix.BOTHER || t2.Ospeed != 250000 {
@@ -162,5 +170,35 @@ func mustSymlink(t *testing.T, target, link string) {
 	t.Helper()
 	if err := os.Symlink(target, link); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// The pause after a cycle fits the console's rate into the budget: a slow console gets
+// the whole pause, a faster one shorter pauses each cycle, a flood none.
+func TestNextPause(t *testing.T) {
+	const max = 250 * time.Millisecond
+	for _, tc := range []struct {
+		bytes   int
+		elapsed time.Duration
+		want    time.Duration
+	}{
+		{0, time.Second, max},
+		{1, 10 * time.Second, max},
+		{2880, 250 * time.Millisecond, max}, // 115200 baud
+		{4095 + 600, 250 * time.Millisecond, 250 * time.Millisecond * 3072 / 4695}, // the line discipline filled up
+		{64 << 10, 10 * time.Millisecond, 0},                                       // a flood: read on
+		{PendingBudget, 2 * time.Millisecond, 2 * time.Millisecond},                // exactly the budget
+	} {
+		if got := nextPause(max, tc.bytes, tc.elapsed); got != tc.want {
+			t.Errorf("nextPause(%s, %d bytes, %s) = %s, want %s", max, tc.bytes, tc.elapsed, got, tc.want)
+		}
+	}
+	// Cycle after cycle at a rate the pause cannot hold, the pause shrinks to nothing.
+	p, cycles := max, 0
+	for ; p > 0 && cycles < 100; cycles++ {
+		p = nextPause(max, 4095+600, p) // each cycle: a full line discipline and a little more
+	}
+	if p != 0 || cycles > 30 {
+		t.Errorf("a flood still pauses %s after %d cycles", p, cycles)
 	}
 }

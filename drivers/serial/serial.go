@@ -4,14 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/boardvisor/boardvisor/drivers"
-	"github.com/boardvisor/boardvisor/drivers/internal/tty"
 	bugst "go.bug.st/serial"
 	"golang.org/x/sys/unix"
 )
@@ -25,12 +24,21 @@ const ReadBufferSize = 32 * 1024
 // overlap. Write, ModemStatus, SetDTR, SetRTS and SendBreak are safe for concurrent use
 // with Run and with each other.
 type Driver struct {
-	cfg  Config
-	mode bugst.Mode
+	cfg   Config
+	mode  bugst.Mode
+	pause time.Duration // between reads of an unattended console (Config.Pause)
+
+	// attended is set while someone interacts with the console (SetAttended): it is
+	// read without pause.
+	attended atomic.Bool
 
 	running sync.Mutex // held by Run: one Run at a time
-	mu      sync.Mutex // guards file
-	file    *os.File   // the open device while Run runs, else nil
+	// fdMu guards fd: readers (Write, the ioctls) hold it shared while they use the
+	// descriptor; Run takes it exclusively to close it.
+	fdMu    sync.RWMutex
+	fd      int        // the open device while Run runs, else -1
+	stopFd  int        // an eventfd that wakes a Write waiting for room when Run ends
+	conn    *conn      // Run's registration with the reader (guarded by fdMu)
 	writeMu sync.Mutex // serializes Writes, so that chunks from two writers never interleave
 }
 
@@ -41,8 +49,32 @@ func New(cfg Config) (*Driver, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Driver{cfg: cfg, mode: m}, nil
+	return &Driver{cfg: cfg, mode: m, pause: cfg.Pause(), fd: -1, stopFd: -1}, nil
 }
+
+// SetAttended says whether someone interacts with the console now (a client follows it,
+// or typed into it lately): an attended console is read and handed on at once, each
+// chunk as it comes; an unattended one is read in bursts, Config.Pause apart, so that
+// its bytes gather in the kernel meanwhile. Switching to attended ends a pause at once.
+// Safe for concurrent use; the order and integrity of the bytes never depend on it.
+func (d *Driver) SetAttended(on bool) {
+	if d.attended.Swap(on) == on || !on {
+		return
+	}
+	d.fdMu.RLock()
+	c := d.conn
+	d.fdMu.RUnlock()
+	if c != nil {
+		c.r.hurry(c)
+	}
+}
+
+// Attended reports what SetAttended last set.
+func (d *Driver) Attended() bool { return d.attended.Load() }
+
+// Pause returns how long Run waits between two reads while the console is unattended
+// (Config.Pause of the driver's configuration).
+func (d *Driver) Pause() time.Duration { return d.pause }
 
 // Name returns the driver's name within its board (Config.Name, default "serial").
 func (d *Driver) Name() string { return d.cfg.Name }
@@ -54,7 +86,9 @@ func (d *Driver) Device() string { return d.cfg.Device }
 func (d *Driver) Mode() bugst.Mode { return d.mode }
 
 // Run opens the device, applies the line settings and reads until ctx is done (then it
-// returns nil) or the device fails. Each chunk read goes to out as a fresh slice.
+// returns nil) or the device fails. Each chunk read goes to out as a fresh slice; out is
+// called from the process's console reader (see reader), must not block, and is not
+// called once Run has returned.
 //
 // The errors name the device: "serial /dev/ttyUSB0: device not present: ..." when the
 // path does not exist (yet), "serial /dev/ttyUSB0: device gone: ..." when it goes away
@@ -68,86 +102,123 @@ func (d *Driver) Run(ctx context.Context, out func([]byte)) error {
 	if err := ctx.Err(); err != nil {
 		return nil
 	}
-	f, id, err := d.open()
+	fd, id, err := d.open()
 	if err != nil {
 		return err
 	}
-	d.mu.Lock()
-	d.file = f
-	d.mu.Unlock()
-	defer func() {
-		d.mu.Lock()
-		d.file = nil
-		d.mu.Unlock()
-		_ = tty.Control(f, func(fd int) error { return unix.IoctlSetInt(fd, unix.TIOCNXCL, 0) })
-		f.Close()
-	}()
+	stopFd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		closeDevice(fd)
+		return d.errorf("eventfd: %w", err)
+	}
+	r, err := acquireReader()
+	if err != nil {
+		closeDevice(fd)
+		unix.Close(stopFd)
+		return d.errorf("console reader: %w", err)
+	}
+	defer releaseReader(r)
+	c := &conn{r: r, fd: fd, d: d, out: out, fail: make(chan error, 1), id: id}
+	d.fdMu.Lock()
+	d.fd, d.stopFd, d.conn = fd, stopFd, c
+	d.fdMu.Unlock()
+	if err := r.add(c); err != nil {
+		err = d.errorf("register with the console reader: %w", err)
+		d.close(c)
+		return err
+	}
+	defer d.close(c)
 
-	// Cancelling ctx moves the read deadline to the past, which wakes a pending Read.
-	stop := context.AfterFunc(ctx, func() { _ = f.SetReadDeadline(time.Unix(1, 0)) })
-	defer stop()
-
-	buf := make([]byte, ReadBufferSize)
-	for {
-		// Set the deadline before checking ctx: a cancel after the check moves the
-		// deadline to the past after this line, so it cannot be lost.
-		if err := f.SetReadDeadline(time.Now().Add(d.cfg.CheckInterval)); err != nil {
-			return d.errorf("set read deadline: %w", err)
-		}
+	// The reader also checks, every CheckInterval, that the path still names the device.
+	select {
+	case <-ctx.Done():
+		return nil
+	case err := <-c.fail:
 		if ctx.Err() != nil {
 			return nil
 		}
-		n, err := f.Read(buf)
-		if n > 0 {
-			out(append([]byte(nil), buf[:n]...))
-		}
-		if err == nil && n < CoalesceBelow && d.cfg.Coalesce > 0 {
-			// A slow console: let its bytes gather (the kernel buffers them) rather than
-			// waking for every few of them.
-			t := time.NewTimer(d.cfg.Coalesce)
-			select {
-			case <-t.C:
-			case <-ctx.Done():
-				t.Stop()
-				return nil
-			}
-		}
-		switch {
-		case err == nil:
-		case ctx.Err() != nil:
-			return nil
-		case errors.Is(err, os.ErrDeadlineExceeded):
-			if err := d.checkPath(id); err != nil {
-				return err
-			}
-		case errors.Is(err, io.EOF):
-			return drivers.Absent(d.errorf("device gone: hangup (end of file)"))
-		case errors.Is(err, syscall.EIO), errors.Is(err, syscall.ENXIO), errors.Is(err, syscall.ENODEV):
-			return drivers.Absent(d.errorf("device gone: %w", unwrapPath(err)))
-		default:
-			return d.errorf("read: %w", unwrapPath(err))
-		}
+		return err
 	}
 }
 
+// close ends Run's registration (no read and no out call after it returns), wakes a
+// Write waiting for room, and closes the device once no Write or ioctl uses it.
+func (d *Driver) close(c *conn) {
+	c.r.remove(c)
+	_, _ = unix.Write(d.stopFd, []byte{1, 0, 0, 0, 0, 0, 0, 0})
+	d.fdMu.Lock()
+	fd, stopFd := d.fd, d.stopFd
+	d.fd, d.stopFd, d.conn = -1, -1, nil
+	d.fdMu.Unlock()
+	closeDevice(fd)
+	unix.Close(stopFd)
+}
+
+// closeDevice gives up exclusive use of the device and closes it.
+func closeDevice(fd int) {
+	_ = unix.IoctlSetInt(fd, unix.TIOCNXCL, 0)
+	unix.Close(fd)
+}
+
+// minPause is the shortest pause worth a timer: below it the console is read on at once.
+const minPause = time.Millisecond
+
+// nextPause sizes the pause after a cycle that brought bytes in elapsed: at most max, and
+// short enough that the console's rate brings at most PendingBudget bytes meanwhile. A
+// console faster than the line rate assumed (a burst, an emulator without pacing) thus
+// gets shorter pauses each cycle, down to none; a slow one gets max.
+func nextPause(max time.Duration, bytes int, elapsed time.Duration) time.Duration {
+	if bytes <= 0 || elapsed <= 0 {
+		return max
+	}
+	// PendingBudget / (bytes / elapsed), in integer arithmetic without overflow for
+	// any elapsed below a few years.
+	fit := time.Duration(float64(elapsed) * PendingBudget / float64(bytes))
+	if fit < minPause {
+		return 0
+	}
+	return min(max, fit)
+}
+
 // Write writes p to the device. It fails with an error wrapping drivers.ErrNotOpen when
-// Run has not opened the device, and with os.ErrDeadlineExceeded after
-// Config.WriteTimeout if the device does not take the bytes.
+// Run has not opened the device (or stops meanwhile), and with os.ErrDeadlineExceeded
+// after Config.WriteTimeout if the device does not take the bytes.
 func (d *Driver) Write(p []byte) (int, error) {
 	d.writeMu.Lock()
 	defer d.writeMu.Unlock()
-	f := d.current()
-	if f == nil {
+	d.fdMu.RLock()
+	defer d.fdMu.RUnlock()
+	fd := d.fd
+	if fd < 0 {
 		return 0, d.errorf("%w", drivers.ErrNotOpen)
 	}
-	if err := f.SetWriteDeadline(time.Now().Add(d.cfg.WriteTimeout)); err != nil {
-		return 0, d.writeError(err)
+	deadline := time.Now().Add(d.cfg.WriteTimeout)
+	written := 0
+	for written < len(p) {
+		n, err := unix.Write(fd, p[written:])
+		if n > 0 {
+			written += n
+		}
+		switch {
+		case err == nil, errors.Is(err, unix.EINTR):
+		case errors.Is(err, unix.EAGAIN):
+			// No room: wait until there is, the deadline passes or Run ends.
+			left := time.Until(deadline)
+			if left <= 0 {
+				return written, d.errorf("write: %w", os.ErrDeadlineExceeded)
+			}
+			fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}, {Fd: int32(d.stopFd), Events: unix.POLLIN}}
+			if _, err := unix.Poll(fds, int((left+time.Millisecond-1)/time.Millisecond)); err != nil && !errors.Is(err, unix.EINTR) {
+				return written, d.errorf("write: wait for room: %w", err)
+			}
+			if fds[1].Revents != 0 {
+				return written, d.errorf("%w", drivers.ErrNotOpen)
+			}
+		default:
+			return written, d.errorf("write: %w", err)
+		}
 	}
-	n, err := f.Write(p)
-	if err != nil {
-		return n, d.writeError(err)
-	}
-	return n, nil
+	return written, nil
 }
 
 // ModemStatus returns the modem input lines (CTS, DSR, RI, DCD). On a device without
@@ -198,52 +269,39 @@ func (d *Driver) SendBreak(dur time.Duration) error {
 // control runs an ioctl on the open device, mapping "no such ioctl here" to
 // drivers.ErrNotSupported.
 func (d *Driver) control(what string, fn func(fd int) error) error {
-	f := d.current()
-	if f == nil {
+	d.fdMu.RLock()
+	defer d.fdMu.RUnlock()
+	if d.fd < 0 {
 		return d.errorf("%s: %w", what, drivers.ErrNotOpen)
 	}
-	err := tty.Control(f, fn)
+	err := fn(d.fd)
 	switch {
 	case err == nil:
 		return nil
 	case errors.Is(err, syscall.ENOTTY), errors.Is(err, syscall.EINVAL):
 		return d.errorf("%s: %w by this device (%v)", what, drivers.ErrNotSupported, err)
-	case errors.Is(err, os.ErrClosed):
-		return d.errorf("%s: %w", what, drivers.ErrNotOpen)
 	default:
 		return d.errorf("%s: %w", what, err)
 	}
 }
 
-func (d *Driver) current() *os.File {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.file
-}
-
-func (d *Driver) writeError(err error) error {
-	if errors.Is(err, os.ErrClosed) {
-		return d.errorf("%w", drivers.ErrNotOpen)
-	}
-	return d.errorf("write: %w", unwrapPath(err))
-}
-
 // deviceID says which device node Run opened, to notice its path naming another one.
 type deviceID struct{ dev, ino, rdev uint64 }
 
-// open opens the device and applies the mode.
-func (d *Driver) open() (*os.File, deviceID, error) {
-	f, err := os.OpenFile(d.cfg.Device, os.O_RDWR|syscall.O_NOCTTY|syscall.O_NONBLOCK, 0)
+// open opens the device and applies the mode. The descriptor is non-blocking and stays
+// off Go's poller: the process's console reader (see reader) waits for it instead.
+func (d *Driver) open() (int, deviceID, error) {
+	fd, err := unix.Open(d.cfg.Device, unix.O_RDWR|unix.O_NOCTTY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
 	switch {
-	case errors.Is(err, os.ErrNotExist):
-		return nil, deviceID{}, drivers.Absent(d.errorf("device not present: %w", unwrapPath(err)))
-	case errors.Is(err, syscall.EBUSY):
-		return nil, deviceID{}, d.errorf("open: device busy (another program has it open exclusively): %w", unwrapPath(err))
+	case errors.Is(err, unix.ENOENT):
+		return -1, deviceID{}, drivers.Absent(d.errorf("device not present: open: %w", err))
+	case errors.Is(err, unix.EBUSY):
+		return -1, deviceID{}, d.errorf("open: device busy (another program has it open exclusively): %w", err)
 	case err != nil:
-		return nil, deviceID{}, d.errorf("open: %w", unwrapPath(err))
+		return -1, deviceID{}, d.errorf("open: %w", err)
 	}
 	var st unix.Stat_t
-	err = tty.Control(f, func(fd int) error {
+	err = func() error {
 		if err := unix.Fstat(fd, &st); err != nil {
 			return err
 		}
@@ -256,15 +314,15 @@ func (d *Driver) open() (*os.File, deviceID, error) {
 			return err
 		}
 		return nil
-	})
+	}()
 	if err != nil {
-		f.Close()
+		unix.Close(fd)
 		if errors.Is(err, syscall.ENOTTY) {
-			return nil, deviceID{}, d.errorf("not a terminal device: %w", err)
+			return -1, deviceID{}, d.errorf("not a terminal device: %w", err)
 		}
-		return nil, deviceID{}, d.errorf("configure: %w", err)
+		return -1, deviceID{}, d.errorf("configure: %w", err)
 	}
-	return f, deviceID{dev: st.Dev, ino: st.Ino, rdev: st.Rdev}, nil
+	return fd, deviceID{dev: st.Dev, ino: st.Ino, rdev: st.Rdev}, nil
 }
 
 // checkPath returns a "device gone" error if the configured path no longer names the

@@ -59,6 +59,8 @@ type Board struct {
 	loopWG  sync.WaitGroup // the loop goroutine
 	readWG  sync.WaitGroup // the input reader goroutine
 	on      atomic.Bool
+	sent    atomic.Int64 // bytes written to the console
+	stalls  atomic.Int64 // writes the pty did not take in time (nobody read it)
 
 	// Owned by the loop goroutine.
 	state    state
@@ -145,6 +147,14 @@ func (b *Board) Name() string { return b.name }
 // Path returns the path of the board's console (the pty slave, /dev/pts/N).
 func (b *Board) Path() string { return b.pair.Path }
 
+// Sent returns how many bytes the board has written to its console since it was made
+// (a benchmark checks its pace with it).
+func (b *Board) Sent() int64 { return b.sent.Load() }
+
+// Stalls returns how many of the board's writes its console did not take within
+// 50 ms (its reader fell behind, or nobody reads it).
+func (b *Board) Stalls() int64 { return b.stalls.Load() }
+
 // Powered reports whether the board is on.
 func (b *Board) Powered() bool { return b.on.Load() }
 
@@ -222,7 +232,13 @@ func (b *Board) loop() {
 			b.handlePower(r.op)
 			r.reply <- nil
 		case p := <-b.input:
+			// An idle line sends at once, as a UART does: the echo of a keystroke does not
+			// wait for the next pump (the pace still holds: pump spends tokens).
+			idle := len(b.queue) == 0
 			b.handleInput(p)
+			if idle {
+				b.pump()
+			}
 		case <-wake:
 			b.pump()
 		}
@@ -295,9 +311,11 @@ func (b *Board) pump() {
 		}
 		_ = b.pair.Master.SetWriteDeadline(now.Add(writeTimeout))
 		w, err := b.pair.Master.Write(c.data[:n])
+		b.sent.Add(int64(w))
 		c.data = c.data[w:]
 		b.tokens -= float64(w)
 		if err != nil {
+			b.stalls.Add(1)
 			return // nobody reads (deadline): try again at the next pump
 		}
 	}

@@ -273,6 +273,11 @@ type Serial struct {
 	DataBits int `yaml:"dataBits"`
 	// StopBits is 1 or 2 (default 1).
 	StopBits int `yaml:"stopBits"`
+	// Coalesce is how long an unattended console's bytes may gather in the kernel
+	// between two reads (default 250ms; never more than 3 KiB at the line rate, so that
+	// no byte is lost to it). An attended console (followed, or typed into lately) is
+	// read at once.
+	Coalesce Duration `yaml:"coalesce"`
 }
 
 // Power switches a board with shell commands; at least one command is required.

@@ -595,7 +595,7 @@ func TestExample(t *testing.T) {
 		t.Errorf("tls %+v", c.TLS)
 	}
 	rs = c.Resolve()
-	want := &Serial{Device: tty, Baud: 115200, Parity: "none", DataBits: 8, StopBits: 1}
+	want := &Serial{Device: tty, Baud: 115200, Parity: "none", DataBits: 8, StopBits: 1, Coalesce: Duration(250 * time.Millisecond)}
 	if len(rs) != 4 || !reflect.DeepEqual(rs[2].Serial, want) || rs[2].Power == nil || rs[2].Power.Cycle != "echo cycle" {
 		t.Fatalf("serial board: %+v", rs)
 	}

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/boardvisor/boardvisor/connector/tlsconf"
 	"github.com/boardvisor/boardvisor/jobs"
@@ -343,6 +344,9 @@ func checkSerial(s scope, ser *Serial) {
 	}
 	if ser.StopBits != 0 && ser.StopBits != 1 && ser.StopBits != 2 {
 		s.add("drivers.serial.stopBits", "%d is not 1 or 2", ser.StopBits)
+	}
+	if ser.Coalesce < 0 || ser.Coalesce.Std() > time.Minute {
+		s.add("drivers.serial.coalesce", "%s is out of range (want 0s to 1m; 0s means the default, 250ms)", ser.Coalesce.Std())
 	}
 }
 

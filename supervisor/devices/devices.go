@@ -19,6 +19,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/boardvisor/boardvisor/actors/driver"
 	"github.com/boardvisor/boardvisor/connector"
@@ -53,7 +54,7 @@ type Board struct {
 	console drivers.Console
 	power   drivers.Power
 	rec     *recording.Recorder
-	recCh   chan recItem
+	recW    *recWriter // the writer that owns rec's I/O
 	// recJob is the lease the recording is cut for now, as the console events say
 	// (touched only by Sink, which the outbox calls from one goroutine).
 	recJob  string
@@ -66,11 +67,61 @@ type Board struct {
 
 	mu   sync.Mutex
 	subs map[chan []byte]bool
+	// attend is how the console learns whether someone interacts with it (nil: no
+	// console, or one that does not care).
+	attend attendable
+	// lastWrite is when a client or hook last typed into the console; attendTimer
+	// re-decides once AttendAfterWrite has passed since then (guarded by mu).
+	lastWrite   time.Time
+	attendTimer *time.Timer
+	closed      bool
 }
 
-type recItem struct {
-	data       []byte
-	start, end string // lease to start or end recording
+// attendable is a console that reads differently when someone interacts with it
+// (*serial.Driver).
+type attendable interface{ SetAttended(bool) }
+
+// AttendAfterWrite is how long a console stays attended after a client or hook typed
+// into it: long enough to see the answer to what was typed at once, the next prompt,
+// the next keystroke.
+const AttendAfterWrite = 5 * time.Second
+
+// decideAttended tells the console whether it is attended now: while a client follows
+// it (console.stream), and for AttendAfterWrite after each write. Call with b.mu held.
+func (b *Board) decideAttended(now time.Time) {
+	if b.attend == nil {
+		return
+	}
+	recent := !b.lastWrite.IsZero() && now.Sub(b.lastWrite) < AttendAfterWrite
+	b.attend.SetAttended(!b.closed && (len(b.subs) > 0 || recent))
+	if recent && !b.closed {
+		left := AttendAfterWrite - now.Sub(b.lastWrite)
+		if b.attendTimer == nil {
+			b.attendTimer = time.AfterFunc(left, func() {
+				b.mu.Lock()
+				defer b.mu.Unlock()
+				b.decideAttended(time.Now())
+			})
+		} else {
+			b.attendTimer.Reset(left)
+		}
+	}
+}
+
+// typed notes a write into the console: it is attended for AttendAfterWrite from now.
+func (b *Board) typed() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.lastWrite = time.Now()
+	b.decideAttended(b.lastWrite)
+}
+
+// Attended reports whether someone interacts with the board's console now (a client
+// follows it, or typed into it within AttendAfterWrite).
+func (b *Board) Attended() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return !b.closed && (len(b.subs) > 0 || (!b.lastWrite.IsZero() && time.Since(b.lastWrite) < AttendAfterWrite))
 }
 
 // QEMURunDir is the directory under the state directory that holds the run directories
@@ -89,10 +140,11 @@ func runDirName(board string) string {
 
 // Manager holds the devices of every board of a supervisor.
 type Manager struct {
-	log    hclog.Logger
-	disk   *diskspace.Monitor
-	boards map[string]*Board
-	wg     sync.WaitGroup
+	log     hclog.Logger
+	disk    *diskspace.Monitor
+	boards  map[string]*Board
+	writers []*recWriter
+	wg      sync.WaitGroup // the recording writers
 	// images is the image store of image jobs (images.go).
 	images   *images.Store
 	leaseDir string
@@ -114,6 +166,7 @@ func Build(cfg *config.Config, logger hclog.Logger, disk *diskspace.Monitor) (*M
 	if err := m.openImages(cfg); err != nil {
 		return nil, err
 	}
+	m.startWriters()
 	for _, rb := range cfg.Resolve() {
 		b, err := m.build(cfg.StateDir, rb)
 		if err != nil {
@@ -154,6 +207,7 @@ func (m *Manager) build(stateDir string, rb config.ResolvedBoard) (*Board, error
 	case rb.Serial != nil:
 		consolePath = rb.Serial.Device
 		sc.Baud, sc.Parity, sc.DataBits, sc.StopBits = rb.Serial.Baud, rb.Serial.Parity, rb.Serial.DataBits, rb.Serial.StopBits
+		sc.Coalesce = rb.Serial.Coalesce.Std()
 	}
 	if rb.Power != nil {
 		pc, err := power.New(power.Config{Board: rb.Name, On: rb.Power.On, Off: rb.Power.Off, Cycle: rb.Power.Cycle, Timeout: rb.Power.Timeout.Std()})
@@ -168,16 +222,13 @@ func (m *Manager) build(stateDir string, rb config.ResolvedBoard) (*Board, error
 		if err != nil {
 			return nil, err
 		}
-		b.console = d
+		b.console, b.attend = d, d
 		b.Drivers = append(b.Drivers, d)
 		rec, err := recording.New(recording.Options{StateDir: stateDir, Board: rb.Name, Disk: m.disk})
 		if err != nil {
 			return nil, err
 		}
-		b.rec = rec
-		b.recCh = make(chan recItem, 1024)
-		m.wg.Add(1)
-		go m.record(b, b.recCh)
+		b.rec, b.recW = rec, m.writers[len(m.boards)%len(m.writers)]
 	}
 	return b, nil
 }
@@ -189,29 +240,6 @@ func seedOf(name string) uint64 {
 		h = (h ^ uint64(name[i])) * 1099511628211
 	}
 	return h
-}
-
-// record writes a board's console to its recording; it owns the recorder's I/O, so the
-// event path never waits for the disk.
-func (m *Manager) record(b *Board, items <-chan recItem) {
-	defer m.wg.Done()
-	for it := range items {
-		var err error
-		switch {
-		case it.start != "":
-			err = b.rec.StartLease(it.start)
-		case it.end != "":
-			err = b.rec.EndLease(it.end)
-		default:
-			_, err = b.rec.Write(it.data)
-		}
-		if err != nil {
-			m.log.Warn("console recording", "board", b.Name, "error", err)
-		}
-	}
-	if err := b.rec.Close(); err != nil {
-		m.log.Warn("close console recording", "board", b.Name, "error", err)
-	}
 }
 
 // Board returns a board's devices (nil if it has none).
@@ -235,10 +263,11 @@ func (m *Manager) PowerOn(ctx context.Context) {
 // that a lease's recording and its console events are the same bytes. A lease's file is
 // also started at its BEFORE_LEASE transition (so that a lease that printed nothing has
 // one) and closed when it leaves AFTER_LEASE. Sink never blocks: a slow watcher loses
-// bytes, the recording does only if its queue of 1024 chunks is full (both are logged).
+// bytes, the recording does only while its writer has RecordQueueBytes queued (both
+// are logged).
 func (m *Manager) Sink(ev connector.Event) {
 	b := m.boards[ev.Board]
-	if b == nil || b.recCh == nil {
+	if b == nil || b.rec == nil {
 		return
 	}
 	switch {
@@ -252,7 +281,7 @@ func (m *Manager) Sink(ev connector.Event) {
 		}
 		b.mu.Unlock()
 		m.recordFor(b, ev.JobID)
-		m.queue(b, recItem{data: ev.Console.Data})
+		b.recW.add(recItem{b: b, data: ev.Console.Data})
 	case ev.Transition != nil && ev.Transition.To == jobs.PhaseBeforeLease:
 		m.recordFor(b, ev.JobID)
 	case ev.Transition != nil && ev.Transition.From == jobs.PhaseAfterLease && b.recJob == ev.JobID:
@@ -267,20 +296,12 @@ func (m *Manager) recordFor(b *Board, job string) {
 		return
 	}
 	if b.recJob != "" {
-		m.queue(b, recItem{end: b.recJob})
+		b.recW.add(recItem{b: b, end: b.recJob})
 	}
 	if job != "" {
-		m.queue(b, recItem{start: job})
+		b.recW.add(recItem{b: b, start: job})
 	}
 	b.recJob = job
-}
-
-func (m *Manager) queue(b *Board, it recItem) {
-	select {
-	case b.recCh <- it:
-	default:
-		m.log.Warn("console recording falls behind; bytes dropped", "board", b.Name, "bytes", len(it.data))
-	}
 }
 
 // Call runs a driver method for a client or a hook.
@@ -314,6 +335,8 @@ func (m *Manager) Call(ctx context.Context, board, drv, method string, args []*s
 		if len(args) != 1 || args[0].GetStringValue() == "" {
 			return nil, status.Error(codes.InvalidArgument, "console.write takes one argument: the text to write")
 		}
+		// Typing makes the console attended first, so that the echo is read at once.
+		b.typed()
 		n, err := b.console.Write([]byte(args[0].GetStringValue()))
 		if err != nil {
 			code := codes.Unavailable
@@ -348,10 +371,12 @@ func (m *Manager) attach(ctx context.Context, b *Board, out func([]byte) error) 
 	ch := make(chan []byte, ConsoleBuffer)
 	b.mu.Lock()
 	b.subs[ch] = true
+	b.decideAttended(time.Now())
 	b.mu.Unlock()
 	defer func() {
 		b.mu.Lock()
 		delete(b.subs, ch)
+		b.decideAttended(time.Now())
 		b.mu.Unlock()
 	}()
 	for {
@@ -394,6 +419,8 @@ func (m *Manager) WriteConsole(board string, p []byte) (int, error) {
 	if b == nil || b.console == nil {
 		return 0, status.Errorf(codes.NotFound, "board %s has no console", board)
 	}
+	// Typing makes the console attended first, so that the echo is read at once.
+	b.typed()
 	return b.console.Write(p)
 }
 
@@ -403,15 +430,20 @@ func (m *Manager) Close() error {
 	if m.images != nil {
 		m.images.Close()
 	}
-	for _, b := range m.boards {
-		if b.recCh != nil {
-			close(b.recCh)
-			b.recCh = nil
-		}
-	}
-	m.wg.Wait()
+	m.stopWriters()
 	var errs []error
 	for _, b := range m.boards {
+		if b.rec != nil {
+			if err := b.rec.Close(); err != nil {
+				m.log.Warn("close console recording", "board", b.Name, "error", err)
+			}
+		}
+		b.mu.Lock()
+		b.closed = true
+		if b.attendTimer != nil {
+			b.attendTimer.Stop()
+		}
+		b.mu.Unlock()
 		for _, c := range b.closers {
 			errs = append(errs, c.Close())
 		}

@@ -2,6 +2,7 @@ package devices
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -10,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/boardvisor/boardvisor/connector"
 	"github.com/boardvisor/boardvisor/drivers/recording"
@@ -111,5 +113,103 @@ func TestQEMURunDirectoriesLiveUnderTheStateDir(t *testing.T) {
 	}
 	if entries, _ := os.ReadDir(filepath.Join(dir, QEMURunDir)); len(entries) != 0 {
 		t.Errorf("run directories left after Close: %v", entries)
+	}
+}
+
+// fakeConsole records what a board tells its console about being attended.
+type fakeConsole struct{ attended []bool }
+
+func (f *fakeConsole) SetAttended(on bool) { f.attended = append(f.attended, on) }
+
+// A console is attended while a client follows it, and for AttendAfterWrite after each
+// write; then it is not.
+func TestAttendedRules(t *testing.T) {
+	f := &fakeConsole{}
+	b := &Board{Name: "b1", subs: map[chan []byte]bool{}, attend: f}
+	t.Cleanup(func() {
+		b.mu.Lock()
+		b.closed = true
+		if b.attendTimer != nil {
+			b.attendTimer.Stop()
+		}
+		b.mu.Unlock()
+	})
+	last := func() bool { return f.attended[len(f.attended)-1] }
+	t0 := time.Now()
+	b.mu.Lock()
+	b.decideAttended(t0)
+	if last() {
+		t.Error("attended with nobody following or typing")
+	}
+	ch := make(chan []byte)
+	b.subs[ch] = true
+	b.decideAttended(t0)
+	if !last() {
+		t.Error("not attended while followed")
+	}
+	delete(b.subs, ch)
+	b.decideAttended(t0)
+	if last() {
+		t.Error("attended after the follower left")
+	}
+	b.lastWrite = t0
+	b.decideAttended(t0.Add(AttendAfterWrite - time.Millisecond))
+	if !last() {
+		t.Error("not attended just after a write")
+	}
+	b.decideAttended(t0.Add(AttendAfterWrite))
+	if last() {
+		t.Errorf("still attended %s after the last write", AttendAfterWrite)
+	}
+	if b.attendTimer == nil {
+		t.Error("no timer to end the attended time after a write")
+	}
+	b.mu.Unlock()
+}
+
+// The exporter's console (what `boardvisor console` uses) makes a console attended
+// like console.stream and console.write do: while a client is attached, and after each
+// key it types, so that the echo is read and forwarded at once.
+func TestExporterConsoleIsAttended(t *testing.T) {
+	dir := t.TempDir()
+	cfg, err := config.Parse("test.yaml", fmt.Appendf(nil, "stateDir: %s\nboards:\n  - name: b1\n    drivers: {virtual: {}}\n", dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := Build(cfg, hclog.NewNullLogger(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	b := m.Board("b1")
+	d, ok := b.attend.(interface{ Attended() bool })
+	if !ok {
+		t.Fatalf("the board's console %T cannot say whether it is attended", b.attend)
+	}
+	if d.Attended() {
+		t.Fatal("attended before anyone attached or typed")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- m.AttachConsole(ctx, "b1", func([]byte) error { return nil }) }()
+	deadline := time.Now().Add(30 * time.Second)
+	for !d.Attended() && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond) // AttachConsole gives no sign that it is attached
+	}
+	if !d.Attended() {
+		t.Error("not attended while a client is attached")
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("AttachConsole: %v", err)
+	}
+	if d.Attended() {
+		t.Error("still attended after the client left (and typed nothing)")
+	}
+	// The console is not open (no driver actor runs it): the write fails, but the key
+	// was typed, so the answer is awaited at once.
+	_, _ = m.WriteConsole("b1", []byte("x"))
+	if !d.Attended() {
+		t.Error("not attended after a key was typed through the exporter")
 	}
 }

@@ -143,20 +143,23 @@ func TestSeriesChangeAsALeaseRuns(t *testing.T) {
 	}
 	// The driver fails once and is restarted: health good -> unknown -> good.
 	waitEvents("the driver's restart", func(evs []connector.Event) bool {
-		n, unknown := 0, false
+		// Both runs' output ("login: ", then "ok\n"; merged into one event when they
+		// reach the outbox in the same console tick, which may be after the health
+		// changes).
+		n, unknown, good := 0, false, false
 		for _, ev := range evs {
 			if ev.Console != nil {
-				n++
+				n += len(ev.Console.Data)
 			}
 			if ev.BoardStatus != nil && ev.Board == "rpi" {
 				if ev.BoardStatus.Health == jobs.HealthUnknown {
 					unknown = true
 				} else if unknown && ev.BoardStatus.Health == jobs.HealthGood {
-					return n >= 2
+					good = true
 				}
 			}
 		}
-		return false
+		return good && n >= len("login: ok\n")
 	})
 	job := uuid.NewString()
 	sctx, scancel := context.WithTimeout(context.Background(), wait)

@@ -48,6 +48,7 @@ var children = map[string]func(e *env) error{
 	"fleet":       runFleet,
 	// Helpers run by scenarios, not scenarios themselves.
 	"farm":      runFarm,
+	"forwarder": runForwarder,
 	"hookprint": runHookPrint,
 }
 
@@ -69,6 +70,14 @@ func childMain(args []string) int {
 	fs.Duration("every", 0, "")
 	fs.Duration("delay", 0, "")
 	fs.Duration("duration", 0, "")
+	fs.String("ptys", "", "")
+	fs.Bool("shell", false, "")
+	fs.String("addr", "", "")
+	// Console scenario.
+	fs.Int("boards", ConsoleBoards, "")
+	fs.Int("seconds", ConsoleSeconds, "")
+	fs.String("baselines", ConsoleBaselines, "")
+	fs.String("sweep", "", "")
 	if err := fs.Parse(args[1:]); err != nil {
 		return 2
 	}

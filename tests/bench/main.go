@@ -9,6 +9,7 @@
 // row's note.
 //
 //	bench [-bin bin/boardvisor] [-out bin/bench-results.json] [-only idle,lease,...] [-profile DIR] [-fleet-duration 60s]
+//	      [-console-boards 1000] [-console-seconds 10] [-console-baselines forwarder,ser2net,ser2net-4k] [-console-sweep 50ms,...]
 package main
 
 import (
@@ -57,7 +58,7 @@ var scenarios = []scenario{
 	{name: "hooklog", timeout: 60 * time.Second},
 	{name: "hookflood", timeout: 180 * time.Second},
 	{name: "status", timeout: 60 * time.Second},
-	{name: "console", timeout: 120 * time.Second},
+	{name: "console", timeout: 300 * time.Second},
 	{name: "restart", timeout: 180 * time.Second},
 	{name: "link", timeout: 60 * time.Second},
 	{name: "image", timeout: 180 * time.Second},
@@ -75,8 +76,15 @@ func main() {
 	only := flag.String("only", "", "comma-separated scenarios to run (default all): "+names())
 	profile := flag.String("profile", "", "directory for a CPU profile of each in-process scenario")
 	fleetDuration := flag.Duration("fleet-duration", FleetDefaultDuration, "how long the fleet scenario's load runs (its baseline runs a quarter of it, at least 10s)")
+	conBoards := flag.Int("console-boards", ConsoleBoards, "console scenario: pseudo-terminals, one of them the shell typed into")
+	conSeconds := flag.Int("console-seconds", ConsoleSeconds, "console scenario: how long each run streams")
+	conBaselines := flag.String("console-baselines", ConsoleBaselines, "console scenario: baseline runs (forwarder, ser2net, ser2net-4k; empty: none)")
+	conSweep := flag.String("console-sweep", "", "console scenario: coalescing pauses to measure bare reads with, e.g. 50ms,100ms,200ms,500ms")
 	flag.Parse()
 	for i := range scenarios {
+		if scenarios[i].name == "console" {
+			scenarios[i].args = []string{"-boards", fmt.Sprint(*conBoards), "-seconds", fmt.Sprint(*conSeconds), "-baselines", *conBaselines, "-sweep", *conSweep}
+		}
 		if scenarios[i].name == "fleet" {
 			scenarios[i].args = []string{"-duration", fleetDuration.String()}
 			scenarios[i].timeout = *fleetDuration*5/2 + 6*time.Minute // SQLite, its baseline, PostgreSQL

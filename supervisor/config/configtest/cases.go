@@ -151,6 +151,8 @@ var Invalid = []Case{
 		`config.yaml:7: board "b1": drivers.serial.dataBits: 9 is out of range (want 5 to 8)`},
 	{"serial stop bits", "stateDir: /bv\nboards:\n  - name: b1\n    drivers:\n      serial:\n        device: {{DIR}}/tty\n        stopBits: 3\n",
 		`config.yaml:7: board "b1": drivers.serial.stopBits: 3 is not 1 or 2`},
+	{"serial coalesce", "stateDir: /bv\nboards:\n  - name: b1\n    drivers:\n      serial:\n        device: {{DIR}}/tty\n        coalesce: 2m\n",
+		`config.yaml:7: board "b1": drivers.serial.coalesce: 2m0s is out of range (want 0s to 1m; 0s means the default, 250ms)`},
 	{"serial device shared", "stateDir: /bv\nboards:\n  - name: b1\n    drivers: {serial: {device: {{DIR}}/tty}}\n  - name: b2\n    drivers: {serial: {device: {{DIR}}/tty}}\n",
 		`config.yaml:6: board "b2": drivers.serial.device: {{DIR}}/tty is also the serial device of board "b1" (at line 4)`},
 	{"serial in defaults", "stateDir: /bv\ndefaults:\n  drivers:\n    serial: {device: {{DIR}}/tty}\n" + board,

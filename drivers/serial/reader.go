@@ -1,0 +1,424 @@
+package serial
+
+import (
+	"container/heap"
+	"errors"
+	"runtime"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/boardvisor/boardvisor/drivers"
+	"golang.org/x/sys/unix"
+)
+
+// The console readers: a few goroutines (one per CPU, up to 4) read every console of the
+// process.
+//
+// Why not Go's poller: it registers each descriptor for input and output, edge
+// triggered, and a tty reports itself writable on every wake-up of its wait queue, which
+// its line discipline does for every chunk that comes in. A console fed every few
+// milliseconds (a UART interrupt, a simulated board's write) woke the runtime's poller
+// that often, paused or not: with a thousand consoles, more CPU went to those wake-ups
+// than to the reads (make bench's console sweep measures it). And a goroutine and a
+// timer per console cost a wake-up each per read.
+//
+// Here each console is in one of three states, changed by the reader goroutine only:
+//
+//   - paused (unattended, bytes flowing): in the due heap, not armed in the epoll set, so
+//     incoming bytes wake nobody; at its time it is read, whatever came meanwhile;
+//   - armed (quiet, or attended): waiting for EPOLLIN once (EPOLLONESHOT), read as soon as
+//     a byte comes;
+//   - failed: read no more; its Run returns the error.
+//
+// After a read that drained the kernel's buffer, an attended console is armed again, an
+// unattended one paused for nextPause (its rate fitted into PendingBudget, so that the
+// line discipline's 4 KiB never fill: no byte is lost or held back by coalescing); a read
+// that finds nothing arms it. SetAttended cuts a pause short. The reader holds a
+// console's lock while it reads it, and removal takes that lock, so no read and no out
+// call happen after remove returns.
+type reader struct {
+	ep, wake int // the epoll set; an eventfd that interrupts its wait
+
+	mu    sync.Mutex
+	conns map[int32]*conn
+	due   dueHeap
+	stop  bool
+	done  chan struct{}
+	buf   []byte // used by the reader goroutine only
+	users int    // Runs using it (under sharedMu)
+	// nextChecks is when the reader next looks for consoles whose path is due a check.
+	nextChecks time.Time
+}
+
+// conn is one console's registration.
+type conn struct {
+	r    *reader
+	fd   int
+	d    *Driver
+	out  func([]byte)
+	fail chan error // capacity 1: the error that ends Run
+
+	mu   sync.Mutex // held while the reader reads it
+	gone bool       // removed: never read again
+
+	// Reader goroutine's (at and index under reader.mu).
+	at         time.Time // when it is read next, while in the due heap
+	index      int       // in the due heap; -1 if not there
+	cycleStart time.Time
+	cycleBytes int
+	failed     bool
+	id         deviceID  // the device opened, to notice its path naming another
+	nextCheck  time.Time // when the path is checked next (see checkPaths)
+}
+
+var (
+	sharedMu sync.Mutex
+	// shared are the process's readers (readerShards of them at most, each its own
+	// goroutine and epoll set): a console goes to the one with the fewest, so that on a
+	// host with more cores the reads spread, and on a busy one a reader starved of CPU
+	// for a while holds back only its share.
+	shared []*reader
+)
+
+// readerShards is how many readers the process has at most: one per CPU the Go
+// runtime uses, up to 4.
+func readerShards() int { return min(max(runtime.GOMAXPROCS(0), 1), 4) }
+
+// acquireReader returns the reader with the fewest consoles, starting another while
+// there are fewer than readerShards and none is idle.
+func acquireReader() (*reader, error) {
+	sharedMu.Lock()
+	defer sharedMu.Unlock()
+	var best *reader
+	for _, r := range shared {
+		if best == nil || r.users < best.users {
+			best = r
+		}
+	}
+	if best == nil || (best.users > 0 && len(shared) < readerShards()) {
+		r, err := newReader()
+		switch {
+		case err == nil:
+			shared = append(shared, r)
+			best = r
+		case best == nil:
+			return nil, err
+		}
+	}
+	best.users++
+	return best, nil
+}
+
+// releaseReader stops a reader when its last user leaves.
+func releaseReader(r *reader) {
+	sharedMu.Lock()
+	defer sharedMu.Unlock()
+	if r.users--; r.users > 0 {
+		return
+	}
+	shared = slices.DeleteFunc(shared, func(x *reader) bool { return x == r })
+	r.mu.Lock()
+	r.stop = true
+	r.mu.Unlock()
+	r.kick()
+	<-r.done
+	unix.Close(r.ep)
+	unix.Close(r.wake)
+}
+
+func newReader() (*reader, error) {
+	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, err
+	}
+	wake, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		unix.Close(ep)
+		return nil, err
+	}
+	if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, wake, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(wake)}); err != nil {
+		unix.Close(ep)
+		unix.Close(wake)
+		return nil, err
+	}
+	r := &reader{ep: ep, wake: wake, conns: map[int32]*conn{}, done: make(chan struct{}), buf: make([]byte, ReadBufferSize)}
+	go r.run()
+	return r, nil
+}
+
+// kick interrupts the reader's wait (to see a change of the due heap, or stop).
+func (r *reader) kick() {
+	_, _ = unix.Write(r.wake, []byte{1, 0, 0, 0, 0, 0, 0, 0})
+}
+
+// add registers a console; it is read at once (bytes may be waiting).
+func (r *reader) add(c *conn) error {
+	c.index = -1
+	c.cycleStart = time.Now()
+	// Registered without EPOLLIN: only a hangup or an error is reported until it is armed.
+	if err := unix.EpollCtl(r.ep, unix.EPOLL_CTL_ADD, c.fd, &unix.EpollEvent{Events: unix.EPOLLONESHOT, Fd: int32(c.fd)}); err != nil {
+		return err
+	}
+	r.mu.Lock()
+	r.conns[int32(c.fd)] = c
+	c.at = time.Now()
+	c.nextCheck = c.at.Add(c.d.cfg.CheckInterval)
+	heap.Push(&r.due, c)
+	r.mu.Unlock()
+	r.kick()
+	return nil
+}
+
+// remove unregisters a console; when it returns, the reader no longer reads it nor calls
+// its out.
+func (r *reader) remove(c *conn) {
+	r.mu.Lock()
+	delete(r.conns, int32(c.fd))
+	if c.index >= 0 {
+		heap.Remove(&r.due, c.index)
+	}
+	r.mu.Unlock()
+	_ = unix.EpollCtl(r.ep, unix.EPOLL_CTL_DEL, c.fd, nil)
+	c.mu.Lock()
+	c.gone = true
+	c.mu.Unlock()
+}
+
+// hurry reads a paused console now (it became attended).
+func (r *reader) hurry(c *conn) {
+	r.mu.Lock()
+	if c.index < 0 {
+		r.mu.Unlock()
+		return
+	}
+	c.at = time.Now()
+	heap.Fix(&r.due, c.index)
+	r.mu.Unlock()
+	r.kick()
+}
+
+func (r *reader) run() {
+	defer close(r.done)
+	evs := make([]unix.EpollEvent, 256)
+	var ready []*conn
+	for {
+		r.mu.Lock()
+		if r.stop {
+			r.mu.Unlock()
+			return
+		}
+		// A round of path checks is due at least every checkRound.
+		timeout := max(int((time.Until(r.nextChecks)+time.Millisecond-1)/time.Millisecond), 0)
+		if len(r.due) > 0 {
+			// Paused consoles are read in rounds, dueSlot apart: one wake-up reads all
+			// those due in the slot (a pause ends up to a slot late).
+			at := r.due[0].at
+			if rem := at.UnixNano() % int64(dueSlot); rem != 0 {
+				at = at.Add(dueSlot - time.Duration(rem))
+			}
+			timeout = min(timeout, max(int((time.Until(at)+time.Millisecond-1)/time.Millisecond), 0))
+		}
+		r.mu.Unlock()
+		n, err := unix.EpollWait(r.ep, evs, timeout)
+		if err != nil && !errors.Is(err, unix.EINTR) {
+			// Cannot happen with a valid epoll set: should it, every console's Run fails
+			// (its driver is restarted, with a reader of its own) rather than hang.
+			r.broken(err)
+			return
+		}
+		now := time.Now()
+		ready = ready[:0]
+		r.mu.Lock()
+		for _, ev := range evs[:max(n, 0)] {
+			if int(ev.Fd) == r.wake {
+				var b [8]byte
+				_, _ = unix.Read(r.wake, b[:])
+				continue
+			}
+			if c := r.conns[ev.Fd]; c != nil {
+				if c.index >= 0 { // a hangup reported while paused
+					heap.Remove(&r.due, c.index)
+				}
+				ready = append(ready, c)
+			}
+		}
+		for len(r.due) > 0 && !r.due[0].at.After(now) {
+			ready = append(ready, heap.Pop(&r.due).(*conn))
+		}
+		var checks []*conn
+		if !now.Before(r.nextChecks) {
+			r.nextChecks = now.Add(checkRound)
+			for _, c := range r.conns {
+				if !now.Before(c.nextCheck) {
+					c.nextCheck = now.Add(c.d.cfg.CheckInterval)
+					checks = append(checks, c)
+				}
+			}
+		}
+		r.mu.Unlock()
+		for _, c := range ready {
+			r.read(c)
+		}
+		for _, c := range checks {
+			r.check(c)
+		}
+	}
+}
+
+// checkRound is how often the reader looks for consoles due a path check.
+const checkRound = 100 * time.Millisecond
+
+// check fails a console whose path no longer names the device it opened (a path that
+// goes away or changes without a hangup: a symlink re-pointed, a udev rename).
+func (r *reader) check(c *conn) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.gone || c.failed {
+		return
+	}
+	if err := c.d.checkPath(c.id); err != nil {
+		c.failWith(err)
+	}
+}
+
+// broken fails every console and makes the next Run start another reader.
+func (r *reader) broken(err error) {
+	sharedMu.Lock()
+	// No new console goes to it; its users still release it, the last one closes it.
+	shared = slices.DeleteFunc(shared, func(x *reader) bool { return x == r })
+	sharedMu.Unlock()
+	r.mu.Lock()
+	conns := make([]*conn, 0, len(r.conns))
+	for _, c := range r.conns {
+		conns = append(conns, c)
+	}
+	r.mu.Unlock()
+	for _, c := range conns {
+		c.mu.Lock()
+		c.failWith(c.d.errorf("console reader: wait: %w", err))
+		c.mu.Unlock()
+	}
+}
+
+// lineDisciplineFull is a read size that says the line discipline's buffer (4 KiB, less
+// one byte) was full, so that more may be waiting in the tty's flip buffers.
+const lineDisciplineFull = 4000
+
+// dueSlot is the granularity of the paused consoles' reads (see run).
+const dueSlot = 20 * time.Millisecond
+
+// maxReadsPerVisit bounds the reads of one console in a row, so that a flood does not
+// hold the reader from the others: past it the console is armed, and its turn comes again
+// with the next events.
+const maxReadsPerVisit = 16
+
+// read reads a console until it has drained the kernel's buffer, then arms or pauses it.
+func (r *reader) read(c *conn) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.gone || c.failed {
+		return
+	}
+	got := false
+	for i := 0; ; i++ {
+		if i == maxReadsPerVisit {
+			r.arm(c) // still more: readable at once, after the others' turn
+			return
+		}
+		n, err := unix.Read(c.fd, r.buf)
+		if n > 0 {
+			got = true
+			c.cycleBytes += n
+			c.out(append([]byte(nil), r.buf[:n]...))
+		}
+		switch {
+		case errors.Is(err, unix.EINTR):
+			continue
+		case errors.Is(err, unix.EAGAIN):
+			r.arm(c) // nothing more: wake on the next byte
+			return
+		case err != nil:
+			c.failWith(c.d.readError(err))
+			return
+		case n == 0:
+			c.failWith(drivers.Absent(c.d.errorf("device gone: hangup (end of file)")))
+			return
+		case n >= lineDisciplineFull:
+			continue // the line discipline was full: more is waiting behind it
+		}
+		break
+	}
+	if !got {
+		r.arm(c)
+		return
+	}
+	if c.d.attended.Load() || c.d.pause <= 0 {
+		r.arm(c)
+		return
+	}
+	now := time.Now()
+	wait := nextPause(c.d.pause, c.cycleBytes, now.Sub(c.cycleStart))
+	c.cycleStart, c.cycleBytes = now, 0
+	if wait <= 0 {
+		r.arm(c)
+		return
+	}
+	r.mu.Lock()
+	c.at = now.Add(wait)
+	heap.Push(&r.due, c)
+	r.mu.Unlock()
+	// An attended switch between the check above and the push would wait for the pause.
+	if c.d.attended.Load() {
+		r.hurry(c)
+	}
+}
+
+// arm waits for the console's next byte (once).
+func (r *reader) arm(c *conn) {
+	if err := unix.EpollCtl(r.ep, unix.EPOLL_CTL_MOD, c.fd, &unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT, Fd: int32(c.fd)}); err != nil {
+		c.failWith(c.d.errorf("wait for input: %w", err))
+	}
+}
+
+func (c *conn) failWith(err error) {
+	c.failed = true
+	select {
+	case c.fail <- err:
+	default:
+	}
+}
+
+// readError names a read failure: a device that went away is absent (its Run is tried
+// again later).
+func (d *Driver) readError(err error) error {
+	switch {
+	case errors.Is(err, unix.EIO), errors.Is(err, unix.ENXIO), errors.Is(err, unix.ENODEV):
+		return drivers.Absent(d.errorf("device gone: read: %w", err))
+	default:
+		return d.errorf("read: %w", err)
+	}
+}
+
+// dueHeap orders paused consoles by when they are read next.
+type dueHeap []*conn
+
+func (h dueHeap) Len() int           { return len(h) }
+func (h dueHeap) Less(i, j int) bool { return h[i].at.Before(h[j].at) }
+func (h dueHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].index, h[j].index = i, j
+}
+func (h *dueHeap) Push(x any) {
+	c := x.(*conn)
+	c.index = len(*h)
+	*h = append(*h, c)
+}
+func (h *dueHeap) Pop() any {
+	old := *h
+	c := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	c.index = -1
+	return c
+}
