@@ -94,7 +94,7 @@ func (c *Coordinator) CreateLease(ctx context.Context, req *pb.CreateLeaseReques
 		}
 		if b != nil {
 			c.take(l, b)
-			if err := insertLease(ctx, c.cached(tx), l); err != nil {
+			if err := insertLease(ctx, c.cached(tx), l, c.stepTerm); err != nil {
 				return err
 			}
 			if err := c.assigned(ctx, tx, fx, l, b); err != nil {
@@ -103,7 +103,7 @@ func (c *Coordinator) CreateLease(ctx context.Context, req *pb.CreateLeaseReques
 		} else {
 			c.live[l.ID] = l
 			c.queue.push(l)
-			if err := insertLease(ctx, c.cached(tx), l); err != nil {
+			if err := insertLease(ctx, c.cached(tx), l, c.stepTerm); err != nil {
 				return err
 			}
 			fx.leaseChanged(l)

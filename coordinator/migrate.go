@@ -55,6 +55,21 @@ var migrations = []migration{
 		`CREATE INDEX IF NOT EXISTS lease_logs_kept ON lease_logs (pruned_at, ended_at)`,
 		leaseHoldsTable,
 	}},
+	// The leader row (leader.go): one coordinator of several on one PostgreSQL is
+	// active, under a fencing term that each of its write transactions checks; the rows
+	// it writes carry the term.
+	{version: 5, what: "coordinator leadership: leader row, writer's term on events and leases", stmts: []string{
+		`CREATE TABLE IF NOT EXISTS coordinator_leader (
+			id         INTEGER PRIMARY KEY,
+			term       BIGINT NOT NULL,
+			holder     TEXT NOT NULL,
+			advertise  TEXT NOT NULL,
+			renewed_at BIGINT NOT NULL
+		)`,
+		`INSERT INTO coordinator_leader (id, term, holder, advertise, renewed_at) VALUES (1, 0, '', '', 0)`,
+		`ALTER TABLE events ADD COLUMN term BIGINT NOT NULL DEFAULT 0`,
+		`ALTER TABLE leases ADD COLUMN term BIGINT NOT NULL DEFAULT 0`,
+	}},
 }
 
 // hashTokens replaces the plain lease tokens of version 2 by their SHA-256 and drops the
