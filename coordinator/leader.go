@@ -3,11 +3,17 @@ package coordinator
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"os"
+	"strings"
 	"sync"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -198,6 +204,18 @@ func (c *Coordinator) execFenced(ctx context.Context, query string, args ...any)
 	return tx.Commit()
 }
 
+// dbConnLost reports whether err says the database connection was lost (the request
+// may be retried): PostgreSQL's operator intervention (57P..) and connection (08...)
+// classes, a connection the driver gave up, a network error.
+func dbConnLost(err error) bool {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return strings.HasPrefix(pgErr.Code, "57P") || strings.HasPrefix(pgErr.Code, "08")
+	}
+	var netErr net.Error
+	return errors.Is(err, driver.ErrBadConn) || errors.Is(err, io.ErrUnexpectedEOF) || errors.As(err, &netErr) || pgconn.SafeToRetry(err)
+}
+
 // run takes part in the election until the coordinator closes.
 func (l *leadership) run() {
 	defer close(l.done)
@@ -231,8 +249,9 @@ func (l *leadership) wait(d time.Duration) bool {
 // acquire stands by until this coordinator holds the lock and a new term; nil when
 // the coordinator closed.
 func (l *leadership) acquire() (*sql.Conn, int64) {
-	poll := l.renew / 2
+	poll := min(l.renew/2, 500*time.Millisecond)
 	logged := ""
+	standby := false
 	for {
 		select {
 		case <-l.c.done:
@@ -255,6 +274,7 @@ func (l *leadership) acquire() (*sql.Conn, int64) {
 				if term > 0 {
 					return conn, term
 				}
+				l.readActive() // the last leader's lease has not run out yet
 				if !l.wait(poll) {
 					_ = conn.Close()
 					return nil, 0
@@ -262,6 +282,10 @@ func (l *leadership) acquire() (*sql.Conn, int64) {
 			}
 		}
 		l.readActive()
+		if err == nil && conn == nil && !standby {
+			standby = true
+			l.c.log.Info("this coordinator is a standby: another one is active", "active", l.c.Role().ActiveAddr)
+		}
 		if !l.wait(poll) {
 			return nil, 0
 		}

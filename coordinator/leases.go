@@ -379,6 +379,12 @@ func rpcError(err error) error {
 	if errors.Is(err, context.DeadlineExceeded) {
 		return status.Error(codes.DeadlineExceeded, "request deadline exceeded")
 	}
+	if errors.Is(err, errNotLeader) {
+		return status.Error(codes.Unavailable, "this coordinator is no longer the active one: retry (with every coordinator's address, the client finds the active one)")
+	}
+	if dbConnLost(err) {
+		return status.Error(codes.Unavailable, "the coordinator lost its database connection: retry in a few seconds")
+	}
 	return status.Errorf(codes.Internal, "coordinator database: %s", strings.ReplaceAll(err.Error(), "\n", " "))
 }
 

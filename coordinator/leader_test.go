@@ -1,0 +1,77 @@
+package coordinator
+
+import (
+	"database/sql"
+	"strings"
+	"testing"
+	"time"
+
+	pb "github.com/boardvisor/boardvisor/proto/boardvisor/v1"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// TestFenceStopsAStaleLeader: a coordinator that believes it is active after another
+// took the lead (its renewal has not run yet: a paused process, a lock session gone
+// unnoticed) writes nothing: the write transaction finds another term and rolls back,
+// the request is refused Unavailable, the coordinator stands down at once, and its
+// supervisor session is ended, told to go elsewhere.
+func TestFenceStopsAStaleLeader(t *testing.T) {
+	if !onPostgres() {
+		t.Skip("leadership is PostgreSQL's (BOARDVISOR_TEST_DB=postgres); on SQLite a coordinator is always active")
+	}
+	e := newEnv(t, "", Options{LeaderRenew: time.Hour, LeaderLease: 2 * time.Hour, Advertise: "a.lab:7400"})
+	if r := e.c.Role(); !r.Active || r.Term != 1 {
+		t.Fatalf("a coordinator alone on its database: %+v, want active under term 1", r)
+	}
+	sup := e.dial("sup", []*pb.BoardInfo{board("b1", "device", "x")}, supOpts{})
+	db, err := sql.Open("pgx", pgURL(t, e.dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var leases int
+	if err := db.QueryRow(`SELECT COUNT(*) FROM leases`).Scan(&leases); err != nil {
+		t.Fatal(err)
+	}
+	// Another coordinator takes the lead (what leadership.take does).
+	if _, err := db.Exec(`UPDATE coordinator_leader SET term = term + 1, holder = 'other', advertise = 'b.lab:7400'`); err != nil {
+		t.Fatal(err)
+	}
+	_, err = e.create("device=x", "", time.Minute, "tester")
+	if status.Code(err) != codes.Unavailable {
+		t.Fatalf("CreateLease on a coordinator whose term was taken: %v, want Unavailable", err)
+	}
+	var after int
+	if err := db.QueryRow(`SELECT COUNT(*) FROM leases`).Scan(&after); err != nil {
+		t.Fatal(err)
+	}
+	if after != leases {
+		t.Fatalf("a coordinator whose term was taken wrote %d lease(s)", after-leases)
+	}
+	eventually(t, "the stale leader standing down", func() bool { return !e.c.Role().Active })
+	select {
+	case <-sup.done:
+	case <-time.After(waitTimeout):
+		t.Fatal("the supervisor's session was not ended when the coordinator stood down")
+	}
+	eventually(t, "a standby's refusal naming the active coordinator", func() bool {
+		_, err := e.api.ListBoards(e.ctx(), &pb.ListBoardsRequest{})
+		return status.Code(err) == codes.Unavailable && strings.Contains(status.Convert(err).Message(), "the active coordinator is b.lab:7400")
+	})
+	if _, err := e.tryDial("sup2", nil, supOpts{}); status.Code(err) != codes.Unavailable {
+		t.Fatalf("a supervisor's Connect to a standby: %v, want Unavailable", err)
+	}
+}
+
+// pgURL is the PostgreSQL database of a test's state directory.
+func pgURL(t *testing.T, dir string) string {
+	t.Helper()
+	pgMu.Lock()
+	defer pgMu.Unlock()
+	url := pgByDir[dir]
+	if url == "" {
+		t.Fatalf("no database for %s", dir)
+	}
+	return url
+}
