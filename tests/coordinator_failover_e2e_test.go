@@ -497,4 +497,3 @@ func TestCoordinatorFailoverLostDatabase(t *testing.T) {
 	}
 	l.checkFarm(append(leases, held.GetId()))
 }
-
