@@ -316,6 +316,13 @@ func (l *leadership) tryLock() (*sql.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The lock lasts as long as its session: have the server notice within seconds a
+	// peer gone silent (a cut network sends no FIN), not after the system's two hours
+	// of TCP keepalive. (Ignored over a Unix socket.)
+	if _, err := conn.ExecContext(ctx, `SET tcp_keepalives_idle = 1; SET tcp_keepalives_interval = 1; SET tcp_keepalives_count = 2`); err != nil {
+		_ = conn.Close()
+		return nil, err
+	}
 	var got bool
 	if err := conn.QueryRowContext(ctx, `SELECT pg_try_advisory_lock($1)`, leaderLockKey).Scan(&got); err != nil || !got {
 		_ = conn.Close()

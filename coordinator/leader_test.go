@@ -75,3 +75,67 @@ func pgURL(t *testing.T, dir string) string {
 	}
 	return url
 }
+
+// TestStandbyTakesOverOnClose: two coordinators on one database, started at once (they
+// migrate the schema in turn): one is active, the other stands by and refuses lease
+// work naming it; closing the active one hands the lead over without waiting for the
+// lease to run out, and the new one serves the lease the old one queued.
+func TestStandbyTakesOverOnClose(t *testing.T) {
+	if !onPostgres() {
+		t.Skip("leadership is PostgreSQL's (BOARDVISOR_TEST_DB=postgres)")
+	}
+	dirA, dirB := t.TempDir(), t.TempDir()
+	url, err := pgServer.NewDatabase()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pgMu.Lock()
+	pgByDir[dirA], pgByDir[dirB] = url, url
+	pgMu.Unlock()
+	// A long lease: only the hand-over at Close can explain a quick take-over.
+	opts := func(addr string) Options {
+		return Options{Advertise: addr, LeaderRenew: 200 * time.Millisecond, LeaderLease: time.Minute}
+	}
+	envs := make(chan *env, 2)
+	for _, d := range []struct{ dir, addr string }{{dirA, "a.lab:7400"}, {dirB, "b.lab:7400"}} {
+		go func() {
+			var e *env
+			defer func() { envs <- e }() // also when newEnv fails (t.Fatalf ends the goroutine)
+			e = newEnv(t, d.dir, opts(d.addr))
+		}()
+	}
+	e1, e2 := <-envs, <-envs
+	if e1 == nil || e2 == nil {
+		t.FailNow()
+	}
+	active, standby := e1, e2
+	if !e1.c.Role().Active {
+		active, standby = e2, e1
+	}
+	if active.c.Role().Active == standby.c.Role().Active {
+		t.Fatalf("two coordinators on one database: roles %+v and %+v, want one active", active.c.Role(), standby.c.Role())
+	}
+	addr := active.c.opts.Advertise
+	eventually(t, "the standby naming the active coordinator", func() bool {
+		_, err := standby.api.ListBoards(standby.ctx(), &pb.ListBoardsRequest{})
+		return status.Code(err) == codes.Unavailable && strings.Contains(status.Convert(err).Message(), "the active coordinator is "+addr)
+	})
+	active.dial("sup", []*pb.BoardInfo{board("b1", "device", "x")}, supOpts{})
+	active.mustCreate("device=x", "", time.Minute)
+	l := active.mustCreate("device=x", "", time.Minute)
+	if !l.GetQueued() {
+		t.Fatalf("a lease for the busy board: %v, want queued", l)
+	}
+	began := time.Now()
+	active.stop()
+	eventually(t, "the standby active", func() bool { return standby.c.Role().Active })
+	if took := time.Since(began); took > 30*time.Second {
+		t.Fatalf("hand-over took %s: the standby waited for the lease", took)
+	}
+	if r := standby.c.Role(); r.Term != 2 {
+		t.Fatalf("the new active coordinator's term: %d, want 2", r.Term)
+	}
+	if got := standby.get(l.GetId()); !got.GetQueued() {
+		t.Fatalf("the queued lease after the hand-over: %v", got)
+	}
+}

@@ -185,7 +185,9 @@ func migrate(ctx context.Context, db *sql.DB, sqlite bool) ([]int64, error) {
 			return applied, nil
 		}
 		m := migrations[v] // migrations[i] has version i+1
-		if err := runMigration(ctx, db, v, m, sqlite); err != nil {
+		if err := runMigration(ctx, db, v, m, sqlite); errors.Is(err, errMigratedMeanwhile) {
+			continue // another coordinator applied it: read the version again
+		} else if err != nil {
 			return applied, fmt.Errorf("schema migration %d (%s): %w", m.version, m.what, err)
 		}
 		applied = append(applied, m.version)
@@ -204,6 +206,10 @@ func readVersion(ctx context.Context, q querier) (int64, error) {
 	return v, nil
 }
 
+// errMigratedMeanwhile says that another coordinator migrated the schema while this one
+// waited for the lock.
+var errMigratedMeanwhile = errors.New("the schema was migrated meanwhile by another coordinator")
+
 func runMigration(ctx context.Context, db *sql.DB, from int64, m migration, sqlite bool) error {
 	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {
@@ -218,11 +224,10 @@ func runMigration(ctx context.Context, db *sql.DB, from int64, m migration, sqli
 		}
 	}
 	// Another coordinator may have migrated meanwhile: re-read under the write lock.
-	if v, err := readVersion(ctx, tx); err != nil || v != from {
-		if err == nil {
-			err = fmt.Errorf("schema version changed from %d to %d during the migration", from, v)
-		}
+	if v, err := readVersion(ctx, tx); err != nil {
 		return err
+	} else if v != from {
+		return errMigratedMeanwhile
 	}
 	for _, stmt := range m.stmts {
 		if _, err := tx.ExecContext(ctx, stmt); err != nil {
