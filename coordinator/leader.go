@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -36,7 +37,9 @@ import (
 // The active coordinator renews renewed_at (PostgreSQL's clock, so that hosts' clocks
 // do not matter) every LeaderRenew; a standby holding the lock takes the lead only once
 // renewed_at is older than LeaderLease, since a leader whose lock session is gone may
-// still have a write connection open until it notices. A leader whose renewal fails, or
+// still have a write connection open until it notices; a coordinator restarted on the
+// state directory of the last leader (same host, same directory: the directory's lock
+// says that process is dead) takes it at once. A leader whose renewal fails, or
 // whose write transaction finds another term, stands down at once: new requests and
 // Connects get Unavailable naming the active coordinator, pending ones fail with it,
 // supervisor sessions and client streams are ended with it, and the state loop and the
@@ -63,6 +66,7 @@ type leadership struct {
 	c                 *Coordinator
 	db                *sql.DB // the lock's pool: no idle connection, so that closing one ends its session
 	holder, advertise string
+	self              string // the holder's first part: host and state directory
 	renew, lease      time.Duration
 	lost              chan int64 // terms that a write transaction found taken
 	done              chan struct{}
@@ -85,6 +89,14 @@ func newLeadership(c *Coordinator, driver, dsn string) (*leadership, error) {
 	db.SetMaxIdleConns(0)
 	db.SetMaxOpenConns(2)
 	host, _ := os.Hostname()
+	dir, err := filepath.Abs(c.opts.StateDir)
+	if err != nil {
+		dir = c.opts.StateDir
+	}
+	// The holder names this host and state directory: a coordinator that finds the
+	// lead held by its own state directory's previous process knows that process is
+	// dead (it holds the directory's lock, lock.go), and need not wait for its lease.
+	self := host + ":" + dir
 	renew, lease := c.opts.LeaderRenew, c.opts.LeaderLease
 	if renew <= 0 {
 		renew = DefaultLeaderRenew
@@ -95,7 +107,7 @@ func newLeadership(c *Coordinator, driver, dsn string) (*leadership, error) {
 	lease = max(lease, 2*renew)
 	ctx, cancel := context.WithCancelCause(context.Background())
 	cancel(errStandbyCause)
-	return &leadership{c: c, db: db, holder: fmt.Sprintf("%s/%d/%d", host, os.Getpid(), time.Now().UnixNano()),
+	return &leadership{c: c, db: db, self: self, holder: fmt.Sprintf("%s %d.%d", self, os.Getpid(), time.Now().UnixNano()),
 		advertise: c.opts.Advertise, renew: renew, lease: lease, lost: make(chan int64, 1), done: make(chan struct{}),
 		activeCtx: ctx, cancel: cancel}, nil
 }
@@ -368,7 +380,7 @@ func (l *leadership) take(conn *sql.Conn) (int64, error) {
 		Scan(&term, &holder, &renewed, &now); err != nil {
 		return 0, fmt.Errorf("read the leader row: %w", err)
 	}
-	if term > 0 && now-renewed < l.lease.Nanoseconds() {
+	if term > 0 && now-renewed < l.lease.Nanoseconds() && !l.predecessor(holder) {
 		return 0, nil
 	}
 	if _, err := tx.ExecContext(ctx, `UPDATE coordinator_leader SET term = $1, holder = $2, advertise = $3, renewed_at = $4 WHERE id = 1`,
@@ -390,6 +402,13 @@ func (l *leadership) take(conn *sql.Conn) (int64, error) {
 	l.mu.Unlock()
 	l.c.activated()
 	return term + 1, nil
+}
+
+// predecessor reports whether a leader row's holder is an earlier process of this
+// coordinator's host and state directory (so dead: this one holds the directory's lock).
+func (l *leadership) predecessor(holder string) bool {
+	i := strings.LastIndexByte(holder, ' ')
+	return i > 0 && holder[:i] == l.self && holder != l.holder
 }
 
 // hold renews the lead until it is lost or the coordinator closes.

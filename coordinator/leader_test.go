@@ -139,3 +139,39 @@ func TestStandbyTakesOverOnClose(t *testing.T) {
 		t.Fatalf("the queued lease after the hand-over: %v", got)
 	}
 }
+
+// TestRestartTakesItsOwnLeadBack: a coordinator restarted on the state directory of the
+// last active one (its process died: this one holds the directory's lock) takes the
+// lead at once, without waiting for the dead one's lease; one on another directory
+// waits for it.
+func TestRestartTakesItsOwnLeadBack(t *testing.T) {
+	if !onPostgres() {
+		t.Skip("leadership is PostgreSQL's (BOARDVISOR_TEST_DB=postgres)")
+	}
+	dir, other := t.TempDir(), t.TempDir()
+	e := newEnv(t, dir, Options{LeaderLease: time.Hour})
+	holder := e.c.lead.holder
+	url := pgURL(t, dir)
+	e.stop()
+	db, err := sql.Open("pgx", url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	// As a kill -9 leaves it: the lead renewed just now, by a process that is gone.
+	if _, err := db.Exec(`UPDATE coordinator_leader SET holder = $1, renewed_at = `+pgNowNS, holder); err != nil {
+		t.Fatal(err)
+	}
+	pgMu.Lock()
+	pgByDir[other] = url
+	pgMu.Unlock()
+	o := newEnv(t, other, Options{LeaderLease: time.Hour})
+	if o.c.Role().Active {
+		t.Fatal("a coordinator of another state directory took a lead renewed just now")
+	}
+	o.stop()
+	r := newEnv(t, dir, Options{LeaderLease: time.Hour})
+	if role := r.c.Role(); !role.Active || role.Term != 2 {
+		t.Fatalf("restarted on the last leader's state directory: %+v, want active under term 2 at once", role)
+	}
+}

@@ -169,7 +169,7 @@ var schemaV1 = []string{
 
 // migrate brings the schema to schemaVersion. It returns the versions it applied.
 func migrate(ctx context.Context, db *sql.DB, sqlite bool) ([]int64, error) {
-	if _, err := db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)`); err != nil {
+	if err := createVersionTable(ctx, db, sqlite); err != nil {
 		return nil, fmt.Errorf("create schema_version: %w", err)
 	}
 	var applied []int64
@@ -192,6 +192,32 @@ func migrate(ctx context.Context, db *sql.DB, sqlite bool) ([]int64, error) {
 		}
 		applied = append(applied, m.version)
 	}
+}
+
+// migrationLock is the advisory lock coordinators migrating PostgreSQL at once take
+// turns on.
+const migrationLock = int64(0x626f617264)
+
+// createVersionTable creates schema_version if needed. On PostgreSQL, under the
+// migration lock: CREATE TABLE IF NOT EXISTS run at once by two sessions can fail.
+func createVersionTable(ctx context.Context, db *sql.DB, sqlite bool) error {
+	const create = `CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)`
+	if sqlite {
+		_, err := db.ExecContext(ctx, create)
+		return err
+	}
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = tx.Rollback() }()
+	if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock($1)`, migrationLock); err != nil {
+		return err
+	}
+	if _, err := tx.ExecContext(ctx, create); err != nil {
+		return err
+	}
+	return tx.Commit()
 }
 
 func readVersion(ctx context.Context, q querier) (int64, error) {
@@ -219,7 +245,7 @@ func runMigration(ctx context.Context, db *sql.DB, from int64, m migration, sqli
 	if !sqlite {
 		// SQLite's transactions take the write lock at BEGIN (_txlock=immediate); on
 		// PostgreSQL, coordinators migrating at once take turns on an advisory lock.
-		if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock($1)`, int64(0x626f617264)); err != nil {
+		if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock($1)`, migrationLock); err != nil {
 			return err
 		}
 	}
