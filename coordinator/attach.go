@@ -70,7 +70,8 @@ func (h *holds) poke() {
 	}
 }
 
-// openHolds creates the table and loads the holds recorded before a restart.
+// openHolds loads the holds recorded before a restart (or by the last active
+// coordinator), in place of those in memory.
 func (c *Coordinator) openHolds(ctx context.Context) error {
 	rows, err := c.db.QueryContext(ctx, `SELECT id, attached, wait_until FROM lease_holds`)
 	if err != nil {
@@ -78,6 +79,7 @@ func (c *Coordinator) openHolds(ctx context.Context) error {
 	}
 	defer rows.Close()
 	now := c.now()
+	m := map[string]*hold{}
 	for rows.Next() {
 		var id string
 		var attached bool
@@ -89,9 +91,24 @@ func (c *Coordinator) openHolds(ctx context.Context) error {
 		if attached {
 			hd.deadline = now.Add(max(restartGrace, c.attachGrace()))
 		}
-		c.ops.holds.m[id] = hd
+		m[id] = hd
 	}
-	return rows.Err()
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	h := c.ops.holds
+	h.mu.Lock()
+	h.m = m
+	h.mu.Unlock()
+	h.poke()
+	return nil
+}
+
+// reloadHolds is openHolds when the coordinator becomes the active one.
+func (c *Coordinator) reloadHolds() error {
+	ctx, cancel := context.WithTimeout(context.Background(), stepTimeout)
+	defer cancel()
+	return c.openHolds(ctx)
 }
 
 func (c *Coordinator) attachGrace() time.Duration {
@@ -134,7 +151,7 @@ func (c *Coordinator) createdHold(ctx context.Context, l *pb.Lease, req *pb.Crea
 			wait = min(d.AsDuration(), c.opts.MaxDuration)
 		}
 		hd.deadline = c.now().Add(wait)
-		if _, err := c.db.ExecContext(context.WithoutCancel(ctx), `INSERT INTO lease_holds (id, attached, wait_until) VALUES ($1, $2, $3)`,
+		if err := c.execFenced(context.WithoutCancel(ctx), `INSERT INTO lease_holds (id, attached, wait_until) VALUES ($1, $2, $3)`,
 			l.GetId(), false, hd.deadline.UnixNano()); err != nil {
 			c.log.Warn("lease hold: record the wait bound (it holds until a restart)", "job", l.GetId(), "error", err)
 		}
@@ -269,7 +286,7 @@ func (c *Coordinator) lapse(ctx context.Context, id string) {
 		delete(h.m, id)
 	}
 	h.mu.Unlock()
-	if _, err := c.db.ExecContext(context.WithoutCancel(ctx), `DELETE FROM lease_holds WHERE id = $1`, id); err != nil {
+	if err := c.execFenced(context.WithoutCancel(ctx), `DELETE FROM lease_holds WHERE id = $1`, id); err != nil {
 		c.log.Warn("lease hold: forget it", "job", id, "error", err)
 	}
 }

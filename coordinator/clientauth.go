@@ -94,14 +94,14 @@ func (c *Coordinator) refused(ctx context.Context, reason, method string) {
 func (c *Coordinator) ServerOptions() []ggrpc.ServerOption {
 	return []ggrpc.ServerOption{
 		ggrpc.InTapHandle(c.tapWatch),
-		ggrpc.ChainUnaryInterceptor(func(ctx context.Context, req any, info *ggrpc.UnaryServerInfo, h ggrpc.UnaryHandler) (any, error) {
+		ggrpc.ChainUnaryInterceptor(c.standbyUnary, func(ctx context.Context, req any, info *ggrpc.UnaryServerInfo, h ggrpc.UnaryHandler) (any, error) {
 			ctx, err := c.authenticate(ctx, info.FullMethod)
 			if err != nil {
 				return nil, err
 			}
 			return h(ctx, req)
 		}),
-		ggrpc.ChainStreamInterceptor(func(srv any, ss ggrpc.ServerStream, info *ggrpc.StreamServerInfo, h ggrpc.StreamHandler) error {
+		ggrpc.ChainStreamInterceptor(c.standbyStream, func(srv any, ss ggrpc.ServerStream, info *ggrpc.StreamServerInfo, h ggrpc.StreamHandler) error {
 			ctx, err := c.authenticate(ss.Context(), info.FullMethod)
 			if err != nil {
 				return err
@@ -109,6 +109,38 @@ func (c *Coordinator) ServerOptions() []ggrpc.ServerOption {
 			return h(srv, &authedStream{ServerStream: ss, ctx: ctx})
 		}),
 	}
+}
+
+// standbyUnary refuses every call on a standby (leader.go), and answers a call that
+// was running when the coordinator stood down with the standby's refusal.
+func (c *Coordinator) standbyUnary(ctx context.Context, req any, _ *ggrpc.UnaryServerInfo, h ggrpc.UnaryHandler) (any, error) {
+	period, active := c.activePeriod()
+	if !active {
+		return nil, c.standbyError()
+	}
+	resp, err := h(ctx, req)
+	if err != nil && period.Err() != nil {
+		return nil, c.standbyError()
+	}
+	return resp, err
+}
+
+// standbyStream refuses every stream (supervisor links, watches, logs) on a standby,
+// and ends those open when the coordinator stands down, telling them to go elsewhere.
+func (c *Coordinator) standbyStream(srv any, ss ggrpc.ServerStream, _ *ggrpc.StreamServerInfo, h ggrpc.StreamHandler) error {
+	period, active := c.activePeriod()
+	if !active {
+		return c.standbyError()
+	}
+	ctx, cancel := context.WithCancel(ss.Context())
+	defer cancel()
+	stop := context.AfterFunc(period, cancel)
+	defer stop()
+	err := h(srv, &authedStream{ServerStream: ss, ctx: ctx})
+	if period.Err() != nil {
+		return c.standbyError()
+	}
+	return err
 }
 
 type authedStream struct {

@@ -46,6 +46,7 @@ import (
 	pb "github.com/boardvisor/boardvisor/proto/boardvisor/v1"
 	"github.com/hashicorp/go-hclog"
 	ggrpc "google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	_ "github.com/jackc/pgx/v5/stdlib" // the "pgx" database/sql driver (PostgreSQL)
@@ -123,6 +124,16 @@ type Options struct {
 	// DetachedMaxWait bounds how long a detached lease may stay queued (default
 	// DefaultDetachedMaxWait).
 	DetachedMaxWait time.Duration
+	// Advertise is the address clients and supervisors are told to use when this
+	// coordinator is the active one of several on one PostgreSQL (leader.go): a
+	// standby's refusals name the active one's. Default: none (standbys then only say
+	// that they are standbys).
+	Advertise string
+	// LeaderRenew and LeaderLease are how often the active coordinator renews its lead
+	// (default DefaultLeaderRenew) and how long a lead not renewed lasts before a
+	// standby may take it (default DefaultLeaderLease, at least twice LeaderRenew).
+	// PostgreSQL only.
+	LeaderRenew, LeaderLease time.Duration
 }
 
 // DefaultStartBound is the default of Options.StartBound.
@@ -204,6 +215,12 @@ type Coordinator struct {
 	runWG     sync.WaitGroup
 	closed    bool // under reqMu
 	lock      *stateLock
+
+	// Leadership (leader.go): nil on SQLite.
+	lead         *leadership
+	stepTerm     int64       // the term of the state loop's current step (loop-owned)
+	reloadWanted atomic.Bool // became active: the loop reloads its state first
+	demoteWanted atomic.Bool // stood down: the loop drops its sessions and requests
 }
 
 var (
@@ -376,18 +393,43 @@ func New(opts Options) (*Coordinator, error) {
 	c.conns = c.newConnLimiter()
 	c.link = &link.Server{Handler: c, Auth: opts.SupervisorAuth, Logger: opts.Logger.Named("link"), Audit: opts.Audit,
 		Authenticated: c.authenticated}
-	// No supervisor is connected to a process that just started: their grace starts now.
-	if _, err := wdb.ExecContext(ctx, `UPDATE supervisors SET connected = $1, last_contact = $2 WHERE connected = $3`,
-		false, c.now().UnixNano(), true); err != nil {
-		closeDBs()
-		return nil, fmt.Errorf("coordinator: database: %w", err)
+	// No supervisor is connected to a process that just started: their grace starts
+	// now. (On PostgreSQL, where several coordinators may share the database, taking
+	// the lead does it: leader.go.)
+	if isSQLite(opts.Driver) {
+		if _, err := wdb.ExecContext(ctx, `UPDATE supervisors SET connected = $1, last_contact = $2 WHERE connected = $3`,
+			false, c.now().UnixNano(), true); err != nil {
+			closeDBs()
+			return nil, fmt.Errorf("coordinator: database: %w", err)
+		}
+	}
+	if !isSQLite(opts.Driver) {
+		// Several coordinators may share the database: this one is active only once it
+		// takes the lead (leader.go), which also marks the supervisors disconnected. It
+		// tries once now; if another is active, it stands by.
+		if c.lead, err = newLeadership(c, opts.Driver, dsn); err != nil {
+			closeDBs()
+			return nil, fmt.Errorf("coordinator: %w", err)
+		}
+		c.lead.tryFirst()
+	}
+	closeLead := func() {
+		if c.lead != nil {
+			if c.lead.first != nil {
+				_ = c.lead.first.Close()
+			}
+			_ = c.lead.db.Close()
+		}
 	}
 	began := time.Now()
 	if err := c.reload(ctx); err != nil {
+		closeLead()
 		closeDBs()
 		return nil, fmt.Errorf("coordinator: load state: %w", err)
 	}
+	c.reloadWanted.Store(false) // loaded after the lead was taken
 	if err := c.openHolds(ctx); err != nil {
+		closeLead()
 		closeDBs()
 		return nil, fmt.Errorf("coordinator: database: lease holds: %w", err)
 	}
@@ -397,6 +439,9 @@ func New(opts Options) (*Coordinator, error) {
 	ok = true
 	go c.loop()
 	go c.writer()
+	if c.lead != nil {
+		go c.lead.run()
+	}
 	c.checkpointDone = make(chan struct{})
 	if checkpoints {
 		go c.checkpointer()
@@ -507,12 +552,12 @@ func (c *Coordinator) Run(ctx context.Context) error {
 			return err
 		}); err == nil {
 			next = got // read only once the step is done (a cancelled call may still run)
-		} else if ctx.Err() == nil && !errors.Is(err, errClosed) {
+		} else if ctx.Err() == nil && !errors.Is(err, errClosed) && !isStandby(err) {
 			c.log.Error("lease timers", "error", err)
 		}
 		if now := c.now(); now.Sub(lastReconcile) >= c.opts.ReconcileInterval || now.Before(lastReconcile) {
 			lastReconcile = now
-			if err := c.do(ctx, c.reconcileAll); err != nil && ctx.Err() == nil && !errors.Is(err, errClosed) {
+			if err := c.do(ctx, c.reconcileAll); err != nil && ctx.Err() == nil && !errors.Is(err, errClosed) && !isStandby(err) {
 				c.log.Error("reconciliation", "error", err)
 			}
 		}
@@ -548,6 +593,9 @@ func (c *Coordinator) Close() error {
 		<-c.loopDone
 		<-c.store.done
 		<-c.checkpointDone
+		if c.lead != nil {
+			<-c.lead.done
+		}
 		c.stmts.close()
 		err = c.db.Close()
 		if c.wdb != c.db {
@@ -586,6 +634,10 @@ func (c *Coordinator) do(ctx context.Context, fn func(ctx context.Context, tx *s
 	if c.closed {
 		c.reqMu.Unlock()
 		return errClosed
+	}
+	if _, active := c.currentTerm(); !active {
+		c.reqMu.Unlock()
+		return c.standbyError()
 	}
 	c.reqs = append(c.reqs, o)
 	c.reqMu.Unlock()
@@ -651,20 +703,78 @@ func (c *Coordinator) loop() {
 	}
 }
 
-func (c *Coordinator) failPending() {
+func (c *Coordinator) failPending() { c.failPendingWith(errClosed) }
+
+func (c *Coordinator) failPendingWith(err error) {
 	c.reqMu.Lock()
 	reqs := c.reqs
 	c.reqs = nil
 	c.reqMu.Unlock()
 	for _, o := range reqs {
-		o.err = errClosed
+		o.err = err
 		close(o.done)
 	}
+}
+
+// activated is called when the coordinator became the active one: the state loop
+// reloads its state from the database before its next step.
+func (c *Coordinator) activated() {
+	c.reloadWanted.Store(true)
+	c.kickLoop()
+	c.poke()
+}
+
+// stoodDown is called when the coordinator stopped being the active one: the event
+// writer's waiting batches fail, and the state loop drops what it held.
+func (c *Coordinator) stoodDown() {
+	c.failStores(c.standbyError())
+	c.demoteWanted.Store(true)
+	c.kickLoop()
+}
+
+// dropActiveState forgets, in the state loop, what only an active coordinator holds:
+// the supervisor sessions (their streams are ended by the interceptor, clientauth.go),
+// the requests and events waiting, the lease holds. The state is reloaded from the
+// database when the coordinator becomes active again.
+func (c *Coordinator) dropActiveState() {
+	c.failPendingWith(c.standbyError())
+	c.applyQ.reset()
+	clear(c.sessions)
+	c.stale = true
+	h := c.ops.holds
+	h.mu.Lock()
+	clear(h.m)
+	h.mu.Unlock()
+}
+
+// isStandby reports whether err is a standby's refusal.
+func isStandby(err error) bool {
+	return status.Code(err) == codes.Unavailable
 }
 
 // step runs one transaction of the state loop. It reports whether work was done (so
 // there may be more), and false in ok when the transaction failed.
 func (c *Coordinator) step() (more, ok bool) {
+	if c.demoteWanted.Swap(false) {
+		c.dropActiveState()
+	}
+	term, active := c.currentTerm()
+	if !active {
+		// A standby: nothing is applied nor written; requests that slipped in fail.
+		c.failPendingWith(c.standbyError())
+		c.applyQ.reset()
+		return false, true
+	}
+	if c.reloadWanted.Swap(false) {
+		// Became active: the state is the database's, as the last leader left it.
+		c.stale = true
+		if err := c.reloadHolds(); err != nil {
+			c.log.Error("lease holds not loaded: will retry", "error", err)
+			c.reloadWanted.Store(true)
+			return true, false
+		}
+	}
+	c.stepTerm = term
 	if c.stale {
 		ctx, cancel := context.WithTimeout(context.Background(), stepTimeout)
 		err := c.reload(ctx)
@@ -689,6 +799,10 @@ func (c *Coordinator) step() (more, ok bool) {
 	err := func() error {
 		tx, err := c.wdb.BeginTx(ctx, nil)
 		if err != nil {
+			return err
+		}
+		if err := c.fence(ctx, tx, term); err != nil {
+			_ = tx.Rollback()
 			return err
 		}
 		if err := c.applyBatches(ctx, tx, fx, batches); err != nil {
@@ -726,6 +840,18 @@ func (c *Coordinator) step() (more, ok bool) {
 		}
 		return tx.Commit()
 	}()
+	if errors.Is(err, errNotLeader) {
+		// Another coordinator took the lead: nothing of this step was written.
+		c.log.Warn("state change not stored: another coordinator is active", "requests", len(reqs), "event_batches", len(batches))
+		for _, o := range reqs {
+			if o.err == nil {
+				o.err = c.standbyError()
+			}
+			close(o.done)
+		}
+		c.stale = true
+		return true, false
+	}
 	if err != nil {
 		c.log.Error("state change not stored: rebuilding the in-memory state from the database", "error", err,
 			"requests", len(reqs), "event_batches", len(batches))

@@ -29,7 +29,7 @@ const (
 	maxStoreEvents = 4096
 	// maxApplyBacklog bounds the events held in memory for the state loop.
 	maxApplyBacklog = 20000
-	// insertRows bounds the events of one INSERT (7 parameters each). SQLite finds a
+	// insertRows bounds the events of one INSERT (8 parameters each). SQLite finds a
 	// "$n" parameter by a linear search of the statement's names: more rows a statement
 	// would cost more per row.
 	insertRows = 100
@@ -71,6 +71,9 @@ func (q *storeQueue) init() {
 func (c *Coordinator) Events(ctx context.Context, s *link.Session, evs []*pb.Event) error {
 	if len(evs) == 0 {
 		return nil
+	}
+	if _, active := c.currentTerm(); !active {
+		return c.standbyError()
 	}
 	r := &storeReq{sup: s.ID, first: evs[0].GetSeq(), top: evs[len(evs)-1].GetSeq(), done: make(chan error, 1)}
 	now := c.now()
@@ -148,7 +151,7 @@ func (c *Coordinator) writer() {
 					c.applyQ.push(&eventBatch{sup: r.sup, first: r.first, top: r.top, events: r.relevant})
 				}
 				c.kickLoop()
-			} else {
+			} else if !isStandby(err) {
 				c.log.Error("events not stored: the supervisors will send them again", "error", err, "batches", len(batch))
 			}
 			for _, r := range batch {
@@ -171,6 +174,10 @@ func (c *Coordinator) failStores(err error) {
 // storeBatch stores batches in one transaction: the events (a replay of one stored
 // before changes nothing) and each supervisor's last stored seq and contact time.
 func (c *Coordinator) storeBatch(batch []*storeReq) error {
+	term, active := c.currentTerm()
+	if !active {
+		return c.standbyError()
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), stepTimeout)
 	defer cancel()
 	tx, err := c.wdb.BeginTx(ctx, nil)
@@ -178,10 +185,13 @@ func (c *Coordinator) storeBatch(batch []*storeReq) error {
 		return err
 	}
 	defer func() { _ = tx.Rollback() }()
+	if err := c.fence(ctx, tx, term); err != nil {
+		return err
+	}
 	// Many rows an INSERT: one round trip for up to insertRows events (PostgreSQL's
 	// statements go over the network; SQLite's parse once).
 	var q strings.Builder
-	args := make([]any, 0, 7*insertRows)
+	args := make([]any, 0, 8*insertRows)
 	insert := func() error {
 		if len(args) == 0 {
 			return nil
@@ -195,14 +205,14 @@ func (c *Coordinator) storeBatch(batch []*storeReq) error {
 	for _, r := range batch {
 		for _, e := range r.rows {
 			if len(args) == 0 {
-				q.WriteString(`INSERT INTO events (supervisor_id, seq, at_ns, job_id, board, kind, payload) VALUES `)
+				q.WriteString(`INSERT INTO events (supervisor_id, seq, at_ns, job_id, board, kind, payload, term) VALUES `)
 			} else {
 				q.WriteString(", ")
 			}
 			n := len(args)
-			fmt.Fprintf(&q, "($%d, $%d, $%d, $%d, $%d, $%d, $%d)", n+1, n+2, n+3, n+4, n+5, n+6, n+7)
-			args = append(args, r.sup, e.seq, e.at, e.job, e.board, e.kind, e.payload)
-			if len(args) == 7*insertRows {
+			fmt.Fprintf(&q, "($%d, $%d, $%d, $%d, $%d, $%d, $%d, $%d)", n+1, n+2, n+3, n+4, n+5, n+6, n+7, n+8)
+			args = append(args, r.sup, e.seq, e.at, e.job, e.board, e.kind, e.payload, term)
+			if len(args) == 8*insertRows {
 				if err := insert(); err != nil {
 					return fmt.Errorf("store events of %s: %w", r.sup, err)
 				}

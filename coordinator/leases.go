@@ -94,7 +94,7 @@ func (c *Coordinator) CreateLease(ctx context.Context, req *pb.CreateLeaseReques
 		}
 		if b != nil {
 			c.take(l, b)
-			if err := insertLease(ctx, c.cached(tx), l); err != nil {
+			if err := insertLease(ctx, c.cached(tx), l, c.stepTerm); err != nil {
 				return err
 			}
 			if err := c.assigned(ctx, tx, fx, l, b); err != nil {
@@ -103,7 +103,7 @@ func (c *Coordinator) CreateLease(ctx context.Context, req *pb.CreateLeaseReques
 		} else {
 			c.live[l.ID] = l
 			c.queue.push(l)
-			if err := insertLease(ctx, c.cached(tx), l); err != nil {
+			if err := insertLease(ctx, c.cached(tx), l, c.stepTerm); err != nil {
 				return err
 			}
 			fx.leaseChanged(l)
@@ -378,6 +378,12 @@ func rpcError(err error) error {
 	}
 	if errors.Is(err, context.DeadlineExceeded) {
 		return status.Error(codes.DeadlineExceeded, "request deadline exceeded")
+	}
+	if errors.Is(err, errNotLeader) {
+		return status.Error(codes.Unavailable, "this coordinator is no longer the active one: retry (with every coordinator's address, the client finds the active one)")
+	}
+	if dbConnLost(err) {
+		return status.Error(codes.Unavailable, "the coordinator lost its database connection: retry in a few seconds")
 	}
 	return status.Errorf(codes.Internal, "coordinator database: %s", strings.ReplaceAll(err.Error(), "\n", " "))
 }

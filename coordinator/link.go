@@ -541,7 +541,7 @@ func (c *Coordinator) Disconnected(s *link.Session, err error) {
 		return err
 	})
 	switch {
-	case errors.Is(dbErr, errNotCurrent), errors.Is(dbErr, errClosed):
+	case errors.Is(dbErr, errNotCurrent), errors.Is(dbErr, errClosed), isStandby(dbErr):
 		return
 	case dbErr != nil:
 		c.log.Error("record supervisor disconnect", "supervisor", s.ID, "error", dbErr)

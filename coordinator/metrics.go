@@ -42,6 +42,10 @@ var (
 		"Sequence number of the last event stored from the supervisor.", []string{"supervisor"}, nil)
 	descCoordSupContact = prometheus.NewDesc("boardvisor_coordinator_supervisor_last_contact_seconds",
 		"Seconds since the supervisor was last heard from (connected or disconnected).", []string{"supervisor"}, nil)
+	descCoordActive = prometheus.NewDesc("boardvisor_coordinator_active",
+		"1 if this coordinator is the active one, 0 if it stands by (several coordinators on one PostgreSQL).", nil, nil)
+	descCoordTerm = prometheus.NewDesc("boardvisor_coordinator_leader_term",
+		"The fencing term this coordinator leads under (0: standing by, or SQLite).", nil, nil)
 	descCoordScrapeErrors = prometheus.NewDesc("boardvisor_coordinator_metrics_errors",
 		"1 if reading the database for this scrape failed (the other series may be missing).", nil, nil)
 )
@@ -50,7 +54,7 @@ type metricsCollector struct{ c *Coordinator }
 
 func (m *metricsCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descCoordBoardStatus, descCoordBoardHealth, descCoordBoardMaint, descCoordLeases,
-		descCoordSupConnected, descCoordSupLastSeq, descCoordSupContact, descCoordScrapeErrors} {
+		descCoordSupConnected, descCoordSupLastSeq, descCoordSupContact, descCoordScrapeErrors, descCoordActive, descCoordTerm} {
 		ch <- d
 	}
 }
@@ -58,6 +62,13 @@ func (m *metricsCollector) Describe(ch chan<- *prometheus.Desc) {
 func (m *metricsCollector) Collect(ch chan<- prometheus.Metric) {
 	ctx, cancel := context.WithTimeout(context.Background(), metricsScrapeTimeout)
 	defer cancel()
+	role := m.c.Role()
+	active := 0.0
+	if role.Active {
+		active = 1
+	}
+	ch <- prometheus.MustNewConstMetric(descCoordActive, prometheus.GaugeValue, active)
+	ch <- prometheus.MustNewConstMetric(descCoordTerm, prometheus.GaugeValue, float64(role.Term))
 	failed := 0.0
 	if err := m.boards(ctx, ch); err != nil {
 		m.c.log.Warn("metrics: read boards", "error", err)

@@ -55,6 +55,21 @@ var migrations = []migration{
 		`CREATE INDEX IF NOT EXISTS lease_logs_kept ON lease_logs (pruned_at, ended_at)`,
 		leaseHoldsTable,
 	}},
+	// The leader row (leader.go): one coordinator of several on one PostgreSQL is
+	// active, under a fencing term that each of its write transactions checks; the rows
+	// it writes carry the term.
+	{version: 5, what: "coordinator leadership: leader row, writer's term on events and leases", stmts: []string{
+		`CREATE TABLE IF NOT EXISTS coordinator_leader (
+			id         INTEGER PRIMARY KEY,
+			term       BIGINT NOT NULL,
+			holder     TEXT NOT NULL,
+			advertise  TEXT NOT NULL,
+			renewed_at BIGINT NOT NULL
+		)`,
+		`INSERT INTO coordinator_leader (id, term, holder, advertise, renewed_at) VALUES (1, 0, '', '', 0)`,
+		`ALTER TABLE events ADD COLUMN term BIGINT NOT NULL DEFAULT 0`,
+		`ALTER TABLE leases ADD COLUMN term BIGINT NOT NULL DEFAULT 0`,
+	}},
 }
 
 // hashTokens replaces the plain lease tokens of version 2 by their SHA-256 and drops the
@@ -154,7 +169,7 @@ var schemaV1 = []string{
 
 // migrate brings the schema to schemaVersion. It returns the versions it applied.
 func migrate(ctx context.Context, db *sql.DB, sqlite bool) ([]int64, error) {
-	if _, err := db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)`); err != nil {
+	if err := createVersionTable(ctx, db, sqlite); err != nil {
 		return nil, fmt.Errorf("create schema_version: %w", err)
 	}
 	var applied []int64
@@ -170,11 +185,39 @@ func migrate(ctx context.Context, db *sql.DB, sqlite bool) ([]int64, error) {
 			return applied, nil
 		}
 		m := migrations[v] // migrations[i] has version i+1
-		if err := runMigration(ctx, db, v, m, sqlite); err != nil {
+		if err := runMigration(ctx, db, v, m, sqlite); errors.Is(err, errMigratedMeanwhile) {
+			continue // another coordinator applied it: read the version again
+		} else if err != nil {
 			return applied, fmt.Errorf("schema migration %d (%s): %w", m.version, m.what, err)
 		}
 		applied = append(applied, m.version)
 	}
+}
+
+// migrationLock is the advisory lock coordinators migrating PostgreSQL at once take
+// turns on.
+const migrationLock = int64(0x626f617264)
+
+// createVersionTable creates schema_version if needed. On PostgreSQL, under the
+// migration lock: CREATE TABLE IF NOT EXISTS run at once by two sessions can fail.
+func createVersionTable(ctx context.Context, db *sql.DB, sqlite bool) error {
+	const create = `CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)`
+	if sqlite {
+		_, err := db.ExecContext(ctx, create)
+		return err
+	}
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = tx.Rollback() }()
+	if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock($1)`, migrationLock); err != nil {
+		return err
+	}
+	if _, err := tx.ExecContext(ctx, create); err != nil {
+		return err
+	}
+	return tx.Commit()
 }
 
 func readVersion(ctx context.Context, q querier) (int64, error) {
@@ -189,6 +232,10 @@ func readVersion(ctx context.Context, q querier) (int64, error) {
 	return v, nil
 }
 
+// errMigratedMeanwhile says that another coordinator migrated the schema while this one
+// waited for the lock.
+var errMigratedMeanwhile = errors.New("the schema was migrated meanwhile by another coordinator")
+
 func runMigration(ctx context.Context, db *sql.DB, from int64, m migration, sqlite bool) error {
 	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {
@@ -198,16 +245,15 @@ func runMigration(ctx context.Context, db *sql.DB, from int64, m migration, sqli
 	if !sqlite {
 		// SQLite's transactions take the write lock at BEGIN (_txlock=immediate); on
 		// PostgreSQL, coordinators migrating at once take turns on an advisory lock.
-		if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock($1)`, int64(0x626f617264)); err != nil {
+		if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock($1)`, migrationLock); err != nil {
 			return err
 		}
 	}
 	// Another coordinator may have migrated meanwhile: re-read under the write lock.
-	if v, err := readVersion(ctx, tx); err != nil || v != from {
-		if err == nil {
-			err = fmt.Errorf("schema version changed from %d to %d during the migration", from, v)
-		}
+	if v, err := readVersion(ctx, tx); err != nil {
 		return err
+	} else if v != from {
+		return errMigratedMeanwhile
 	}
 	for _, stmt := range m.stmts {
 		if _, err := tx.ExecContext(ctx, stmt); err != nil {

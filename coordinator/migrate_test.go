@@ -89,7 +89,7 @@ func TestUpgradeFromFirstSchema(t *testing.T) {
 	}
 
 	e := newEnv(t, dir, Options{})
-	if !bytes.Contains([]byte(e.logs.String()), []byte(`database schema migrated: versions="[2 3 4]"`)) {
+	if !bytes.Contains([]byte(e.logs.String()), []byte(`database schema migrated: versions="[2 3 4 5]"`)) {
 		t.Fatalf("migrations not logged:\n%s", e.logs.String())
 	}
 	if g := e.get("11111111-0000-0000-0000-000000000001"); g.GetPhase() != pb.LeasePhase_LEASE_PHASE_READY || g.GetBoard() != "r1" {

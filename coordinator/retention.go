@@ -39,7 +39,11 @@ func (c *Coordinator) startRetention(ctx context.Context) (stop func()) {
 				return
 			case <-t.C:
 			}
-			if _, err := c.pruneLogs(ctx); err != nil && ctx.Err() == nil && !errors.Is(err, errClosed) {
+			if _, active := c.currentTerm(); !active {
+				t.Reset(opts.PruneInterval) // a standby prunes nothing (leader.go)
+				continue
+			}
+			if _, err := c.pruneLogs(ctx); err != nil && ctx.Err() == nil && !errors.Is(err, errClosed) && !isStandby(err) {
 				c.log.Error("lease log retention", "error", err)
 			}
 			t.Reset(opts.PruneInterval)

@@ -255,7 +255,7 @@ func (c *Coordinator) flush(ctx context.Context, tx *sql.Tx) error {
 	}
 	for len(leases) > 0 {
 		n := min(len(leases), flushRows)
-		if err := upsertLeases(ctx, tx, leases[:n]); err != nil {
+		if err := upsertLeases(ctx, tx, leases[:n], c.stepTerm); err != nil {
 			return err
 		}
 		leases = leases[n:]

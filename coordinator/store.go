@@ -124,8 +124,8 @@ func queryLeases(ctx context.Context, q querier, where string, args ...any) ([]*
 }
 
 // insertLease writes a new lease; its QueuePos is set by the caller.
-func insertLease(ctx context.Context, q querier, l *leaseRow) error {
-	_, err := q.ExecContext(ctx, insertLeaseSQL,
+func insertLease(ctx context.Context, q querier, l *leaseRow, term int64) error {
+	_, err := q.ExecContext(ctx, insertLeaseSQL, term,
 		l.ID, l.Selector, l.WantBoard, l.Board, l.SupervisorID, l.Client, l.TokenHash,
 		l.DurationNS, l.ExtraNS, l.State, l.Phase, l.ExporterStatus, l.StatusMessage, l.CreatedAt, l.AssignedAt,
 		l.BeginsAt, l.EndsAt, l.EndedAt, l.StopAt, l.StopReason, l.QueuePos, labelsJSON(l.Params), strings.Join(l.Offers, ","))
@@ -292,8 +292,8 @@ func (t cachedTx) ExecContext(ctx context.Context, query string, args ...any) (s
 const (
 	insertLeaseSQL = `INSERT INTO leases (id, selector, want_board, board, supervisor_id, client, token_hash,
 		duration_ns, extra_ns, state, phase, exporter_status, status_message, created_at, assigned_at, begins_at,
-		ends_at, ended_at, stop_at, stop_reason, queue_pos, params, offers)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)`
+		ends_at, ended_at, stop_at, stop_reason, queue_pos, params, offers, term)
+		VALUES ($2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $1)`
 	saveBoardSQL = `INSERT INTO boards (name, supervisor_id, labels, status, health, maintenance,
 		maintenance_reason, current_job, endpoint, hold_until, last_lease_at)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
@@ -304,12 +304,12 @@ const (
 )
 
 // upsertLeases writes leases (all columns) in one statement.
-func upsertLeases(ctx context.Context, tx *sql.Tx, ls []*leaseRow) error {
-	const cols = 23
+func upsertLeases(ctx context.Context, tx *sql.Tx, ls []*leaseRow, term int64) error {
+	const cols = 24
 	var q strings.Builder
 	q.WriteString(`INSERT INTO leases (id, selector, want_board, board, supervisor_id, client, token_hash,
 		duration_ns, extra_ns, state, phase, exporter_status, status_message, created_at, assigned_at, begins_at,
-		ends_at, ended_at, stop_at, stop_reason, queue_pos, params, offers) VALUES `)
+		ends_at, ended_at, stop_at, stop_reason, queue_pos, params, offers, term) VALUES `)
 	args := make([]any, 0, cols*len(ls))
 	for i, l := range ls {
 		if i > 0 {
@@ -318,13 +318,13 @@ func upsertLeases(ctx context.Context, tx *sql.Tx, ls []*leaseRow) error {
 		placeholders(&q, len(args), cols)
 		args = append(args, l.ID, l.Selector, l.WantBoard, l.Board, l.SupervisorID, l.Client, l.TokenHash,
 			l.DurationNS, l.ExtraNS, l.State, l.Phase, l.ExporterStatus, l.StatusMessage, l.CreatedAt, l.AssignedAt,
-			l.BeginsAt, l.EndsAt, l.EndedAt, l.StopAt, l.StopReason, l.QueuePos, labelsJSON(l.Params), strings.Join(l.Offers, ","))
+			l.BeginsAt, l.EndsAt, l.EndedAt, l.StopAt, l.StopReason, l.QueuePos, labelsJSON(l.Params), strings.Join(l.Offers, ","), term)
 	}
 	q.WriteString(` ON CONFLICT (id) DO UPDATE SET board = excluded.board, supervisor_id = excluded.supervisor_id,
 		extra_ns = excluded.extra_ns, state = excluded.state, phase = excluded.phase, exporter_status = excluded.exporter_status,
 		status_message = excluded.status_message, assigned_at = excluded.assigned_at, begins_at = excluded.begins_at,
 		ends_at = excluded.ends_at, ended_at = excluded.ended_at, stop_at = excluded.stop_at, stop_reason = excluded.stop_reason,
-		offers = excluded.offers`)
+		offers = excluded.offers, term = excluded.term`)
 	_, err := tx.ExecContext(ctx, q.String(), args...)
 	return err
 }

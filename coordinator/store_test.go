@@ -96,7 +96,7 @@ func TestUpdateIsAllOrNothing(t *testing.T) {
 	boom := errors.New("boom")
 	err = c.do(ctx, func(ctx context.Context, tx *sql.Tx, fx *effects) error {
 		l := &leaseRow{ID: "L", Token: "t", DurationNS: int64(time.Minute), State: stateQueued, Phase: 1, CreatedAt: 1}
-		if err := insertLease(ctx, tx, l); err != nil {
+		if err := insertLease(ctx, tx, l, 0); err != nil {
 			return err
 		}
 		c.live[l.ID] = l // in memory too: rebuilt from the store after the failure

@@ -70,7 +70,11 @@ func OpenLink(cfg *config.Config, endpoint, version string, logger hclog.Logger,
 	for _, b := range cfg.Resolve() {
 		boards = append(boards, bvgrpc.BoardInfo{Name: b.Name, Labels: b.Labels, Endpoint: endpoint})
 	}
-	c := bvgrpc.NewClient(bvgrpc.ClientOptions{Address: co.Address, Token: token, SupervisorID: id, Boards: boards,
+	addrs := co.AddressList()
+	if len(addrs) == 0 {
+		return nil, fmt.Errorf("%s: coordinator.address is not set", cfg.Path)
+	}
+	c := bvgrpc.NewClient(bvgrpc.ClientOptions{Address: addrs[0], Addresses: addrs, Token: token, SupervisorID: id, Boards: boards,
 		Queue: q, Creds: creds, CAFile: co.CAFile, Version: version, Logger: logger.Named("link"),
 		MaxBackoff: co.ReconnectMaxBackoff.Std(), RefusedBackoff: co.RefusedBackoff.Std()})
 	return &Link{Client: c, Queue: q}, nil

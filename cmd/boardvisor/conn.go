@@ -50,7 +50,7 @@ const (
 
 // envDocs says what each variable is, for --help.
 var envDocs = map[string]string{
-	envCoordinator:  "the coordinator's address, host:port (else coordinator: in the client config; default 127.0.0.1:7400)",
+	envCoordinator:  "the coordinator's address, host:port, or several comma-separated (else coordinator: in the client config; default 127.0.0.1:7400)",
 	envUserToken:    "your user token for the coordinator (else token: or tokenFile: in the client config)",
 	envCAFile:       "CA certificates (PEM) checking the TLS certificates of the coordinator (set, TLS is on) and of the supervisors that serve TLS (else caFile: in the client config)",
 	envCertFile:     "your client certificate (PEM), for supervisors that require one (else certFile: in the client config)",
@@ -191,7 +191,7 @@ func (c *coordFlags) add(cmd *cobra.Command) { c.addTo(cmd, cmd.Flags()) }
 func (c *coordFlags) addPersistent(cmd *cobra.Command) { c.addTo(cmd, cmd.PersistentFlags()) }
 
 func (c *coordFlags) addTo(cmd *cobra.Command, f *pflag.FlagSet) {
-	f.StringVar(&c.addr, "coordinator", "", "the coordinator's address, host:port (default: $"+envCoordinator+", else coordinator: in the client config, else 127.0.0.1:7400)")
+	f.StringVar(&c.addr, "coordinator", "", "the coordinator's address, host:port, or several comma-separated (default: $"+envCoordinator+", else coordinator: in the client config, else 127.0.0.1:7400)")
 	// A command that also takes a lease's token (logs: --token) names the user's token
 	// --user-token.
 	name := "token"
@@ -244,11 +244,18 @@ func (c *coordFlags) dial() (pb.LeaseServiceClient, func(), error) {
 	if c.token != "" {
 		opts = append(opts, grpc.WithPerRPCCredentials(userToken(c.token)))
 	}
-	conn, err := grpc.NewClient(c.addr, opts...)
+	// Several coordinators (comma-separated): calls follow the active one.
+	var addrs []string
+	for _, a := range strings.Split(c.addr, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			addrs = append(addrs, a)
+		}
+	}
+	conn, err := client.NewFailover(addrs, opts...)
 	if err != nil {
 		return nil, nil, failf(exitUsage, "coordinator address %q: %s", c.addr, lastPart(err.Error()))
 	}
-	return pb.NewLeaseServiceClient(conn), func() { conn.Close() }, nil
+	return pb.NewLeaseServiceClient(conn), func() { _ = conn.Close() }, nil
 }
 
 // transportCreds is plaintext without a CA file, TLS checked against the CA file with one.

@@ -32,7 +32,7 @@ import (
 )
 
 func newCoordinator(g *globalFlags) *cobra.Command {
-	var listen, stateDir, tokens, clientTokens, cert, key, metricsAddr, database string
+	var listen, stateDir, tokens, clientTokens, cert, key, metricsAddr, database, advertise string
 	var grace, attachGrace, maxWait, startBound, authDeadline time.Duration
 	var logs leaseLogFlags
 	var dash webServe
@@ -56,7 +56,7 @@ func newCoordinator(g *globalFlags) *cobra.Command {
 			opts := coordinator.Options{StateDir: stateDir, Logger: logger.Named("coordinator"), Grace: grace, StartBound: startBound,
 				AttachGrace: attachGrace, DetachedMaxWait: maxWait,
 				MaxQueuedPerUser: maxQueued, MaxWatchesPerUser: maxWatchesPerUser, MaxWatches: maxWatches,
-				MaxUnauthenticatedPerPeer: maxUnauth, AuthDeadline: authDeadline}
+				MaxUnauthenticatedPerPeer: maxUnauth, AuthDeadline: authDeadline, Advertise: first(advertise, listen)}
 			if opts.LeaseLogs, err = logs.options(); err != nil {
 				return err
 			}
@@ -117,6 +117,7 @@ func newCoordinator(g *globalFlags) *cobra.Command {
 	}
 	f := cmd.Flags()
 	f.StringVar(&listen, "listen", "127.0.0.1:7400", "address for supervisors and clients")
+	f.StringVar(&advertise, "advertise", "", "with --database: the address standby coordinators name when they send clients and supervisors to this one while it is active (default: --listen)")
 	f.StringVar(&stateDir, "state-dir", "", "directory for the coordinator's database (SQLite), audit log and lock (required)")
 	f.StringVar(&database, "database", "", "a PostgreSQL URL (postgres://user@host/db) to keep the coordinator's state in instead of SQLite; a password in it is better in PGPASSWORD or ~/.pgpass")
 	f.StringVar(&tokens, "supervisor-tokens", "", "file of `supervisor-id token` lines; only these supervisors are accepted")
@@ -224,6 +225,7 @@ func serveCoordinator(ctx context.Context, opts coordinator.Options, so serveOpt
 		}
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", c.MetricsHandler())
+		mux.HandleFunc("/health", func(w http.ResponseWriter, r *http.Request) { serveHealth(c, w, r) })
 		if so.pprof {
 			// The handlers of net/http/pprof, on this mux only (never the default one).
 			mux.Handle("/debug/pprof/", c.AdminOnly(http.HandlerFunc(pprof.Index)))
@@ -333,4 +335,26 @@ func redactURL(s string) string {
 		u.User = url.UserPassword(u.User.Username(), "xxxxx")
 	}
 	return u.String()
+}
+
+// serveHealth answers /health on the metrics listener: 200 and "active" or "standby"
+// (with the active coordinator's address) while the database answers, 503 otherwise.
+func serveHealth(c *coordinator.Coordinator, w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+	defer cancel()
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	if err := c.Healthy(ctx); err != nil {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		fmt.Fprintf(w, "unhealthy: the database does not answer: %v\n", err)
+		return
+	}
+	role := c.Role()
+	switch {
+	case role.Active:
+		fmt.Fprintf(w, "active (term %d)\n", role.Term)
+	case role.ActiveAddr != "":
+		fmt.Fprintf(w, "standby (the active coordinator is %s)\n", role.ActiveAddr)
+	default:
+		fmt.Fprintln(w, "standby (no coordinator is active right now)")
+	}
 }

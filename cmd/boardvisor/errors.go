@@ -87,6 +87,10 @@ func rpcError(p peer, what string, err error) error {
 		if s := tlsSentence(p, msg); s != "" {
 			return failf(exitUnreachable, "%s: %s", what, s)
 		}
+		if strings.Contains(msg, "is a standby") {
+			// Every coordinator given answered as a standby: its sentence names the active one.
+			return failf(exitUnreachable, "%s: the %s at %s: %s", what, p.role, p.addr, msg)
+		}
 		if strings.Contains(msg, "shutting down") {
 			return failf(exitUnreachable, "%s: the %s at %s is shutting down; try again once it is back", what, p.role, p.addr)
 		}

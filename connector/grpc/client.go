@@ -38,6 +38,10 @@ type BoardInfo struct {
 type ClientOptions struct {
 	// Address is the coordinator's host:port.
 	Address string
+	// Addresses, if set, are several coordinators' (one active, the others standing
+	// by): the client tries each in turn, and moves to the next when one refuses as a
+	// standby (Unavailable) or the link drops. Address is then ignored.
+	Addresses []string
 	// Token authenticates this supervisor; it travels as "authorization: Bearer <token>".
 	Token string
 	// SupervisorID names this supervisor (stable across restarts).
@@ -259,15 +263,28 @@ func (c *Client) Run(ctx context.Context, sup connector.Supervisor) error {
 	var lastErr string
 	var lastLogged time.Time
 	repeats := 0
+	addrs := c.opts.Addresses
+	if len(addrs) == 0 {
+		addrs = []string{c.opts.Address}
+	}
+	at, failed := 0, 0 // the address tried; consecutive failures since a connection
 	for {
 		began := time.Now()
-		res, err := c.session(ctx, sup)
+		addr := addrs[at]
+		res, err := c.session(ctx, sup, addr)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
 		if res.connected && (res.progressed || time.Since(began) >= c.opts.StableAfter) {
 			backoff = c.opts.MinBackoff
 		}
+		if res.connected {
+			failed = 0
+		}
+		failed++
+		// With several coordinators, the next one is tried: the active one may be
+		// another (a standby answers Unavailable, naming it).
+		at = (at + 1) % len(addrs)
 		msg := oneLine(err)
 		if why, ok := tlsFailure(err); ok {
 			msg = fmt.Sprintf("the coordinator's TLS certificate at %s does not verify against the CA file %s (coordinator.caFile): %s", c.opts.Address, c.opts.CAFile, why)
@@ -275,6 +292,14 @@ func (c *Client) Run(ctx context.Context, sup connector.Supervisor) error {
 		refusal, key := refusalOf(err)
 		var wait time.Duration
 		switch status.Code(err) {
+		case codes.Unavailable, codes.Canceled, codes.Internal:
+			if len(addrs) > 1 && failed < len(addrs) {
+				// Not every coordinator tried since the last connection: no back-off.
+				wait = jitter(c.opts.MinBackoff)
+				break
+			}
+			wait = jitter(backoff)
+			backoff = min(backoff*2, c.opts.MaxBackoff)
 		case codes.Unauthenticated, codes.PermissionDenied:
 			wait = jitter(c.opts.RefusedBackoff)
 		case codes.AlreadyExists:
@@ -286,9 +311,9 @@ func (c *Client) Run(ctx context.Context, sup connector.Supervisor) error {
 		switch {
 		case refusal != "":
 			// Once per attempt: attempts are minutes apart.
-			c.log.Error(refusal, "coordinator", c.opts.Address, "config_key", key, "error", msg, "retry_in", wait.String())
+			c.log.Error(refusal, "coordinator", addr, "config_key", key, "error", msg, "retry_in", wait.String())
 		case msg != lastErr || time.Since(lastLogged) >= time.Minute:
-			args := []any{"coordinator", c.opts.Address, "error", msg, "retry_in", wait.String()}
+			args := []any{"coordinator", addr, "error", msg, "retry_in", wait.String()}
 			if repeats > 0 {
 				args = append(args, "repeated", repeats)
 			}
@@ -296,7 +321,7 @@ func (c *Client) Run(ctx context.Context, sup connector.Supervisor) error {
 			lastErr, lastLogged, repeats = msg, time.Now(), 0
 		default:
 			repeats++
-			c.log.Debug("coordinator link down; reconnecting", "coordinator", c.opts.Address, "error", msg, "retry_in", wait.String())
+			c.log.Debug("coordinator link down; reconnecting", "coordinator", addr, "error", msg, "retry_in", wait.String())
 		}
 		t := time.NewTimer(wait)
 		select {
@@ -383,14 +408,14 @@ type rawFrame struct {
 var codec = linkCodec{proto: encoding.GetCodecV2(gproto.Name)}
 
 // session runs one connection.
-func (c *Client) session(ctx context.Context, sup connector.Supervisor) (res sessionResult, err error) {
+func (c *Client) session(ctx context.Context, sup connector.Supervisor, addr string) (res sessionResult, err error) {
 	creds := c.opts.Creds
 	if creds == nil {
 		creds = insecure.NewCredentials()
 	}
-	conn, err := ggrpc.NewClient(c.opts.Address, ggrpc.WithTransportCredentials(creds))
+	conn, err := ggrpc.NewClient(addr, ggrpc.WithTransportCredentials(creds))
 	if err != nil {
-		return res, fmt.Errorf("dial %s: %w", c.opts.Address, err)
+		return res, fmt.Errorf("dial %s: %w", addr, err)
 	}
 	defer conn.Close()
 	ctx, cancel := context.WithCancel(ctx)
@@ -431,7 +456,7 @@ func (c *Client) session(ctx context.Context, sup connector.Supervisor) (res ses
 	}
 	c.connects.Add(1)
 	cursor := max(seen, c.opts.Queue.Acked())
-	c.log.Info("connected to coordinator", "coordinator", c.opts.Address, "resume_after", cursor)
+	c.log.Info("connected to coordinator", "coordinator", addr, "resume_after", cursor)
 
 	var sent atomic.Uint64 // the highest sequence number sent on this stream
 	sent.Store(cursor)

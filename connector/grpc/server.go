@@ -333,6 +333,9 @@ func (s *Server) serve(ctx context.Context, stream pb.SupervisorLink_ConnectServ
 			first = ev
 		case err := <-errc:
 			return err
+		case <-ctx.Done():
+			// The coordinator ended the session (it stood down, or closes).
+			return status.FromContextError(ctx.Err()).Err()
 		}
 		batch := []*pb.Event{first}
 	drain:

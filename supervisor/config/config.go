@@ -29,6 +29,7 @@
 package config
 
 import (
+	"strings"
 	"time"
 
 	"github.com/boardvisor/boardvisor/jobs"
@@ -138,8 +139,12 @@ type LogConfig struct {
 
 // CoordinatorConfig says how to reach the coordinator.
 type CoordinatorConfig struct {
-	// Address is the coordinator's host:port. Required.
+	// Address is the coordinator's host:port. Required unless Addresses is set. Several
+	// coordinators (one active, the others standing by) may be given comma-separated.
 	Address string `yaml:"address"`
+	// Addresses are several coordinators' host:port, tried in turn: the supervisor
+	// follows the active one. They come after Address's.
+	Addresses []string `yaml:"addresses"`
 	// TokenFile, if set, names a readable file holding the supervisor's token.
 	TokenFile string `yaml:"tokenFile"`
 	// SupervisorID names this supervisor to the coordinator; default: the host name.
@@ -372,4 +377,16 @@ func (s *Serial) applyDefaults() {
 	if s.StopBits == 0 {
 		s.StopBits = DefaultStopBits
 	}
+}
+
+// AddressList returns every coordinator address configured: Address's
+// (comma-separated) and then Addresses, blanks dropped.
+func (co *CoordinatorConfig) AddressList() []string {
+	var out []string
+	for _, a := range append(strings.Split(co.Address, ","), co.Addresses...) {
+		if a = strings.TrimSpace(a); a != "" {
+			out = append(out, a)
+		}
+	}
+	return out
 }

@@ -165,7 +165,7 @@ func TestLoadFullConfig(t *testing.T) {
 	if c.Log != (LogConfig{Level: "debug", Format: "text"}) {
 		t.Errorf("log: %+v", c.Log)
 	}
-	if c.Coordinator == nil || *c.Coordinator != (CoordinatorConfig{Address: "coord.lab:7400", TokenFile: e.dir + "/token"}) {
+	if c.Coordinator == nil || !reflect.DeepEqual(*c.Coordinator, CoordinatorConfig{Address: "coord.lab:7400", TokenFile: e.dir + "/token"}) {
 		t.Errorf("coordinator: %+v", c.Coordinator)
 	}
 	after := &ResolvedHook{Exec: e.dir + "/after.sh",

@@ -131,10 +131,14 @@ func (v *validator) host() {
 		s.add("images", "timeouts must not be negative")
 	}
 	if co := c.Coordinator; co != nil {
-		if co.Address == "" {
-			s.add("coordinator.address", "required (host:port of the coordinator; leave out the coordinator block to run without one)")
-		} else if msg := checkHostPort(co.Address, true); msg != "" {
-			s.add("coordinator.address", "%s", msg)
+		if addrs := co.AddressList(); len(addrs) == 0 {
+			s.add("coordinator.address", "required (host:port of the coordinator, or several comma-separated; leave out the coordinator block to run without one)")
+		} else {
+			for _, a := range addrs {
+				if msg := checkHostPort(a, true); msg != "" {
+					s.add("coordinator.address", "%s", msg)
+				}
+			}
 		}
 		if co.TokenFile != "" {
 			if msg := checkReadable(co.TokenFile); msg != "" {

@@ -58,7 +58,7 @@ var Invalid = []Case{
 	{"log format", "stateDir: /bv\nlog: {format: xml}\n" + board,
 		`config.yaml:2: log.format: unknown format "xml" (want json, text or auto)`},
 	{"coordinator without address", "stateDir: /bv\ncoordinator: {tokenFile: \"\"}\n" + board,
-		`config.yaml:2: coordinator.address: required (host:port of the coordinator; leave out the coordinator block to run without one)`},
+		`config.yaml:2: coordinator.address: required (host:port of the coordinator, or several comma-separated; leave out the coordinator block to run without one)`},
 	{"coordinator address without host", "stateDir: /bv\ncoordinator:\n  address: \":7400\"\n" + board,
 		`config.yaml:3: coordinator.address: ":7400" has no host`},
 	{"coordinator port 0", "stateDir: /bv\ncoordinator:\n  address: coord:0\n" + board,
