@@ -80,6 +80,7 @@ type Queue struct {
 	index     consoleIndex // console events on disk, oldest first (owned by the writer)
 	closed    bool
 	failing   error // the last write error, nil once a write succeeded
+	recovered bool  // a write succeeded after failing (for the writer's log)
 	onEnded   func(job string)
 
 	maxPending int64
@@ -733,8 +734,8 @@ func (q *Queue) writer() {
 			continue
 		}
 		q.mu.Lock()
-		recovered := q.failing != nil
-		q.failing = nil
+		recovered := q.recovered || q.failing != nil
+		q.failing, q.recovered = nil, false
 		q.mu.Unlock()
 		if recovered && !lastLog.IsZero() {
 			q.log.Info("outbox writes again", "file", q.path)
@@ -906,8 +907,12 @@ func (q *Queue) write(ackTo uint64, forget []string, batch []rec, full bool, sto
 	q.commits.Add(1)
 	q.shedVisits.Add(t.visited)
 	q.shedBytes.Add(t.shedBytes)
-	// Committed: apply in memory.
+	// Committed: apply in memory. The write error clears here, before any waiter is
+	// released, so that nobody told its events are durable still reads it.
 	q.mu.Lock()
+	if q.failing != nil {
+		q.failing, q.recovered = nil, true
+	}
 	if doAck {
 		q.ackDone = ackTo
 	}
