@@ -81,6 +81,7 @@ type StopHook struct{}
 type DriverOutput struct {
 	Driver string
 	Data   []byte
+	At     time.Time // when the driver read it
 }
 
 // DriverUp tells a board that a driver (re)started.

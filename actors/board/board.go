@@ -414,7 +414,14 @@ func (b *boardActor) driverOutput(ctx actor.Context, m *actors.DriverOutput) {
 		}
 		off = &b.leaseConsole
 	}
-	ev := connector.Event{Board: b.cfg.Name, JobID: job, Console: &connector.Console{Source: jobs.SourceDriver, Data: m.Data, Offset: *off}}
+	// Time is when the chunk was read: a console watcher that attached later does not get
+	// it, although a tick's batch may reach the sink after the watcher attached.
+	at := m.At
+	if at.IsZero() {
+		at = time.Now()
+	}
+	ev := connector.Event{Board: b.cfg.Name, JobID: job, Time: at,
+		Console: &connector.Console{Source: jobs.SourceDriver, Data: m.Data, Offset: *off}}
 	*off += uint64(len(m.Data))
 	switch {
 	case b.cfg.Console == nil:

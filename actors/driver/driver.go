@@ -88,7 +88,7 @@ func (a *driverActor) start(ctx actor.Context) {
 				}
 			}()
 			// Output goes straight to the board: one mailbox hop fewer per chunk.
-			err = a.d.Run(runCtx, func(b []byte) { root.Send(parent, &actors.DriverOutput{Driver: name, Data: b}) })
+			err = a.d.Run(runCtx, func(b []byte) { root.Send(parent, &actors.DriverOutput{Driver: name, Data: b, At: time.Now()}) })
 		}()
 		if err == nil && runCtx.Err() == nil {
 			err = fmt.Errorf("returned without an error before it was stopped")

@@ -232,10 +232,13 @@ func (b *Board) loop() {
 			b.handlePower(r.op)
 			r.reply <- nil
 		case p := <-b.input:
-			// (Sending at once on an idle line, for a faster echo, lost the input of
-			// upstream's client after a power cycle: TestUpstreamClientNormalLease. Output
-			// waits for the next pump, at most pumpInterval.)
+			// An idle line sends at once, as a UART does: the echo of a keystroke does not
+			// wait for the next pump (the pace still holds: pump spends tokens).
+			idle := len(b.queue) == 0
 			b.handleInput(p)
+			if idle {
+				b.pump()
+			}
 		case <-wake:
 			b.pump()
 		}

@@ -65,8 +65,11 @@ type Board struct {
 	arch   string
 	qemu   *qemu.Board
 
-	mu   sync.Mutex
-	subs map[chan []byte]bool
+	mu sync.Mutex
+	// subs are the console's watchers, each with when it attached: a watcher gets only
+	// the chunks read since (a tick's batch reaches Sink up to ConsoleTick late, and a
+	// watcher that attached after a power cycle must not see the boot before it).
+	subs map[chan []byte]time.Time
 	// attend is how the console learns whether someone interacts with it (nil: no
 	// console, or one that does not care).
 	attend attendable
@@ -179,7 +182,7 @@ func Build(cfg *config.Config, logger hclog.Logger, disk *diskspace.Monitor) (*M
 }
 
 func (m *Manager) build(stateDir string, rb config.ResolvedBoard) (*Board, error) {
-	b := &Board{Name: rb.Name, subs: map[chan []byte]bool{}, labels: rb.Labels, arch: rb.Labels["arch"]}
+	b := &Board{Name: rb.Name, subs: map[chan []byte]time.Time{}, labels: rb.Labels, arch: rb.Labels["arch"]}
 	var consolePath string
 	sc := serial.Config{Name: Console}
 	switch {
@@ -273,7 +276,10 @@ func (m *Manager) Sink(ev connector.Event) {
 	switch {
 	case ev.Console != nil:
 		b.mu.Lock()
-		for ch := range b.subs {
+		for ch, since := range b.subs {
+			if !ev.Time.IsZero() && ev.Time.Before(since) {
+				continue // read before this watcher attached
+			}
 			select {
 			case ch <- ev.Console.Data:
 			default: // a watcher that does not keep up misses bytes
@@ -315,6 +321,10 @@ func (m *Manager) Call(ctx context.Context, board, drv, method string, args []*s
 		if b.power == nil {
 			return nil, status.Errorf(codes.Unimplemented, "board %s has no power control", board)
 		}
+		// Switching power is interacting with the board: its console is read at once from
+		// now (what it printed before is read first, before a watcher that attaches after
+		// the switch, which then sees only the new boot: TestUpstreamClientNormalLease).
+		b.typed()
 		var err error
 		switch method {
 		case "on":
@@ -370,7 +380,7 @@ func (m *Manager) Stream(ctx context.Context, board, drv, method string, _ []*st
 func (m *Manager) attach(ctx context.Context, b *Board, out func([]byte) error) error {
 	ch := make(chan []byte, ConsoleBuffer)
 	b.mu.Lock()
-	b.subs[ch] = true
+	b.subs[ch] = time.Now()
 	b.decideAttended(time.Now())
 	b.mu.Unlock()
 	defer func() {
