@@ -182,14 +182,8 @@ func (c *Coordinator) ReleaseLease(ctx context.Context, req *pb.ReleaseLeaseRequ
 	var out *pb.Lease
 	state := ""
 	err := c.do(ctx, func(tctx context.Context, tx *sql.Tx, fx *effects) error {
-		l, err := c.leaseOf(tctx, tx, req.GetId())
+		l, err := c.leaseFor(tctx, tx, ctx, req.GetId(), "release")
 		if err != nil {
-			return err
-		}
-		if l == nil {
-			return status.Errorf(codes.NotFound, "lease %s not found", req.GetId())
-		}
-		if err := c.mayChange(ctx, l, "release"); err != nil {
 			return err
 		}
 		state = l.State
@@ -351,15 +345,11 @@ func (c *Coordinator) SetBoardMaintenance(ctx context.Context, req *pb.SetBoardM
 		return nil, rpcError(err)
 	}
 	c.log.Info("board maintenance set", "board", name, "on", req.GetOn(), "reason", req.GetReason())
-	b, err := getBoard(ctx, c.db, &c.rowsRead, name)
-	if err != nil || b == nil {
-		return nil, rpcError(errors.Join(err, errors.New("board vanished")))
-	}
-	busy, err := busyBoards(ctx, c.db)
+	b, err := c.committedBoard(ctx, name)
 	if err != nil {
-		return nil, rpcError(err)
+		return nil, err
 	}
-	return &pb.SetBoardMaintenanceResponse{Board: c.boardProto(b, busy, c.now())}, nil
+	return &pb.SetBoardMaintenanceResponse{Board: b}, nil
 }
 
 // rpcError passes gRPC statuses through and reports anything else as Internal.
@@ -484,6 +474,15 @@ func (c *Coordinator) MoveBoard(ctx context.Context, req *pb.MoveBoardRequest) (
 	if to == "" {
 		return &pb.MoveBoardResponse{}, nil
 	}
+	b, err := c.committedBoard(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	return &pb.MoveBoardResponse{Board: b}, nil
+}
+
+// committedBoard reads a board as committed (after a change of it), for a response.
+func (c *Coordinator) committedBoard(ctx context.Context, name string) (*pb.Board, error) {
 	b, err := getBoard(ctx, c.db, &c.rowsRead, name)
 	if err != nil || b == nil {
 		return nil, rpcError(errors.Join(err, errors.New("board vanished")))
@@ -492,5 +491,5 @@ func (c *Coordinator) MoveBoard(ctx context.Context, req *pb.MoveBoardRequest) (
 	if err != nil {
 		return nil, rpcError(err)
 	}
-	return &pb.MoveBoardResponse{Board: c.boardProto(b, busy, c.now())}, nil
+	return c.boardProto(b, busy, c.now()), nil
 }

@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"net"
 	"sort"
@@ -98,6 +99,23 @@ func (c *Coordinator) mayChange(ctx context.Context, l *leaseRow, what string) e
 	}
 	c.auditRefusal(u.Name, l.Board, l.ID, fmt.Sprintf("%s lease %s of %s: not its holder nor an admin", what, l.ID, l.Client))
 	return status.Errorf(codes.PermissionDenied, "the lease belongs to %s; only its holder or an admin may %s it", l.Client, what)
+}
+
+// leaseFor returns a lease for the state loop (leaseOf) that the caller (caller's
+// context: its user) may act on with what: NotFound when there is none, PermissionDenied
+// (audited) when it is another user's.
+func (c *Coordinator) leaseFor(ctx context.Context, tx *sql.Tx, caller context.Context, id, what string) (*leaseRow, error) {
+	l, err := c.leaseOf(ctx, tx, id)
+	if err != nil {
+		return nil, err
+	}
+	if l == nil {
+		return nil, status.Errorf(codes.NotFound, "lease %s not found", id)
+	}
+	if err := c.mayChange(caller, l, what); err != nil {
+		return nil, err
+	}
+	return l, nil
 }
 
 // watchSlots counts open WatchLease streams, per principal and in all.

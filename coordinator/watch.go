@@ -75,14 +75,8 @@ func (c *Coordinator) WatchLease(req *pb.WatchLeaseRequest, stream pb.LeaseServi
 	// before.
 	var last *pb.Lease
 	err := c.do(ctx, func(tctx context.Context, tx *sql.Tx, fx *effects) error {
-		l, err := c.leaseOf(tctx, tx, req.GetId())
+		l, err := c.leaseFor(tctx, tx, ctx, req.GetId(), "watch")
 		if err != nil {
-			return err
-		}
-		if l == nil {
-			return status.Errorf(codes.NotFound, "lease %s not found", req.GetId())
-		}
-		if err := c.mayChange(ctx, l, "watch"); err != nil {
 			return err
 		}
 		if release, err = c.takeWatch(ctx); err != nil {

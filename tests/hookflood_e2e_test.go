@@ -3,11 +3,10 @@ package tests
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
-	"syscall"
 	"testing"
 	"time"
 
@@ -62,20 +61,17 @@ func TestMillionLineHookReachesTheCoordinator(t *testing.T) {
 	if _, err := w.done(); err != nil {
 		t.Fatal(err)
 	}
-	rctx := ctxLong(t, 10*time.Minute)
 	// What a user reads back: `boardvisor logs --lease` streams the lease's log from the
 	// coordinator's store, in stored order. Its hook lines are the hook's, each once and in
 	// order. (The check runs in the binary, which is built without the race detector:
 	// queries over a million rows in the test under -race took minutes.)
-	cmd := exec.CommandContext(rctx, binary, "logs", "--lease", l.GetId())
-	cmd.Env = append(os.Environ(), coordEnv(coordAddr, "")...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
+	out, err := runBinaryWithin(10*time.Minute, coordEnv(coordAddr, ""), false, []string{"logs", "--lease", l.GetId()})
 	if err != nil {
-		t.Fatalf("boardvisor logs --lease: %v\n%s", err, stderr.String())
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			t.Fatalf("boardvisor logs --lease: %v\n%s", err, ee.Stderr)
+		}
+		t.Fatalf("boardvisor logs --lease: %v", err)
 	}
 	k := 0
 	for line := range bytes.Lines(out) {

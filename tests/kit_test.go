@@ -92,7 +92,12 @@ func cliStdout(env []string, args ...string) ([]byte, error) {
 }
 
 func runBinary(env []string, combined bool, args []string) ([]byte, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	return runBinaryWithin(wait, env, combined, args)
+}
+
+// runBinaryWithin is runBinary for a command that may take up to bound.
+func runBinaryWithin(bound time.Duration, env []string, combined bool, args []string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), bound)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, binary, args...)
 	cmd.Env = append(os.Environ(), env...)
@@ -107,7 +112,7 @@ func runBinary(env []string, combined bool, args []string) ([]byte, error) {
 		out, err = cmd.Output()
 	}
 	if ctx.Err() != nil {
-		err = fmt.Errorf("boardvisor %s did not finish within %s (killed): %w", strings.Join(args, " "), wait, err)
+		err = fmt.Errorf("boardvisor %s did not finish within %s (killed): %w", strings.Join(args, " "), bound, err)
 	}
 	return out, err
 }
