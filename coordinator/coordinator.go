@@ -171,6 +171,8 @@ type Coordinator struct {
 	applyQ   applyQueue
 
 	stmts stmtCache // the writer connection's prepared statements
+	// insertEvents is the writer's INSERT of insertRows events (prepared in stmts).
+	insertEvents string
 
 	// The event writer, and the SQLite checkpointer.
 	store          storeQueue
@@ -386,7 +388,8 @@ func New(opts Options) (*Coordinator, error) {
 	}
 	c.ops = newOps(c)
 	c.store.init()
-	if err := c.stmts.prepare(ctx, wdb); err != nil {
+	c.insertEvents = insertEventsSQL(insertRows, isSQLite(opts.Driver))
+	if err := c.stmts.prepare(ctx, wdb, c.insertEvents); err != nil {
 		closeDBs()
 		return nil, fmt.Errorf("coordinator: database: %w", err)
 	}

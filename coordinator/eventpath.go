@@ -29,10 +29,8 @@ const (
 	maxStoreEvents = 4096
 	// maxApplyBacklog bounds the events held in memory for the state loop.
 	maxApplyBacklog = 20000
-	// insertRows bounds the events of one INSERT (8 parameters each). SQLite finds a
-	// "$n" parameter by a linear search of the statement's names: more rows a statement
-	// would cost more per row.
-	insertRows = 100
+	// insertRows bounds the events of one INSERT (8 parameters each).
+	insertRows = 250
 )
 
 // eventRow is an event as stored.
@@ -69,11 +67,22 @@ func (q *storeQueue) init() {
 // link then acknowledges them). Their effects on leases and boards are applied by the
 // state loop after that, in order.
 func (c *Coordinator) Events(ctx context.Context, s *link.Session, evs []*pb.Event) error {
+	return c.SubmitEvents(ctx, s, evs)()
+}
+
+// SubmitEvents queues a batch of a supervisor's events for the writer and returns at
+// once; wait returns once they are durable (link.EventPipeliner). The link submits a
+// session's batches in sequence order, and the writer stores them in that order and
+// never above a hole (storeBatch), so a session may have several batches being stored
+// while the next arrives: their commits are shared, which is what lets one supervisor
+// stream faster than one commit per batch.
+func (c *Coordinator) SubmitEvents(ctx context.Context, s *link.Session, evs []*pb.Event) (wait func() error) {
 	if len(evs) == 0 {
-		return nil
+		return func() error { return nil }
 	}
+	fail := func(err error) func() error { return func() error { return err } }
 	if _, active := c.currentTerm(); !active {
-		return c.standbyError()
+		return fail(c.standbyError())
 	}
 	r := &storeReq{sup: s.ID, first: evs[0].GetSeq(), top: evs[len(evs)-1].GetSeq(), done: make(chan error, 1)}
 	now := c.now()
@@ -81,7 +90,7 @@ func (c *Coordinator) Events(ctx context.Context, s *link.Session, evs []*pb.Eve
 		kind, job, board := eventKind(ev)
 		payload, err := protojson.Marshal(eventBody(ev))
 		if err != nil {
-			return fmt.Errorf("event %d: encode: %w", ev.GetSeq(), err)
+			return fail(fmt.Errorf("event %d: encode: %w", ev.GetSeq(), err))
 		}
 		at := now
 		if ev.GetTime() != nil {
@@ -103,18 +112,24 @@ func (c *Coordinator) Events(ctx context.Context, s *link.Session, evs []*pb.Eve
 	case c.store.kick <- struct{}{}:
 	default:
 	}
-	select {
-	case err := <-r.done:
-		if err == nil {
-			c.logs.stored(evs) // wake the LeaseLog streams of these leases (leaselog.go)
+	return func() error {
+		select {
+		case err := <-r.done:
+			if err == nil {
+				c.logs.stored(evs) // wake the LeaseLog streams of these leases (leaselog.go)
+			}
+			return err
+		case <-ctx.Done():
+			return ctx.Err() // the supervisor sends them again; storing them twice is harmless
+		case <-c.done:
+			return errClosed
 		}
-		return err
-	case <-ctx.Done():
-		return ctx.Err() // the supervisor sends them again; storing them twice is harmless
-	case <-c.done:
-		return errClosed
 	}
 }
+
+// errAboveHole refuses a batch whose events do not follow what is stored of its
+// supervisor: an earlier batch of the same stream was not stored.
+var errAboveHole = errors.New("events follow a batch that was not stored; the supervisor sends them again")
 
 // relevantKind tells which kinds of events change leases or boards.
 func relevantKind(kind string) bool {
@@ -145,17 +160,26 @@ func (c *Coordinator) writer() {
 			if len(batch) == 0 {
 				break
 			}
-			err := c.storeBatch(batch)
+			refused, err := c.storeBatch(batch)
 			if err == nil {
 				for _, r := range batch {
-					c.applyQ.push(&eventBatch{sup: r.sup, first: r.first, top: r.top, events: r.relevant})
+					if !refused[r] {
+						c.applyQ.push(&eventBatch{sup: r.sup, first: r.first, top: r.top, events: r.relevant})
+					}
 				}
 				c.kickLoop()
 			} else if !isStandby(err) {
 				c.log.Error("events not stored: the supervisors will send them again", "error", err, "batches", len(batch))
 			}
 			for _, r := range batch {
-				r.done <- err
+				switch {
+				case err != nil:
+					r.done <- err
+				case refused[r]:
+					r.done <- fmt.Errorf("events %d to %d of %s: %w", r.first, r.top, r.sup, errAboveHole)
+				default:
+					r.done <- nil
+				}
 			}
 		}
 	}
@@ -172,65 +196,139 @@ func (c *Coordinator) failStores(err error) {
 }
 
 // storeBatch stores batches in one transaction: the events (a replay of one stored
-// before changes nothing) and each supervisor's last stored seq and contact time.
-func (c *Coordinator) storeBatch(batch []*storeReq) error {
+// before changes nothing) and each supervisor's last stored seq and contact time. A
+// request whose first event is above its supervisor's last stored seq + 1 (an earlier
+// request of its stream failed while it waited) is refused, with every later one of
+// that supervisor in the batch, so that a supervisor's events are stored without a
+// hole: its last_seq is where its replay starts.
+func (c *Coordinator) storeBatch(batch []*storeReq) (refused map[*storeReq]bool, err error) {
 	term, active := c.currentTerm()
 	if !active {
-		return c.standbyError()
+		return nil, c.standbyError()
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), stepTimeout)
 	defer cancel()
 	tx, err := c.wdb.BeginTx(ctx, nil)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer func() { _ = tx.Rollback() }()
 	if err := c.fence(ctx, tx, term); err != nil {
-		return err
+		return nil, err
 	}
+	stored, err := lastStored(ctx, tx, batch)
+	if err != nil {
+		return nil, fmt.Errorf("read the supervisors' stored seqs: %w", err)
+	}
+	// top is, per supervisor, the highest seq stored once this transaction commits.
+	top := stored
+	changed := map[string]bool{}
+	refused = map[*storeReq]bool{}
+	broken := map[string]bool{}
 	// Many rows an INSERT: one round trip for up to insertRows events (PostgreSQL's
-	// statements go over the network; SQLite's parse once).
-	var q strings.Builder
+	// statements go over the network), through a statement prepared once, as parsing
+	// a 2,000-parameter statement was a third of the writer's time; the rest of a batch
+	// gets a statement of its own.
+	full := tx.StmtContext(ctx, c.stmts.get(c.insertEvents))
 	args := make([]any, 0, 8*insertRows)
 	insert := func() error {
 		if len(args) == 0 {
 			return nil
 		}
-		_, err := tx.ExecContext(ctx, q.String()+` ON CONFLICT (supervisor_id, seq) DO NOTHING`, args...)
-		q.Reset()
+		var err error
+		if len(args) == 8*insertRows {
+			_, err = full.ExecContext(ctx, args...)
+		} else {
+			_, err = tx.ExecContext(ctx, insertEventsSQL(len(args)/8, isSQLite(c.opts.Driver)), args...)
+		}
 		args = args[:0]
 		return err
 	}
-	top := map[string]uint64{}
 	for _, r := range batch {
+		if broken[r.sup] || r.first > top[r.sup]+1 {
+			broken[r.sup] = true
+			refused[r] = true
+			continue
+		}
 		for _, e := range r.rows {
-			if len(args) == 0 {
-				q.WriteString(`INSERT INTO events (supervisor_id, seq, at_ns, job_id, board, kind, payload, term) VALUES `)
-			} else {
-				q.WriteString(", ")
+			if uint64(e.seq) <= top[r.sup] {
+				continue // stored before: a replay
 			}
-			n := len(args)
-			fmt.Fprintf(&q, "($%d, $%d, $%d, $%d, $%d, $%d, $%d, $%d)", n+1, n+2, n+3, n+4, n+5, n+6, n+7, n+8)
 			args = append(args, r.sup, e.seq, e.at, e.job, e.board, e.kind, e.payload, term)
 			if len(args) == 8*insertRows {
 				if err := insert(); err != nil {
-					return fmt.Errorf("store events of %s: %w", r.sup, err)
+					return nil, fmt.Errorf("store events of %s: %w", r.sup, err)
 				}
 			}
 		}
 		top[r.sup] = max(top[r.sup], r.top)
+		changed[r.sup] = true
 	}
 	if err := insert(); err != nil {
-		return fmt.Errorf("store events: %w", err)
+		return nil, fmt.Errorf("store events: %w", err)
 	}
 	now := c.now().UnixNano()
-	for sup, t := range top {
+	for sup := range changed {
 		if _, err := tx.ExecContext(ctx, `UPDATE supervisors SET last_seq = CASE WHEN last_seq < $2 THEN $2 ELSE last_seq END,
-			last_contact = $3 WHERE id = $1`, sup, int64(t), now); err != nil {
-			return err
+			last_contact = $3 WHERE id = $1`, sup, int64(top[sup]), now); err != nil {
+			return nil, err
 		}
 	}
-	return tx.Commit()
+	return refused, tx.Commit()
+}
+
+// insertEventsSQL is the INSERT of rows events. SQLite gets anonymous "?" parameters:
+// it finds a "$n" one by a linear search of the statement's names, which made the
+// search most of the coordinator's CPU when events streamed in.
+func insertEventsSQL(rows int, sqlite bool) string {
+	var q strings.Builder
+	q.WriteString(`INSERT INTO events (supervisor_id, seq, at_ns, job_id, board, kind, payload, term) VALUES `)
+	for i := 0; i < rows; i++ {
+		if i > 0 {
+			q.WriteString(", ")
+		}
+		if sqlite {
+			q.WriteString("(?, ?, ?, ?, ?, ?, ?, ?)")
+		} else {
+			n := 8 * i
+			fmt.Fprintf(&q, "($%d, $%d, $%d, $%d, $%d, $%d, $%d, $%d)", n+1, n+2, n+3, n+4, n+5, n+6, n+7, n+8)
+		}
+	}
+	q.WriteString(` ON CONFLICT (supervisor_id, seq) DO NOTHING`)
+	return q.String()
+}
+
+// lastStored returns, for each supervisor of the batch, the highest seq of its events
+// stored (supervisors.last_seq), read in the writer's transaction.
+func lastStored(ctx context.Context, tx *sql.Tx, batch []*storeReq) (map[string]uint64, error) {
+	out := map[string]uint64{}
+	var q strings.Builder
+	var args []any
+	for _, r := range batch {
+		if _, ok := out[r.sup]; ok {
+			continue
+		}
+		out[r.sup] = 0
+		if len(args) > 0 {
+			q.WriteString(", ")
+		}
+		args = append(args, r.sup)
+		fmt.Fprintf(&q, "$%d", len(args))
+	}
+	rows, err := tx.QueryContext(ctx, `SELECT id, last_seq FROM supervisors WHERE id IN (`+q.String()+`)`, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id string
+		var seq int64
+		if err := rows.Scan(&id, &seq); err != nil {
+			return nil, err
+		}
+		out[id] = uint64(max(seq, 0))
+	}
+	return out, rows.Err()
 }
 
 // eventBatch is stored events waiting to be applied: events holds the state-changing

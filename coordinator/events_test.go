@@ -2,10 +2,14 @@ package coordinator
 
 import (
 	"context"
+	"database/sql"
+	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
 
+	link "github.com/boardvisor/boardvisor/connector/grpc"
 	pb "github.com/boardvisor/boardvisor/proto/boardvisor/v1"
 	jpb "github.com/boardvisor/boardvisor/proto/jumpstarter/v1"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -216,4 +220,51 @@ func TestEventsAppliedFromTheStore(t *testing.T) {
 		t.Fatalf("lease applied before the restart: %v", g)
 	}
 	e2.c.mustMatchStore(t)
+}
+
+// The link may have several batches of a session being stored at once (SubmitEvents).
+// The writer stores them in order and never above a hole: a batch that does not follow
+// what is stored of its supervisor is refused, so that the supervisor's last stored seq,
+// where its replay starts, never skips an event.
+func TestPipelinedBatchesNeverStoredAboveAHole(t *testing.T) {
+	e := newEnv(t, "", Options{})
+	f := e.dial("sup", []*pb.BoardInfo{board("r1", "device", "rpi4")}, supOpts{})
+	hookLine(f, "", "one")
+	f.waitAcked()
+	var sess *link.Session
+	e.c.do(e.ctx(), func(context.Context, *sql.Tx, *effects) error { sess = e.c.sessions["sup"]; return nil })
+	line := func(seq uint64) *pb.Event {
+		return &pb.Event{Seq: seq, Time: timestamppb.New(time.Unix(1_700_000_000, int64(seq))), Body: &pb.Event_HookLog{HookLog: &pb.HookLog{
+			Board: "r1", Source: jpb.LogSource_LOG_SOURCE_BEFORE_LEASE_HOOK, Severity: pb.Severity_SEVERITY_INFO, Text: fmt.Sprint("line ", seq)}}}
+	}
+	// 2 and 3 are missing: 4..5 is refused, and so is 6..7, which follows it.
+	hole := e.c.SubmitEvents(e.ctx(), sess, []*pb.Event{line(4), line(5)})
+	after := e.c.SubmitEvents(e.ctx(), sess, []*pb.Event{line(6), line(7)})
+	if err := hole(); !errors.Is(err, errAboveHole) {
+		t.Fatalf("events 4..5 above the hole at 2: %v, want it refused", err)
+	}
+	if err := after(); !errors.Is(err, errAboveHole) {
+		t.Fatalf("events 6..7 after the refused 4..5: %v, want them refused", err)
+	}
+	// In order, several at once: all stored, with a replay of 1 in the first.
+	sent := []*pb.Event{f.sent[0]}
+	var waits []func() error
+	for first := uint64(2); first < 12; first += 2 {
+		evs := []*pb.Event{line(first), line(first + 1)}
+		if first == 2 {
+			evs = append([]*pb.Event{f.sent[0]}, evs...)
+		}
+		waits = append(waits, e.c.SubmitEvents(e.ctx(), sess, evs))
+		sent = append(sent, line(first), line(first+1))
+	}
+	for i, w := range waits {
+		if err := w(); err != nil {
+			t.Fatalf("batch %d: %v", i, err)
+		}
+	}
+	checkEvents(t, e.c, "sup", sent)
+	var last int64
+	if err := e.c.db.QueryRowContext(e.ctx(), `SELECT last_seq FROM supervisors WHERE id = $1`, "sup").Scan(&last); err != nil || last != 11 {
+		t.Fatalf("last_seq %d (%v), want 11", last, err)
+	}
 }

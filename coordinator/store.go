@@ -246,11 +246,11 @@ type stmtCache struct {
 }
 
 // prepare prepares the hot statements of the state loop on db.
-func (s *stmtCache) prepare(ctx context.Context, db *sql.DB) error {
+func (s *stmtCache) prepare(ctx context.Context, db *sql.DB, more ...string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.stmts = map[string]*sql.Stmt{}
-	for _, q := range []string{insertLeaseSQL, saveBoardSQL} {
+	for _, q := range append([]string{insertLeaseSQL, saveBoardSQL}, more...) {
 		st, err := db.PrepareContext(ctx, q)
 		if err != nil {
 			return err

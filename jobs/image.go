@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"regexp"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -44,18 +45,24 @@ const (
 	maxRepositoryLen  = 255
 )
 
+// The patterns are compiled on first use: jobs is linked into the hook shim, which
+// starts once per hook and never checks an image.
 var (
-	digestRE = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
+	digestRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^sha256:[0-9a-f]{64}$`) })
 	// The registry is a host name, an IPv4 address or a bracketed IPv6 address, with an
 	// optional port.
-	registryRE = regexp.MustCompile(`^(\[[0-9a-fA-F:.]+\]|[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?(\.[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?)*)(:[0-9]{1,5})?$`)
+	registryRE = sync.OnceValue(func() *regexp.Regexp {
+		return regexp.MustCompile(`^(\[[0-9a-fA-F:.]+\]|[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?(\.[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?)*)(:[0-9]{1,5})?$`)
+	})
 	// The OCI distribution spec's repository name grammar.
-	repositoryRE = regexp.MustCompile(`^[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*$`)
+	repositoryRE = sync.OnceValue(func() *regexp.Regexp {
+		return regexp.MustCompile(`^[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*$`)
+	})
 )
 
 // ValidDigest checks that d is a SHA-256 digest in its canonical form.
 func ValidDigest(d string) error {
-	if !digestRE.MatchString(d) {
+	if !digestRE().MatchString(d) {
 		return fmt.Errorf("image digest %q is not sha256: followed by 64 lower-case hex digits", clip(d))
 	}
 	return nil
@@ -73,10 +80,10 @@ func (im Image) Validate() error {
 		return fmt.Errorf("image %s has %d locations, at most %d are allowed", im.Digest, len(im.Locations), MaxImageLocations)
 	}
 	for i, l := range im.Locations {
-		if len(l.Registry) > maxRegistryLen || !registryRE.MatchString(l.Registry) {
+		if len(l.Registry) > maxRegistryLen || !registryRE().MatchString(l.Registry) {
 			return fmt.Errorf("image location %d: registry %q is not a host name with an optional port", i+1, clip(l.Registry))
 		}
-		if len(l.Repository) > maxRepositoryLen || !repositoryRE.MatchString(l.Repository) {
+		if len(l.Repository) > maxRepositoryLen || !repositoryRE().MatchString(l.Repository) {
 			return fmt.Errorf("image location %d: repository %q is not a valid repository name (lower-case letters, digits, separators . _ - and /)", i+1, clip(l.Repository))
 		}
 	}

@@ -106,6 +106,14 @@ func Start(opts Options) (*Supervisor, error) {
 			opts.Exporter.MotdFile = func(job string) string { return filepath.Join(spool, job, "motd") }
 		}
 	}
+	if len(opts.ShimCommand) == 0 {
+		argv, why, err := jhook.DefaultShimCommand()
+		if err != nil {
+			return nil, fmt.Errorf("supervisor: %w", err)
+		}
+		opts.ShimCommand = argv
+		opts.Logger.Info(why)
+	}
 	runner := &jhook.Runner{ShimCommand: opts.ShimCommand, Logger: opts.Logger.Named("hook")}
 	switch base, err := jhook.FindCgroupBase(opts.HookCgroup); {
 	case err != nil && opts.HookCgroup != "":

@@ -127,3 +127,25 @@ func TestLogsFollow(t *testing.T) {
 		}
 	}
 }
+
+// Hooks run under the shim's own binary when it lies next to boardvisor (as `make
+// build` and the packages install them), and the supervisor says so in its log.
+func TestShimBinaryRunsHooks(t *testing.T) {
+	dir := t.TempDir()
+	coordAddr := freeAddr(t)
+	startCoordinator(t, coordAddr, filepath.Join(dir, "coord"))
+	// The hook's parent is its shim.
+	cfg := supervisorConfig(t, dir, "lab-1", coordAddr, `echo "JMP_INFO: shim is $(cat /proc/$PPID/comm)"`, "", boardSpec{"rpi4-01", "device: rpi4"})
+	sup := startSupervisor(t, "supervisor", cfg)
+	waitBoards(t, leaseClient(t, coordAddr), 1)
+	out, err := runShell(t, coordAddr, "shell", "-l", "device=rpi4", "--", "sh", "-c", "timeout 2 "+binary+" logs -f; true")
+	if err != nil {
+		t.Fatalf("shell: %v\n%s", err, out)
+	}
+	if !strings.Contains(out, "shim is boardvisor-shim") {
+		t.Fatalf("the hook did not run under boardvisor-shim:\n%s", out)
+	}
+	if log := sup.output(); !strings.Contains(log, "hooks run under "+filepath.Join(filepath.Dir(binary), "boardvisor-shim")) {
+		t.Fatalf("the supervisor's log does not say which shim runs the hooks:\n%s", log)
+	}
+}

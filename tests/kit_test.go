@@ -71,6 +71,14 @@ func TestMain(m *testing.M) {
 		fmt.Fprintf(os.Stderr, "build boardvisor: %v\n%s", err, out)
 		os.Exit(2)
 	}
+	// The hook shim's own binary, next to it, as `make build` installs them: hooks
+	// run under it (TestShimBinaryRunsHooks checks that they do).
+	build = exec.Command("go", "build", "-o", filepath.Join(dir, "boardvisor-shim"), "../cmd/boardvisor-shim")
+	if out, err := build.CombinedOutput(); err != nil {
+		os.RemoveAll(dir)
+		fmt.Fprintf(os.Stderr, "build boardvisor-shim: %v\n%s", err, out)
+		os.Exit(2)
+	}
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)

@@ -3,6 +3,7 @@ package grpc
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"path/filepath"
@@ -483,6 +484,133 @@ func TestHelloReportsLiveAndUnackedEndedJobs(t *testing.T) {
 	for _, j := range s.client.hello().GetLiveJobs() {
 		if j.GetJobId() == "over" {
 			t.Fatal("acknowledged ended job still reported")
+		}
+	}
+}
+
+// pipeliner is a Handler that stores nothing until the test releases each batch.
+type pipeliner struct {
+	*coordinator
+	submitted chan uint64           // the top seq of each batch, as submitted
+	release   map[uint64]chan error // by top seq; the test sends the batch's outcome
+	mu        sync.Mutex
+}
+
+func (p *pipeliner) gate(top uint64) chan error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.release[top] == nil {
+		p.release[top] = make(chan error, 1)
+	}
+	return p.release[top]
+}
+
+func (p *pipeliner) SubmitEvents(ctx context.Context, s *Session, evs []*pb.Event) func() error {
+	top := evs[len(evs)-1].GetSeq()
+	g := p.gate(top)
+	p.submitted <- top
+	return func() error {
+		select {
+		case err := <-g:
+			return err
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// With an EventPipeliner, a session has up to MaxInFlight batches being stored at once;
+// each is acknowledged only once it and every batch before it is durable, and the first
+// that fails ends the stream with nothing after it acknowledged.
+func TestPipelinedBatchesAckedInOrderOnceDurable(t *testing.T) {
+	p := &pipeliner{coordinator: newCoordinator(t), submitted: make(chan uint64, 16), release: map[uint64]chan error{}}
+	addr, _ := serve(t, "127.0.0.1:0", &Server{Handler: p, MaxBatch: 1, MaxInFlight: 3})
+	conn, err := ggrpc.NewClient(addr, ggrpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	stream, err := pb.NewSupervisorLinkClient(conn).Connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&pb.SupervisorMessage{Msg: &pb.SupervisorMessage_Hello{Hello: &pb.Hello{SupervisorId: "raw"}}}); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := stream.Recv(); err != nil || m.GetWelcome() == nil {
+		t.Fatalf("no Welcome: %v %v", m, err)
+	}
+	acks := make(chan uint64, 16)
+	ended := make(chan error, 1)
+	go func() {
+		for {
+			m, err := stream.Recv()
+			if err != nil {
+				ended <- err
+				return
+			}
+			if a := m.GetAck(); a != nil {
+				acks <- a.GetUpToSeq()
+			}
+		}
+	}()
+	for seq := uint64(1); seq <= 6; seq++ {
+		if err := stream.Send(&pb.SupervisorMessage{Msg: &pb.SupervisorMessage_Event{Event: &pb.Event{Seq: seq}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Batches 1..3 are submitted before any is durable; the 4th waits for room.
+	for want := uint64(1); want <= 3; want++ {
+		if got := <-p.submitted; got != want {
+			t.Fatalf("submitted batch %d, want %d", got, want)
+		}
+	}
+	select {
+	case got := <-p.submitted:
+		t.Fatalf("batch %d submitted with 3 in flight (MaxInFlight 3)", got)
+	case a := <-acks:
+		t.Fatalf("ack %d before anything was durable", a)
+	case <-time.After(200 * time.Millisecond): // nothing to await: checking that nothing happens
+	}
+	// 2 durable first: still no ack, as 1 is not.
+	p.gate(2) <- nil
+	select {
+	case a := <-acks:
+		t.Fatalf("ack %d while batch 1 is not durable", a)
+	case <-time.After(200 * time.Millisecond):
+	}
+	p.gate(1) <- nil
+	if got := <-p.submitted; got != 4 {
+		t.Fatalf("submitted %d after room was made, want 4", got)
+	}
+	var top uint64
+	for top < 2 {
+		select {
+		case top = <-acks:
+		case <-time.After(wait):
+			t.Fatal("no ack once batches 1 and 2 were durable")
+		}
+	}
+	if top != 2 {
+		t.Fatalf("acked up to %d, want 2", top)
+	}
+	// 3 fails: the stream ends, and 4 (durable or not) is never acknowledged.
+	p.gate(4) <- nil
+	p.gate(3) <- errors.New("disk on fire")
+	select {
+	case err := <-ended:
+		if status.Code(err) != codes.Internal || !strings.Contains(err.Error(), "disk on fire") {
+			t.Fatalf("stream ended with %v, want Internal naming the store's error", err)
+		}
+	case <-time.After(wait):
+		t.Fatal("the stream did not end after batch 3 failed")
+	}
+	close(acks)
+	for a := range acks {
+		if a > 2 {
+			t.Fatalf("acked %d past the failed batch 3", a)
 		}
 	}
 }

@@ -35,6 +35,18 @@ type Handler interface {
 	Disconnected(s *Session, err error)
 }
 
+// EventPipeliner is implemented by a Handler that can take a session's next batch of
+// events before the previous one is durable. SubmitEvents queues evs and returns at
+// once; wait returns nil once they are durable, or why they are not (the stream then
+// ends and the supervisor sends them again). The server submits a session's batches in
+// sequence order; the handler must store them in that order and never store a batch
+// whose predecessor failed (nor anything after it). With it, the server keeps up to
+// MaxInFlight batches of a session being stored at once, so that one supervisor's
+// stream is not bound to one commit per batch.
+type EventPipeliner interface {
+	SubmitEvents(ctx context.Context, s *Session, evs []*pb.Event) (wait func() error)
+}
+
 // Authenticator maps a supervisor's token (from the "authorization: Bearer <token>"
 // metadata) to the supervisor ID it may use. It returns an error for an unknown token.
 type Authenticator func(token string) (supervisorID string, err error)
@@ -145,6 +157,9 @@ type Server struct {
 	Logger hclog.Logger
 	// MaxBatch bounds how many events are handed to Handler.Events at once (default 256).
 	MaxBatch int
+	// MaxInFlight bounds how many batches of one session are being stored at once when
+	// the Handler is an EventPipeliner (default 16); acknowledgements follow in order.
+	MaxInFlight int
 	// HelloTimeout bounds the wait for a new stream's Hello (default 10s).
 	HelloTimeout time.Duration
 	// Audit, if set, records every supervisor refused for its token (an audit log,
@@ -282,7 +297,7 @@ func (s *Server) serve(ctx context.Context, stream pb.SupervisorLink_ConnectServ
 		maxBatch = 256
 	}
 	in := make(chan *pb.Event, maxBatch)
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
 	// Reader: owned by serve; ends when the stream ends (ctx cancelled on return).
 	go func() {
 		defer close(in)
@@ -322,6 +337,53 @@ func (s *Server) serve(ctx context.Context, stream pb.SupervisorLink_ConnectServ
 			}
 		}
 	}()
+	// Pipelined storing: batches submitted and not yet durable, in order. The acker
+	// waits for each and acknowledges it; the first failure ends the stream.
+	pipe, _ := s.Handler.(EventPipeliner)
+	type submitted struct {
+		wait func() error // nil: nothing new, only replays to acknowledge
+		upTo uint64
+	}
+	var inflight chan submitted
+	var slots chan struct{} // one per batch submitted and not yet acknowledged
+	ack := func(up uint64) {
+		// Coalesce acks: the writer sends the newest.
+		select {
+		case acks <- up:
+		default:
+			select {
+			case <-acks:
+			default:
+			}
+			acks <- up
+		}
+	}
+	if pipe != nil {
+		maxInFlight := s.MaxInFlight
+		if maxInFlight <= 0 {
+			maxInFlight = 16
+		}
+		inflight = make(chan submitted, maxInFlight)
+		slots = make(chan struct{}, maxInFlight)
+		go func() {
+			for {
+				var b submitted
+				select {
+				case b = <-inflight:
+				case <-ctx.Done():
+					return
+				}
+				if b.wait != nil {
+					if err := b.wait(); err != nil {
+						errc <- status.Errorf(codes.Internal, "coordinator could not store events: %v", err)
+						return
+					}
+				}
+				ack(b.upTo)
+				<-slots
+			}
+		}()
+	}
 	next := lastSeen + 1
 	for {
 		var first *pb.Event
@@ -362,20 +424,26 @@ func (s *Server) serve(ctx context.Context, stream pb.SupervisorLink_ConnectServ
 				return status.Errorf(codes.InvalidArgument, "event sequence gap: expected %d, got %d", next, ev.GetSeq())
 			}
 		}
+		if pipe != nil {
+			select {
+			case slots <- struct{}{}:
+			case err := <-errc:
+				return err
+			case <-ctx.Done():
+				return status.FromContextError(ctx.Err()).Err()
+			}
+			b := submitted{upTo: next - 1}
+			if len(fresh) > 0 {
+				b.wait = pipe.SubmitEvents(ctx, sess, fresh)
+			}
+			inflight <- b // room: it holds as many as there are slots
+			continue
+		}
 		if len(fresh) > 0 {
 			if err := s.Handler.Events(ctx, sess, fresh); err != nil {
 				return status.Errorf(codes.Internal, "coordinator could not store events: %v", err)
 			}
 		}
-		// Coalesce acks: the writer sends the newest.
-		select {
-		case acks <- next - 1:
-		default:
-			select {
-			case <-acks:
-			default:
-			}
-			acks <- next - 1
-		}
+		ack(next - 1)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"sync"
 
 	"golang.org/x/sys/unix"
 )
@@ -71,9 +72,57 @@ func sameProcess(pid int, startTime uint64) bool {
 	return err == nil && st.startTime == startTime && !st.dead()
 }
 
-// descendants returns every process below root in the process tree, found by walking the
-// PPid links of /proc/*/stat. Zombies are included (they are dead() and harmless).
+// descendants returns every process below root in the process tree. Zombies are
+// included (they are dead() and harmless). It walks the children lists of
+// /proc/PID/task/TID/children down from root, so its cost follows the size of root's
+// tree, not the host's: with a thousand shims ending at once, a scan of all of /proc per
+// shim made the host's process count the cost of every hook. The lists are a snapshot
+// that a process forking meanwhile can escape; the shim's callers look again until no
+// child is left to reap, and the cgroup catches the rest. Without children lists (a
+// kernel built without CONFIG_PROC_CHILDREN) it walks the PPid links of /proc/*/stat.
 func descendants(root int) ([]procStat, error) {
+	if !haveChildrenFiles() {
+		return descendantsScan(root)
+	}
+	var out []procStat
+	queue := []int{root}
+	for len(queue) > 0 {
+		dir := "/proc/" + strconv.Itoa(queue[0]) + "/task/"
+		queue = queue[1:]
+		tasks, err := os.ReadDir(dir)
+		if err != nil {
+			continue // gone meanwhile: what was below it is reparented to the shim
+		}
+		for _, t := range tasks {
+			b, err := os.ReadFile(dir + t.Name() + "/children")
+			if err != nil {
+				continue
+			}
+			for _, f := range bytes.Fields(b) {
+				pid, err := strconv.Atoi(string(f))
+				if err != nil {
+					continue
+				}
+				st, err := readStat(pid)
+				if err != nil {
+					continue // gone meanwhile
+				}
+				out = append(out, st)
+				queue = append(queue, pid)
+			}
+		}
+	}
+	return out, nil
+}
+
+// haveChildrenFiles reports whether the kernel has /proc/PID/task/TID/children.
+var haveChildrenFiles = sync.OnceValue(func() bool {
+	_, err := os.Stat("/proc/self/task/" + strconv.Itoa(unix.Gettid()) + "/children")
+	return err == nil
+})
+
+// descendantsScan is descendants by the PPid links of every process in /proc.
+func descendantsScan(root int) ([]procStat, error) {
 	d, err := os.Open("/proc")
 	if err != nil {
 		return nil, err

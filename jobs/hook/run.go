@@ -2,6 +2,7 @@ package hook
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -98,7 +99,7 @@ type Spec struct {
 type Runner struct {
 	// ShimCommand is the argv prefix that runs the shim, e.g.
 	// {"/usr/bin/boardvisor", "hook-shim"}; the shim's flags, "--" and the hook's
-	// command follow it. Empty means os.Executable() followed by "hook-shim".
+	// command follow it. Empty means DefaultShimCommand.
 	ShimCommand []string
 	// Logger receives the runner's own diagnostics; nil means none.
 	Logger hclog.Logger
@@ -113,6 +114,62 @@ type Runner struct {
 
 	wmu sync.Mutex
 	w   *watcher // shared inotify instance, nil while no run is tailing
+
+	shimOnce sync.Once
+	shimArgv []string // DefaultShimCommand's answer, found once
+	shimErr  error
+}
+
+// ShimBinary is the name of the shim's own binary (cmd/boardvisor-shim), looked for next
+// to the daemon's executable.
+const ShimBinary = "boardvisor-shim"
+
+// DefaultShimCommand returns the shim command a Runner without ShimCommand uses:
+// ShimBinary in the directory of this executable if it is there and answers --protocol
+// with ShimProtocol (it starts several times faster than the daemon's binary), else
+// this executable's own hook-shim subcommand. why says which and, for the fallback,
+// why; it is meant for the daemon's log.
+func DefaultShimCommand() (argv []string, why string, err error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, "", fmt.Errorf("find the shim executable: %w", err)
+	}
+	argv, why = ShimCommandNextTo(exe)
+	return argv, why, nil
+}
+
+// ShimCommandNextTo is DefaultShimCommand for the daemon executable exe.
+func ShimCommandNextTo(exe string) (argv []string, why string) {
+	fallback := []string{exe, "hook-shim"}
+	bin := filepath.Join(filepath.Dir(exe), ShimBinary)
+	if _, err := os.Stat(bin); err != nil {
+		return fallback, fmt.Sprintf("no %s next to %s: hooks run under %s hook-shim, which starts slower", ShimBinary, exe, exe)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, bin, "--protocol").Output()
+	switch got := strings.TrimSpace(string(out)); {
+	case err != nil:
+		return fallback, fmt.Sprintf("%s --protocol failed (%v): hooks run under %s hook-shim", bin, err, exe)
+	case got != ShimProtocol:
+		return fallback, fmt.Sprintf("%s speaks %q, not %q (is it from another build?): hooks run under %s hook-shim", bin, got, ShimProtocol, exe)
+	}
+	return []string{bin}, "hooks run under " + bin
+}
+
+// shimCommand returns the argv prefix that runs the shim.
+func (r *Runner) shimCommand() ([]string, error) {
+	if len(r.ShimCommand) > 0 {
+		return r.ShimCommand, nil
+	}
+	r.shimOnce.Do(func() {
+		var why string
+		r.shimArgv, why, r.shimErr = DefaultShimCommand()
+		if r.Logger != nil && why != "" {
+			r.Logger.Info(why)
+		}
+	})
+	return r.shimArgv, r.shimErr
 }
 
 // Line is one line of a hook's output.
@@ -333,14 +390,11 @@ func (r *Runner) Start(spec Spec, onLines func([]Line)) (*Run, error) {
 	}
 	out.Close()
 
-	argv := append([]string(nil), r.ShimCommand...)
-	if len(argv) == 0 {
-		exe, err := os.Executable()
-		if err != nil {
-			return nil, fail("find the shim executable: %w", err)
-		}
-		argv = []string{exe, "hook-shim"}
+	shim, err := r.shimCommand()
+	if err != nil {
+		return nil, fail("%w", err)
 	}
+	argv := append([]string(nil), shim...)
 	maxOutput := spec.MaxOutput
 	if maxOutput <= 0 {
 		maxOutput = DefaultMaxOutput

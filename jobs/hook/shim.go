@@ -54,6 +54,11 @@ type shimStatus struct {
 	Discarded int64 `json:"discarded,omitempty"`
 }
 
+// ShimProtocol names the shim's command line and spool layout. A shim binary answers
+// --protocol with it; the daemon uses a separate shim binary only if it answers with the
+// daemon's own number, so a stale boardvisor-shim left next to a newer daemon is not run.
+const ShimProtocol = "boardvisor-shim/1"
+
 // ShimMain is the body of the hidden "boardvisor hook-shim" subcommand; args are the
 // arguments after the subcommand's name:
 //
@@ -84,6 +89,10 @@ type shimStatus struct {
 // whatever the hook's outcome, 1 if it could not be, 2 for a usage error. The caller is
 // expected to start it in a session of its own (setsid) with stdin /dev/null.
 func ShimMain(args []string) int {
+	if len(args) == 1 && args[0] == "--protocol" {
+		fmt.Println(ShimProtocol)
+		return 0
+	}
 	fset := flag.NewFlagSet("hook-shim", flag.ContinueOnError)
 	fset.SetOutput(os.Stderr)
 	dir := fset.String("dir", "", "spool `directory` (output and status files)")

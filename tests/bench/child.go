@@ -17,6 +17,7 @@ import (
 	"github.com/boardvisor/boardvisor/actors/outbox"
 	"github.com/boardvisor/boardvisor/connector"
 	"github.com/boardvisor/boardvisor/jobs"
+	jhook "github.com/boardvisor/boardvisor/jobs/hook"
 	"github.com/boardvisor/boardvisor/supervisor"
 	"github.com/boardvisor/boardvisor/supervisor/exporter"
 	"github.com/hashicorp/go-hclog"
@@ -351,7 +352,9 @@ func startInproc(e *env, o inprocOpts) (*inproc, error) {
 	if opts.StateDir == "" {
 		opts.StateDir = e.dir + "/state"
 	}
-	opts.ShimCommand = []string{e.bin, "hook-shim"}
+	if len(opts.ShimCommand) == 0 {
+		opts.ShimCommand, _ = jhook.ShimCommandNextTo(e.bin)
+	}
 	opts.Logger = hclog.New(&hclog.LoggerOptions{Level: hclog.Warn, Output: os.Stderr, Name: "supervisor"})
 	sup, err := supervisor.Start(opts)
 	if err != nil {
