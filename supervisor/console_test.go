@@ -254,7 +254,7 @@ func TestStreamWatcherGetsEachEchoBeforeTheNextKeystroke(t *testing.T) {
 			t.Error(err)
 		}
 	}()
-	if p := dev.Board("echo-1").Drivers[0].(*serial.Driver).Pause(); p != time.Minute {
+	if p := dev.Board("echo-1").Drivers[0].(interface{ Pause() time.Duration }).Pause(); p != time.Minute {
 		t.Fatalf("the console's pause is %s, want a minute", p)
 	}
 

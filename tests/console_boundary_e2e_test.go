@@ -31,7 +31,10 @@ func TestConsoleAtLeaseBoundariesMatchesTheRecording(t *testing.T) {
 	for i := 0; i < boards; i++ {
 		specs = append(specs, boardSpec{fmt.Sprintf("s-%d", i), "device: stream"})
 	}
-	cfg := ceLabConfig(t, dir, "lab", coordAddr, "echo before", "echo after", specs...)
+	// The hooks take a moment, so that most leases hold a console read (unattended
+	// consoles are read every 250 ms): with the shim binary a lease with `echo` hooks
+	// was over in a few milliseconds, and most had no console bytes to compare.
+	cfg := ceLabConfig(t, dir, "lab", coordAddr, "sleep 0.2; echo before", "sleep 0.1; echo after", specs...)
 	streamingBoards(t, cfg)
 	startSupervisor(t, "supervisor lab", cfg)
 	c := leaseClient(t, coordAddr)

@@ -125,7 +125,7 @@ func (f *fakeConsole) SetAttended(on bool) { f.attended = append(f.attended, on)
 // write; then it is not.
 func TestAttendedRules(t *testing.T) {
 	f := &fakeConsole{}
-	b := &Board{Name: "b1", subs: map[chan []byte]time.Time{}, attend: f}
+	b := &Board{Name: "b1", subs: map[chan []byte]struct{}{}, attend: f}
 	t.Cleanup(func() {
 		b.mu.Lock()
 		b.closed = true
@@ -142,7 +142,7 @@ func TestAttendedRules(t *testing.T) {
 		t.Error("attended with nobody following or typing")
 	}
 	ch := make(chan []byte)
-	b.subs[ch] = t0
+	b.subs[ch] = struct{}{}
 	b.decideAttended(t0)
 	if !last() {
 		t.Error("not attended while followed")
