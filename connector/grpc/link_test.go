@@ -281,28 +281,38 @@ func TestCoordinatorRestartLosesAndRepeatsNothing(t *testing.T) {
 	}
 }
 
-func TestServerDropsDuplicatesAndRefusesGaps(t *testing.T) {
-	coord := newCoordinator(t)
-	addr, _ := serve(t, "127.0.0.1:0", &Server{Handler: coord})
+// rawStream opens a link stream to addr by hand, as supervisor "raw", and reads the
+// Welcome to its Hello. It ends with the test.
+func rawStream(t *testing.T, addr string) pb.SupervisorLink_ConnectClient {
+	t.Helper()
 	conn, err := ggrpc.NewClient(addr, ggrpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
+	t.Cleanup(func() { conn.Close() })
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
-	defer cancel()
+	t.Cleanup(cancel)
 	stream, err := pb.NewSupervisorLinkClient(conn).Connect(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
+	if err := stream.Send(&pb.SupervisorMessage{Msg: &pb.SupervisorMessage_Hello{Hello: &pb.Hello{SupervisorId: "raw"}}}); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := stream.Recv(); err != nil || m.GetWelcome() == nil {
+		t.Fatalf("no Welcome: %v %v", m, err)
+	}
+	return stream
+}
+
+func TestServerDropsDuplicatesAndRefusesGaps(t *testing.T) {
+	coord := newCoordinator(t)
+	addr, _ := serve(t, "127.0.0.1:0", &Server{Handler: coord})
+	stream := rawStream(t, addr)
 	send := func(m *pb.SupervisorMessage) {
 		if err := stream.Send(m); err != nil {
 			t.Fatal(err)
 		}
-	}
-	send(&pb.SupervisorMessage{Msg: &pb.SupervisorMessage_Hello{Hello: &pb.Hello{SupervisorId: "raw"}}})
-	if m, err := stream.Recv(); err != nil || m.GetWelcome() == nil {
-		t.Fatalf("no Welcome: %v %v", m, err)
 	}
 	for _, seq := range []uint64{1, 2, 2, 3, 1, 4} {
 		send(&pb.SupervisorMessage{Msg: &pb.SupervisorMessage_Event{Event: &pb.Event{Seq: seq}}})
@@ -525,23 +535,7 @@ func (p *pipeliner) SubmitEvents(ctx context.Context, s *Session, evs []*pb.Even
 func TestPipelinedBatchesAckedInOrderOnceDurable(t *testing.T) {
 	p := &pipeliner{coordinator: newCoordinator(t), submitted: make(chan uint64, 16), release: map[uint64]chan error{}}
 	addr, _ := serve(t, "127.0.0.1:0", &Server{Handler: p, MaxBatch: 1, MaxInFlight: 3})
-	conn, err := ggrpc.NewClient(addr, ggrpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), wait)
-	defer cancel()
-	stream, err := pb.NewSupervisorLinkClient(conn).Connect(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := stream.Send(&pb.SupervisorMessage{Msg: &pb.SupervisorMessage_Hello{Hello: &pb.Hello{SupervisorId: "raw"}}}); err != nil {
-		t.Fatal(err)
-	}
-	if m, err := stream.Recv(); err != nil || m.GetWelcome() == nil {
-		t.Fatalf("no Welcome: %v %v", m, err)
-	}
+	stream := rawStream(t, addr)
 	acks := make(chan uint64, 16)
 	ended := make(chan error, 1)
 	go func() {

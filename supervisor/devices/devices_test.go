@@ -171,16 +171,7 @@ func TestAttendedRules(t *testing.T) {
 // like console.stream and console.write do: while a client is attached, and after each
 // key it types, so that the echo is read and forwarded at once.
 func TestExporterConsoleIsAttended(t *testing.T) {
-	dir := t.TempDir()
-	cfg, err := config.Parse("test.yaml", fmt.Appendf(nil, "stateDir: %s\nboards:\n  - name: b1\n    drivers: {virtual: {}}\n", dir))
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := Build(cfg, hclog.NewNullLogger(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { m.Close() })
+	m := buildBoards(t, "  - name: b1\n    drivers: {virtual: {}}\n")
 	b := m.Board("b1")
 	d, ok := b.attend.(interface{ Attended() bool })
 	if !ok {
@@ -212,4 +203,20 @@ func TestExporterConsoleIsAttended(t *testing.T) {
 	if !d.Attended() {
 		t.Error("not attended after a key was typed through the exporter")
 	}
+}
+
+// buildBoards builds the devices of a config with these boards (YAML list items) and a
+// state directory of the test's, closed when the test ends.
+func buildBoards(t *testing.T, boards string) *Manager {
+	t.Helper()
+	cfg, err := config.Parse("test.yaml", fmt.Appendf(nil, "stateDir: %s\nboards:\n%s", t.TempDir(), boards))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := Build(cfg, hclog.NewNullLogger(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	return m
 }

@@ -9,10 +9,7 @@ import (
 	"time"
 
 	"github.com/creack/pty"
-	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
-
-	"github.com/boardvisor/boardvisor/supervisor/config"
 )
 
 // A console watcher is fed as the console is read, not through the outbox's sinks: what
@@ -30,16 +27,7 @@ func TestWatchersAreFedAsTheConsoleIsRead(t *testing.T) {
 		tio.Oflag &^= unix.OPOST
 		unix.IoctlSetTermios(int(slave.Fd()), unix.TCSETS, tio)
 	}
-	dir := t.TempDir()
-	cfg, err := config.Parse("test.yaml", fmt.Appendf(nil, "stateDir: %s\nboards:\n  - name: b1\n    drivers: {serial: {device: %s}}\n", dir, slave.Name()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := Build(cfg, hclog.NewNullLogger(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { m.Close() })
+	m := buildBoards(t, fmt.Sprintf("  - name: b1\n    drivers: {serial: {device: %s}}\n", slave.Name()))
 	b := m.Board("b1")
 	if len(b.Drivers) != 1 {
 		t.Fatalf("board has %d drivers, want its console", len(b.Drivers))

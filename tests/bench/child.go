@@ -168,6 +168,16 @@ func (l *latencies) pct(p float64) time.Duration {
 	return s[i]
 }
 
+// last returns the latest duration added (0 if none).
+func (l *latencies) last() time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.d) == 0 {
+		return 0
+	}
+	return l.d[len(l.d)-1]
+}
+
 func (l *latencies) n() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()

@@ -78,6 +78,13 @@ func runFleet(e *env) error {
 	e.add(Row{Figure: "fleet: coordinator RSS", Value: fmt.Sprintf("%.0f MB", r.rssMB), Num: r.rssMB, Unit: "MB", Target: "< 500 MB",
 		Baseline: fmt.Sprintf("%.0f MB", b.rssMB), Met: met(r.rssMB < 500),
 		Note: fmt.Sprintf("highest VmRSS sampled each second; CPU %.0f %% of a core during the load (baseline %.0f %%)", r.cpu*100, b.cpu*100)})
+	e.add(Row{Figure: "fleet: events stored, a storm from every supervisor at once", Value: fmt.Sprintf("%.0f events/s", r.stormRate), Num: r.stormRate, Unit: "events/s",
+		Target: ">= 20,000 events/s", Met: met(r.stormRate >= 20000),
+		Note: fmt.Sprintf("%d supervisors x %d hook lines as fast as they send, half of them reconnecting halfway (their unacknowledged events sent again, stored once); first sent to last acknowledged; coordinator %.0f %% of a core; SQLite", FleetSupervisors, FleetStormEach, r.stormCPU*100)})
+	e.add(Row{Figure: "fleet: Hello with 100 boards, to Welcome", Value: "p50 " + ms(r.hello.pct(50)) + ", p99 " + ms(r.hello.pct(99)), Num: float64(r.hello.pct(99)) / 1e6, Unit: "ms",
+		Note: fmt.Sprintf("%d reconnects one after another, the other %d supervisors connected, %d boards in all; %.1f ms of coordinator CPU each", r.hello.n(), FleetSupervisors-1, boards, r.helloCPU)})
+	e.add(Row{Figure: "fleet: coordinator CPU while idle (periodic reconciliation and ticks)", Value: fmt.Sprintf("%.1f%% of a core", r.idleCPU*100), Num: r.idleCPU * 100, Unit: "%",
+		Note: fmt.Sprintf("%d boards connected, no lease asked for, over %s: reconciliation with every supervisor each 10 s, the state loop's tick each second", boards, FleetIdle)})
 	e.add(Row{Figure: "fleet: kill -9 of the coordinator to a new lease READY", Value: fmt.Sprintf("%.2f s", r.restart.Seconds()), Num: r.restart.Seconds(), Unit: "s",
 		Target: "< 5 s", Ratio: ratio(r.restart.Seconds(), 5), Met: met(r.restart < 5*time.Second && r.heldLost == 0),
 		Note: fmt.Sprintf("%d boards, %d leases held across the kill (%d lost); serving again %s after the kill", boards, r.held, r.heldLost, r.serving.Round(time.Millisecond))})
@@ -102,6 +109,93 @@ type fleetResult struct {
 	serving   time.Duration
 	held      int
 	heldLost  int
+
+	stormEvents int     // events sent in the storm
+	stormRate   float64 // events/s stored (acknowledged) in the storm
+	stormCPU    float64 // coordinator CPU in the storm, in cores
+	idleCPU     float64 // coordinator CPU while idle with every board connected, in cores
+	hello       latencies
+	helloCPU    float64 // coordinator CPU per Hello, in ms
+}
+
+// The storm: every supervisor sends FleetStormEach hook lines as fast as it can.
+const (
+	FleetStormEach = 2000
+	// FleetIdle is how long the idle coordinator's CPU is measured.
+	FleetIdle = 20 * time.Second
+)
+
+// storm has every light supervisor send FleetStormEach hook lines as fast as it can,
+// and half of them lose their stream halfway (they send what is unacknowledged again,
+// so some events reach the coordinator twice: it stores them once). It measures the
+// events stored a second, from the first sent to the last acknowledged.
+func (r *fleetResult) storm(fleet []*lightSup, pid int, acked, sent func() uint64) error {
+	from := acked()
+	began, cpu0 := time.Now(), cpuTime(pid)
+	var wg sync.WaitGroup
+	for i, ls := range fleet {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			const chunk = 100
+			for k := 0; k < FleetStormEach; k += chunk {
+				if i%2 == 1 && k == FleetStormEach/2 {
+					ls.reconnect()
+				}
+				evs := make([]*pb.Event, chunk)
+				for j := range evs {
+					evs[j] = fleetHookLine("", fleetBoard(ls.index, j%FleetPerSup), jpb.LogSource_LOG_SOURCE_SYSTEM, fmt.Sprintf("storm line %d of %s", k+j, ls.id))
+				}
+				ls.mu.Lock()
+				ls.emit(evs...)
+				ls.mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	r.stormEvents = len(fleet) * FleetStormEach
+	deadline := time.Now().Add(2 * time.Minute)
+	for acked() < sent() {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("storm: %d of %d events acknowledged 2 minutes after the start", acked()-from, r.stormEvents)
+		}
+		time.Sleep(5 * time.Millisecond) // acks come per supervisor: polling their counters
+	}
+	el := time.Since(began)
+	r.stormRate = float64(acked()-from) / el.Seconds()
+	r.stormCPU = (cpuTime(pid) - cpu0).Seconds() / el.Seconds()
+	logf("storm: %d events from %d supervisors stored in %s: %.0f events/s, coordinator %.0f %% of a core", r.stormEvents, len(fleet), el.Round(time.Millisecond), r.stormRate, r.stormCPU*100)
+	return nil
+}
+
+// measureIdle returns the process's CPU, in cores, over d.
+func measureIdle(pid int, d time.Duration) float64 {
+	cpu0 := cpuTime(pid)
+	time.Sleep(d) // measuring over a span: nothing to await
+	return (cpuTime(pid) - cpu0).Seconds() / d.Seconds()
+}
+
+// hellosOf reconnects each supervisor in turn and times its Hello (100 boards, their
+// live jobs) to the Welcome, with the coordinator's CPU over all of them less its idle
+// share.
+func (r *fleetResult) hellosOf(fleet []*lightSup, pid int) error {
+	began, cpu0 := time.Now(), cpuTime(pid)
+	for _, ls := range fleet {
+		n := ls.hellos.n()
+		ls.reconnect()
+		deadline := time.Now().Add(30 * time.Second)
+		for ls.hellos.n() == n {
+			if time.Now().After(deadline) {
+				return fmt.Errorf("supervisor %s: no Welcome within 30 s of a reconnect", ls.id)
+			}
+			time.Sleep(time.Millisecond) // the light supervisor's session says nothing else
+		}
+		r.hello.add(ls.hellos.last())
+	}
+	el := time.Since(began)
+	busy := (cpuTime(pid) - cpu0).Seconds() - r.idleCPU*el.Seconds()
+	r.helloCPU = max(busy, 0) * 1000 / float64(len(fleet))
+	return nil
 }
 
 func (r *fleetResult) fail(format string, args ...any) {
@@ -143,6 +237,11 @@ func fleetOnPostgres(e *env, d time.Duration) {
 				Target: "< 100 ms", Met: met(p99 < 100*time.Millisecond),
 				Note: fmt.Sprintf("the same load; p50 %s; %d of %d leases failed; %.0f events/s stored; coordinator RSS %.0f MB; kill -9 to a new lease READY %.2f s (%d of %d held leases lost); private server, fsync off",
 					ms(r.grant.pct(50)), r.failed.Load(), r.requested.Load(), float64(r.evAcked)/d.Seconds(), r.rssMB, r.restart.Seconds(), r.heldLost, r.held)})
+			e.add(Row{Figure: "fleet on PostgreSQL: events stored, a storm from every supervisor at once", Value: fmt.Sprintf("%.0f events/s", r.stormRate), Num: r.stormRate, Unit: "events/s",
+				Target: ">= 20,000 events/s", Met: met(r.stormRate >= 20000),
+				Note: fmt.Sprintf("as on SQLite: %d x %d hook lines, half reconnecting halfway; coordinator %.0f %% of a core; private server, fsync off", FleetSupervisors, FleetStormEach, r.stormCPU*100)})
+			e.add(Row{Figure: "fleet on PostgreSQL: Hello with 100 boards, to Welcome", Value: "p50 " + ms(r.hello.pct(50)) + ", p99 " + ms(r.hello.pct(99)), Num: float64(r.hello.pct(99)) / 1e6, Unit: "ms",
+				Note: fmt.Sprintf("%d reconnects; %.1f ms of coordinator CPU each; idle coordinator %.1f%% of a core", r.hello.n(), r.helloCPU, r.idleCPU*100)})
 		}
 	}
 	if err != nil {
@@ -266,6 +365,15 @@ func fleetRun(e *env, name string, sups int, d time.Duration, restart bool, data
 	if !restart {
 		return r, nil
 	}
+	if err := r.storm(fleet, pid, acked, sent); err != nil {
+		return nil, err
+	}
+	r.idleCPU = measureIdle(pid, FleetIdle)
+	logf("%s: idle with %d boards: %.1f %% of a core over %s (reconciliation every 10 s, ticks every 1 s)", name, boards, r.idleCPU*100, FleetIdle)
+	if err := r.hellosOf(fleet, pid); err != nil {
+		return nil, err
+	}
+	logf("%s: Hello with %d boards: p50 %s p99 %s, %.1f ms of coordinator CPU each (%d)", name, FleetPerSup, ms(r.hello.pct(50)), ms(r.hello.pct(99)), r.helloCPU, r.hello.n())
 
 	// A lease on one board of each supervisor, held across a kill -9 of the coordinator.
 	var held []string
@@ -432,6 +540,8 @@ type lightSup struct {
 
 	mu      sync.Mutex // the stream's sends and the fields below
 	stream  pb.SupervisorLink_ConnectClient
+	drop    context.CancelFunc // ends the session (its stream), if one runs
+	hellos  latencies          // Hello sent -> Welcome received, per session
 	seq     uint64
 	unacked []*pb.Event
 	live    map[string]string // job -> board
@@ -483,6 +593,7 @@ func (ls *lightSup) session(ctx context.Context) error {
 		return err
 	}
 	ls.mu.Lock()
+	ls.drop = cancel
 	hello := &pb.Hello{SupervisorId: ls.id, LastAckedSeq: ls.acked.Load(), Version: "bench"}
 	for _, b := range ls.boards {
 		bi := proto.CloneOf(b)
@@ -494,6 +605,7 @@ func (ls *lightSup) session(ctx context.Context) error {
 	for job, board := range ls.live {
 		hello.LiveJobs = append(hello.LiveJobs, &pb.LiveJob{JobId: job, Board: board, Phase: pb.LeasePhase_LEASE_PHASE_READY})
 	}
+	helloAt := time.Now()
 	err = stream.Send(&pb.SupervisorMessage{Msg: &pb.SupervisorMessage_Hello{Hello: hello}})
 	ls.mu.Unlock()
 	if err != nil {
@@ -506,6 +618,7 @@ func (ls *lightSup) session(ctx context.Context) error {
 	if m.GetWelcome() == nil {
 		return errors.New("no Welcome")
 	}
+	ls.hellos.add(time.Since(helloAt))
 	ls.mu.Lock()
 	ls.stream = stream
 	ls.trim(m.GetWelcome().GetLastSeqSeen())
@@ -537,6 +650,16 @@ func (ls *lightSup) session(ctx context.Context) error {
 		case m.GetStopJob() != nil:
 			ls.stop(m.GetStopJob().GetJobId())
 		}
+	}
+}
+
+// reconnect ends the current session; run starts the next.
+func (ls *lightSup) reconnect() {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	if ls.drop != nil {
+		ls.drop()
+		ls.drop = nil
 	}
 }
 
