@@ -53,8 +53,15 @@ func binDir() (string, error) {
 	return "", ErrNoPostgres
 }
 
-// Start initializes and starts a server. Stop it with Stop.
-func Start() (*Server, error) {
+// Start initializes and starts a server without fsync (test data only: the tests kill
+// coordinators, not the server). Stop it with Stop.
+func Start() (*Server, error) { return start(false) }
+
+// StartDurable is Start for a server that commits as a production one does (fsync and
+// synchronous_commit on), for measurements.
+func StartDurable() (*Server, error) { return start(true) }
+
+func start(durable bool) (*Server, error) {
 	bin, err := binDir()
 	if err != nil {
 		return nil, err
@@ -90,9 +97,10 @@ func Start() (*Server, error) {
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("initdb: %w\n%s", err, out)
 	}
-	// fsync off: these servers hold test data only, and the tests kill coordinators, not
-	// the server.
-	opts := fmt.Sprintf("-k %s -p %d -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c max_connections=200", dir, s.port)
+	opts := fmt.Sprintf("-k %s -p %d -c listen_addresses=127.0.0.1 -c max_connections=200", dir, s.port)
+	if !durable {
+		opts += " -c fsync=off -c synchronous_commit=off"
+	}
 	if out, err := s.run("pg_ctl", "-D", data, "-l", filepath.Join(dir, "server.log"), "-o", opts, "-w", "-t", "60", "start"); err != nil {
 		log, _ := os.ReadFile(filepath.Join(dir, "server.log"))
 		os.RemoveAll(dir)

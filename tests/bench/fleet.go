@@ -221,7 +221,7 @@ func fleetBoard(s, i int) string { return fmt.Sprintf("f%03d-%03d", s, i) }
 // fleetOnPostgres runs the 10,000-board load again with the coordinator on PostgreSQL
 // (a private server started here), for the rows side by side with SQLite's.
 func fleetOnPostgres(e *env, d time.Duration) {
-	s, err := pgtest.Start()
+	s, err := pgtest.StartDurable()
 	if err != nil {
 		e.add(Row{Figure: "fleet on PostgreSQL", Value: "skipped", Note: oneLine(err.Error())})
 		return
@@ -235,11 +235,11 @@ func fleetOnPostgres(e *env, d time.Duration) {
 			p99 := r.grant.pct(99)
 			e.add(Row{Figure: "fleet on PostgreSQL: lease grant p99", Value: ms(p99), Num: float64(p99) / float64(time.Millisecond), Unit: "ms",
 				Target: "< 100 ms", Met: met(p99 < 100*time.Millisecond),
-				Note: fmt.Sprintf("the same load; p50 %s; %d of %d leases failed; %.0f events/s stored; coordinator RSS %.0f MB; kill -9 to a new lease READY %.2f s (%d of %d held leases lost); private server, fsync off",
+				Note: fmt.Sprintf("the same load; p50 %s; %d of %d leases failed; %.0f events/s stored; coordinator RSS %.0f MB; kill -9 to a new lease READY %.2f s (%d of %d held leases lost); private server on this host's disk, fsync and synchronous_commit on",
 					ms(r.grant.pct(50)), r.failed.Load(), r.requested.Load(), float64(r.evAcked)/d.Seconds(), r.rssMB, r.restart.Seconds(), r.heldLost, r.held)})
 			e.add(Row{Figure: "fleet on PostgreSQL: events stored, a storm from every supervisor at once", Value: fmt.Sprintf("%.0f events/s", r.stormRate), Num: r.stormRate, Unit: "events/s",
 				Target: ">= 20,000 events/s", Met: met(r.stormRate >= 20000),
-				Note: fmt.Sprintf("as on SQLite: %d x %d hook lines, half reconnecting halfway; coordinator %.0f %% of a core; private server, fsync off", FleetSupervisors, FleetStormEach, r.stormCPU*100)})
+				Note: fmt.Sprintf("as on SQLite: %d x %d hook lines, half reconnecting halfway; coordinator %.0f %% of a core; private server, fsync and synchronous_commit on", FleetSupervisors, FleetStormEach, r.stormCPU*100)})
 			e.add(Row{Figure: "fleet on PostgreSQL: Hello with 100 boards, to Welcome", Value: "p50 " + ms(r.hello.pct(50)) + ", p99 " + ms(r.hello.pct(99)), Num: float64(r.hello.pct(99)) / 1e6, Unit: "ms",
 				Note: fmt.Sprintf("%d reconnects; %.1f ms of coordinator CPU each; idle coordinator %.1f%% of a core", r.hello.n(), r.helloCPU, r.idleCPU*100)})
 		}
