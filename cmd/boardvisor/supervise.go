@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"syscall"
 
 	"github.com/boardvisor/boardvisor/actors/outbox"
@@ -54,6 +55,7 @@ func newSupervise(g *globalFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			supervisorGC()
 			return serveSupervisor(ctx, cfg, logger, nil, &up)
 		},
 	}
@@ -62,6 +64,22 @@ func newSupervise(g *globalFlags) *cobra.Command {
 	up.peers.add(cmd)
 	addEnv(cmd, envNotifySocket, envWatchdogUsec)
 	return cmd
+}
+
+// SupervisorGOGC is the supervisor's garbage collector target (runtime/debug's
+// SetGCPercent) unless GOGC is set in its environment. Console bytes stream through the
+// daemon at up to 11.5 MB/s on a 1,000-board host, nearly all of it garbage a second
+// later: at Go's default of 100 the collector was a quarter of the daemon's CPU on that
+// path (supervisor 29.9 % of a core, against 22.6 % at 400, same-day console bench).
+// The price is memory: the heap may grow to five times what is live between
+// collections.
+const SupervisorGOGC = 400
+
+// supervisorGC sets SupervisorGOGC unless the environment sets GOGC.
+func supervisorGC() {
+	if _, set := os.LookupEnv("GOGC"); !set {
+		debug.SetGCPercent(SupervisorGOGC)
+	}
 }
 
 // serveSupervisor runs a supervisor for cfg until ctx is done. ready, if not nil, is
