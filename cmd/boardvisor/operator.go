@@ -253,9 +253,11 @@ func newDrain(cf *coordFlags, on bool) *cobra.Command {
 				return nil
 			}
 			fmt.Printf("supervisor %s drained: its %d board(s) take no new lease; %d lease(s) still live\n", id, s.GetBoards(), s.GetLiveLeases())
-			if !wait || s.GetLiveLeases() == 0 {
+			if !wait {
 				return nil
 			}
+			// With --wait, the answer is the same whether the last lease ended before
+			// the drain or after it.
 			for s.GetLiveLeases() > 0 {
 				select {
 				case <-ctx.Done():
