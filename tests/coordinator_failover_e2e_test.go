@@ -221,23 +221,15 @@ func (cy *cyclers) finish() []string {
 // pgEvents reads every stored event, per supervisor, in sequence order.
 func pgEvents(t *testing.T, db *sql.DB) map[string][]storedEvent {
 	t.Helper()
-	rows, err := db.Query(`SELECT supervisor_id, seq, at_ns, job_id, board, kind, payload FROM events ORDER BY supervisor_id, seq`)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute) // a whole farm's events
+	defer cancel()
+	evs, err := queryEventsBy(ctx, db, "", "supervisor_id, seq")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer rows.Close()
 	out := map[string][]storedEvent{}
-	for rows.Next() {
-		var e storedEvent
-		var at int64
-		if err := rows.Scan(&e.supervisor, &e.seq, &at, &e.job, &e.board, &e.kind, &e.payload); err != nil {
-			t.Fatal(err)
-		}
-		e.at = time.Unix(0, at)
+	for _, e := range evs {
 		out[e.supervisor] = append(out[e.supervisor], e)
-	}
-	if err := rows.Err(); err != nil {
-		t.Fatal(err)
 	}
 	return out
 }

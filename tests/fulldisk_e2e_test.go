@@ -47,25 +47,11 @@ func fdStoredEvents(t *testing.T, db *sql.DB, sup string) []ceStoredEvent {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	rows, err := db.QueryContext(ctx, `SELECT supervisor_id, seq, at_ns, job_id, board, kind, payload FROM events WHERE supervisor_id = ? ORDER BY rowid`, sup)
+	evs, err := queryEvents(ctx, db, sup)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer rows.Close()
-	var out []ceStoredEvent
-	for rows.Next() {
-		var e ceStoredEvent
-		var at int64
-		if err := rows.Scan(&e.supervisor, &e.seq, &at, &e.job, &e.board, &e.kind, &e.payload); err != nil {
-			t.Fatal(err)
-		}
-		e.at = time.Unix(0, at)
-		out = append(out, e)
-	}
-	if err := rows.Err(); err != nil {
-		t.Fatal(err)
-	}
-	return out
+	return evs
 }
 
 // fdMount mounts a tmpfs of size bytes on dir, or skips the test where that is not

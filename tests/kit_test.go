@@ -850,13 +850,19 @@ func openCoordinatorDB(t *testing.T, stateDir string) *sql.DB {
 // queryEvents reads the events of one supervisor ("" for all) in the order the
 // coordinator stored them (SQLite's rowid grows with each insert).
 func queryEvents(ctx context.Context, db *sql.DB, supervisor string) ([]storedEvent, error) {
+	return queryEventsBy(ctx, db, supervisor, "rowid")
+}
+
+// queryEventsBy is queryEvents in the order orderBy (SQL), e.g. "supervisor_id, seq" on
+// PostgreSQL, which has no rowid.
+func queryEventsBy(ctx context.Context, db *sql.DB, supervisor, orderBy string) ([]storedEvent, error) {
 	q := `SELECT supervisor_id, seq, at_ns, job_id, board, kind, payload FROM events`
 	var args []any
 	if supervisor != "" {
 		q += ` WHERE supervisor_id = $1`
 		args = append(args, supervisor)
 	}
-	rows, err := db.QueryContext(ctx, q+` ORDER BY rowid`, args...)
+	rows, err := db.QueryContext(ctx, q+` ORDER BY `+orderBy, args...)
 	if err != nil {
 		return nil, err
 	}
