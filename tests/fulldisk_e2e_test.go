@@ -258,6 +258,19 @@ func testFullStateDir(t *testing.T, restart bool) {
 	if len(leases) < 4 {
 		t.Errorf("only %d leases cycled on the flood boards", len(leases))
 	}
+	// The floods are read to their end (numbered by the outbox, as console bytes or
+	// gaps): with a restart, the second run's flood began with it and may still be
+	// going on when every lease has ended.
+	ceEventually(t, "the console floods read to their end", func() bool {
+		m := scrape(t, metrics)
+		for _, b := range []string{"flood-0", "flood-1"} {
+			l := fmt.Sprintf("{board=%q}", b)
+			if fdMetric(m, "boardvisor_console_bytes_total"+l)+fdMetric(m, "boardvisor_console_dropped_bytes_total"+l) < fdFloodBytes {
+				return false
+			}
+		}
+		return true
+	})
 	// Every event the supervisor numbered reaches the coordinator.
 	var shed float64
 	ceEventually(t, "the outbox drained", func() bool {

@@ -282,6 +282,9 @@ func (q *Queue) load(db *bolt.DB) error {
 		q.acked = getU64(meta.Get(keyAcked))
 		q.ackWant, q.ackDone = q.acked, q.acked
 		q.last = getU64(meta.Get(keyLast))
+		// A process before this one may have sent everything on disk: no record
+		// there changes (see Queue.claim).
+		q.claim = q.last
 		return tx.Bucket(bucketEvents).ForEach(func(k, v []byte) error {
 			q.stored += int64(len(v))
 			if isConsole(v) {
@@ -534,7 +537,7 @@ func (q *Queue) afterRaw(seq uint64, n int, dst []rawEvent, claim bool) ([]rawEv
 			// A run may hold seq+1 without starting at it.
 			var pk, pv []byte
 			if k == nil {
-				pk, pv = c.Last()
+				pk, pv = lastRecord(c)
 			} else {
 				pk, pv = c.Prev()
 			}
@@ -1074,7 +1077,7 @@ func (t *txw) placeGap(seq uint64, g gapPair, at int64, replaced int) error {
 		k, _ := c.Seek(key)
 		var pk, pv []byte
 		if k == nil {
-			pk, pv = c.Last()
+			pk, pv = lastRecord(c)
 		} else {
 			pk, pv = c.Prev()
 		}
@@ -1112,6 +1115,18 @@ func (t *txw) placeGap(seq uint64, g gapPair, at int64, replaced int) error {
 	}
 	t.stored += int64(len(data)) - removed
 	return nil
+}
+
+// lastRecord returns the last record of c's bucket, nil if it has none. bbolt's
+// Cursor.Last (v1.5.0) never returns on a bucket of more than one page whose every key
+// was deleted in the same write transaction (an ack of everything, then a gap placed
+// while the disk is full): its loop over empty pages and Cursor.prev's stop at the
+// first key call each other. First does return, so it tells an empty bucket first.
+func lastRecord(c *bolt.Cursor) (k, v []byte) {
+	if k, _ := c.First(); k == nil {
+		return nil, nil
+	}
+	return c.Last()
 }
 
 // indexEntry is a console event on disk.

@@ -568,3 +568,78 @@ func TestQueueCreatedOnAFullDiskUsesTheReserve(t *testing.T) {
 		t.Fatalf("monitor full %v, log:\n%s", disk.Full(), logs.String())
 	}
 }
+
+// An ack of every stored event and a gap placed in the same write transaction (the disk
+// is full, so the console event is kept as its gap): bbolt's Cursor.Last never returned
+// on the emptied bucket, and the outbox's writer spun for good (every lease of the
+// supervisor stopped; found by TestFullStateDirRestartWhileFull).
+func TestQueueGapAfterAnAckOfEverything(t *testing.T) {
+	// Not openTestQueue: on a failure here, closing the queue would wait for the write
+	// for good.
+	q, err := OpenQueue(filepath.Join(t.TempDir(), "outbox.db"), QueueOptions{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var evs []*pb.Event
+	for seq := uint64(1); seq <= 2000; seq++ {
+		evs = append(evs, hookEv(seq, "j")) // enough for a bucket of many pages
+	}
+	q.AppendBatch(evs)
+	waitClosed(t, "events stored", q.Synced())
+	done := make(chan error, 1)
+	go func() { done <- writeFull(q, 2000, consoleEv(2001, "b", "j", 100)) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a write that acks everything and stores a gap did not return within 10s")
+	}
+	defer q.Close()
+	got := all(t, q, 2000)
+	if len(got) != 1 || got[0].GetConsoleGap().GetBytes() != 100 {
+		t.Fatalf("after the write, the outbox holds %v, want the gap of event 2001 (100 bytes)", got)
+	}
+}
+
+// writeFull writes ev as the queue's writer would with the disk full (a console event
+// is kept as its gap), acknowledging up to ackTo in the same transaction. The writer
+// must be idle: nothing pending, so that it is not woken.
+func writeFull(q *Queue, ackTo uint64, ev *pb.Event) error {
+	batch := []rec{{seq: ev.GetSeq(), data: mustMarshal(ev), console: ev.GetConsoleLog(), ev: ev}}
+	q.mu.Lock()
+	q.pending = append(q.pending, batch...)
+	q.pendBytes += int64(len(batch[0].data))
+	stored := q.stored
+	q.mu.Unlock()
+	return q.write(ackTo, nil, batch, true, stored)
+}
+
+// What a process before this one may have sent never changes: after a restart, a gap
+// is not merged into the gaps on disk (the coordinator may hold them already and
+// would drop the bytes added to them as a duplicate).
+func TestQueueGapsOnDiskAfterARestartNeverChange(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "outbox.db")
+	q, err := OpenQueue(path, QueueOptions{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := writeFull(q, 0, consoleEv(1, "b", "j", 100)); err != nil {
+		t.Fatal(err)
+	}
+	if err := q.Close(); err != nil {
+		t.Fatal(err)
+	}
+	q = openTestQueue(t, path, QueueOptions{NoSync: true})
+	if err := writeFull(q, 0, consoleEv(2, "b", "j", 300)); err != nil {
+		t.Fatal(err)
+	}
+	got := all(t, q, 0)
+	checkContiguous(t, got, 1)
+	for i, want := range []uint64{100, 300} {
+		if b := got[i].GetConsoleGap().GetBytes(); b != want {
+			t.Errorf("after the restart, event %d is a gap of %d bytes, want %d", i+1, b, want)
+		}
+	}
+}
