@@ -2,6 +2,7 @@ package main
 
 import (
 	"os"
+	"runtime"
 	"runtime/debug"
 	"testing"
 )
@@ -24,5 +25,27 @@ func TestSupervisorGC(t *testing.T) {
 	supervisorGC()
 	if got := debug.SetGCPercent(100); got != 100 {
 		t.Errorf("with GOGC=100: GC percent %d, want it left at 100", got)
+	}
+}
+
+// The supervisor runs with at least SupervisorMinProcs Ps unless GOMAXPROCS says
+// otherwise.
+func TestSupervisorProcs(t *testing.T) {
+	was := runtime.GOMAXPROCS(2)
+	t.Cleanup(func() { runtime.GOMAXPROCS(was) })
+	if v, set := os.LookupEnv("GOMAXPROCS"); set {
+		t.Cleanup(func() { os.Setenv("GOMAXPROCS", v) })
+	} else {
+		t.Cleanup(func() { os.Unsetenv("GOMAXPROCS") })
+	}
+	os.Unsetenv("GOMAXPROCS")
+	supervisorProcs()
+	if got := runtime.GOMAXPROCS(2); got != SupervisorMinProcs {
+		t.Errorf("without GOMAXPROCS: %d Ps, want %d", got, SupervisorMinProcs)
+	}
+	os.Setenv("GOMAXPROCS", "2")
+	supervisorProcs()
+	if got := runtime.GOMAXPROCS(0); got != 2 {
+		t.Errorf("with GOMAXPROCS=2: %d Ps, want it left at 2", got)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"runtime/debug"
 	"syscall"
 
@@ -56,6 +57,7 @@ func newSupervise(g *globalFlags) *cobra.Command {
 				return err
 			}
 			supervisorGC()
+			supervisorProcs()
 			return serveSupervisor(ctx, cfg, logger, nil, &up)
 		},
 	}
@@ -79,6 +81,24 @@ const SupervisorGOGC = 400
 func supervisorGC() {
 	if _, set := os.LookupEnv("GOGC"); !set {
 		debug.SetGCPercent(SupervisorGOGC)
+	}
+}
+
+// SupervisorMinProcs is the fewest Ps (runtime.GOMAXPROCS) the supervisor runs with
+// unless GOMAXPROCS is set in its environment. Go runs a goroutine on a P for up to
+// 10 ms before it preempts it; with as many Ps as CPUs, a goroutine woken for an
+// interactive console (the echo just read, the watcher it goes to) waits for a P held
+// by the outbox's commit or the collector's marking, for tens of milliseconds while a
+// thousand consoles stream. With more Ps than CPUs the kernel shares the CPUs among
+// them at its finer grain: on the 2-core bench host keystroke echo p99 went from
+// 83-128 ms to 22-35 ms (three runs each), for 1-2 points of a core more.
+const SupervisorMinProcs = 8
+
+// supervisorProcs raises GOMAXPROCS to SupervisorMinProcs unless the environment sets
+// GOMAXPROCS.
+func supervisorProcs() {
+	if _, set := os.LookupEnv("GOMAXPROCS"); !set && runtime.GOMAXPROCS(0) < SupervisorMinProcs {
+		runtime.GOMAXPROCS(SupervisorMinProcs)
 	}
 }
 

@@ -82,8 +82,8 @@ var (
 )
 
 // readerShards is how many readers the process has at most: one per CPU the Go
-// runtime uses, up to 4.
-func readerShards() int { return min(max(runtime.GOMAXPROCS(0), 1), 4) }
+// runtime uses (the supervisor runs more Ps than CPUs: not one per P), up to 4.
+func readerShards() int { return min(max(min(runtime.GOMAXPROCS(0), runtime.NumCPU()), 1), 4) }
 
 // acquireReader returns the reader with the fewest consoles, starting another while
 // there are fewer than readerShards and none is idle.
