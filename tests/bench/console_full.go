@@ -580,11 +580,17 @@ func (r *fullPath) rows(e *env, size consoleSize, scaled string, base []*baselin
 			floor, ratioTo = fmt.Sprintf("Go forwarder %.1f%%", b.cpu*100), ratio(b.cpu, supCPU)
 		}
 	}
+	cpuNote := ""
+	if supCPU >= 0.12 {
+		// Issue 13 asks for 12 %: the reason it is not met, as measured (perf profiles
+		// of the supervisor on this path, in docs/console.md).
+		cpuNote = "; issue 13's < 12% not met: reading the ttys alone was 28% of the supervisor's CPU (kernel tty reads 15%), the collector 14%, the durable outbox's writer 11%, the actors 10% (perf, docs/console.md)"
+	}
 	e.add(Row{Figure: fmt.Sprintf("console, full path: supervisor CPU, %d boards at %d baud", size.streaming, ConsoleBaud),
 		Value: fmt.Sprintf("%.1f%% of a core", supCPU*100), Num: supCPU * 100, Unit: "%", Target: "< 25% of one core",
 		Baseline: floor, Ratio: ratioTo, Met: met(supCPU < 0.25 && w.pace(size) >= paceOK),
 		Note: fmt.Sprintf("%sat %.2f MB/s (%s); %s; idle with every console open %.1f%%; farm %.1f%%; %.1fs window; ratio = the forwarder's CPU / the supervisor's",
-			scaled, mbps, pace, w.sysNote("supervisor", size.boards), r.idleCPU*100, w.cpu["farm"]*100, w.wall.Seconds())})
+			scaled, mbps, pace, w.sysNote("supervisor", size.boards), r.idleCPU*100, w.cpu["farm"]*100, w.wall.Seconds()) + cpuNote})
 
 	keptUp := r.drain < 5*time.Second
 	coordNote := fmt.Sprintf("stored the last event %s after the stream's end", r.drain.Round(100*time.Millisecond))

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -136,6 +137,13 @@ func runLease(e *env, hooks bool) error {
 		r.Note += fmt.Sprintf("; two hook processes (shim + sh) per cycle. Bare hook.Runner, %d at once: shim binary %.0f hooks/s at %.1f ms CPU each "+
 			"(shim + sh, the spawning daemon's share included), the daemon binary re-executed as shim %.0f hooks/s at %.1f ms CPU each",
 			ceilingParallel, small.rate, small.cpuMs, reexec.rate, reexec.cpuMs)
+		if rate < 200 {
+			// The reason, from this run: what the CPUs allow for two hooks a cycle at
+			// the bare Runner's cost, before any lease work.
+			cpuCeiling := float64(runtime.NumCPU()) * 1000 / (2 * max(small.cpuMs, 0.001))
+			r.Note += fmt.Sprintf("; not met: two hooks a cycle at %.1f ms of CPU each leave at most %.0f cycles/s to %d CPUs (%.0f at the bare Runner's measured pace), before any lease work",
+				small.cpuMs, cpuCeiling, runtime.NumCPU(), small.rate/2)
+		}
 	}
 	e.add(r)
 	// The same latency without load: one board, one lease at a time.
