@@ -3,9 +3,11 @@ package serial
 import (
 	"container/heap"
 	"errors"
+	"os"
 	"runtime"
 	"slices"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/boardvisor/boardvisor/drivers"
@@ -21,7 +23,9 @@ import (
 // milliseconds (a UART interrupt, a simulated board's write) woke the runtime's poller
 // that often, paused or not: with a thousand consoles, more CPU went to those wake-ups
 // than to the reads (make bench's console sweep measures it). And a goroutine and a
-// timer per console cost a wake-up each per read.
+// timer per console cost a wake-up each per read. Only the reader's own epoll set is
+// in Go's poller: it is readable while a console it arms has input, so the reader
+// waits parked, not in a blocking system call (see reader.wait).
 //
 // Here each console is in one of three states, changed by the reader goroutine only:
 //
@@ -39,6 +43,12 @@ import (
 // call happen after remove returns.
 type reader struct {
 	ep, wake int // the epoll set; an eventfd that interrupts its wait
+	// epf holds ep for Go's poller: the reader waits for the set to have events there
+	// (see wait), parked like any goroutine waiting for a socket, rather than in a
+	// blocking epoll_wait that holds a thread and makes the runtime hand its processor
+	// over at every wait.
+	epf *os.File
+	epc syscall.RawConn
 
 	mu    sync.Mutex
 	conns map[int32]*conn
@@ -123,7 +133,7 @@ func releaseReader(r *reader) {
 	r.mu.Unlock()
 	r.kick()
 	<-r.done
-	unix.Close(r.ep)
+	r.epf.Close() // closes ep
 	unix.Close(r.wake)
 }
 
@@ -142,9 +152,50 @@ func newReader() (*reader, error) {
 		unix.Close(wake)
 		return nil, err
 	}
-	r := &reader{ep: ep, wake: wake, conns: map[int32]*conn{}, done: make(chan struct{}), buf: make([]byte, ReadBufferSize)}
+	// Non-blocking, so that os.NewFile hands it to Go's poller (an epoll set is itself
+	// pollable: readable while it has events).
+	if err := unix.SetNonblock(ep, true); err != nil {
+		unix.Close(ep)
+		unix.Close(wake)
+		return nil, err
+	}
+	epf := os.NewFile(uintptr(ep), "console-epoll")
+	epc, err := epf.SyscallConn()
+	if err != nil {
+		epf.Close()
+		unix.Close(wake)
+		return nil, err
+	}
+	r := &reader{ep: ep, wake: wake, epf: epf, epc: epc, conns: map[int32]*conn{}, done: make(chan struct{}), buf: make([]byte, ReadBufferSize)}
 	go r.run()
 	return r, nil
+}
+
+// wait returns the set's events, waiting up to timeout (milliseconds) for one: parked
+// in Go's poller until the set is readable or the deadline passes.
+func (r *reader) wait(evs []unix.EpollEvent, timeout int) (int, error) {
+	n, err := unix.EpollWait(r.ep, evs, 0)
+	if n != 0 || (err != nil && !errors.Is(err, unix.EINTR)) || timeout == 0 {
+		return max(n, 0), err
+	}
+	if err := r.epf.SetReadDeadline(time.Now().Add(time.Duration(timeout) * time.Millisecond)); err != nil {
+		return 0, err
+	}
+	rerr := r.epc.Read(func(fd uintptr) bool {
+		n, err = unix.EpollWait(int(fd), evs, 0)
+		if errors.Is(err, unix.EINTR) {
+			n, err = 0, nil
+			return true // the caller loops
+		}
+		return n != 0 || err != nil
+	})
+	switch {
+	case errors.Is(rerr, os.ErrDeadlineExceeded):
+		return 0, nil
+	case rerr != nil:
+		return 0, rerr
+	}
+	return max(n, 0), err
 }
 
 // kick interrupts the reader's wait (to see a change of the due heap, or stop).
@@ -220,7 +271,7 @@ func (r *reader) run() {
 			timeout = min(timeout, max(int((time.Until(at)+time.Millisecond-1)/time.Millisecond), 0))
 		}
 		r.mu.Unlock()
-		n, err := unix.EpollWait(r.ep, evs, timeout)
+		n, err := r.wait(evs, timeout)
 		if err != nil && !errors.Is(err, unix.EINTR) {
 			// Cannot happen with a valid epoll set: should it, every console's Run fails
 			// (its driver is restarted, with a reader of its own) rather than hang.
