@@ -11,11 +11,7 @@ import (
 func TestSupervisorGC(t *testing.T) {
 	was := debug.SetGCPercent(100)
 	t.Cleanup(func() { debug.SetGCPercent(was) })
-	if v, set := os.LookupEnv("GOGC"); set {
-		t.Cleanup(func() { os.Setenv("GOGC", v) })
-	} else {
-		t.Cleanup(func() { os.Unsetenv("GOGC") })
-	}
+	t.Setenv("GOGC", "") // restored after the test
 	os.Unsetenv("GOGC")
 	supervisorGC()
 	if got := debug.SetGCPercent(100); got != SupervisorGOGC {
@@ -33,11 +29,7 @@ func TestSupervisorGC(t *testing.T) {
 func TestSupervisorProcs(t *testing.T) {
 	was := runtime.GOMAXPROCS(2)
 	t.Cleanup(func() { runtime.GOMAXPROCS(was) })
-	if v, set := os.LookupEnv("GOMAXPROCS"); set {
-		t.Cleanup(func() { os.Setenv("GOMAXPROCS", v) })
-	} else {
-		t.Cleanup(func() { os.Unsetenv("GOMAXPROCS") })
-	}
+	t.Setenv("GOMAXPROCS", "") // restored after the test
 	os.Unsetenv("GOMAXPROCS")
 	supervisorProcs()
 	if got := runtime.GOMAXPROCS(2); got != SupervisorMinProcs {

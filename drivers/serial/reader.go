@@ -174,13 +174,16 @@ func newReader() (*reader, error) {
 // wait returns the set's events, waiting up to timeout (milliseconds) for one: parked
 // in Go's poller until the set is readable or the deadline passes.
 func (r *reader) wait(evs []unix.EpollEvent, timeout int) (int, error) {
-	n, err := unix.EpollWait(r.ep, evs, 0)
-	if n != 0 || (err != nil && !errors.Is(err, unix.EINTR)) || timeout == 0 {
+	if timeout == 0 {
+		n, err := unix.EpollWait(r.ep, evs, 0)
 		return max(n, 0), err
 	}
 	if err := r.epf.SetReadDeadline(time.Now().Add(time.Duration(timeout) * time.Millisecond)); err != nil {
 		return 0, err
 	}
+	// Read looks first, and parks only if nothing is ready.
+	var n int
+	var err error
 	rerr := r.epc.Read(func(fd uintptr) bool {
 		n, err = unix.EpollWait(int(fd), evs, 0)
 		if errors.Is(err, unix.EINTR) {
