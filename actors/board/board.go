@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -88,13 +89,30 @@ type boardActor struct {
 	down    map[string]bool // drivers not (yet) up again after a failure
 	// stopping is set when the board itself stops (daemon shutdown).
 	stopping bool
-	// boardConsole and leaseConsole count console bytes: the board's since start, and
-	// the current lease's (leaseConsoleJob) since it began.
-	boardConsole, leaseConsole uint64
-	leaseConsoleJob            string
+	// con tags the console's chunks as the drivers read them; conJob is the lease the
+	// actor last published to it (consoleJob).
+	con    *boardConsole
+	conJob string
+	root   *actor.RootContext
 	// restarts are the back-off timers of failed drivers, by child ID.
 	restarts   map[string]restartTimer
 	restartSeq uint64
+}
+
+// boardConsole tags a board's console chunks with the lease the console belongs to and
+// their offset there, and hands them on to the console batch (or the outbox). The drivers
+// call it in their own goroutines (a console's reader), not through the board's mailbox
+// (see driver.PropsTo). The actor publishes the lease after every message it handles, and
+// at a release together with the flush of the lease's console: a chunk is tagged as it
+// would have been by a DriverOutput message the actor handled at that point, and none of
+// a released lease's console is handed on after its flush.
+type boardConsole struct {
+	mu  sync.Mutex
+	job string // the lease the console belongs to now ("" for the board's own)
+	// boardOff and leaseOff count console bytes: the board's since start, and the
+	// lease's (leaseJob) since it began.
+	boardOff, leaseOff uint64
+	leaseJob           string
 }
 
 type restartTimer struct {
@@ -109,6 +127,7 @@ type restartDriver struct {
 }
 
 func (b *boardActor) Receive(ctx actor.Context) {
+	defer b.publishConsole()
 	switch m := ctx.Message().(type) {
 	case *actor.Started:
 		b.started(ctx)
@@ -141,7 +160,11 @@ func (b *boardActor) Receive(ctx actor.Context) {
 			b.setHealth(ctx, jobs.HealthGood, "")
 		}
 	case *actors.DriverOutput:
-		b.driverOutput(ctx, m)
+		at := m.At
+		if at.IsZero() {
+			at = time.Now()
+		}
+		b.consoleOutput(m.Driver, m.Data, at)
 	case *actors.GetBoard:
 		ctx.Respond(&actors.BoardState{Name: b.cfg.Name, Status: b.status, Health: b.health, Holder: b.holder,
 			Waiting: append([]string(nil), b.waiting...)})
@@ -170,9 +193,12 @@ func (b *boardActor) started(ctx actor.Context) {
 	b.down = map[string]bool{}
 	b.restarts = map[string]restartTimer{}
 	b.status, b.health = jobs.StatusAvailable, jobs.HealthGood
+	b.con, b.root = &boardConsole{}, ctx.ActorSystem().Root
 	b.restore(ctx)
 	for _, d := range b.cfg.Drivers {
-		if _, err := ctx.SpawnNamed(driver.Props(d, b.log.Named("driver").With("driver", d.Name())), "driver/"+d.Name()); err != nil {
+		name := d.Name()
+		out := func(data []byte) { b.consoleOutput(name, data, time.Now()) }
+		if _, err := ctx.SpawnNamed(driver.PropsTo(d, b.log.Named("driver").With("driver", name), out), "driver/"+name); err != nil {
 			b.log.Error("start driver", "driver", d.Name(), "error", err)
 		}
 	}
@@ -312,10 +338,16 @@ func (b *boardActor) acquire(ctx actor.Context, jobID string) {
 }
 
 func (b *boardActor) release(ctx actor.Context, jobID string) {
-	// The lease's console output is numbered before its end, which follows Released.
+	// The lease's console output is numbered before its end, which follows Released:
+	// flushed, and no more of it tagged, under one lock.
+	b.con.mu.Lock()
 	if b.cfg.Console != nil {
 		b.cfg.Console.Flush(b.cfg.Name)
 	}
+	if b.con.job == jobID {
+		b.con.job, b.conJob = "", ""
+	}
+	b.con.mu.Unlock()
 	if li, ok := b.leases[jobID]; ok {
 		ctx.Send(li.pid, &actors.Released{})
 	}
@@ -402,34 +434,45 @@ func (b *boardActor) driverFault(ctx actor.Context, m *driverFault) {
 	}
 }
 
-// driverOutput makes a console event of a chunk a driver read, tagged with the lease
-// that holds the board now (or none) and its offset there. An attended console's chunk
-// goes to the outbox at once; an unattended one's waits for the console batch's tick.
-func (b *boardActor) driverOutput(ctx actor.Context, m *actors.DriverOutput) {
-	job := b.consoleJob()
-	off := &b.boardConsole
+// consoleOutput makes a console event of a chunk a driver read at at, tagged with the
+// lease the console belongs to (or none) and its offset there. An attended console's
+// chunk goes to the outbox at once; an unattended one's waits for the console batch's
+// tick. It runs in the driver's goroutine (see boardConsole).
+func (b *boardActor) consoleOutput(driver string, data []byte, at time.Time) {
+	c := b.con
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	job, off := c.job, &c.boardOff
 	if job != "" {
-		if b.leaseConsoleJob != job {
-			b.leaseConsoleJob, b.leaseConsole = job, 0
+		if c.leaseJob != job {
+			c.leaseJob, c.leaseOff = job, 0
 		}
-		off = &b.leaseConsole
+		off = &c.leaseOff
 	}
 	// Time is when the chunk was read: a console watcher that attached later does not get
 	// it, although a tick's batch may reach the sink after the watcher attached.
-	at := m.At
-	if at.IsZero() {
-		at = time.Now()
-	}
 	ev := connector.Event{Board: b.cfg.Name, JobID: job, Time: at,
-		Console: &connector.Console{Source: jobs.SourceDriver, Data: m.Data, Offset: *off}}
-	*off += uint64(len(m.Data))
+		Console: &connector.Console{Source: jobs.SourceDriver, Data: data, Offset: *off}}
+	*off += uint64(len(data))
 	switch {
 	case b.cfg.Console == nil:
-		ctx.Send(b.cfg.Outbox, &actors.Emit{Event: ev})
-	case b.attended(m.Driver):
+		b.root.Send(b.cfg.Outbox, &actors.Emit{Event: ev})
+	case b.attended(driver):
 		b.cfg.Console.Now(ev)
 	default:
 		b.cfg.Console.Add(ev)
+	}
+}
+
+// publishConsole tells the console which lease it belongs to now, if that changed.
+func (b *boardActor) publishConsole() {
+	if b.con == nil {
+		return
+	}
+	if job := b.consoleJob(); job != b.conJob {
+		b.con.mu.Lock()
+		b.con.job, b.conJob = job, job
+		b.con.mu.Unlock()
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -395,5 +396,68 @@ func TestBoardSupervisesItsDrivers(t *testing.T) {
 				t.Errorf("statuses %v hold %s", boardStatuses(evs), c.avoid)
 			}
 		})
+	}
+}
+
+// flooding is a console driver that reads chunks as fast as it can, from its own
+// goroutine as a console reader does, until it is stopped.
+type flooding struct{}
+
+func (flooding) Name() string { return "console" }
+
+func (flooding) Run(ctx context.Context, out func([]byte)) error {
+	for ctx.Err() == nil {
+		out([]byte("0123456789abcdef"))
+		runtime.Gosched()
+	}
+	return nil
+}
+
+// Console chunks reach the board from the driver's goroutine, not through its mailbox;
+// still, none of a lease's console is handed on after the lease released the board: with
+// a console streaming all along, every chunk tagged with a lease is numbered before the
+// lease's end, over many leases, and the chunks after the end are the board's own.
+func TestBoardConsoleOfAReleasedLeaseComesBeforeItsEnd(t *testing.T) {
+	p := actortest.New(t)
+	cfg := config(p, "rpi", 0)
+	batch := board.NewConsoleBatch(p.Sys.Root, p.Outbox, time.Hour) // sent on flushes only
+	t.Cleanup(batch.Close)
+	cfg.Console, cfg.Drivers = batch, []driver.Driver{flooding{}}
+	spawn(t, p, cfg)
+	const leases = 20
+	for i := range leases {
+		job := fmt.Sprint("lease-", i)
+		if err := start(t, p, job); err != nil {
+			t.Fatal(err)
+		}
+		p.WaitTransition(id(job), jobs.PhaseReady)
+		if err := stop(t, p, job); err != nil {
+			t.Fatal(err)
+		}
+		p.WaitTransition(id(job), jobs.PhaseDone)
+		// What the board read after the release goes with the next tick (here: now).
+		batch.Flush("rpi")
+	}
+	end := map[string]int{} // job -> index of its end among the events
+	evs := p.WaitEvents("every lease's end and console", func(evs []connector.Event) bool {
+		for i, ev := range evs {
+			if ev.Transition != nil && ev.Transition.To == jobs.PhaseDone {
+				end[ev.JobID] = i
+			}
+		}
+		return len(end) == leases
+	})
+	tagged := map[string]int{}
+	for i, ev := range evs {
+		if ev.Console == nil || ev.JobID == "" {
+			continue
+		}
+		tagged[ev.JobID]++
+		if e, ok := end[ev.JobID]; ok && i > e {
+			t.Errorf("console event %d (offset %d) of lease %s comes after its end (event %d)", i, ev.Console.Offset, ev.JobID, e)
+		}
+	}
+	if len(tagged) == 0 {
+		t.Errorf("no console event is tagged with a lease (%d events)", len(evs))
 	}
 }
