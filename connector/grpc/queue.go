@@ -95,6 +95,14 @@ type Queue struct {
 	serveMu sync.Mutex
 	claim   uint64
 
+	// recent are the last records committed as they are on disk, with consecutive
+	// sequence numbers: afterRaw serves them from memory rather than reading the file
+	// back (a copy of every byte, and page faults in the mapping). A transaction that
+	// sheds or stores a gap changes records on disk, and empties it. Bounded by
+	// maxRecentBytes; under mu.
+	recent      []rawEvent
+	recentBytes int
+
 	// Counters for tests and metrics.
 	shedVisits atomic.Uint64 // stored events read to shed them
 	shedBytes  atomic.Uint64 // console bytes replaced by gaps
@@ -145,6 +153,8 @@ const (
 	// retryMin and retryMax bound the wait before a failed write is tried again.
 	retryMin = 20 * time.Millisecond
 	retryMax = 2 * time.Second
+	// maxRecentBytes bounds the committed records kept in memory for the sender.
+	maxRecentBytes = maxBatchBytes
 	// closeFlush bounds how long Close keeps retrying a failing final write.
 	closeFlush = 2 * time.Second
 	// logEvery bounds how often a failing write is logged.
@@ -518,17 +528,28 @@ func (q *Queue) afterRaw(seq uint64, n int, dst []rawEvent, claim bool) ([]rawEv
 	if claim {
 		q.serveMu.Lock()
 	}
+	dst = dst[:0]
 	q.mu.Lock()
 	changed, last := q.changed, q.last
+	dst, served := q.fromRecent(seq, n, dst, claim)
 	q.mu.Unlock()
 	if claim {
 		q.claim = max(q.claim, last)
 		q.serveMu.Unlock()
 	}
-	dst = dst[:0]
-	if seq >= last {
+	if served || seq >= last {
 		return dst, changed, nil
 	}
+	dst, err := q.readFile(seq, n, dst, last)
+	if err != nil {
+		return nil, changed, err
+	}
+	return dst, changed, nil
+}
+
+// readFile appends to dst up to n records above seq and at most last, read from the
+// file (runs of gaps expanded) and copied into one buffer.
+func (q *Queue) readFile(seq uint64, n int, dst []rawEvent, last uint64) ([]rawEvent, error) {
 	err := q.db.View(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketEvents).Cursor()
 		size := 0
@@ -581,9 +602,75 @@ func (q *Queue) afterRaw(seq uint64, n int, dst []rawEvent, claim bool) ([]rawEv
 		return nil
 	})
 	if err != nil {
-		return nil, changed, fmt.Errorf("outbox %s: read: %w", q.path, err)
+		return nil, fmt.Errorf("outbox %s: read: %w", q.path, err)
 	}
-	return dst, changed, nil
+	return dst, nil
+}
+
+// fromRecent appends to dst up to n committed records above seq from q.recent, if it
+// holds seq+1, and reports whether it did. With sender set, the records up to seq are
+// forgotten: the sender is past them. Called with mu held.
+func (q *Queue) fromRecent(seq uint64, n int, dst []rawEvent, sender bool) ([]rawEvent, bool) {
+	if len(q.recent) == 0 || seq+1 < q.recent[0].seq {
+		return dst, false
+	}
+	i := int(min(seq+1-q.recent[0].seq, uint64(len(q.recent))))
+	if sender {
+		q.dropRecent(i)
+		i = 0
+	}
+	if i >= len(q.recent) {
+		return dst, false
+	}
+	size := 0
+	for _, r := range q.recent[i:] {
+		if len(dst) >= n || size >= maxBatchBytes {
+			break
+		}
+		dst = append(dst, r)
+		size += len(r.data)
+	}
+	return dst, true
+}
+
+// dropRecent forgets the first n records of q.recent. Called with mu held.
+func (q *Queue) dropRecent(n int) {
+	for _, r := range q.recent[:n] {
+		q.recentBytes -= len(r.data)
+	}
+	clear(q.recent[:n])
+	q.recent = q.recent[n:]
+	if len(q.recent) == 0 {
+		q.recent = nil
+	}
+}
+
+// keepRecent updates q.recent after a committed transaction: verbatim are the batch's
+// records it stored as they are, in order; altered, that it changed records on disk
+// (this batch's included: a shed may take what it stored). Called with mu held.
+func (q *Queue) keepRecent(batch []rec, verbatim []int, altered bool) {
+	if altered {
+		q.dropRecent(len(q.recent))
+		return
+	}
+	i := 0
+	for i < len(q.recent) && q.recent[i].seq <= q.ackDone {
+		i++
+	}
+	q.dropRecent(i)
+	for _, b := range verbatim {
+		r := &batch[b]
+		if n := len(q.recent); n > 0 && q.recent[n-1].seq+1 != r.seq {
+			q.dropRecent(n)
+		}
+		q.recent = append(q.recent, rawEvent{seq: r.seq, data: r.data})
+		q.recentBytes += len(r.data)
+	}
+	i, over := 0, q.recentBytes-maxRecentBytes
+	for ; i < len(q.recent) && over > 0; i++ {
+		over -= len(q.recent[i].data)
+	}
+	q.dropRecent(i)
 }
 
 func hookKey(job string, source int32) []byte {
@@ -875,6 +962,7 @@ func (q *Queue) write(ackTo uint64, forget []string, batch []rec, full bool, sto
 			if err := t.events.Put(key, r.data); err != nil {
 				return err
 			}
+			t.verbatim = append(t.verbatim, i)
 			t.stored += int64(len(r.data))
 			if console {
 				t.newConsole = append(t.newConsole, indexEntry{seq: r.seq, size: int64(len(r.data))})
@@ -920,6 +1008,7 @@ func (q *Queue) write(ackTo uint64, forget []string, batch []rec, full bool, sto
 		q.ackDone = ackTo
 	}
 	q.stored = t.stored
+	q.keepRecent(batch, t.verbatim, t.altered)
 	q.index.pop(t.shedIdx)
 	for _, e := range t.newConsole[t.shedNew:] {
 		if !t.gone[e.seq] {
@@ -996,6 +1085,8 @@ type txw struct {
 	gone         map[uint64]bool
 	visited      uint64
 	shedBytes    uint64
+	verbatim     []int // of the batch, the records stored as they are
+	altered      bool  // records on disk were shed or gaps stored
 }
 
 // ack deletes the records up to seq; a run that goes on past seq keeps its rest.
@@ -1027,6 +1118,7 @@ func (t *txw) ack(seq uint64) error {
 // shed replaces console events on disk by their gaps, oldest first, until need bytes
 // are freed or no console event is left.
 func (t *txw) shed(need int64) error {
+	t.altered = true
 	for need > 0 {
 		var e *indexEntry
 		switch {
@@ -1064,6 +1156,7 @@ func (t *txw) shed(need int64) error {
 // sender has not claimed. replaced is the size of the record seq holds now (the console
 // event it replaces), 0 if none.
 func (t *txw) placeGap(seq uint64, g gapPair, at int64, replaced int) error {
+	t.altered = true
 	merged := gapRun{n: 1, at: at, pairs: []gapPair{g}}
 	start := seq
 	removed := int64(replaced)

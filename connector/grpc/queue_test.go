@@ -643,3 +643,72 @@ func TestQueueGapsOnDiskAfterARestartNeverChange(t *testing.T) {
 		}
 	}
 }
+
+// The sender is served the last committed records from memory (Queue.recent), and what
+// it is served is what the file holds, byte for byte: under a bound that sheds console
+// bytes into gaps now and then, with acks behind the sender, every read from memory is
+// checked against a read of the file.
+func TestQueueServesFromMemoryWhatIsOnDisk(t *testing.T) {
+	q := openTestQueue(t, filepath.Join(t.TempDir(), "outbox.db"), QueueOptions{NoSync: true, MaxBytes: 200_000})
+	var seq, cursor uint64
+	hits, misses := 0, 0
+	for round := range 400 {
+		var evs []*pb.Event
+		for b := range 1 + round%7 {
+			seq++
+			evs = append(evs, consoleEv(seq, fmt.Sprint("board-", b), "job", 100+(round*53+b*97)%4000))
+		}
+		if round%9 == 0 {
+			seq++
+			evs = append(evs, transitionEv(seq, "job"))
+		}
+		q.AppendBatch(evs)
+		<-q.Synced()
+		if round%40 < 30 {
+			continue // the sender falls behind (sheds take what it has not read), then catches up
+		}
+		for {
+			q.mu.Lock()
+			cached := len(q.recent) > 0 && q.recent[0].seq <= cursor+1 && cursor+1 <= q.recent[len(q.recent)-1].seq
+			q.mu.Unlock()
+			got, _, err := q.afterRaw(cursor, 5, nil, true)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(got) == 0 {
+				break
+			}
+			if cached {
+				hits++
+			} else {
+				misses++
+			}
+			want, err := q.readFile(cursor, len(got), nil, q.LastSeq())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(want) != len(got) {
+				t.Fatalf("round %d: %d records served after %d, the file has %d", round, len(got), cursor, len(want))
+			}
+			for i := range got {
+				if got[i].seq != want[i].seq || !bytes.Equal(got[i].data, want[i].data) {
+					t.Fatalf("round %d: record %d served (cached %v) is not the file's record %d (%d bytes, want %d)",
+						round, got[i].seq, cached, want[i].seq, len(got[i].data), len(want[i].data))
+				}
+			}
+			cursor = got[len(got)-1].seq
+		}
+		if round%25 == 0 && cursor > 30 {
+			if err := q.Ack(cursor - 30); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if cursor != seq {
+		t.Fatalf("the sender read up to %d of %d", cursor, seq)
+	}
+	if hits == 0 || misses == 0 || q.ShedBytes() == 0 {
+		t.Fatalf("%d reads from memory, %d from the file, %d bytes shed: the test did not exercise both paths under shedding", hits, misses, q.ShedBytes())
+	}
+	t.Logf("%d reads from memory, %d from the file, %d bytes shed", hits, misses, q.ShedBytes())
+}
