@@ -195,6 +195,7 @@ func (b *boardActor) started(ctx actor.Context) {
 	b.status, b.health = jobs.StatusAvailable, jobs.HealthGood
 	b.con, b.root = &boardConsole{}, ctx.ActorSystem().Root
 	b.restore(ctx)
+	b.publishConsole() // before the drivers read: a restored lease's console is its own
 	for _, d := range b.cfg.Drivers {
 		name := d.Name()
 		out := func(data []byte) { b.consoleOutput(name, data, time.Now()) }
