@@ -262,11 +262,11 @@ func (m *Manager) PowerOn(ctx context.Context) {
 
 // tappedConsole is the board's console driver, with every chunk it reads given to the
 // board's watchers at once (tap), in the console reader's goroutine, before the chunk
-// goes on to the board actor, the outbox and Sink. The live view needs no actor hop:
-// on the way to Sink an attended chunk waited behind the tick's batch of every board
-// (up to 11 MB a second at 1,000 boards), which made the keystroke echo's p99 a
-// quarter of a second. Watchers get the same slice as the board actor: neither writes
-// to it.
+// goes on to be tagged (the board actor's console tagger), the outbox and Sink. The
+// live view waits for none of them: on the way to Sink an attended chunk waited behind
+// the tick's batch of every board (up to 11 MB a second at 1,000 boards), which made
+// the keystroke echo's p99 a quarter of a second. Watchers get the same slice as the
+// tagger: neither writes to it.
 type tappedConsole struct {
 	*serial.Driver
 	b *Board
