@@ -89,11 +89,9 @@ type boardActor struct {
 	down    map[string]bool // drivers not (yet) up again after a failure
 	// stopping is set when the board itself stops (daemon shutdown).
 	stopping bool
-	// con tags the console's chunks as the drivers read them; conJob is the lease the
-	// actor last published to it (consoleJob).
-	con    *boardConsole
-	conJob string
-	root   *actor.RootContext
+	// con tags the console's chunks as the drivers read them.
+	con  *boardConsole
+	root *actor.RootContext
 	// restarts are the back-off timers of failed drivers, by child ID.
 	restarts   map[string]restartTimer
 	restartSeq uint64
@@ -107,8 +105,10 @@ type boardActor struct {
 // would have been by a DriverOutput message the actor handled at that point, and none of
 // a released lease's console is handed on after its flush.
 type boardConsole struct {
-	mu  sync.Mutex
-	job string // the lease the console belongs to now ("" for the board's own)
+	mu sync.Mutex
+	// job is the lease the console belongs to now ("" for the board's own). Only the
+	// actor writes it (under mu), so the actor reads it without mu.
+	job string
 	// boardOff and leaseOff count console bytes: the board's since start, and the
 	// lease's (leaseJob) since it began.
 	boardOff, leaseOff uint64
@@ -346,7 +346,7 @@ func (b *boardActor) release(ctx actor.Context, jobID string) {
 		b.cfg.Console.Flush(b.cfg.Name)
 	}
 	if b.con.job == jobID {
-		b.con.job, b.conJob = "", ""
+		b.con.job = ""
 	}
 	b.con.mu.Unlock()
 	if li, ok := b.leases[jobID]; ok {
@@ -470,9 +470,9 @@ func (b *boardActor) publishConsole() {
 	if b.con == nil {
 		return
 	}
-	if job := b.consoleJob(); job != b.conJob {
+	if job := b.consoleJob(); job != b.con.job {
 		b.con.mu.Lock()
-		b.con.job, b.conJob = job, job
+		b.con.job = job
 		b.con.mu.Unlock()
 	}
 }

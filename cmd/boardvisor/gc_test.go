@@ -4,40 +4,38 @@ import (
 	"os"
 	"runtime"
 	"runtime/debug"
+	"strconv"
 	"testing"
 )
 
-// The supervisor collects garbage at SupervisorGOGC unless GOGC says otherwise.
-func TestSupervisorGC(t *testing.T) {
-	was := debug.SetGCPercent(100)
-	t.Cleanup(func() { debug.SetGCPercent(was) })
-	t.Setenv("GOGC", "") // restored after the test
-	os.Unsetenv("GOGC")
-	supervisorGC()
-	if got := debug.SetGCPercent(100); got != SupervisorGOGC {
-		t.Errorf("without GOGC: GC percent %d, want %d", got, SupervisorGOGC)
+// The supervisor's runtime settings: the GC target is SupervisorGOGC unless GOGC says
+// otherwise, and it runs at least SupervisorMinProcs Ps unless GOMAXPROCS does.
+func TestSupervisorRuntimeSettings(t *testing.T) {
+	cases := []struct {
+		env   string
+		set   func(int) int // sets the runtime value and returns the one before
+		apply func()
+		want  int // without env
+		given int // env's value, which apply must leave as it is
+	}{
+		{"GOGC", debug.SetGCPercent, supervisorGC, SupervisorGOGC, 100},
+		{"GOMAXPROCS", runtime.GOMAXPROCS, supervisorProcs, SupervisorMinProcs, 2},
 	}
-	os.Setenv("GOGC", "100")
-	supervisorGC()
-	if got := debug.SetGCPercent(100); got != 100 {
-		t.Errorf("with GOGC=100: GC percent %d, want it left at 100", got)
-	}
-}
-
-// The supervisor runs with at least SupervisorMinProcs Ps unless GOMAXPROCS says
-// otherwise.
-func TestSupervisorProcs(t *testing.T) {
-	was := runtime.GOMAXPROCS(2)
-	t.Cleanup(func() { runtime.GOMAXPROCS(was) })
-	t.Setenv("GOMAXPROCS", "") // restored after the test
-	os.Unsetenv("GOMAXPROCS")
-	supervisorProcs()
-	if got := runtime.GOMAXPROCS(2); got != SupervisorMinProcs {
-		t.Errorf("without GOMAXPROCS: %d Ps, want %d", got, SupervisorMinProcs)
-	}
-	os.Setenv("GOMAXPROCS", "2")
-	supervisorProcs()
-	if got := runtime.GOMAXPROCS(0); got != 2 {
-		t.Errorf("with GOMAXPROCS=2: %d Ps, want it left at 2", got)
+	for _, c := range cases {
+		t.Run(c.env, func(t *testing.T) {
+			was := c.set(c.given)
+			t.Cleanup(func() { c.set(was) })
+			t.Setenv(c.env, "") // restored after the test
+			os.Unsetenv(c.env)
+			c.apply()
+			if got := c.set(c.given); got != c.want {
+				t.Errorf("without %s: %d, want %d", c.env, got, c.want)
+			}
+			t.Setenv(c.env, strconv.Itoa(c.given))
+			c.apply()
+			if got := c.set(c.given); got != c.given {
+				t.Errorf("with %s=%d: %d, want it left at %d", c.env, c.given, got, c.given)
+			}
+		})
 	}
 }
