@@ -2,6 +2,7 @@ package board
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -37,9 +38,14 @@ const (
 //
 // Order: a board's console events reach the outbox in the order the board made them,
 // and before anything the board sends after a Flush (so a lease's console is numbered
-// before the lease's end: the board flushes when the lease releases it). Every send to
-// the outbox is made with the lock held, so that a tick and a board's flush cannot
-// overtake each other.
+// before the lease's end: the board flushes when the lease releases it).
+//
+// A tick's batch is taken under the lock but joined and sent outside it (sendBatch):
+// joining a second of a thousand boards' chunks (11 MB) took 5-9 ms, and the console
+// readers, which add every chunk under the lock, waited that long, an attended
+// console's next echo with them. Batches are sent one at a time, in the order they were
+// taken (sendMu, acquired under the lock); a board's own send (Now, Flush, or Add
+// after Close) waits for the batches that hold its earlier events, and for no other.
 type ConsoleBatch struct {
 	root   *actor.RootContext
 	outbox *actor.PID
@@ -55,6 +61,17 @@ type ConsoleBatch struct {
 	count  map[string]int // board -> how many of its events are pending
 	bytes  int
 	closed bool
+	// taken counts the batches taken; inBatch is, per board, the last one that holds its
+	// events (stale once that batch is sent: sent).
+	taken   uint64
+	inBatch map[string]uint64
+
+	// sendMu is held from a batch's taking (under mu) until it is sent: batches go one at
+	// a time, in the order they were taken.
+	sendMu sync.Mutex
+	sent   atomic.Uint64 // the last batch sent (batches are numbered from 1)
+	// joining, if not nil, is called while a batch is being joined (tests).
+	joining func()
 
 	stop chan struct{}
 	done chan struct{}
@@ -67,7 +84,7 @@ func NewConsoleBatch(root *actor.RootContext, outbox *actor.PID, tick time.Durat
 		tick = ConsoleTick
 	}
 	c := &ConsoleBatch{root: root, outbox: outbox, tick: tick, last: map[string]int{}, count: map[string]int{},
-		stop: make(chan struct{}), done: make(chan struct{})}
+		inBatch: map[string]uint64{}, stop: make(chan struct{}), done: make(chan struct{})}
 	go c.run()
 	return c
 }
@@ -79,13 +96,19 @@ func (c *ConsoleBatch) run() {
 	for {
 		select {
 		case <-t.C:
-			c.mu.Lock()
-			c.sendAllLocked(nil)
-			c.mu.Unlock()
+			c.tickOnce()
 		case <-c.stop:
 			return
 		}
 	}
+}
+
+// tickOnce hands everything pending to the outbox, as one batch.
+func (c *ConsoleBatch) tickOnce() {
+	c.mu.Lock()
+	b := c.takeAllLocked(nil)
+	c.mu.Unlock()
+	c.sendBatch(b)
 }
 
 // Add holds a console event (Board, JobID and Console set) until the next tick, merged
@@ -93,10 +116,20 @@ func (c *ConsoleBatch) run() {
 // starts.
 func (c *ConsoleBatch) Add(ev connector.Event) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
+	b := c.addLocked(ev)
+	c.mu.Unlock()
+	c.sendBatch(b) // past MaxConsoleBatch
+}
+
+// addLocked holds ev, and returns the batch to send when the bytes held reached
+// MaxConsoleBatch.
+func (c *ConsoleBatch) addLocked(ev connector.Event) *consoleBatch {
 	if c.closed {
+		if c.afterBatchLocked(ev.Board) {
+			defer c.sendMu.Unlock()
+		}
 		c.root.Send(c.outbox, &actors.Emit{Event: ev})
-		return
+		return nil
 	}
 	if i, ok := c.last[ev.Board]; ok {
 		p := &c.pending[i]
@@ -105,8 +138,7 @@ func (c *ConsoleBatch) Add(ev connector.Event) {
 			c.size[i]+len(ev.Console.Data) <= MaxConsoleEvent {
 			c.parts[i] = append(c.parts[i], ev.Console.Data)
 			c.size[i] += len(ev.Console.Data)
-			c.grownLocked(len(ev.Console.Data))
-			return
+			return c.grownLocked(len(ev.Console.Data))
 		}
 	}
 	c.pending = append(c.pending, ev)
@@ -114,14 +146,33 @@ func (c *ConsoleBatch) Add(ev connector.Event) {
 	c.size = append(c.size, len(ev.Console.Data))
 	c.last[ev.Board] = len(c.pending) - 1
 	c.count[ev.Board]++
-	c.grownLocked(len(ev.Console.Data))
+	return c.grownLocked(len(ev.Console.Data))
 }
 
-func (c *ConsoleBatch) grownLocked(n int) {
+func (c *ConsoleBatch) grownLocked(n int) *consoleBatch {
 	c.bytes += n
 	if c.bytes >= MaxConsoleBatch {
-		c.sendAllLocked(nil)
+		return c.takeAllLocked(nil)
 	}
+	return nil
+}
+
+// afterBatchLocked waits until the batches holding the board's earlier events are sent,
+// so that what the board sends now comes after them. It reports whether it holds sendMu
+// for that (the caller sends, then releases it).
+func (c *ConsoleBatch) afterBatchLocked(board string) bool {
+	n, ok := c.inBatch[board]
+	if !ok {
+		return false
+	}
+	delete(c.inBatch, board)
+	if n <= c.sent.Load() {
+		return false
+	}
+	// Batches take sendMu under mu, which is held: once it is free, every batch taken
+	// before is sent.
+	c.sendMu.Lock()
+	return true
 }
 
 // Now hands ev to the outbox at once, after whatever its board had pending: the chunk
@@ -129,6 +180,9 @@ func (c *ConsoleBatch) grownLocked(n int) {
 func (c *ConsoleBatch) Now(ev connector.Event) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.afterBatchLocked(ev.Board) {
+		defer c.sendMu.Unlock()
+	}
 	evs := c.takeLocked(ev.Board)
 	if len(evs) == 0 {
 		c.root.Send(c.outbox, &actors.Emit{Event: ev})
@@ -141,6 +195,9 @@ func (c *ConsoleBatch) Now(ev connector.Event) {
 func (c *ConsoleBatch) Flush(board string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.afterBatchLocked(board) {
+		defer c.sendMu.Unlock()
+	}
 	if evs := c.takeLocked(board); len(evs) > 0 {
 		c.root.Send(c.outbox, &actors.EmitBatch{Events: evs})
 	}
@@ -176,13 +233,18 @@ func (c *ConsoleBatch) takeLocked(board string) []connector.Event {
 
 // joined returns pending event i with its merged chunks joined to its data.
 func (c *ConsoleBatch) joined(i int) connector.Event {
-	ev := c.pending[i]
-	if len(c.parts[i]) == 0 {
+	return joinedEvent(c.pending[i], c.parts[i], c.size[i])
+}
+
+// joinedEvent returns ev with the chunks merged into it (parts, size bytes in all)
+// joined to its data, in one allocation of the exact size.
+func joinedEvent(ev connector.Event, parts [][]byte, size int) connector.Event {
+	if len(parts) == 0 {
 		return ev
 	}
-	data := make([]byte, 0, c.size[i])
+	data := make([]byte, 0, size)
 	data = append(data, ev.Console.Data...)
-	for _, p := range c.parts[i] {
+	for _, p := range parts {
 		data = append(data, p...)
 	}
 	con := *ev.Console
@@ -191,23 +253,54 @@ func (c *ConsoleBatch) joined(i int) connector.Event {
 	return ev
 }
 
-// sendAllLocked hands every pending event to the outbox in one EmitBatch (with durable,
-// if not nil, as its Durable channel; closed at once when nothing is pending).
-func (c *ConsoleBatch) sendAllLocked(durable chan struct{}) {
+// consoleBatch is every event pending at a tick (or at Close, or past
+// MaxConsoleBatch), taken to be joined and sent outside the lock.
+type consoleBatch struct {
+	n       uint64 // its number (ConsoleBatch.taken)
+	pending []connector.Event
+	parts   [][][]byte
+	size    []int
+	durable chan struct{}
+}
+
+// takeAllLocked takes every pending event as the next batch and acquires sendMu for it;
+// sendBatch sends it and releases sendMu. With nothing pending it returns nil (and
+// closes durable, if not nil: nothing to wait for).
+func (c *ConsoleBatch) takeAllLocked(durable chan struct{}) *consoleBatch {
 	if len(c.pending) == 0 {
 		if durable != nil {
 			close(durable)
 		}
-		return
+		return nil
 	}
-	for i := range c.pending {
-		c.pending[i] = c.joined(i)
+	c.taken++
+	b := &consoleBatch{n: c.taken, pending: c.pending, parts: c.parts, size: c.size, durable: durable}
+	for board := range c.count {
+		c.inBatch[board] = b.n
 	}
-	c.root.Send(c.outbox, &actors.EmitBatch{Events: c.pending, Durable: durable})
 	c.pending, c.parts, c.size = nil, nil, nil
 	clear(c.last)
 	clear(c.count)
 	c.bytes = 0
+	c.sendMu.Lock()
+	return b
+}
+
+// sendBatch joins b's events and hands them to the outbox in one EmitBatch (with
+// b.durable as its Durable channel), then lets the next batch go. Call it without mu.
+func (c *ConsoleBatch) sendBatch(b *consoleBatch) {
+	if b == nil {
+		return
+	}
+	if c.joining != nil {
+		c.joining()
+	}
+	for i := range b.pending {
+		b.pending[i] = joinedEvent(b.pending[i], b.parts[i], b.size[i])
+	}
+	c.root.Send(c.outbox, &actors.EmitBatch{Events: b.pending, Durable: b.durable})
+	c.sent.Store(b.n)
+	c.sendMu.Unlock()
 }
 
 // Close stops the ticks and hands what is pending to the outbox, waiting (bounded) until
@@ -221,8 +314,9 @@ func (c *ConsoleBatch) Close() {
 	}
 	c.closed = true
 	durable := make(chan struct{})
-	c.sendAllLocked(durable)
+	b := c.takeAllLocked(durable)
 	c.mu.Unlock()
+	c.sendBatch(b)
 	close(c.stop)
 	<-c.done
 	t := time.NewTimer(closeTimeout)
