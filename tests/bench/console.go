@@ -104,12 +104,21 @@ func consoleSizeOf(e *env) (consoleSize, error) {
 
 func runConsole(e *env) error {
 	raiseNoFile()
-	// Everything of the scenario runs at the simulated boards' priority (FeederNice):
-	// the forwarders measured, their clients, the coordinator. The boards stand for
-	// hardware, which takes no CPU from the host that reads it; given the CPU first,
-	// they made every forwarder's echo wait behind their writes, a cost of the bench
-	// and not of the forwarder (echo p99 254 ms against 62 ms at one priority for all,
-	// boardvisor, 2026-12-01). A forwarder's CPU is the same at either priority.
+	// The scenario runs at FeederNice: the forwarders measured, their clients, the shell
+	// board (the coordinator is put back at the default: it stands for another
+	// machine). The streaming farm runs at FarmNice, the default, which is the kernel's
+	// tty workers' too: they move every byte between the ptys, the echo's with the
+	// rest. The boards stand for hardware, which takes no CPU from the host that reads
+	// it; given the CPU first (FeederNice for the farm and the default for the rest),
+	// they made every forwarder's echo wait behind their writes (echo p99 254 ms against
+	// 62 ms at one priority for all, boardvisor, 2026-12-01), and at one priority the
+	// farm outranked those kernel workers: pooled over three alternating runs each (569
+	// keys), boardvisor's echo p50 2.76 -> 2.22 ms, p90 7.9 -> 6.3 ms, p99 21.3 -> 14.8
+	// ms, keys over 10 ms 33 -> 15 with the farm at the default (2026-12-02). Below the
+	// forwarders, the farm is read more often in smaller pieces by those that read as
+	// soon as a byte comes (ser2net, the trivial forwarder), which costs them more, and
+	// it may fall behind the line rate while the trivial forwarder runs (the row says
+	// so): see docs/console.md.
 	renice(os.Getpid(), FeederNice)
 	size, err := consoleSizeOf(e)
 	if err != nil {
@@ -166,9 +175,12 @@ func runConsole(e *env) error {
 	return nil
 }
 
-// FeederNice is the nice value of the simulated boards' processes (the feeder), and of
-// the rest of the console scenario.
-const FeederNice = -10
+// FeederNice is the nice value of the console scenario (the forwarders, their clients
+// and the shell board); FarmNice that of the streaming boards' process (the feeder).
+const (
+	FeederNice = -10
+	FarmNice   = 0
+)
 
 // renice sets the nice value of every thread of a process (Linux keeps it per thread;
 // threads made later inherit it from the thread that makes them).
@@ -228,10 +240,13 @@ func startFarm(e *env, n int, perBoard int64, shell bool) (*farm, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
-	// The simulated boards pace themselves with a timer each: give them the CPU first, so
-	// that they keep to the line rate (the priority does not change what a forwarder's
-	// work costs, only when it runs).
-	renice(cmd.Process.Pid, FeederNice)
+	// The streaming farm at the kernel workers' priority, the shell board at the
+	// scenario's (see runConsole). The feeder's pace is checked in every run.
+	if shell {
+		renice(cmd.Process.Pid, FeederNice)
+	} else {
+		renice(cmd.Process.Pid, FarmNice)
+	}
 	f := &farm{cmd: cmd, in: in, rd: bufio.NewReader(out), pid: cmd.Process.Pid}
 	for {
 		line, err := f.rd.ReadString('\n')
