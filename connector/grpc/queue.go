@@ -64,6 +64,10 @@ type Queue struct {
 	unreclaim func()
 	log       hclog.Logger
 
+	// txMu is held around each write transaction (flush), so that one is written at a
+	// time: by the writer, or by a test that writes one itself.
+	txMu sync.Mutex
+
 	mu        sync.Mutex
 	pending   []rec  // appended, not yet committed, in order
 	pendBytes int64  // bytes of console data pending
@@ -810,7 +814,9 @@ func (q *Queue) writer() {
 			}
 			t.Stop()
 		}
+		q.txMu.Lock()
 		err, more := q.flush()
+		q.txMu.Unlock()
 		if err != nil {
 			q.retries.Add(1)
 			full := q.disk.Failed(err)

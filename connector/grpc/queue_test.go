@@ -604,10 +604,14 @@ func TestQueueGapAfterAnAckOfEverything(t *testing.T) {
 }
 
 // writeFull writes ev as the queue's writer would with the disk full (a console event
-// is kept as its gap), acknowledging up to ackTo in the same transaction. The writer
-// must be idle: nothing pending, so that it is not woken.
+// is kept as its gap), acknowledging up to ackTo in the same transaction, between two
+// of the writer's transactions (txMu).
 func writeFull(q *Queue, ackTo uint64, ev *pb.Event) error {
 	batch := []rec{{seq: ev.GetSeq(), data: mustMarshal(ev), console: ev.GetConsoleLog(), ev: ev}}
+	// Not while the writer writes: woken by a kick left over, it would take the event
+	// appended below and write it too, at the same time.
+	q.txMu.Lock()
+	defer q.txMu.Unlock()
 	q.mu.Lock()
 	q.pending = append(q.pending, batch...)
 	q.pendBytes += int64(len(batch[0].data))
