@@ -2,7 +2,6 @@ package board
 
 import (
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -61,15 +60,13 @@ type ConsoleBatch struct {
 	count  map[string]int // board -> how many of its events are pending
 	bytes  int
 	closed bool
-	// taken counts the batches taken; inBatch is, per board, the last one that holds its
-	// events (stale once that batch is sent: sent).
-	taken   uint64
-	inBatch map[string]uint64
+	// inBatch holds the boards that had events in a batch taken since their last own
+	// send (the batch may have been sent since: then waiting for it costs nothing).
+	inBatch map[string]struct{}
 
 	// sendMu is held from a batch's taking (under mu) until it is sent: batches go one at
 	// a time, in the order they were taken.
 	sendMu sync.Mutex
-	sent   atomic.Uint64 // the last batch sent (batches are numbered from 1)
 	// joining, if not nil, is called while a batch is being joined (tests).
 	joining func()
 
@@ -84,7 +81,7 @@ func NewConsoleBatch(root *actor.RootContext, outbox *actor.PID, tick time.Durat
 		tick = ConsoleTick
 	}
 	c := &ConsoleBatch{root: root, outbox: outbox, tick: tick, last: map[string]int{}, count: map[string]int{},
-		inBatch: map[string]uint64{}, stop: make(chan struct{}), done: make(chan struct{})}
+		inBatch: map[string]struct{}{}, stop: make(chan struct{}), done: make(chan struct{})}
 	go c.run()
 	return c
 }
@@ -161,14 +158,10 @@ func (c *ConsoleBatch) grownLocked(n int) *consoleBatch {
 // so that what the board sends now comes after them. It reports whether it holds sendMu
 // for that (the caller sends, then releases it).
 func (c *ConsoleBatch) afterBatchLocked(board string) bool {
-	n, ok := c.inBatch[board]
-	if !ok {
+	if _, ok := c.inBatch[board]; !ok {
 		return false
 	}
 	delete(c.inBatch, board)
-	if n <= c.sent.Load() {
-		return false
-	}
 	// Batches take sendMu under mu, which is held: once it is free, every batch taken
 	// before is sent.
 	c.sendMu.Lock()
@@ -213,7 +206,7 @@ func (c *ConsoleBatch) takeLocked(board string) []connector.Event {
 	kept, keptParts, keptSize := c.pending[:0], c.parts[:0], c.size[:0]
 	for i, ev := range c.pending {
 		if ev.Board == board {
-			out = append(out, c.joined(i))
+			out = append(out, joinedEvent(ev, c.parts[i], c.size[i]))
 			c.bytes -= c.size[i]
 			continue
 		}
@@ -229,11 +222,6 @@ func (c *ConsoleBatch) takeLocked(board string) []connector.Event {
 		c.last[ev.Board] = i
 	}
 	return out
-}
-
-// joined returns pending event i with its merged chunks joined to its data.
-func (c *ConsoleBatch) joined(i int) connector.Event {
-	return joinedEvent(c.pending[i], c.parts[i], c.size[i])
 }
 
 // joinedEvent returns ev with the chunks merged into it (parts, size bytes in all)
@@ -256,7 +244,6 @@ func joinedEvent(ev connector.Event, parts [][]byte, size int) connector.Event {
 // consoleBatch is every event pending at a tick (or at Close, or past
 // MaxConsoleBatch), taken to be joined and sent outside the lock.
 type consoleBatch struct {
-	n       uint64 // its number (ConsoleBatch.taken)
 	pending []connector.Event
 	parts   [][][]byte
 	size    []int
@@ -273,10 +260,9 @@ func (c *ConsoleBatch) takeAllLocked(durable chan struct{}) *consoleBatch {
 		}
 		return nil
 	}
-	c.taken++
-	b := &consoleBatch{n: c.taken, pending: c.pending, parts: c.parts, size: c.size, durable: durable}
+	b := &consoleBatch{pending: c.pending, parts: c.parts, size: c.size, durable: durable}
 	for board := range c.count {
-		c.inBatch[board] = b.n
+		c.inBatch[board] = struct{}{}
 	}
 	c.pending, c.parts, c.size = nil, nil, nil
 	clear(c.last)
@@ -299,7 +285,6 @@ func (c *ConsoleBatch) sendBatch(b *consoleBatch) {
 		b.pending[i] = joinedEvent(b.pending[i], b.parts[i], b.size[i])
 	}
 	c.root.Send(c.outbox, &actors.EmitBatch{Events: b.pending, Durable: b.durable})
-	c.sent.Store(b.n)
 	c.sendMu.Unlock()
 }
 
