@@ -31,7 +31,7 @@ type Options struct {
 	StateDir string
 	// Conn is the link to the coordinator (a local connector in the embedded mode).
 	Conn connector.SupervisorConnector
-	// Sinks receive every numbered event after the connector.
+	// Sinks receive every numbered event, before the connector (see outbox.Sink).
 	Sinks []outbox.Sink
 	// ShimCommand runs the hook shim (empty: this executable's hook-shim subcommand).
 	ShimCommand []string

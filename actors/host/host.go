@@ -28,7 +28,7 @@ type Config struct {
 	// Runner or Logger, or an empty StateDir, is taken from this Config.
 	Boards []board.Config
 	Conn   connector.SupervisorConnector
-	// Sinks receive every numbered event after the connector.
+	// Sinks receive every numbered event, before the connector (see outbox.Sink).
 	Sinks    []outbox.Sink
 	Store    actors.Store
 	Runner   *jhook.Runner

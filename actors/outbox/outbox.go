@@ -18,11 +18,17 @@ import (
 	"github.com/boardvisor/boardvisor/connector"
 )
 
-// Sink receives every numbered event after the connector. Sinks are called from the
-// outbox actor, in sequence order, and must not block.
+// Sink receives every numbered event before the connector does. Sinks are called from
+// the outbox actor, in sequence order, and must not block.
+//
+// Sinks are the supervisor's own views (the exporter's status and log, the recordings,
+// the metrics), so they come first: whoever learns of an event through the connector
+// (the coordinator, a test watching it) finds those views already showing it. A client
+// told by its coordinator that its lease is ready is never answered "before-lease hook
+// running" by the exporter's GetStatus a moment later.
 type Sink func(connector.Event)
 
-// Props returns the props of an outbox delivering to conn and then to each sink.
+// Props returns the props of an outbox delivering to each sink and then to conn.
 func Props(conn connector.SupervisorConnector, sinks ...Sink) *actor.Props {
 	return actor.PropsFromProducer(func() actor.Actor {
 		o := &outbox{conn: conn, sinks: sinks, stop: make(chan struct{})}
@@ -61,8 +67,8 @@ func (o *outbox) Receive(ctx actor.Context) {
 	}
 }
 
-// deliver numbers evs, hands them to the connector and the sinks, and closes durable
-// (if not nil) once they are durable.
+// deliver numbers evs, hands them to the sinks and then the connector, and closes
+// durable (if not nil) once they are durable.
 func (o *outbox) deliver(evs []connector.Event, durable chan struct{}) {
 	now := time.Now()
 	for i := range evs {
@@ -72,13 +78,13 @@ func (o *outbox) deliver(evs []connector.Event, durable chan struct{}) {
 			evs[i].Time = now
 		}
 	}
-	if len(evs) > 0 {
-		connector.DeliverAll(o.conn, evs)
-	}
 	for _, ev := range evs {
 		for _, s := range o.sinks {
 			s(ev)
 		}
+	}
+	if len(evs) > 0 {
+		connector.DeliverAll(o.conn, evs)
 	}
 	if durable == nil {
 		return
