@@ -179,3 +179,45 @@ func TestUnattendedReadsFewerLargerAndSwitchingLosesNothing(t *testing.T) {
 		t.Errorf("unattended: %d bytes a read on average, want at least 1 KiB", paced/max(u, 1))
 	}
 }
+
+// A client may attend a console while its Run is still opening it (a watcher attaching
+// as the supervisor starts): SetAttended then meets a registration the reader is still
+// setting up. It must see it whole or not at all (go test -race tells; CI once caught
+// the supervisor's TestStreamWatcherGetsEachEchoBeforeTheNextKeystroke on it), and the
+// console still forwards what comes.
+func TestSetAttendedWhileRunStarts(t *testing.T) {
+	p, err := ptypair.Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	for i := 0; i < 100; i++ {
+		d := newDriver(t, serial.Config{Device: p.Path, Baud: 50, Coalesce: time.Hour})
+		stop, flipped := make(chan struct{}), make(chan struct{})
+		go func() {
+			defer close(flipped)
+			for on := true; ; on = !on {
+				select {
+				case <-stop:
+					d.SetAttended(true)
+					return
+				default:
+					d.SetAttended(on)
+				}
+			}
+		}()
+		c := newCounter()
+		r := start(t, d, c.out)
+		waitOpen(t, d)
+		close(stop)
+		<-flipped
+		k := string(rune('a' + i%26))
+		if _, err := p.Master.WriteString(k); err != nil {
+			t.Fatal(err)
+		}
+		c.waitForText(t, k, 10*time.Second)
+		if err := r.stop(t); err != nil {
+			t.Fatalf("run %d: %v", i, err)
+		}
+	}
+}

@@ -206,10 +206,14 @@ func (r *reader) kick() {
 	_, _ = unix.Write(r.wake, []byte{1, 0, 0, 0, 0, 0, 0, 0})
 }
 
-// add registers a console; it is read at once (bytes may be waiting).
+// newConn returns d's registration of fd with r, not yet added. It is whole before
+// Run publishes it (Driver.conn): SetAttended may hurry it from then on, before add.
+func newConn(r *reader, fd int, d *Driver, out func([]byte), id deviceID) *conn {
+	return &conn{r: r, fd: fd, d: d, out: out, fail: make(chan error, 1), id: id, index: -1, cycleStart: time.Now()}
+}
+
+// add registers a console made by newConn; it is read at once (bytes may be waiting).
 func (r *reader) add(c *conn) error {
-	c.index = -1
-	c.cycleStart = time.Now()
 	// Registered without EPOLLIN: only a hangup or an error is reported until it is armed.
 	if err := unix.EpollCtl(r.ep, unix.EPOLL_CTL_ADD, c.fd, &unix.EpollEvent{Events: unix.EPOLLONESHOT, Fd: int32(c.fd)}); err != nil {
 		return err

@@ -118,7 +118,7 @@ func (d *Driver) Run(ctx context.Context, out func([]byte)) error {
 		return d.errorf("console reader: %w", err)
 	}
 	defer releaseReader(r)
-	c := &conn{r: r, fd: fd, d: d, out: out, fail: make(chan error, 1), id: id}
+	c := newConn(r, fd, d, out, id)
 	d.fdMu.Lock()
 	d.fd, d.stopFd, d.conn = fd, stopFd, c
 	d.fdMu.Unlock()
