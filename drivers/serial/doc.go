@@ -40,8 +40,8 @@
 // writable at every wake-up of its wait queue, which comes with every chunk of input, so
 // a thousand consoles woke the runtime's poller with every few bytes they received, even
 // while nobody wanted to read them (make bench's console sweep measures the difference:
-// about four times the CPU of reading the same consoles in rounds). Instead one reader
-// goroutine per process (reader.go) owns an epoll set of its own: a console that is quiet
+// about four times the CPU of reading the same consoles in rounds). Instead a few reader
+// goroutines per process (reader.go, one per CPU up to 4) each own an epoll set: a console that is quiet
 // or attended is armed for one EPOLLIN at a time (EPOLLONESHOT); one that streams while
 // unattended is not armed at all during its pause, and is read when the pause ends, with
 // the others due in the same 20 ms round. Descriptor numbers above 1024 are no concern
@@ -50,7 +50,12 @@
 // room is woken then.
 //
 // An attended console (SetAttended: a client follows it, or typed into it lately) is read
-// as soon as bytes come, and each chunk is handed on at once. An unattended one is read
+// as soon as bytes come, and each chunk is handed on at once: by its reader, and by the
+// attended reader (attended.go), a goroutine with an epoll set of its own that holds only
+// the attended consoles, so that an echo does not wait for the end of a round of
+// hundreds of unattended reads (TestAttendedConsoleIsReadApartFromTheRounds). Both read
+// under the console's lock and call out under it: each byte goes out once, in order,
+// whichever reads it. An unattended one is read
 // in bursts, Config.Pause apart (250 ms by default), so that its bytes gather in the
 // kernel meanwhile: the pause is capped so that the line rate brings at most
 // PendingBudget (3 KiB) of the line discipline's 4 KiB buffer, and shortened from cycle

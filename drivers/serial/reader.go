@@ -138,32 +138,8 @@ func releaseReader(r *reader) {
 }
 
 func newReader() (*reader, error) {
-	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	ep, wake, epf, epc, err := newEpoll()
 	if err != nil {
-		return nil, err
-	}
-	wake, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
-	if err != nil {
-		unix.Close(ep)
-		return nil, err
-	}
-	if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, wake, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(wake)}); err != nil {
-		unix.Close(ep)
-		unix.Close(wake)
-		return nil, err
-	}
-	// Non-blocking, so that os.NewFile hands it to Go's poller (an epoll set is itself
-	// pollable: readable while it has events).
-	if err := unix.SetNonblock(ep, true); err != nil {
-		unix.Close(ep)
-		unix.Close(wake)
-		return nil, err
-	}
-	epf := os.NewFile(uintptr(ep), "console-epoll")
-	epc, err := epf.SyscallConn()
-	if err != nil {
-		epf.Close()
-		unix.Close(wake)
 		return nil, err
 	}
 	r := &reader{ep: ep, wake: wake, epf: epf, epc: epc, conns: map[int32]*conn{}, done: make(chan struct{}), buf: make([]byte, ReadBufferSize)}
@@ -171,20 +147,60 @@ func newReader() (*reader, error) {
 	return r, nil
 }
 
+// newEpoll returns an epoll set with an eventfd in it (wake, to interrupt a wait), the
+// set held by Go's poller as epf (closing epf closes ep).
+func newEpoll() (ep, wake int, epf *os.File, epc syscall.RawConn, err error) {
+	ep, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return 0, 0, nil, nil, err
+	}
+	wake, err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		unix.Close(ep)
+		return 0, 0, nil, nil, err
+	}
+	if err = unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, wake, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(wake)}); err != nil {
+		unix.Close(ep)
+		unix.Close(wake)
+		return 0, 0, nil, nil, err
+	}
+	// Non-blocking, so that os.NewFile hands it to Go's poller (an epoll set is itself
+	// pollable: readable while it has events).
+	if err = unix.SetNonblock(ep, true); err != nil {
+		unix.Close(ep)
+		unix.Close(wake)
+		return 0, 0, nil, nil, err
+	}
+	epf = os.NewFile(uintptr(ep), "console-epoll")
+	epc, err = epf.SyscallConn()
+	if err != nil {
+		epf.Close()
+		unix.Close(wake)
+		return 0, 0, nil, nil, err
+	}
+	return ep, wake, epf, epc, nil
+}
+
 // wait returns the set's events, waiting up to timeout (milliseconds) for one: parked
 // in Go's poller until the set is readable or the deadline passes.
 func (r *reader) wait(evs []unix.EpollEvent, timeout int) (int, error) {
+	return waitEpoll(r.epf, r.epc, r.ep, evs, timeout)
+}
+
+// waitEpoll waits up to timeout (milliseconds) for the epoll set ep (held by Go's poller
+// as epf, epc) to have events, and returns them.
+func waitEpoll(epf *os.File, epc syscall.RawConn, ep int, evs []unix.EpollEvent, timeout int) (int, error) {
 	if timeout == 0 {
-		n, err := unix.EpollWait(r.ep, evs, 0)
+		n, err := unix.EpollWait(ep, evs, 0)
 		return max(n, 0), err
 	}
-	if err := r.epf.SetReadDeadline(time.Now().Add(time.Duration(timeout) * time.Millisecond)); err != nil {
+	if err := epf.SetReadDeadline(time.Now().Add(time.Duration(timeout) * time.Millisecond)); err != nil {
 		return 0, err
 	}
 	// Read looks first, and parks only if nothing is ready.
 	var n int
 	var err error
-	rerr := r.epc.Read(func(fd uintptr) bool {
+	rerr := epc.Read(func(fd uintptr) bool {
 		n, err = unix.EpollWait(int(fd), evs, 0)
 		if errors.Is(err, unix.EINTR) {
 			n, err = 0, nil

@@ -29,8 +29,12 @@ type Driver struct {
 	pause time.Duration // between reads of an unattended console (Config.Pause)
 
 	// attended is set while someone interacts with the console (SetAttended): it is
-	// read without pause.
+	// read without pause, and by the attended reader too (attended.go).
 	attended atomic.Bool
+	// attMu orders SetAttended with Run's registration and its end; attConn is the
+	// registration SetAttended may give to the attended reader (nil while not running).
+	attMu   sync.Mutex
+	attConn *conn
 
 	running sync.Mutex // held by Run: one Run at a time
 	// fdMu guards fd: readers (Write, the ioctls) hold it shared while they use the
@@ -58,15 +62,24 @@ func New(cfg Config) (*Driver, error) {
 // its bytes gather in the kernel meanwhile. Switching to attended ends a pause at once.
 // Safe for concurrent use; the order and integrity of the bytes never depend on it.
 func (d *Driver) SetAttended(on bool) {
-	if d.attended.Swap(on) == on || !on {
+	d.attMu.Lock()
+	defer d.attMu.Unlock()
+	if d.attended.Swap(on) == on {
 		return
 	}
-	d.fdMu.RLock()
-	c := d.conn
-	d.fdMu.RUnlock()
-	if c != nil {
-		c.r.hurry(c)
+	c := d.attConn
+	if c == nil {
+		return
 	}
+	if !on {
+		unattend(c)
+		return
+	}
+	// Should the attended reader fail to take it (no descriptor left for its epoll
+	// set), its own reader still reads it as bytes come (it arms it, see reader.read),
+	// in its rounds.
+	_ = attend(c)
+	c.r.hurry(c)
 }
 
 // Attended reports what SetAttended last set.
@@ -128,6 +141,12 @@ func (d *Driver) Run(ctx context.Context, out func([]byte)) error {
 		return err
 	}
 	defer d.close(c)
+	d.attMu.Lock()
+	d.attConn = c
+	if d.attended.Load() {
+		_ = attend(c) // as in SetAttended
+	}
+	d.attMu.Unlock()
 
 	// The reader also checks, every CheckInterval, that the path still names the device.
 	select {
@@ -144,6 +163,12 @@ func (d *Driver) Run(ctx context.Context, out func([]byte)) error {
 // close ends Run's registration (no read and no out call after it returns), wakes a
 // Write waiting for room, and closes the device once no Write or ioctl uses it.
 func (d *Driver) close(c *conn) {
+	d.attMu.Lock()
+	if d.attConn == c {
+		unattend(c)
+		d.attConn = nil
+	}
+	d.attMu.Unlock()
 	c.r.remove(c)
 	_, _ = unix.Write(d.stopFd, []byte{1, 0, 0, 0, 0, 0, 0, 0})
 	d.fdMu.Lock()
