@@ -312,3 +312,35 @@ func TestAttendedConsoleIsReadApartFromTheRounds(t *testing.T) {
 		t.Fatalf("console a's bytes differ from those written: %d bytes, want %d", len(got), len(want))
 	}
 }
+
+// A console the attended reader let go is read by its own reader again: attended, its
+// reader leaves it unarmed (only the attended reader wakes for its bytes), so that
+// unattending it must hand it back.
+func TestUnattendedAgainIsReadByItsReader(t *testing.T) {
+	p, err := ptypair.Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	d := newDriver(t, serial.Config{Device: p.Path, Coalesce: 50 * time.Millisecond})
+	c := newCounter()
+	start(t, d, c.out)
+	waitOpen(t, d)
+	want := ""
+	for i := range 20 {
+		d.SetAttended(true)
+		k := fmt.Sprintf("attended %d\n", i)
+		if _, err := p.Master.WriteString(k); err != nil {
+			t.Fatal(err)
+		}
+		want += k
+		c.waitForText(t, want, 10*time.Second)
+		d.SetAttended(false)
+		k = fmt.Sprintf("unattended %d\n", i)
+		if _, err := p.Master.WriteString(k); err != nil {
+			t.Fatal(err)
+		}
+		want += k
+		c.waitForText(t, want, 10*time.Second)
+	}
+}

@@ -21,10 +21,12 @@ import (
 // (level-triggered EPOLLIN), which holds only the attended consoles: a few, and quiet
 // but for what someone types and its answer.
 //
-// A console stays registered with its own reader meanwhile (which still reads it when it
-// is ready or due there): both read it under the console's lock, and out is called
-// under it too, so its bytes go out once each and in order, whichever reads them. A
-// failure found here fails the console as its reader would.
+// A console stays registered with its own reader meanwhile, which leaves it unarmed
+// (conn.fast) but may still read it once (a visit under way, a pause that ends): both
+// read it under the console's lock, and out is called under it too, so its bytes go out
+// once each and in order, whichever reads them. A failure found here (a hangup, EIO)
+// fails the console as its reader would. When the console is no longer attended its
+// reader is told to read it again (reader.readAgain).
 type attendedReader struct {
 	ep, wake int
 	epf      *os.File
@@ -67,10 +69,12 @@ func attend(c *conn) error {
 		return err
 	}
 	a.conns[int32(c.fd)] = c
+	c.fast.Store(true)
 	return nil
 }
 
-// unattend unregisters c from the attended reader (if it is there), and stops the
+// unattend unregisters c from the attended reader (if it is there; then its reader
+// must be told to read it again, see reader.readAgain), and stops the
 // reader when it has no console left. It waits for nothing (SetAttended is called
 // under locks that the reader's out calls may take): the reader may still be reading c
 // when it returns (Run's close then waits for that read, see reader.remove), and a
@@ -87,6 +91,7 @@ func unattend(c *conn) {
 	if a.conns[int32(c.fd)] == c {
 		delete(a.conns, int32(c.fd))
 		_ = unix.EpollCtl(a.ep, unix.EPOLL_CTL_DEL, c.fd, nil)
+		c.fast.Store(false)
 	}
 	if len(a.conns) == 0 {
 		// Under a.mu, so that the reader, which looks at stop under it, closes wake
@@ -128,7 +133,13 @@ func (a *attendedReader) run() {
 			attendedMu.Unlock()
 			a.mu.Lock()
 			a.stop = true
+			conns := a.conns
+			a.conns = map[int32]*conn{}
 			a.mu.Unlock()
+			for _, c := range conns {
+				c.fast.Store(false)
+				c.r.readAgain(c)
+			}
 			a.epf.Close()
 			unix.Close(a.wake)
 			return

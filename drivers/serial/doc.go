@@ -53,7 +53,8 @@
 // as soon as bytes come, and each chunk is handed on at once: by its reader, and by the
 // attended reader (attended.go), a goroutine with an epoll set of its own that holds only
 // the attended consoles, so that an echo does not wait for the end of a round of
-// hundreds of unattended reads (TestAttendedConsoleIsReadApartFromTheRounds). Both read
+// hundreds of unattended reads (TestAttendedConsoleIsReadApartFromTheRounds); its own
+// reader leaves it unarmed meanwhile, and reads it again once it is let go. Both read
 // under the console's lock and call out under it: each byte goes out once, in order,
 // whichever reads it. An unattended one is read
 // in bursts, Config.Pause apart (250 ms by default), so that its bytes gather in the

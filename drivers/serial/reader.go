@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -78,8 +79,11 @@ type conn struct {
 	cycleStart time.Time
 	cycleBytes int
 	failed     bool
-	id         deviceID  // the device opened, to notice its path naming another
-	nextCheck  time.Time // when the path is checked next (see checkPaths)
+	// fast is set while the attended reader holds the console (attended.go): then its
+	// reader leaves it unarmed, so that only the attended reader wakes for its bytes.
+	fast      atomic.Bool
+	id        deviceID  // the device opened, to notice its path naming another
+	nextCheck time.Time // when the path is checked next (see checkPaths)
 }
 
 var (
@@ -397,7 +401,7 @@ func (r *reader) read(c *conn) {
 	got := false
 	for i := 0; ; i++ {
 		if i == maxReadsPerVisit {
-			r.arm(c) // still more: readable at once, after the others' turn
+			r.rearm(c) // still more: readable at once, after the others' turn
 			return
 		}
 		n, err := unix.Read(c.fd, r.buf)
@@ -410,7 +414,7 @@ func (r *reader) read(c *conn) {
 		case errors.Is(err, unix.EINTR):
 			continue
 		case errors.Is(err, unix.EAGAIN):
-			r.arm(c) // nothing more: wake on the next byte
+			r.rearm(c) // nothing more: wake on the next byte
 			return
 		case err != nil:
 			c.failWith(c.d.readError(err))
@@ -424,28 +428,57 @@ func (r *reader) read(c *conn) {
 		break
 	}
 	if !got {
-		r.arm(c)
+		r.rearm(c)
 		return
 	}
 	if c.d.attended.Load() || c.d.pause <= 0 {
-		r.arm(c)
+		r.rearm(c)
 		return
 	}
 	now := time.Now()
 	wait := nextPause(c.d.pause, c.cycleBytes, now.Sub(c.cycleStart))
 	c.cycleStart, c.cycleBytes = now, 0
 	if wait <= 0 {
-		r.arm(c)
+		r.rearm(c)
 		return
 	}
 	r.mu.Lock()
 	c.at = now.Add(wait)
-	heap.Push(&r.due, c)
+	if c.index < 0 {
+		heap.Push(&r.due, c)
+	} else { // readAgain put it there meanwhile
+		heap.Fix(&r.due, c.index)
+	}
 	r.mu.Unlock()
 	// An attended switch between the check above and the push would wait for the pause.
 	if c.d.attended.Load() {
 		r.hurry(c)
 	}
+}
+
+// rearm arms the console after a visit, unless the attended reader holds it.
+func (r *reader) rearm(c *conn) {
+	if !c.fast.Load() {
+		r.arm(c)
+	}
+}
+
+// readAgain reads a console now that its reader may have left unarmed (the attended reader
+// let it go): it goes into the due heap, due now, unless it is there already.
+func (r *reader) readAgain(c *conn) {
+	r.mu.Lock()
+	if r.conns[int32(c.fd)] != c {
+		r.mu.Unlock()
+		return // removed
+	}
+	c.at = time.Now()
+	if c.index < 0 {
+		heap.Push(&r.due, c)
+	} else {
+		heap.Fix(&r.due, c.index)
+	}
+	r.mu.Unlock()
+	r.kick()
 }
 
 // arm waits for the console's next byte (once).

@@ -73,6 +73,7 @@ func (d *Driver) SetAttended(on bool) {
 	}
 	if !on {
 		unattend(c)
+		c.r.readAgain(c) // its reader reads it again, unattended
 		return
 	}
 	// Should the attended reader fail to take it (no descriptor left for its epoll
