@@ -119,7 +119,11 @@ const attendedWait = 10_000 // ms
 func (a *attendedReader) run() {
 	defer close(a.done)
 	evs := make([]unix.EpollEvent, 16)
-	var ready []*conn
+	type readyConn struct {
+		c   *conn
+		hup bool
+	}
+	var ready []readyConn
 	for {
 		n, err := waitEpoll(a.epf, a.epc, a.ep, evs, attendedWait)
 		if err != nil && !errors.Is(err, unix.EINTR) {
@@ -159,12 +163,12 @@ func (a *attendedReader) run() {
 				continue
 			}
 			if c := a.conns[ev.Fd]; c != nil {
-				ready = append(ready, c)
+				ready = append(ready, readyConn{c, ev.Events&(unix.EPOLLHUP|unix.EPOLLERR) != 0})
 			}
 		}
 		a.mu.Unlock()
-		for _, c := range ready {
-			if !a.read(c) {
+		for _, rc := range ready {
+			if c := rc.c; !a.read(c, rc.hup) {
 				// Failed (or gone): no more events for it here, not even a hangup's.
 				a.mu.Lock()
 				if a.conns[int32(c.fd)] == c {
@@ -179,14 +183,15 @@ func (a *attendedReader) run() {
 
 // read reads c until the kernel's buffer is drained (or maxReadsPerVisit reads: the
 // level-triggered set reports it again), handing each chunk to out. It reports false
-// once c is failed or gone.
-func (a *attendedReader) read(c *conn) bool {
+// once c is failed or gone. A hangup reported with nothing to read fails c (the set is
+// level-triggered: it would be reported again at once, for ever).
+func (a *attendedReader) read(c *conn, hup bool) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.gone || c.failed {
 		return false
 	}
-	for range maxReadsPerVisit {
+	for i := range maxReadsPerVisit {
 		n, err := unix.Read(c.fd, a.buf)
 		if n > 0 {
 			c.cycleBytes += n
@@ -196,6 +201,10 @@ func (a *attendedReader) read(c *conn) bool {
 		case errors.Is(err, unix.EINTR):
 			continue
 		case errors.Is(err, unix.EAGAIN):
+			if hup && i == 0 {
+				c.failWith(drivers.Absent(c.d.errorf("device gone: hangup")))
+				return false
+			}
 			return true
 		case err != nil:
 			c.failWith(c.d.readError(err))
