@@ -192,28 +192,17 @@ func (a *attendedReader) read(c *conn, hup bool) bool {
 		return false
 	}
 	for i := range maxReadsPerVisit {
-		n, err := unix.Read(c.fd, a.buf)
-		if n > 0 {
-			c.cycleBytes += n
-			c.out(append([]byte(nil), a.buf[:n]...))
-		}
-		switch {
-		case errors.Is(err, unix.EINTR):
+		n, next := c.readChunk(a.buf)
+		switch next {
+		case readMore:
 			continue
-		case errors.Is(err, unix.EAGAIN):
-			if hup && i == 0 {
+		case readDrained:
+			if hup && i == 0 && n == 0 {
 				c.failWith(drivers.Absent(c.d.errorf("device gone: hangup")))
 				return false
 			}
-			return true
-		case err != nil:
-			c.failWith(c.d.readError(err))
+		case readFailed:
 			return false
-		case n == 0:
-			c.failWith(drivers.Absent(c.d.errorf("device gone: hangup (end of file)")))
-			return false
-		case n >= lineDisciplineFull:
-			continue
 		}
 		return true
 	}

@@ -404,26 +404,16 @@ func (r *reader) read(c *conn) {
 			r.rearm(c) // still more: readable at once, after the others' turn
 			return
 		}
-		n, err := unix.Read(c.fd, r.buf)
-		if n > 0 {
-			got = true
-			c.cycleBytes += n
-			c.out(append([]byte(nil), r.buf[:n]...))
-		}
-		switch {
-		case errors.Is(err, unix.EINTR):
+		n, next := c.readChunk(r.buf)
+		got = got || n > 0
+		switch next {
+		case readMore:
 			continue
-		case errors.Is(err, unix.EAGAIN):
+		case readDrained:
 			r.rearm(c) // nothing more: wake on the next byte
 			return
-		case err != nil:
-			c.failWith(c.d.readError(err))
+		case readFailed:
 			return
-		case n == 0:
-			c.failWith(drivers.Absent(c.d.errorf("device gone: hangup (end of file)")))
-			return
-		case n >= lineDisciplineFull:
-			continue // the line discipline was full: more is waiting behind it
 		}
 		break
 	}
@@ -479,6 +469,42 @@ func (r *reader) readAgain(c *conn) {
 	}
 	r.mu.Unlock()
 	r.kick()
+}
+
+// readOutcome is what a console's visit does after one read (readChunk).
+type readOutcome int
+
+const (
+	readDone    readOutcome = iota // a short read: the kernel's buffer is drained
+	readMore                       // read again (EINTR, or the line discipline was full)
+	readDrained                    // EAGAIN: nothing was there
+	readFailed                     // the console failed (failWith)
+)
+
+// readChunk reads c once into buf and hands what it read to out, as a fresh slice.
+// Call with c.mu held. It returns the bytes read and what the visit does next.
+func (c *conn) readChunk(buf []byte) (int, readOutcome) {
+	n, err := unix.Read(c.fd, buf)
+	if n > 0 {
+		c.cycleBytes += n
+		c.out(append([]byte(nil), buf[:n]...))
+	}
+	n = max(n, 0)
+	switch {
+	case errors.Is(err, unix.EINTR):
+		return n, readMore
+	case errors.Is(err, unix.EAGAIN):
+		return n, readDrained
+	case err != nil:
+		c.failWith(c.d.readError(err))
+		return n, readFailed
+	case n == 0:
+		c.failWith(drivers.Absent(c.d.errorf("device gone: hangup (end of file)")))
+		return n, readFailed
+	case n >= lineDisciplineFull:
+		return n, readMore // the line discipline was full: more is waiting behind it
+	}
+	return n, readDone
 }
 
 // arm waits for the console's next byte (once).
