@@ -226,8 +226,10 @@ func (r *reader) kick() {
 	_, _ = unix.Write(r.wake, []byte{1, 0, 0, 0, 0, 0, 0, 0})
 }
 
-// newConn returns d's registration of fd with r, not yet added. It is whole before
-// Run publishes it (Driver.conn): SetAttended may hurry it from then on, before add.
+// newConn returns d's registration of fd with r, not yet added. It is whole before Run
+// hands it to anyone (the reader, then SetAttended through Driver.attConn): a
+// registration completed in add, after SetAttended could see it, was a data race
+// (TestSetAttendedWhileRunStarts).
 func newConn(r *reader, fd int, d *Driver, out func([]byte), id deviceID) *conn {
 	return &conn{r: r, fd: fd, d: d, out: out, fail: make(chan error, 1), id: id, index: -1, cycleStart: time.Now()}
 }

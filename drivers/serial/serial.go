@@ -42,7 +42,6 @@ type Driver struct {
 	fdMu    sync.RWMutex
 	fd      int        // the open device while Run runs, else -1
 	stopFd  int        // an eventfd that wakes a Write waiting for room when Run ends
-	conn    *conn      // Run's registration with the reader (guarded by fdMu)
 	writeMu sync.Mutex // serializes Writes, so that chunks from two writers never interleave
 }
 
@@ -134,7 +133,7 @@ func (d *Driver) Run(ctx context.Context, out func([]byte)) error {
 	defer releaseReader(r)
 	c := newConn(r, fd, d, out, id)
 	d.fdMu.Lock()
-	d.fd, d.stopFd, d.conn = fd, stopFd, c
+	d.fd, d.stopFd = fd, stopFd
 	d.fdMu.Unlock()
 	if err := r.add(c); err != nil {
 		err = d.errorf("register with the console reader: %w", err)
@@ -174,7 +173,7 @@ func (d *Driver) close(c *conn) {
 	_, _ = unix.Write(d.stopFd, []byte{1, 0, 0, 0, 0, 0, 0, 0})
 	d.fdMu.Lock()
 	fd, stopFd := d.fd, d.stopFd
-	d.fd, d.stopFd, d.conn = -1, -1, nil
+	d.fd, d.stopFd = -1, -1
 	d.fdMu.Unlock()
 	closeDevice(fd)
 	unix.Close(stopFd)
