@@ -2,9 +2,7 @@ package serial
 
 import (
 	"errors"
-	"os"
 	"sync"
-	"syscall"
 
 	"github.com/boardvisor/boardvisor/drivers"
 	"golang.org/x/sys/unix"
@@ -26,16 +24,13 @@ import (
 // read it under the console's lock, and out is called under it too, so its bytes go out
 // once each and in order, whichever reads them. A failure found here (a hangup, EIO)
 // fails the console as its reader would. When the console is no longer attended its
-// reader is told to read it again (reader.readAgain).
+// reader is told to read it again (reader.readNow).
 type attendedReader struct {
-	ep, wake int
-	epf      *os.File
-	epc      syscall.RawConn
+	epollSet // closed by the goroutine itself, when it stops
 
 	mu    sync.Mutex
 	conns map[int32]*conn
 	stop  bool
-	done  chan struct{}
 	buf   []byte // used by the goroutine only
 }
 
@@ -74,7 +69,7 @@ func attend(c *conn) error {
 }
 
 // unattend unregisters c from the attended reader (if it is there; then its reader
-// must be told to read it again, see reader.readAgain), and stops the
+// must be told to read it again, see reader.readNow), and stops the
 // reader when it has no console left. It waits for nothing (SetAttended is called
 // under locks that the reader's out calls may take): the reader may still be reading c
 // when it returns (Run's close then waits for that read, see reader.remove), and a
@@ -95,19 +90,19 @@ func unattend(c *conn) {
 	}
 	if len(a.conns) == 0 {
 		// Under a.mu, so that the reader, which looks at stop under it, closes wake
-		// only after this write.
+		// only after this kick.
 		a.stop = true
-		_, _ = unix.Write(a.wake, []byte{1, 0, 0, 0, 0, 0, 0, 0})
+		a.kick()
 		attended = nil
 	}
 }
 
 func newAttendedReader() (*attendedReader, error) {
-	ep, wake, epf, epc, err := newEpoll()
+	set, err := newEpollSet()
 	if err != nil {
 		return nil, err
 	}
-	a := &attendedReader{ep: ep, wake: wake, epf: epf, epc: epc, conns: map[int32]*conn{}, done: make(chan struct{}), buf: make([]byte, ReadBufferSize)}
+	a := &attendedReader{epollSet: set, conns: map[int32]*conn{}, buf: make([]byte, ReadBufferSize)}
 	go a.run()
 	return a, nil
 }
@@ -117,7 +112,7 @@ func newAttendedReader() (*attendedReader, error) {
 const attendedWait = 10_000 // ms
 
 func (a *attendedReader) run() {
-	defer close(a.done)
+	defer a.close()
 	evs := make([]unix.EpollEvent, 16)
 	type readyConn struct {
 		c   *conn
@@ -125,7 +120,7 @@ func (a *attendedReader) run() {
 	}
 	var ready []readyConn
 	for {
-		n, err := waitEpoll(a.epf, a.epc, a.ep, evs, attendedWait)
+		n, err := a.wait(evs, attendedWait)
 		if err != nil && !errors.Is(err, unix.EINTR) {
 			// Cannot happen with a valid epoll set. The consoles are still read by
 			// their own readers, in rounds: no byte is lost. The next attend starts
@@ -142,26 +137,17 @@ func (a *attendedReader) run() {
 			a.mu.Unlock()
 			for _, c := range conns {
 				c.fast.Store(false)
-				c.r.readAgain(c)
+				c.r.readNow(c)
 			}
-			a.epf.Close()
-			unix.Close(a.wake)
 			return
 		}
 		ready = ready[:0]
 		a.mu.Lock()
 		if a.stop {
 			a.mu.Unlock()
-			a.epf.Close() // closes ep
-			unix.Close(a.wake)
 			return
 		}
-		for _, ev := range evs[:max(n, 0)] {
-			if int(ev.Fd) == a.wake {
-				var b [8]byte
-				_, _ = unix.Read(a.wake, b[:])
-				continue
-			}
+		for _, ev := range evs[:n] {
 			if c := a.conns[ev.Fd]; c != nil {
 				ready = append(ready, readyConn{c, ev.Events&(unix.EPOLLHUP|unix.EPOLLERR) != 0})
 			}
@@ -192,12 +178,12 @@ func (a *attendedReader) read(c *conn, hup bool) bool {
 		return false
 	}
 	for i := range maxReadsPerVisit {
-		n, next := c.readChunk(a.buf)
+		_, next := c.readChunk(a.buf)
 		switch next {
 		case readMore:
 			continue
 		case readDrained:
-			if hup && i == 0 && n == 0 {
+			if hup && i == 0 {
 				c.failWith(drivers.Absent(c.d.errorf("device gone: hangup")))
 				return false
 			}

@@ -39,17 +39,11 @@ import (
 // After a read that drained the kernel's buffer, an attended console is armed again, an
 // unattended one paused for nextPause (its rate fitted into PendingBudget, so that the
 // line discipline's 4 KiB never fill: no byte is lost or held back by coalescing); a read
-// that finds nothing arms it. SetAttended cuts a pause short. The reader holds a
+// that finds nothing arms it. SetAttended cuts a pause short (readNow). The reader holds a
 // console's lock while it reads it, and removal takes that lock, so no read and no out
 // call happen after remove returns.
 type reader struct {
-	ep, wake int // the epoll set; an eventfd that interrupts its wait
-	// epf holds ep for Go's poller: the reader waits for the set to have events there
-	// (see wait), parked like any goroutine waiting for a socket, rather than in a
-	// blocking epoll_wait that holds a thread and makes the runtime hand its processor
-	// over at every wait.
-	epf *os.File
-	epc syscall.RawConn
+	epollSet
 
 	mu    sync.Mutex
 	conns map[int32]*conn
@@ -137,74 +131,92 @@ func releaseReader(r *reader) {
 	r.mu.Unlock()
 	r.kick()
 	<-r.done
-	r.epf.Close() // closes ep
-	unix.Close(r.wake)
+	r.close()
 }
 
 func newReader() (*reader, error) {
-	ep, wake, epf, epc, err := newEpoll()
+	set, err := newEpollSet()
 	if err != nil {
 		return nil, err
 	}
-	r := &reader{ep: ep, wake: wake, epf: epf, epc: epc, conns: map[int32]*conn{}, done: make(chan struct{}), buf: make([]byte, ReadBufferSize)}
+	r := &reader{epollSet: set, conns: map[int32]*conn{}, done: make(chan struct{}), buf: make([]byte, ReadBufferSize)}
 	go r.run()
 	return r, nil
 }
 
-// newEpoll returns an epoll set with an eventfd in it (wake, to interrupt a wait), the
-// set held by Go's poller as epf (closing epf closes ep).
-func newEpoll() (ep, wake int, epf *os.File, epc syscall.RawConn, err error) {
-	ep, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+// epollSet is an epoll set with an eventfd in it (wake) that interrupts its wait. epf
+// holds the set for Go's poller: its owner waits for the set to have events there
+// (wait), parked like any goroutine waiting for a socket, rather than in a blocking
+// epoll_wait that holds a thread and makes the runtime hand its processor over at every
+// wait. The console readers and the attended reader each own one.
+type epollSet struct {
+	ep, wake int
+	epf      *os.File
+	epc      syscall.RawConn
+}
+
+func newEpollSet() (epollSet, error) {
+	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
-		return 0, 0, nil, nil, err
+		return epollSet{}, err
 	}
-	wake, err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	wake, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
 	if err != nil {
 		unix.Close(ep)
-		return 0, 0, nil, nil, err
+		return epollSet{}, err
 	}
-	if err = unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, wake, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(wake)}); err != nil {
+	if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, wake, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(wake)}); err != nil {
 		unix.Close(ep)
 		unix.Close(wake)
-		return 0, 0, nil, nil, err
+		return epollSet{}, err
 	}
 	// Non-blocking, so that os.NewFile hands it to Go's poller (an epoll set is itself
 	// pollable: readable while it has events).
-	if err = unix.SetNonblock(ep, true); err != nil {
+	if err := unix.SetNonblock(ep, true); err != nil {
 		unix.Close(ep)
 		unix.Close(wake)
-		return 0, 0, nil, nil, err
+		return epollSet{}, err
 	}
-	epf = os.NewFile(uintptr(ep), "console-epoll")
-	epc, err = epf.SyscallConn()
+	epf := os.NewFile(uintptr(ep), "console-epoll")
+	epc, err := epf.SyscallConn()
 	if err != nil {
 		epf.Close()
 		unix.Close(wake)
-		return 0, 0, nil, nil, err
+		return epollSet{}, err
 	}
-	return ep, wake, epf, epc, nil
+	return epollSet{ep: ep, wake: wake, epf: epf, epc: epc}, nil
 }
 
-// wait returns the set's events, waiting up to timeout (milliseconds) for one: parked
-// in Go's poller until the set is readable or the deadline passes.
-func (r *reader) wait(evs []unix.EpollEvent, timeout int) (int, error) {
-	return waitEpoll(r.epf, r.epc, r.ep, evs, timeout)
+// wait puts the set's events in evs and returns how many, waiting up to timeout
+// (milliseconds) for one: parked in Go's poller until the set is readable or the
+// deadline passes. A kick is consumed here, not returned.
+func (s *epollSet) wait(evs []unix.EpollEvent, timeout int) (int, error) {
+	n, err := s.poll(evs, timeout)
+	k := 0
+	for _, ev := range evs[:n] {
+		if int(ev.Fd) == s.wake {
+			var b [8]byte
+			_, _ = unix.Read(s.wake, b[:])
+			continue
+		}
+		evs[k] = ev
+		k++
+	}
+	return k, err
 }
 
-// waitEpoll waits up to timeout (milliseconds) for the epoll set ep (held by Go's poller
-// as epf, epc) to have events, and returns them.
-func waitEpoll(epf *os.File, epc syscall.RawConn, ep int, evs []unix.EpollEvent, timeout int) (int, error) {
+func (s *epollSet) poll(evs []unix.EpollEvent, timeout int) (int, error) {
 	if timeout == 0 {
-		n, err := unix.EpollWait(ep, evs, 0)
+		n, err := unix.EpollWait(s.ep, evs, 0)
 		return max(n, 0), err
 	}
-	if err := epf.SetReadDeadline(time.Now().Add(time.Duration(timeout) * time.Millisecond)); err != nil {
+	if err := s.epf.SetReadDeadline(time.Now().Add(time.Duration(timeout) * time.Millisecond)); err != nil {
 		return 0, err
 	}
 	// Read looks first, and parks only if nothing is ready.
 	var n int
 	var err error
-	rerr := epc.Read(func(fd uintptr) bool {
+	rerr := s.epc.Read(func(fd uintptr) bool {
 		n, err = unix.EpollWait(int(fd), evs, 0)
 		if errors.Is(err, unix.EINTR) {
 			n, err = 0, nil
@@ -221,9 +233,15 @@ func waitEpoll(epf *os.File, epc syscall.RawConn, ep int, evs []unix.EpollEvent,
 	return max(n, 0), err
 }
 
-// kick interrupts the reader's wait (to see a change of the due heap, or stop).
-func (r *reader) kick() {
-	_, _ = unix.Write(r.wake, []byte{1, 0, 0, 0, 0, 0, 0, 0})
+// kick interrupts the set's wait (to see a change of the due heap, or stop).
+func (s *epollSet) kick() {
+	_, _ = unix.Write(s.wake, []byte{1, 0, 0, 0, 0, 0, 0, 0})
+}
+
+// close closes the set and its eventfd.
+func (s *epollSet) close() {
+	s.epf.Close() // closes ep
+	unix.Close(s.wake)
 }
 
 // newConn returns d's registration of fd with r, not yet added. It is whole before Run
@@ -265,17 +283,30 @@ func (r *reader) remove(c *conn) {
 	c.mu.Unlock()
 }
 
-// hurry reads a paused console now (it became attended).
-func (r *reader) hurry(c *conn) {
+// readNow has the reader read a console at once: it goes into the due heap, due now
+// (moved there if it waits in it). For a console that became attended (its pause ends)
+// and for one the attended reader let go (its reader had left it unarmed). A console
+// already removed is left alone.
+func (r *reader) readNow(c *conn) {
 	r.mu.Lock()
-	if c.index < 0 {
+	if r.conns[int32(c.fd)] != c {
 		r.mu.Unlock()
 		return
 	}
-	c.at = time.Now()
-	heap.Fix(&r.due, c.index)
+	r.dueLocked(c, time.Now())
 	r.mu.Unlock()
 	r.kick()
+}
+
+// dueLocked has c read at at: pushed into the due heap, or moved there if it is in it
+// already. Call with r.mu held.
+func (r *reader) dueLocked(c *conn, at time.Time) {
+	c.at = at
+	if c.index < 0 {
+		heap.Push(&r.due, c)
+	} else {
+		heap.Fix(&r.due, c.index)
+	}
 }
 
 func (r *reader) run() {
@@ -310,12 +341,7 @@ func (r *reader) run() {
 		now := time.Now()
 		ready = ready[:0]
 		r.mu.Lock()
-		for _, ev := range evs[:max(n, 0)] {
-			if int(ev.Fd) == r.wake {
-				var b [8]byte
-				_, _ = unix.Read(r.wake, b[:])
-				continue
-			}
+		for _, ev := range evs[:n] {
 			if c := r.conns[ev.Fd]; c != nil {
 				if c.index >= 0 { // a hangup reported while paused
 					heap.Remove(&r.due, c.index)
@@ -435,16 +461,11 @@ func (r *reader) read(c *conn) {
 		return
 	}
 	r.mu.Lock()
-	c.at = now.Add(wait)
-	if c.index < 0 {
-		heap.Push(&r.due, c)
-	} else { // readAgain put it there meanwhile
-		heap.Fix(&r.due, c.index)
-	}
+	r.dueLocked(c, now.Add(wait)) // readNow may have put it there meanwhile
 	r.mu.Unlock()
 	// An attended switch between the check above and the push would wait for the pause.
 	if c.d.attended.Load() {
-		r.hurry(c)
+		r.readNow(c)
 	}
 }
 
@@ -453,24 +474,6 @@ func (r *reader) rearm(c *conn) {
 	if !c.fast.Load() {
 		r.arm(c)
 	}
-}
-
-// readAgain reads a console now that its reader may have left unarmed (the attended reader
-// let it go): it goes into the due heap, due now, unless it is there already.
-func (r *reader) readAgain(c *conn) {
-	r.mu.Lock()
-	if r.conns[int32(c.fd)] != c {
-		r.mu.Unlock()
-		return // removed
-	}
-	c.at = time.Now()
-	if c.index < 0 {
-		heap.Push(&r.due, c)
-	} else {
-		heap.Fix(&r.due, c.index)
-	}
-	r.mu.Unlock()
-	r.kick()
 }
 
 // readOutcome is what a console's visit does after one read (readChunk).

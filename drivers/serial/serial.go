@@ -72,14 +72,14 @@ func (d *Driver) SetAttended(on bool) {
 	}
 	if !on {
 		unattend(c)
-		c.r.readAgain(c) // its reader reads it again, unattended
+		c.r.readNow(c) // its reader reads it again, unattended
 		return
 	}
 	// Should the attended reader fail to take it (no descriptor left for its epoll
 	// set), its own reader still reads it as bytes come (it arms it, see reader.read),
 	// in its rounds.
 	_ = attend(c)
-	c.r.hurry(c)
+	c.r.readNow(c) // a pause under way ends
 }
 
 // Attended reports what SetAttended last set.
