@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"unicode/utf8"
 
 	"golang.org/x/sys/unix"
 )
@@ -50,8 +49,9 @@ func consoleTerminal(board string) (raw bool, restore func()) {
 // consoleInput reads what the user types and hands it to send, until the escape key
 // (raw mode: it returns true), the end of input (the console goes on showing the board:
 // `boardvisor console > file` records it), or a failed send. In line mode each line is
-// sent with a carriage return, as Enter on a serial terminal.
-func consoleInput(in io.Reader, raw bool, send func(string) error) (escaped bool, err error) {
+// sent with a carriage return, as Enter on a serial terminal. In raw mode what one read
+// returns goes at once (a key as it is typed); send may keep the slice it is given.
+func consoleInput(in io.Reader, raw bool, send func([]byte) error) (escaped bool, err error) {
 	if !raw {
 		var line []byte
 		buf := make([]byte, 4096)
@@ -63,7 +63,7 @@ func consoleInput(in io.Reader, raw bool, send func(string) error) (escaped bool
 				if i < 0 {
 					break
 				}
-				if serr := send(string(line[:i]) + "\r"); serr != nil {
+				if serr := send(append(line[:i:i], '\r')); serr != nil {
 					return false, serr
 				}
 				line = line[i+1:]
@@ -74,32 +74,19 @@ func consoleInput(in io.Reader, raw bool, send func(string) error) (escaped bool
 		}
 	}
 	buf := make([]byte, 4096)
-	var pending []byte // the start of a character split across reads
 	for {
 		n, err := in.Read(buf)
-		chunk := append(pending, buf[:n]...)
-		pending = nil
+		chunk := append([]byte(nil), buf[:n]...) // gRPC may read a message after Send returns
 		if i := bytes.IndexByte(chunk, consoleEscape); i >= 0 {
 			if i > 0 {
-				if serr := send(string(chunk[:i])); serr != nil {
+				if serr := send(chunk[:i]); serr != nil {
 					return false, serr
 				}
 			}
 			return true, nil
 		}
-		// Only whole UTF-8 characters go (the call carries a string): a character cut
-		// by the read waits for its end.
-		for k := len(chunk) - 1; k >= 0 && k >= len(chunk)-3; k-- {
-			if utf8.RuneStart(chunk[k]) {
-				if !utf8.FullRune(chunk[k:]) {
-					pending = append([]byte(nil), chunk[k:]...)
-					chunk = chunk[:k]
-				}
-				break
-			}
-		}
 		if len(chunk) > 0 {
-			if serr := send(string(chunk)); serr != nil {
+			if serr := send(chunk); serr != nil {
 				return false, serr
 			}
 		}

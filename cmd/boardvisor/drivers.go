@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -16,9 +15,9 @@ import (
 	"github.com/boardvisor/boardvisor/supervisor/exporter"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/types/known/structpb"
 )
 
 // leaseEnv is the lease a driver command acts on, from the environment that
@@ -46,6 +45,15 @@ func (l *leaseEnv) addTo(cmd *cobra.Command, f *pflag.FlagSet, t *tlsFlags) {
 }
 
 func (l *leaseEnv) dial() (jpb.ExporterServiceClient, func(), error) {
+	conn, closeConn, err := l.dialConn()
+	if err != nil {
+		return nil, nil, err
+	}
+	return jpb.NewExporterServiceClient(conn), closeConn, nil
+}
+
+// dialConn dials the lease's supervisor.
+func (l *leaseEnv) dialConn() (*grpc.ClientConn, func(), error) {
 	l.exporter = first(l.exporter, os.Getenv(envExporter))
 	l.board = first(l.board, os.Getenv(envBoard), os.Getenv(envBoardName))
 	l.token = first(l.token, os.Getenv(envLeaseToken))
@@ -63,7 +71,7 @@ func (l *leaseEnv) dial() (jpb.ExporterServiceClient, func(), error) {
 	if err != nil {
 		return nil, nil, failf(exitUsage, "%s", oneLine(err.Error()))
 	}
-	return jpb.NewExporterServiceClient(conn), func() { conn.Close() }, nil
+	return conn, func() { conn.Close() }, nil
 }
 
 // peer describes the lease's supervisor, for error messages.
@@ -107,6 +115,9 @@ func newPower() *cobra.Command {
 	return cmd
 }
 
+// newConsole is `boardvisor console`: the console's byte stream both ways, over one
+// RouterService.Stream (upstream's serial "connect"), so that a key costs a DATA frame
+// on a stream already open, and its echo comes back on the same one.
 func newConsole() *cobra.Command {
 	var le leaseEnv
 	cmd := &cobra.Command{
@@ -114,31 +125,36 @@ func newConsole() *cobra.Command {
 		Short: "the leased board's console: what it prints, and what you type goes to it (Ctrl+] leaves)",
 		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, closeConn, err := le.dial()
+			conn, closeConn, err := le.dialConn()
 			if err != nil {
 				return err
 			}
 			defer closeConn()
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			stream, err := c.StreamingDriverCall(le.ctx(ctx), &jpb.StreamingDriverCallRequest{Uuid: "console", Method: "stream"})
+			req := fmt.Sprintf(`{"kind":"driver","uuid":%q,"method":"connect"}`, exporter.DriverUUID(le.board, "console"))
+			stream, err := jpb.NewRouterServiceClient(conn).Stream(metadata.AppendToOutgoingContext(le.ctx(ctx), exporter.MDStreamRequest, req))
 			if err != nil {
 				return rpcError(le.peer(), "console of board "+le.board, err)
 			}
 			raw, restore := consoleTerminal(le.board)
 			defer restore()
 			go func() {
-				escaped, err := consoleInput(os.Stdin, raw, func(text string) error {
-					arg := structpb.NewStringValue(text)
-					_, err := c.DriverCall(le.ctx(ctx), &jpb.DriverCallRequest{Uuid: "console", Method: "write", Args: []*structpb.Value{arg}})
-					return err
+				escaped, err := consoleInput(os.Stdin, raw, func(p []byte) error {
+					return stream.Send(&jpb.StreamRequest{Payload: p, FrameType: jpb.FrameType_FRAME_TYPE_DATA})
 				})
+				if errors.Is(err, io.EOF) {
+					return // the stream is over: Recv says why
+				}
 				if err != nil && ctx.Err() == nil {
 					fmt.Fprintf(os.Stderr, "\r\nboardvisor: console write: %s\r\n", client.Visible(status.Convert(err).Message()))
 				}
 				if escaped || err != nil {
 					stop() // the escape key leaves; the end of input does not
+					return
 				}
+				// The end of input: the board is still shown (`boardvisor console < keys > file`).
+				_ = stream.CloseSend()
 			}()
 			for {
 				r, err := stream.Recv()
@@ -148,11 +164,12 @@ func newConsole() *cobra.Command {
 				if err != nil {
 					return rpcError(le.peer(), "console of board "+le.board, err)
 				}
-				data, err := base64.StdEncoding.DecodeString(r.GetResult().GetStringValue())
-				if err != nil {
-					return fmt.Errorf("console: bad chunk from the supervisor: %w", err)
+				switch r.GetFrameType() {
+				case jpb.FrameType_FRAME_TYPE_DATA:
+					os.Stdout.Write(r.GetPayload())
+				case jpb.FrameType_FRAME_TYPE_GOAWAY, jpb.FrameType_FRAME_TYPE_RST_STREAM:
+					return nil // the lease ended
 				}
-				os.Stdout.Write(data)
 			}
 		},
 	}

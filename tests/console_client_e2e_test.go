@@ -1,0 +1,158 @@
+package tests
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	pb "github.com/boardvisor/boardvisor/proto/boardvisor/v1"
+)
+
+// consoleOutput is what a `boardvisor console` process printed, as it prints it.
+type consoleOutput struct {
+	mu   sync.Mutex
+	buf  bytes.Buffer
+	more chan struct{} // closed and replaced at each write
+}
+
+func newConsoleOutput() *consoleOutput { return &consoleOutput{more: make(chan struct{})} }
+
+func (o *consoleOutput) Write(p []byte) (int, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.buf.Write(p)
+	close(o.more)
+	o.more = make(chan struct{})
+	return len(p), nil
+}
+
+// mark is where what comes next starts.
+func (o *consoleOutput) mark() int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.buf.Len()
+}
+
+// seen waits until the output after from holds want, at most timeout.
+func (o *consoleOutput) seen(from int, want string, timeout time.Duration) bool {
+	deadline := time.After(timeout)
+	for {
+		o.mu.Lock()
+		ok := strings.Contains(o.buf.String()[from:], want)
+		more := o.more
+		o.mu.Unlock()
+		if ok {
+			return true
+		}
+		select {
+		case <-more:
+		case <-deadline:
+			return false
+		}
+	}
+}
+
+func (o *consoleOutput) String() string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.buf.String()
+}
+
+// `boardvisor console` fed by a pipe, as a script runs it: each line goes to the board
+// with a carriage return and the board's answer comes back; the end of the input leaves
+// the console showing the board (a power cycle's boot shows after it); the lease's end
+// ends the command, with exit 0 and nothing on stderr but the banner.
+func TestConsoleFromAPipeGoesOnAfterItsInputUntilTheLeaseEnds(t *testing.T) {
+	dir := t.TempDir()
+	coordAddr := freeAddr(t)
+	startCoordinator(t, coordAddr, filepath.Join(dir, "coord"))
+	cfg := labConfig{dir: dir, id: "lab-1", coordAddr: coordAddr, virtual: true, boards: []boardSpec{{"virt-01", "device: virt"}}}.write(t)
+	startSupervisor(t, "supervisor", cfg)
+	leases := leaseClient(t, coordAddr)
+	waitBoards(t, leases, 1)
+	l, err := createLease(ctxT(t), leases, "device=virt", "", wait, "console-pipe")
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := watchLease(ctxT(t), leases, l.GetId())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ready, err := w.ready()
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := []string{"BOARDVISOR_EXPORTER=" + ready.GetExporterEndpoint(), "BOARDVISOR_BOARD=virt-01", "BOARDVISOR_TOKEN=" + l.GetToken()}
+
+	cmd := exec.Command(binary, "console")
+	cmd.Env = append(os.Environ(), env...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	out, errOut := newConsoleOutput(), newConsoleOutput()
+	cmd.Stdout, cmd.Stderr = out, errOut
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1) // holds Wait's error once the console is gone
+	done := make(chan struct{})
+	go func() { exited <- cmd.Wait(); close(done) }()
+	t.Cleanup(func() {
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		<-done
+	})
+	if !errOut.seen(0, "Console of board virt-01: lines you type are sent to it.", wait) {
+		t.Fatalf("no line-mode banner on stderr: %q", errOut.String())
+	}
+	// Enter until the board prompts for a login (what is typed while it boots is lost).
+	for deadline := time.Now().Add(wait); !out.seen(0, "virt-01 login: ", 500*time.Millisecond); {
+		if time.Now().After(deadline) {
+			t.Fatalf("the board never showed its login prompt:\n%s", out.String())
+		}
+		in.Write([]byte("\n"))
+	}
+	from := out.mark()
+	in.Write([]byte("root\npw\necho done    marker\n")) // the board answers "done marker"
+	if !out.seen(from, "done marker", wait) {
+		t.Fatalf("no answer to the lines typed:\n%s", out.String()[from:])
+	}
+
+	// The end of the input: the console goes on showing the board.
+	in.Close()
+	from = out.mark()
+	if o, err := runCLI(env, "power", "cycle"); err != nil {
+		t.Fatalf("power cycle: %v\n%s", err, o)
+	}
+	if !out.seen(from, "virt-01 login: ", wait) {
+		t.Fatalf("after its input ended the console did not show the board's new boot:\n%s", out.String()[from:])
+	}
+	select {
+	case err := <-exited:
+		t.Fatalf("the console ended (%v) before its lease", err)
+	default:
+	}
+
+	// The lease's end ends the command.
+	if _, err := leases.ReleaseLease(ctxT(t), &pb.ReleaseLeaseRequest{Id: l.GetId(), Reason: "done"}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Errorf("console exited with %v at the lease's end, want 0; stderr:\n%s", err, errOut.String())
+		}
+	case <-time.After(wait):
+		t.Fatalf("the console went on after its lease ended; stderr:\n%s", errOut.String())
+	}
+	if e := strings.TrimSpace(errOut.String()); strings.Contains(e, "\n") {
+		t.Errorf("stderr has more than the banner:\n%s", e)
+	}
+}
