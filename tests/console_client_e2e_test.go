@@ -76,18 +76,7 @@ func TestConsoleFromAPipeGoesOnAfterItsInputUntilTheLeaseEnds(t *testing.T) {
 	startSupervisor(t, "supervisor", cfg)
 	leases := leaseClient(t, coordAddr)
 	waitBoards(t, leases, 1)
-	l, err := createLease(ctxT(t), leases, "device=virt", "", wait, "console-pipe")
-	if err != nil {
-		t.Fatal(err)
-	}
-	w, err := watchLease(ctxT(t), leases, l.GetId())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ready, err := w.ready()
-	if err != nil {
-		t.Fatal(err)
-	}
+	l, ready := readyLease(t, leases, "device=virt", "console-pipe")
 	env := []string{"BOARDVISOR_EXPORTER=" + ready.GetExporterEndpoint(), "BOARDVISOR_BOARD=virt-01", "BOARDVISOR_TOKEN=" + l.GetToken()}
 
 	cmd := exec.Command(binary, "console")

@@ -737,6 +737,26 @@ func createLease(ctx context.Context, c pb.LeaseServiceClient, selector, board s
 	return r.GetLease(), nil
 }
 
+// readyLease creates a lease of a board matching selector for client and waits until it
+// is READY. It returns the lease as created (with its token) and as READY (with its
+// supervisor's endpoint); it fails the test if either cannot be had.
+func readyLease(t *testing.T, c pb.LeaseServiceClient, selector, client string) (created, ready *pb.Lease) {
+	t.Helper()
+	l, err := createLease(ctxT(t), c, selector, "", wait, client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := watchLease(ctxT(t), c, l.GetId())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := w.ready()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l, r
+}
+
 // leaseWatch follows one lease through WatchLease.
 type leaseWatch struct {
 	id     string

@@ -63,18 +63,7 @@ func TestSupervisorUnauthenticatedConnectionsCapped(t *testing.T) {
 	}
 
 	// A lease holder (from 127.0.0.1) is served meanwhile: a lease's power calls.
-	l, err := createLease(ctxT(t), leases, "device=virt", "", wait, "cap-test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	w, err := watchLease(ctxT(t), leases, l.GetId())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ready, err := w.ready()
-	if err != nil {
-		t.Fatal(err)
-	}
+	l, ready := readyLease(t, leases, "device=virt", "cap-test")
 	env := []string{"BOARDVISOR_EXPORTER=" + ready.GetExporterEndpoint(), "BOARDVISOR_BOARD=virt-01", "BOARDVISOR_TOKEN=" + l.GetToken()}
 	if out, err := runCLI(env, "power", "on"); err != nil {
 		t.Fatalf("power on while another address floods: %v\n%s", err, out)

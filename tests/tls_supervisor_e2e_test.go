@@ -212,18 +212,7 @@ func TestTLSClientWithoutTheCAIsRefused(t *testing.T) {
 	waitBoards(t, leases, 1)
 
 	// The driver commands, given the lease's endpoint.
-	l, err := createLease(ctxT(t), leases, "device=virt", "", wait, "tls-test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	w, err := watchLease(ctxT(t), leases, l.GetId())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ready, err := w.ready()
-	if err != nil {
-		t.Fatal(err)
-	}
+	l, ready := readyLease(t, leases, "device=virt", "tls-test")
 	out, err = runCLI([]string{"BOARDVISOR_EXPORTER=" + ready.GetExporterEndpoint(), "BOARDVISOR_BOARD=virt-01", "BOARDVISOR_TOKEN=" + l.GetToken()}, "power", "on")
 	if code := exitCode(err); code != 3 || !strings.Contains(out, "power on of board virt-01: the supervisor's certificate (at tls://") || !strings.Contains(out, sentence) {
 		t.Fatalf("power without the CA: exit %d, want 3 and the sentence:\n%s", code, out)
