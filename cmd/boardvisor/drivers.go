@@ -132,8 +132,8 @@ func newConsole() *cobra.Command {
 			defer closeConn()
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			req := fmt.Sprintf(`{"kind":"driver","uuid":%q,"method":"connect"}`, exporter.DriverUUID(le.board, "console"))
-			stream, err := jpb.NewRouterServiceClient(conn).Stream(metadata.AppendToOutgoingContext(le.ctx(ctx), exporter.MDStreamRequest, req))
+			md := metadata.AppendToOutgoingContext(le.ctx(ctx), exporter.MDStreamRequest, exporter.ConsoleStreamRequest(le.board))
+			stream, err := jpb.NewRouterServiceClient(conn).Stream(md)
 			if err != nil {
 				return rpcError(le.peer(), "console of board "+le.board, err)
 			}

@@ -23,8 +23,8 @@ import (
 // (conn.fast) but may still read it once (a visit under way, a pause that ends): both
 // read it under the console's lock, and out is called under it too, so its bytes go out
 // once each and in order, whichever reads them. A failure found here (a hangup, EIO)
-// fails the console as its reader would. When the console is no longer attended its
-// reader is told to read it again (reader.readNow).
+// fails the console as its reader would. When the console is no longer attended it goes
+// back to its reader (conn.handBack).
 type attendedReader struct {
 	epollSet // closed by the goroutine itself, when it stops
 
@@ -68,8 +68,8 @@ func attend(c *conn) error {
 	return nil
 }
 
-// unattend unregisters c from the attended reader (if it is there; then its reader
-// must be told to read it again, see reader.readNow), and stops the
+// unattend unregisters c from the attended reader (if it is there; a console that
+// stays open then goes back to its own reader, see conn.handBack), and stops the
 // reader when it has no console left. It waits for nothing (SetAttended is called
 // under locks that the reader's out calls may take): the reader may still be reading c
 // when it returns (Run's close then waits for that read, see reader.remove), and a
@@ -86,7 +86,6 @@ func unattend(c *conn) {
 	if a.conns[int32(c.fd)] == c {
 		delete(a.conns, int32(c.fd))
 		_ = unix.EpollCtl(a.ep, unix.EPOLL_CTL_DEL, c.fd, nil)
-		c.fast.Store(false)
 	}
 	if len(a.conns) == 0 {
 		// Under a.mu, so that the reader, which looks at stop under it, closes wake
@@ -136,8 +135,7 @@ func (a *attendedReader) run() {
 			a.conns = map[int32]*conn{}
 			a.mu.Unlock()
 			for _, c := range conns {
-				c.fast.Store(false)
-				c.r.readNow(c)
+				c.handBack()
 			}
 			return
 		}

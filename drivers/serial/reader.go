@@ -298,6 +298,14 @@ func (r *reader) readNow(c *conn) {
 	r.kick()
 }
 
+// handBack gives c back to its own reader when the attended reader lets it go: the
+// reader arms it again after its visits, and reads it now (it had left it unarmed, so
+// bytes that came meanwhile woke nobody).
+func (c *conn) handBack() {
+	c.fast.Store(false)
+	c.r.readNow(c)
+}
+
 // dueLocked has c read at at: pushed into the due heap, or moved there if it is in it
 // already. Call with r.mu held.
 func (r *reader) dueLocked(c *conn, at time.Time) {

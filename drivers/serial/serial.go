@@ -72,7 +72,7 @@ func (d *Driver) SetAttended(on bool) {
 	}
 	if !on {
 		unattend(c)
-		c.r.readNow(c) // its reader reads it again, unattended
+		c.handBack()
 		return
 	}
 	// Should the attended reader fail to take it (no descriptor left for its epoll

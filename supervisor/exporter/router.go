@@ -23,6 +23,13 @@ type streamRequest struct {
 	Method string `json:"method"`
 }
 
+// ConsoleStreamRequest is the MDStreamRequest value that opens board's console byte
+// stream (its serial driver's "connect"), as upstream's client writes it.
+func ConsoleStreamRequest(board string) string {
+	b, _ := json.Marshal(streamRequest{Kind: "driver", UUID: DriverUUID(board, driverConsole), Method: "connect"}) // strings only: cannot fail
+	return string(b)
+}
+
 // router serves jumpstarter.v1.RouterService on the exporter's channel: the console's
 // byte stream (upstream's serial "connect"), both ways, in upstream's frames. DATA
 // frames carry bytes; GOAWAY (or the end of the client's side) means the client sends
