@@ -2,6 +2,9 @@ package tests
 
 import (
 	"bytes"
+	"context"
+	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,6 +15,13 @@ import (
 	"time"
 
 	pb "github.com/boardvisor/boardvisor/proto/boardvisor/v1"
+	jpb "github.com/boardvisor/boardvisor/proto/jumpstarter/v1"
+	"github.com/boardvisor/boardvisor/supervisor/exporter"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 )
 
 // consoleOutput is what a `boardvisor console` process printed, as it prints it.
@@ -143,5 +153,103 @@ func TestConsoleFromAPipeGoesOnAfterItsInputUntilTheLeaseEnds(t *testing.T) {
 	}
 	if e := strings.TrimSpace(errOut.String()); strings.Contains(e, "\n") {
 		t.Errorf("stderr has more than the banner:\n%s", e)
+	}
+}
+
+// A client that opens console streams without end (upstream's serial "connect", the
+// stream `boardvisor console` uses) is held to the lease's cap: past it, `boardvisor
+// console` says why in one sentence before any banner and exits non-zero; once one of
+// the hostile streams closes, the console opens.
+func TestConsoleStreamsOfALeaseAreCapped(t *testing.T) {
+	dir := t.TempDir()
+	coordAddr := freeAddr(t)
+	startCoordinator(t, coordAddr, filepath.Join(dir, "coord"))
+	cfg := labConfig{dir: dir, id: "lab-1", coordAddr: coordAddr, virtual: true, boards: []boardSpec{{"virt-01", "device: virt"}}}.write(t)
+	startSupervisor(t, "supervisor", cfg)
+	leases := leaseClient(t, coordAddr)
+	waitBoards(t, leases, 1)
+	l, ready := readyLease(t, leases, "device=virt", "console-cap")
+	env := []string{"BOARDVISOR_EXPORTER=" + ready.GetExporterEndpoint(), "BOARDVISOR_BOARD=virt-01", "BOARDVISOR_TOKEN=" + l.GetToken()}
+
+	conn, err := grpc.NewClient(ready.GetExporterEndpoint(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	router := jpb.NewRouterServiceClient(conn)
+	open := func(ctx context.Context) error {
+		md := metadata.AppendToOutgoingContext(ctx, exporter.MDBoard, "virt-01", "authorization", "Bearer "+l.GetToken(),
+			exporter.MDStreamRequest, exporter.ConsoleStreamRequest("virt-01"))
+		s, err := router.Stream(md)
+		if err != nil {
+			return err
+		}
+		h, err := s.Header() // sent once the stream is counted
+		if err == nil && h == nil {
+			_, err = s.Recv() // ended without headers: the status says why
+		}
+		return err
+	}
+	var cancels []context.CancelFunc
+	defer func() {
+		for _, c := range cancels {
+			c()
+		}
+	}()
+	for i := 0; i < exporter.DefaultMaxConsoleStreamsPerLease; i++ {
+		ctx, cancel := context.WithCancel(ctxT(t))
+		cancels = append(cancels, cancel)
+		if err := open(ctx); err != nil {
+			t.Fatalf("console stream %d of %d: %v", i+1, exporter.DefaultMaxConsoleStreamsPerLease, err)
+		}
+	}
+	if err := open(ctxT(t)); status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("console stream %d: %v, want RESOURCE_EXHAUSTED", exporter.DefaultMaxConsoleStreamsPerLease+1, err)
+	}
+
+	// What a user sees past the cap: one sentence, no banner, a non-zero exit.
+	out, err := runCLI(env, "console")
+	want := fmt.Sprintf("console of board virt-01: the supervisor of board virt-01 at %s refused it: too many console streams open for this lease (%d, the most allowed): close one and try again",
+		ready.GetExporterEndpoint(), exporter.DefaultMaxConsoleStreamsPerLease)
+	if err == nil || !strings.Contains(out, want) || strings.Contains(out, "Console of board") {
+		t.Fatalf("boardvisor console past the cap: %v\n%s\nwant a non-zero exit, no banner, and %q", err, out, want)
+	}
+
+	// One hostile stream closes: the console opens (it shows its banner), and the
+	// lease's end ends it with exit 0.
+	cancels[0]()
+	deadline := time.Now().Add(wait)
+	for {
+		cmd := exec.Command(binary, "console")
+		cmd.Env = append(os.Environ(), env...)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		errOut := newConsoleOutput()
+		cmd.Stdout, cmd.Stderr = io.Discard, errOut
+		cmd.Stdin = strings.NewReader("")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		exited := make(chan error, 1)
+		go func() { exited <- cmd.Wait() }()
+		if errOut.seen(0, "Console of board virt-01", wait) {
+			if _, err := leases.ReleaseLease(ctxT(t), &pb.ReleaseLeaseRequest{Id: l.GetId(), Reason: "done"}); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case err := <-exited:
+				if err != nil {
+					t.Fatalf("console exited with %v at the lease's end, want 0; stderr:\n%s", err, errOut.String())
+				}
+			case <-time.After(wait):
+				syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+				t.Fatalf("the console went on after its lease ended; stderr:\n%s", errOut.String())
+			}
+			return
+		}
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		<-exited
+		if time.Now().After(deadline) {
+			t.Fatalf("the console did not open after a stream of the lease closed:\n%s", errOut.String())
+		}
 	}
 }

@@ -134,6 +134,14 @@ func newConsole() *cobra.Command {
 			defer stop()
 			md := metadata.AppendToOutgoingContext(le.ctx(ctx), exporter.MDStreamRequest, exporter.ConsoleStreamRequest(le.board))
 			stream, err := jpb.NewRouterServiceClient(conn).Stream(md)
+			if err == nil {
+				// The supervisor sends the headers once the console is open: a refusal
+				// (no lease, too many consoles) comes before the banner, not after it.
+				var h metadata.MD
+				if h, err = stream.Header(); err == nil && h == nil {
+					_, err = stream.Recv() // ended without headers: the status says why
+				}
+			}
 			if err != nil {
 				return rpcError(le.peer(), "console of board "+le.board, err)
 			}

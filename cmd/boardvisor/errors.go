@@ -111,7 +111,11 @@ func rpcError(p peer, what string, err error) error {
 	case codes.Unimplemented:
 		return failf(exitFailed, "%s: the %s at %s does not know this request (it runs an older boardvisor): upgrade it", what, p.role, p.addr)
 	case codes.ResourceExhausted:
-		return failf(exitFailed, "%s: the %s at %s is overloaded or the request is too large: %s", what, p.role, p.addr, msg)
+		if strings.HasPrefix(msg, "grpc: ") { // gRPC's own: a message past the size allowed
+			return failf(exitFailed, "%s: the %s at %s is overloaded or the request is too large: %s", what, p.role, p.addr, msg)
+		}
+		// The peer's own limit: its sentence says which, and what to do.
+		return failf(exitFailed, "%s: the %s at %s refused it: %s", what, p.role, p.addr, msg)
 	}
 	return failf(exitFailed, "%s: %s", what, msg)
 }

@@ -80,7 +80,7 @@ func (r router) Stream(stream grpc.BidiStreamingServer[jpb.StreamRequest, jpb.St
 	}
 	if limit := orDefault(s.Limits.MaxConsoleStreamsPerLease, DefaultMaxConsoleStreamsPerLease); len(l.consoles) >= limit {
 		s.mu.Unlock()
-		return status.Errorf(codes.ResourceExhausted, "too many console streams open for this lease (%d)", limit)
+		return status.Errorf(codes.ResourceExhausted, "too many console streams open for this lease (%d, the most allowed): close one and try again", limit)
 	}
 	if l.consoles == nil {
 		l.consoles = map[chan struct{}]bool{}

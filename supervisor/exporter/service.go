@@ -306,7 +306,7 @@ func (s *Service) WatchStatus(_ *jpb.WatchStatusRequest, stream grpc.ServerStrea
 	s.mu.Lock()
 	if limit := orDefault(s.Limits.MaxWatchStreams, DefaultMaxWatchStreams); s.watchers >= limit {
 		s.mu.Unlock()
-		return status.Errorf(codes.ResourceExhausted, "too many status streams open on this supervisor (%d)", limit)
+		return status.Errorf(codes.ResourceExhausted, "too many status streams open on this supervisor (%d, the most allowed): close one or try again later", limit)
 	}
 	s.watchers++
 	q.push(b.st)
@@ -363,7 +363,7 @@ func (s *Service) LogStream(_ *emptypb.Empty, stream grpc.ServerStreamingServer[
 	s.mu.Lock()
 	if limit := orDefault(s.Limits.MaxLogStreamsPerLease, DefaultMaxLogStreamsPerLease); len(l.subs) >= limit {
 		s.mu.Unlock()
-		return status.Errorf(codes.ResourceExhausted, "too many log streams open for this lease (%d)", limit)
+		return status.Errorf(codes.ResourceExhausted, "too many log streams open for this lease (%d, the most allowed): close one and try again", limit)
 	}
 	history, dropped := append([]logLine(nil), l.lines...), l.dropped
 	select {
