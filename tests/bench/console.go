@@ -51,6 +51,10 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 // supervisor's config); the virtual board prints it in its prompts.
 var shellName = "shell"
 
+// floorName is the second board of the shell board's process: one typed into straight
+// through its pty, with nothing between, in the same runs, for the host's floor.
+var floorName = "floor"
+
 // consoleCount is what one board's reader got: bytes and their CRC-32C.
 type consoleCount struct {
 	n   int64
@@ -204,6 +208,7 @@ type farm struct {
 	in    io.WriteCloser
 	rd    *bufio.Reader
 	paths []string // the streaming boards', then the shell board's
+	floor string   // the floor board's pty (shell process only: floorName)
 	note  string
 	pid   int
 	mu    sync.Mutex
@@ -216,13 +221,18 @@ func startFeeders(e *env, size consoleSize) (*farm, error) {
 	if err != nil {
 		return nil, err
 	}
-	sh, err := startFarm(e, 1, 0, true)
+	sh, err := startFarm(e, 2, 0, true)
+	if err == nil && len(sh.paths) != 2 {
+		sh.close()
+		err = fmt.Errorf("the shell boards' process gave %d ptys, want 2", len(sh.paths))
+	}
 	if err != nil {
 		f.close()
 		return nil, err
 	}
 	f.shell = sh
-	f.paths = append(f.paths, sh.paths...)
+	f.paths = append(f.paths, sh.paths[0])
+	f.floor = sh.paths[1]
 	return f, nil
 }
 
@@ -338,7 +348,8 @@ func (f *farm) close() {
 
 // runFarm is the console scenario's other process: -n consoles streaming -bytes random
 // bytes each at 115200 baud when powered on (seeded by their index + 1; see feeder), or
-// with -shell one simulated board (drivers/virtual) with a login prompt and a shell. It prints "PTY <path>"
+// with -shell simulated boards (drivers/virtual) with a login prompt and a shell: the
+// shell board, and with -n 2 the floor board too. It prints "PTY <path>"
 // per board and READY, then answers on/off (powers every board on or off; ON, OFF) and
 // stat (SENT <bytes> STALLS <n> of its streaming boards), and closes the boards at the
 // end of its input.
@@ -347,16 +358,18 @@ func runFarm(e *env) error {
 	n, bytes := e.intFlag("n"), e.int64Flag("bytes")
 	shell := e.flags.Lookup("shell").Value.String() == "true"
 	out := bufio.NewWriter(os.Stdout)
-	var sb *virtual.Board
+	var sbs []*virtual.Board
 	var fd *feeder
 	if shell {
-		b, err := virtual.New(shellName, virtual.Options{Baud: ConsoleBaud})
-		if err != nil {
-			return err
+		for _, name := range []string{shellName, floorName}[:min(max(n, 1), 2)] {
+			b, err := virtual.New(name, virtual.Options{Baud: ConsoleBaud})
+			if err != nil {
+				return err
+			}
+			defer b.Close()
+			sbs = append(sbs, b)
+			fmt.Fprintf(out, "PTY %s\n", b.Path())
 		}
-		defer b.Close()
-		sb = b
-		fmt.Fprintf(out, "PTY %s\n", b.Path())
 	} else {
 		// Scaled down if the host cannot open n ptys.
 		var err error
@@ -384,10 +397,14 @@ func runFarm(e *env) error {
 		case "on", "off":
 			on := strings.TrimSpace(line) == "on"
 			switch {
-			case sb != nil && on:
-				_ = sb.On(context.Background())
-			case sb != nil:
-				_ = sb.Off(context.Background())
+			case shell:
+				for _, sb := range sbs {
+					if on {
+						_ = sb.On(context.Background())
+					} else {
+						_ = sb.Off(context.Background())
+					}
+				}
 			default:
 				fd.power(on)
 			}

@@ -39,6 +39,9 @@ type fullPath struct {
 	recBad   int
 	drain    time.Duration // from the stream's end until the coordinator stored its last event
 	keys     keystrokes
+	// floor are the keys typed in the same window straight into the floor board's pty,
+	// with nothing between: the host's own share of an echo under this load.
+	floor    keystrokes
 	stalls   int64
 	coordCPU float64
 	// feederLate is how long after the stream's planned end the feeder wrote its last
@@ -149,11 +152,29 @@ func runFullPath(e *env, f *farm, size consoleSize) (*fullPath, error) {
 	defer stopTimeline()
 	pids := map[string]int{"supervisor": sup.cmd.Process.Pid, "coordinator": coord.cmd.Process.Pid, "farm": f.pid}
 	loggedIn := r.keys.login(f, con, shellName, "\r")
+	floor, err := openTTYTarget(f.floor)
+	if err != nil {
+		return nil, err
+	}
+	defer floor.close()
+	floorIn := r.floor.login(nil, floor, floorName, "\r")
 	sent0, _, err := f.stat()
 	if err != nil {
 		return nil, err
 	}
-	w, on, err := measure(f, size, pids, func(stop <-chan struct{}) { r.keys.typeKeys(con, "\r", loggedIn, stop) })
+	w, on, err := measure(f, size, pids, func(stop <-chan struct{}) {
+		var wg sync.WaitGroup
+		wg.Go(func() { r.keys.typeKeys(con, "\r", loggedIn, stop) })
+		// Half a key's period later: the two echoes never wait for each other.
+		wg.Go(func() {
+			select {
+			case <-stop:
+			case <-time.After(50 * time.Millisecond):
+				r.floor.typeKeys(floor, "\r", floorIn, stop)
+			}
+		})
+		wg.Wait()
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -193,6 +214,13 @@ func runFullPath(e *env, f *farm, size consoleSize) (*fullPath, error) {
 	if err != nil {
 		return nil, err
 	}
+	keysFile := e.flags.Lookup("keys").Value.String()
+	if err := r.keys.lat.appendTo(keysFile, "boardvisor"); err != nil {
+		return nil, fmt.Errorf("console full path: -console-keys: %w", err)
+	}
+	if err := r.floor.lat.appendTo(keysFile, "floor"); err != nil {
+		return nil, fmt.Errorf("console full path: -console-keys: %w", err)
+	}
 	if dbg := os.Getenv("BENCH_SUPLOG"); dbg != "" {
 		_ = os.WriteFile(dbg, []byte(sup.output()), 0o600)
 	}
@@ -201,9 +229,9 @@ func runFullPath(e *env, f *farm, size consoleSize) (*fullPath, error) {
 		logf("console full path: bytes missing at the coordinator; the supervisor's log ends:\n%s", tail(sup.output(), 3000))
 	}
 	r.recLost, r.recBad = compare(func(i int) consoleCount { return recorded(supState, boardName(i)) }, size)
-	logf("console full path: supervisor %.1f%% of a core (idle %.1f%%; %s), coordinator %.1f%%, farm %.1f%%; %s; %d console events stored, %d gaps; coordinator: %d bytes lost or extra, %d boards wrong; recordings: %d lost or extra, %d boards wrong; last event stored %s after the stream's end; keystrokes: %d, p50 %s p99 %s, %d without echo",
+	logf("console full path: supervisor %.1f%% of a core (idle %.1f%%; %s), coordinator %.1f%%, farm %.1f%%; %s; %d console events stored, %d gaps; coordinator: %d bytes lost or extra, %d boards wrong; recordings: %d lost or extra, %d boards wrong; last event stored %s after the stream's end; keystrokes: %d, p50 %s p99 %s, %d without echo; floor: p50 %s p99 %s",
 		w.cpu["supervisor"]*100, r.idleCPU*100, w.sysNote("supervisor", size.boards), r.coordCPU*100, w.cpu["farm"]*100, w.paceNote(size), r.events, r.gaps, r.lost, r.bad, r.recLost, r.recBad,
-		r.drain.Round(time.Millisecond), r.keys.lat.n(), ms(r.keys.lat.pct(50)), ms(r.keys.lat.pct(99)), r.keys.lost)
+		r.drain.Round(time.Millisecond), r.keys.lat.n(), ms(r.keys.lat.pct(50)), ms(r.keys.lat.pct(99)), r.keys.lost, ms(r.floor.lat.pct(50)), ms(r.floor.lat.pct(99)))
 	return r, nil
 }
 
@@ -382,6 +410,86 @@ func (c *consoleClient) write(s string) error {
 	return err
 }
 
+// ttyTarget types straight into a board's pty (the floor board's): the bench in the
+// place of the supervisor and the client.
+type ttyTarget struct {
+	tty  *os.File
+	mu   sync.Mutex
+	out  []byte
+	more chan struct{} // has a value when out grew
+	done chan struct{} // closed when the reader stops
+}
+
+func openTTYTarget(path string) (*ttyTarget, error) {
+	tty, err := os.OpenFile(path, os.O_RDWR|syscall.O_NOCTTY, 0)
+	if err != nil {
+		return nil, fmt.Errorf("floor board: %w", err)
+	}
+	if err := makeRawTTY(tty); err != nil {
+		tty.Close()
+		return nil, fmt.Errorf("floor board: %w", err)
+	}
+	t := &ttyTarget{tty: tty, more: make(chan struct{}, 1), done: make(chan struct{})}
+	go func() {
+		defer close(t.done)
+		buf := make([]byte, 4096)
+		for {
+			n, err := tty.Read(buf)
+			if n > 0 {
+				t.mu.Lock()
+				t.out = append(t.out, buf[:n]...)
+				t.mu.Unlock()
+				select {
+				case t.more <- struct{}{}:
+				default:
+				}
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	return t, nil
+}
+
+func (t *ttyTarget) write(s string) error {
+	_, err := t.tty.WriteString(s)
+	return err
+}
+
+func (t *ttyTarget) mark() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.out)
+}
+
+func (t *ttyTarget) waitFor(from int, want string, timeout time.Duration, stop <-chan struct{}) (time.Time, bool) {
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	for {
+		t.mu.Lock()
+		found := bytes.Contains(t.out[min(from, len(t.out)):], []byte(want))
+		t.mu.Unlock()
+		if found {
+			return time.Now(), true
+		}
+		select {
+		case <-t.more:
+		case <-deadline.C:
+			return time.Time{}, false
+		case <-t.done:
+			return time.Time{}, false
+		case <-stop:
+			return time.Time{}, false
+		}
+	}
+}
+
+func (t *ttyTarget) close() {
+	t.tty.Close()
+	<-t.done
+}
+
 // keystrokes are the timed keystrokes of one run.
 type keystrokes struct {
 	lat  latencies
@@ -393,7 +501,7 @@ type keystrokes struct {
 // starts: on a loaded machine the login's own round trips would otherwise eat into
 // the measured window. It says what went wrong in k.note.
 func (k *keystrokes) login(f *farm, c keyTarget, board, newline string) bool {
-	if f.shell != nil {
+	if f != nil && f.shell != nil {
 		if err := f.shell.power(true); err != nil {
 			k.note = "could not power the shell board on: " + err.Error()
 			return false
@@ -624,6 +732,12 @@ func (r *fullPath) rows(e *env, size consoleSize, scaled string, base []*baselin
 	e.add(Row{Figure: "console: keystroke echo round trip through boardvisor console, p99", Value: ms(p99), Num: float64(p99) / float64(time.Millisecond), Unit: "ms",
 		Target: "< 10 ms", Baseline: keyBase, Ratio: keyRatio, Met: met(r.keys.lat.n() > 0 && r.keys.lost == 0 && p99 < 10*time.Millisecond),
 		Note: keyNote + "; client -> supervisor -> pty -> the board's echo -> supervisor -> client; the baseline types over its TCP connection in its own run"})
+	floorNote := r.floor.note
+	if floorNote == "" {
+		floorNote = fmt.Sprintf("%d keystrokes, p50 %s, p90 %s, max %s; %d without an echo within %s", r.floor.lat.n(), ms(r.floor.lat.pct(50)), ms(r.floor.lat.pct(90)), ms(r.floor.lat.pct(100)), r.floor.lost, keyTimeout)
+	}
+	e.add(Row{Figure: "console: keystroke echo straight into a board's pty (the host's floor), p99", Value: ms(r.floor.lat.pct(99)), Num: float64(r.floor.lat.pct(99)) / float64(time.Millisecond), Unit: "ms",
+		Target: "-", Note: floorNote + "; in the same window as the row above, half a key's period apart: the bench -> pty -> the board's echo -> the bench, with nothing between, so what the host's load alone costs an echo (two of the path's four pty hops)"})
 
 	for _, b := range base {
 		note := fmt.Sprintf("%s; %s; %d bytes lost or extra, %d boards with wrong bytes; last byte %s after the stream's end; %s",

@@ -9,7 +9,7 @@
 // row's note.
 //
 //	bench [-bin bin/boardvisor] [-out bin/bench-results.json] [-only idle,lease,...] [-profile DIR] [-fleet-duration 60s]
-//	      [-console-boards 1000] [-console-seconds 10] [-console-baselines forwarder,ser2net,ser2net-4k] [-console-sweep 50ms,...]
+//	      [-console-boards 1000] [-console-seconds 10] [-console-baselines forwarder,ser2net,ser2net-4k] [-console-sweep 50ms,...] [-console-keys FILE]
 package main
 
 import (
@@ -80,10 +80,11 @@ func main() {
 	conSeconds := flag.Int("console-seconds", ConsoleSeconds, "console scenario: how long each run streams")
 	conBaselines := flag.String("console-baselines", ConsoleBaselines, "console scenario: baseline runs (forwarder, ser2net, ser2net-4k; empty: none)")
 	conSweep := flag.String("console-sweep", "", "console scenario: coalescing pauses to measure bare reads with, e.g. 50ms,100ms,200ms,500ms")
+	conKeys := flag.String("console-keys", "", "console scenario: append each keystroke's echo round trip to this file, for pooling runs: `boardvisor MS` through boardvisor console, `floor MS` straight into a board's pty")
 	flag.Parse()
 	for i := range scenarios {
 		if scenarios[i].name == "console" {
-			scenarios[i].args = []string{"-boards", fmt.Sprint(*conBoards), "-seconds", fmt.Sprint(*conSeconds), "-baselines", *conBaselines, "-sweep", *conSweep}
+			scenarios[i].args = []string{"-boards", fmt.Sprint(*conBoards), "-seconds", fmt.Sprint(*conSeconds), "-baselines", *conBaselines, "-sweep", *conSweep, "-keys", *conKeys}
 		}
 		if scenarios[i].name == "fleet" {
 			scenarios[i].args = []string{"-duration", fleetDuration.String()}
