@@ -29,16 +29,16 @@ import (
 
 // fullPath is the real path's run.
 type fullPath struct {
-	win      window
-	idleCPU  float64 // the supervisor's, with every console open, before the stream
-	lost     int64   // bytes missing or extra at the coordinator
-	bad      int     // boards whose bytes at the coordinator differ
-	gaps     int     // console_gap events (bytes the outbox gave up)
-	events   int     // console events stored for the streaming boards
-	recLost  int64   // the same for the recordings
-	recBad   int
-	drain    time.Duration // from the stream's end until the coordinator stored its last event
-	keys     keystrokes
+	win     window
+	idleCPU float64 // the supervisor's, with every console open, before the stream
+	lost    int64   // bytes missing or extra at the coordinator
+	bad     int     // boards whose bytes at the coordinator differ
+	gaps    int     // console_gap events (bytes the outbox gave up)
+	events  int     // console events stored for the streaming boards
+	recLost int64   // the same for the recordings
+	recBad  int
+	drain   time.Duration // from the stream's end until the coordinator stored its last event
+	keys    keystrokes
 	// floor are the keys typed in the same window straight into the floor board's pty,
 	// with nothing between: the host's own share of an echo under this load.
 	floor    keystrokes
