@@ -51,6 +51,11 @@ func (o *consoleOutput) mark() int {
 
 // seen waits until the output after from holds want, at most timeout.
 func (o *consoleOutput) seen(from int, want string, timeout time.Duration) bool {
+	return o.seenUnless(from, want, timeout, nil)
+}
+
+// seenUnless is seen that gives up early once gone is closed (the process exited).
+func (o *consoleOutput) seenUnless(from int, want string, timeout time.Duration, gone <-chan struct{}) bool {
 	deadline := time.After(timeout)
 	for {
 		o.mu.Lock()
@@ -64,6 +69,10 @@ func (o *consoleOutput) seen(from int, want string, timeout time.Duration) bool 
 		case <-more:
 		case <-deadline:
 			return false
+		case <-gone:
+			o.mu.Lock()
+			defer o.mu.Unlock()
+			return strings.Contains(o.buf.String()[from:], want) // its last words
 		}
 	}
 }
@@ -74,20 +83,29 @@ func (o *consoleOutput) String() string {
 	return o.buf.String()
 }
 
-// `boardvisor console` fed by a pipe, as a script runs it: each line goes to the board
-// with a carriage return and the board's answer comes back; the end of the input leaves
-// the console showing the board (a power cycle's boot shows after it); the lease's end
-// ends the command, with exit 0 and nothing on stderr but the banner.
-func TestConsoleFromAPipeGoesOnAfterItsInputUntilTheLeaseEnds(t *testing.T) {
+// virtualLease starts a coordinator and a supervisor with one virtual board, virt-01,
+// and leases it for client until READY: the lease, and the environment a lease's
+// `boardvisor` commands run with.
+func virtualLease(t *testing.T, client string) (leases pb.LeaseServiceClient, l, ready *pb.Lease, env []string) {
+	t.Helper()
 	dir := t.TempDir()
 	coordAddr := freeAddr(t)
 	startCoordinator(t, coordAddr, filepath.Join(dir, "coord"))
 	cfg := labConfig{dir: dir, id: "lab-1", coordAddr: coordAddr, virtual: true, boards: []boardSpec{{"virt-01", "device: virt"}}}.write(t)
 	startSupervisor(t, "supervisor", cfg)
-	leases := leaseClient(t, coordAddr)
+	leases = leaseClient(t, coordAddr)
 	waitBoards(t, leases, 1)
-	l, ready := readyLease(t, leases, "device=virt", "console-pipe")
-	env := []string{"BOARDVISOR_EXPORTER=" + ready.GetExporterEndpoint(), "BOARDVISOR_BOARD=virt-01", "BOARDVISOR_TOKEN=" + l.GetToken()}
+	l, ready = readyLease(t, leases, "device=virt", client)
+	env = []string{"BOARDVISOR_EXPORTER=" + ready.GetExporterEndpoint(), "BOARDVISOR_BOARD=virt-01", "BOARDVISOR_TOKEN=" + l.GetToken()}
+	return leases, l, ready, env
+}
+
+// `boardvisor console` fed by a pipe, as a script runs it: each line goes to the board
+// with a carriage return and the board's answer comes back; the end of the input leaves
+// the console showing the board (a power cycle's boot shows after it); the lease's end
+// ends the command, with exit 0 and nothing on stderr but the banner.
+func TestConsoleFromAPipeGoesOnAfterItsInputUntilTheLeaseEnds(t *testing.T) {
+	leases, l, _, env := virtualLease(t, "console-pipe")
 
 	cmd := exec.Command(binary, "console")
 	cmd.Env = append(os.Environ(), env...)
@@ -161,15 +179,7 @@ func TestConsoleFromAPipeGoesOnAfterItsInputUntilTheLeaseEnds(t *testing.T) {
 // console` says why in one sentence before any banner and exits non-zero; once one of
 // the hostile streams closes, the console opens.
 func TestConsoleStreamsOfALeaseAreCapped(t *testing.T) {
-	dir := t.TempDir()
-	coordAddr := freeAddr(t)
-	startCoordinator(t, coordAddr, filepath.Join(dir, "coord"))
-	cfg := labConfig{dir: dir, id: "lab-1", coordAddr: coordAddr, virtual: true, boards: []boardSpec{{"virt-01", "device: virt"}}}.write(t)
-	startSupervisor(t, "supervisor", cfg)
-	leases := leaseClient(t, coordAddr)
-	waitBoards(t, leases, 1)
-	l, ready := readyLease(t, leases, "device=virt", "console-cap")
-	env := []string{"BOARDVISOR_EXPORTER=" + ready.GetExporterEndpoint(), "BOARDVISOR_BOARD=virt-01", "BOARDVISOR_TOKEN=" + l.GetToken()}
+	leases, l, ready, env := virtualLease(t, "console-cap")
 
 	conn, err := grpc.NewClient(ready.GetExporterEndpoint(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -229,9 +239,10 @@ func TestConsoleStreamsOfALeaseAreCapped(t *testing.T) {
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
-		exited := make(chan error, 1)
-		go func() { exited <- cmd.Wait() }()
-		if errOut.seen(0, "Console of board virt-01", wait) {
+		exited, gone := make(chan error, 1), make(chan struct{})
+		go func() { exited <- cmd.Wait(); close(gone) }()
+		// A console refused (the stream not freed yet) exits at once: try again.
+		if errOut.seenUnless(0, "Console of board virt-01", wait, gone) {
 			if _, err := leases.ReleaseLease(ctxT(t), &pb.ReleaseLeaseRequest{Id: l.GetId(), Reason: "done"}); err != nil {
 				t.Fatal(err)
 			}

@@ -54,13 +54,11 @@ type receivers struct {
 	conns  []net.Conn
 	// The shell board's connection and what it printed (typed into, its echo timed).
 	shell    net.Conn
-	shellOut []byte
-	more     chan struct{}
-	closed   chan struct{}
+	shellOut *typedOutput // ended by close
 }
 
 func newReceivers(n int) *receivers {
-	return &receivers{counts: make([]consoleCount, n), more: make(chan struct{}, 1), closed: make(chan struct{})}
+	return &receivers{counts: make([]consoleCount, n), shellOut: newTypedOutput()}
 }
 
 func (r *receivers) write(s string) error {
@@ -74,32 +72,10 @@ func (r *receivers) write(s string) error {
 	return err
 }
 
-func (r *receivers) mark() int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return len(r.shellOut)
-}
+func (r *receivers) mark() int { return r.shellOut.mark() }
 
 func (r *receivers) waitFor(from int, want string, timeout time.Duration, stop <-chan struct{}) (time.Time, bool) {
-	deadline := time.NewTimer(timeout)
-	defer deadline.Stop()
-	for {
-		r.mu.Lock()
-		found := strings.Contains(string(r.shellOut[min(from, len(r.shellOut)):]), want)
-		r.mu.Unlock()
-		if found {
-			return time.Now(), true
-		}
-		select {
-		case <-r.more:
-		case <-deadline.C:
-			return time.Time{}, false
-		case <-r.closed:
-			return time.Time{}, false
-		case <-stop:
-			return time.Time{}, false
-		}
-	}
+	return r.shellOut.waitFor(from, want, timeout, stop)
 }
 
 // read reads board i's bytes from c until it closes.
@@ -121,17 +97,11 @@ func (r *receivers) read(i int, c net.Conn, streaming int) {
 				cc := &r.counts[i]
 				cc.n += int64(n)
 				cc.crc = crc32.Update(cc.crc, castagnoli, buf[:n])
-				if i == streaming {
-					r.shellOut = append(r.shellOut, buf[:n]...)
-				}
 				r.mu.Unlock()
 				if i < streaming {
 					r.total.Add(int64(n))
 				} else {
-					select {
-					case r.more <- struct{}{}:
-					default:
-					}
+					r.shellOut.add(buf[:n])
 				}
 			}
 			if err != nil {
@@ -142,7 +112,7 @@ func (r *receivers) read(i int, c net.Conn, streaming int) {
 }
 
 func (r *receivers) close() {
-	close(r.closed)
+	r.shellOut.end()
 	r.mu.Lock()
 	for _, c := range r.conns {
 		c.Close()

@@ -297,13 +297,10 @@ func waitLeaseReady(ctx context.Context, addr, board, token string, timeout time
 // terminal (a pseudo-terminal: the command sends keys as typed when it can, lines
 // otherwise), its output kept.
 type consoleClient struct {
-	cmd  *exec.Cmd
-	in   *os.File // the terminal's master side
-	tty  *os.File
-	mu   sync.Mutex
-	out  []byte
-	more chan struct{}
-	done chan struct{}
+	cmd *exec.Cmd
+	in  *os.File // the terminal's master side
+	tty *os.File
+	*typedOutput
 	once sync.Once
 }
 
@@ -327,21 +324,13 @@ func startConsole(bin, addr, board, token string) (*consoleClient, error) {
 		tty.Close()
 		return nil, err
 	}
-	c := &consoleClient{cmd: cmd, in: master, tty: tty, more: make(chan struct{}, 1), done: make(chan struct{})}
+	c := &consoleClient{cmd: cmd, in: master, tty: tty, typedOutput: newTypedOutput()}
 	go func() {
-		defer close(c.done)
+		defer c.end()
 		buf := make([]byte, 64<<10)
 		for {
 			n, err := out.Read(buf)
-			if n > 0 {
-				c.mu.Lock()
-				c.out = append(c.out, buf[:n]...)
-				c.mu.Unlock()
-				select {
-				case c.more <- struct{}{}:
-				default:
-				}
-			}
+			c.add(buf[:n])
 			if err != nil {
 				return
 			}
@@ -350,28 +339,58 @@ func startConsole(bin, addr, board, token string) (*consoleClient, error) {
 	return c, nil
 }
 
-// mark returns how much output there is so far.
-func (c *consoleClient) mark() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return len(c.out)
+// typedOutput is what a keyTarget's reader got, kept for mark and waitFor: the bytes,
+// a wake-up when they grow, and the end of the reading.
+type typedOutput struct {
+	mu   sync.Mutex
+	out  []byte
+	more chan struct{} // has a value when out grew
+	done chan struct{} // closed by end
 }
 
-func (c *consoleClient) waitFor(from int, want string, timeout time.Duration, stop <-chan struct{}) (time.Time, bool) {
+func newTypedOutput() *typedOutput {
+	return &typedOutput{more: make(chan struct{}, 1), done: make(chan struct{})}
+}
+
+// add keeps p (a reader's read; empty is no-op) and wakes waitFor.
+func (o *typedOutput) add(p []byte) {
+	if len(p) == 0 {
+		return
+	}
+	o.mu.Lock()
+	o.out = append(o.out, p...)
+	o.mu.Unlock()
+	select {
+	case o.more <- struct{}{}:
+	default:
+	}
+}
+
+// end says the reading stopped: waitFor no longer waits.
+func (o *typedOutput) end() { close(o.done) }
+
+// mark returns how much output there is so far.
+func (o *typedOutput) mark() int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return len(o.out)
+}
+
+func (o *typedOutput) waitFor(from int, want string, timeout time.Duration, stop <-chan struct{}) (time.Time, bool) {
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
 	for {
-		c.mu.Lock()
-		found := bytes.Contains(c.out[min(from, len(c.out)):], []byte(want))
-		c.mu.Unlock()
+		o.mu.Lock()
+		found := bytes.Contains(o.out[min(from, len(o.out)):], []byte(want))
+		o.mu.Unlock()
 		if found {
 			return time.Now(), true
 		}
 		select {
-		case <-c.more:
+		case <-o.more:
 		case <-deadline.C:
 			return time.Time{}, false
-		case <-c.done:
+		case <-o.done:
 			return time.Time{}, false
 		case <-stop:
 			return time.Time{}, false
@@ -413,11 +432,8 @@ func (c *consoleClient) write(s string) error {
 // ttyTarget types straight into a board's pty (the floor board's): the bench in the
 // place of the supervisor and the client.
 type ttyTarget struct {
-	tty  *os.File
-	mu   sync.Mutex
-	out  []byte
-	more chan struct{} // has a value when out grew
-	done chan struct{} // closed when the reader stops
+	tty *os.File
+	*typedOutput
 }
 
 func openTTYTarget(path string) (*ttyTarget, error) {
@@ -429,21 +445,13 @@ func openTTYTarget(path string) (*ttyTarget, error) {
 		tty.Close()
 		return nil, fmt.Errorf("floor board: %w", err)
 	}
-	t := &ttyTarget{tty: tty, more: make(chan struct{}, 1), done: make(chan struct{})}
+	t := &ttyTarget{tty: tty, typedOutput: newTypedOutput()}
 	go func() {
-		defer close(t.done)
+		defer t.end()
 		buf := make([]byte, 4096)
 		for {
 			n, err := tty.Read(buf)
-			if n > 0 {
-				t.mu.Lock()
-				t.out = append(t.out, buf[:n]...)
-				t.mu.Unlock()
-				select {
-				case t.more <- struct{}{}:
-				default:
-				}
-			}
+			t.add(buf[:n])
 			if err != nil {
 				return
 			}
@@ -455,34 +463,6 @@ func openTTYTarget(path string) (*ttyTarget, error) {
 func (t *ttyTarget) write(s string) error {
 	_, err := t.tty.WriteString(s)
 	return err
-}
-
-func (t *ttyTarget) mark() int {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return len(t.out)
-}
-
-func (t *ttyTarget) waitFor(from int, want string, timeout time.Duration, stop <-chan struct{}) (time.Time, bool) {
-	deadline := time.NewTimer(timeout)
-	defer deadline.Stop()
-	for {
-		t.mu.Lock()
-		found := bytes.Contains(t.out[min(from, len(t.out)):], []byte(want))
-		t.mu.Unlock()
-		if found {
-			return time.Now(), true
-		}
-		select {
-		case <-t.more:
-		case <-deadline.C:
-			return time.Time{}, false
-		case <-t.done:
-			return time.Time{}, false
-		case <-stop:
-			return time.Time{}, false
-		}
-	}
 }
 
 func (t *ttyTarget) close() {
