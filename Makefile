@@ -6,7 +6,7 @@ STATICCHECK := $(BIN)/staticcheck
 # Pinned tool versions. staticcheck 0.8.x is the first line that understands Go 1.26.
 STATICCHECK_VERSION := v0.8.2
 # Short fuzz runs in `make test`: package:target pairs, and how long each runs.
-FUZZ_TARGETS := ./images:FuzzParse ./jobs:FuzzHookLines ./supervisor/config:FuzzParse ./jobs/journal:FuzzDecodeRecord ./connector/grpc:FuzzServerStream ./connector/grpc:FuzzClientRecv ./connector/grpc:FuzzDecodeRun ./supervisor/exporter:FuzzAuthorize ./coordinator:FuzzParseSelector ./coordinator:FuzzDecodeLogPos ./web:FuzzSessionCookie
+FUZZ_TARGETS := ./images:FuzzParse ./jobs:FuzzHookLines ./supervisor/config:FuzzParse ./jobs/journal:FuzzDecodeRecord ./connector/grpc:FuzzServerStream ./connector/grpc:FuzzClientRecv ./connector/grpc:FuzzDecodeRun ./supervisor/exporter:FuzzAuthorize ./coordinator:FuzzParseSelector ./coordinator:FuzzDecodeLogPos ./coordinator:FuzzConsoleLogJSON ./web:FuzzSessionCookie
 # An execution count, not a duration: a duration runs under a deadline that a loaded
 # machine can make the fuzzer report as a failure ("context deadline exceeded").
 FUZZTIME     ?= 20000x

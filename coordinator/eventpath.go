@@ -88,7 +88,7 @@ func (c *Coordinator) SubmitEvents(ctx context.Context, s *link.Session, evs []*
 	now := c.now()
 	for _, ev := range evs {
 		kind, job, board := eventKind(ev)
-		payload, err := protojson.Marshal(eventBody(ev))
+		payload, err := marshalPayload(ev)
 		if err != nil {
 			return fail(fmt.Errorf("event %d: encode: %w", ev.GetSeq(), err))
 		}
