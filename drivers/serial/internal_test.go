@@ -202,3 +202,18 @@ func TestNextPause(t *testing.T) {
 		t.Errorf("a flood still pauses %s after %d cycles", p, cycles)
 	}
 }
+
+// A reader's round gives its CPU up every yieldEvery consoles (the echo path's threads
+// wait behind a long round otherwise; docs/console.md measures it), and not before.
+func TestReadRoundYieldsEveryYieldEveryConsoles(t *testing.T) {
+	r := &reader{}
+	for _, tc := range []struct{ consoles, want int }{{0, 0}, {1, 0}, {yieldEvery, 0}, {yieldEvery + 1, 1}, {3*yieldEvery + 5, 3}} {
+		ready := make([]*conn, tc.consoles)
+		for i := range ready {
+			ready[i] = &conn{gone: true} // a visit of a console gone is a no-op
+		}
+		if got := r.readRound(ready); got != tc.want {
+			t.Errorf("a round of %d consoles yielded %d times, want %d", tc.consoles, got, tc.want)
+		}
+	}
+}
