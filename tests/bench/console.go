@@ -36,7 +36,7 @@ import (
 // -baselines and -sweep size the scenario (see `bench -h`).
 const (
 	ConsoleBoards  = 1000
-	ConsoleSeconds = 10
+	ConsoleSeconds = 30
 	ConsoleBaud    = 115200
 	// ConsoleBaselines are the baseline runs, in order.
 	ConsoleBaselines = "forwarder,ser2net,ser2net-4k"

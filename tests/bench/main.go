@@ -9,7 +9,7 @@
 // row's note.
 //
 //	bench [-bin bin/boardvisor] [-out bin/bench-results.json] [-only idle,lease,...] [-profile DIR] [-fleet-duration 60s]
-//	      [-console-boards 1000] [-console-seconds 10] [-console-baselines forwarder,ser2net,ser2net-4k] [-console-sweep 50ms,...] [-console-keys FILE]
+//	      [-console-boards 1000] [-console-seconds 30] [-console-baselines forwarder,ser2net,ser2net-4k] [-console-sweep 50ms,...] [-console-keys FILE]
 package main
 
 import (
