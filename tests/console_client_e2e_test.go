@@ -3,6 +3,7 @@ package tests
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -141,6 +142,12 @@ func TestConsoleFromAPipeGoesOnAfterItsInputUntilTheLeaseEnds(t *testing.T) {
 	if !out.seen(from, "done marker", wait) {
 		t.Fatalf("no answer to the lines typed:\n%s", out.String()[from:])
 	}
+	// Bytes that are not UTF-8 go to the board and come back as they are.
+	from = out.mark()
+	in.Write([]byte("echo \xff\xfe\x80 raw\n"))
+	if !out.seen(from, "\xff\xfe\x80 raw\r\n", wait) {
+		t.Fatalf("the bytes typed did not come back as they were: %q", out.String()[from:])
+	}
 
 	// The end of the input: the console goes on showing the board.
 	in.Close()
@@ -171,6 +178,61 @@ func TestConsoleFromAPipeGoesOnAfterItsInputUntilTheLeaseEnds(t *testing.T) {
 	}
 	if e := strings.TrimSpace(errOut.String()); strings.Contains(e, "\n") {
 		t.Errorf("stderr has more than the banner:\n%s", e)
+	}
+}
+
+// `boardvisor console` whose output cannot be written (here /dev/full, as a full disk
+// under `boardvisor console > file`) does not drop what the board prints without a
+// word: it says so in one sentence and exits non-zero, while the lease goes on.
+func TestConsoleThatCannotWriteItsOutputSaysSoAndFails(t *testing.T) {
+	leases, l, _, env := virtualLease(t, "console-full")
+	full, err := os.OpenFile("/dev/full", os.O_WRONLY, 0)
+	if err != nil {
+		t.Skipf("no /dev/full here: %v", err)
+	}
+	defer full.Close()
+	cmd := exec.Command(binary, "console")
+	cmd.Env = append(os.Environ(), env...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	errOut := newConsoleOutput()
+	cmd.Stdout, cmd.Stderr = full, errOut
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) })
+	// Enter until the board answers (what is typed while it boots is lost): its answer
+	// is what cannot be written.
+	var werr error
+	for deadline := time.Now().Add(wait); ; {
+		in.Write([]byte("\n"))
+		select {
+		case werr = <-exited:
+		case <-time.After(500 * time.Millisecond):
+			if time.Now().After(deadline) {
+				t.Fatalf("boardvisor console still runs %s after its output failed; stderr:\n%s", wait, errOut.String())
+			}
+			continue
+		}
+		break
+	}
+	var ee *exec.ExitError
+	if !errors.As(werr, &ee) || ee.ExitCode() != 1 {
+		t.Fatalf("boardvisor console exited with %v, want exit status 1; stderr:\n%s", werr, errOut.String())
+	}
+	want := "boardvisor: console of board virt-01: cannot write what the board prints to standard output (write /dev/stdout: no space left on device): "
+	if e := errOut.String(); !strings.Contains(e, want) {
+		t.Errorf("stderr does not say why:\n%s\nwant a line with %q", e, want)
+	}
+	// The lease is untouched: it is still the client's.
+	got, err := leases.GetLease(ctxT(t), &pb.GetLeaseRequest{Id: l.GetId()})
+	if err != nil || got.GetLease().GetPhase() != pb.LeasePhase_LEASE_PHASE_READY {
+		t.Errorf("lease after the console failed: %v, %v; want it READY", got.GetLease().GetPhase(), err)
 	}
 }
 

@@ -17,7 +17,6 @@ import (
 	"github.com/spf13/pflag"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/status"
 )
 
 // leaseEnv is the lease a driver command acts on, from the environment that
@@ -147,6 +146,7 @@ func newConsole() *cobra.Command {
 			}
 			raw, restore := consoleTerminal(le.board)
 			defer restore()
+			sendErr := make(chan error, 1) // what typing failed with, if it did
 			go func() {
 				escaped, err := consoleInput(os.Stdin, raw, func(p []byte) error {
 					return stream.Send(&jpb.StreamRequest{Payload: p, FrameType: jpb.FrameType_FRAME_TYPE_DATA})
@@ -154,8 +154,8 @@ func newConsole() *cobra.Command {
 				if errors.Is(err, io.EOF) {
 					return // the stream is over: Recv says why
 				}
-				if err != nil && ctx.Err() == nil {
-					fmt.Fprintf(os.Stderr, "\r\nboardvisor: console write: %s\r\n", client.Visible(status.Convert(err).Message()))
+				if err != nil {
+					sendErr <- err
 				}
 				if escaped || err != nil {
 					stop() // the escape key leaves; the end of input does not
@@ -166,7 +166,15 @@ func newConsole() *cobra.Command {
 			}()
 			for {
 				r, err := stream.Recv()
-				if errors.Is(err, io.EOF) || ctx.Err() != nil {
+				if ctx.Err() != nil {
+					select {
+					case err := <-sendErr:
+						return rpcError(le.peer(), "console of board "+le.board+": sending what was typed", err)
+					default:
+						return nil // left with the escape key, or interrupted
+					}
+				}
+				if errors.Is(err, io.EOF) {
 					return nil
 				}
 				if err != nil {
@@ -174,7 +182,12 @@ func newConsole() *cobra.Command {
 				}
 				switch r.GetFrameType() {
 				case jpb.FrameType_FRAME_TYPE_DATA:
-					os.Stdout.Write(r.GetPayload())
+					if _, err := os.Stdout.Write(r.GetPayload()); err != nil {
+						// Nothing the board prints is dropped without a word: a full disk
+						// under `boardvisor console > file` ends the command, non-zero.
+						return failf(exitFailed, "console of board %s: cannot write what the board prints to standard output (%s): free space or send it elsewhere, and run boardvisor console again",
+							le.board, oneLine(err.Error()))
+					}
 				case jpb.FrameType_FRAME_TYPE_GOAWAY, jpb.FrameType_FRAME_TYPE_RST_STREAM:
 					return nil // the lease ended
 				}

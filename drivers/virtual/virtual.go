@@ -400,7 +400,7 @@ func (b *Board) handleInput(p []byte) {
 			if len(b.line) < 4096 {
 				b.line = append(b.line, c)
 				if b.state != statePassword {
-					b.say(string(c))
+					b.say(string([]byte{c})) // the byte typed, not the UTF-8 of the rune it numbers
 				}
 			}
 		}

@@ -107,6 +107,8 @@ func TestBootLoginShell(t *testing.T) {
 		{"hunter2\r", "root@rpi4-01:~# "},
 		{"uname -a\r", "uname -a\r\nLinux rpi4-01 6.6.22-boardvisor #1 SMP PREEMPT"},
 		{"echo hello  world\r", "hello world\r\nroot@rpi4-01:~# "},
+		// Bytes that are not UTF-8 are echoed and printed as they were typed.
+		{"echo \xff\xfe\x80 raw\r", "echo \xff\xfe\x80 raw\r\n\xff\xfe\x80 raw\r\n"},
 		{"hostnamX\x7fe\r", "hostnamX\b \be\r\nrpi4-01\r\n"},
 		{"frobnicate\r", "-sh: frobnicate: not found\r\n"},
 		{"exit\r", "logout\r\n\r\nrpi4-01 login: "},
