@@ -52,28 +52,42 @@ func (o *consoleOutput) mark() int {
 
 // seen waits until the output after from holds want, at most timeout.
 func (o *consoleOutput) seen(from int, want string, timeout time.Duration) bool {
-	return o.seenUnless(from, want, timeout, nil)
+	return o.find(from, want, timeout, nil) >= 0
 }
 
 // seenUnless is seen that gives up early once gone is closed (the process exited).
 func (o *consoleOutput) seenUnless(from int, want string, timeout time.Duration, gone <-chan struct{}) bool {
-	deadline := time.After(timeout)
+	return o.find(from, want, timeout, gone) >= 0
+}
+
+// find waits until the output after from holds want, at most timeout, or until gone is
+// closed (then what had come is looked at once more); it returns where the first match
+// ends, or -1.
+func (o *consoleOutput) find(from int, want string, timeout time.Duration, gone <-chan struct{}) int {
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	match := func() int {
+		if i := strings.Index(o.buf.String()[from:], want); i >= 0 {
+			return from + i + len(want)
+		}
+		return -1
+	}
 	for {
 		o.mu.Lock()
-		ok := strings.Contains(o.buf.String()[from:], want)
+		end := match()
 		more := o.more
 		o.mu.Unlock()
-		if ok {
-			return true
+		if end >= 0 {
+			return end
 		}
 		select {
 		case <-more:
-		case <-deadline:
-			return false
+		case <-deadline.C:
+			return -1
 		case <-gone:
 			o.mu.Lock()
 			defer o.mu.Unlock()
-			return strings.Contains(o.buf.String()[from:], want) // its last words
+			return match() // its last words
 		}
 	}
 }

@@ -340,10 +340,10 @@ func (lr *logReader) wait(t *testing.T, want string, match func(string) bool) {
 // is ignored.
 type console struct {
 	stream grpc.BidiStreamingClient[jpb.StreamRequest, jpb.StreamResponse]
-	mu     sync.Mutex
-	buf    []byte
-	eof    error
-	more   chan struct{}
+	*consoleOutput
+	from int           // where expect looks next
+	gone chan struct{} // closed once the stream has ended
+	eof  error         // why it ended, once gone is closed
 }
 
 func (c *upstreamClient) connect(ctx context.Context, serial *driverClient) *console {
@@ -356,27 +356,20 @@ func (c *upstreamClient) connect(ctx context.Context, serial *driverClient) *con
 	if _, err := stream.Header(); err != nil {
 		c.t.Fatalf("console stream headers: %v", err)
 	}
-	con := &console{stream: stream, more: make(chan struct{}, 1)}
+	con := &console{stream: stream, consoleOutput: newConsoleOutput(), gone: make(chan struct{})}
 	go func() {
+		defer close(con.gone)
 		for {
 			f, err := stream.Recv()
-			con.mu.Lock()
 			switch {
 			case err != nil:
 				con.eof = err
+				return
 			case f.GetFrameType() == jpb.FrameType_FRAME_TYPE_GOAWAY:
 				con.eof = io.EOF
-			case f.GetFrameType() == jpb.FrameType_FRAME_TYPE_DATA:
-				con.buf = append(con.buf, f.GetPayload()...)
-			}
-			end := con.eof != nil
-			con.mu.Unlock()
-			select {
-			case con.more <- struct{}{}:
-			default:
-			}
-			if end {
 				return
+			case f.GetFrameType() == jpb.FrameType_FRAME_TYPE_DATA:
+				con.Write(f.GetPayload())
 			}
 		}
 	}()
@@ -394,27 +387,16 @@ func (con *console) send(t *testing.T, s string) {
 // last match, and consumes up to it.
 func (con *console) expect(t *testing.T, want string) {
 	t.Helper()
-	deadline := time.NewTimer(wait)
-	defer deadline.Stop()
-	for {
-		con.mu.Lock()
-		i, eof, seen := strings.Index(string(con.buf), want), con.eof, string(con.buf)
-		if i >= 0 {
-			con.buf = con.buf[i+len(want):]
-		}
-		con.mu.Unlock()
-		if i >= 0 {
-			return
-		}
-		if eof != nil {
-			t.Fatalf("console ended (%v) before %q; it sent %q", eof, want, seen)
-		}
+	end := con.find(con.from, want, wait, con.gone)
+	if end < 0 {
 		select {
-		case <-con.more:
-		case <-deadline.C:
-			t.Fatalf("console never sent %q; it sent %q", want, seen)
+		case <-con.gone:
+			t.Fatalf("console ended (%v) before %q; it sent %q", con.eof, want, con.String()[con.from:])
+		default:
+			t.Fatalf("console never sent %q; it sent %q", want, con.String()[con.from:])
 		}
 	}
+	con.from = end
 }
 
 // goaway is RouterStream.send_eof: a GOAWAY frame, then the end of the client's side.
