@@ -48,8 +48,9 @@ func consoleTerminal(board string) (raw bool, restore func()) {
 
 // consoleInput reads what the user types and hands it to send, until the escape key
 // (raw mode: it returns true), the end of input (the console goes on showing the board:
-// `boardvisor console > file` records it), or a failed send. In line mode each line is
-// sent with a carriage return, as Enter on a serial terminal. In raw mode what one read
+// `boardvisor console > file` records it; a read error ends input the same way), or a
+// failed send, whose error it returns. In line mode each line is sent with a carriage
+// return, as Enter on a serial terminal, and a last line without one as it is. In raw mode what one read
 // returns goes at once (a key as it is typed); send may keep the slice it is given.
 func consoleInput(in io.Reader, raw bool, send func([]byte) error) (escaped bool, err error) {
 	if !raw {
@@ -69,6 +70,13 @@ func consoleInput(in io.Reader, raw bool, send func([]byte) error) (escaped bool
 				line = line[i+1:]
 			}
 			if err != nil {
+				// The end of input: a last line without a newline is sent as it is,
+				// typed but not entered (`printf 'y' | boardvisor console`).
+				if len(line) > 0 {
+					if serr := send(line); serr != nil {
+						return false, serr
+					}
+				}
 				return false, nil
 			}
 		}

@@ -153,7 +153,7 @@ func fillBacklog(path string) error {
 	seq := 0
 	for l := range RetentionLeases {
 		id := fmt.Sprintf("00000000-0000-0000-0000-%012d", l)
-		if _, err := tx.Exec(`INSERT INTO leases (id, board, supervisor_id, client, token, duration_ns, state, phase, created_at, ended_at, queue_pos)
+		if _, err := tx.Exec(`INSERT INTO leases (id, board, supervisor_id, client, token_hash, duration_ns, state, phase, created_at, ended_at, queue_pos)
 			VALUES ($1, 'gone', 'old', 'bench', 'x', 1, 'ended', 8, $2, $2, $3)`, id, old+int64(l), -RetentionLeases+l); err != nil {
 			return err
 		}
