@@ -146,54 +146,72 @@ func newConsole() *cobra.Command {
 			}
 			raw, restore := consoleTerminal(le.board)
 			defer restore()
-			sendErr := make(chan error, 1) // what typing failed with, if it did
-			go func() {
-				escaped, err := consoleInput(os.Stdin, raw, func(p []byte) error {
-					return stream.Send(&jpb.StreamRequest{Payload: p, FrameType: jpb.FrameType_FRAME_TYPE_DATA})
-				})
-				if errors.Is(err, io.EOF) {
-					return // the stream is over: Recv says why
-				}
-				if err != nil {
-					sendErr <- err
-				}
-				if escaped || err != nil {
-					stop() // the escape key leaves; the end of input does not
-					return
-				}
-				// The end of input: the board is still shown (`boardvisor console < keys > file`).
-				_ = stream.CloseSend()
-			}()
-			for {
-				r, err := stream.Recv()
-				if ctx.Err() != nil {
-					select {
-					case err := <-sendErr:
-						return rpcError(le.peer(), "console of board "+le.board+": sending what was typed", err)
-					default:
-						return nil // left with the escape key, or interrupted
-					}
-				}
-				if errors.Is(err, io.EOF) {
-					return nil
-				}
-				if err != nil {
-					return rpcError(le.peer(), "console of board "+le.board, err)
-				}
-				switch r.GetFrameType() {
-				case jpb.FrameType_FRAME_TYPE_DATA:
-					if _, err := os.Stdout.Write(r.GetPayload()); err != nil {
-						// Nothing the board prints is dropped without a word: a full disk
-						// under `boardvisor console > file` ends the command, non-zero.
-						return failf(exitFailed, "console of board %s: cannot write what the board prints to standard output (%s): free space or send it elsewhere, and run boardvisor console again",
-							le.board, oneLine(err.Error()))
-					}
-				case jpb.FrameType_FRAME_TYPE_GOAWAY, jpb.FrameType_FRAME_TYPE_RST_STREAM:
-					return nil // the lease ended
-				}
-			}
+			return runConsole(ctx, stop, stream, os.Stdin, raw, os.Stdout, le.board, le.peer())
 		},
 	}
 	le.add(cmd)
 	return cmd
+}
+
+// consoleStream is what runConsole uses of the exporter's console stream
+// (RouterService.Stream, opened with ctx).
+type consoleStream interface {
+	Send(*jpb.StreamRequest) error
+	Recv() (*jpb.StreamResponse, error)
+	CloseSend() error
+}
+
+// runConsole is `boardvisor console` once the board's console is open: what is typed on
+// in goes to stream (consoleInput), and what the board prints comes out on out, until the
+// lease ends, the escape key is typed or ctx ends (stop cancels ctx). Its error is the
+// one sentence the user sees: a send that failed with anything but the stream's end
+// (io.EOF, whose reason Recv gives) ends the console with that failure and its exit
+// status, not with the 0 of someone who left.
+func runConsole(ctx context.Context, stop func(), stream consoleStream, in io.Reader, raw bool, out io.Writer, board string, p peer) error {
+	sendErr := make(chan error, 1) // what typing failed with, if it did
+	go func() {
+		escaped, err := consoleInput(in, raw, func(b []byte) error {
+			return stream.Send(&jpb.StreamRequest{Payload: b, FrameType: jpb.FrameType_FRAME_TYPE_DATA})
+		})
+		if errors.Is(err, io.EOF) {
+			return // the stream is over: Recv says why
+		}
+		if err != nil {
+			sendErr <- err
+		}
+		if escaped || err != nil {
+			stop() // the escape key leaves; the end of input does not
+			return
+		}
+		// The end of input: the board is still shown (`boardvisor console < keys > file`).
+		_ = stream.CloseSend()
+	}()
+	for {
+		r, err := stream.Recv()
+		if ctx.Err() != nil {
+			select {
+			case err := <-sendErr:
+				return rpcError(p, "console of board "+board+": sending what was typed", err)
+			default:
+				return nil // left with the escape key, or interrupted
+			}
+		}
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return rpcError(p, "console of board "+board, err)
+		}
+		switch r.GetFrameType() {
+		case jpb.FrameType_FRAME_TYPE_DATA:
+			if _, err := out.Write(r.GetPayload()); err != nil {
+				// Nothing the board prints is dropped without a word: a full disk
+				// under `boardvisor console > file` ends the command, non-zero.
+				return failf(exitFailed, "console of board %s: cannot write what the board prints to standard output (%s): free space or send it elsewhere, and run boardvisor console again",
+					board, oneLine(err.Error()))
+			}
+		case jpb.FrameType_FRAME_TYPE_GOAWAY, jpb.FrameType_FRAME_TYPE_RST_STREAM:
+			return nil // the lease ended
+		}
+	}
 }
