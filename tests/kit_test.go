@@ -75,6 +75,7 @@ func TestMain(m *testing.M) {
 	// The hook shim's own binary, next to it, as `make build` installs them: hooks
 	// run under it (TestShimBinaryRunsHooks checks that they do).
 	build = exec.Command("go", "build", "-o", filepath.Join(dir, "boardvisor-shim"), "../cmd/boardvisor-shim")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0") // statically linked, as the Makefile builds it
 	if out, err := build.CombinedOutput(); err != nil {
 		os.RemoveAll(dir)
 		fmt.Fprintf(os.Stderr, "build boardvisor-shim: %v\n%s", err, out)
