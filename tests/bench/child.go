@@ -169,6 +169,19 @@ func (l *latencies) pct(p float64) time.Duration {
 	return s[i]
 }
 
+// over returns how many durations exceed d.
+func (l *latencies) over(d time.Duration) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, x := range l.d {
+		if x > d {
+			n++
+		}
+	}
+	return n
+}
+
 // last returns the latest duration added (0 if none).
 func (l *latencies) last() time.Duration {
 	l.mu.Lock()
