@@ -137,8 +137,13 @@ func TestConsoleStreamEnds(t *testing.T) {
 	t.Run("the end of input keeps showing the board until the stream ends", func(t *testing.T) {
 		f := &fakeConsoleStream{frames: make(chan *jpb.StreamResponse), closed: make(chan struct{})}
 		var out bytes.Buffer
+		ctx, stop := context.WithCancel(context.Background())
+		defer stop()
+		f.ctx = ctx
 		done := make(chan error, 1)
-		go func() { done <- runFake(t, f, strings.NewReader("ls\n"), false, &out) }()
+		go func() {
+			done <- runConsole(ctx, stop, f, strings.NewReader("ls\n"), false, &out, "rpi-1", peer{role: "supervisor", addr: "a"})
+		}()
 		f.frames <- data("ls\r\n")
 		select {
 		case <-f.closed: // input has ended: the board is still shown
@@ -147,8 +152,13 @@ func TestConsoleStreamEnds(t *testing.T) {
 		}
 		f.frames <- data("bin etc\r\n")
 		close(f.frames)
-		if err := <-done; err != nil {
-			t.Fatalf("ended with %v, want nil", err)
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("ended with %v, want nil", err)
+			}
+		case <-time.After(time.Minute):
+			t.Fatal("boardvisor console did not end within a minute of the stream's end")
 		}
 		if out.String() != "ls\r\nbin etc\r\n" {
 			t.Errorf("printed %q", out.String())
