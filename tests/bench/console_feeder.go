@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -59,21 +60,22 @@ func newFeeder(n int, perBoard int64) (*feeder, error) {
 			f.close()
 			return nil, err
 		}
-		fd, err := unix.FcntlInt(m.Fd(), unix.F_DUPFD_CLOEXEC, 0)
-		m.Close()
+		fd, err := plainFD(m)
 		if err == nil {
 			err = unix.SetNonblock(fd, true)
 		}
 		if err == nil {
 			err = makeRawTTY(s)
 		}
-		sfd := -1
-		if err == nil {
-			sfd, err = unix.FcntlInt(s.Fd(), unix.F_DUPFD_CLOEXEC, 0)
-		}
 		path := s.Name()
-		s.Close()
+		sfd, serr := plainFD(s)
+		if err == nil {
+			err = serr
+		}
 		if err != nil {
+			if sfd >= 0 {
+				unix.Close(sfd)
+			}
 			if fd >= 0 {
 				unix.Close(fd)
 			}
@@ -89,6 +91,14 @@ func newFeeder(n int, perBoard int64) (*feeder, error) {
 		go f.write(share, perBoard)
 	}
 	return f, nil
+}
+
+// plainFD returns a descriptor of f's file that is off Go's poller, and closes f
+// (whose descriptor Go's poller holds).
+func plainFD(f *os.File) (int, error) {
+	fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	f.Close()
+	return fd, err
 }
 
 // power switches streaming on (every board starts its stream afresh) or off.
