@@ -90,8 +90,9 @@ type SupervisorState struct {
 // Supervisors lists the supervisors the coordinator knows, by ID. (The supervisor's own
 // outbox depth is not known here: supervisors do not report it.)
 //
-// TODO(web): the operators' ListSupervisors RPC says the same over the LeaseService;
-// once it is on main, the dashboard should use it and this should go.
+// The dashboard reads this rather than the operators' ListSupervisors RPC because it
+// also shows what that RPC does not carry: the last sequence number stored from each
+// supervisor, and whether it has been gone longer than the grace period.
 func (c *Coordinator) Supervisors(ctx context.Context) ([]SupervisorState, error) {
 	rows, err := c.db.QueryContext(ctx, `SELECT s.id, s.connected, s.last_contact, s.version, s.last_seq,
 		(SELECT COUNT(*) FROM boards b WHERE b.supervisor_id = s.id),

@@ -192,29 +192,6 @@ func (l *latencies) last() time.Duration {
 	return l.d[len(l.d)-1]
 }
 
-// appendTo appends every duration to the file named (none if ""), as "label ms", one a
-// line, in the order added.
-func (l *latencies) appendTo(name, label string) error {
-	if name == "" {
-		return nil
-	}
-	l.mu.Lock()
-	var b strings.Builder
-	for _, d := range l.d {
-		fmt.Fprintf(&b, "%s %.3f\n", label, float64(d)/float64(time.Millisecond))
-	}
-	l.mu.Unlock()
-	f, err := os.OpenFile(name, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
-	if err != nil {
-		return err
-	}
-	_, err = f.WriteString(b.String())
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	return err
-}
-
 func (l *latencies) n() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()

@@ -435,6 +435,10 @@ type window struct {
 	// (/proc/PID/io: every thread's): what the cost follows, and not the machine's load.
 	sysr, sysw   map[string]float64
 	sent, stalls int64 // bytes the feeder wrote in the window; its stalled writes
+	// steal is the host's steal sampled from power-on to the window's end; from and to
+	// are the window's bounds.
+	steal    *stealTrack
+	from, to time.Time
 }
 
 // measure powers the farm on and measures the window; during it, during() runs (if not
@@ -446,6 +450,8 @@ func measure(f *farm, size consoleSize, pids map[string]int, during func(stop <-
 	on := time.Now()
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
+	steal := &stealTrack{}
+	wg.Go(func() { steal.sample(stop) })
 	if during != nil {
 		wg.Add(1)
 		go func() { defer wg.Done(); during(stop) }()
@@ -467,7 +473,8 @@ func measure(f *farm, size consoleSize, pids map[string]int, during func(stop <-
 	}
 	w0 := time.Now()
 	time.Sleep(time.Duration(size.seconds-3) * time.Second)
-	w := window{wall: time.Since(w0), cpu: map[string]float64{}, sysr: map[string]float64{}, sysw: map[string]float64{}}
+	w := window{wall: time.Since(w0), cpu: map[string]float64{}, sysr: map[string]float64{}, sysw: map[string]float64{},
+		steal: steal, from: w0, to: time.Now()}
 	for name, pid := range pids {
 		w.cpu[name] = float64(cpuTime(pid)-cpu0[name]) / float64(w.wall)
 		io1 := sysCalls(pid)

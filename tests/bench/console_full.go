@@ -215,10 +215,10 @@ func runFullPath(e *env, f *farm, size consoleSize) (*fullPath, error) {
 		return nil, err
 	}
 	keysFile := e.flags.Lookup("keys").Value.String()
-	if err := r.keys.lat.appendTo(keysFile, "boardvisor"); err != nil {
+	if err := r.keys.appendTo(keysFile, "boardvisor", w.steal); err != nil {
 		return nil, fmt.Errorf("console full path: -console-keys: %w", err)
 	}
-	if err := r.floor.lat.appendTo(keysFile, "floor"); err != nil {
+	if err := r.floor.appendTo(keysFile, "floor", w.steal); err != nil {
 		return nil, fmt.Errorf("console full path: -console-keys: %w", err)
 	}
 	if dbg := os.Getenv("BENCH_SUPLOG"); dbg != "" {
@@ -229,9 +229,9 @@ func runFullPath(e *env, f *farm, size consoleSize) (*fullPath, error) {
 		logf("console full path: bytes missing at the coordinator; the supervisor's log ends:\n%s", tail(sup.output(), 3000))
 	}
 	r.recLost, r.recBad = compare(func(i int) consoleCount { return recorded(supState, boardName(i)) }, size)
-	logf("console full path: supervisor %.1f%% of a core (idle %.1f%%; %s), coordinator %.1f%%, farm %.1f%%; %s; %d console events stored, %d gaps; coordinator: %d bytes lost or extra, %d boards wrong; recordings: %d lost or extra, %d boards wrong; last event stored %s after the stream's end; keystrokes: %d, p50 %s p99 %s, %d without echo; floor: p50 %s p99 %s",
+	logf("console full path: supervisor %.1f%% of a core (idle %.1f%%; %s), coordinator %.1f%%, farm %.1f%%; %s; %d console events stored, %d gaps; coordinator: %d bytes lost or extra, %d boards wrong; recordings: %d lost or extra, %d boards wrong; last event stored %s after the stream's end; keystrokes: %d, p50 %s p99 %s, %d without echo; floor: p50 %s p99 %s; host steal %s",
 		w.cpu["supervisor"]*100, r.idleCPU*100, w.sysNote("supervisor", size.boards), r.coordCPU*100, w.cpu["farm"]*100, w.paceNote(size), r.events, r.gaps, r.lost, r.bad, r.recLost, r.recBad,
-		r.drain.Round(time.Millisecond), r.keys.lat.n(), ms(r.keys.lat.pct(50)), ms(r.keys.lat.pct(99)), r.keys.lost, ms(r.floor.lat.pct(50)), ms(r.floor.lat.pct(99)))
+		r.drain.Round(time.Millisecond), r.keys.lat.n(), ms(r.keys.lat.pct(50)), ms(r.keys.lat.pct(99)), r.keys.lost, ms(r.floor.lat.pct(50)), ms(r.floor.lat.pct(99)), stealPct(w))
 	return r, nil
 }
 
@@ -472,9 +472,18 @@ func (t *ttyTarget) close() {
 
 // keystrokes are the timed keystrokes of one run.
 type keystrokes struct {
-	lat  latencies
-	lost int    // keystrokes whose echo did not come within keyTimeout
-	note string // why none could be typed
+	lat   latencies
+	typed []time.Time // when each key of lat was typed, in lat's order (under lat.mu)
+	lost  int         // keystrokes whose echo did not come within keyTimeout
+	note  string      // why none could be typed
+}
+
+// record adds a key typed at t0 whose echo took d.
+func (k *keystrokes) record(t0 time.Time, d time.Duration) {
+	k.lat.mu.Lock()
+	k.lat.d = append(k.lat.d, d)
+	k.typed = append(k.typed, t0)
+	k.lat.mu.Unlock()
 }
 
 // login powers the shell board on and logs in once it prompts, before the streaming
@@ -551,8 +560,22 @@ func (k *keystrokes) typeKeys(c keyTarget, newline string, loggedIn bool, stop <
 			}
 			continue
 		}
-		k.lat.add(at.Sub(t0))
+		k.record(t0, at.Sub(t0))
 	}
+}
+
+// hostNote says, for a keystroke row's note, how much of the CPUs the hypervisor took in
+// the window and while the keys over 10 ms were typed ("; ..." each, or nothing where the
+// host does not say).
+func hostNote(w window, k *keystrokes) string {
+	out := ""
+	if n := w.steal.note(w.from, w.to); n != "" {
+		out += "; " + n
+	}
+	if n := k.slowNote(w.steal, 10*time.Millisecond, w.from, w.to); n != "" {
+		out += "; " + n
+	}
+	return out
 }
 
 // summary says how the keystrokes went, for a note.
@@ -705,6 +728,7 @@ func (r *fullPath) rows(e *env, size consoleSize, scaled string, base []*baselin
 		slow := r.keys.lat.over(10 * time.Millisecond)
 		keyNote = fmt.Sprintf("%d keystrokes, p50 %s, p90 %s, max %s, %d over 10 ms (%.1f%%); %d without an echo within %s; while %d consoles stream", r.keys.lat.n(), ms(r.keys.lat.pct(50)), ms(r.keys.lat.pct(90)), ms(r.keys.lat.pct(100)),
 			slow, 100*float64(slow)/float64(max(r.keys.lat.n(), 1)), r.keys.lost, keyTimeout, size.streaming)
+		keyNote += hostNote(r.win, &r.keys)
 	}
 	keyBase, keyRatio := "", ""
 	for _, b := range base {
@@ -718,7 +742,9 @@ func (r *fullPath) rows(e *env, size consoleSize, scaled string, base []*baselin
 		Note: keyNote + "; client -> supervisor -> pty -> the board's echo -> supervisor -> client; the baseline types over its TCP connection in its own run"})
 	floorNote := r.floor.note
 	if floorNote == "" {
-		floorNote = fmt.Sprintf("%d keystrokes, p50 %s, p90 %s, max %s; %d without an echo within %s", r.floor.lat.n(), ms(r.floor.lat.pct(50)), ms(r.floor.lat.pct(90)), ms(r.floor.lat.pct(100)), r.floor.lost, keyTimeout)
+		floorNote = fmt.Sprintf("%d keystrokes, p50 %s, p90 %s, max %s, %d over 10 ms; %d without an echo within %s", r.floor.lat.n(), ms(r.floor.lat.pct(50)), ms(r.floor.lat.pct(90)), ms(r.floor.lat.pct(100)),
+			r.floor.lat.over(10*time.Millisecond), r.floor.lost, keyTimeout)
+		floorNote += hostNote(r.win, &r.floor)
 	}
 	e.add(Row{Figure: "console: keystroke echo straight into a board's pty (the host's floor), p99", Value: ms(r.floor.lat.pct(99)), Num: float64(r.floor.lat.pct(99)) / float64(time.Millisecond), Unit: "ms",
 		Target: "-", Note: floorNote + "; in the same window as the row above, half a key's period apart: the bench -> pty -> the board's echo -> the bench, with nothing between, so what the host's load alone costs an echo (two of the path's four pty hops)"})

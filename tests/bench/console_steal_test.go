@@ -1,0 +1,106 @@
+package main
+
+import (
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseCPUStat(t *testing.T) {
+	for _, c := range []struct {
+		in           string
+		steal, total int64
+		ok           bool
+	}{
+		{"cpu  704648 3683 642670 11983149 31669 0 43570 67342 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n", 67342, 704648 + 3683 + 642670 + 11983149 + 31669 + 43570 + 67342, true},
+		{"cpu  1 2 3 4 5 6 7 8\n", 8, 36, true},
+		{"cpu  1 2 3 4 5 6 7\n", 0, 0, false},   // no steal accounting
+		{"cpu0 1 2 3 4 5 6 7 8\n", 0, 0, false}, // not the aggregate line
+		{"cpu  1 2 3 x 5 6 7 8\n", 0, 0, false},
+		{"cpu  1 2 3 -4 5 6 7 8\n", 0, 0, false},
+		{"", 0, 0, false},
+	} {
+		st, tot, ok := parseCPUStat([]byte(c.in))
+		if st != c.steal || tot != c.total || ok != c.ok {
+			t.Errorf("parseCPUStat(%q) = %d, %d, %v; want %d, %d, %v", c.in, st, tot, ok, c.steal, c.total, c.ok)
+		}
+	}
+}
+
+// A hypervisor that took a tenth of the CPUs in the second half-second only: the keys
+// typed then are the slow ones, and the notes say so.
+func TestStealTrackSharesAndSlowKeys(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	tr := &stealTrack{s: []cpuSample{
+		{at: at(0), steal: 0, total: 0},
+		{at: at(500), steal: 0, total: 100},
+		{at: at(1000), steal: 10, total: 200},
+		{at: at(1500), steal: 10, total: 300},
+	}}
+	if s, ok := tr.between(at(0), at(1500)); !ok || s < 0.0333 || s > 0.0334 {
+		t.Fatalf("between the whole track = %v, %v; want 10/300", s, ok)
+	}
+	if s, ok := tr.at(at(700)); !ok || s != 0.1 {
+		t.Fatalf("at 700 ms = %v, %v; want 0.1", s, ok)
+	}
+	if s, ok := tr.at(at(500)); !ok || s != 0.1 {
+		t.Fatalf("at a sample's own moment = %v, %v; want the span that starts there (0.1)", s, ok)
+	}
+	if _, ok := tr.at(at(1600)); ok {
+		t.Fatal("a moment after the last sample has no span")
+	}
+	if _, ok := tr.at(at(-1)); ok {
+		t.Fatal("a moment before the first sample has no span")
+	}
+	if p := tr.peak(at(0), at(1500)); p != 0.1 {
+		t.Fatalf("peak = %v, want 0.1", p)
+	}
+
+	var k keystrokes
+	k.record(at(100), 2*time.Millisecond)
+	k.record(at(600), 15*time.Millisecond)
+	k.record(at(900), 12*time.Millisecond)
+	k.record(at(1200), 3*time.Millisecond)
+	got := k.slowNote(tr, 10*time.Millisecond, at(0), at(1500))
+	if !strings.Contains(got, "the 2 keys over 10ms were typed while the hypervisor took 10.0% of the CPUs on average (in the 500ms spans they fell in), against 3.3% over the window") {
+		t.Fatalf("slowNote = %q", got)
+	}
+	if n := (&keystrokes{}).slowNote(tr, 10*time.Millisecond, at(0), at(1500)); n != "" {
+		t.Fatalf("no slow keys: slowNote = %q, want nothing", n)
+	}
+	if n := k.slowNote(nil, 10*time.Millisecond, at(0), at(1500)); n != "" {
+		t.Fatalf("no track: slowNote = %q, want nothing", n)
+	}
+	if n := (*stealTrack)(nil).note(at(0), at(1500)); n != "" {
+		t.Fatalf("no track: note = %q, want nothing", n)
+	}
+	if n := tr.note(at(0), at(1500)); !strings.Contains(n, "3.3% of the CPUs' time in the window") || !strings.Contains(n, "at most 10.0%") {
+		t.Fatalf("note = %q", n)
+	}
+}
+
+// The keys file carries each key's steal, "-" where it is not known.
+func TestKeystrokesAppendTo(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	tr := &stealTrack{s: []cpuSample{{at: t0, total: 0}, {at: t0.Add(stealEvery), steal: 5, total: 100}}}
+	var k keystrokes
+	k.record(t0.Add(time.Millisecond), 1500*time.Microsecond)
+	k.record(t0.Add(time.Hour), 2*time.Millisecond)
+	name := t.TempDir() + "/keys"
+	if err := k.appendTo(name, "boardvisor", tr); err != nil {
+		t.Fatal(err)
+	}
+	if err := k.appendTo(name, "floor", nil); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "boardvisor 1.500 5.0\nboardvisor 2.000 -\nfloor 1.500 -\nfloor 2.000 -\n"
+	if string(b) != want {
+		t.Fatalf("keys file:\n%s\nwant:\n%s", b, want)
+	}
+}
