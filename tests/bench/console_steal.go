@@ -175,8 +175,12 @@ func (k *keystrokes) slowNote(t *stealTrack, limit time.Duration, from, to time.
 	if n == 0 {
 		return ""
 	}
-	return fmt.Sprintf("the %d keys over %s were typed while the hypervisor took %.1f%% of the CPUs on average (in the %s spans they fell in), against %.1f%% over the window",
-		n, limit, sum/float64(n)*100, stealEvery, all*100)
+	what := fmt.Sprintf("the %d keys over %s were typed", n, limit)
+	if n == 1 {
+		what = fmt.Sprintf("the key over %s was typed", limit)
+	}
+	return fmt.Sprintf("%s while the hypervisor took %.1f%% of the CPUs on average (in the %s spans they fell in), against %.1f%% over the window",
+		what, sum/float64(n)*100, stealEvery, all*100)
 }
 
 // appendTo appends each key's round trip to the file name (nothing if name is empty),

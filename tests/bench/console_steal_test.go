@@ -67,6 +67,11 @@ func TestStealTrackSharesAndSlowKeys(t *testing.T) {
 	if !strings.Contains(got, "the 2 keys over 10ms were typed while the hypervisor took 10.0% of the CPUs on average (in the 500ms spans they fell in), against 3.3% over the window") {
 		t.Fatalf("slowNote = %q", got)
 	}
+	var one keystrokes
+	one.record(at(600), 15*time.Millisecond)
+	if n := one.slowNote(tr, 10*time.Millisecond, at(0), at(1500)); !strings.HasPrefix(n, "the key over 10ms was typed while the hypervisor took 10.0%") {
+		t.Fatalf("one slow key: slowNote = %q", n)
+	}
 	if n := (&keystrokes{}).slowNote(tr, 10*time.Millisecond, at(0), at(1500)); n != "" {
 		t.Fatalf("no slow keys: slowNote = %q, want nothing", n)
 	}
