@@ -435,11 +435,14 @@ type window struct {
 	// (/proc/PID/io: every thread's): what the cost follows, and not the machine's load.
 	sysr, sysw   map[string]float64
 	sent, stalls int64 // bytes the feeder wrote in the window; its stalled writes
-	// steal is the host's steal sampled from power-on to the window's end; from and to
-	// are the window's bounds.
-	steal    *stealTrack
-	from, to time.Time
+	// steal is the host's steal sampled from power-on to the window's end; from is
+	// when the window began (it ends wall later: end).
+	steal *stealTrack
+	from  time.Time
 }
+
+// end is when the window ended.
+func (w window) end() time.Time { return w.from.Add(w.wall) }
 
 // measure powers the farm on and measures the window; during it, during() runs (if not
 // nil). The farm stays on.
@@ -474,7 +477,7 @@ func measure(f *farm, size consoleSize, pids map[string]int, during func(stop <-
 	w0 := time.Now()
 	time.Sleep(time.Duration(size.seconds-3) * time.Second)
 	w := window{wall: time.Since(w0), cpu: map[string]float64{}, sysr: map[string]float64{}, sysw: map[string]float64{},
-		steal: steal, from: w0, to: time.Now()}
+		steal: steal, from: w0}
 	for name, pid := range pids {
 		w.cpu[name] = float64(cpuTime(pid)-cpu0[name]) / float64(w.wall)
 		io1 := sysCalls(pid)

@@ -473,7 +473,7 @@ func (t *ttyTarget) close() {
 // keystrokes are the timed keystrokes of one run.
 type keystrokes struct {
 	lat   latencies
-	typed []time.Time // when each key of lat was typed, in lat's order (under lat.mu)
+	typed []time.Time // when each key of lat was typed, in lat's order (under lat.mu; record adds to both)
 	lost  int         // keystrokes whose echo did not come within keyTimeout
 	note  string      // why none could be typed
 }
@@ -569,10 +569,10 @@ func (k *keystrokes) typeKeys(c keyTarget, newline string, loggedIn bool, stop <
 // host does not say).
 func hostNote(w window, k *keystrokes) string {
 	out := ""
-	if n := w.steal.note(w.from, w.to); n != "" {
+	if n := w.steal.note(w.from, w.end()); n != "" {
 		out += "; " + n
 	}
-	if n := k.slowNote(w.steal, 10*time.Millisecond, w.from, w.to); n != "" {
+	if n := k.slowNote(w.steal, 10*time.Millisecond, w.from, w.end()); n != "" {
 		out += "; " + n
 	}
 	return out

@@ -164,7 +164,7 @@ func (k *keystrokes) slowNote(t *stealTrack, limit time.Duration, from, to time.
 	sum, n := 0.0, 0
 	k.lat.mu.Lock()
 	for i, d := range k.lat.d {
-		if d <= limit || i >= len(k.typed) {
+		if d <= limit {
 			continue
 		}
 		if s, ok := t.at(k.typed[i]); ok {
@@ -194,7 +194,7 @@ func (k *keystrokes) appendTo(name, label string, t *stealTrack) error {
 	k.lat.mu.Lock()
 	for i, d := range k.lat.d {
 		steal := "-"
-		if t != nil && i < len(k.typed) {
+		if t != nil {
 			if s, ok := t.at(k.typed[i]); ok {
 				steal = fmt.Sprintf("%.1f", s*100)
 			}
@@ -218,7 +218,7 @@ func stealPct(w window) string {
 	if w.steal == nil {
 		return "unknown"
 	}
-	share, ok := w.steal.between(w.from, w.to)
+	share, ok := w.steal.between(w.from, w.end())
 	if !ok {
 		return "unknown"
 	}
