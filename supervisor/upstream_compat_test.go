@@ -3,6 +3,7 @@ package supervisor
 import (
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/boardvisor/boardvisor/actors/board"
 	"github.com/boardvisor/boardvisor/jobs"
@@ -77,11 +78,19 @@ func TestUpstreamClientReadsOurAnswers(t *testing.T) {
 	raw := rawCodec{}
 	ctx := callCtx(t, "rpi", "tok")
 
-	var status []byte
-	if err := h.conn.Invoke(ctx, "/jumpstarter.v1.ExporterService/GetStatus", &jpb.GetStatusRequest{}, &status, grpc.ForceCodec(raw)); err != nil {
-		t.Fatal(err)
+	// The status follows the lease's events through the outbox's sinks, just after the
+	// connector has them: poll it, as upstream's client does (bounded).
+	var got map[string]string
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		var status []byte
+		if err := h.conn.Invoke(ctx, "/jumpstarter.v1.ExporterService/GetStatus", &jpb.GetStatusRequest{}, &status, grpc.ForceCodec(raw)); err != nil {
+			t.Fatal(err)
+		}
+		got = upstreamDecode(t, "GetStatusResponse", status)
+		if got["status"] == "4" || time.Now().After(deadline) {
+			break
+		}
 	}
-	got := upstreamDecode(t, "GetStatusResponse", status)
 	// LEASE_READY is 4 upstream; the version counts changes; the previous status was
 	// BEFORE_LEASE_HOOK (3).
 	if got["status"] != "4" || got["previous_status"] != "3" || got["status_version"] == "" {
