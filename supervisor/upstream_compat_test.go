@@ -3,7 +3,6 @@ package supervisor
 import (
 	"fmt"
 	"testing"
-	"time"
 
 	"github.com/boardvisor/boardvisor/actors/board"
 	"github.com/boardvisor/boardvisor/jobs"
@@ -79,18 +78,16 @@ func TestUpstreamClientReadsOurAnswers(t *testing.T) {
 	ctx := callCtx(t, "rpi", "tok")
 
 	// The status follows the lease's events through the outbox's sinks, just after the
-	// connector has them: poll it, as upstream's client does (bounded).
+	// connector has them: poll it, as upstream's client does.
 	var got map[string]string
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+	poll(t, "GetStatus to say LEASE_READY", func() bool {
 		var status []byte
 		if err := h.conn.Invoke(ctx, "/jumpstarter.v1.ExporterService/GetStatus", &jpb.GetStatusRequest{}, &status, grpc.ForceCodec(raw)); err != nil {
 			t.Fatal(err)
 		}
 		got = upstreamDecode(t, "GetStatusResponse", status)
-		if got["status"] == "4" || time.Now().After(deadline) {
-			break
-		}
-	}
+		return got["status"] == "4"
+	})
 	// LEASE_READY is 4 upstream; the version counts changes; the previous status was
 	// BEFORE_LEASE_HOOK (3).
 	if got["status"] != "4" || got["previous_status"] != "3" || got["status_version"] == "" {
