@@ -439,6 +439,8 @@ type window struct {
 	// when the window began (it ends wall later: end).
 	steal *stealTrack
 	from  time.Time
+	// speed is the cost of a fixed piece of work, timed through the stream.
+	speed *speedTrack
 }
 
 // end is when the window ended.
@@ -447,6 +449,7 @@ func (w window) end() time.Time { return w.from.Add(w.wall) }
 // measure powers the farm on and measures the window; during it, during() runs (if not
 // nil). The farm stays on.
 func measure(f *farm, size consoleSize, pids map[string]int, during func(stop <-chan struct{})) (window, time.Time, error) {
+	speed := newSpeedTrack()
 	if err := f.power(true); err != nil {
 		return window{}, time.Time{}, err
 	}
@@ -455,6 +458,7 @@ func measure(f *farm, size consoleSize, pids map[string]int, during func(stop <-
 	var wg sync.WaitGroup
 	steal := &stealTrack{}
 	wg.Go(func() { steal.sample(stop) })
+	wg.Go(func() { speed.sample(stop) })
 	if during != nil {
 		wg.Add(1)
 		go func() { defer wg.Done(); during(stop) }()
@@ -477,7 +481,7 @@ func measure(f *farm, size consoleSize, pids map[string]int, during func(stop <-
 	w0 := time.Now()
 	time.Sleep(time.Duration(size.seconds-3) * time.Second)
 	w := window{wall: time.Since(w0), cpu: map[string]float64{}, sysr: map[string]float64{}, sysw: map[string]float64{},
-		steal: steal, from: w0}
+		steal: steal, from: w0, speed: speed}
 	for name, pid := range pids {
 		w.cpu[name] = float64(cpuTime(pid)-cpu0[name]) / float64(w.wall)
 		io1 := sysCalls(pid)

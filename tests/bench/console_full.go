@@ -229,9 +229,9 @@ func runFullPath(e *env, f *farm, size consoleSize) (*fullPath, error) {
 		logf("console full path: bytes missing at the coordinator; the supervisor's log ends:\n%s", tail(sup.output(), 3000))
 	}
 	r.recLost, r.recBad = compare(func(i int) consoleCount { return recorded(supState, boardName(i)) }, size)
-	logf("console full path: supervisor %.1f%% of a core (idle %.1f%%; %s), coordinator %.1f%%, farm %.1f%%; %s; %d console events stored, %d gaps; coordinator: %d bytes lost or extra, %d boards wrong; recordings: %d lost or extra, %d boards wrong; last event stored %s after the stream's end; keystrokes: %d, p50 %s p99 %s, %d without echo; floor: p50 %s p99 %s; host steal %s",
+	logf("console full path: supervisor %.1f%% of a core (idle %.1f%%; %s), coordinator %.1f%%, farm %.1f%%; %s; %d console events stored, %d gaps; coordinator: %d bytes lost or extra, %d boards wrong; recordings: %d lost or extra, %d boards wrong; last event stored %s after the stream's end; keystrokes: %d, p50 %s p99 %s, %d without echo; floor: p50 %s p99 %s; host steal %s, host work %s a time",
 		w.cpu["supervisor"]*100, r.idleCPU*100, w.sysNote("supervisor", size.boards), r.coordCPU*100, w.cpu["farm"]*100, w.paceNote(size), r.events, r.gaps, r.lost, r.bad, r.recLost, r.recBad,
-		r.drain.Round(time.Millisecond), r.keys.lat.n(), ms(r.keys.lat.pct(50)), ms(r.keys.lat.pct(99)), r.keys.lost, ms(r.floor.lat.pct(50)), ms(r.floor.lat.pct(99)), stealPct(w))
+		r.drain.Round(time.Millisecond), r.keys.lat.n(), ms(r.keys.lat.pct(50)), ms(r.keys.lat.pct(99)), r.keys.lost, ms(r.floor.lat.pct(50)), ms(r.floor.lat.pct(99)), stealPct(w), speedX(w))
 	return r, nil
 }
 
@@ -564,15 +564,25 @@ func (k *keystrokes) typeKeys(c keyTarget, newline string, loggedIn bool, stop <
 	}
 }
 
-// hostNote says, for a keystroke row's note, how much of the CPUs the hypervisor took in
-// the window and while the keys over 10 ms were typed ("; ..." each, or nothing where the
-// host does not say).
+// hostNote says, for a keystroke row's note, what hostCPUNote says and how much of the
+// CPUs the hypervisor took while the keys over 10 ms were typed.
 func hostNote(w window, k *keystrokes) string {
+	out := hostCPUNote(w)
+	if n := k.slowNote(w.steal, 10*time.Millisecond, w.from, w.end()); n != "" {
+		out += "; " + n
+	}
+	return out
+}
+
+// hostCPUNote says how much of the CPUs the hypervisor took and how fast the host ran in
+// the window ("; ..." each, or nothing where it is not known): a process's CPU time for
+// the same work grows on a slow host, and an echo waits longer.
+func hostCPUNote(w window) string {
 	out := ""
 	if n := w.steal.note(w.from, w.end()); n != "" {
 		out += "; " + n
 	}
-	if n := k.slowNote(w.steal, 10*time.Millisecond, w.from, w.end()); n != "" {
+	if n := w.speed.note(w.from, w.end()); n != "" {
 		out += "; " + n
 	}
 	return out
@@ -701,7 +711,7 @@ func (r *fullPath) rows(e *env, size consoleSize, scaled string, base []*baselin
 		Value: fmt.Sprintf("%.1f%% of a core", supCPU*100), Num: supCPU * 100, Unit: "%", Target: "< 25% of one core",
 		Baseline: floor, Ratio: ratioTo, Met: met(supCPU < 0.25 && w.pace(size) >= paceOK),
 		Note: fmt.Sprintf("%sat %.2f MB/s (%s); %s; idle with every console open %.1f%%; farm %.1f%%; %.1fs window; ratio = the forwarder's CPU / the supervisor's",
-			scaled, mbps, pace, w.sysNote("supervisor", size.boards), r.idleCPU*100, w.cpu["farm"]*100, w.wall.Seconds()) + cpuNote})
+			scaled, mbps, pace, w.sysNote("supervisor", size.boards), r.idleCPU*100, w.cpu["farm"]*100, w.wall.Seconds()) + cpuNote + hostCPUNote(w)})
 
 	keptUp := r.drain < 5*time.Second
 	coordNote := fmt.Sprintf("stored the last event %s after the stream's end", r.drain.Round(100*time.Millisecond))
@@ -751,7 +761,7 @@ func (r *fullPath) rows(e *env, size consoleSize, scaled string, base []*baselin
 
 	for _, b := range base {
 		note := fmt.Sprintf("%s; %s; %d bytes lost or extra, %d boards with wrong bytes; last byte %s after the stream's end; %s",
-			b.win.paceNote(size), b.win.sysNote(b.name, size.boards), b.lost, b.bad, b.drain.Round(100*time.Millisecond), b.keys.summary())
+			b.win.paceNote(size), b.win.sysNote(b.name, size.boards), b.lost, b.bad, b.drain.Round(100*time.Millisecond), b.keys.summary()) + hostCPUNote(b.win)
 		e.add(Row{Figure: "console baseline: " + baselineTitle(b.name), Value: fmt.Sprintf("%.1f%% of a core", b.cpu*100), Num: b.cpu * 100, Unit: "%",
 			Target: "-", Baseline: fmt.Sprintf("boardvisor %.1f%%", supCPU*100), Ratio: ratio(b.cpu, supCPU), Note: note + "; ratio = its CPU / the boardvisor supervisor's"})
 	}
