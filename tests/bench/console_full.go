@@ -564,11 +564,15 @@ func (k *keystrokes) typeKeys(c keyTarget, newline string, loggedIn bool, stop <
 	}
 }
 
-// hostNote says, for a keystroke row's note, what hostCPUNote says and how much of the
-// CPUs the hypervisor took while the keys over 10 ms were typed.
+// hostNote says, for a keystroke row's note, what hostCPUNote says, how much of the
+// CPUs the hypervisor took while the keys over 10 ms were typed, and how the keys typed
+// while it took little went.
 func hostNote(w window, k *keystrokes) string {
 	out := hostCPUNote(w)
 	if n := k.slowNote(w.steal, 10*time.Millisecond, w.from, w.end()); n != "" {
+		out += "; " + n
+	}
+	if n := k.quietNote(w.steal, 10*time.Millisecond); n != "" {
 		out += "; " + n
 	}
 	return out

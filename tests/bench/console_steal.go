@@ -183,6 +183,41 @@ func (k *keystrokes) slowNote(t *stealTrack, limit time.Duration, from, to time.
 		what, sum/float64(n)*100, stealEvery, all*100)
 }
 
+// quietSteal is the hypervisor's share of the CPUs under which a sampling span counts as
+// quiet for quietNote. /proc/stat's hundredths make a span's figure coarse: one count is
+// 1 % of a 500 ms span on 2 CPUs, so under 2 % is at most one count.
+const quietSteal = 0.02
+
+// quiet returns the round trips of the keys typed in sampling spans in which the
+// hypervisor took less than below of the CPUs; keys whose span is not known are left out.
+func (k *keystrokes) quiet(t *stealTrack, below float64) *latencies {
+	q := &latencies{}
+	if t == nil {
+		return q
+	}
+	k.lat.mu.Lock()
+	defer k.lat.mu.Unlock()
+	for i, d := range k.lat.d {
+		if s, ok := t.at(k.typed[i]); ok && s < below {
+			q.d = append(q.d, d)
+		}
+	}
+	return q
+}
+
+// quietNote gives the p99 and the keys over limit of the keys typed while the hypervisor
+// took less than quietSteal of the CPUs, so that one run says what the path did on a
+// quiet host; empty when the host does not say or no key was typed in a quiet span.
+func (k *keystrokes) quietNote(t *stealTrack, limit time.Duration) string {
+	q := k.quiet(t, quietSteal)
+	if q.n() == 0 {
+		return ""
+	}
+	slow := q.over(limit)
+	return fmt.Sprintf("the %d of %d keys typed in %s spans in which the hypervisor took under %.0f%% of the CPUs: p99 %s, %d over %s (%.1f%%)",
+		q.n(), k.lat.n(), stealEvery, quietSteal*100, ms(q.pct(99)), slow, limit, 100*float64(slow)/float64(q.n()))
+}
+
 // appendTo appends each key's round trip to the file name (nothing if name is empty),
 // one a line: label, milliseconds, and the share of the CPUs the hypervisor took in the
 // sampling span the key was typed in (in %, "-" where unknown), so that runs can be pooled.

@@ -86,6 +86,41 @@ func TestStealTrackSharesAndSlowKeys(t *testing.T) {
 	}
 }
 
+// Only the keys typed in spans under quietSteal count as quiet: the slow keys of the
+// noisy span are left out, and so are keys typed where no span is known.
+func TestQuietKeys(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	tr := &stealTrack{s: []cpuSample{
+		{at: at(0), steal: 0, total: 0},
+		{at: at(500), steal: 1, total: 100},   // 1 %: quiet
+		{at: at(1000), steal: 11, total: 200}, // 10 %
+		{at: at(1500), steal: 13, total: 300}, // 2 %: not under it
+	}}
+	var k keystrokes
+	k.record(at(100), 2*time.Millisecond)
+	k.record(at(200), 11*time.Millisecond)
+	k.record(at(600), 30*time.Millisecond)
+	k.record(at(1200), 25*time.Millisecond)
+	k.record(at(2000), 40*time.Millisecond) // after the last sample
+	q := k.quiet(tr, quietSteal)
+	if q.n() != 2 || q.pct(100) != 11*time.Millisecond {
+		t.Fatalf("quiet keys = %v; want the two typed in the first span", q.d)
+	}
+	want := "the 2 of 5 keys typed in 500ms spans in which the hypervisor took under 2% of the CPUs: p99 2.00 ms, 1 over 10ms (50.0%)"
+	if got := k.quietNote(tr, 10*time.Millisecond); got != want {
+		t.Fatalf("quietNote = %q\nwant        %q", got, want)
+	}
+	if n := k.quietNote(nil, 10*time.Millisecond); n != "" {
+		t.Fatalf("no track: quietNote = %q, want nothing", n)
+	}
+	var loud keystrokes
+	loud.record(at(600), 30*time.Millisecond)
+	if n := loud.quietNote(tr, 10*time.Millisecond); n != "" {
+		t.Fatalf("no quiet key: quietNote = %q, want nothing", n)
+	}
+}
+
 // The keys file carries each key's steal, "-" where it is not known.
 func TestKeystrokesAppendTo(t *testing.T) {
 	t0 := time.Unix(1000, 0)
