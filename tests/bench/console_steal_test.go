@@ -144,3 +144,48 @@ func TestKeystrokesAppendTo(t *testing.T) {
 		t.Fatalf("keys file:\n%s\nwant:\n%s", b, want)
 	}
 }
+
+// Pooling sorts each key into its steal bucket by label, keeps unknown spans apart, and
+// refuses a line it cannot read with its file and line.
+func TestPoolKeys(t *testing.T) {
+	p := pooled{}
+	in := "boardvisor 1.000 0.0\nboardvisor 12.500 1.9\nboardvisor 3.000 2.0\nboardvisor 30.000 15.0\n\nfloor 0.300 -\n"
+	if err := p.readKeys(strings.NewReader(in), "k"); err != nil {
+		t.Fatal(err)
+	}
+	if d := p["boardvisor"]["under 2 %"]; len(d) != 2 || d[1] != 12500*time.Microsecond {
+		t.Fatalf("under 2 %%: %v", d)
+	}
+	if d := p["boardvisor"]["2-5 %"]; len(d) != 1 {
+		t.Fatalf("2-5 %%: %v (2.0 is not under 2)", d)
+	}
+	if d := p["boardvisor"]["10 % or more"]; len(d) != 1 {
+		t.Fatalf("10 %% or more: %v", d)
+	}
+	if d := p["floor"][stealUnknown]; len(d) != 1 {
+		t.Fatalf("floor, steal not known: %v", d)
+	}
+	var b strings.Builder
+	p.write(&b)
+	rows := map[string]string{}
+	for _, line := range strings.Split(b.String(), "\n") {
+		if f := strings.Fields(line); len(f) > 2 {
+			rows[f[0]+" "+strings.Join(f[1:len(f)-9], " ")] = strings.Join(f[len(f)-9:], " ")
+		}
+	}
+	for row, want := range map[string]string{
+		"boardvisor under 2 %":    "2 1.00 ms 1.00 ms 1.00 ms 1 (50.0%)",
+		"boardvisor 10 % or more": "1 30.00 ms 30.00 ms 30.00 ms 1 (100.0%)",
+		"boardvisor all":          "4 3.00 ms 12.50 ms 12.50 ms 2 (50.0%)",
+		"floor steal not known":   "1 0.30 ms 0.30 ms 0.30 ms 0 (0.0%)",
+	} {
+		if rows[row] != want {
+			t.Errorf("row %q = %q, want %q; table:\n%s", row, rows[row], want, b.String())
+		}
+	}
+	for _, bad := range []string{"boardvisor 1.0\n", "boardvisor x 1.0\n", "boardvisor 1.0 y\n", "boardvisor -1 0\n"} {
+		if err := (pooled{}).readKeys(strings.NewReader("floor 1 0\n"+bad), "k"); err == nil || !strings.HasPrefix(err.Error(), "k:2: ") {
+			t.Errorf("%q: err = %v, want one naming k:2", bad, err)
+		}
+	}
+}

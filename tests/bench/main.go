@@ -10,6 +10,7 @@
 //
 //	bench [-bin bin/boardvisor] [-out bin/bench-results.json] [-only idle,lease,...] [-profile DIR] [-fleet-duration 60s]
 //	      [-console-boards 1000] [-console-seconds 30] [-console-baselines forwarder,ser2net,ser2net-4k] [-console-sweep 50ms,...] [-console-keys FILE]
+//	bench pool FILE...    (the keys files of -console-keys, pooled by the steal of each key's span)
 package main
 
 import (
@@ -70,6 +71,9 @@ var scenarios = []scenario{
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == "child" {
 		os.Exit(childMain(os.Args[2:]))
+	}
+	if len(os.Args) > 1 && os.Args[1] == "pool" {
+		os.Exit(poolMain(os.Args[2:]))
 	}
 	bin := flag.String("bin", "bin/boardvisor", "the boardvisor binary to measure")
 	out := flag.String("out", "bin/bench-results.json", "where to write the table as JSON")
