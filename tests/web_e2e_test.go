@@ -504,8 +504,12 @@ echo "JMP_INFO: board ready"`
 	if len(sev) != 6 || sev[4] != "WARN" || sev[1] != "INFO" {
 		t.Fatalf("severities on the page: %q", sev)
 	}
+	// The phase shown (from the lease's state) and the phases list (from its log) come
+	// from two messages of the stream: READY can be shown before its log entry is.
+	phasesJS := `[...document.querySelectorAll('#phases li')].map((e) => e.dataset.phase)`
+	b.until("READY in the phases list", phasesJS+`.includes('READY')`)
 	var phases []string
-	b.mustEval(`[...document.querySelectorAll('#phases li')].map((e) => e.dataset.phase)`, &phases)
+	b.mustEval(phasesJS, &phases)
 	if !slices.Equal(phases, []string{"STARTING", "BEFORE_LEASE", "READY"}) {
 		t.Fatalf("phases on the page: %v", phases)
 	}
