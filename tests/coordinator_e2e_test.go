@@ -271,6 +271,22 @@ func TestCoordinatorKilledWhileHooksPrint(t *testing.T) {
 		}
 		return l
 	}
+	// b-1 boots when lab-b starts, just after lab-b has offered its boards: what it
+	// prints goes to the board's own console only if it is read before a lease holds the
+	// board. Wait until that boot log is stored, so that l2's console holds exactly one
+	// boot log per power cycle (6 against 5 once in CI without the wait).
+	eventually(t, "b-1's start-up boot log stored as the board's own console", func() bool {
+		db := openCoordinatorDB(t, coordState)
+		defer db.Close()
+		var own []byte
+		for _, e := range storedEvents(t, db)["lab-b"] {
+			var cl pb.ConsoleLog
+			if e.kind == "console_log" && e.job == "" && e.board == "b-1" && e.decode(&cl) == nil {
+				own = append(own, cl.GetData()...)
+			}
+		}
+		return bytes.Contains(own, []byte("b-1 login:"))
+	})
 	// Two leases READY on one board of each supervisor.
 	l1, l2 := lease("a-1"), lease("b-1")
 	must(l1.ready())
