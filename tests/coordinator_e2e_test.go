@@ -278,14 +278,13 @@ func TestCoordinatorKilledWhileHooksPrint(t *testing.T) {
 	eventually(t, "b-1's start-up boot log stored as the board's own console", func() bool {
 		db := openCoordinatorDB(t, coordState)
 		defer db.Close()
-		var own []byte
+		var b1 []storedEvent
 		for _, e := range storedEvents(t, db)["lab-b"] {
-			var cl pb.ConsoleLog
-			if e.kind == "console_log" && e.job == "" && e.board == "b-1" && e.decode(&cl) == nil {
-				own = append(own, cl.GetData()...)
+			if e.board == "b-1" {
+				b1 = append(b1, e)
 			}
 		}
-		return bytes.Contains(own, []byte("b-1 login:"))
+		return bytes.Contains(consoleBytes(t, b1, ""), []byte("b-1 login:"))
 	})
 	// Two leases READY on one board of each supervisor.
 	l1, l2 := lease("a-1"), lease("b-1")

@@ -20,11 +20,12 @@ import (
 
 // poolBuckets are the steal buckets, in % of the CPUs: a key falls in the first whose
 // bound its span's steal is under. Keys whose span is not known ("-") go in their own.
+// The first is the rows' quiet spans (quietSteal).
 var poolBuckets = []struct {
 	name  string
 	under float64
 }{
-	{"under 2 %", 2},
+	{fmt.Sprintf("under %.0f %%", quietSteal*100), quietSteal * 100},
 	{"2-5 %", 5},
 	{"5-10 %", 10},
 	{"10 % or more", 1e9},

@@ -150,6 +150,29 @@ func (t *stealTrack) note(from, to time.Time) string {
 		share*100, t.peak(from, to)*100, stealEvery)
 }
 
+// keySteal is one key's round trip and the share of the CPUs the hypervisor took in the
+// sampling span it was typed in (known is false where no span covers it).
+type keySteal struct {
+	d     time.Duration
+	steal float64
+	known bool
+}
+
+// withSteal returns every key's round trip with its span's steal, in the order they were
+// recorded; with no track (t nil) no steal is known.
+func (k *keystrokes) withSteal(t *stealTrack) []keySteal {
+	k.lat.mu.Lock()
+	defer k.lat.mu.Unlock()
+	out := make([]keySteal, len(k.lat.d))
+	for i, d := range k.lat.d {
+		out[i].d = d
+		if t != nil {
+			out[i].steal, out[i].known = t.at(k.typed[i])
+		}
+	}
+	return out
+}
+
 // slowNote says how much of the CPUs the hypervisor took while the keys over limit were
 // typed, against the whole window, so that a run's slow keys can be laid at the host's
 // door or not; empty when no key was over it or the host does not say.
@@ -162,16 +185,11 @@ func (k *keystrokes) slowNote(t *stealTrack, limit time.Duration, from, to time.
 		return ""
 	}
 	sum, n := 0.0, 0
-	k.lat.mu.Lock()
-	for i, d := range k.lat.d {
-		if d <= limit {
-			continue
-		}
-		if s, ok := t.at(k.typed[i]); ok {
-			sum, n = sum+s, n+1
+	for _, ks := range k.withSteal(t) {
+		if ks.d > limit && ks.known {
+			sum, n = sum+ks.steal, n+1
 		}
 	}
-	k.lat.mu.Unlock()
 	if n == 0 {
 		return ""
 	}
@@ -192,14 +210,9 @@ const quietSteal = 0.02
 // hypervisor took less than below of the CPUs; keys whose span is not known are left out.
 func (k *keystrokes) quiet(t *stealTrack, below float64) *latencies {
 	q := &latencies{}
-	if t == nil {
-		return q
-	}
-	k.lat.mu.Lock()
-	defer k.lat.mu.Unlock()
-	for i, d := range k.lat.d {
-		if s, ok := t.at(k.typed[i]); ok && s < below {
-			q.d = append(q.d, d)
+	for _, ks := range k.withSteal(t) {
+		if ks.known && ks.steal < below {
+			q.d = append(q.d, ks.d)
 		}
 	}
 	return q
@@ -226,17 +239,13 @@ func (k *keystrokes) appendTo(name, label string, t *stealTrack) error {
 		return nil
 	}
 	var b strings.Builder
-	k.lat.mu.Lock()
-	for i, d := range k.lat.d {
+	for _, ks := range k.withSteal(t) {
 		steal := "-"
-		if t != nil {
-			if s, ok := t.at(k.typed[i]); ok {
-				steal = fmt.Sprintf("%.1f", s*100)
-			}
+		if ks.known {
+			steal = fmt.Sprintf("%.1f", ks.steal*100)
 		}
-		fmt.Fprintf(&b, "%s %.3f %s\n", label, float64(d)/float64(time.Millisecond), steal)
+		fmt.Fprintf(&b, "%s %.3f %s\n", label, float64(ks.d)/float64(time.Millisecond), steal)
 	}
-	k.lat.mu.Unlock()
 	f, err := os.OpenFile(name, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
 	if err != nil {
 		return err
