@@ -70,18 +70,19 @@ proto-check:
 	elif [ -n "$$CI" ]; then echo "protoc missing: .ci/run should have installed protobuf-compiler"; exit 1; \
 	else echo "proto-check skipped: protoc not installed (apt-get install protobuf-compiler)"; fi
 
-## bench: the figures of DESIGN.md §11, with baselines measured in the same run (4-7
+## bench: the figures of DESIGN.md §11, with baselines measured in the same run (about 10
 ## minutes); FLEET_DURATION shortens the fleet scenario's load (e.g. 10s in CI)
 FLEET_DURATION ?= 60s
+# bench_apt PACKAGE,WHY,ELSE: install a Debian package a scenario needs (with sudo unless
+# root), or say what is skipped without it
+bench_apt = { echo "installing $(1) ($(2))"; sudo=""; [ "$$(id -u)" = 0 ] || sudo="sudo"; \
+	$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq $(1) >/dev/null; } \
+	|| echo "$(1) could not be installed: $(3)"
 bench:
-	@/usr/bin/python3 -c 'import grpc' 2>/dev/null || { echo "installing python3-grpcio (the idle scenario's baseline)"; \
-		sudo=""; [ "$$(id -u)" = 0 ] || sudo="sudo"; \
-		$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq python3-grpcio >/dev/null; } \
-		|| echo "python3-grpcio could not be installed: the idle baseline is skipped"
-	@command -v ser2net >/dev/null 2>&1 || [ -x /usr/sbin/ser2net ] || { echo "installing ser2net (the console scenario's baseline)"; \
-		sudo=""; [ "$$(id -u)" = 0 ] || sudo="sudo"; \
-		$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq ser2net >/dev/null; } \
-		|| echo "ser2net could not be installed: the console scenario's ser2net baselines are skipped"
+	@/usr/bin/python3 -c 'import grpc' 2>/dev/null || $(call bench_apt,python3-grpcio,the idle scenario's baseline,the idle baseline is skipped)
+	@command -v ser2net >/dev/null 2>&1 || [ -x /usr/sbin/ser2net ] || $(call bench_apt,ser2net,the console scenario's baseline,the console scenario's ser2net baselines are skipped)
+	@command -v docker-registry >/dev/null 2>&1 || $(call bench_apt,docker-registry,the image scenario's loopback registry,the image scenario is skipped)
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || $(call bench_apt,postgresql,the fleet scenario on PostgreSQL,the fleet rows on PostgreSQL are skipped)
 	$(GO) build -o bin/boardvisor ./cmd/boardvisor
 	CGO_ENABLED=0 $(GO) build -o bin/boardvisor-shim ./cmd/boardvisor-shim
 	$(GO) build -o bin/bench ./tests/bench
