@@ -5,17 +5,21 @@ import (
 	"time"
 )
 
-// The console recordings are written by a few goroutines (RecordWriters), each owning the
+// The console recordings are written by RecordWriters goroutines, each owning the
 // recordings of its share of the boards: the event path (Sink) never waits for the disk,
-// and a thousand boards' recordings cost a few wake-ups and writes in a row per console
-// tick, not a thousand goroutines woken at once (which, on a busy disk, crowded the
-// scheduler and delayed the console readers).
+// and a thousand boards' recordings cost a wake-up and writes in a row per console tick,
+// not a thousand goroutines woken at once (which, on a busy disk, crowded the scheduler
+// and delayed the console readers). One writer, not the four there were until
+// 2026-12-06: the tick's burst then keeps one thread in write system calls rather than
+// four, and the supervisor streaming 1,000 consoles cost 14.8 % of a core on average
+// against 15.4 % (lower in 9 of 10 alternating pairs of runs; the keystroke echo's pooled
+// p99 6.60 against 7.06 ms, docs/console.md).
 const (
-	RecordWriters = 4
+	RecordWriters = 1
 	// RecordQueueBytes bounds the console bytes queued for one writer: past it, bytes
 	// for its boards are dropped (and logged) rather than held; lease cuts are never
-	// dropped.
-	RecordQueueBytes = 16 << 20
+	// dropped. 64 MiB is over five seconds of 1,000 boards at 115200 baud.
+	RecordQueueBytes = 64 << 20
 	// dropLogEvery spaces the warnings about dropped bytes.
 	dropLogEvery = 10 * time.Second
 )
