@@ -11,6 +11,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -70,12 +71,15 @@ func Start(t testing.TB) *Registry {
 	return r
 }
 
+// ErrNotInstalled says that Debian's docker-registry is not on the PATH.
+var ErrNotInstalled = errors.New("docker-registry is not installed (apt-get install docker-registry)")
+
 // StartIn starts a registry with its storage and config in dir (for programs that are
 // not tests: the benchmark); stop kills it.
 func StartIn(dir string) (r *Registry, stop func(), err error) {
 	bin, err := exec.LookPath("docker-registry")
 	if err != nil {
-		return nil, nil, fmt.Errorf("docker-registry is not installed (apt-get install docker-registry)")
+		return nil, nil, ErrNotInstalled
 	}
 	r = &Registry{Storage: filepath.Join(dir, "storage")}
 	if err := os.MkdirAll(dir, 0o700); err != nil {

@@ -54,7 +54,6 @@ type Board struct {
 	console drivers.Console
 	power   drivers.Power
 	rec     *recording.Recorder
-	recW    *recWriter // the writer that owns rec's I/O
 	// recJob is the lease the recording is cut for now, as the console events say
 	// (touched only by Sink, which the outbox calls from one goroutine).
 	recJob  string
@@ -143,11 +142,11 @@ func runDirName(board string) string {
 
 // Manager holds the devices of every board of a supervisor.
 type Manager struct {
-	log     hclog.Logger
-	disk    *diskspace.Monitor
-	boards  map[string]*Board
-	writers []*recWriter
-	wg      sync.WaitGroup // the recording writers
+	log    hclog.Logger
+	disk   *diskspace.Monitor
+	boards map[string]*Board
+	recW   *recWriter     // writes every board's recording
+	wg     sync.WaitGroup // the recording writer
 	// images is the image store of image jobs (images.go).
 	images   *images.Store
 	leaseDir string
@@ -169,7 +168,7 @@ func Build(cfg *config.Config, logger hclog.Logger, disk *diskspace.Monitor) (*M
 	if err := m.openImages(cfg); err != nil {
 		return nil, err
 	}
-	m.startWriters()
+	m.startWriter()
 	for _, rb := range cfg.Resolve() {
 		b, err := m.build(cfg.StateDir, rb)
 		if err != nil {
@@ -231,7 +230,7 @@ func (m *Manager) build(stateDir string, rb config.ResolvedBoard) (*Board, error
 		if err != nil {
 			return nil, err
 		}
-		b.rec, b.recW = rec, m.writers[len(m.boards)%len(m.writers)]
+		b.rec = rec
 	}
 	return b, nil
 }
@@ -298,7 +297,7 @@ func (b *Board) tap(p []byte) {
 // that a lease's recording and its console events are the same bytes. A lease's file is
 // also started at its BEFORE_LEASE transition (so that a lease that printed nothing has
 // one) and closed when it leaves AFTER_LEASE. Sink never blocks: the recording loses
-// bytes only while its writer has RecordQueueBytes queued (that is logged). Watchers
+// bytes only while the writer has RecordQueueBytes queued (that is logged). Watchers
 // are not fed here but by tap, as the console is read.
 func (m *Manager) Sink(ev connector.Event) {
 	b := m.boards[ev.Board]
@@ -308,7 +307,7 @@ func (m *Manager) Sink(ev connector.Event) {
 	switch {
 	case ev.Console != nil:
 		m.recordFor(b, ev.JobID)
-		b.recW.add(recItem{b: b, data: ev.Console.Data})
+		m.recW.add(recItem{b: b, data: ev.Console.Data})
 	case ev.Transition != nil && ev.Transition.To == jobs.PhaseBeforeLease:
 		m.recordFor(b, ev.JobID)
 	case ev.Transition != nil && ev.Transition.From == jobs.PhaseAfterLease && b.recJob == ev.JobID:
@@ -323,10 +322,10 @@ func (m *Manager) recordFor(b *Board, job string) {
 		return
 	}
 	if b.recJob != "" {
-		b.recW.add(recItem{b: b, end: b.recJob})
+		m.recW.add(recItem{b: b, end: b.recJob})
 	}
 	if job != "" {
-		b.recW.add(recItem{b: b, start: job})
+		m.recW.add(recItem{b: b, start: job})
 	}
 	b.recJob = job
 }
@@ -461,7 +460,7 @@ func (m *Manager) Close() error {
 	if m.images != nil {
 		m.images.Close()
 	}
-	m.stopWriters()
+	m.stopWriter()
 	var errs []error
 	for _, b := range m.boards {
 		if b.rec != nil {

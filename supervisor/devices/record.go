@@ -5,20 +5,20 @@ import (
 	"time"
 )
 
-// The console recordings are written by RecordWriters goroutines, each owning the
-// recordings of its share of the boards: the event path (Sink) never waits for the disk,
-// and a thousand boards' recordings cost a wake-up and writes in a row per console tick,
-// not a thousand goroutines woken at once (which, on a busy disk, crowded the scheduler
-// and delayed the console readers). One writer, not the four there were until
-// 2026-12-06: the tick's burst then keeps one thread in write system calls rather than
-// four, and the supervisor streaming 1,000 consoles cost 14.8 % of a core on average
-// against 15.4 % (lower in 9 of 10 alternating pairs of runs; the keystroke echo's pooled
-// p99 6.60 against 7.06 ms, docs/console.md).
+// The console recordings are written by one goroutine (recWriter), which owns every
+// board's recording I/O: the event path (Sink) never waits for the disk, and a thousand
+// boards' recordings cost a wake-up and writes in a row per console tick, not a thousand
+// goroutines woken at once (which, on a busy disk, crowded the scheduler and delayed the
+// console readers). There were four writers, each with a share of the boards, until
+// 2026-12-06: with one, the tick's burst keeps one thread in write system calls rather
+// than four, and the supervisor streaming 1,000 consoles cost 14.8 % of a core on
+// average against 15.4 % (lower in 9 of 10 alternating pairs of runs; the keystroke
+// echo's pooled p99 6.60 against 7.06 ms, docs/console.md).
 const (
-	RecordWriters = 1
-	// RecordQueueBytes bounds the console bytes queued for one writer: past it, bytes
-	// for its boards are dropped (and logged) rather than held; lease cuts are never
-	// dropped. 64 MiB is over five seconds of 1,000 boards at 115200 baud.
+	// RecordQueueBytes bounds the console bytes queued for the writer: past it, bytes
+	// are dropped (and logged) rather than held; lease cuts are never dropped. 64 MiB
+	// (what the four writers held in all) is over five seconds of 1,000 boards at
+	// 115200 baud.
 	RecordQueueBytes = 64 << 20
 	// dropLogEvery spaces the warnings about dropped bytes.
 	dropLogEvery = 10 * time.Second
@@ -30,7 +30,7 @@ type recItem struct {
 	start, end string // lease to start or end recording
 }
 
-// recWriter is one recording goroutine's queue.
+// recWriter is the recording goroutine's queue.
 type recWriter struct {
 	m       *Manager
 	mu      sync.Mutex
@@ -42,23 +42,22 @@ type recWriter struct {
 	more    chan struct{}
 }
 
-func (m *Manager) startWriters() {
-	for range RecordWriters {
-		w := &recWriter{m: m, more: make(chan struct{}, 1)}
-		m.writers = append(m.writers, w)
-		m.wg.Add(1)
-		go w.run()
-	}
+func (m *Manager) startWriter() {
+	m.recW = &recWriter{m: m, more: make(chan struct{}, 1)}
+	m.wg.Add(1)
+	go m.recW.run()
 }
 
-// stopWriters writes what is queued and stops the writers.
-func (m *Manager) stopWriters() {
-	for _, w := range m.writers {
-		w.mu.Lock()
-		w.closed = true
-		w.mu.Unlock()
-		w.signal()
+// stopWriter writes what is queued and stops the writer.
+func (m *Manager) stopWriter() {
+	w := m.recW
+	if w == nil {
+		return
 	}
+	w.mu.Lock()
+	w.closed = true
+	w.mu.Unlock()
+	w.signal()
 	m.wg.Wait()
 }
 

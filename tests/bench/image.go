@@ -3,11 +3,11 @@ package main
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"time"
 
@@ -25,12 +25,12 @@ const imageBlob = 256 << 20
 // into a temporary file, synced and renamed). The baseline is a plain HTTP GET of the
 // same blob from the same registry into a file, in the same run. Best of three each.
 func runImage(e *env) error {
-	if _, err := exec.LookPath("docker-registry"); err != nil {
+	reg, stop, err := registrytest.StartIn(filepath.Join(e.dir, "registry"))
+	if errors.Is(err, registrytest.ErrNotInstalled) {
 		e.add(Row{Figure: "image fetch + verify from a loopback registry", Value: "skipped",
-			Note: "docker-registry is not installed (make bench installs it with apt-get install docker-registry; the row is skipped)"})
+			Note: err.Error() + "; make bench installs it; the row is skipped"})
 		return nil
 	}
-	reg, stop, err := registrytest.StartIn(filepath.Join(e.dir, "registry"))
 	if err != nil {
 		return err
 	}
